@@ -1,0 +1,1 @@
+"""decspec: compile declarative decoding specs (.dec) into verified decoders."""

@@ -1,0 +1,100 @@
+"""The model protocol every decoder talks to, and the cache base class.
+
+A model maps a batch of new tokens, appended to what its cache already holds, to next-token
+logits at each new position:
+
+    cache = model.new_cache(batch=2, capacity=64)
+    out = model.forward(tokens, cache)            # tokens: [B, T] -> out.logits: [B, T, V]
+    cache.rollback(keep)                          # O(1): forget every position >= keep[b]
+
+Caches are static: buffers are preallocated once for `capacity` positions and never resized.
+Each row b has its own length (`cache.length[b]`), so ragged batches need no padding on the
+left: row b's new tokens are written at positions length[b] .. length[b]+T-1. `n_valid[b]` (<= T)
+says how many of row b's T tokens are real; the rest are padding that is written but not
+counted (length[b] advances by n_valid[b]) and is overwritten before anything attends to it.
+
+The cache also records the token id written at every position (`cache.tokens`), so the runtime
+can find the longest common prefix between what a cache holds and the sequence it needs, and
+roll back to it instead of recomputing (see decspec.backends.prefix).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [B, T, V] float32
+    hidden: torch.Tensor | None = None  # [B, T, D] last hidden state fed to the head, when the model has one
+
+
+class Cache:
+    """Per-row token history with O(1) rollback. Subclasses add their own state (K/V buffers)."""
+
+    def __init__(self, batch: int, capacity: int, device: torch.device | str = "cpu"):
+        self.batch = batch
+        self.capacity = capacity
+        self.tokens = torch.zeros(batch, capacity, dtype=torch.long, device=device)  # [B, S]
+        self.length = torch.zeros(batch, dtype=torch.long, device=device)  # [B]
+
+    def positions(self, T: int) -> torch.Tensor:
+        """Positions the next T tokens of each row are written at. -> [B, T]"""
+        return self.length[:, None] + torch.arange(T, device=self.length.device)[None, :]
+
+    def check_room(self, T: int) -> None:
+        need = int(self.length.max()) + T if self.batch else T
+        if need > self.capacity:
+            raise CacheFull(need, self.capacity)
+
+    def write_tokens(self, tokens: torch.Tensor, n_valid: torch.Tensor | None) -> torch.Tensor:
+        """Record tokens [B, T] at the rows' next positions; advance lengths. Returns positions [B, T]."""
+        B, T = tokens.shape
+        self.check_room(T)
+        pos = self.positions(T)
+        self.tokens.scatter_(1, pos, tokens)
+        return pos
+
+    def advance(self, T: int, n_valid: torch.Tensor | None) -> None:
+        self.length += T if n_valid is None else n_valid
+
+    def rollback(self, keep: torch.Tensor) -> None:
+        """Forget positions >= keep[b] in every row. O(1): only lengths change."""
+        self.length = torch.minimum(self.length, keep.to(self.length))
+
+
+class CacheFull(RuntimeError):
+    def __init__(self, need: int, capacity: int):
+        super().__init__(f"sequence needs {need} positions but the cache holds {capacity}")
+        self.need, self.capacity = need, capacity
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What decspec needs from a model.
+
+    vocab_size: number of logits per position.
+    eos_token_id: the end-of-sequence token, or None.
+    max_positions: the longest sequence the model supports (None: unbounded).
+    num_layers: transformer depth (for early exit / layer skipping), or None.
+    """
+
+    vocab_size: int
+    eos_token_id: int | None
+    max_positions: int | None
+    num_layers: int | None
+
+    def new_cache(self, batch: int, capacity: int) -> Cache: ...
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [B, T] long
+        cache: Cache,
+        *,
+        n_valid: torch.Tensor | None = None,  # [B] long, <= T; default: all T are real
+        exit_layer: int | None = None,  # run the first `exit_layer` layers, then the shared norm + head
+        skip_layers: tuple[int, ...] | None = None,  # layers to skip (self-speculation)
+        tree_mask: torch.Tensor | None = None,  # [B, T, T] bool: new token i may attend new token j
+    ) -> ModelOutput: ...

@@ -1,0 +1,126 @@
+"""The component registry: every name a spec can use, with its signature and lossless contract.
+
+A component is the unit of extension. It declares its parameters (typed, with defaults and
+bounds), its lossless contract, and a lowering function that emits IR ops. Adding one touches
+no core file: define it next to its family and call :func:`register`.
+
+    >>> lookup("sampler", "top_k").params[0]
+    Param(name='k', type='int', default=REQUIRED, low=1, high=None, doc='keep the k most likely tokens')
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+# The kinds of value a slot or a parameter can hold.
+#   scalar types: "int", "float", "str", "bool", "list[int]", "list[float]", "list[str]"
+#   component kinds: "model", "sampler", "draft", "exit", "verifier", "stat"
+KINDS = ("model", "sampler", "draft", "exit", "verifier", "stat")
+SCALAR_TYPES = ("int", "float", "str", "bool", "list[int]", "list[float]", "list[str]", "cond")
+
+# Slots of a decoder block and the kind each holds. Other names in a block are local bindings.
+SLOTS: dict[str, str] = {
+    "target": "model",
+    "sampler": "sampler",
+    "propose": "draft",
+    "stop": "exit",
+    "verify": "verifier",
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # a scalar type or a component kind
+    default: Any = REQUIRED
+    low: float | None = None  # inclusive bounds for numbers
+    high: float | None = None
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a component guarantees about the output distribution.
+
+    lossless: True when the component preserves the target's distribution (after the sampler
+    pipeline); None when the component does not take part in that question (samplers, models).
+    reason: one line the losslessness analysis quotes in `decspec check`.
+    """
+
+    lossless: bool | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    name: str
+    params: tuple[Param, ...]
+    doc: str
+    contract: Contract
+    lower: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    cite: str = ""
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    @property
+    def signature(self) -> str:
+        parts = []
+        for p in self.params:
+            parts.append(f"{p.name}: {p.type}" + ("" if p.required else f" = {p.default!r}"))
+        return f"{self.name}({', '.join(parts)})"
+
+
+_REGISTRY: dict[tuple[str, str], Component] = {}
+
+
+def register(component: Component) -> Component:
+    """Add a component; a second registration of the same (kind, name) replaces the first."""
+    if component.kind not in KINDS:
+        raise ValueError(f"unknown component kind {component.kind!r}; expected one of {KINDS}")
+    _REGISTRY[(component.kind, component.name)] = component
+    return component
+
+
+def unregister(kind: str, name: str) -> None:
+    _REGISTRY.pop((kind, name), None)
+
+
+def lookup(kind: str, name: str) -> Component | None:
+    _load_stdlib()
+    return _REGISTRY.get((kind, name))
+
+
+def names(kind: str | None = None) -> list[str]:
+    _load_stdlib()
+    return sorted({n for (k, n) in _REGISTRY if kind is None or k == kind})
+
+
+def components(kind: str | None = None) -> list[Component]:
+    _load_stdlib()
+    return [c for (k, _), c in sorted(_REGISTRY.items()) if kind is None or k == kind]
+
+
+_loaded = False
+
+
+def _load_stdlib() -> None:
+    """Import the stdlib families once, so their register() calls run."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from decspec.stdlib import catalog  # noqa: F401  (registers every stdlib component)

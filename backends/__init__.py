@@ -1,1 +1,16 @@
+"""Backends: interpreters over the one IR. Each is a module with NAME and RULES."""
+from __future__ import annotations
 
+from types import ModuleType
+
+from decspec.dsl.diagnostics import DecError, did_you_mean
+
+BACKENDS = ("eager",)
+
+
+def get_backend(name: str) -> ModuleType:
+    if name == "eager":
+        from decspec.backends import eager
+
+        return eager
+    raise DecError(f"unknown backend '{name}'", hint=did_you_mean(name, BACKENDS) or f"available: {', '.join(BACKENDS)}")

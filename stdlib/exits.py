@@ -1,21 +1,61 @@
-"""Exit policies: when to stop drafting within a round (always bounded by the draft's `max`)."""
+"""Exit policies: when to stop drafting within a round (always bounded by the draft's `max`).
+
+`when COND` lowers COND over draft statistics (`draft.prob`, `draft.entropy`) to elementwise
+ops yielding a per-row stop flag after each draft step. Statistics read the draft model's own
+distribution, softmax(logits) before the sampler pipeline: under `sampler = greedy` the sampled
+distribution is one-hot, but the draft's confidence is still informative.
+"""
 from __future__ import annotations
 
+from decspec.dsl.diagnostics import DecError
+from decspec.dsl.spec import Cond, Stat
 from decspec.stdlib.registry import Component, Contract, Param, register
 
-WHEN = register(
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def lower_when(lw, inst, logits, token):
+    cond = inst.arg("cond")
+    if not isinstance(cond, Cond):
+        raise DecError("this `when` condition does not depend on the draft; compare a draft statistic, e.g. draft.prob < 0.3", inst.span)
+    probs = lw.b.emit("softmax", [logits])[0]  # the draft's own distribution: [B, V]
+    return _lower_cond(lw, cond, probs, token)
+
+
+def _lower_cond(lw, cond: Cond, probs, token):
+    b = lw.b
+    if cond.op == "not":
+        return b.emit("logical_not", [_lower_cond(lw, cond.operands[0], probs, token)])[0]
+    if cond.op in ("and", "or"):
+        left, right = (_lower_cond(lw, c, probs, token) for c in cond.operands)
+        return b.emit("logical", [left, right], op=cond.op)[0]
+    left, right = cond.operands
+    op = cond.op
+    if not isinstance(left, Stat):
+        left, right, op = right, left, _FLIP[op]
+    if not isinstance(left, Stat) or isinstance(right, (Stat, Cond)):
+        raise DecError("a comparison in `when` needs one draft statistic and one number", cond.span)
+    value = left.component.lower(lw, probs, token)
+    return b.emit("compare", [value], op=op, value=float(right))[0]
+
+
+def _lower_prob(lw, probs, token):
+    return lw.b.emit("token_prob", [probs, token])[0]
+
+
+def _lower_entropy(lw, probs, token):
+    return lw.b.emit("entropy", [probs])[0]
+
+
+register(
     Component(
         "exit",
         "when",
         (Param("cond", "cond", doc="a condition on draft statistics, e.g. draft.prob < 0.3"),),
         "Stop drafting after the step whose statistics satisfy the condition (that step's token is kept).",
         Contract(True, "the stop decision depends only on the draft's own tokens and probabilities"),
+        lower_when,
     )
 )
-
-PROB = register(
-    Component("stat", "prob", (), "q(d): the probability the draft gave the token it drafted.", Contract(None, ""))
-)
-ENTROPY = register(
-    Component("stat", "entropy", (), "H(q) in nats: the entropy of the draft's distribution at this step.", Contract(None, ""))
-)
+register(Component("stat", "prob", (), "q(d): the probability the draft gave the token it drafted.", Contract(None, ""), _lower_prob))
+register(Component("stat", "entropy", (), "H(q) in nats: the entropy of the draft's distribution at this step.", Contract(None, ""), _lower_entropy))

@@ -1,0 +1,164 @@
+"""The eager backend: every IR op as plain PyTorch. The reference semantics for all backends."""
+from __future__ import annotations
+
+import torch
+
+from decspec.backends.interpreter import run_graph
+from decspec.stdlib.samplers import apply_pipeline
+
+
+def _dims(state, shape) -> tuple[int, ...]:
+    return tuple(state.batch if d == "B" else int(d) for d in shape)
+
+
+def model_call(state, op, ctx, ext=None, n=None):
+    session = state.sessions[op.param("model")]
+    n = None if n is None else int(n)
+    return (session.logits(ctx.tokens, ctx.length, ext, n, last=op.param("last")),)
+
+
+def logits_transform(state, op, logits):
+    stages = tuple((r.name, r.fields) for r in op.param("stages"))
+    return (apply_pipeline(logits, stages),)
+
+
+def softmax(state, op, logits):
+    return (torch.softmax(logits.float(), dim=-1),)
+
+
+def uniform(state, op):
+    return (torch.rand(_dims(state, op.param("shape")), generator=state.generator, device=state.device),)
+
+
+def sample_tokens(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: the token whose interval [cdf_{i-1}, cdf_i) holds u * total. [..., V], [...] -> [...]"""
+    cdf = probs.cumsum(-1)
+    x = (u * cdf[..., -1])[..., None]
+    idx = torch.searchsorted(cdf.contiguous(), x.contiguous(), right=True).squeeze(-1)
+    V = probs.shape[-1]
+    last_with_mass = V - 1 - (probs.flip(-1) > 0).int().argmax(-1)  # guards u * total rounding up to total
+    return torch.minimum(idx, last_with_mass)
+
+
+def sample(state, op, probs, u):
+    return (sample_tokens(probs, u),)
+
+
+def argmax(state, op, probs):
+    return (probs.argmax(-1),)
+
+
+def token_prob(state, op, probs, tokens):
+    return (probs.gather(-1, tokens[..., None]).squeeze(-1),)
+
+
+def entropy(state, op, probs):
+    logp = torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+    return (-(probs * logp).sum(-1),)
+
+
+_CMP = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq, "!=": torch.ne}
+
+
+def compare(state, op, x):
+    return (_CMP[op.param("op")](x, op.param("value")),)
+
+
+def logical(state, op, a, b):
+    return ((a & b) if op.param("op") == "and" else (a | b),)
+
+
+def logical_not(state, op, a):
+    return (~a,)
+
+
+def draft_loop(state, op, ctx):
+    """Run the body up to max times; a row stops drafting after the step its stop flag is set."""
+    k = op.param("max")
+    B = state.batch
+    drafts = torch.zeros(B, k, dtype=torch.long, device=state.device)  # [B, K]
+    probs = None  # [B, K, V]
+    alive = torch.ones(B, dtype=torch.bool, device=state.device)
+    count = torch.zeros(B, dtype=torch.long, device=state.device)
+    for i in range(k):
+        token, q, *stop = run_graph(op.region, [ctx, drafts, torch.tensor(i)], state, state.rules, state.backend)
+        if probs is None:
+            probs = q.new_zeros(B, k, q.shape[-1])
+        drafts[:, i] = token
+        probs[:, i] = q
+        count += alive
+        if stop:
+            alive &= ~stop[0]
+            if not bool(alive.any()):
+                break
+    return drafts, probs, count
+
+
+def _prefix_len(ok: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:
+    """Leading True count of ok [B, K], capped at drafted [B]."""
+    K = ok.shape[1]
+    ok = ok & (torch.arange(K, device=ok.device)[None, :] < drafted[:, None])
+    return ok.long().cumprod(1).sum(1)
+
+
+def rejection_accept(state, op, p, q, d, drafted, u):
+    K = d.shape[1]
+    pd = p[:, :K].gather(-1, d[..., None]).squeeze(-1)  # p_i(d_i): [B, K]
+    qd = q.gather(-1, d[..., None]).squeeze(-1)  # q_i(d_i): [B, K]
+    return (_prefix_len(u * qd < pd, drafted),)  # accept iff u < p/q
+
+
+def rejection_residual(state, op, p, q, n, drafted):
+    rows = torch.arange(p.shape[0], device=p.device)
+    K = q.shape[1]
+    pn = p[rows, n]  # [B, V]
+    qn = q[rows, n.clamp(max=K - 1)]
+    residual = (pn - qn).clamp_min(0)
+    mass = residual.sum(-1, keepdim=True)
+    use_residual = (n < drafted)[:, None] & (mass > 0)
+    return (torch.where(use_residual, residual / mass.clamp_min(torch.finfo(mass.dtype).tiny), pn),)
+
+
+def match_len(state, op, d, t, drafted):
+    K = d.shape[1]
+    return (_prefix_len(d == t[:, :K], drafted),)
+
+
+def take(state, op, tokens, index):
+    return (tokens.gather(1, index[:, None]).squeeze(1),)
+
+
+def splice(state, op, d, n, x):
+    out = torch.cat([d, d.new_zeros(d.shape[0], 1)], dim=1)  # [B, K+1]
+    out.scatter_(1, n[:, None], x[:, None])
+    return (out,)
+
+
+def commit(state, op, tokens, accepted=None, drafted=None):
+    if accepted is None:
+        tokens = tokens[:, None]
+        accepted = drafted = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    state.committed = (tokens, accepted, drafted)
+    return ()
+
+
+RULES = {
+    "model_call": model_call,
+    "logits_transform": logits_transform,
+    "softmax": softmax,
+    "uniform": uniform,
+    "sample": sample,
+    "argmax": argmax,
+    "token_prob": token_prob,
+    "entropy": entropy,
+    "compare": compare,
+    "logical": logical,
+    "logical_not": logical_not,
+    "draft_loop": draft_loop,
+    "rejection_accept": rejection_accept,
+    "rejection_residual": rejection_residual,
+    "match_len": match_len,
+    "take": take,
+    "splice": splice,
+    "commit": commit,
+}

@@ -1,0 +1,187 @@
+"""The generation loop: run the round graph until every row has its tokens.
+
+The round graph proposes, verifies and commits; this loop owns what lives across rounds: the
+committed context (static buffer, per-row lengths), one PrefixCache per model, the random
+generator, per-row stopping (EOS, max_new_tokens) and the statistics.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from decspec.backends.interpreter import run_graph
+from decspec.backends.prefix import PrefixCache
+from decspec.compiler.ir import Graph
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.models.protocol import CacheFull, Model
+
+
+@dataclass
+class Context:
+    tokens: torch.Tensor  # [B, S] committed tokens (prompt + generated), static capacity S
+    length: torch.Tensor  # [B]
+
+
+@dataclass
+class RoundState:
+    sessions: dict[str, PrefixCache]
+    generator: torch.Generator
+    batch: int
+    device: torch.device
+    rules: dict
+    backend: str
+    committed: tuple | None = None
+
+
+@dataclass
+class Stats:
+    """What a generate call measured.
+
+    rounds: rounds run. accepted: per round, the drafted tokens accepted in each row that was
+    still generating (rows already finished are left out). drafted: same shape, tokens drafted.
+    new_tokens: tokens generated per row. wall_time: seconds for the whole call.
+    """
+
+    rounds: int = 0
+    accepted: list[list[int]] = field(default_factory=list)
+    drafted: list[list[int]] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    wall_time: float = 0.0
+    model_calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mean_accepted(self) -> float:
+        """Mean drafted tokens accepted per round (per row)."""
+        flat = [a for r in self.accepted for a in r]
+        return sum(flat) / len(flat) if flat else 0.0
+
+    @property
+    def mean_tokens_per_round(self) -> float:
+        """Mean tokens committed per round (per row): accepted drafts + the target's own token."""
+        return self.mean_accepted + 1.0 if self.accepted else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        drafted = sum(d for r in self.drafted for d in r)
+        return sum(a for r in self.accepted for a in r) / drafted if drafted else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(self.new_tokens) / self.wall_time if self.wall_time > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"rounds={self.rounds} new_tokens={sum(self.new_tokens)} "
+            f"mean_accepted={self.mean_accepted:.2f} tokens/round={self.mean_tokens_per_round:.2f} "
+            f"acceptance={self.acceptance_rate:.2f} time={self.wall_time:.3f}s tokens/s={self.tokens_per_second:.1f}"
+        )
+
+
+@dataclass
+class Result:
+    """tokens: the generated ids of each row (ragged; prompt excluded; an EOS that ended a row is kept)."""
+
+    tokens: list[list[int]]
+    stats: Stats
+
+
+def normalize_prompts(input_ids: Any, vocab_size: int) -> list[list[int]]:
+    """Accept a [B, T] tensor, a list of lists (ragged), or one flat list of ids."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise DecError(f"input_ids must be an integer tensor [B, T] (got {input_ids.dtype} of shape {tuple(input_ids.shape)})")
+        rows = input_ids.tolist()
+    elif isinstance(input_ids, Sequence) and input_ids and all(isinstance(t, int) for t in input_ids):
+        rows = [list(input_ids)]
+    elif isinstance(input_ids, Sequence) and all(isinstance(r, (Sequence, torch.Tensor)) for r in input_ids):
+        rows = [list(r.tolist() if isinstance(r, torch.Tensor) else r) for r in input_ids]
+    else:
+        raise DecError("input_ids must be a [B, T] tensor, a list of token-id lists, or one list of token ids")
+    if not rows:
+        raise DecError("input_ids is empty: give at least one prompt")
+    for b, row in enumerate(rows):
+        if not row:
+            raise DecError(f"prompt {b} is empty: give at least one token (e.g. a BOS token)")
+        bad = [t for t in row if not isinstance(t, int) or not 0 <= t < vocab_size]
+        if bad:
+            raise DecError(f"prompt {b} has token id {bad[0]!r} outside the model's vocabulary [0, {vocab_size})")
+    return rows
+
+
+def max_draft_len(graph: Graph) -> int:
+    return max((op.param("max", 0) for op in graph.walk() if op.name == "draft_loop"), default=0)
+
+
+def generate(
+    graph: Graph,
+    models: dict[str, Model],
+    input_ids: Any,
+    *,
+    max_new_tokens: int,
+    seed: int | None,
+    eos_token_id: int | None,
+    rules: dict,
+    backend: str,
+) -> Result:
+    start = time.perf_counter()
+    vocab = next(iter(models.values())).vocab_size
+    prompts = normalize_prompts(input_ids, vocab)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise DecError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
+    B = len(prompts)
+    lengths = [len(p) for p in prompts]
+    capacity = max(lengths) + max_new_tokens + 2 * max_draft_len(graph) + 4
+    for role, model in models.items():
+        limit = getattr(model, "max_positions", None)
+        if limit is not None and max(lengths) + max_new_tokens > limit:
+            raise DecError(
+                f"the longest prompt ({max(lengths)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds "
+                f"model '{role}''s {limit} positions; shorten the prompt or lower max_new_tokens"
+            )
+        capacity = min(capacity, limit + 2 * max_draft_len(graph) + 4) if limit is not None else capacity
+    device = torch.device("cpu")
+    ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device), torch.tensor(lengths, device=device))
+    for b, p in enumerate(prompts):
+        ctx.tokens[b, : len(p)] = torch.tensor(p)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    state = RoundState({r: PrefixCache(m, B, capacity) for r, m in models.items()}, generator, B, device, rules, backend)
+
+    stats = Stats()
+    produced = torch.zeros(B, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool)
+    while not bool(done.all()):
+        state.committed = None
+        try:
+            run_graph(graph, [ctx], state, rules, backend)
+        except CacheFull as e:
+            raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
+        tokens, accepted, drafted = state.committed  # [B, N], [B], [B]
+        active = ~done
+        stats.rounds += 1
+        stats.accepted.append(accepted[active].tolist())
+        stats.drafted.append(drafted[active].tolist())
+        take = torch.minimum(accepted + 1, max_new_tokens - produced).masked_fill(done, 0)  # [B]
+        N = tokens.shape[1]
+        cols = torch.arange(N)
+        if eos_token_id is not None:
+            is_eos = (tokens == eos_token_id) & (cols[None, :] < take[:, None])
+            hit = is_eos.any(1)
+            take = torch.where(hit, is_eos.int().argmax(1) + 1, take)
+            done |= hit
+        keep = cols[None, :] < take[:, None]
+        pos = (ctx.length[:, None] + cols[None, :]).clamp(max=capacity - 1)
+        ctx.tokens.scatter_(1, pos, torch.where(keep, tokens, ctx.tokens.gather(1, pos)))
+        ctx.length += take
+        produced += take
+        done |= produced >= max_new_tokens
+    stats.wall_time = time.perf_counter() - start
+    stats.new_tokens = produced.tolist()
+    stats.model_calls = {r: s.calls for r, s in state.sessions.items()}
+    out = [ctx.tokens[b, lengths[b] : int(ctx.length[b])].tolist() for b in range(B)]
+    return Result(out, stats)

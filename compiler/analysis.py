@@ -1,0 +1,40 @@
+"""Losslessness: prove or refute, from the components' contracts, that a decoder samples from
+the target's distribution (after the sampler pipeline), and say why.
+
+    >>> verdict = Verdict(True, ["plain sampling from the target"])
+    >>> print(verdict)
+    lossless: plain sampling from the target
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from decspec.dsl.spec import Instance, Spec
+
+
+@dataclass(frozen=True)
+class Verdict:
+    lossless: bool
+    reasons: list[str]
+
+    def __str__(self) -> str:
+        return ("lossless: " if self.lossless else "lossy: ") + "; ".join(self.reasons)
+
+
+def pipeline_text(sampler: tuple[Instance, ...]) -> str:
+    return " | ".join(str(s) for s in sampler) if sampler else "softmax"
+
+
+def losslessness(spec: Spec) -> Verdict:
+    sampler = tuple(spec.slot("sampler", ()))
+    target_dist = f"the target's distribution after the sampler pipeline ({pipeline_text(sampler)})"
+    propose: Instance | None = spec.slot("propose")
+    if propose is None:
+        return Verdict(True, [f"autoregressive sampling from {target_dist}"])
+    parts = [c for c in (propose, spec.slot("stop"), spec.slot("verify")) if c is not None]
+    broken = [c for c in parts if c.component.contract.lossless is False]
+    if broken:
+        return Verdict(False, [f"{c.kind} '{c.name}': {c.component.contract.reason}" for c in broken])
+    reasons = [f"{c.kind} '{c.name}': {c.component.contract.reason}" for c in parts]
+    reasons.insert(0, f"output follows {target_dist}, applied to target and draft alike")
+    return Verdict(True, reasons)

@@ -1,0 +1,168 @@
+"""The IR's op set: for each op, its effect, its type rule and what it means.
+
+Effects: "pure" ops are functions of their inputs; "model" ops call a bound model (a pure
+function of the token sequence, cached by the runtime); "random" ops (only `uniform`) draw fresh
+randomness and are never merged or duplicated; "sink" ops (`commit`) are the round's effect.
+Ops that consume randomness name the inputs that must come straight from a `uniform` (`draws`),
+so each draw is explicit and the exact backend can branch on it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from decspec.compiler.ir import CTX, Dim, Type
+
+TypeRule = Callable[[dict[str, Any], list[Type]], list[Type]]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    effect: str  # "pure" | "model" | "random" | "sink"
+    rule: TypeRule
+    doc: str
+    draws: tuple[int, ...] = ()
+    has_region: bool = False
+
+
+class IRTypeError(TypeError):
+    pass
+
+
+def _expect(cond: bool, msg: str) -> None:
+    if not cond:
+        raise IRTypeError(msg)
+
+
+def _plus(d: Dim, k: int) -> Dim:
+    return d + k if isinstance(d, int) else (f"{d}+{k}" if k else d)
+
+
+def _t(dtype: str, *shape: Dim) -> Type:
+    return Type(dtype, tuple(shape))
+
+
+def _model_call(p, ins):
+    _expect(ins and ins[0] == CTX, "model_call takes the context first")
+    _expect(len(ins) <= 3, "model_call takes (ctx[, ext[, n]])")
+    n_ext = 0
+    if len(ins) >= 2:
+        _expect(ins[1].dtype == "tok" and len(ins[1].shape) == 2, "model_call ext must be tok[B,N]")
+        n_ext = ins[1].shape[1]
+    if len(ins) == 3:
+        _expect(ins[2] == _t("i64"), "model_call n must be a scalar i64")
+    if p.get("last", True):
+        return [_t("f32", "B", "V")]
+    return [_t("f32", "B", _plus(n_ext, 1), "V")]
+
+
+def _same(p, ins):
+    _expect(len(ins) == 1 and ins[0].dtype == "f32", "expects one f32 tensor")
+    return [ins[0]]
+
+
+def _uniform(p, ins):
+    _expect(not ins, "uniform takes no inputs")
+    return [Type("f32", tuple(p["shape"]))]
+
+
+def _dist_to(dtype):
+    def rule(p, ins):
+        _expect(ins[0].dtype == "f32" and len(ins[0].shape) >= 1, "expects probabilities f32[..., V]")
+        return [Type(dtype, ins[0].shape[:-1])]
+
+    return rule
+
+
+def _sample(p, ins):
+    _expect(len(ins) == 2, "sample takes (probs, uniform)")
+    _expect(ins[1] == Type("f32", ins[0].shape[:-1]), f"sample's uniform must be f32{list(ins[0].shape[:-1])}, got {ins[1]}")
+    return [Type("tok", ins[0].shape[:-1])]
+
+
+def _token_prob(p, ins):
+    _expect(len(ins) == 2 and ins[1].dtype == "tok", "token_prob takes (probs, tokens)")
+    return [Type("f32", ins[0].shape[:-1])]
+
+
+def _compare(p, ins):
+    _expect(p["op"] in ("<", "<=", ">", ">=", "==", "!="), f"unknown comparison {p['op']!r}")
+    return [Type("bool", ins[0].shape)]
+
+
+def _logical(p, ins):
+    _expect(p["op"] in ("and", "or"), f"unknown logical op {p['op']!r}")
+    _expect(len(ins) == 2 and ins[0].dtype == ins[1].dtype == "bool", "logical takes two bool tensors")
+    return [ins[0]]
+
+
+def _logical_not(p, ins):
+    _expect(len(ins) == 1 and ins[0].dtype == "bool", "logical_not takes one bool tensor")
+    return [ins[0]]
+
+
+def _draft_loop(p, ins):
+    k = p["max"]
+    return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
+
+
+def _rejection_accept(p, ins):
+    _expect(len(ins) == 5, "rejection_accept takes (p, q, drafts, drafted, uniform)")
+    return [_t("i64", "B")]
+
+
+def _residual(p, ins):
+    _expect(len(ins) == 4, "rejection_residual takes (p, q, accepted, drafted)")
+    return [_t("f32", "B", "V")]
+
+
+def _match_len(p, ins):
+    _expect(len(ins) == 3, "match_len takes (drafts, target_tokens, drafted)")
+    return [_t("i64", "B")]
+
+
+def _take(p, ins):
+    _expect(len(ins) == 2 and ins[0].dtype == "tok" and ins[1].dtype == "i64", "take takes (tokens[B,N], index[B])")
+    return [_t("tok", "B")]
+
+
+def _splice(p, ins):
+    _expect(len(ins) == 3, "splice takes (drafts[B,K], accepted[B], token[B])")
+    return [_t("tok", "B", _plus(ins[0].shape[1], 1))]
+
+
+def _commit(p, ins):
+    _expect(len(ins) in (1, 3), "commit takes (token[B]) or (tokens[B,N], accepted[B], drafted[B])")
+    return []
+
+
+OPS: dict[str, OpDef] = {
+    d.name: d
+    for d in [
+        OpDef("model_call", "model", _model_call, "logits after ctx ++ ext[:, :n]: the last position (last=true) or every position from the end of ctx"),
+        OpDef("logits_transform", "pure", _same, "apply the sampler stages to logits"),
+        OpDef("softmax", "pure", _same, "probabilities from logits"),
+        OpDef("uniform", "random", _uniform, "fresh U[0,1) draws of the given shape"),
+        OpDef("sample", "pure", _sample, "categorical draw by inverse CDF: the token whose CDF interval holds u", draws=(1,)),
+        OpDef("argmax", "pure", _dist_to("tok"), "most likely token (first on ties)"),
+        OpDef("token_prob", "pure", _token_prob, "p[t]: probability of the given token"),
+        OpDef("entropy", "pure", _dist_to("f32"), "H(p) in nats"),
+        OpDef("compare", "pure", _compare, "x OP value, elementwise"),
+        OpDef("logical", "pure", _logical, "a and/or b"),
+        OpDef("logical_not", "pure", _logical_not, "not a"),
+        OpDef("draft_loop", "pure", _draft_loop, "run the body up to max times: (ctx, drafts so far, step) -> (token, probs, stop)", has_region=True),
+        OpDef("rejection_accept", "pure", _rejection_accept, "accepted prefix length: d_i accepted iff u_i * q_i(d_i) < p_i(d_i), capped at drafted", draws=(4,)),
+        OpDef("rejection_residual", "pure", _residual, "norm(max(0, p_n - q_n)) after a rejection at n; p_m after a full accept"),
+        OpDef("match_len", "pure", _match_len, "leading positions where drafts equal the target's tokens, capped at drafted"),
+        OpDef("take", "pure", _take, "tokens[b, index[b]]"),
+        OpDef("splice", "pure", _splice, "drafts[:, :n] followed by token: the round's new tokens (count n + 1)"),
+        OpDef("commit", "sink", _commit, "append tokens[:, :accepted+1] (or the single token) to the context"),
+    ]
+}
+
+
+def opdef(name: str) -> OpDef:
+    if name not in OPS:
+        raise KeyError(f"unknown IR op {name!r}")
+    return OPS[name]

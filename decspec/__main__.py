@@ -1,0 +1,5 @@
+import sys
+
+from decspec.cli import main
+
+sys.exit(main())

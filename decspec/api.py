@@ -1,0 +1,95 @@
+"""The public API: compile a spec into a Decoder, generate with it.
+
+    >>> import decspec
+    >>> from decspec.stdlib.models.table import TableModel
+    >>> target, draft = TableModel.random(8, 1, seed=0), TableModel.random(8, 1, seed=1)
+    >>> dec = decspec.compile("specs/speculative.dec", target=target, draft=draft, k=3)
+    >>> out = dec.generate([[1, 2, 3]], max_new_tokens=5, seed=0)
+    >>> len(out.tokens[0])
+    5
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from decspec.backends import get_backend
+from decspec.backends.runtime import Result, generate as run_generate
+from decspec.compiler.analysis import Verdict, losslessness
+from decspec.compiler.ir import Graph
+from decspec.compiler.lower import lower
+from decspec.compiler.passes import run_pipeline
+from decspec.dsl.diagnostics import DecError
+from decspec.dsl.spec import Spec
+
+
+def _is_model(v: Any) -> bool:
+    return hasattr(v, "forward") and hasattr(v, "new_cache") and hasattr(v, "vocab_size")
+
+
+class Decoder:
+    """A compiled spec bound to models.
+
+    spec: the checked Spec; graph: the optimized round IR; verdict: the losslessness analysis.
+    """
+
+    def __init__(self, spec: Spec, graph: Graph, models: Mapping[str, Any], backend: str = "eager"):
+        self.spec = spec
+        self.graph = graph
+        self.models = dict(models)
+        self.backend = get_backend(backend)
+        self.verdict: Verdict = losslessness(spec)
+
+    def _bound_models(self) -> dict[str, Any]:
+        missing = [r for r in self.spec.models if r not in self.models]
+        if missing:
+            args = ", ".join(f"{r}=..." for r in missing)
+            raise DecError(f"decoder '{self.spec.name}' needs model(s) {', '.join(map(repr, missing))}; pass them: decspec.compile(spec, {args})")
+        bound = {r: self.models[r] for r in self.spec.models}
+        vocab = {r: m.vocab_size for r, m in bound.items()}
+        if len(set(vocab.values())) > 1:
+            shown = ", ".join(f"'{r}' has {v}" for r, v in vocab.items())
+            raise DecError(f"the models' vocabularies differ ({shown}); speculative decoding needs one shared vocabulary")
+        return bound
+
+    def generate(self, input_ids: Any, max_new_tokens: int = 32, seed: int | None = None, eos_token_id: int | None = "default") -> Result:  # type: ignore[assignment]
+        """Generate up to max_new_tokens per row. input_ids: [B, T] tensor, ragged list of lists, or one list.
+
+        eos_token_id: stop a row at this token; by default the target's own (None disables).
+        Returns Result(tokens, stats).
+        """
+        models = self._bound_models()
+        if eos_token_id == "default":
+            eos_token_id = getattr(models[self.spec.models[0]], "eos_token_id", None)
+        return run_generate(
+            self.graph, models, input_ids, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
+            rules=self.backend.RULES, backend=self.backend.NAME,
+        )
+
+    def __repr__(self) -> str:
+        return f"Decoder({self.spec.name!r}, backend={self.backend.NAME!r}, models={sorted(self.models)})"
+
+
+def compile(
+    spec: str | os.PathLike,
+    *,
+    decoder: str | None = None,
+    backend: str = "eager",
+    models: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Decoder:
+    """Compile a .dec file (path) or spec text into a Decoder.
+
+    Keyword arguments that are models bind the spec's model roles (`target=..., draft=...`);
+    the others override the decoder's parameters (`k=6`). `models=`/`overrides=` take dicts.
+    """
+    models = dict(models or {})
+    overrides = dict(overrides or {})
+    for name, value in kwargs.items():
+        (models if _is_model(value) else overrides)[name] = value
+    from decspec.dsl.check import load
+
+    checked = load(spec, overrides=overrides, decoder=decoder)
+    graph = run_pipeline(lower(checked))
+    return Decoder(checked, graph, models, backend)

@@ -1,0 +1,118 @@
+"""The `decspec` command line.
+
+    decspec check FILE.dec [k=6 ...]          diagnostics and the losslessness verdict
+    decspec ir FILE.dec [--after PASS]        the round's IR, after the whole pipeline or a pass
+    decspec run FILE.dec [--prompt-ids 1,2,3] on the built-in default models: tokens and stats
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from decspec.dsl.diagnostics import DecError
+
+
+def _overrides(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.isidentifier():
+            raise DecError(f"cannot read parameter override {item!r}; write NAME=VALUE, e.g. k=6")
+        out[name] = value
+    return out
+
+
+def _check(args) -> int:
+    from decspec.compiler.analysis import losslessness
+    from decspec.compiler.lower import lower
+    from decspec.compiler.passes import run_pipeline
+    from decspec.compiler.verify import verify
+    from decspec.dsl.check import load
+
+    spec = load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder)
+    verify(run_pipeline(lower(spec)))
+    for w in spec.warnings:
+        print(w.render(), file=sys.stderr)
+    params = ", ".join(f"{k}={v!r}" for k, v in spec.params)
+    print(f"{args.file}: decoder {spec.name}({params}) ok")
+    print(f"models: {', '.join(spec.models)}")
+    print(losslessness(spec))
+    return 0
+
+
+def _ir(args) -> int:
+    from decspec.compiler.lower import lower
+    from decspec.compiler.passes import pass_names, run_pipeline
+    from decspec.dsl.check import load
+    from decspec.dsl.diagnostics import did_you_mean
+
+    spec = load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder)
+    known = ["lower", *pass_names()]
+    if args.after is not None and args.after not in known:
+        raise DecError(f"unknown pass '{args.after}'", hint=did_you_mean(args.after, known) or f"passes: {', '.join(known)}")
+    print(run_pipeline(lower(spec), until=args.after))
+    return 0
+
+
+def _run(args) -> int:
+    import decspec
+    from decspec.stdlib.models.default import default_models
+
+    try:
+        prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+    except ValueError:
+        raise DecError(f"--prompt-ids must be comma-separated token ids, e.g. 1,2,3 (got {args.prompt_ids!r})") from None
+    decoder = decspec.compile(args.file, decoder=args.decoder, models=default_models(), overrides=_overrides(args.overrides))
+    result = decoder.generate([prompt] * args.batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(f"decoder {decoder.spec.name} on the built-in default models ({decoder.verdict.lossless and 'lossless' or 'lossy'})")
+    for b, row in enumerate(result.tokens):
+        print(f"[{b}] {prompt} -> {row}")
+    print(result.stats.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="decspec", description="Compile declarative decoding specs (.dec) into verified decoders.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("file", help="a .dec file")
+        sp.add_argument("overrides", nargs="*", metavar="NAME=VALUE", help="override a decoder parameter, e.g. k=6")
+        sp.add_argument("--decoder", help="which decoder of the file (default: the one named like the file, else the last)")
+
+    c = sub.add_parser("check", help="check a spec: diagnostics and the losslessness verdict")
+    common(c)
+    c.set_defaults(fn=_check)
+    i = sub.add_parser("ir", help="print the round's IR")
+    common(i)
+    i.add_argument("--after", help="stop after this pass ('lower' for the unoptimized IR)")
+    i.set_defaults(fn=_ir)
+    r = sub.add_parser("run", help="run a spec on the built-in default models")
+    common(r)
+    r.add_argument("--prompt-ids", default="1,2,3,4", help="comma-separated prompt token ids")
+    r.add_argument("--batch", type=int, default=1, help="rows (the prompt repeated)")
+    r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(fn=_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except DecError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug in decspec, not in the user's input
+        if os.environ.get("DECSPEC_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {type(e).__name__}: {e}\n(this is a decspec bug; set DECSPEC_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

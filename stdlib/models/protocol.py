@@ -6,6 +6,7 @@ logits at each new position:
     cache = model.new_cache(batch=2, capacity=64)
     out = model.forward(tokens, cache)            # tokens: [B, T] -> out.logits: [B, T, V]
     cache.rollback(keep)                          # O(1): forget every position >= keep[b]
+    cache.commit_path(start, path, n)             # after a tree_mask forward: keep one accepted path
 
 Caches are static: buffers are preallocated once for `capacity` positions and never resized.
 Each row b has its own length (`cache.length[b]`), so ragged batches need no padding on the
@@ -49,20 +50,45 @@ class Cache:
         if need > self.capacity:
             raise CacheFull(need, self.capacity)
 
-    def write_tokens(self, tokens: torch.Tensor, n_valid: torch.Tensor | None) -> torch.Tensor:
-        """Record tokens [B, T] at the rows' next positions; advance lengths. Returns positions [B, T]."""
+    def write_tokens(self, tokens: torch.Tensor, n_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Record tokens [B, T] at the rows' next positions (padding included). Returns positions [B, T].
+
+        Lengths do not change here; `advance` does that once the model has run. `n_valid` is
+        accepted for backward compatibility and ignored: every one of the T tokens is written.
+        """
         B, T = tokens.shape
         self.check_room(T)
         pos = self.positions(T)
         self.tokens.scatter_(1, pos, tokens)
         return pos
 
-    def advance(self, T: int, n_valid: torch.Tensor | None) -> None:
+    def advance(self, T: int, n_valid: torch.Tensor | None = None) -> None:
         self.length += T if n_valid is None else n_valid
 
     def rollback(self, keep: torch.Tensor) -> None:
-        """Forget positions >= keep[b] in every row. O(1): only lengths change."""
-        self.length = torch.minimum(self.length, keep.to(self.length))
+        """Forget positions >= keep[b] in every row. O(1): only lengths change (in place)."""
+        torch.minimum(self.length, keep.to(self.length), out=self.length)
+
+    def commit_path(self, start: torch.Tensor, path: torch.Tensor, n: torch.Tensor) -> None:
+        """Keep one root-to-node path of a tree block written at positions start[b] ...
+
+        After a forward with a tree_mask, block node i of row b sits at position start[b] + i.
+        path: [B, P] block indices of the accepted nodes, root first (node d has depth d; P <= T);
+        n: [B] how many of them to keep (entries of path at d >= n[b] are ignored). Moves node
+        path[b, d] to position start[b] + d and sets length[b] = start[b] + n[b]: the cache then
+        holds exactly what decoding the path token by token would have written.
+        """
+        src, dst = self._path_slots(start, path, n)
+        self.tokens.scatter_(1, dst, self.tokens.gather(1, src))
+        self.length.copy_(start.to(self.length) + n.to(self.length))
+
+    def _path_slots(self, start: torch.Tensor, path: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(src, dst) positions [B, P] for commit_path; unkept entries copy a position onto itself."""
+        start = start.to(self.length)
+        d = torch.arange(path.shape[1], device=self.length.device)[None, :]  # [1, P]
+        dst = start[:, None] + d  # [B, P]
+        src = start[:, None] + torch.where(d < n.to(self.length)[:, None], path.to(self.length), d)
+        return src, dst
 
 
 class CacheFull(RuntimeError):

@@ -1,9 +1,9 @@
 """Losslessness: prove or refute, from the components' contracts, that a decoder samples from
 the target's distribution (after the sampler pipeline), and say why.
 
-    >>> verdict = Verdict(True, ["plain sampling from the target"])
-    >>> print(verdict)
-    lossless: plain sampling from the target
+    >>> print(Verdict(True, ["plain sampling from the target"]))
+    lossless
+      - plain sampling from the target
 """
 from __future__ import annotations
 
@@ -18,11 +18,18 @@ class Verdict:
     reasons: list[str]
 
     def __str__(self) -> str:
-        return ("lossless: " if self.lossless else "lossy: ") + "; ".join(self.reasons)
+        return ("lossless" if self.lossless else "lossy") + "".join(f"\n  - {r}" for r in self.reasons)
 
 
 def pipeline_text(sampler: tuple[Instance, ...]) -> str:
     return " | ".join(str(s) for s in sampler) if sampler else "softmax"
+
+
+_SLOT_OF = {"draft": "propose", "exit": "stop", "verifier": "verify"}
+
+
+def _because(c: Instance) -> str:
+    return f"{_SLOT_OF[c.kind]} = {c.name}: {c.component.contract.reason}"
 
 
 def losslessness(spec: Spec) -> Verdict:
@@ -34,7 +41,7 @@ def losslessness(spec: Spec) -> Verdict:
     parts = [c for c in (propose, spec.slot("stop"), spec.slot("verify")) if c is not None]
     broken = [c for c in parts if c.component.contract.lossless is False]
     if broken:
-        return Verdict(False, [f"{c.kind} '{c.name}': {c.component.contract.reason}" for c in broken])
-    reasons = [f"{c.kind} '{c.name}': {c.component.contract.reason}" for c in parts]
+        return Verdict(False, [_because(c) for c in broken])
+    reasons = [_because(c) for c in parts]
     reasons.insert(0, f"output follows {target_dist}, applied to target and draft alike")
     return Verdict(True, reasons)

@@ -90,6 +90,8 @@ class Result:
 
 def normalize_prompts(input_ids: Any, vocab_size: int) -> list[list[int]]:
     """Accept a [B, T] tensor, a list of lists (ragged), or one flat list of ids."""
+    if isinstance(input_ids, str) or (isinstance(input_ids, Sequence) and any(isinstance(r, str) for r in input_ids)):
+        raise DecError("input_ids holds text, but these models carry no tokenizer; pass token ids ([B, T] tensor or lists of ints)")
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -141,7 +143,7 @@ def generate(
         if limit is not None and max(lengths) + max_new_tokens > limit:
             raise DecError(
                 f"the longest prompt ({max(lengths)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds "
-                f"model '{role}''s {limit} positions; shorten the prompt or lower max_new_tokens"
+                f"the {limit} positions of model '{role}'; shorten the prompt or lower max_new_tokens"
             )
         capacity = min(capacity, limit + 2 * max_draft_len(graph) + 4) if limit is not None else capacity
     device = torch.device("cpu")

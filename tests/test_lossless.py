@@ -19,7 +19,7 @@ from decspec.stdlib import registry
 from decspec.stdlib.models.table import TableModel
 from decspec.stdlib.registry import Component, Contract
 from decspec.stdlib.samplers import apply_pipeline
-from distributions import chi_square_pvalue, exact_sequence_distribution, pipeline_text, sampler_stages, total_variation
+from decspec.testing import chi_square, pipeline_text, sequence_distribution, stages, total_variation
 
 P_FAIL = 1e-6
 SAMPLES = 4000
@@ -70,8 +70,8 @@ def run_check(cfg, pipeline, verifier: str, seed: int = 0):
     draft = TableModel.random(V, cfg["order"], seed=cfg["draft_seed"], temperature=cfg["draft_temperature"])
     dec = decspec.compile(spec_text(pipeline, verifier, cfg["stop"]), target=target, draft=draft, k=cfg["k"])
     result = dec.generate([cfg["prompt"]] * SAMPLES, max_new_tokens=NEW_TOKENS, seed=seed)
-    expected = exact_sequence_distribution(target, cfg["prompt"], NEW_TOKENS, pipeline)
-    stat, p = chi_square_pvalue(result.tokens, expected)
+    expected = sequence_distribution(target, cfg["prompt"], NEW_TOKENS, pipeline)
+    stat, p = chi_square(result.tokens, expected)
     return p, total_variation(result.tokens, expected), result
 
 
@@ -90,7 +90,7 @@ def test_plain_sampling_matches_target_distribution():
     pipeline = [("temperature", {"t": 0.8}), ("top_p", {"p": 0.9})]
     dec = decspec.compile("specs/autoregressive.dec", target=target, temperature=0.8, top_p=0.9)
     result = dec.generate([[1]] * SAMPLES, max_new_tokens=NEW_TOKENS, seed=1)
-    stat, p = chi_square_pvalue(result.tokens, exact_sequence_distribution(target, [1], NEW_TOKENS, pipeline))
+    stat, p = chi_square(result.tokens, sequence_distribution(target, [1], NEW_TOKENS, pipeline))
     assert p > P_FAIL
 
 
@@ -118,9 +118,9 @@ def first_token_tv(cfg, pipeline) -> float:
     V = cfg["vocab"]
     target = TableModel.random(V, cfg["order"], seed=cfg["target_seed"])
     draft = TableModel.random(V, cfg["order"], seed=cfg["draft_seed"], temperature=cfg["draft_temperature"])
-    stages = sampler_stages(pipeline)
-    p = torch.softmax(apply_pipeline(target.logits[target.context(cfg["prompt"])], stages), -1)
-    q = torch.softmax(apply_pipeline(draft.logits[draft.context(cfg["prompt"])], stages), -1)
+    st_ = stages(pipeline)
+    p = torch.softmax(apply_pipeline(target.logits[target.context(cfg["prompt"])], st_), -1)
+    q = torch.softmax(apply_pipeline(draft.logits[draft.context(cfg["prompt"])], st_), -1)
     return 0.5 * float((p - q).abs().sum())
 
 

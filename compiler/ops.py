@@ -24,6 +24,7 @@ class OpDef:
     doc: str
     draws: tuple[int, ...] = ()
     has_region: bool = False
+    region_rule: Callable[[dict[str, Any], Any], None] | None = None  # checks the region's signature
 
 
 class IRTypeError(TypeError):
@@ -104,7 +105,18 @@ def _logical_not(p, ins):
 
 def _draft_loop(p, ins):
     k = p["max"]
+    _expect(isinstance(k, int) and k >= 1, "draft_loop max must be a positive int")
+    _expect(len(ins) == 1 and ins[0] == CTX, "draft_loop takes the context")
     return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
+
+
+def _draft_body(p, region):
+    k = p["max"]
+    got = [v.type for v in region.inputs]
+    _expect(got == [CTX, _t("tok", "B", k), _t("i64")], f"draft_loop body must take (ctx, tok[B,{k}], i64[]), got ({', '.join(map(str, got))})")
+    out = [v.type for v in region.outputs]
+    _expect(out[:2] == [_t("tok", "B"), _t("f32", "B", "V")] and out[2:] in ([], [_t("bool", "B")]),
+            f"draft_loop body must yield (tok[B], f32[B,V][, bool[B]]), got ({', '.join(map(str, out))})")
 
 
 def _rejection_accept(p, ins):
@@ -151,7 +163,7 @@ OPS: dict[str, OpDef] = {
         OpDef("compare", "pure", _compare, "x OP value, elementwise"),
         OpDef("logical", "pure", _logical, "a and/or b"),
         OpDef("logical_not", "pure", _logical_not, "not a"),
-        OpDef("draft_loop", "pure", _draft_loop, "run the body up to max times: (ctx, drafts so far, step) -> (token, probs, stop)", has_region=True),
+        OpDef("draft_loop", "pure", _draft_loop, "run the body up to max times: (ctx, drafts so far, step) -> (token, probs[, stop])", has_region=True, region_rule=_draft_body),
         OpDef("rejection_accept", "pure", _rejection_accept, "accepted prefix length: d_i accepted iff u_i * q_i(d_i) < p_i(d_i), capped at drafted", draws=(4,)),
         OpDef("rejection_residual", "pure", _residual, "norm(max(0, p_n - q_n)) after a rejection at n; p_m after a full accept"),
         OpDef("match_len", "pure", _match_len, "leading positions where drafts equal the target's tokens, capped at drafted"),

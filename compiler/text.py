@@ -114,7 +114,8 @@ param: NAME "=" value
       | "inf" -> inf | "-inf" -> ninf | "nan" -> nan
       | ESCAPED_STRING -> string
       | "true" -> true | "false" -> false | "none" -> none
-      | "[" [value ("," value)*] "]" -> list_
+      | "[" "]" -> empty_list
+      | "[" value ("," value)* "]" -> list_
       | NAME "(" [param ("," param)*] ")" -> record
 VAR: "%" /[0-9]+/
 DIM: /[A-Za-z0-9_]+([+\-*][A-Za-z0-9_]+)*/
@@ -161,8 +162,11 @@ class _ToValues(Transformer):
     def none(self):
         return None
 
+    def empty_list(self):
+        return ()
+
     def list_(self, *items):
-        return () if items == (None,) else tuple(items)
+        return tuple(items)
 
     def param(self, name, value):
         return (str(name), value)

@@ -37,8 +37,12 @@ def _check(graph: Graph, outer: set[Value], is_round: bool) -> None:
                 uniform_users[v] = uniform_users.get(v, 0) + 1
         try:
             expected = d.rule(dict(op.params), [v.type for v in op.inputs])
-        except (IRTypeError, KeyError) as e:
+            if d.region_rule is not None and op.region is not None:
+                d.region_rule(dict(op.params), op.region)
+        except IRTypeError as e:
             raise IRVerifyError(f"{where}: {e}") from None
+        except Exception as e:  # a rule tripping over a malformed op is still the op's fault
+            raise IRVerifyError(f"{where}: malformed op ({type(e).__name__}: {e})") from None
         got = [v.type for v in op.outputs]
         if expected != got:
             raise IRVerifyError(f"{where}: outputs {', '.join(map(str, got))} but its rule gives {', '.join(map(str, expected))}")
@@ -52,6 +56,8 @@ def _check(graph: Graph, outer: set[Value], is_round: bool) -> None:
             _check(op.region, defined, is_round=False)
         if op.name == "uniform":
             uniforms.update(op.outputs)
+        if d.effect == "sink" and not is_round:
+            raise IRVerifyError(f"{where}: a sink may not appear inside a region")
         commits += op.name == "commit"
         defined.update(op.outputs)
     for v, n in uniform_users.items():

@@ -76,7 +76,7 @@ def run_check(cfg, pipeline, verifier: str, seed: int = 0):
 
 
 @pytest.mark.parametrize("verifier", ["rejection", "greedy"])
-@settings(max_examples=10)
+@settings(max_examples=25)
 @given(cfg=configs, data=st.data())
 def test_speculative_matches_target_distribution(verifier, cfg, data):
     pipeline = data.draw(pipelines(cfg["vocab"]))
@@ -124,7 +124,7 @@ def first_token_tv(cfg, pipeline) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
-@settings(max_examples=8)
+@settings(max_examples=15)
 @given(cfg=configs, data=st.data())
 def test_broken_verifier_fails_the_check(accept_all, cfg, data):
     cfg = dict(cfg, stop=None)

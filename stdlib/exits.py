@@ -57,5 +57,5 @@ register(
         lower_when,
     )
 )
-register(Component("stat", "prob", (), "q(d): the probability the draft gave the token it drafted.", Contract(None, ""), _lower_prob))
-register(Component("stat", "entropy", (), "H(q) in nats: the entropy of the draft's distribution at this step.", Contract(None, ""), _lower_entropy))
+register(Component("stat", "prob", (), "The draft model's own probability of the token it drafted (softmax of its logits, before the sampler pipeline).", Contract(None, ""), _lower_prob))
+register(Component("stat", "entropy", (), "Entropy in nats of the draft model's own distribution at this step (before the sampler pipeline).", Contract(None, ""), _lower_entropy))

@@ -14,6 +14,10 @@ NEG_INF = float("-inf")
 _NO_CONTRACT = Contract(None, "samplers define the target distribution; they are not checked against it")
 
 
+def _at_least_f32(logits: torch.Tensor) -> torch.Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """Keep only the most likely token (the first one on ties)."""
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.argmax(-1, keepdim=True), True)
@@ -37,7 +41,7 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus: keep the smallest most-likely set whose probability reaches p (always >= 1 token)."""
     if p >= 1.0:
         return logits
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(_at_least_f32(logits), dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
     mass_before = sorted_probs.cumsum(-1) - sorted_probs  # probability of strictly more likely tokens
     drop_sorted = mass_before >= p
@@ -50,7 +54,7 @@ def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep tokens whose probability is at least p times the most likely token's."""
     if p <= 0.0:
         return logits
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(_at_least_f32(logits), dim=-1)
     return logits.masked_fill(probs < p * probs.amax(-1, keepdim=True), NEG_INF)
 
 

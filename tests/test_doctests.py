@@ -1,0 +1,28 @@
+"""Docstring examples in public modules run and print what they claim."""
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "decspec.api",
+    "decspec.testing",
+    "decspec.dsl.diagnostics",
+    "decspec.compiler.ir",
+    "decspec.compiler.analysis",
+    "decspec.compiler.passes",
+    "decspec.stdlib.registry",
+    "decspec.stdlib.models.table",
+    "decspec.stdlib.models.transformer",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

@@ -10,6 +10,7 @@ from decspec.compiler.lower import lower
 from decspec.compiler.passes import PIPELINE, pass_names, run_pipeline
 from decspec.compiler.passes.cse import cse
 from decspec.compiler.passes.dce import dce
+from decspec.compiler.passes.greedy_sample import greedy_sample
 from decspec.dsl.spec import Cond, Spec, Stat
 from decspec.stdlib import registry
 from test_ir_text import SOURCE, inst, model, specs
@@ -37,8 +38,8 @@ def softmaxes(graph: Graph) -> int:
 
 
 def test_pipeline_order():
-    assert pass_names() == ["cse", "dce"]
-    assert [fn for _, fn in PIPELINE] == [cse, dce]
+    assert pass_names() == ["cse", "greedy_sample", "dce"]
+    assert [fn for _, fn in PIPELINE] == [cse, greedy_sample, dce]
 
 
 @settings(max_examples=15)
@@ -51,8 +52,8 @@ def test_until_stops_at_the_named_pass(spec):
     assert str(after_cse) == str(cse(graph))
     seen.clear()
     after_dce = run_pipeline(graph, until="dce", log=lambda name, g: seen.append(name))
-    assert seen == ["cse", "dce"]
-    assert str(after_dce) == str(run_pipeline(graph)) == str(dce(cse(graph)))
+    assert seen == ["cse", "greedy_sample", "dce"]
+    assert str(after_dce) == str(run_pipeline(graph)) == str(dce(greedy_sample(cse(graph))))
     assert run_pipeline(graph, until="lower") is graph
 
 
@@ -60,7 +61,9 @@ def test_log_gets_each_graph():
     graph = lower(speculative(()))
     logged: list[tuple[str, str]] = []
     run_pipeline(graph, log=lambda name, g: logged.append((name, str(g))))
-    assert logged == [("cse", str(cse(graph))), ("dce", str(dce(cse(graph))))]
+    g1 = cse(graph)
+    g2 = greedy_sample(g1)
+    assert logged == [("cse", str(g1)), ("greedy_sample", str(g2)), ("dce", str(dce(g2)))]
 
 
 def test_unknown_pass_name():

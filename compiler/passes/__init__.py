@@ -1,7 +1,7 @@
 """The pass pipeline: named, pure functions Graph -> Graph, run in order.
 
     >>> [name for name, _ in PIPELINE]
-    ['cse', 'dce']
+    ['cse', 'greedy_sample', 'dce']
 
 `run_pipeline(graph, until="cse")` stops after that pass (what `decspec ir --after cse` prints);
 `log` receives (pass name, graph) after each pass.
@@ -13,10 +13,11 @@ from typing import Callable
 from decspec.compiler.ir import Graph
 from decspec.compiler.passes.cse import cse
 from decspec.compiler.passes.dce import dce
+from decspec.compiler.passes.greedy_sample import greedy_sample
 
 Pass = Callable[[Graph], Graph]
 
-PIPELINE: list[tuple[str, Pass]] = [("cse", cse), ("dce", dce)]
+PIPELINE: list[tuple[str, Pass]] = [("cse", cse), ("greedy_sample", greedy_sample), ("dce", dce)]
 
 
 def pass_names() -> list[str]:

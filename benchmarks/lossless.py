@@ -15,20 +15,10 @@ import statistics
 from pathlib import Path
 
 import decspec
-from decspec.stdlib import registry
 from decspec.stdlib.models.table import TableModel
-from decspec.stdlib.registry import Component, Contract
-from decspec.testing import chi_square, pipeline_text, sequence_distribution, total_variation
+from decspec.testing import broken_verifier, chi_square, pipeline_text, sequence_distribution, total_variation
 
 NEW_TOKENS = 3
-
-
-def lower_accept_all(lw, inst, ctx, target, proposal):
-    b = lw.b
-    p = lw.probs(b.emit("model_call", [ctx, proposal.tokens], model=lw.role(target), last=False)[0])
-    n = b.emit("match_len", [proposal.tokens, proposal.tokens, proposal.count])[0]
-    bonus = b.emit("rejection_residual", [p, proposal.probs, n, proposal.count])[0]
-    return b.emit("splice", [proposal.tokens, n, lw.sample(bonus)])[0], n
 
 
 def config(rng: random.Random) -> dict:
@@ -62,13 +52,13 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=20)
     ap.add_argument("--samples", type=int, default=4000)
     args = ap.parse_args()
-    registry.register(Component("verifier", "accept_all", (), "broken on purpose", Contract(True, "claims lossless; is not"), lower_accept_all))
     rng = random.Random(0)
     configs = [config(rng) for _ in range(args.configs)]
     rows = []
     print(f"{'verifier':<11} {'configs':>7} {'min p':>10} {'median p':>9} {'rejected@1e-6':>13} {'mean TV':>8} {'max TV':>7}")
     for verifier in ["rejection", "greedy", "accept_all"]:
-        res = [run(c, verifier, args.samples) for c in configs]
+        with broken_verifier("accept_all"):
+            res = [run(c, verifier, args.samples) for c in configs]
         ps, tvs = [r["p"] for r in res], [r["tv"] for r in res]
         rows.append({"verifier": verifier, "results": res})
         print(f"{verifier:<11} {len(res):>7} {min(ps):>10.3g} {statistics.median(ps):>9.3f} {sum(p < 1e-6 for p in ps):>13} {statistics.mean(tvs):>8.4f} {max(tvs):>7.4f}")

@@ -6,12 +6,13 @@
     >>> round(sum(expected.values()), 12)
     1.0
 
-Today: exact sequence distributions of table models, a chi-square goodness-of-fit test and
-total variation. Hypothesis strategies, `assert_lossless` and the exact backend are later work.
+Today: exact sequence distributions of table models, a chi-square goodness-of-fit test, total
+variation, and a deliberately broken verifier to show a check has teeth. Hypothesis strategies, `assert_lossless` and the exact backend are later work.
 """
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -92,3 +93,29 @@ def assert_samples_match(samples: Sequence[Sequence[int]], expected: dict[tuple[
     stat, p = chi_square(samples, expected)
     if p < p_fail:
         raise AssertionError(f"samples do not follow the expected distribution: chi-square p={p:.3g} < {p_fail:g}, TV={total_variation(samples, expected):.4f}")
+
+
+def _lower_accept_all(lw, inst, ctx, target, proposal):
+    """Broken on purpose: accept every drafted token, then add the bonus token from p."""
+    b = lw.b
+    p = lw.probs(b.emit("model_call", [ctx, proposal.tokens], model=lw.role(target), last=False)[0])
+    n = b.emit("match_len", [proposal.tokens, proposal.tokens, proposal.count])[0]  # = drafted
+    bonus = b.emit("rejection_residual", [p, proposal.probs, n, proposal.count])[0]  # n == drafted: p_m
+    return b.emit("splice", [proposal.tokens, n, lw.sample(bonus)])[0], n
+
+
+@contextmanager
+def broken_verifier(name: str = "accept_all"):
+    """Register, for the duration of a `with` block, a verifier that accepts every draft while
+    *claiming* to be lossless: a mutant to show that a distribution check has teeth.
+
+        with broken_verifier():
+            dec = decspec.compile(spec_text_using("verify = accept_all"), ...)
+    """
+    from decspec.stdlib.registry import Component, Contract, register, unregister
+
+    register(Component("verifier", name, (), "accepts every draft (deliberately wrong)", Contract(True, "claims to be lossless, and is not"), _lower_accept_all))
+    try:
+        yield name
+    finally:
+        unregister("verifier", name)

@@ -14,12 +14,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import decspec
-from decspec.compiler.ir import Graph
-from decspec.stdlib import registry
 from decspec.stdlib.models.table import TableModel
-from decspec.stdlib.registry import Component, Contract
 from decspec.stdlib.samplers import apply_pipeline
-from decspec.testing import chi_square, pipeline_text, sequence_distribution, stages, total_variation
+from decspec.testing import broken_verifier, chi_square, pipeline_text, sequence_distribution, stages, total_variation
 
 P_FAIL = 1e-6
 SAMPLES = 4000
@@ -97,21 +94,10 @@ def test_plain_sampling_matches_target_distribution():
 # --- the check has teeth: a verifier that accepts every draft must fail it -----------------
 
 
-def lower_accept_all(lw, inst, ctx, target, proposal):
-    """Broken on purpose: accept every drafted token, then add the bonus token from p."""
-    b = lw.b
-    logits = b.emit("model_call", [ctx, proposal.tokens], model=lw.role(target), last=False)[0]
-    p = lw.probs(logits)
-    n = b.emit("match_len", [proposal.tokens, proposal.tokens, proposal.count])[0]  # = drafted
-    bonus = b.emit("rejection_residual", [p, proposal.probs, n, proposal.count])[0]  # n == drafted: p_m
-    return b.emit("splice", [proposal.tokens, n, lw.sample(bonus)])[0], n
-
-
 @pytest.fixture(scope="module")
 def accept_all():
-    registry.register(Component("verifier", "accept_all", (), "accepts every draft (wrong)", Contract(True, "claims to be lossless, and is not"), lower_accept_all))
-    yield
-    registry.unregister("verifier", "accept_all")
+    with broken_verifier("accept_all"):
+        yield
 
 
 def first_token_tv(cfg, pipeline) -> float:

@@ -137,6 +137,7 @@ def generate(
         raise DecError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
     B = len(prompts)
     lengths = [len(p) for p in prompts]
+    # room for the longest row, its new tokens, and a round's drafts plus padding past the end
     capacity = max(lengths) + max_new_tokens + 2 * max_draft_len(graph) + 4
     for role, model in models.items():
         limit = getattr(model, "max_positions", None)
@@ -145,7 +146,6 @@ def generate(
                 f"the longest prompt ({max(lengths)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds "
                 f"the {limit} positions of model '{role}'; shorten the prompt or lower max_new_tokens"
             )
-        capacity = min(capacity, limit + 2 * max_draft_len(graph) + 4) if limit is not None else capacity
     device = torch.device("cpu")
     ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device), torch.tensor(lengths, device=device))
     for b, p in enumerate(prompts):

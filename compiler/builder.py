@@ -1,7 +1,8 @@
 """Builder: emit ops one by one, with types inferred from the op table and spans from the spec."""
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from decspec.compiler.ir import Graph, Meta, Op, Type, Value
 from decspec.compiler.ops import opdef
@@ -24,6 +25,16 @@ class Builder:
         """Tag the ops emitted from now on with a .dec span (anything with .line/.col)."""
         self.meta = Meta(span.line, span.col, component) if span is not None else Meta(component=component)
         return self
+
+    @contextmanager
+    def located(self, span: Any, component: str | None = None) -> Iterator["Builder"]:
+        """Like `at`, for a block only: the ops emitted after it get the caller's span back."""
+        caller = self.meta
+        self.at(span, component)
+        try:
+            yield self
+        finally:
+            self.meta = caller
 
     def emit(self, name: str, inputs: list[Value] | tuple[Value, ...], region: Graph | None = None, **params: Any) -> tuple[Value, ...]:
         d = opdef(name)

@@ -119,10 +119,6 @@ class Graph:
     def producer(self, value: Value) -> Op | None:
         return next((op for op in self.ops if value in op.outputs), None)
 
-    def users(self, value: Value) -> list[Op]:
-        users = [op for op in self.ops if value in op.inputs]
-        return users
-
     def walk(self) -> Iterator[Op]:
         """Every op, regions included (pre-order)."""
         for op in self.ops:

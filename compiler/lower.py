@@ -40,14 +40,12 @@ class Lowering:
 
     def probs(self, logits: Value) -> Value:
         """softmax(sampler pipeline(logits)): the distribution every model is sampled from."""
-        caller = self.b.meta
-        if self.sampler:
-            stages = tuple(Record(s.name, tuple(s.args)) for s in self.sampler)
-            self.b.at(self.sampler[0].span, "sampler")
-            logits = self.b.emit("logits_transform", [logits], stages=stages)[0]
-        probs = self.b.emit("softmax", [logits])[0]
-        self.b.meta = caller
-        return probs
+        if not self.sampler:
+            return self.b.emit("softmax", [logits])[0]
+        stages = tuple(Record(s.name, tuple(s.args)) for s in self.sampler)
+        with self.b.located(self.sampler[0].span, "sampler") as b:
+            logits = b.emit("logits_transform", [logits], stages=stages)[0]
+            return b.emit("softmax", [logits])[0]
 
     def sample(self, probs: Value) -> Value:
         """One categorical draw per row from probs [B, ..., V] -> tok [B, ...]."""
@@ -59,11 +57,8 @@ class Lowering:
         before the sampler pipeline), or None when drafting always runs to max."""
         if self.stop is None:
             return None
-        caller = self.b.meta
-        self.b.at(self.stop.span, self.stop.name)
-        flag = self.stop.component.lower(self, self.stop, logits, token)
-        self.b.meta = caller
-        return flag
+        with self.b.located(self.stop.span, self.stop.name):
+            return self.stop.component.lower(self, self.stop, logits, token)
 
     def nested(self, name: str) -> Builder:
         """Swap in a fresh builder for a region; `restore` puts the outer one back."""

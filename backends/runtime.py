@@ -82,10 +82,12 @@ class Stats:
 
 @dataclass
 class Result:
-    """tokens: the generated ids of each row (ragged; prompt excluded; an EOS that ended a row is kept)."""
+    """tokens: the generated ids of each row (ragged; prompt excluded; an EOS that ended a row is kept).
+    text: the decoded continuations, when the target carries a tokenizer (else None)."""
 
     tokens: list[list[int]]
     stats: Stats
+    text: list[str] | None = None
 
 
 def normalize_prompts(input_ids: Any, vocab_size: int) -> list[list[int]]:

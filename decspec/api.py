@@ -21,6 +21,7 @@ from decspec.compiler.lower import lower
 from decspec.compiler.passes import run_pipeline
 from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Spec
+from decspec.stdlib.models.tokenizer import Tokenizer, same_vocabulary
 
 
 def _is_model(v: Any) -> bool:
@@ -41,6 +42,10 @@ class Decoder:
         self.verdict: Verdict = losslessness(spec)
 
     def _bound_models(self) -> dict[str, Any]:
+        if not self.models:  # nothing bound at compile time: the shipped reference pair
+            from decspec.stdlib.models.pretrained import reference_models
+
+            self.models = dict(reference_models())
         missing = [r for r in self.spec.models if r not in self.models]
         if missing:
             args = ", ".join(f"{r}=..." for r in missing)
@@ -50,21 +55,47 @@ class Decoder:
         if len(set(vocab.values())) > 1:
             shown = ", ".join(f"'{r}' has {v}" for r, v in vocab.items())
             raise DecError(f"the models' vocabularies differ ({shown}); speculative decoding needs one shared vocabulary")
+        tokenizers = {r: t for r, m in bound.items() if (t := getattr(m, "tokenizer", None)) is not None}
+        if len(tokenizers) > 1:
+            (r0, t0), *rest = tokenizers.items()
+            for r, t in rest:
+                if t is not t0 and not same_vocabulary(t0, t):
+                    raise DecError(
+                        f"model '{r0}' ({t0.name or 'its tokenizer'}) and model '{r}' ({t.name or 'its tokenizer'}) "
+                        "use different tokenizers (the same ids mean different text); give both models one tokenizer"
+                    )
         return bound
 
-    def generate(self, input_ids: Any, max_new_tokens: int = 32, seed: int | None = None, eos_token_id: int | None = "default") -> Result:  # type: ignore[assignment]
-        """Generate up to max_new_tokens per row. input_ids: [B, T] tensor, ragged list of lists, or one list.
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The target's tokenizer (the first model role's), when it carries one."""
+        first = self._bound_models().get(self.spec.models[0]) if self.spec.models else None
+        return getattr(first, "tokenizer", None)
 
+    def generate(self, input_ids: Any, max_new_tokens: int = 32, seed: int | None = None, eos_token_id: int | None = "default") -> Result:  # type: ignore[assignment]
+        """Generate up to max_new_tokens per row.
+
+        input_ids: a [B, T] tensor, a ragged list of id lists, one id list — or, when the target
+        carries a tokenizer, a string or a list of strings (encoded with the tokenizer's BOS first).
         eos_token_id: stop a row at this token; by default the target's own (None disables).
-        Returns Result(tokens, stats).
+        Returns Result(tokens, stats, text); `text` holds the decoded continuations when there is a tokenizer.
         """
         models = self._bound_models()
+        tokenizer = self.tokenizer
+        texts = [input_ids] if isinstance(input_ids, str) else input_ids
+        if isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts):
+            if tokenizer is None:
+                raise DecError("input_ids holds text, but these models carry no tokenizer; pass token ids ([B, T] tensor or lists of ints)")
+            input_ids = [tokenizer.encode_prompt(t) for t in texts]
         if eos_token_id == "default":
             eos_token_id = getattr(models[self.spec.models[0]], "eos_token_id", None)
-        return run_generate(
+        result = run_generate(
             self.graph, models, input_ids, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
             rules=self.backend.RULES, backend=self.backend.NAME,
         )
+        if tokenizer is not None:
+            result.text = [tokenizer.decode(row) for row in result.tokens]
+        return result
 
     def __repr__(self) -> str:
         return f"Decoder({self.spec.name!r}, backend={self.backend.NAME!r}, models={sorted(self.models)})"
@@ -83,11 +114,13 @@ def compile(
 
     Keyword arguments that are models bind the spec's model roles (`target=..., draft=...`);
     the others override the decoder's parameters (`k=6`). `models=`/`overrides=` take dicts.
+    With no models at all, the shipped reference pair (`reference_models()`) binds "target" and "draft".
     """
     models = dict(models or {})
     overrides = dict(overrides or {})
     for name, value in kwargs.items():
         (models if _is_model(value) else overrides)[name] = value
+
     from decspec.dsl.check import load
 
     checked = load(spec, overrides=overrides, decoder=decoder)

@@ -2,7 +2,8 @@
 
     decspec check FILE.dec [k=6 ...]          diagnostics and the losslessness verdict
     decspec ir FILE.dec [--after PASS]        the round's IR, after the whole pipeline or a pass
-    decspec run FILE.dec [--prompt-ids 1,2,3] on the built-in default models: tokens and stats
+    decspec run FILE.dec [--prompt TEXT] [--target DIR --draft DIR]
+                                              generate text (shipped reference models by default) and print the stats
 """
 from __future__ import annotations
 
@@ -57,20 +58,52 @@ def _ir(args) -> int:
     return 0
 
 
+def _models(args) -> dict:
+    """--target/--draft model directories, else the shipped reference pair."""
+    from decspec.stdlib.models.pretrained import load_model, reference_models
+
+    if args.target is None and args.draft is None:
+        return reference_models()
+    if args.target is None:
+        raise DecError("--draft needs --target too: the shipped target's vocabulary will not match your draft")
+    models = {"target": load_model(args.target)}
+    if args.draft is not None:
+        models["draft"] = load_model(args.draft)
+    return models
+
+
 def _run(args) -> int:
     import decspec
-    from decspec.stdlib.models.default import default_models
 
-    try:
-        prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-    except ValueError:
-        raise DecError(f"--prompt-ids must be comma-separated token ids, e.g. 1,2,3 (got {args.prompt_ids!r})") from None
-    decoder = decspec.compile(args.file, decoder=args.decoder, models=default_models(), overrides=_overrides(args.overrides))
+    models = _models(args)
+    decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides))
+    missing = [r for r in decoder.spec.models if r not in models]
+    if missing:
+        raise DecError(f"decoder '{decoder.spec.name}' needs a {missing[0]} model: pass --{missing[0]} DIR (a local Hugging Face model directory)")
+    if args.prompt_ids is not None:
+        try:
+            prompt: list[int] | str = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise DecError(f"--prompt-ids must be comma-separated token ids, e.g. 1,2,3 (got {args.prompt_ids!r})") from None
+    elif decoder.tokenizer is None:
+        raise DecError("the target model has no tokenizer (no tokenizer.json beside its weights); pass --prompt-ids 1,2,3")
+    else:
+        prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
     result = decoder.generate([prompt] * args.batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(f"decoder {decoder.spec.name} on the built-in default models ({decoder.verdict.lossless and 'lossless' or 'lossy'})")
+    where = "the shipped reference models" if args.target is None else args.target
+    print(f"# decoder {decoder.spec.name} on {where} ({'lossless' if decoder.verdict.lossless else 'lossy'})")
     for b, row in enumerate(result.tokens):
-        print(f"[{b}] {prompt} -> {row}")
-    print(result.stats.summary())
+        if result.text is not None and isinstance(prompt, str):
+            print(prompt + result.text[b])
+        else:
+            print(f"[{b}] {prompt} -> {row}")
+        if args.batch > 1 and b < args.batch - 1:
+            print("# ---")
+    s = result.stats
+    print(
+        f"# rounds {s.rounds}, new tokens {sum(s.new_tokens)}, mean accepted tokens per round {s.mean_accepted:.2f} "
+        f"(acceptance {s.acceptance_rate:.2f}), {s.tokens_per_second:.1f} tokens/s",
+    )
     return 0
 
 
@@ -90,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(i)
     i.add_argument("--after", help="stop after this pass ('lower' for the unoptimized IR)")
     i.set_defaults(fn=_ir)
-    r = sub.add_parser("run", help="run a spec on the built-in default models")
+    r = sub.add_parser("run", help="run a spec on the shipped reference models or your own")
     common(r)
-    r.add_argument("--prompt-ids", default="1,2,3,4", help="comma-separated prompt token ids")
+    r.add_argument("--prompt", default="def fibonacci(n):", help="prompt text (default: %(default)r)")
+    r.add_argument("--escapes", action="store_true", help="read backslash escapes (\\n, \\t) in --prompt")
+    r.add_argument("--prompt-ids", help="comma-separated prompt token ids instead of --prompt")
+    r.add_argument("--target", help="a local Hugging Face model directory for the target (default: the shipped one)")
+    r.add_argument("--draft", help="a local Hugging Face model directory for the draft (same tokenizer as the target)")
     r.add_argument("--batch", type=int, default=1, help="rows (the prompt repeated)")
     r.add_argument("--max-new-tokens", type=int, default=32)
     r.add_argument("--seed", type=int, default=0)

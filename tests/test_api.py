@@ -6,7 +6,7 @@ import torch
 
 import decspec
 from decspec import DecError
-from decspec.stdlib.models.default import default_models
+from decspec.stdlib.models.default import random_models
 from decspec.stdlib.models.table import TableModel
 
 SPEC = "specs/speculative.dec"
@@ -108,6 +108,6 @@ def test_bad_input_is_a_clear_error(tables, call, message):
 
 
 def test_prompt_longer_than_the_model():
-    dec = decspec.compile(SPEC, models=default_models())
+    dec = decspec.compile(SPEC, models=random_models())
     with pytest.raises(DecError, match="2048 positions of model 'target'"):
         dec.generate([[1] * 2040], max_new_tokens=20)

@@ -35,10 +35,32 @@ def test_unknown_pass_is_a_diagnostic(capsys):
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_run_on_default_models(spec, capsys):
+def test_run_on_the_shipped_models(spec, capsys):
     assert main(["run", spec, "--max-new-tokens", "6", "--batch", "2"]) == 0
     out = capsys.readouterr().out
-    assert "rounds=" in out and out.count("->") == 2
+    assert "mean accepted tokens per round" in out and "tokens/s" in out
+    assert out.count("def fibonacci(n):") == 2  # the default prompt, then its continuation, per row
+
+
+def test_run_with_prompt_text_and_ids(capsys):
+    assert main(["run", "specs/speculative_greedy.dec", "--prompt", "import os\\nimport sys\\n", "--escapes", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:3] == ["import os", "import sys"]
+    assert main(["run", "specs/speculative.dec", "--prompt-ids", "1,2,3", "--max-new-tokens", "4"]) == 0
+    assert "[0] [1, 2, 3] -> [" in capsys.readouterr().out
+
+
+def test_run_with_model_directories(capsys):
+    from decspec.stdlib.models.pretrained import REFERENCE
+
+    args = ["run", "specs/speculative.dec", "--max-new-tokens", "4"]
+    assert main(args + ["--target", str(REFERENCE / "target"), "--draft", str(REFERENCE / "draft")]) == 0
+    assert str(REFERENCE / "target") in capsys.readouterr().out
+    assert main(args + ["--target", "/no/such/dir"]) == 1
+    assert "/no/such/dir does not exist" in capsys.readouterr().err
+    assert main(args + ["--target", str(REFERENCE / "target")]) == 1  # the spec needs a draft
+    assert "pass --draft DIR" in capsys.readouterr().err
+    assert main(args + ["--draft", str(REFERENCE / "draft")]) == 1
+    assert "--draft needs --target" in capsys.readouterr().err
 
 
 def test_errors_are_diagnostics_not_tracebacks(tmp_path, capsys):

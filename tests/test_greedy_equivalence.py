@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import decspec
-from decspec.stdlib.models.default import default_models
+from decspec.stdlib.models.default import random_models
 from decspec.stdlib.models.table import TableModel
 
 
@@ -65,7 +65,7 @@ def test_a_perfect_draft_is_always_accepted():
 
 
 def test_greedy_equivalence_on_the_builtin_transformer():
-    models = default_models()
+    models = random_models()
     prompts = [[5, 6, 7], [9], [100, 200, 300, 400]]
     spec = decspec.compile("specs/speculative_greedy.dec", models=models, k=3, confidence=0.0)
     plain = decspec.compile("specs/autoregressive.dec", models=models, temperature=0.0)

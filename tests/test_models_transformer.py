@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decspec.stdlib.models import CacheFull, Model
-from decspec.stdlib.models.default import default_models
+from decspec.stdlib.models.default import random_models
 from decspec.stdlib.models.transformer import KVCache, Transformer, TransformerConfig
 
 CFG = TransformerConfig(
@@ -325,9 +325,9 @@ def test_config_from_hf_dict():
         TransformerConfig(num_attention_heads=4, num_key_value_heads=3)
 
 
-def test_default_models():
+def test_random_models():
     t = time.perf_counter()
-    models = default_models(seed=0)
+    models = random_models(seed=0)
     assert time.perf_counter() - t < 0.5
     target, draft = models["target"], models["draft"]
     assert target.vocab_size == draft.vocab_size == 512

@@ -14,8 +14,8 @@ MODEL = register(
 
 __all__ = ["Cache", "CacheFull", "Model", "ModelOutput", "MODEL"]
 
-from decspec.stdlib.models.default import default_models  # noqa: E402
+from decspec.stdlib.models.default import default_models, random_models  # noqa: E402
 from decspec.stdlib.models.table import TableModel  # noqa: E402
 from decspec.stdlib.models.transformer import KVCache, Transformer, TransformerConfig  # noqa: E402
 
-__all__ += ["KVCache", "TableModel", "Transformer", "TransformerConfig", "default_models"]
+__all__ += ["KVCache", "TableModel", "Transformer", "TransformerConfig", "default_models", "random_models"]

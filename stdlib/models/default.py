@@ -1,4 +1,4 @@
-"""The default target/draft pair decoders are compiled against when the caller names none."""
+"""Model pairs for when the caller names none: the shipped, trained reference pair, and a small random pair for tests."""
 from __future__ import annotations
 
 from decspec.stdlib.models.protocol import Model
@@ -14,13 +14,20 @@ DRAFT = TransformerConfig(
 )
 
 
-def default_models(seed: int = 0) -> dict[str, Model]:
+def default_models() -> dict[str, Model]:
+    """The shipped, trained pair (see `decspec.stdlib.models.pretrained.reference_models`)."""
+    from decspec.stdlib.models.pretrained import reference_models
+
+    return reference_models()
+
+
+def random_models(seed: int = 0) -> dict[str, Model]:
     """Random-init `"target"` (4 layers, hidden 128) and `"draft"` (1 layer, hidden 64) over one 512-token vocabulary.
 
-    A placeholder until the trained reference pair ships: the weights are random (HF-style
-    normal(0, 0.02) init), so the logits are nearly flat and carry no language. eos_token_id is None.
+    For tests that need a transformer pair but no language: the weights are random (HF-style
+    normal(0, 0.02) init), so the logits are nearly flat. eos_token_id is None; no tokenizer.
 
-    >>> models = default_models(seed=0)
+    >>> models = random_models(seed=0)
     >>> models["target"].vocab_size == models["draft"].vocab_size == 512
     True
     """

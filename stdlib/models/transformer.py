@@ -23,6 +23,10 @@ write their K/V: the cache slots of the block hold nothing valid (stale values) 
 layers, so a later full-depth forward must re-feed those tokens (roll back, then verify) before
 anything attends them at full depth.
 
+Draft heads. A checkpoint may carry Medusa and/or Hydra heads (decspec.stdlib.models.heads),
+loaded into `model.heads`; `medusa(hidden)` and `hydra_step(i, state, token)` run them on the
+final hidden state that `forward` returns (`ModelOutput.hidden`).
+
 Parameters are frozen (requires_grad=False): decspec decodes with this model. Call
 `model.requires_grad_(True)` to train it.
 """
@@ -83,6 +87,9 @@ class TransformerConfig:
         """Build from an HF `config.json` dict; fields decspec does not use are ignored."""
         if d.get("rope_scaling"):
             raise ValueError(f"rope_scaling={d['rope_scaling']!r} is not supported (plain RoPE only)")
+        rope_parameters = d.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta here
+        if rope_parameters.get("rope_type", "default") != "default":
+            raise ValueError(f"rope_parameters={rope_parameters!r} is not supported (plain RoPE only)")
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise ValueError("attention_bias / mlp_bias are not supported (Llama has no biases)")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -90,6 +97,8 @@ class TransformerConfig:
         kw = {k: v for k, v in d.items() if k in names}
         if isinstance(eos, list):  # HF allows several; the protocol has one
             kw["eos_token_id"] = eos[0] if eos else None
+        if "rope_theta" in rope_parameters:
+            kw["rope_theta"] = rope_parameters["rope_theta"]
         return cls(**kw)
 
 
@@ -268,6 +277,8 @@ class Transformer(nn.Module):
         self.eos_token_id = config.eos_token_id
         self.max_positions = config.max_position_embeddings
         self.num_layers = config.num_hidden_layers
+        self.tokenizer = None  # a decspec Tokenizer, set by the loader when the checkpoint has one
+        self.heads: dict[str, nn.Module] = {}  # draft heads by kind ("medusa", "hydra"); not part of the state dict
         self.model = LlamaModel(config, dtype, device)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, dtype, device)
         if config.tie_word_embeddings:
@@ -344,3 +355,20 @@ class Transformer(nn.Module):
         logits = self.lm_head(hidden).float()  # [B, T, V]
         cache.advance(tokens.shape[1], n_valid)
         return ModelOutput(logits, hidden)
+
+    def draft_head(self, kind: str):
+        if kind not in self.heads:
+            have = ", ".join(self.heads) or "none"
+            raise ValueError(f"this model has no {kind} heads (it has: {have}); train them with decspec.stdlib.models.train")
+        return self.heads[kind]
+
+    def medusa(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Medusa heads on the final hidden state h_t [..., C] -> logits [..., k, V] for tokens t+2 .. t+k+1."""
+        return self.draft_head("medusa")(hidden, self.lm_head)
+
+    def hydra_step(self, i: int, state: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hydra head i (0-based). state: z_i [B, C] (z_0 = h_t); token: y_{t+i+1} [B]
+        -> (z_{i+1} [B, C], logits [B, V] for token t+i+2)."""
+        heads = self.draft_head("hydra")
+        state, feats = heads.step(i, state, self.model.embed_tokens(token))
+        return state, self.lm_head(feats).float()

@@ -1,0 +1,80 @@
+"""Draft heads on a frozen target: Medusa (independent) and Hydra (sequentially dependent).
+
+Both read the target's final hidden state h_t (after the final norm: the vector its LM head
+turns into the distribution of token t+1) and propose tokens t+2 .. t+k+1 through the target's
+own, frozen LM head:
+
+- Medusa (Cai et al. 2024): head i is a residual SiLU block, logits_i = lm_head(h + SiLU(W_i h)).
+  The heads are independent: head i does not see what heads 1..i-1 proposed.
+- Hydra (Ankner et al. 2024): head i also reads the tokens proposed before it. The state starts
+  at z_0 = h_t and moves through each proposed token y:  z_i = z_{i-1} + W2_i SiLU(W1_i [z_{i-1}; emb(y_{t+i})]),
+  logits_i = lm_head(norm_i(z_i)); emb is the target's frozen input embedding.
+
+    heads = MedusaHeads(hidden_size=256, num_heads=4)
+    logits = heads(hidden, lm_head)                      # hidden: [B, C] -> [B, 4, V]
+    hydra = HydraHeads(hidden_size=256, num_heads=4)
+    logits = hydra(hidden, tokens, lm_head, embed)       # tokens: [B, 4] (y_{t+1} .. y_{t+4}) -> [B, 4, V]
+
+The heads are stored apart from the target (`heads.safetensors` + `heads.json`), so the target's
+directory stays a plain Hugging Face Llama checkpoint.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MedusaHeads(nn.Module):
+    """k independent residual heads: head i maps h_t to the distribution of token t+i+1 (i = 1..k)."""
+
+    kind = "medusa"
+
+    def __init__(self, hidden_size: int, num_heads: int, *, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.blocks = nn.ModuleList(nn.Linear(hidden_size, hidden_size, dtype=dtype) for _ in range(num_heads))
+        for block in self.blocks:  # Medusa's init: each head starts as the identity, i.e. as the target's own head
+            nn.init.zeros_(block.weight)
+            nn.init.zeros_(block.bias)
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [..., C] -> per-head features [..., k, C] (before the LM head)."""
+        return torch.stack([hidden + F.silu(block(hidden)) for block in self.blocks], dim=-2)
+
+    def forward(self, hidden: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """hidden: [..., C] -> logits [..., k, V] (float32)."""
+        return lm_head(self.features(hidden)).float()
+
+
+class HydraHeads(nn.Module):
+    """k sequentially dependent heads: head i reads h_t and the tokens y_{t+1} .. y_{t+i}."""
+
+    kind = "hydra"
+
+    def __init__(self, hidden_size: int, num_heads: int, *, eps: float = 1e-6, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.hidden_size, self.num_heads, self.eps = hidden_size, num_heads, eps
+        self.w1 = nn.ModuleList(nn.Linear(2 * hidden_size, hidden_size, dtype=dtype) for _ in range(num_heads))
+        self.w2 = nn.ModuleList(nn.Linear(hidden_size, hidden_size, bias=False, dtype=dtype) for _ in range(num_heads))
+        self.norms = nn.ParameterList(nn.Parameter(torch.ones(hidden_size, dtype=dtype)) for _ in range(num_heads))
+        for w2 in self.w2:  # start as "repeat the target's head": z_i = z_{i-1}
+            nn.init.zeros_(w2.weight)
+
+    def step(self, i: int, state: torch.Tensor, token_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head i (0-based): state z_i [..., C], emb(y) [..., C] -> (z_{i+1}, normed features [..., C])."""
+        z = state + self.w2[i](F.silu(self.w1[i](torch.cat([state, token_embedding], dim=-1))))
+        normed = z.float() * torch.rsqrt(z.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return z, self.norms[i] * normed.to(z.dtype)
+
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, lm_head: nn.Module, embed: nn.Module) -> torch.Tensor:
+        """Teacher-forced: hidden [..., C], tokens [..., k] (y_{t+1} .. y_{t+k}) -> logits [..., k, V] (float32)."""
+        state, feats = hidden, []
+        emb = embed(tokens)  # [..., k, C]
+        for i in range(self.num_heads):
+            state, f = self.step(i, state, emb[..., i, :])
+            feats.append(f)
+        return lm_head(torch.stack(feats, dim=-2)).float()
+
+
+HEADS = {"medusa": MedusaHeads, "hydra": HydraHeads}

@@ -1,0 +1,169 @@
+"""Load Hugging Face Llama checkpoints into decspec's built-in Transformer, and the shipped reference pair.
+
+    models = reference_models()                        # {"target": ..., "draft": ...}, trained, with a tokenizer
+    target = load_transformer("path/to/llama-dir")     # config.json + model.safetensors (+ tokenizer, heads)
+    model = load_model("path/to/any-hf-dir")           # built-in Transformer for Llama, else the HF adapter
+
+The reference pair lives in `reference/` beside this file (trained by `decspec.stdlib.models.train`
+on the Python standard library; see docs/models.md). Every failure to load names the file and the fix.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.models.heads import HEADS
+from decspec.stdlib.models.tokenizer import Tokenizer
+from decspec.stdlib.models.transformer import Transformer, TransformerConfig
+
+REFERENCE = Path(__file__).with_name("reference")
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """config.json of a model directory, as a dict."""
+    path = Path(path)
+    if not path.exists():
+        raise DecError(f"model directory {path} does not exist; pass a local Hugging Face model directory (config.json + weights)")
+    if not path.is_dir():
+        raise DecError(f"{path} is a file; pass the model's directory (the one holding config.json)")
+    file = path / "config.json"
+    if not file.is_file():
+        raise DecError(f"{path} has no config.json; is it a Hugging Face model directory? (save one with model.save_pretrained(DIR))")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise DecError(f"{file} is not valid JSON ({e}); re-save the model") from None
+    if not isinstance(config, dict):
+        raise DecError(f"{file} must hold a JSON object")
+    return config
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, or the shards listed in model.safetensors.index.json."""
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    files = [path / "model.safetensors"]
+    if not files[0].is_file() and index.is_file():
+        try:
+            files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DecError(f"{index} is not a valid safetensors index ({e})") from None
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        if not file.is_file():
+            have = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+            raise DecError(f"{path} has no weights file {file.name} (it holds: {have}); decspec reads safetensors weights")
+        try:
+            state.update(load_file(str(file)))
+        except Exception as e:
+            raise DecError(f"cannot read weights {file}: {e}; the file is corrupt or truncated — re-save or re-copy it") from None
+    return state
+
+
+def load_transformer(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", tokenizer: bool = True
+) -> Transformer:
+    """A Llama checkpoint directory -> decspec's Transformer (weights cast to `dtype`), with its tokenizer and draft heads."""
+    path = Path(path)
+    raw = read_config(path)
+    if raw.get("model_type") not in (None, "llama"):
+        raise DecError(
+            f"{path / 'config.json'}: model_type {raw.get('model_type')!r} is not a Llama; the built-in model runs Llama "
+            "checkpoints only (load other architectures with decspec.stdlib.models.hf.HFModel.from_pretrained)"
+        )
+    try:
+        config = TransformerConfig.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise DecError(f"{path / 'config.json'}: {e}") from None
+    model = Transformer(config, dtype=dtype, device=device)
+    state = read_weights(path)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    expected = {k for k in model.state_dict() if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + (
+            [f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}"] if unexpected else []
+        )
+        raise DecError(f"weights in {path} do not match its config.json ({'; '.join(parts)})")
+    params = model.state_dict()
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(params[name].shape):
+            raise DecError(
+                f"weights in {path}: {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(params[name].shape)}"
+            )
+        params[name].copy_(tensor.to(dtype))
+    model.name = str(path)
+    if tokenizer and (path / "tokenizer.json").is_file():
+        model.tokenizer = Tokenizer.from_dir(path)
+        if model.eos_token_id is None:
+            model.eos_token_id = model.tokenizer.eos_token_id
+    if (path / "heads.safetensors").is_file():
+        model.heads = load_heads(path, config, dtype=dtype, device=device)
+    return model
+
+
+def load_heads(path: Path, config: TransformerConfig, *, dtype: torch.dtype, device: str | torch.device) -> dict[str, torch.nn.Module]:
+    """heads.safetensors + heads.json -> {"medusa": MedusaHeads, "hydra": HydraHeads} (whichever are present)."""
+    meta_file = path / "heads.json"
+    if not meta_file.is_file():
+        raise DecError(f"{path} has heads.safetensors but no heads.json describing them")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DecError(f"{meta_file} is not valid JSON ({e})") from None
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path / "heads.safetensors"))
+    except Exception as e:
+        raise DecError(f"cannot read {path / 'heads.safetensors'}: {e}; the file is corrupt or truncated") from None
+    heads = {}
+    for kind, spec in meta.items():
+        if kind not in HEADS:
+            raise DecError(f"{meta_file}: unknown head kind {kind!r} (known: {', '.join(HEADS)})")
+        if spec.get("hidden_size") != config.hidden_size:
+            raise DecError(f"{meta_file}: {kind} heads have hidden_size {spec.get('hidden_size')} but the model has {config.hidden_size}")
+        module = HEADS[kind](config.hidden_size, int(spec["num_heads"]), dtype=dtype).to(device)
+        own = {k.removeprefix(f"{kind}."): v.to(dtype) for k, v in state.items() if k.startswith(f"{kind}.")}
+        try:
+            module.load_state_dict(own)
+        except RuntimeError as e:
+            raise DecError(f"{path / 'heads.safetensors'}: {kind} heads do not match heads.json ({e})") from None
+        heads[kind] = module.requires_grad_(False).eval()
+    return heads
+
+
+def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """A local model directory -> the built-in Transformer for Llama checkpoints, the HF adapter for anything else."""
+    raw = read_config(path)
+    plain_rope = not raw.get("rope_scaling") and (raw.get("rope_parameters") or {}).get("rope_type", "default") == "default"
+    if raw.get("model_type") in (None, "llama") and plain_rope and not (Path(path) / "pytorch_model.bin").is_file():
+        return load_transformer(path, dtype=dtype, device=device)
+    from decspec.stdlib.models.hf import HFModel
+
+    return HFModel.from_pretrained(path, dtype=dtype, device=device)
+
+
+@lru_cache(maxsize=4)
+def _reference(role: str, dtype: torch.dtype) -> Transformer:
+    path = REFERENCE / role
+    if not (path / "config.json").is_file():
+        raise DecError(f"the reference {role} model is missing from {path}; reinstall decspec or train it: "
+                       f"python -m decspec.stdlib.models.train --out {REFERENCE}")
+    return load_transformer(path, dtype=dtype)
+
+
+def reference_models(dtype: torch.dtype = torch.float32) -> dict[str, Transformer]:
+    """The shipped, trained pair: `"target"` (6 layers, hidden 256, early-exit trained, Medusa/Hydra heads)
+    and `"draft"` (1 layer), one 4096-token byte-level BPE vocabulary, trained on Python stdlib source.
+
+    Loaded once per process and shared: decoding never changes the weights.
+    """
+    return {"target": _reference("target", dtype), "draft": _reference("draft", dtype)}

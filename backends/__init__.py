@@ -5,7 +5,7 @@ from types import ModuleType
 
 from decspec.dsl.diagnostics import DecError, did_you_mean
 
-BACKENDS = ("eager",)
+BACKENDS = ("eager", "exact")
 
 
 def get_backend(name: str) -> ModuleType:
@@ -13,4 +13,8 @@ def get_backend(name: str) -> ModuleType:
         from decspec.backends import eager
 
         return eager
+    if name == "exact":
+        from decspec.backends import exact
+
+        return exact
     raise DecError(f"unknown backend '{name}'", hint=did_you_mean(name, BACKENDS) or f"available: {', '.join(BACKENDS)}")

@@ -4,6 +4,8 @@
     decspec ir FILE.dec [--after PASS]        the round's IR, after the whole pipeline or a pass
     decspec run FILE.dec [--prompt TEXT] [--target DIR --draft DIR]
                                               generate text (shipped reference models by default) and print the stats
+    decspec verify FILE.dec [k=2 ...] [--configs N] [--seed S]
+                                              check the losslessness verdict exactly on random table models
 """
 from __future__ import annotations
 
@@ -107,6 +109,15 @@ def _run(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    from decspec.verify import verify_spec
+
+    report = verify_spec(args.file, _overrides(args.overrides), decoder=args.decoder, configs=args.configs, seed=args.seed,
+                         max_new_tokens=args.max_new_tokens)
+    print(report)
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decspec", description="Compile declarative decoding specs (.dec) into verified decoders.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-new-tokens", type=int, default=32)
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(fn=_run)
+    v = sub.add_parser("verify", help="check the losslessness verdict exactly (exact backend, random table models)")
+    common(v)
+    v.add_argument("--configs", type=int, default=8, help="random table-model configurations (default: %(default)s)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the configurations (default: %(default)s)")
+    v.add_argument("--max-new-tokens", type=int, default=3, help="tokens generated per configuration (default: %(default)s)")
+    v.set_defaults(fn=_verify)
     return p
 
 

@@ -1,25 +1,46 @@
-"""decspec.testing: tools for property tests of decoders (the start of the public toolkit).
+"""decspec.testing: the toolkit for property tests of decoders and of your own components.
 
     >>> from decspec.stdlib.models.table import TableModel
-    >>> target = TableModel.random(4, 1, seed=0)
-    >>> expected = sequence_distribution(target, [1], 2, [("temperature", {"t": 0.8})])
-    >>> round(sum(expected.values()), 12)
-    1.0
+    >>> models = {"target": TableModel.random(3, 1, seed=0), "draft": TableModel.random(3, 1, seed=1)}
+    >>> assert_lossless("specs/speculative.dec", models=models, k=2, max_new_tokens=3).method
+    'exact'
 
-Today: exact sequence distributions of table models, a chi-square goodness-of-fit test, total
-variation, and a deliberately broken verifier to show a check has teeth. Hypothesis strategies, `assert_lossless` and the exact backend are later work.
+- distributions: `exact_distribution` (a decoder's output distribution, computed exactly by the
+  exact backend), `target_distribution` (the target's own, through the sampler pipeline),
+  `sequence_distribution` (the same for a TableModel), `tv_distance`;
+- statistics: `chi_square`, `total_variation`, `assert_samples_match`;
+- assertions: `assert_lossless` (exact where it can, else chi-square at a stated false-alarm
+  rate), `assert_greedy_equivalent`;
+- `verify_spec`: the check behind `decspec verify FILE.dec`;
+- hypothesis strategies (decspec.strategies): `distributions`, `table_models`, `model_pairs`,
+  `sampler_pipelines`, `conditions`, `compositions`, `specs`;
+- `broken_verifier`: a mutant verifier, to show that a check has teeth.
+
+The pytest plugin `decspec.pytest_plugin` adds fixtures and `.dec` collection on top.
 """
 from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import torch
 
+from decspec.backends.exact import Distribution, TooLarge, exact_distribution
+from decspec.backends.exact.distribution import MAX_ROWS
+from decspec.strategies import Composition, compositions, conditions, distributions, model_pairs, sampler_pipelines, specs, table_models
 from decspec.stdlib.samplers import apply_pipeline
+from decspec.verify import TableConfig, VerifyReport, verify_spec
 
 Pipeline = Sequence[tuple[str, dict]]
+
+__all__ = [
+    "Composition", "Distribution", "LosslessCheck", "TableConfig", "TooLarge", "VerifyReport", "assert_greedy_equivalent",
+    "assert_lossless", "assert_samples_match", "broken_verifier", "chi_square", "compositions", "conditions", "distributions",
+    "exact_distribution", "greedy_tokens", "model_pairs", "pipeline_text", "sampler_pipelines", "sequence_distribution",
+    "specs", "stages", "table_models", "target_distribution", "total_variation", "tv_distance", "verify_spec",
+]
 
 
 def stages(pipeline: Pipeline) -> tuple:
@@ -49,6 +70,51 @@ def sequence_distribution(model, prompt: Sequence[int], n: int, pipeline: Pipeli
 
     walk(list(prompt), (), 1.0)
     return out
+
+
+def target_distribution(decoder_or_model: Any, prompt: Sequence[int], n: int, pipeline: Pipeline | None = None,
+                        eos_token_id: int | None | str = "default", max_sequences: int = 1_000_000) -> dict[tuple[int, ...], float]:
+    """The exact distribution of n tokens sampled from the target alone, through the sampler
+    pipeline: what a lossless decoder must reproduce. Enumerates every sequence (float64); a row
+    stops at EOS, which is kept (as `Decoder.generate` does).
+
+    decoder_or_model: a Decoder (its target, its spec's sampler pipeline and the target's EOS) or
+    any model (with `pipeline`, default none, and `eos_token_id`, default the model's own).
+    """
+    if hasattr(decoder_or_model, "spec") and hasattr(decoder_or_model, "graph"):
+        spec = decoder_or_model.spec
+        model = decoder_or_model._bound_models()[spec.slot("target").arg("name")]
+        if pipeline is None:
+            pipeline = [(s.name, dict(s.args)) for s in spec.slot("sampler", ())]
+    else:
+        model = decoder_or_model
+    st_ = stages(pipeline or ())
+    eos = getattr(model, "eos_token_id", None) if eos_token_id == "default" else eos_token_id
+    live: dict[tuple[int, ...], float] = {(): 1.0}
+    out: dict[tuple[int, ...], float] = {}
+    for step in range(n):
+        if not live:  # every sequence has ended at an EOS
+            break
+        if len(live) > max_sequences:
+            raise TooLarge(f"the target's distribution over {n} tokens has more than {max_sequences:,} sequences",
+                           hint="use fewer new tokens or a smaller vocabulary")
+        seqs = list(live)
+        tokens = torch.tensor([list(prompt) + list(s) for s in seqs])  # [S, T]
+        logits = model.forward(tokens, model.new_cache(len(seqs), tokens.shape[1])).logits[:, -1].double()  # [S, V]
+        probs = torch.softmax(apply_pipeline(logits, st_), -1)
+        grown: dict[tuple[int, ...], float] = {}
+        for seq, w, row in zip(seqs, live.values(), probs.tolist()):
+            for x, px in enumerate(row):
+                if px > 0:
+                    ended = x == eos or step == n - 1
+                    (out if ended else grown)[seq + (x,)] = w * px
+        live = grown
+    return out
+
+
+def tv_distance(p: Mapping[Any, float], q: Mapping[Any, float]) -> float:
+    """Total-variation distance between two distributions given as {outcome: probability}."""
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
 
 
 def chi_square(samples: Sequence[Sequence[int]], expected: dict[tuple[int, ...], float], min_expected: float = 5.0) -> tuple[float, float]:
@@ -95,6 +161,118 @@ def assert_samples_match(samples: Sequence[Sequence[int]], expected: dict[tuple[
         raise AssertionError(f"samples do not follow the expected distribution: chi-square p={p:.3g} < {p_fail:g}, TV={total_variation(samples, expected):.4f}")
 
 
+def _as_decoder(decoder_or_spec: Any, models: Mapping[str, Any] | None, overrides: dict) -> Any:
+    """A Decoder as is, or a spec (path or text) compiled with `models` and parameter `overrides`."""
+    if hasattr(decoder_or_spec, "spec") and hasattr(decoder_or_spec, "graph"):
+        if models or overrides:
+            raise TypeError("pass models and parameters to decspec.compile, or pass a spec instead of a Decoder")
+        return decoder_or_spec
+    import decspec
+
+    return decspec.compile(decoder_or_spec, models=models, overrides=overrides)
+
+
+def _worst(got: Mapping, expected: Mapping, n: int = 3) -> str:
+    keys = sorted(set(got) | set(expected), key=lambda s: -abs(got.get(s, 0.0) - expected.get(s, 0.0)))[:n]
+    return "; ".join(f"{list(s)}: decoder {got.get(s, 0.0):.6g}, target {expected.get(s, 0.0):.6g}" for s in keys)
+
+
+@dataclass(frozen=True)
+class LosslessCheck:
+    """How `assert_lossless` decided. method: "exact" (tv: the TV distance, tol: the threshold) or
+    "statistical" (p: the chi-square p-value, p_fail: the false-alarm rate)."""
+
+    method: str
+    tv: float
+    tol: float | None = None
+    p: float | None = None
+    p_fail: float | None = None
+
+
+def assert_lossless(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = None, prompt: Sequence[int] = (1,),
+                    max_new_tokens: int = 3, method: str = "auto", tol: float = 1e-12, p_fail: float = 1e-6,
+                    samples: int = 4000, seed: int = 0, max_rows: int = MAX_ROWS, **overrides: Any) -> LosslessCheck:
+    """Assert that a decoder samples the n tokens after `prompt` from the target's distribution
+    (after the sampler pipeline), and return how that was decided.
+
+    method="exact": the exact backend's distribution must be within `tol` (total variation, or the
+    computation's own float64 error bound if larger) of the target's. method="statistical":
+    `samples` continuations from the decoder's own backend must pass a chi-square test against the
+    target's distribution; a lossless decoder fails it with probability `p_fail` (the false-alarm
+    rate). method="auto": exact, unless the exact distribution needs more than `max_rows` rows.
+
+        assert_lossless("specs/speculative.dec", models={"target": t, "draft": d}, k=3)
+        assert_lossless(decoder, prompt=[5, 2], max_new_tokens=4, method="statistical")
+    """
+    if method not in ("auto", "exact", "statistical"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'statistical', not {method!r}")
+    dec = _as_decoder(decoder_or_spec, models, overrides)
+    expected = target_distribution(dec, prompt, max_new_tokens)
+    if method != "statistical":
+        try:
+            got = exact_distribution(dec, prompt, max_new_tokens, max_rows=max_rows)
+        except TooLarge:
+            if method == "exact":
+                raise
+        else:
+            tv, threshold = tv_distance(got, expected), max(tol, got.error_bound)
+            if not tv <= threshold:
+                raise AssertionError(f"decoder '{dec.spec.name}' is not lossless: exact TV distance to the target {tv:.3g} > {threshold:.3g} "
+                                     f"(prompt {list(prompt)}, {max_new_tokens} new tokens); largest differences: {_worst(got, expected)}")
+            return LosslessCheck("exact", tv, tol=threshold)
+    out = dec.generate([list(prompt)] * samples, max_new_tokens=max_new_tokens, seed=seed)
+    _, p = chi_square(out.tokens, expected)
+    tv = total_variation(out.tokens, expected)
+    if p < p_fail:
+        raise AssertionError(f"decoder '{dec.spec.name}' does not sample from the target: chi-square p={p:.3g} < {p_fail:g} "
+                             f"(the false-alarm rate), TV of {samples} samples {tv:.4f} (prompt {list(prompt)}, {max_new_tokens} new tokens)")
+    return LosslessCheck("statistical", tv, p=p, p_fail=p_fail)
+
+
+def greedy_tokens(model: Any, prompt: Sequence[int], n: int, eos_token_id: int | None = None) -> list[int]:
+    """Greedy decoding of one model (argmax of its logits, first on ties), straight from full forwards."""
+    history, out = list(prompt), []
+    while len(out) < n:
+        logits = model.forward(torch.tensor([history]), model.new_cache(1, len(history))).logits[0, -1]
+        x = int(logits.argmax())
+        out.append(x)
+        history.append(x)
+        if x == eos_token_id:
+            break
+    return out
+
+
+def assert_greedy_equivalent(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = None,
+                             prompts: Sequence[Sequence[int]] = ((1,),), max_new_tokens: int = 8,
+                             eos_token_id: int | None | str = "default", exact: bool = True, seed: int = 0,
+                             max_rows: int = MAX_ROWS, **overrides: Any) -> None:
+    """Assert that a decoder reproduces greedy decoding of its target token for token, on a
+    (ragged) batch of prompts. With `exact`, also that the decoder is deterministic: its exact
+    output distribution is a point mass on the greedy tokens (skipped when too large).
+
+        assert_greedy_equivalent("specs/speculative_greedy.dec", models=models, prompts=[[1], [2, 3]])
+    """
+    dec = _as_decoder(decoder_or_spec, models, overrides)
+    target = dec._bound_models()[dec.spec.slot("target").arg("name")]
+    eos = getattr(target, "eos_token_id", None) if eos_token_id == "default" else eos_token_id
+    expected = [greedy_tokens(target, p, max_new_tokens, eos) for p in prompts]
+    got = dec.generate([list(p) for p in prompts], max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos).tokens
+    for b, (g, e) in enumerate(zip(got, expected)):
+        if g != e:
+            at = next((i for i, (x, y) in enumerate(zip(g, e)) if x != y), min(len(g), len(e)))
+            raise AssertionError(f"decoder '{dec.spec.name}' differs from greedy decoding on prompt {list(prompts[b])} "
+                                 f"at new token {at}: got {g}, greedy gives {e}")
+    if exact:
+        for p, e in zip(prompts, expected):
+            try:
+                dist = exact_distribution(dec, p, max_new_tokens, eos_token_id=eos, max_rows=max_rows)
+            except TooLarge:
+                return
+            if dist.get(tuple(e), 0.0) < 1 - dist.error_bound:
+                raise AssertionError(f"decoder '{dec.spec.name}' is not deterministic on prompt {list(p)}: greedy decoding gives {e} "
+                                     f"with probability {dist.get(tuple(e), 0.0):.6g}; {_worst(dist, {tuple(e): 1.0})}")
+
+
 def _lower_accept_all(lw, inst, ctx, target, proposal):
     """Broken on purpose: accept every drafted token, then add the bonus token from p."""
     b = lw.b
@@ -105,16 +283,18 @@ def _lower_accept_all(lw, inst, ctx, target, proposal):
 
 
 @contextmanager
-def broken_verifier(name: str = "accept_all"):
-    """Register, for the duration of a `with` block, a verifier that accepts every draft while
-    *claiming* to be lossless: a mutant to show that a distribution check has teeth.
+def broken_verifier(name: str = "accept_all", *, claims_lossless: bool = True):
+    """Register, for the duration of a `with` block, a verifier that accepts every draft. By
+    default it *claims* to be lossless: a mutant to show that a distribution check has teeth.
+    With claims_lossless=False its contract says lossy, as an honest lossy component would.
 
         with broken_verifier():
             dec = decspec.compile(spec_text_using("verify = accept_all"), ...)
     """
     from decspec.stdlib.registry import Component, Contract, register, unregister
 
-    register(Component("verifier", name, (), "accepts every draft (deliberately wrong)", Contract(True, "claims to be lossless, and is not"), _lower_accept_all))
+    contract = Contract(True, "claims to be lossless, and is not") if claims_lossless else Contract(False, "accepts every draft: the output follows the draft, not the target")
+    register(Component("verifier", name, (), "accepts every draft (deliberately wrong)", contract, _lower_accept_all))
     try:
         yield name
     finally:

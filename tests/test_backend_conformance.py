@@ -1,7 +1,8 @@
 """Every backend interprets every IR op; failures name the op, the backend and the .dec line.
 
 Backends are listed in BACKENDS below: adding one is one line. The second half checks the
-eager rules (the reference semantics) on small tensors.
+eager rules (the reference semantics) on small tensors; tests/test_backend_exact.py checks the
+exact backend's distributions against them.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from test_ir_text import SOURCE, inst, model
 
 BACKENDS = [
     "decspec.backends.eager",
+    "decspec.backends.exact",
 ]
 
 
@@ -81,6 +83,19 @@ def test_rules_accept_the_inputs_lowered_ops_pass(module):
             inspect.signature(rules[op.name]).bind(None, op, *op.inputs)  # (state, op, *inputs)
             seen.add(op.name)
     assert seen == set(OPS) - {"argmax"}
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_every_backend_runs_the_lowered_ops(module):
+    """Each backend's rules generate with every conformance spec (the exact backend samples too)."""
+    from decspec.backends.runtime import generate
+    from decspec.stdlib.models.table import TableModel
+
+    be = backend(module)
+    models = {"target": TableModel.random(5, 1, seed=0), "draft": TableModel.random(5, 1, seed=1)}
+    for spec in conformance_specs():
+        out = generate(run_pipeline(lower(spec)), models, [[1, 2], [3]], max_new_tokens=4, seed=0, eos_token_id=None, rules=be.RULES, backend=be.NAME)
+        assert [len(row) for row in out.tokens] == [4, 4]
 
 
 # --------------------------------------------------------------------------- the interpreter's errors

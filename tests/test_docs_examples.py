@@ -11,7 +11,12 @@ def python_blocks(doc: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(), flags=re.S)
 
 
+def file_blocks(doc: str) -> dict[str, str]:
+    """Blocks whose first line names a file (`# conftest.py`): a worked example's files, by name."""
+    return {m.group(1): block for block in python_blocks(doc) if (m := re.match(r"# (\w+\.py)\n", block))}
+
+
 def test_testing_md_example_runs(monkeypatch):
     monkeypatch.chdir(ROOT)
-    (block,) = python_blocks("docs/testing.md")
+    (block,) = [b for b in python_blocks("docs/testing.md") if b not in file_blocks("docs/testing.md").values()]
     exec(compile(block, "docs/testing.md", "exec"), {})

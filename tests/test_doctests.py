@@ -9,6 +9,10 @@ import pytest
 MODULES = [
     "decspec.api",
     "decspec.testing",
+    "decspec.strategies",
+    "decspec.verify",
+    "decspec.backends.exact.cells",
+    "decspec.backends.exact.distribution",
     "decspec.dsl.diagnostics",
     "decspec.compiler.ir",
     "decspec.compiler.analysis",

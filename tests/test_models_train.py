@@ -33,6 +33,9 @@ def test_stages_run_save_and_reload(tmp_path):
         losses = train.evaluate_lm(model, heldout)
         assert len(losses) == 2 and losses[-1] < 5.0  # down from ln(300) = 5.7
         heads = train.train_heads("hydra", model, stream, steps=5, batch=4, lr=1e-3, seed=1, log=logs.append)
+        small = TransformerConfig(**{**config.__dict__, "num_hidden_layers": 1})
+        draft = train.train_lm(small, stream, steps=20, batch=8, lr=3e-3, seed=2, exit_fraction=0.0, log=logs.append, teacher=model)
+        assert train.evaluate_lm(draft, heldout)[-1] < 5.5  # distilled from the target
     finally:
         train.SEQ_LEN = seq
     assert any("step 29/30" in line for line in logs)

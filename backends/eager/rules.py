@@ -1,6 +1,8 @@
 """The eager backend: every IR op as plain PyTorch. The reference semantics for all backends."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from decspec.backends.interpreter import run_graph
@@ -23,7 +25,7 @@ def logits_transform(state, op, logits):
 
 
 def softmax(state, op, logits):
-    return (torch.softmax(logits.float(), dim=-1),)
+    return (torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1),)  # float64 stays float64
 
 
 def uniform(state, op):
@@ -72,26 +74,41 @@ def logical_not(state, op, a):
     return (~a,)
 
 
+@dataclass
+class Drafted:
+    """What the draft loop carries from step to step, per row."""
+
+    drafts: torch.Tensor  # [B, K] tokens drafted so far
+    probs: torch.Tensor | None  # [B, K, V] the distribution each was drawn from (made at the first step, when V is known)
+    alive: torch.Tensor  # [B] still drafting
+    count: torch.Tensor  # [B] tokens drafted
+
+    @classmethod
+    def start(cls, batch: int, k: int, device) -> "Drafted":
+        drafts = torch.zeros(batch, k, dtype=torch.long, device=device)
+        return cls(drafts, None, torch.ones(batch, dtype=torch.bool, device=device), torch.zeros(batch, dtype=torch.long, device=device))
+
+    def step(self, i: int, token: torch.Tensor, q: torch.Tensor, stop: torch.Tensor | None = None) -> bool:
+        """Record step i: token [B] drawn from q [B, V]; a row stops after the step its stop flag [B]
+        is set. -> whether every row has stopped."""
+        if self.probs is None:
+            self.probs = q.new_zeros(*self.drafts.shape, q.shape[-1])
+        self.drafts[:, i] = token
+        self.probs[:, i] = q
+        self.count += self.alive
+        if stop is not None:
+            self.alive &= ~stop
+        return not bool(self.alive.any())
+
+
 def draft_loop(state, op, ctx):
     """Run the body up to max times; a row stops drafting after the step its stop flag is set."""
-    k = op.param("max")
-    B = state.batch
-    drafts = torch.zeros(B, k, dtype=torch.long, device=state.device)  # [B, K]
-    probs = None  # [B, K, V]
-    alive = torch.ones(B, dtype=torch.bool, device=state.device)
-    count = torch.zeros(B, dtype=torch.long, device=state.device)
-    for i in range(k):
-        token, q, *stop = run_graph(op.region, [ctx, drafts, torch.tensor(i)], state, state.rules, state.backend)
-        if probs is None:
-            probs = q.new_zeros(B, k, q.shape[-1])
-        drafts[:, i] = token
-        probs[:, i] = q
-        count += alive
-        if stop:
-            alive &= ~stop[0]
-            if not bool(alive.any()):
-                break
-    return drafts, probs, count
+    carry = Drafted.start(state.batch, op.param("max"), state.device)
+    for i in range(op.param("max")):
+        token, q, *stop = run_graph(op.region, [ctx, carry.drafts, torch.tensor(i)], state, state.rules, state.backend)
+        if carry.step(i, token, q, *stop):
+            break
+    return carry.drafts, carry.probs, carry.count
 
 
 def _prefix_len(ok: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:

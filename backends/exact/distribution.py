@@ -1,0 +1,158 @@
+"""Exact output distributions: the generation loop of backends/runtime.py, run over worlds.
+
+A world is one sequence of generated tokens, with its probability. Each round runs the round
+graph once over every live world (the exact rules split them at every draw), stops each
+resulting row as runtime.generate stops a row (max_new_tokens; at an EOS, which is kept and
+ends the row), and merges the rows that reach the same tokens into one world.
+
+    >>> import decspec
+    >>> from decspec.stdlib.models.table import TableModel
+    >>> target, draft = TableModel.random(3, 1, seed=0), TableModel.random(3, 1, seed=1)
+    >>> dec = decspec.compile("specs/speculative.dec", target=target, draft=draft, k=2)
+    >>> dist = exact_distribution(dec, [1], max_new_tokens=2)     # {(t1, t2): probability}
+    >>> from decspec.testing import target_distribution, tv_distance
+    >>> tv_distance(dist, target_distribution(dec, [1], 2)) < 1e-12   # lossless: the target's own
+    True
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from decspec.backends.exact.rows import Rows, Run
+from decspec.backends.exact.rules import RULES
+from decspec.backends.interpreter import run_graph
+from decspec.backends.runtime import Context, max_draft_len, normalize_prompts
+from decspec.compiler.ir import Graph
+from decspec.dsl.diagnostics import DecError
+
+NAME = "exact"
+EPS = 2.0**-52
+MAX_ROWS = 2_000_000
+
+
+class Distribution(dict):
+    """{generated tokens: probability} for one prompt (tokens as `Result.tokens` gives them).
+
+    error_bound: a first-order bound on the total-variation distance between these float64
+    figures and the exact distribution of the decoder's own float64 computation. Each split of a
+    row multiplies its weight by cell measures computed in float64 with absolute error at most
+    (K + 2)(V + 4) eps in total over the cells (softmax, ratios p/q, residual normalization,
+    products over K drafts), and the errors of successive splits add up: error_bound = draws on
+    the longest path x (K + 2)(V + 4) eps.
+    rounds: rounds run. peak_rows: the most rows a round held (what the computation cost).
+    """
+
+    error_bound: float = 0.0
+    rounds: int = 0
+    peak_rows: int = 0
+
+
+def exact_distribution(
+    decoder_or_graph: Any,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    *,
+    models: Mapping[str, Any] | None = None,
+    eos_token_id: int | None | str = "default",
+    max_rows: int = MAX_ROWS,
+) -> Distribution:
+    """The exact distribution of the tokens a decoder generates after `prompt`.
+
+    decoder_or_graph: a `Decoder` (its graph and bound models; EOS defaults to the target's), or a
+    round `Graph` with `models` ({role: model}). Raises TooLarge (a DecError) when a round would
+    need more than `max_rows` rows.
+    """
+    graph, models, eos = _unpack(decoder_or_graph, models, eos_token_id)
+    vocab = next(iter(models.values())).vocab_size
+    (prompt,) = normalize_prompts([list(prompt)], vocab)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise DecError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
+    K = max_draft_len(graph)
+    capacity = len(prompt) + max_new_tokens + 2 * K + 4
+    per_draw = (K + 2) * (vocab + 4) * EPS
+
+    out = Distribution()
+    gen = torch.full((1, max_new_tokens), -1, dtype=torch.long)  # [W, N]: each live world's tokens, -1 past its length
+    length = torch.zeros(1, dtype=torch.long)  # [W]
+    weight = torch.ones(1, dtype=torch.float64)  # [W]
+    depth = torch.zeros(1, dtype=torch.long)  # [W]: draws on the world's path
+    while gen.shape[0]:
+        rows, (new, accepted, _) = _round(graph, models, _context(prompt, gen, length, capacity), capacity, max_rows)
+        out.rounds += 1
+        out.peak_rows = max(out.peak_rows, len(rows))
+        w = rows.world  # [R]
+        gen, length, done = _stop(gen[w], length[w], new, accepted, max_new_tokens, eos)
+        gen, length, done, weight, depth = _merge(gen, length, done, weight[w] * rows.weight, depth[w] + rows.draws)
+        for seq, n, p, d in zip(gen[done].tolist(), length[done].tolist(), weight[done].tolist(), depth[done].tolist()):
+            out[tuple(seq[:n])] = out.get(tuple(seq[:n]), 0.0) + p  # a sequence can end in different rounds
+            out.error_bound = max(out.error_bound, d * per_draw)
+        gen, length, weight, depth = gen[~done], length[~done], weight[~done], depth[~done]
+    return out
+
+
+def _context(prompt: list[int], gen: torch.Tensor, length: torch.Tensor, capacity: int) -> Context:
+    """The committed context of each world: the prompt, then its tokens. -> tokens [W, capacity], length [W]"""
+    tokens = torch.zeros(gen.shape[0], capacity, dtype=torch.long)
+    tokens[:, : len(prompt)] = torch.tensor(prompt)
+    tokens[:, len(prompt) : len(prompt) + gen.shape[1]] = gen.clamp(min=0)
+    return Context(tokens, len(prompt) + length)
+
+
+def _round(graph: Graph, models: dict, ctx: Context, capacity: int, max_rows: int) -> tuple[Rows, tuple]:
+    """Run the round graph once over every world, splitting rows at every draw."""
+    run = Run(Rows.start(ctx.tokens.shape[0]), models, capacity, RULES, NAME, max_rows)
+    run_graph(graph, [ctx], run, RULES, NAME)
+    return run.rows, run.committed
+
+
+def _merge(gen, length, done, weight, depth):
+    """Rows that reach the same tokens are one world: sum their weights.
+
+    gen: [R, N] (-1 past each row's length), length, done, weight, depth: [R] -> the same for [W] worlds
+    """
+    key = torch.cat([gen, done[:, None].long()], 1)  # [R, N+1], entries in -1 .. V-1
+    base = int(key.max()) + 2
+    if base ** key.shape[1] < 2**62:  # one int64 per row: a 1-D unique is much faster than unique(dim=0)
+        key = ((key + 1) * base ** torch.arange(key.shape[1] - 1, -1, -1)).sum(1)
+    _, world = torch.unique(key, dim=0 if key.dim() == 2 else None, return_inverse=True)  # [R]
+    W, R = int(world.max()) + 1, gen.shape[0]
+    first = torch.full((W,), R).scatter_reduce_(0, world, torch.arange(R), "amin")  # a row of each world
+    merged_weight = torch.zeros(W, dtype=torch.float64).index_add_(0, world, weight)
+    merged_depth = torch.zeros(W, dtype=torch.long).scatter_reduce_(0, world, depth, "amax")
+    return gen[first], length[first], done[first], merged_weight, merged_depth
+
+
+def _stop(gen, length, tokens, accepted, max_new_tokens: int, eos: int | None):
+    """Per-row stopping, as runtime.generate does it: keep min(accepted + 1, tokens left) new
+    tokens, fewer when an EOS comes first (the EOS is kept and ends the row).
+
+    gen: [R, N], length: [R], tokens: [R, T], accepted: [R] -> (gen [R, N], length [R], done [R])
+    """
+    take = torch.minimum(accepted + 1, max_new_tokens - length)  # [R]
+    cols = torch.arange(tokens.shape[1])
+    done = torch.zeros_like(take, dtype=torch.bool)
+    if eos is not None:
+        is_eos = (tokens == eos) & (cols[None, :] < take[:, None])
+        done = is_eos.any(1)
+        take = torch.where(done, is_eos.int().argmax(1) + 1, take)
+    kept = torch.where(cols[None, :] < take[:, None], tokens, -1)  # [R, T]
+    gen = torch.cat([gen, gen.new_full(tokens.shape, -1)], 1)  # room for a round's tokens past the end
+    gen.scatter_(1, length[:, None] + cols[None, :], kept)
+    length = length + take
+    return gen[:, :max_new_tokens], length, done | (length >= max_new_tokens)
+
+
+def _unpack(decoder_or_graph: Any, models: Mapping[str, Any] | None, eos: Any) -> tuple[Graph, dict, int | None]:
+    if isinstance(decoder_or_graph, Graph):
+        if not models:
+            raise DecError("exact_distribution of a graph needs its models: models={'target': ..., ...}")
+        graph, bound = decoder_or_graph, dict(models)
+        first = next(iter(bound.values()))
+    else:  # a Decoder
+        graph, bound = decoder_or_graph.graph, decoder_or_graph._bound_models() if models is None else dict(models)
+        first = bound[decoder_or_graph.spec.models[0]]
+    if eos == "default":
+        eos = getattr(first, "eos_token_id", None)
+    return graph, bound, eos

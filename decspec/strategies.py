@@ -1,0 +1,168 @@
+"""Hypothesis strategies for property tests of decoders (re-exported by `decspec.testing`).
+
+Distributions, table models, target/draft pairs, sampler pipelines and whole specs. Pipelines and
+specs are drawn from the component registry, so a component you register (a verifier, an exit
+policy, a sampler stage) is drawn too, with no change here.
+
+    >>> from hypothesis import given, settings
+    >>> @settings(max_examples=5)
+    ... @given(models=model_pairs(vocab=st.just(3)), pipeline=sampler_pipelines())
+    ... def check(models, pipeline):
+    ...     assert models["target"].vocab_size == models["draft"].vocab_size == 3
+    >>> check()
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+
+from decspec.stdlib import registry
+from decspec.stdlib.models.table import TableModel
+
+Pipeline = list[tuple[str, dict]]  # [("temperature", {"t": 0.8}), ("top_k", {"k": 3})]
+
+_ints = st.integers
+
+
+def _drawn(draw, value):
+    return draw(value) if isinstance(value, st.SearchStrategy) else value
+
+
+@st.composite
+def distributions(draw, vocab: int | st.SearchStrategy[int] = _ints(2, 6), *, zeros: bool = True) -> torch.Tensor:
+    """A probability vector [V] (float64, sums to 1), with entries exactly 0 when `zeros`."""
+    V = _drawn(draw, vocab)
+    weights = draw(st.lists(_ints(0 if zeros else 1, 20), min_size=V, max_size=V).filter(any))
+    w = torch.tensor(weights, dtype=torch.float64)
+    return w / w.sum()
+
+
+@st.composite
+def table_models(draw, vocab: int | st.SearchStrategy[int] = _ints(2, 5), order: int | st.SearchStrategy[int] = _ints(0, 1),
+                 temperature: st.SearchStrategy[float] = st.sampled_from([0.5, 1.0, 2.0]), eos_token_id: Any = None) -> TableModel:
+    """A random n-gram TableModel: standard-normal logits / temperature (see TableModel.random)."""
+    V, n = _drawn(draw, vocab), _drawn(draw, order)
+    return TableModel.random(V, n, seed=draw(_ints(0, 2**31 - 1)), temperature=draw(temperature), eos_token_id=_drawn(draw, eos_token_id))
+
+
+@st.composite
+def model_pairs(draw, vocab: int | st.SearchStrategy[int] = _ints(2, 5), order: int | st.SearchStrategy[int] = _ints(0, 1),
+                eos_token_id: Any = None) -> dict[str, TableModel]:
+    """{"target": ..., "draft": ...}: two table models of one vocabulary and order. The draft is
+    an independent table, a noisy copy of the target (drafts that are often accepted), or the
+    target itself (every draft accepted)."""
+    V, n = _drawn(draw, vocab), _drawn(draw, order)
+    eos = _drawn(draw, eos_token_id)
+    target = draw(table_models(V, n, eos_token_id=eos))
+    relation = draw(st.sampled_from(["independent", "noisy copy", "same"]))
+    if relation == "independent":
+        draft = draw(table_models(V, n))
+    elif relation == "noisy copy":
+        noise = torch.randn(target.logits.shape, generator=torch.Generator().manual_seed(draw(_ints(0, 2**31 - 1))))
+        draft = TableModel(target.logits + draw(st.sampled_from([0.1, 0.5])) * noise)
+    else:
+        draft = target
+    return {"target": target, "draft": draft}
+
+
+def _scalar(param: registry.Param, cap: int) -> st.SearchStrategy:
+    """Values of a number parameter inside its declared bounds: ints up to `cap`, floats on a 0.01 grid."""
+    low = param.low if param.low is not None else 0
+    if param.type == "int":
+        return _ints(int(low), int(param.high if param.high is not None else max(cap, low)))
+    high = param.high if param.high is not None else low + 2.0
+    return _ints(round(low * 100), round(high * 100)).map(lambda x: x / 100)
+
+
+@st.composite
+def sampler_pipelines(draw, max_stages: int = 3, vocab: int = 6) -> Pipeline:
+    """A sampler pipeline of registered stages with parameters inside their bounds (ints <= vocab)."""
+    names = draw(st.lists(st.sampled_from(registry.names("sampler")), max_size=max_stages, unique=True))
+    return [(n, {p.name: draw(_scalar(p, vocab)) for p in registry.lookup("sampler", n).params}) for n in names]
+
+
+@st.composite
+def conditions(draw, depth: int = 2) -> str:
+    """An exit condition over registered draft statistics: `draft.prob < 0.3 or not draft.entropy > 1.2`."""
+    if depth > 0 and draw(_ints(0, 2)) == 0:
+        if draw(st.booleans()):
+            return f"not ({draw(conditions(depth - 1))})"
+        return f"({draw(conditions(depth - 1))}) {draw(st.sampled_from(['and', 'or']))} ({draw(conditions(depth - 1))})"
+    stat = draw(st.sampled_from(registry.names("stat")))
+    return f"draft.{stat} {draw(st.sampled_from(['<', '<=', '>', '>=']))} {draw(_ints(0, 20)) / 10}"
+
+
+def _call(name: str, args: dict) -> str:
+    return f"{name}({', '.join(f'{k} = {v}' for k, v in args.items())})" if args else name
+
+
+@dataclass(frozen=True)
+class Composition:
+    """One decoder assembled from registered components: a sampler pipeline, a draft source, an
+    optional exit policy and a verifier. `text` is its .dec source; `key` names its structure."""
+
+    pipeline: tuple[tuple[str, tuple], ...]
+    draft: tuple[str, tuple]
+    exit: str | None
+    verifier: tuple[str, tuple]
+
+    @property
+    def text(self) -> str:
+        lines = ['target = model("target")']
+        draft_args = dict(self.draft[1])
+        if "draft" in draft_args.values():
+            lines.append('draft = model("draft")')
+        if self.pipeline:
+            lines.append("sampler = " + " | ".join(_call(n, dict(a)) for n, a in self.pipeline))
+        lines.append(f"propose = {_call(self.draft[0], draft_args)}")
+        if self.exit:
+            lines.append(f"stop = {self.exit}")
+        lines.append(f"verify = {_call(self.verifier[0], dict(self.verifier[1]))}")
+        return "decoder composed() {\n" + "".join(f"    {line}\n" for line in lines) + "}\n"
+
+    @property
+    def key(self) -> tuple:
+        """The components, without their parameters: (draft, verifier, exit, sampler stages)."""
+        exit_name = None if self.exit is None else self.exit.split()[0]
+        return (self.draft[0], self.verifier[0], exit_name, tuple(n for n, _ in self.pipeline))
+
+
+def _component_args(draw, component: registry.Component, k: st.SearchStrategy[int]) -> tuple:
+    args = []
+    for p in component.params:
+        if p.type == "model":
+            args.append((p.name, "draft"))
+        elif p.type == "int":  # a draft source's ints bound its speculation
+            args.append((p.name, draw(k)))
+        elif p.type == "float":
+            args.append((p.name, draw(_scalar(p, 6))))
+        elif not p.required:
+            continue
+        else:
+            raise NotImplementedError(f"no strategy for the required {p.type} parameter '{p.name}' of {component.kind} '{component.name}'")
+    return tuple(args)
+
+
+@st.composite
+def compositions(draw, k: st.SearchStrategy[int] = _ints(1, 3), max_stages: int = 2, verifiers: list[str] | None = None) -> Composition:
+    """A Composition of registered components: draft source x verifier x exit policy x sampler pipeline."""
+    pipeline = tuple((n, tuple(a.items())) for n, a in draw(sampler_pipelines(max_stages)))
+    draft = draw(st.sampled_from(registry.components("draft")))
+    verifier = registry.lookup("verifier", draw(st.sampled_from(verifiers or registry.names("verifier"))))
+    exits = registry.components("exit")
+    exit_ = draw(st.none() | st.sampled_from(exits)) if exits else None
+    if exit_ is None:
+        stop = None
+    elif [p.type for p in exit_.params] == ["cond"]:
+        stop = f"{exit_.name} {draw(conditions())}"
+    else:
+        stop = _call(exit_.name, dict(_component_args(draw, exit_, k)))
+    return Composition(pipeline, (draft.name, _component_args(draw, draft, k)), stop, (verifier.name, _component_args(draw, verifier, k)))
+
+
+def specs(**kwargs) -> st.SearchStrategy[str]:
+    """The .dec source of a random composition (`compositions(**kwargs)`), ready for decspec.compile."""
+    return compositions(**kwargs).map(lambda c: c.text)

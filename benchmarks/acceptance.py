@@ -64,7 +64,7 @@ def heads_decode(target, kind: str, prompt: list[int], new_tokens: int, k: int, 
     def probs(logits: torch.Tensor) -> torch.Tensor:  # [..., V]
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float() if greedy else torch.softmax(logits / temperature, -1)
 
-    cache = target.new_cache(1, len(prompt) + new_tokens + k + 2)
+    cache = target.new_cache(1, len(prompt) + new_tokens + 2 * k + 2)
     out = target.forward(torch.tensor([prompt]), cache)
     hidden, p_next = out.hidden[:, -1], probs(out.logits[:, -1])  # h_t [1, C], p(x_{t+1}) [1, V]
     pending = sample(p_next, greedy, gen)  # the target's own next token (always committed)

@@ -97,6 +97,14 @@ class Decoder:
             result.text = [tokenizer.decode(row) for row in result.tokens]
         return result
 
+    def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):
+        """The exact distribution of the tokens this decoder generates after one prompt, computed by
+        the exact backend ({tokens: probability}; small vocabularies, e.g. table models). See
+        decspec.backends.exact.exact_distribution for the keyword arguments."""
+        from decspec.backends.exact import exact_distribution
+
+        return exact_distribution(self, prompt, max_new_tokens, **kwargs)
+
     def __repr__(self) -> str:
         return f"Decoder({self.spec.name!r}, backend={self.backend.NAME!r}, models={sorted(self.models)})"
 

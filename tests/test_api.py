@@ -111,3 +111,12 @@ def test_prompt_longer_than_the_model():
     dec = decspec.compile(SPEC, models=random_models())
     with pytest.raises(DecError, match="2048 positions of model 'target'"):
         dec.generate([[1] * 2040], max_new_tokens=20)
+
+
+def test_decoder_distribution_is_exact():
+    from decspec.stdlib.models.table import TableModel
+
+    target, draft = TableModel.random(3, 1, seed=0), TableModel.random(3, 1, seed=1)
+    dec = decspec.compile(SPEC, target=target, draft=draft, k=2)
+    dist = dec.distribution([1], max_new_tokens=2)
+    assert abs(sum(dist.values()) - 1) < 1e-12 and all(len(seq) == 2 for seq in dist)

@@ -12,8 +12,9 @@ be rebuilt anywhere. Stages, each deterministic for a given Python version, seed
    early-exit loss: the shared final norm + LM head is also applied after every intermediate
    layer (on a random quarter of the positions, to keep the cost down), so that exiting early
    gives a usable self-draft.
-3. draft: the same tokenizer, 1 layer, hidden 256, distilled from the finished target (cross-entropy
-   against the target's next-token distribution, as in DistillSpec; `--no-distill` trains on the data).
+3. draft: the same tokenizer, 1 layer, hidden 256, trained on the data, then distilled from the
+   finished target (cross-entropy against the target's next-token distribution, as in DistillSpec)
+   for `--distill-steps` more steps at a quarter of the learning rate.
 4. heads: Medusa (independent) and Hydra (sequentially dependent) heads, k = 4, on the frozen target,
    self-distilled: each head learns the target's own distribution of the token it proposes.
 
@@ -243,8 +244,9 @@ def fit(name: str, loss_fn, params, train: torch.Tensor, *, steps: int, batch: i
 
 
 def train_lm(config: TransformerConfig, train: torch.Tensor, *, steps: int, batch: int, lr: float, seed: int,
-             exit_fraction: float, log, teacher: Transformer | None = None) -> Transformer:
-    model = Transformer.random(config, seed).requires_grad_(True)
+             exit_fraction: float, log, teacher: Transformer | None = None, init: Transformer | None = None) -> Transformer:
+    """Train from a random init (or from `init`'s weights), on the data or, with a teacher, distilled from it."""
+    model = (init if init is not None else Transformer.random(config, seed)).requires_grad_(True)
     # The first SEQ_LEN+1 tokens of each window are used; the extra NUM_HEADS (for the heads' targets) are dropped.
     fit(config_name(config),
         lambda chunk, gen: lm_loss(model, chunk[:, : SEQ_LEN + 1], exit_fraction=exit_fraction, gen=gen, teacher=teacher),
@@ -259,7 +261,7 @@ def config_name(config: TransformerConfig) -> str:
 # --- draft heads ----------------------------------------------------------------------------
 
 
-def heads_loss(target: Transformer, heads, batch: torch.Tensor) -> torch.Tensor:
+def heads_loss(target: Transformer, heads, batch: torch.Tensor, gen: torch.Generator | None = None, fraction: float = 0.25) -> torch.Tensor:
     """Mean over heads i = 1..k of the cross-entropy, given the target's hidden state h_t, against the
     target's own distribution of token t+i+1 (self-distillation, as in Medusa-2 / Hydra: the heads learn
     to predict what the target will say, which is what verification accepts)."""
@@ -268,9 +270,11 @@ def heads_loss(target: Transformer, heads, batch: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         hidden_all = target.model.norm(residual_streams(target, batch[:, : T + k])[-1])  # [B, T+k, C]
         teacher_all = target.lm_head(hidden_all)  # [B, T+k, V]: position j predicts j+1
-    hidden = hidden_all[:, :T]  # h_t predicts t+1
-    teacher = torch.stack([teacher_all[:, 1 + i : 1 + i + T] for i in range(k)], dim=2)  # [B, T, k, V]: token t+i+2
-    ahead = torch.stack([batch[:, 1 + i : 1 + i + T] for i in range(k)], dim=-1)  # [B, T, k]: y_{t+1} .. y_{t+k}
+    # the heads' logits are k x [B, T, V]: train on a random subset of the positions to keep the cost down
+    pick = torch.randperm(T, generator=gen)[: max(1, int(T * fraction))].sort().values  # [T']
+    hidden = hidden_all[:, pick]  # h_t predicts t+1
+    teacher = torch.stack([teacher_all[:, pick + 1 + i] for i in range(k)], dim=2)  # [B, T', k, V]: token t+i+2
+    ahead = torch.stack([batch[:, pick + 1 + i] for i in range(k)], dim=-1)  # [B, T', k]: y_{t+1} .. y_{t+k}
     if isinstance(heads, HydraHeads):
         logits = heads(hidden, ahead, target.lm_head, target.model.embed_tokens)  # [B, T, k, V]
     else:
@@ -303,7 +307,7 @@ def train_heads(kind: str, target: Transformer, train: torch.Tensor, *, steps: i
     torch.manual_seed(seed)
     C = target.config.hidden_size
     heads = MedusaHeads(C, NUM_HEADS) if kind == "medusa" else HydraHeads(C, NUM_HEADS)
-    fit(kind, lambda chunk, gen: heads_loss(target, heads, chunk), heads.parameters(), train,
+    fit(kind, lambda chunk, gen: heads_loss(target, heads, chunk, gen), heads.parameters(), train,
         steps=steps, batch=batch, lr=lr, seed=seed, log=log)
     return heads.requires_grad_(False)
 
@@ -364,15 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output folder (target/, draft/, train_log.json)")
     p.add_argument("--only", choices=("tokenizer", "target", "draft", "heads"), action="append",
                    help="run only these stages (repeatable); later stages load earlier ones from --out")
-    p.add_argument("--target-steps", type=int, default=1200)
-    p.add_argument("--draft-steps", type=int, default=800)
-    p.add_argument("--head-steps", type=int, default=400)
+    p.add_argument("--target-steps", type=int, default=1500)
+    p.add_argument("--draft-steps", type=int, default=1500)
+    p.add_argument("--head-steps", type=int, default=250)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (results depend on it; default: torch's)")
-    p.add_argument("--no-distill", dest="distill", action="store_false",
-                   help="train the draft on the data's tokens instead of distilling it from the target")
+    p.add_argument("--distill-steps", type=int, default=300,
+                   help="after its data-trained phase, distil the draft from the target for this many steps (0: no distillation)")
+    p.add_argument("--resume-draft", action="store_true", help="skip the draft's data-trained phase: start from the saved draft")
     p.add_argument("--eval-windows", type=int, default=None, help="cap on held-out windows (default: all)")
     args = p.parse_args(argv)
     stages = args.only or ["tokenizer", "target", "draft", "heads"]
@@ -420,15 +425,27 @@ def main(argv: list[str] | None = None) -> int:
         if name not in stages:
             continue
         t0 = time.perf_counter()
-        # the draft is distilled from the finished target (DistillSpec): it learns the target's distribution
-        teacher = load_transformer(out / "target", dtype=torch.float32) if name == "draft" and args.distill else None
-        model = train_lm(config, train, steps=steps, exit_fraction=exit_fraction, log=log, teacher=teacher, **common)
-        save_model(model, tok, out / name)
+        if name == "draft" and args.resume_draft:
+            log(f"draft: starting from the saved {out / 'draft'} (its data-trained phase)")
+        else:
+            model = train_lm(config, train, steps=steps, exit_fraction=exit_fraction, log=log, **common)
+            save_model(model, tok, out / name)
+        entry = {"steps": steps, "batch": args.batch, "seq_len": SEQ_LEN}
+        if name == "draft" and args.distill_steps:
+            # then distil the draft from the finished target (DistillSpec): it learns the target's distribution,
+            # which is what verification accepts. It restarts from the saved float16 weights, so that
+            # --resume-draft reproduces the same result.
+            entry["heldout_loss_before_distillation"] = evaluate_lm(load_transformer(out / name), eval_lm)[-1]
+            teacher = load_transformer(out / "target")
+            model = train_lm(config, train, steps=args.distill_steps, exit_fraction=0.0, log=log, teacher=teacher,
+                             init=load_transformer(out / name), **{**common, "lr": args.lr / 4, "seed": args.seed + 7})
+            save_model(model, tok, out / name)
+            entry["distill_steps"] = args.distill_steps
+        model = load_transformer(out / name)
         losses = evaluate_lm(model, eval_lm)
         finish(name, {
-            "steps": steps, "batch": args.batch, "seq_len": SEQ_LEN, "params": sum(p.numel() for p in model.parameters()),
-            "heldout_loss": losses[-1], "heldout_loss_by_exit_layer": losses, "train_seconds": round(time.perf_counter() - t0, 1),
-            "distilled_from_target": teacher is not None,
+            **entry, "params": sum(p.numel() for p in model.parameters()), "heldout_loss": losses[-1],
+            "heldout_loss_by_exit_layer": losses, "train_seconds": round(time.perf_counter() - t0, 1),
         })
     if "heads" in stages:
         target = load_transformer(out / "target", dtype=torch.float32)

@@ -344,6 +344,28 @@ class Transformer(nn.Module):
         """
         layers = self.layers_to_run(exit_layer, skip_layers)
         slots = cache.write_tokens(tokens)  # [B, T]; raises CacheFull before anything is written
+        out = self._run(tokens, cache, slots, layers, tree_mask, positions)
+        cache.advance(tokens.shape[1], n_valid)
+        return out
+
+    def forward_at(
+        self, tokens: torch.Tensor, cache: KVCache, start: torch.Tensor, *, exit_layer: int | None = None,
+        skip_layers: tuple[int, ...] | None = None,
+    ) -> ModelOutput:
+        """Roll row b back to start[b] and run tokens [B, T] there; then cache.length = start + T.
+
+        The static-shape form of `forward` for compiled code: no host synchronization, no room
+        check (the caller guarantees start + T <= capacity), every one of the T tokens counted.
+        """
+        layers = self.layers_to_run(exit_layer, skip_layers)
+        slots = start[:, None] + torch.arange(tokens.shape[1], device=tokens.device)[None, :]  # [B, T]
+        cache.tokens.scatter_(1, slots, tokens)
+        out = self._run(tokens, cache, slots, layers, None, None)
+        cache.length.copy_(start + tokens.shape[1])
+        return out
+
+    def _run(self, tokens, cache, slots, layers, tree_mask, positions) -> ModelOutput:
+        """The layers over tokens [B, T] written at cache slots [B, T]. -> logits [B, T, V], hidden [B, T, C]"""
         if positions is None:
             positions = slots if tree_mask is None else slots[:, :1] + tree_depth(tree_mask)
         mask = attention_mask(slots, cache.capacity, tree_mask)  # [B, 1, T, S]
@@ -353,7 +375,6 @@ class Transformer(nn.Module):
             x = self.model.layers[i](x, cos, sin, mask, slots, cache.k[i], cache.v[i])
         hidden = self.model.norm(x)  # [B, T, C]
         logits = self.lm_head(hidden).float()  # [B, T, V]
-        cache.advance(tokens.shape[1], n_valid)
         return ModelOutput(logits, hidden)
 
     def draft_head(self, kind: str):

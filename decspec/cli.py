@@ -104,7 +104,8 @@ def _run(args) -> int:
     s = result.stats
     print(
         f"# rounds {s.rounds}, new tokens {sum(s.new_tokens)}, mean accepted tokens per round {s.mean_accepted:.2f} "
-        f"(acceptance {s.acceptance_rate:.2f}), {s.tokens_per_second:.1f} tokens/s",
+        f"(+1 from the target: {s.mean_tokens_per_round:.2f} tokens per round; acceptance {s.acceptance_rate:.2f}), "
+        f"{s.tokens_per_second:.1f} tokens/s",
     )
     return 0
 

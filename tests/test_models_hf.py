@@ -18,6 +18,7 @@ from decspec.stdlib.models import Cache, CacheFull, Model  # noqa: E402
 from decspec.stdlib.models import hf as hf_module  # noqa: E402
 from decspec.stdlib.models.hf import HFCache, HFModel  # noqa: E402
 from decspec.stdlib.models.transformer import Transformer, TransformerConfig  # noqa: E402
+from test_models_table import ancestors_mask, path_to  # noqa: E402  (tree helpers shared with the table tests)
 
 V = 64
 ATOL = 1e-5
@@ -48,26 +49,6 @@ BUILTIN = builtin(HF)
 def full(tokens: list[int], hf=HF) -> torch.Tensor:
     """Plain HF forward of one whole sequence, no cache. -> logits [T, V]"""
     return hf(torch.tensor([tokens])).logits[0].float()
-
-
-def ancestors_mask(parents: list[int]) -> torch.Tensor:
-    """Tree mask [T, T] from parent indices (-1: root): i attends itself and its ancestors."""
-    T = len(parents)
-    m = torch.zeros(T, T, dtype=torch.bool)
-    for i in range(T):
-        j = i
-        while j >= 0:
-            m[i, j] = True
-            j = parents[j]
-    return m
-
-
-def path_to(parents: list[int], i: int) -> list[int]:
-    out = []
-    while i >= 0:
-        out.append(i)
-        i = parents[i]
-    return out[::-1]
 
 
 def test_protocol_and_attributes():

@@ -34,13 +34,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
     file = path / "config.json"
     if not file.is_file():
         raise DecError(f"{path} has no config.json; is it a Hugging Face model directory? (save one with model.save_pretrained(DIR))")
+    return read_json(file)
+
+
+def read_json(file: Path) -> dict[str, Any]:
+    """A JSON object from a file; bad JSON is a DecError naming the file."""
     try:
-        config = json.loads(file.read_text())
+        data = json.loads(file.read_text())
     except json.JSONDecodeError as e:
-        raise DecError(f"{file} is not valid JSON ({e}); re-save the model") from None
-    if not isinstance(config, dict):
+        raise DecError(f"{file} is not valid JSON ({e}); re-save it") from None
+    if not isinstance(data, dict):
         raise DecError(f"{file} must hold a JSON object")
-    return config
+    return data
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -114,10 +119,7 @@ def load_heads(path: Path, config: TransformerConfig, *, dtype: torch.dtype, dev
     meta_file = path / "heads.json"
     if not meta_file.is_file():
         raise DecError(f"{path} has heads.safetensors but no heads.json describing them")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise DecError(f"{meta_file} is not valid JSON ({e})") from None
+    meta = read_json(meta_file)
     from safetensors.torch import load_file
 
     try:

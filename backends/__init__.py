@@ -5,7 +5,7 @@ from types import ModuleType
 
 from decspec.dsl.diagnostics import DecError, did_you_mean
 
-BACKENDS = ("eager", "exact")
+BACKENDS = ("eager", "exact", "inductor")
 
 
 def get_backend(name: str) -> ModuleType:
@@ -13,6 +13,10 @@ def get_backend(name: str) -> ModuleType:
         from decspec.backends import eager
 
         return eager
+    if name == "inductor":
+        from decspec.backends import inductor
+
+        return inductor
     if name == "exact":
         from decspec.backends import exact
 

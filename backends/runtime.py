@@ -131,7 +131,11 @@ def generate(
     eos_token_id: int | None,
     rules: dict,
     backend: str,
+    runner: Any = None,
 ) -> Result:
+    """The generation loop. Each round runs the graph through the interpreter with `rules`, or,
+    when the backend generates code, through `runner` (start(models, B, capacity, ctx) once, then
+    runner(ctx, state) per round; see backends/inductor)."""
     start = time.perf_counter()
     vocab = next(iter(models.values())).vocab_size
     prompts = normalize_prompts(input_ids, vocab)
@@ -140,7 +144,8 @@ def generate(
     B = len(prompts)
     lengths = [len(p) for p in prompts]
     # room for the longest row, its new tokens, and a round's drafts plus padding past the end
-    capacity = max(lengths) + max_new_tokens + 2 * max_draft_len(graph) + 4
+    # rounded up to a multiple of 128 (a static-shape bucket: compiled rounds see the same cache shapes across calls)
+    capacity = -(-(max(lengths) + max_new_tokens + 2 * max_draft_len(graph) + 4) // 128) * 128
     for role, model in models.items():
         limit = getattr(model, "max_positions", None)
         if limit is not None and max(lengths) + max_new_tokens > limit:
@@ -154,7 +159,11 @@ def generate(
         ctx.tokens[b, : len(p)] = torch.tensor(p)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
-    state = RoundState({r: PrefixCache(m, B, capacity) for r, m in models.items()}, generator, B, device, rules, backend)
+    state = RoundState({}, generator, B, device, rules, backend)
+    if runner is None:
+        state.sessions = {r: PrefixCache(m, B, capacity) for r, m in models.items()}
+    else:
+        state.sessions = runner.start(models, B, capacity, ctx)
 
     stats = Stats()
     produced = torch.zeros(B, dtype=torch.long)
@@ -162,7 +171,10 @@ def generate(
     while not bool(done.all()):
         state.committed = None
         try:
-            run_graph(graph, [ctx], state, rules, backend)
+            if runner is None:
+                run_graph(graph, [ctx], state, rules, backend)
+            else:
+                runner(ctx, state)
         except CacheFull as e:
             raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
         tokens, accepted, drafted = state.committed  # [B, N], [B], [B]

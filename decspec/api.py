@@ -34,11 +34,13 @@ class Decoder:
     spec: the checked Spec; graph: the optimized round IR; verdict: the losslessness analysis.
     """
 
-    def __init__(self, spec: Spec, graph: Graph, models: Mapping[str, Any], backend: str = "eager"):
+    def __init__(self, spec: Spec, graph: Graph, models: Mapping[str, Any], backend: str = "eager",
+                 backend_options: Mapping[str, Any] | None = None):
         self.spec = spec
         self.graph = graph
         self.models = dict(models)
         self.backend = get_backend(backend)
+        self.backend_options = dict(backend_options or {})
         self.verdict: Verdict = losslessness(spec)
 
     def _bound_models(self) -> dict[str, Any]:
@@ -66,6 +68,14 @@ class Decoder:
                     )
         return bound
 
+    def _runner(self):
+        """The backend's round runner, for backends that generate code (built once per Decoder)."""
+        if not hasattr(self.backend, "RoundRunner"):
+            return None
+        if getattr(self, "_round_runner", None) is None:
+            self._round_runner = self.backend.RoundRunner(self.graph, **self.backend_options)
+        return self._round_runner
+
     @property
     def tokenizer(self) -> Tokenizer | None:
         """The target's tokenizer (the first model role's), when it carries one."""
@@ -91,7 +101,7 @@ class Decoder:
             eos_token_id = getattr(models[self.spec.models[0]], "eos_token_id", None)
         result = run_generate(
             self.graph, models, input_ids, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
-            rules=self.backend.RULES, backend=self.backend.NAME,
+            rules=self.backend.RULES, backend=self.backend.NAME, runner=self._runner(),
         )
         if tokenizer is not None:
             result.text = [tokenizer.decode(row) for row in result.tokens]

@@ -4,6 +4,7 @@
     decspec ir FILE.dec [--after PASS]        the round's IR, after the whole pipeline or a pass
     decspec run FILE.dec [--prompt TEXT] [--target DIR --draft DIR]
                                               generate text (shipped reference models by default) and print the stats
+    decspec emit FILE.dec [--target python]   the round as the Python code the inductor backend compiles
     decspec verify FILE.dec [k=2 ...] [--configs N] [--seed S]
                                               check the losslessness verdict exactly on random table models
 """
@@ -119,6 +120,25 @@ def _verify(args) -> int:
     return report.exit_code
 
 
+def _emit(args) -> int:
+    from decspec.compiler.lower import lower
+    from decspec.compiler.passes import run_pipeline
+    from decspec.dsl.check import load
+
+    if args.target != "python":
+        raise DecError(f"emit --target {args.target}: not yet (issue 8, torch-mlir export); available: python")
+    spec = load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder)
+    from decspec.backends.inductor import emit_python
+
+    source = emit_python(run_pipeline(lower(spec)))
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(source)
+    else:
+        print(source, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decspec", description="Compile declarative decoding specs (.dec) into verified decoders.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -146,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-new-tokens", type=int, default=32)
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(fn=_run)
+    e = sub.add_parser("emit", help="print the round as the code a backend compiles")
+    common(e)
+    e.add_argument("--target", default="python", choices=("python", "mlir"), help="what to emit (default: %(default)s)")
+    e.add_argument("-o", "--output", help="write to this file instead of stdout")
+    e.set_defaults(fn=_emit)
     v = sub.add_parser("verify", help="check the losslessness verdict exactly (exact backend, random table models)")
     common(v)
     v.add_argument("--configs", type=int, default=8, help="random table-model configurations (default: %(default)s)")

@@ -33,6 +33,7 @@ BACKENDS = [
     "decspec.backends.eager",
     "decspec.backends.exact",
 ]
+GENERATED = ["decspec.backends.inductor"]  # backends that emit code instead of interpreting: tests/test_backend_inductor.py
 
 
 def backend(module: str):
@@ -43,7 +44,13 @@ def backend(module: str):
 
 
 def test_every_registered_backend_is_tested():
-    assert set(decspec.backends.BACKENDS) <= {backend(m).NAME for m in BACKENDS}
+    assert set(decspec.backends.BACKENDS) <= {backend(m).NAME for m in BACKENDS + GENERATED}
+
+
+@pytest.mark.parametrize("module", GENERATED)
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_every_op_can_be_emitted(module, op):
+    assert backend(module).can_emit(op), f"the {backend(module).NAME} backend cannot emit {op!r}"
 
 
 @pytest.mark.parametrize("module", BACKENDS)
@@ -79,9 +86,10 @@ def test_rules_accept_the_inputs_lowered_ops_pass(module):
     rules = backend(module).RULES
     seen = set()
     for spec in conformance_specs():
-        for op in run_pipeline(lower(spec)).walk():
-            inspect.signature(rules[op.name]).bind(None, op, *op.inputs)  # (state, op, *inputs)
-            seen.add(op.name)
+        for graph in (lower(spec), run_pipeline(lower(spec))):  # the pipeline fuses logits_transform into sampler_probs
+            for op in graph.walk():
+                inspect.signature(rules[op.name]).bind(None, op, *op.inputs)  # (state, op, *inputs)
+                seen.add(op.name)
     assert seen == set(OPS) - {"argmax"}
 
 
@@ -94,8 +102,9 @@ def test_every_backend_runs_the_lowered_ops(module):
     be = backend(module)
     models = {"target": TableModel.random(5, 1, seed=0), "draft": TableModel.random(5, 1, seed=1)}
     for spec in conformance_specs():
-        out = generate(run_pipeline(lower(spec)), models, [[1, 2], [3]], max_new_tokens=4, seed=0, eos_token_id=None, rules=be.RULES, backend=be.NAME)
-        assert [len(row) for row in out.tokens] == [4, 4]
+        for graph in (lower(spec), run_pipeline(lower(spec))):
+            out = generate(graph, models, [[1, 2], [3]], max_new_tokens=4, seed=0, eos_token_id=None, rules=be.RULES, backend=be.NAME)
+            assert [len(row) for row in out.tokens] == [4, 4]
 
 
 # --------------------------------------------------------------------------- the interpreter's errors
@@ -233,6 +242,18 @@ def test_softmax_argmax_token_prob():
     assert torch.allclose(p, torch.tensor([[0.25, 0.75, 0.0]]))
     assert call("argmax", torch.tensor([[0.4, 0.4, 0.2]]))[0].tolist() == [0]  # first on ties
     assert torch.allclose(call("token_prob", p, torch.tensor([1]))[0], torch.tensor([0.75]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampler_probs_is_softmax_of_logits_transform(dtype):
+    """The fused op is the pair, bit for bit, and keeps float64 as float64 like softmax."""
+    from decspec.compiler.text import Record
+
+    logits = torch.randn(3, 2, 7, generator=torch.Generator().manual_seed(0)).to(dtype)
+    stages = (Record("temperature", (("t", 0.7),)), Record("top_k", (("k", 3),)))
+    (fused,) = call("sampler_probs", logits, stages=stages)
+    (pair,) = call("softmax", call("logits_transform", logits, stages=stages)[0])
+    assert fused.dtype == dtype and torch.equal(fused, pair)
 
 
 def test_entropy():

@@ -1,0 +1,102 @@
+"""The ops as plain tensor functions, for generated round code (codegen.py).
+
+Each one is the eager backend's rule (the reference semantics) called without its interpreter
+state, so the compiled and the eager backend compute the same thing by construction. Only the
+draft loop differs: unrolled, with a per-row `alive` mask instead of an early exit, so that no
+shape and no control flow depends on the data.
+"""
+from __future__ import annotations
+
+import torch
+
+from decspec.backends.eager import rules as E
+from decspec.stdlib.samplers import apply_pipeline
+
+
+def logits_transform(logits: torch.Tensor, stages: tuple) -> torch.Tensor:
+    return apply_pipeline(logits, stages)
+
+
+def sampler_probs(logits: torch.Tensor, stages: tuple) -> torch.Tensor:
+    return softmax(apply_pipeline(logits, stages))
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    return E.softmax(None, None, logits)[0]
+
+
+def sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return E.sample_tokens(probs, u)
+
+
+def argmax(probs: torch.Tensor) -> torch.Tensor:
+    return E.argmax(None, None, probs)[0]
+
+
+def token_prob(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return E.token_prob(None, None, probs, tokens)[0]
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    return E.entropy(None, None, probs)[0]
+
+
+_CMP = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq, "!=": torch.ne}
+
+
+def compare(x: torch.Tensor, op: str, value: float) -> torch.Tensor:
+    return _CMP[op](x, value)
+
+
+def logical(a: torch.Tensor, b: torch.Tensor, op: str) -> torch.Tensor:
+    return (a & b) if op == "and" else (a | b)
+
+
+def logical_not(a: torch.Tensor) -> torch.Tensor:
+    return ~a
+
+
+def rejection_accept(p, q, d, drafted, u) -> torch.Tensor:
+    return E.rejection_accept(None, None, p, q, d, drafted, u)[0]
+
+
+def rejection_residual(p, q, n, drafted) -> torch.Tensor:
+    return E.rejection_residual(None, None, p, q, n, drafted)[0]
+
+
+def match_len(d, t, drafted) -> torch.Tensor:
+    return E.match_len(None, None, d, t, drafted)[0]
+
+
+def take(tokens, index) -> torch.Tensor:
+    return E.take(None, None, tokens, index)[0]
+
+
+def splice(d, n, x) -> torch.Tensor:
+    return E.splice(None, None, d, n, x)[0]
+
+
+def commit_one(token: torch.Tensor):
+    """A round without drafts commits one token per row. -> (tokens [B, 1], accepted [B], drafted [B])"""
+    zeros = torch.zeros_like(token)
+    return token[:, None], zeros, zeros
+
+
+def draft_start(ctx_tokens: torch.Tensor, k: int):
+    """Empty draft-loop carry. -> drafts [B, K], probs (made at step 0), count [B], alive [B]"""
+    B = ctx_tokens.shape[0]
+    drafts = torch.zeros(B, k, dtype=torch.long, device=ctx_tokens.device)
+    count = torch.zeros(B, dtype=torch.long, device=ctx_tokens.device)
+    return drafts, None, count, torch.ones(B, dtype=torch.bool, device=ctx_tokens.device)
+
+
+def draft_step(drafts, probs, count, alive, i: int, token, q, stop):
+    """Record step i for every row (rows that stopped keep drafting, masked out of `count`). -> probs, count, alive"""
+    if probs is None:
+        probs = q.new_zeros(*drafts.shape, q.shape[-1])  # [B, K, V]
+    drafts[:, i] = token
+    probs[:, i] = q
+    count = count + alive.long()
+    if stop is not None:
+        alive = alive & ~stop
+    return probs, count, alive

@@ -1,0 +1,71 @@
+"""Static-shape model calls: what a compiled round uses instead of a PrefixCache.
+
+In the IR, `model_call` is "the logits after ctx ++ ext[:, :n]". The eager backend answers it with
+a PrefixCache (longest common prefix, rollback, feed the rest): general, but the number of tokens
+fed depends on the data, which a compiled graph cannot have. A compiled round instead knows, from
+the graph alone, how far behind each model's cache can be at the start of a round, and feeds a
+fixed window:
+
+- a model that was fed f of the round's K drafted tokens last round holds the committed context
+  up to position L - 2 - (K - f) at the start of this one (L = committed length; the last committed
+  token is never fed before it is committed);
+- so its first call in a round feeds the w = 1 + K - f positions L - w .. L - 1 of the context,
+  then the ext tokens it asks for; later calls in the round feed only the new ext tokens.
+
+Positions re-fed that the cache already held are rewritten with the same values; positions past
+what the round commits are garbage that the next round overwrites before anything attends them.
+Every shape is a function of the graph only, so a compiled round never recompiles.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class StaticSession:
+    """One model and its cache, called with static shapes.
+
+    feed(seq_tokens, L, lo, hi, ...) runs the virtual sequence ctx ++ ext at positions L + lo .. L + hi - 1
+    (lo may be negative: -w re-feeds w context positions) and returns the logits there.
+    """
+
+    def __init__(self, model, batch: int, capacity: int):
+        self.model = model
+        self.cache = model.new_cache(batch, capacity)
+        self.calls = 0  # counted by the runner, outside compiled code (a Python int would be a guard)
+        self.tokens_fed = 0
+        self._static = hasattr(model, "forward_at")
+
+    def prefill(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor) -> None:
+        """Feed every row's context except its last token (ragged, with n_valid). ctx_tokens: [B, S], ctx_length: [B]."""
+        n = (ctx_length - 1).clamp(min=0)  # [B]
+        T = max(int(n.max()), 1)
+        self.cache.rollback(torch.zeros_like(n))
+        self.model.forward(ctx_tokens[:, :T], self.cache, n_valid=n)
+        self.calls += 1
+        self.tokens_fed += int(n.sum())
+
+    def feed(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, ext: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+        """Logits at positions L + lo .. L + hi - 1 of ctx ++ ext. -> [B, hi - lo, V]
+
+        ctx_tokens: [B, S]; ctx_length: [B] (L); ext: [B, K] or None; lo < hi, static ints.
+        A row whose context is shorter than -lo feeds from position 0 instead (and reads its logits
+        at the shifted index).
+        """
+        B = ctx_tokens.shape[0]
+        T = hi - lo
+        start = (ctx_length + lo).clamp(min=0)  # [B]
+        pos = start[:, None] + torch.arange(T, device=ctx_tokens.device)[None, :]  # [B, T] positions fed
+        from_ctx = ctx_tokens.gather(1, pos.clamp(max=ctx_tokens.shape[1] - 1))
+        if ext is not None:
+            j = (pos - ctx_length[:, None]).clamp(0, ext.shape[1] - 1)  # index into ext of positions >= L
+            tokens = torch.where(pos < ctx_length[:, None], from_ctx, ext.gather(1, j))
+        else:
+            tokens = from_ctx
+        if self._static:
+            logits = self.model.forward_at(tokens, self.cache, start).logits  # [B, T, V]
+        else:
+            self.cache.rollback(start)
+            logits = self.model.forward(tokens, self.cache).logits
+        shift = (start - (ctx_length + lo))[:, None]  # [B, 1]: > 0 only for rows that started at 0
+        idx = (torch.arange(T, device=pos.device)[None, :] - shift).clamp(0, T - 1)  # [B, T]
+        return logits.gather(1, idx[..., None].expand(B, T, logits.shape[-1]))

@@ -155,6 +155,8 @@ OPS: dict[str, OpDef] = {
         OpDef("model_call", "model", _model_call, "logits after ctx ++ ext[:, :n]: the last position (last=true) or every position from the end of ctx"),
         OpDef("logits_transform", "pure", _same, "apply the sampler stages to logits"),
         OpDef("softmax", "pure", _same, "probabilities from logits"),
+        OpDef("sampler_probs", "pure", _same, "softmax(logits_transform[stages](logits)) as one op (made by the fuse_sampler pass): identical "
+              "stages on target and draft give the same op definition, which a compiling backend compiles once and shares"),
         OpDef("uniform", "random", _uniform, "fresh U[0,1) draws of the given shape"),
         OpDef("sample", "pure", _sample, "categorical draw by inverse CDF: the token whose CDF interval holds u", draws=(1,)),
         OpDef("argmax", "pure", _dist_to("tok"), "most likely token (first on ties)"),

@@ -71,7 +71,9 @@ _MISTAKES: dict[tuple[str, str], list[str]] = {
 @lru_cache(maxsize=None)
 def _lark() -> Lark:
     grammar = resources.files("decspec.dsl").joinpath("dec.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True)
+    # cache=True: Lark stores the built LALR tables in the temp directory (keyed by grammar and options), so
+    # later processes skip building them
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
 def parse(text: str, name: str = "<spec>") -> ast.Module:

@@ -17,6 +17,7 @@ MODULES = [
     "decspec.compiler.ir",
     "decspec.compiler.analysis",
     "decspec.compiler.passes",
+    "decspec.compiler.passes.fold_sampler",
     "decspec.stdlib.registry",
     "decspec.stdlib.models.table",
     "decspec.stdlib.models.transformer",

@@ -63,7 +63,7 @@ def test_ops_point_at_their_slot():
     assert loop.meta.line == lines["propose"]
     assert [op.meta.line for op in ops_at(graph, "model_call")] == [lines["propose"], lines["verify"]]
     sampler_line = spec.slot("sampler")[0].span.line
-    assert all(op.meta.line == sampler_line for op in ops_at(graph, "logits_transform"))
+    assert [op.meta.line for op in ops_at(graph, "logits_transform", "sampler_probs")] == [sampler_line] * 2
 
 
 @pytest.mark.parametrize("name, ops", [("speculative", ("rejection_accept", "rejection_residual", "splice")), ("speculative_greedy", ("match_len", "take", "splice"))])

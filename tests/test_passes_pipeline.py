@@ -10,6 +10,8 @@ from decspec.compiler.lower import lower
 from decspec.compiler.passes import PIPELINE, pass_names, run_pipeline
 from decspec.compiler.passes.cse import cse
 from decspec.compiler.passes.dce import dce
+from decspec.compiler.passes.fold_sampler import fold_sampler
+from decspec.compiler.passes.fuse_sampler import fuse_sampler
 from decspec.compiler.passes.greedy_sample import greedy_sample
 from decspec.dsl.spec import Cond, Spec, Stat
 from decspec.stdlib import registry
@@ -38,8 +40,8 @@ def softmaxes(graph: Graph) -> int:
 
 
 def test_pipeline_order():
-    assert pass_names() == ["cse", "greedy_sample", "dce"]
-    assert [fn for _, fn in PIPELINE] == [cse, greedy_sample, dce]
+    assert pass_names() == ["fold_sampler", "cse", "greedy_sample", "fuse_sampler", "dce"]
+    assert [fn for _, fn in PIPELINE] == [fold_sampler, cse, greedy_sample, fuse_sampler, dce]
 
 
 @settings(max_examples=15)
@@ -48,12 +50,13 @@ def test_until_stops_at_the_named_pass(spec):
     graph = lower(spec)
     seen: list[str] = []
     after_cse = run_pipeline(graph, until="cse", log=lambda name, g: seen.append(name))
-    assert seen == ["cse"]
-    assert str(after_cse) == str(cse(graph))
+    assert seen == ["fold_sampler", "cse"]
+    assert str(after_cse) == str(cse(fold_sampler(graph)))
     seen.clear()
     after_dce = run_pipeline(graph, until="dce", log=lambda name, g: seen.append(name))
-    assert seen == ["cse", "greedy_sample", "dce"]
-    assert str(after_dce) == str(run_pipeline(graph)) == str(dce(greedy_sample(cse(graph))))
+    assert seen == ["fold_sampler", "cse", "greedy_sample", "fuse_sampler", "dce"]
+    assert str(after_dce) == str(run_pipeline(graph)) == str(dce(fuse_sampler(greedy_sample(cse(fold_sampler(graph))))))
+    assert str(run_pipeline(after_dce)) == str(after_dce)  # the pipeline is idempotent
     assert run_pipeline(graph, until="lower") is graph
 
 
@@ -61,9 +64,11 @@ def test_log_gets_each_graph():
     graph = lower(speculative(()))
     logged: list[tuple[str, str]] = []
     run_pipeline(graph, log=lambda name, g: logged.append((name, str(g))))
-    g1 = cse(graph)
-    g2 = greedy_sample(g1)
-    assert logged == [("cse", str(g1)), ("greedy_sample", str(g2)), ("dce", str(dce(g2)))]
+    graphs = []
+    for _, fn in PIPELINE:
+        graph = fn(graph)
+        graphs.append(str(graph))
+    assert logged == list(zip(pass_names(), graphs))
 
 
 def test_unknown_pass_name():
@@ -93,11 +98,23 @@ def test_exit_softmax_merges_with_the_samplers_when_the_pipeline_is_empty(sample
 
 @pytest.mark.parametrize("stage", [("temperature", {"t": 0.7}), ("greedy", {}), ("top_k", {"k": 5})])
 def test_exit_softmax_stays_apart_with_a_sampler_pipeline(stage):
+    """The exit's softmax(raw logits) stays; the sampler's pair is fused into sampler_probs."""
     name, args = stage
     sampler = (inst(registry.lookup("sampler", name), **args),)
     optimized = body(run_pipeline(lower(speculative(sampler))))
-    assert softmaxes(optimized) == 2
+    assert softmaxes(optimized) == 1
+    assert not any(op.name == "logits_transform" for op in optimized.ops)
     logits = next(op for op in optimized.ops if op.name == "model_call").outputs[0]
-    transformed = next(op for op in optimized.ops if op.name == "logits_transform").outputs[0]
-    assert sorted(op.inputs[0] == transformed for op in optimized.ops if op.name == "softmax") == [False, True]
-    assert [op.inputs[0] == logits for op in optimized.ops if op.name == "softmax"].count(True) == 1
+    (fused,) = [op for op in optimized.ops if op.name == "sampler_probs"]
+    (softmax,) = [op for op in optimized.ops if op.name == "softmax"]
+    assert fused.inputs == softmax.inputs == (logits,)
+    assert optimized.outputs[1] == fused.outputs[0]  # the q the verifier receives
+
+
+@pytest.mark.parametrize("stages", [[("temperature", {"t": 1.0})], [("top_p", {"p": 1.0}), ("min_p", {"p": 0.0})]])
+def test_a_pipeline_that_folds_away_shares_the_exit_softmax(stages):
+    """fold_sampler runs before cse: an identity pipeline leaves softmax(logits), merged with the exit's."""
+    sampler = tuple(inst(registry.lookup("sampler", name), **args) for name, args in stages)
+    optimized = body(run_pipeline(lower(speculative(sampler))))
+    assert softmaxes(optimized) == 1
+    assert not any(op.name in ("logits_transform", "sampler_probs") for op in optimized.ops)

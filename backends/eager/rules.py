@@ -28,6 +28,12 @@ def softmax(state, op, logits):
     return (torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1),)  # float64 stays float64
 
 
+def sampler_probs(state, op, logits):
+    """softmax(apply_pipeline(logits)): the fused sampler, bit-identical to its two ops."""
+    (transformed,) = logits_transform(state, op, logits)
+    return softmax(state, op, transformed)
+
+
 def uniform(state, op):
     return (torch.rand(_dims(state, op.param("shape")), generator=state.generator, device=state.device),)
 
@@ -163,6 +169,7 @@ RULES = {
     "model_call": model_call,
     "logits_transform": logits_transform,
     "softmax": softmax,
+    "sampler_probs": sampler_probs,
     "uniform": uniform,
     "sample": sample,
     "argmax": argmax,

@@ -1,7 +1,15 @@
 """The pass pipeline: named, pure functions Graph -> Graph, run in order.
 
     >>> [name for name, _ in PIPELINE]
-    ['cse', 'greedy_sample', 'dce']
+    ['fold_sampler', 'cse', 'greedy_sample', 'fuse_sampler', 'dce']
+
+Why this order: `fold_sampler` first, so a pipeline that folds away (`temperature(1.0)`) leaves a
+bare `softmax(logits)` that `cse` can merge with the exit policy's, and `temperature(0)` is
+already `greedy` for what follows; `cse` next, so identical samplers are one op before anything
+matches on them; `greedy_sample` before `fuse_sampler`, as it matches the unfused
+softmax(logits_transform) pair (it understands the fused op too, so the pipeline is idempotent);
+`fuse_sampler` late, so every pass before it sees the plain pair; `dce` last, to drop the draws
+`greedy_sample` freed and the transforms `fuse_sampler` absorbed.
 
 `run_pipeline(graph, until="cse")` stops after that pass (what `decspec ir --after cse` prints);
 `log` receives (pass name, graph) after each pass.
@@ -13,11 +21,19 @@ from typing import Callable
 from decspec.compiler.ir import Graph
 from decspec.compiler.passes.cse import cse
 from decspec.compiler.passes.dce import dce
+from decspec.compiler.passes.fold_sampler import fold_sampler
+from decspec.compiler.passes.fuse_sampler import fuse_sampler
 from decspec.compiler.passes.greedy_sample import greedy_sample
 
 Pass = Callable[[Graph], Graph]
 
-PIPELINE: list[tuple[str, Pass]] = [("cse", cse), ("greedy_sample", greedy_sample), ("dce", dce)]
+PIPELINE: list[tuple[str, Pass]] = [
+    ("fold_sampler", fold_sampler),
+    ("cse", cse),
+    ("greedy_sample", greedy_sample),
+    ("fuse_sampler", fuse_sampler),
+    ("dce", dce),
+]
 
 
 def pass_names() -> list[str]:

@@ -1,5 +1,5 @@
 """Sampling a one-hot distribution is an argmax: `sample(p, u) -> argmax(p)` where p is
-softmax(logits_transform(...)) with a `greedy` or `temperature(t=0)` stage.
+softmax(logits_transform(...)), or the fused sampler_probs(...), with a `greedy` or `temperature(t=0)` stage.
 
 Every sampler stage only scales or masks logits, so once a greedy stage has masked all but one
 token, the distribution stays one-hot; inverse-CDF sampling from it returns that token for any u.
@@ -19,6 +19,8 @@ def _is_one_hot_stage(stage) -> bool:
 
 def _one_hot(producers: dict[Value, Op], probs: Value) -> bool:
     softmax = producers.get(probs)
+    if softmax is not None and softmax.name == "sampler_probs":  # the pair, fused by fuse_sampler
+        return any(_is_one_hot_stage(s) for s in softmax.param("stages"))
     if softmax is None or softmax.name != "softmax":
         return False
     transform = producers.get(softmax.inputs[0])

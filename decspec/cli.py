@@ -79,7 +79,11 @@ def _run(args) -> int:
     import decspec
 
     models = _models(args)
-    decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides))
+    decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides), backend=args.backend)
+    if args.compile:
+        if args.backend != "inductor":
+            raise DecError("--compile needs --backend inductor (the backend that generates code for torch.compile)")
+        decoder.backend_options = {"compile": True}
     missing = [r for r in decoder.spec.models if r not in models]
     if missing:
         raise DecError(f"decoder '{decoder.spec.name}' needs a {missing[0]} model: pass --{missing[0]} DIR (a local Hugging Face model directory)")
@@ -164,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--draft", help="a local Hugging Face model directory for the draft (same tokenizer as the target)")
     r.add_argument("--batch", type=int, default=1, help="rows (the prompt repeated)")
     r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument("--backend", default="eager", help="eager (default), inductor or exact")
+    r.add_argument("--compile", action="store_true", help="with --backend inductor: torch.compile the round")
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(fn=_run)
     e = sub.add_parser("emit", help="print the round as the code a backend compiles")

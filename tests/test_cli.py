@@ -76,3 +76,10 @@ def test_errors_are_diagnostics_not_tracebacks(tmp_path, capsys):
 def test_python_dash_m_and_console_script():
     out = subprocess.run([sys.executable, "-m", "decspec", "check", "specs/speculative.dec"], capture_output=True, text=True)
     assert out.returncode == 0 and "lossless" in out.stdout
+
+
+def test_run_on_another_backend(capsys):
+    assert main(["run", "specs/speculative_greedy.dec", "--backend", "inductor", "--max-new-tokens", "4"]) == 0
+    assert "tokens per round" in capsys.readouterr().out
+    assert main(["run", "specs/speculative_greedy.dec", "--compile"]) == 1
+    assert "--compile needs --backend inductor" in capsys.readouterr().err

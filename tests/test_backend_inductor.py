@@ -101,3 +101,20 @@ def test_emit_command(capsys):
 def test_runner_source_matches_emit():
     graph = run_pipeline(lower(load("specs/speculative.dec")))
     assert RoundRunner(graph).source == emit_python(graph)
+
+
+def test_early_exit_draft_compiles_to_one_graph(models):
+    """A view of the target (EarlyExit) takes the static step too: no graph break, one graph."""
+    from torch._dynamo.utils import counters
+
+    from decspec.stdlib.models.views import EarlyExit
+
+    target = models["target"]
+    torch._dynamo.reset()
+    counters.clear()
+    dec = decspec.compile("specs/speculative_greedy.dec", target=target, draft=EarlyExit(target, 2), k=3, backend="inductor")
+    dec.backend_options = {"compile": True}
+    eager = decspec.compile("specs/speculative_greedy.dec", target=target, draft=EarlyExit(target, 2), k=3)
+    out = dec.generate(PROMPTS, max_new_tokens=12, seed=0)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert out.tokens == eager.generate(PROMPTS, max_new_tokens=12, seed=0).tokens

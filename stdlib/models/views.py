@@ -28,6 +28,14 @@ class _View:
     def new_cache(self, batch: int, capacity: int) -> Cache:
         return self.model.new_cache(batch, capacity)
 
+    def forward_at(self, tokens: torch.Tensor, cache: Cache, start: torch.Tensor) -> ModelOutput:
+        """The static-shape step at this view's layers (Transformer.forward_at), for compiled rounds;
+        models without one roll back and run `forward`."""
+        if hasattr(self.model, "forward_at"):
+            return self.model.forward_at(tokens, cache, start, **self._view_args())
+        cache.rollback(start)
+        return self.forward(tokens, cache)
+
 
 class EarlyExit(_View):
     """The first `layer` layers of `model`, then its final norm and head.
@@ -53,6 +61,9 @@ class EarlyExit(_View):
             skip_layers=skip_layers, tree_mask=tree_mask,
         )
 
+    def _view_args(self) -> dict:
+        return {"exit_layer": self.layer}
+
     def __repr__(self) -> str:
         return f"EarlyExit({getattr(self.model, 'name', type(self.model).__name__)}, layer={self.layer})"
 
@@ -71,6 +82,9 @@ class SkipLayers(_View):
     def forward(self, tokens: torch.Tensor, cache: Cache, *, n_valid=None, exit_layer=None, skip_layers=None, tree_mask=None) -> ModelOutput:
         skip = tuple(sorted(set(self.skip) | set(skip_layers or ())))
         return self.model.forward(tokens, cache, n_valid=n_valid, exit_layer=exit_layer, skip_layers=skip, tree_mask=tree_mask)
+
+    def _view_args(self) -> dict:
+        return {"skip_layers": self.skip}
 
     def __repr__(self) -> str:
         return f"SkipLayers({getattr(self.model, 'name', type(self.model).__name__)}, skip={self.skip})"

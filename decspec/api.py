@@ -40,7 +40,9 @@ class Decoder:
         self.graph = graph
         self.models = dict(models)
         self.backend = get_backend(backend)
-        self.backend_options = dict(backend_options or {})
+        self.backend_options = dict(backend_options or {})  # e.g. {"compile": True} for the inductor backend
+        self._round_runner = None
+        self._round_runner_options: dict = {}
         self.verdict: Verdict = losslessness(spec)
 
     def _bound_models(self) -> dict[str, Any]:
@@ -72,8 +74,9 @@ class Decoder:
         """The backend's round runner, for backends that generate code (built once per Decoder)."""
         if not hasattr(self.backend, "RoundRunner"):
             return None
-        if getattr(self, "_round_runner", None) is None:
+        if self._round_runner is None or self._round_runner_options != self.backend_options:
             self._round_runner = self.backend.RoundRunner(self.graph, **self.backend_options)
+            self._round_runner_options = dict(self.backend_options)
         return self._round_runner
 
     @property

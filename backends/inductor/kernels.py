@@ -41,11 +41,8 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return E.entropy(None, None, probs)[0]
 
 
-_CMP = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq, "!=": torch.ne}
-
-
 def compare(x: torch.Tensor, op: str, value: float) -> torch.Tensor:
-    return _CMP[op](x, value)
+    return E._CMP[op](x, value)
 
 
 def logical(a: torch.Tensor, b: torch.Tensor, op: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from decspec.stdlib.models import CacheFull, Model
 from decspec.stdlib.models.default import random_models
 from decspec.stdlib.models.transformer import KVCache, Transformer, TransformerConfig
+from test_models_table import ancestors_mask, path_to  # tree helpers shared with the table and HF tests
 
 CFG = TransformerConfig(
     vocab_size=37, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
@@ -60,26 +61,6 @@ def run(tokens: list[int], **kw) -> torch.Tensor:
     """One row, one forward, fresh cache. -> logits [T, V]"""
     cache = MODEL.new_cache(1, 32)
     return MODEL.forward(torch.tensor([tokens]), cache, **kw).logits[0]
-
-
-def ancestors_mask(parents: list[int]) -> torch.Tensor:
-    """Tree mask [T, T] from parent indices (-1: root): i attends itself and its ancestors."""
-    T = len(parents)
-    m = torch.zeros(T, T, dtype=torch.bool)
-    for i in range(T):
-        j = i
-        while j >= 0:
-            m[i, j] = True
-            j = parents[j]
-    return m
-
-
-def path_to(parents: list[int], i: int) -> list[int]:
-    out = []
-    while i >= 0:
-        out.append(i)
-        i = parents[i]
-    return out[::-1]
 
 
 trees = st.integers(1, 7).flatmap(lambda T: st.tuples(*[st.integers(-1, i - 1) for i in range(T)]).map(list))

@@ -96,10 +96,8 @@ class Decoder:
         models = self._bound_models()
         tokenizer = self.tokenizer
         texts = [input_ids] if isinstance(input_ids, str) else input_ids
-        if isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts):
-            if tokenizer is None:
-                raise DecError("input_ids holds text, but these models carry no tokenizer; pass token ids ([B, T] tensor or lists of ints)")
-            input_ids = [tokenizer.encode_prompt(t) for t in texts]
+        if tokenizer is not None and isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts):
+            input_ids = [tokenizer.encode_prompt(t) for t in texts]  # without a tokenizer, the runtime rejects text
         if eos_token_id == "default":
             eos_token_id = getattr(models[self.spec.models[0]], "eos_token_id", None)
         result = run_generate(

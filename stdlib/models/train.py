@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from decspec.stdlib.models.heads import HydraHeads, MedusaHeads
 from decspec.stdlib.models.pretrained import load_transformer
-from decspec.stdlib.models.transformer import Transformer, TransformerConfig, rope, rotate_half
+from decspec.stdlib.models.transformer import Transformer, TransformerConfig, rope
 
 EOS = "<|endoftext|>"
 VOCAB = 4096
@@ -138,12 +138,7 @@ def residual_streams(model: Transformer, tokens: torch.Tensor) -> list[torch.Ten
     out = []
     for layer in model.model.layers:
         a = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = a.q_proj(h).view(B, T, a.n_head, a.d).transpose(1, 2)
-        k = a.k_proj(h).view(B, T, a.n_kv, a.d).transpose(1, 2)
-        v = a.v_proj(h).view(B, T, a.n_kv, a.d).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k, v = a.qkv(layer.input_layernorm(x), cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=a.n_head != a.n_kv)
         x = x + a.o_proj(y.transpose(1, 2).reshape(B, T, a.n_head * a.d))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -275,11 +270,14 @@ def heads_loss(target: Transformer, heads, batch: torch.Tensor, gen: torch.Gener
     hidden = hidden_all[:, pick]  # h_t predicts t+1
     teacher = torch.stack([teacher_all[:, pick + 1 + i] for i in range(k)], dim=2)  # [B, T', k, V]: token t+i+2
     ahead = torch.stack([batch[:, pick + 1 + i] for i in range(k)], dim=-1)  # [B, T', k]: y_{t+1} .. y_{t+k}
+    return soft_cross_entropy(head_logits(target, heads, hidden, ahead), teacher)
+
+
+def head_logits(target: Transformer, heads, hidden: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
+    """Heads on hidden [..., C]; Hydra also reads the teacher-forced tokens ahead [..., k] -> logits [..., k, V]."""
     if isinstance(heads, HydraHeads):
-        logits = heads(hidden, ahead, target.lm_head, target.model.embed_tokens)  # [B, T, k, V]
-    else:
-        logits = heads(hidden, target.lm_head)
-    return soft_cross_entropy(logits, teacher)
+        return heads(hidden, ahead, target.lm_head, target.model.embed_tokens)
+    return heads(hidden, target.lm_head)
 
 
 @torch.no_grad()
@@ -293,10 +291,7 @@ def evaluate_heads(target: Transformer, heads, data: torch.Tensor, batch: int = 
         T = chunk.shape[1] - k - 1
         hidden = target.model.norm(residual_streams(target, chunk[:, :T])[-1])
         ahead = torch.stack([chunk[:, 1 + j : 1 + j + T] for j in range(k + 1)], dim=-1)
-        if isinstance(heads, HydraHeads):
-            logits = heads(hidden, ahead[..., :k], target.lm_head, target.model.embed_tokens)
-        else:
-            logits = heads(hidden, target.lm_head)
+        logits = head_logits(target, heads, hidden, ahead[..., :k])
         for j in range(k):
             totals[j] += F.cross_entropy(logits[..., j, :].flatten(0, 1), ahead[..., j + 1].flatten(), reduction="sum").double()
         count += ahead[..., 0].numel()

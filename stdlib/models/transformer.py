@@ -186,14 +186,18 @@ class Attention(nn.Module):
         self.v_proj = Linear(c.hidden_size, self.n_kv * self.d, dtype, device)
         self.o_proj = Linear(self.n_head * self.d, c.hidden_size, dtype, device)
 
+    def qkv(self, x, cos, sin):
+        """x: [B, T, C] -> q [B, H, T, D], k and v [B, Hkv, T, D], with RoPE applied to q and k."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.d).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
     def forward(self, x, cos, sin, mask, slots, k_cache, v_cache):
         # x: [B, T, C]; mask: [B, 1, T, S]; slots: [B, T]; k_cache, v_cache: [B, Hkv, S, D] (views into the cache)
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.d).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)  # [B, Hkv, T, D]
-        v = self.v_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)  # [B, Hkv, T, D]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k, v = self.qkv(x, cos, sin)  # [B, H, T, D], [B, Hkv, T, D] x 2
         idx = slots[:, None, :, None].expand(B, self.n_kv, T, self.d)  # [B, Hkv, T, D]
         k_cache.scatter_(2, idx, k)  # the block's keys are written before attending
         v_cache.scatter_(2, idx, v)

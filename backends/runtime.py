@@ -117,8 +117,11 @@ def normalize_prompts(input_ids: Any, vocab_size: int) -> list[list[int]]:
     return rows
 
 
+DRAFT_OPS = ("draft_loop", "ngram_lookup")  # the ops that propose; their `max` is the round's speculation length
+
+
 def max_draft_len(graph: Graph) -> int:
-    return max((op.param("max", 0) for op in graph.walk() if op.name == "draft_loop"), default=0)
+    return max((op.param("max", 0) for op in graph.walk() if op.name in DRAFT_OPS), default=0)
 
 
 def generate(

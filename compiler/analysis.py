@@ -43,5 +43,6 @@ def losslessness(spec: Spec) -> Verdict:
     if broken:
         return Verdict(False, [_because(c) for c in broken])
     reasons = [_because(c) for c in parts]
-    reasons.insert(0, f"output follows {target_dist}, applied to target and draft alike")
+    drafts_from_a_model = any(p.type == "model" for p in propose.component.params)  # lookup copies from the context
+    reasons.insert(0, f"output follows {target_dist}" + (", applied to target and draft alike" if drafts_from_a_model else ""))
     return Verdict(True, reasons)

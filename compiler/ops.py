@@ -119,6 +119,15 @@ def _draft_body(p, region):
             f"draft_loop body must yield (tok[B], f32[B,V][, bool[B]]), got ({', '.join(map(str, out))})")
 
 
+def _ngram_lookup(p, ins):
+    k, n, lo = p.get("max"), p.get("ngram"), p.get("min_ngram")
+    _expect(isinstance(k, int) and k >= 1, "ngram_lookup max must be a positive int")
+    _expect(isinstance(n, int) and isinstance(lo, int) and 1 <= lo <= n, "ngram_lookup needs ints 1 <= min_ngram <= ngram")
+    _expect(isinstance(p.get("vocab"), str), "ngram_lookup vocab must name a model role")
+    _expect(len(ins) == 1 and ins[0] == CTX, "ngram_lookup takes the context")
+    return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
+
+
 def _rejection_accept(p, ins):
     _expect(len(ins) == 5, "rejection_accept takes (p, q, drafts, drafted, uniform)")
     return [_t("i64", "B")]
@@ -166,6 +175,11 @@ OPS: dict[str, OpDef] = {
         OpDef("logical", "pure", _logical, "a and/or b"),
         OpDef("logical_not", "pure", _logical_not, "not a"),
         OpDef("draft_loop", "pure", _draft_loop, "run the body up to max times: (ctx, drafts so far, step) -> (token, probs[, stop])", has_region=True, region_rule=_draft_body),
+        OpDef("ngram_lookup", "pure", _ngram_lookup, "prompt lookup: find the most recent earlier occurrence in ctx of ctx's last n tokens "
+              "(n = ngram, ngram-1, ..., min_ngram; the first n that matches wins) and propose the up to max tokens that followed it "
+              "(fewer where ctx ends; none without a match): tokens d [B,K], their distributions q [B,K,V], one-hot on each d_i "
+              "(zero rows past the count), and the count [B]. V is the vocabulary of the model role `vocab`, read from the "
+              "bound model at run time, as model_call's V is; q is still made as a tensor so every verifier takes it unchanged"),
         OpDef("rejection_accept", "pure", _rejection_accept, "accepted prefix length: d_i accepted iff u_i * q_i(d_i) < p_i(d_i), capped at drafted", draws=(4,)),
         OpDef("rejection_residual", "pure", _residual, "norm(max(0, p_n - q_n)) after a rejection at n; p_m after a full accept"),
         OpDef("match_len", "pure", _match_len, "leading positions where drafts equal the target's tokens, capped at drafted"),

@@ -135,7 +135,7 @@ def _component_args(draw, component: registry.Component, k: st.SearchStrategy[in
     for p in component.params:
         if p.type == "model":
             args.append((p.name, "draft"))
-        elif p.type == "int":  # a draft source's ints bound its speculation
+        elif p.type == "int" and (p.required or p.name == "max"):  # a draft source's `max` bounds its speculation
             args.append((p.name, draw(k)))
         elif p.type == "float":
             args.append((p.name, draw(_scalar(p, 6))))
@@ -153,7 +153,8 @@ def compositions(draw, k: st.SearchStrategy[int] = _ints(1, 3), max_stages: int 
     draft = draw(st.sampled_from(registry.components("draft")))
     verifier = registry.lookup("verifier", draw(st.sampled_from(verifiers or registry.names("verifier"))))
     exits = registry.components("exit")
-    exit_ = draw(st.none() | st.sampled_from(exits)) if exits else None
+    reads_a_model = any(p.type == "model" for p in draft.params)  # an exit policy reads the draft model's statistics
+    exit_ = draw(st.none() | st.sampled_from(exits)) if exits and reads_a_model else None
     if exit_ is None:
         stop = None
     elif [p.type for p in exit_.params] == ["cond"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from decspec.compiler.ir import CTX, Type
 from decspec.compiler.lower import Lowering, Proposal
+from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 
@@ -41,5 +42,39 @@ register(
         Contract(True, "each draft token is sampled from the draft's own distribution q, which the verifier receives"),
         lower_autoregressive,
         cite="Leviathan et al. 2023; Chen et al. 2023",
+    )
+)
+
+
+def lower_lookup(lw: Lowering, inst, ctx):
+    """Prompt lookup: the drafts are the tokens that followed the latest earlier occurrence of the
+    context's last n tokens; q is one-hot on each. No draft model, so no exit policy either."""
+    k, n, lo = inst.arg("max"), inst.arg("ngram"), inst.arg("min_ngram")
+    if lo > n:
+        raise DecError(f"lookup's min_ngram ({lo}) is larger than its ngram ({n}): no n-gram size is left to try", inst.span,
+                       hint=f"use min_ngram <= {n}")
+    if lw.stop is not None:
+        raise DecError("`stop` reads the draft model's statistics, but `lookup` drafts without a model", lw.stop.span,
+                       hint="remove `stop`; lookup already drafts only as far as its match goes")
+    target = lw.role(lw.spec.slot("target"))  # q's vocabulary: the target's (every bound model shares it)
+    tokens, probs, count = lw.b.emit("ngram_lookup", [ctx], max=k, ngram=n, min_ngram=lo, vocab=target)
+    return Proposal(tokens, probs, count, k)
+
+
+register(
+    Component(
+        "draft",
+        "lookup",
+        (
+            Param("ngram", "int", default=3, low=1, high=16, doc="longest suffix of the context looked up"),
+            Param("min_ngram", "int", default=1, low=1, high=16, doc="shortest suffix tried when longer ones have no earlier occurrence"),
+            Param("max", "int", default=4, low=1, high=64, doc="most tokens drafted per round"),
+        ),
+        "Prompt lookup: find the most recent earlier occurrence of the context's last `ngram` tokens "
+        "(then ngram-1, ..., `min_ngram`) and propose the up to `max` tokens that followed it; "
+        "none when nothing matches (the round then commits the target's own token). No draft model.",
+        Contract(True, "each draft token comes with its draft distribution q, one-hot on the token, which the verifier receives"),
+        lower_lookup,
+        cite="Saxena 2023, prompt lookup decoding",
     )
 )

@@ -78,6 +78,8 @@ def conformance_specs() -> list[Spec]:
             ("verify", inst(verifier)),
         )
         out.append(Spec("spec", (), slots, SOURCE))
+        lookup = inst(registry.lookup("draft", "lookup"), ngram=2, max=3)  # drafts copied from the context, no model
+        out.append(Spec("lookup", (), (slots[0], slots[1], ("propose", lookup), slots[4]), SOURCE))
     return out
 
 

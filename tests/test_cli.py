@@ -8,7 +8,7 @@ import pytest
 
 from decspec.cli import main
 
-SPECS = ["specs/autoregressive.dec", "specs/speculative.dec", "specs/speculative_greedy.dec"]
+SPECS = ["specs/autoregressive.dec", "specs/speculative.dec", "specs/speculative_greedy.dec", "specs/prompt_lookup.dec"]
 
 
 @pytest.mark.parametrize("spec", SPECS)

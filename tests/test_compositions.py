@@ -19,6 +19,7 @@ from decspec.compiler.analysis import losslessness
 from decspec.compiler.lower import lower
 from decspec.compiler.passes import run_pipeline
 from decspec.dsl.check import load
+from decspec.stdlib import registry
 from decspec.stdlib.models.table import TableModel
 from decspec.testing import broken_verifier, compositions, exact_distribution, model_pairs, target_distribution, tv_distance
 
@@ -28,6 +29,7 @@ MEASURABLE = 0.01  # a TV distance 4,000 samples detect (their own sampling nois
 WITNESSES = [  # where a lossy composition is looked for when the drawn models do not show it
     {"target": TableModel.random(V, 1, seed), "draft": TableModel.random(V, 1, seed + 100, temperature=2.0)} for V in (2, 3) for seed in range(3)
 ]
+WITNESS_PROMPTS = ([1], [0, 1, 0])  # the second repeats a token: `lookup` drafts from it (after [1] alone it copies the target's own tokens)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_the_analysis_agrees_with_the_exact_backend(lossy_verifier, record_prope
         if verdict.lossless:
             assert tv <= max(1e-12, bound), f"the analysis calls this lossless, but TV = {tv:.3g}:\n{composition.text}"
         elif tv < MEASURABLE:
-            witnessed = max(tv_to_target(spec, graph, m, [1])[0] for m in WITNESSES)
+            witnessed = max(tv_to_target(spec, graph, m, p)[0] for m in WITNESSES for p in WITNESS_PROMPTS)
             assert witnessed >= MEASURABLE, f"the analysis calls this lossy, but no input shows it (TV <= {witnessed:.3g}):\n{composition.text}"
         verdicts[verdict.lossless] += 1
         structures.add(composition.key)
@@ -80,3 +82,4 @@ def test_the_analysis_agrees_with_the_exact_backend(lossy_verifier, record_prope
     assert verdicts[True] >= EXAMPLES // 3 and verdicts[False] >= EXAMPLES // 10  # both verdicts were exercised
     assert {key[1] for key in structures} >= {"rejection", "greedy", lossy_verifier}
     assert {key[2] for key in structures} == {None, "when"}
+    assert {key[0] for key in structures} == set(registry.names("draft"))  # every draft source, `lookup` included

@@ -104,9 +104,13 @@ def specs(draw, propose: bool | None = None) -> Spec:
         slots.append(("sampler", pipeline))
     if propose if propose is not None else draw(st.booleans()):
         k = draw(st.integers(1, 8))
-        draft = registry.lookup("draft", "autoregressive")
-        slots.append(("propose", inst(draft, draw(spans), model=model(draw(roles)), max=k)))
-        if draw(st.booleans()):
+        draft = draw(st.sampled_from(registry.components("draft")))
+        if draft.name == "lookup":  # no draft model, so no exit policy
+            ngram = draw(st.integers(1, 16))
+            slots.append(("propose", inst(draft, draw(spans), max=k, ngram=ngram, min_ngram=draw(st.integers(1, ngram)))))
+        else:
+            slots.append(("propose", inst(draft, draw(spans), model=model(draw(roles)), max=k)))
+        if draft.name != "lookup" and draw(st.booleans()):
             slots.append(("stop", inst(registry.lookup("exit", "when"), draw(spans), cond=draw(conds))))
         slots.append(("verify", draw(component_instances("verifier"))))
     return Spec(draw(names), tuple(params), tuple(slots), SOURCE)

@@ -10,6 +10,7 @@ from decspec.compiler.lower import lower
 from decspec.compiler.passes import PIPELINE, pass_names, run_pipeline
 from decspec.compiler.passes.cse import cse
 from decspec.compiler.passes.dce import dce
+from decspec.compiler.passes.draft_schedule import draft_schedule
 from decspec.compiler.passes.fold_sampler import fold_sampler
 from decspec.compiler.passes.fuse_sampler import fuse_sampler
 from decspec.compiler.passes.greedy_sample import greedy_sample
@@ -40,8 +41,8 @@ def softmaxes(graph: Graph) -> int:
 
 
 def test_pipeline_order():
-    assert pass_names() == ["fold_sampler", "cse", "greedy_sample", "fuse_sampler", "dce"]
-    assert [fn for _, fn in PIPELINE] == [fold_sampler, cse, greedy_sample, fuse_sampler, dce]
+    assert pass_names() == ["fold_sampler", "cse", "greedy_sample", "fuse_sampler", "dce", "draft_schedule"]
+    assert [fn for _, fn in PIPELINE] == [fold_sampler, cse, greedy_sample, fuse_sampler, dce, draft_schedule]
 
 
 @settings(max_examples=15)

@@ -117,6 +117,42 @@ def draft_loop(state, op, ctx):
     return carry.drafts, carry.probs, carry.count
 
 
+def lookup_drafts(tokens: torch.Tensor, length: torch.Tensor, k: int, ngram: int, min_ngram: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt lookup with static shapes: for n = ngram .. min_ngram, the most recent occurrence of
+    each row's last n tokens that some token follows; the first n with one wins, and the up to k
+    tokens after it are the drafts. tokens: [B, S], length: [B] -> drafts [B, K] (0 past count), count [B]"""
+    B, S = tokens.shape
+    L = length[:, None]  # [B, 1]
+    start = torch.zeros(B, dtype=torch.long, device=tokens.device)  # [B] where the drafts begin
+    found = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    for n in range(min(ngram, S - 1), min_ngram - 1, -1):
+        suffix = tokens.gather(1, (L - n + torch.arange(n, device=tokens.device)).clamp(min=0))  # [B, n] the last n tokens
+        i = torch.arange(S - n + 1, device=tokens.device)[None, :]  # [1, W] window starts
+        hit = (tokens.unfold(1, n, 1) == suffix[:, None, :]).all(-1) & (i + n < L)  # [B, W]: a match with a token after it
+        last = torch.where(hit, i, -1).amax(1)  # [B] the most recent match, -1 for none
+        new = ~found & (last >= 0)
+        start = torch.where(new, last + n, start)
+        found = found | new
+    count = torch.where(found, (length - start).clamp(max=k), 0)  # fewer where the context ends
+    j = torch.arange(k, device=tokens.device)[None, :]  # [1, K]
+    drafts = tokens.gather(1, (start[:, None] + j).clamp(max=S - 1))
+    return torch.where(j < count[:, None], drafts, 0), count
+
+
+def one_hot_drafts(drafts: torch.Tensor, count: torch.Tensor, vocab: int) -> torch.Tensor:
+    """q_i = onehot(d_i) for i < count, zero rows after. drafts: [B, K], count: [B] -> [B, K, V]"""
+    valid = torch.arange(drafts.shape[1], device=drafts.device)[None, :] < count[:, None]  # [B, K]
+    q = torch.zeros(*drafts.shape, vocab, device=drafts.device)
+    return q.scatter_(-1, drafts[..., None], valid[..., None].float())
+
+
+def ngram_lookup(state, op, ctx):
+    """Drafts copied from the context (Saxena 2023); q one-hot over the vocabulary of the model role `vocab`."""
+    drafts, count = lookup_drafts(ctx.tokens, ctx.length, op.param("max"), op.param("ngram"), op.param("min_ngram"))
+    vocab = state.sessions[op.param("vocab")].model.vocab_size
+    return drafts, one_hot_drafts(drafts, count, vocab), count
+
+
 def _prefix_len(ok: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:
     """Leading True count of ok [B, K], capped at drafted [B]."""
     K = ok.shape[1]
@@ -179,6 +215,7 @@ RULES = {
     "logical": logical,
     "logical_not": logical_not,
     "draft_loop": draft_loop,
+    "ngram_lookup": ngram_lookup,
     "rejection_accept": rejection_accept,
     "rejection_residual": rejection_residual,
     "match_len": match_len,

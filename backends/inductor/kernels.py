@@ -7,6 +7,8 @@ shape and no control flow depends on the data.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from decspec.backends.eager import rules as E
@@ -53,6 +55,13 @@ def logical_not(a: torch.Tensor) -> torch.Tensor:
     return ~a
 
 
+def ngram_lookup(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, k: int, ngram: int, min_ngram: int, vocab: int):
+    """Prompt lookup over the context buffer: static shapes (a fixed loop over n-gram sizes, masks
+    instead of branches). -> drafts [B, K], q [B, K, V], count [B]"""
+    drafts, count = E.lookup_drafts(ctx_tokens, ctx_length, k, ngram, min_ngram)
+    return drafts, E.one_hot_drafts(drafts, count, vocab), count
+
+
 def rejection_accept(p, q, d, drafted, u) -> torch.Tensor:
     return E.rejection_accept(None, None, p, q, d, drafted, u)[0]
 
@@ -97,3 +106,21 @@ def draft_step(drafts, probs, count, alive, i: int, token, q, stop):
     if stop is not None:
         alive = alive & ~stop
     return probs, count, alive
+
+
+def draft_step_at(drafts, probs, count, alive, i: torch.Tensor, token, q, stop):
+    """draft_step with the step index as a tensor (the host loop's compiled step): records by
+    mask instead of by index, so one graph serves every step. -> probs, count, alive"""
+    at = torch.arange(drafts.shape[1], device=drafts.device) == i  # [K]
+    drafts.copy_(torch.where(at[None, :], token[:, None], drafts))
+    probs = torch.where(at[None, :, None], q[:, None, :], probs)
+    count = count + alive.long()
+    if stop is not None:
+        alive = alive & ~stop
+    return probs, count, alive
+
+
+@functools.lru_cache(maxsize=None)
+def step_indices(k: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The host loop's step numbers as 0-d tensors (a tensor argument is not specialized on: no recompiles)."""
+    return tuple(torch.tensor(i, device=device) for i in range(k))

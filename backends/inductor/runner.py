@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from decspec.backends.inductor.codegen import build_round, calls_per_round, uniform_width
+from decspec.backends.inductor import codegen
 from decspec.backends.inductor.static import StaticSession
 from decspec.compiler.ir import Graph
+from decspec.compiler.passes.draft_schedule import draft_schedule
 
 
 class RoundRunner:
@@ -16,12 +17,19 @@ class RoundRunner:
     runner(ctx, state)                               # one round: sets state.committed
     """
 
-    def __init__(self, graph: Graph, *, compile: bool = False, mode: str | None = None):
-        self.fn, self.source = build_round(graph)
-        self.width = uniform_width(graph)
-        self.calls = calls_per_round(graph)
+    def __init__(self, graph: Graph, *, compile: bool = False, mode: str | None = None, schedule: str | None = None):
+        if schedule is not None:  # override the draft_schedule pass's choice ("unrolled" | "host")
+            graph = draft_schedule(graph, force=schedule)
+        self.namespace, self.source = codegen.build_round(graph)
+        self.graph = graph
+        self.width = codegen.uniform_width(graph)
+        self.schedule = codegen.schedule(graph)
+        # unrolled: round_fn is one graph; host: round_fn is the Python loop over the compiled step and verify functions
+        compiled = ("draft_first", "draft_next", "verify") if self.schedule == "host" else ("round_fn",)
         if compile:
-            self.fn = torch.compile(self.fn, mode=mode, dynamic=False)
+            for name in compiled:
+                self.namespace[name] = torch.compile(self.namespace[name], mode=mode, dynamic=False)
+        self.fn = self.namespace["round_fn"]
         self.sessions: dict[str, StaticSession] = {}
 
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
@@ -32,7 +40,7 @@ class RoundRunner:
 
     def __call__(self, ctx, state) -> None:
         u = torch.rand(state.batch, self.width, generator=state.generator, device=state.device)  # [B, U]
-        tokens, accepted, drafted = self.fn(ctx.tokens, ctx.length, u, self.sessions)
+        tokens, accepted, drafted, steps = self.fn(ctx.tokens, ctx.length, u, self.sessions)
         state.committed = (tokens, accepted, drafted)
-        for role, n in self.calls.items():
+        for role, n in codegen.calls_per_round(self.graph, steps).items():
             self.sessions[role].calls += n

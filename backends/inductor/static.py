@@ -69,3 +69,13 @@ class StaticSession:
         shift = (start - (ctx_length + lo))[:, None]  # [B, 1]: > 0 only for rows that started at 0
         idx = (torch.arange(T, device=pos.device)[None, :] - shift).clamp(0, T - 1)  # [B, T]
         return logits.gather(1, idx[..., None].expand(B, T, logits.shape[-1]))
+
+    def feed_step(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, ext: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """feed(ctx_tokens, ctx_length, ext, i - 1, i) for a step number i >= 1 held in a 0-d tensor:
+        feeds ext[:, i - 1] at position L + i - 1. -> logits [B, 1, V]"""
+        start = ctx_length + (i - 1)  # [B]
+        tokens = ext.index_select(1, (i - 1).reshape(1))  # [B, 1]
+        if self._static:
+            return self.model.forward_at(tokens, self.cache, start).logits
+        self.cache.rollback(start)
+        return self.model.forward(tokens, self.cache).logits

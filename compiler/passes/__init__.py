@@ -1,7 +1,7 @@
 """The pass pipeline: named, pure functions Graph -> Graph, run in order.
 
     >>> [name for name, _ in PIPELINE]
-    ['fold_sampler', 'cse', 'greedy_sample', 'fuse_sampler', 'dce']
+    ['fold_sampler', 'cse', 'greedy_sample', 'fuse_sampler', 'dce', 'draft_schedule']
 
 Why this order: `fold_sampler` first, so a pipeline that folds away (`temperature(1.0)`) leaves a
 bare `softmax(logits)` that `cse` can merge with the exit policy's, and `temperature(0)` is
@@ -9,7 +9,8 @@ already `greedy` for what follows; `cse` next, so identical samplers are one op 
 matches on them; `greedy_sample` before `fuse_sampler`, as it matches the unfused
 softmax(logits_transform) pair (it understands the fused op too, so the pipeline is idempotent);
 `fuse_sampler` late, so every pass before it sees the plain pair; `dce` last, to drop the draws
-`greedy_sample` freed and the transforms `fuse_sampler` absorbed.
+`greedy_sample` freed and the transforms `fuse_sampler` absorbed; `draft_schedule` after the graph
+is final, as it only annotates how a compiling backend runs each draft loop.
 
 `run_pipeline(graph, until="cse")` stops after that pass (what `decspec ir --after cse` prints);
 `log` receives (pass name, graph) after each pass.
@@ -21,6 +22,7 @@ from typing import Callable
 from decspec.compiler.ir import Graph
 from decspec.compiler.passes.cse import cse
 from decspec.compiler.passes.dce import dce
+from decspec.compiler.passes.draft_schedule import draft_schedule
 from decspec.compiler.passes.fold_sampler import fold_sampler
 from decspec.compiler.passes.fuse_sampler import fuse_sampler
 from decspec.compiler.passes.greedy_sample import greedy_sample
@@ -33,6 +35,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("greedy_sample", greedy_sample),
     ("fuse_sampler", fuse_sampler),
     ("dce", dce),
+    ("draft_schedule", draft_schedule),
 ]
 
 

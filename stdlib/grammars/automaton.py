@@ -1,0 +1,271 @@
+"""Byte automata: a Thompson NFA over byte ranges, subset construction to a DFA, dead-state removal and
+Moore minimization, and `ByteDFA`, the result every grammar compiles to.
+
+    >>> nfa = NFA(); start = nfa.state(); nfa.accept = nfa.state()
+    >>> nfa.chars(start, ((0xE9, 0xE9),), nfa.accept)   # 'é' is the two bytes C3 A9
+    >>> dfa = determinize(nfa, start)
+    >>> dfa.matches("é"), dfa.num_states
+    (True, 3)
+
+Unicode character sets become UTF-8 byte-range sequences (`utf8_sequences`), so a DFA state never sits
+"inside" a character from the regex's point of view but may sit inside one from the tokenizer's: a token
+can end halfway through a multi-byte character, and the index follows it byte by byte.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from decspec.stdlib.grammars.errors import GrammarError
+
+MAX_DFA_STATES = 200_000
+
+
+def utf8_sequences(lo: int, hi: int) -> list[list[tuple[int, int]]]:
+    """The code points lo..hi (no surrogates) as a list of byte-range sequences, each one UTF-8 length.
+
+    >>> utf8_sequences(0x61, 0x7A)
+    [[(97, 122)]]
+    >>> utf8_sequences(0x80, 0x7FF)
+    [[(194, 223), (128, 191)]]
+    """
+    out, stack = [], [(lo, hi)]
+    while stack:
+        lo, hi = stack.pop()
+        split = next((m for m in (0x7F, 0x7FF, 0xFFFF) if lo <= m < hi), None)
+        if split is not None:  # different encoded lengths
+            stack += [(split + 1, hi), (lo, split)]
+            continue
+        if hi <= 0x7F:
+            out.append([(lo, hi)])
+            continue
+        for k in (1, 2, 3):  # split until every continuation byte spans its full or a shared prefix
+            m = (1 << (6 * k)) - 1
+            if lo & ~m != hi & ~m:
+                if lo & m:
+                    stack += [((lo | m) + 1, hi), (lo, lo | m)]
+                    break
+                if hi & m != m:
+                    stack += [(hi & ~m, hi), (lo, (hi & ~m) - 1)]
+                    break
+        else:
+            a, b = chr(lo).encode(), chr(hi).encode()
+            out.append(list(zip(a, b)))
+    return out
+
+
+class NFA:
+    """States with epsilon moves and byte-range moves; one start (given to `determinize`) and one `accept`."""
+
+    def __init__(self):
+        self.eps: list[list[int]] = []
+        self.edges: list[list[tuple[int, int, int]]] = []  # (lo byte, hi byte, target)
+        self.accept = -1
+
+    def state(self) -> int:
+        self.eps.append([])
+        self.edges.append([])
+        return len(self.eps) - 1
+
+    def chars(self, start: int, ranges, end: int) -> None:
+        """Moves from `start` to `end` over the UTF-8 encoding of any code point in `ranges`."""
+        inner: dict[tuple, int] = {}  # shared byte prefixes share states
+        for lo, hi in ranges:
+            for seq in utf8_sequences(lo, hi):
+                at = start
+                for depth, (a, b) in enumerate(seq[:-1]):
+                    key = tuple(seq[:depth + 1])
+                    if key not in inner:
+                        inner[key] = self.state()
+                        self.edges[at].append((a, b, inner[key]))
+                    at = inner[key]
+                a, b = seq[-1]
+                self.edges[at].append((a, b, end))
+
+
+@dataclass(frozen=True, eq=False)
+class ByteDFA:
+    """A trimmed, minimal DFA over bytes: every state can still reach an accepting state."""
+
+    transitions: np.ndarray  # int32 [S, 256]; -1: no transition
+    accepting: np.ndarray  # bool [S]
+    start: int = 0
+
+    @property
+    def num_states(self) -> int:
+        return int(self.transitions.shape[0])
+
+    def walk(self, data: bytes, state: int | None = None) -> int:
+        """The state after reading `data` from `state` (default: the start), or -1 once a byte has no move."""
+        state = self.start if state is None else state
+        for byte in data:
+            if state < 0:
+                break
+            state = int(self.transitions[state, byte])
+        return state
+
+    def matches(self, text: str | bytes) -> bool:
+        """Full match: the whole of `text` (UTF-8 when a str) is in the language."""
+        state = self.walk(text.encode() if isinstance(text, str) else text)
+        return state >= 0 and bool(self.accepting[state])
+
+    def shortest_example(self) -> bytes:
+        """One shortest accepted byte string (the smallest byte at each step)."""
+        parent: dict[int, tuple[int, int]] = {self.start: (-1, -1)}
+        queue = deque([self.start])
+        while queue:
+            s = queue.popleft()
+            if self.accepting[s]:
+                out = []
+                while parent[s][0] >= 0:
+                    s, byte = parent[s]
+                    out.append(byte)
+                return bytes(reversed(out))
+            for byte in np.flatnonzero(self.transitions[s] >= 0):
+                t = int(self.transitions[s, byte])
+                if t not in parent:
+                    parent[t] = (s, int(byte))
+                    queue.append(t)
+        return b""
+
+
+def determinize(nfa: NFA, start: int) -> ByteDFA | None:
+    """Subset construction over byte classes, then trim and minimize; None when the language is empty."""
+    cuts = sorted({0, 256} | {x for edges in nfa.edges for lo, hi, _ in edges for x in (lo, hi + 1)})
+    class_of = np.zeros(256, dtype=np.int64)
+    for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        class_of[a:b] = k
+    num_classes = len(cuts) - 1
+    edges = [[(int(class_of[lo]), int(class_of[hi]), t) for lo, hi, t in es] for es in nfa.edges]
+    important = [bool(es) or s == nfa.accept for s, es in enumerate(nfa.edges)]
+
+    def closure(states) -> frozenset[int]:
+        seen, stack = set(states), list(states)
+        while stack:
+            for t in nfa.eps[stack.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    stack.append(t)
+        return frozenset(s for s in seen if important[s])
+
+    ids: dict[frozenset[int], int] = {}
+    subsets: list[frozenset[int]] = []
+
+    def intern(key: frozenset[int]) -> int:
+        if key not in ids:
+            if len(subsets) >= MAX_DFA_STATES:
+                raise GrammarError(f"the grammar is too large: its automaton exceeds {MAX_DFA_STATES} states",
+                                   hint="lower the repeat bounds ({m,n}, maxLength, maxItems)")
+            ids[key] = len(subsets)
+            subsets.append(key)
+        return ids[key]
+
+    intern(closure([start]))
+    rows = []
+    while len(rows) < len(subsets):
+        moves: dict[int, list[int]] = {}
+        for s in subsets[len(rows)]:
+            for clo, chi, t in edges[s]:
+                for c in range(clo, chi + 1):
+                    moves.setdefault(c, []).append(t)
+        row = [-1] * num_classes
+        seen: dict[tuple[int, ...], int] = {}
+        for c, targets in moves.items():
+            key = tuple(sorted(set(targets)))
+            if key not in seen:
+                subset = closure(key)
+                seen[key] = intern(subset) if subset else -1
+            row[c] = seen[key]
+        rows.append(row)
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), num_classes)
+    accepting = np.array([nfa.accept in s for s in subsets], dtype=bool)
+    trimmed = trim(table, accepting, 0)
+    if trimmed is None:
+        return None
+    table, accepting = minimize(*trimmed)
+    table, accepting = renumber(table, accepting)
+    return ByteDFA(np.ascontiguousarray(table[:, class_of]).astype(np.int32), accepting, 0)
+
+
+def trim(table: np.ndarray, accepting: np.ndarray, start: int):
+    """Drop the states that cannot reach an accepting state (moves into them become -1); None if `start` is one."""
+    n = table.shape[0]
+    src = np.repeat(np.arange(n), table.shape[1])
+    dst = table.ravel()
+    keep = dst >= 0
+    src, dst = src[keep], dst[keep]
+    order = np.argsort(dst, kind="stable")
+    src, dst = src[order], dst[order]
+    bounds = np.searchsorted(dst, np.arange(n + 1))
+    live = accepting.copy()
+    stack = list(np.flatnonzero(accepting))
+    while stack:
+        t = stack.pop()
+        for s in src[bounds[t]:bounds[t + 1]]:
+            if not live[s]:
+                live[s] = True
+                stack.append(s)
+    if not live[start]:
+        return None
+    new_id = np.cumsum(live) - 1
+    kept = table[live]
+    kept = np.where((kept >= 0) & live[np.maximum(kept, 0)], new_id[np.maximum(kept, 0)], -1)
+    # the start state stays first: subset construction numbered it 0 and the cumsum keeps the order
+    return kept, accepting[live]
+
+
+def minimize(table: np.ndarray, accepting: np.ndarray):
+    """Moore's partition refinement: states are merged while no input distinguishes them.
+
+    Each round numbers the distinct rows (own block, block of each move's target). Rows are compared by a
+    64-bit hash, and the final partition is checked exactly; a collision (never seen) redoes it exactly.
+    """
+    multipliers = np.random.default_rng(0).integers(1, 2**63, size=table.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
+
+    def signature(block):
+        return np.column_stack([block, np.where(table >= 0, block[np.maximum(table, 0)], -1)])
+
+    def refine(block, exact):
+        sig = signature(block)
+        if exact:
+            return np.unique(sig, axis=0, return_inverse=True)[1].ravel()
+        hashed = ((sig + 1).astype(np.uint64) * multipliers).sum(axis=1)  # wraps mod 2**64
+        return np.unique(hashed, return_inverse=True)[1].ravel()
+
+    for exact in (False, True):
+        block = accepting.astype(np.int64)
+        count = len(np.unique(block))
+        while True:
+            block = refine(block, exact)
+            new_count = int(block.max()) + 1
+            if new_count == count:
+                break
+            count = new_count
+        sig = signature(block)
+        first = np.unique(block, return_index=True)[1]  # the smallest state of each block
+        if exact or (np.array_equal(sig, sig[first[block]]) and np.array_equal(accepting, accepting[first[block]])):
+            break
+    merged = table[first]
+    merged = np.where(merged >= 0, block[np.maximum(merged, 0)], -1)
+    perm = np.arange(count)  # new id i holds old block perm[i]: the start's block goes first
+    perm[[0, block[0]]] = perm[[block[0], 0]]
+    inverse = np.argsort(perm)
+    merged = merged[perm]
+    return np.where(merged >= 0, inverse[np.maximum(merged, 0)], -1), accepting[first][perm]
+
+
+def renumber(table: np.ndarray, accepting: np.ndarray):
+    """Breadth-first numbering from the start (state 0), moves in byte order: a canonical state order."""
+    order, seen = [0], {0}
+    for s in order:
+        for t in table[s]:
+            t = int(t)
+            if t >= 0 and t not in seen:
+                seen.add(t)
+                order.append(t)
+    inverse = np.full(table.shape[0], -1, dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    out = table[order]
+    return np.where(out >= 0, inverse[np.maximum(out, 0)], -1), accepting[order]

@@ -1,0 +1,96 @@
+"""Built token indexes, kept in memory (an LRU) and on disk (one `.npz` per index), by a content hash of
+(kind, normalized source, vocabulary hash, EOS id, `CODE_VERSION`).
+
+    index = CACHE.get_or_build(key, lambda: TokenIndex.build(dfa, vocab, eos_id))
+
+The disk cache lives in `$DECSPEC_CACHE_DIR` when it is set, else `~/.cache/decspec/grammars/`. Files are
+written atomically (a temporary file, then a rename); one that cannot be read back is rebuilt and
+rewritten, never an error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from decspec.stdlib.grammars.index import TokenIndex
+
+CODE_VERSION = "1"  # bump when the regex semantics or the index layout change: old files stop matching
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("DECSPEC_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "decspec" / "grammars"
+
+
+def vocab_hash(vocab: list[bytes | None]) -> str:
+    """A hash of every token's bytes (and which ones are special), in id order."""
+    h = hashlib.sha256()
+    for token in vocab:
+        h.update(b"\xff" if token is None else len(token).to_bytes(4, "little") + token)
+    return h.hexdigest()
+
+
+def cache_key(kind: str, source: str, vocab_digest: str, eos_id: int | None) -> str:
+    payload = json.dumps([kind, source, vocab_digest, eos_id, CODE_VERSION])
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+class IndexCache:
+    """An in-process LRU of `maxsize` indexes in front of the disk cache; counts hits for tests and logs."""
+
+    def __init__(self, maxsize: int = 32):
+        self.maxsize = maxsize
+        self.memory: OrderedDict[str, TokenIndex] = OrderedDict()
+        self.stats = {"memory": 0, "disk": 0, "built": 0}
+
+    def get_or_build(self, key: str, build: Callable[[], TokenIndex], disk: bool = True) -> TokenIndex:
+        if key in self.memory:
+            self.memory.move_to_end(key)
+            self.stats["memory"] += 1
+            return self.memory[key]
+        path = cache_dir() / f"{key}.npz"
+        index = self.load(path) if disk else None
+        if index is not None:
+            self.stats["disk"] += 1
+        else:
+            index = build()
+            self.stats["built"] += 1
+            if disk:
+                self.save(path, index)
+        self.memory[key] = index
+        while len(self.memory) > self.maxsize:
+            self.memory.popitem(last=False)
+        return index
+
+    @staticmethod
+    def load(path: Path) -> TokenIndex | None:
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as arrays:
+                return TokenIndex.from_arrays({k: arrays[k] for k in arrays.files})
+        except Exception:  # truncated, corrupt or from an older layout: rebuild
+            return None
+
+    @staticmethod
+    def save(path: Path, index: TokenIndex) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+                np.savez(f, **index.to_arrays())
+            os.replace(f.name, path)
+        except OSError:  # a read-only or full disk only costs the rebuild next time
+            pass
+
+    def clear(self) -> None:
+        self.memory.clear()
+
+
+CACHE = IndexCache()

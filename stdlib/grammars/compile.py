@@ -1,0 +1,49 @@
+"""`compile_grammar`: a regex, a JSON Schema or a choice list -> a `TokenIndex` over a vocabulary, cached.
+
+    from decspec.stdlib.grammars import compile_grammar
+    index = compile_grammar("json_schema", {"type": "object", "properties": {"ok": {"type": "boolean"}}},
+                            tokenizer, eos_id=tokenizer.eos_token_id)
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from decspec.stdlib.grammars.cache import CACHE, cache_key, vocab_hash
+from decspec.stdlib.grammars.errors import GrammarError
+from decspec.stdlib.grammars.index import TokenIndex
+from decspec.stdlib.grammars.json_schema import choice_to_regex, schema_to_regex
+from decspec.stdlib.grammars.regex import compile_regex
+from decspec.stdlib.grammars.vocab import token_bytes
+
+KINDS = ("regex", "json_schema", "choice")
+
+
+def grammar_regex(kind: str, source: Any) -> str:
+    """The regex a grammar of `kind` ("regex", "json_schema" or "choice") compiles through."""
+    if kind == "regex":
+        if not isinstance(source, str):
+            raise GrammarError(f"a regex grammar needs a pattern string, got {type(source).__name__}")
+        return source
+    if kind == "json_schema":
+        return schema_to_regex(source)
+    if kind == "choice":
+        return choice_to_regex(list(source) if isinstance(source, (list, tuple)) else source)
+    raise GrammarError(f"unknown grammar kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = None, *, cache: bool = True) -> TokenIndex:
+    """The token index of a grammar over `vocab` (a list of bytes, or a tokenizer: see `token_bytes`).
+
+    `eos_id` None with a tokenizer takes the tokenizer's EOS; with a plain list it means "no EOS token".
+    With `cache`, a grammar built before (same kind, source, vocabulary, EOS id) comes from memory or disk.
+    """
+    if eos_id is None and not isinstance(vocab, (list, tuple)):
+        eos_id = getattr(vocab, "eos_token_id", None)
+    tokens = token_bytes(vocab)
+    pattern = grammar_regex(kind, source)
+    build = lambda: TokenIndex.build(compile_regex(pattern), tokens, eos_id)  # noqa: E731
+    if not cache:
+        return build()
+    key = cache_key(kind, json.dumps(pattern), vocab_hash(tokens), eos_id)
+    return CACHE.get_or_build(key, build)

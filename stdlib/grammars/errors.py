@@ -1,0 +1,20 @@
+"""The one error a grammar raises for bad user input: a `DecError`, so the CLI and the spec checker print it
+like every other decspec error.
+
+    >>> str(GrammarError("regex \\"a(b\\" at column 2: unclosed group; close it with ')'"))
+    'error: regex "a(b" at column 2: unclosed group; close it with \\')\\''
+"""
+from __future__ import annotations
+
+from decspec.dsl.diagnostics import DecError
+
+
+class GrammarError(DecError):
+    """A regex, JSON Schema or choice list that cannot be compiled, or a vocabulary that cannot express it.
+
+    `message` is the one-line text without the `error:` prefix that `str()` adds.
+    """
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.message = message
+        super().__init__(message, hint=hint)

@@ -1,0 +1,250 @@
+"""The token-level index of a grammar over one vocabulary: for every DFA state, which token ids may come
+next and the state each leads to.
+
+    index = TokenIndex.build(compile_regex(r"[0-9]{1,3}"), [b"1", b"23", b"456", b"x"], eos_id=None)
+    index.allowed(index.start)            # array([0, 1, 2])
+    s = index.next_state([0], [1])        # after "23"
+    index.mask(s)                         # tensor([[True, False, False, False]]): one more digit at most
+    index.is_accepting(int(s[0]))         # True
+
+A token is allowed in a state when walking its bytes through the DFA never falls off and ends in a state
+from which the vocabulary can still reach an accepting state; EOS is allowed exactly in accepting states
+(its next state is the same state); special tokens (None in the vocabulary) never are. States that no
+token sequence can finish are pruned with the moves into them, so a masked decode never gets stuck.
+
+Layout: masks as packed bits, `uint32 [S, ceil(V/32)]` (bit t%32 of word t//32). Next states are not
+stored per (state, token): `next_state` walks the chosen token's bytes through the byte DFA (int32 [D, 256])
+kept beside the masks, a few array lookups per row. So memory is S*V/8 + D*1 KiB (+ the token bytes)
+instead of 4 bytes per allowed (state, token) pair, which a JSON string state has for nearly every token.
+The build walks the vocabulary sorted by bytes, so a prefix shared by several tokens is walked once.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+from decspec.stdlib.grammars.automaton import ByteDFA
+from decspec.stdlib.grammars.errors import GrammarError
+
+
+@numba.njit(cache=True)
+def token_walk(transitions, data, starts, ends, lcp, ids, vocab_size, eos_id, accepting, states, keep):  # pragma: no cover
+    """Walk every token from each of `states`: the packed mask of the tokens that end in a `keep` state, and
+    the distinct state-to-state moves (src, dst) over all tokens.
+
+    transitions: int32 [S, 256]; data: uint8, the walkable tokens' bytes concatenated in sorted order;
+    starts/ends: int64 [n] their slices; lcp: int64 [n] the prefix each shares with the previous token;
+    ids: int64 [n] their token ids. `path[d]` is the state after the current token's first d bytes, so a
+    prefix shared with the previous token is not walked again, and a dead one is not walked at all.
+    """
+    num_states = transitions.shape[0]
+    n = ids.shape[0]
+    longest = 0
+    for k in range(n):
+        longest = max(longest, ends[k] - starts[k])
+    path = np.empty(longest + 1, np.int32)
+    words = np.zeros((states.shape[0], (vocab_size + 31) // 32), np.uint32)
+    seen_from = np.full(num_states, -1, np.int64)  # seen_from[t] == s: the move s -> t is recorded
+    capacity = 1024
+    src = np.empty(capacity, np.int32)
+    dst = np.empty(capacity, np.int32)
+    num_moves = 0
+    for row in range(states.shape[0]):
+        s = states[row]
+        path[0] = s
+        reached = 0  # path[0..reached] holds the previous token's walk; path[reached] may be -1 (fell off)
+        for k in range(n):
+            depth = min(lcp[k], reached)
+            state = path[depth]
+            if state < 0:  # shares the previous token's dead prefix
+                continue
+            length = ends[k] - starts[k]
+            while depth < length:
+                state = transitions[state, data[starts[k] + depth]]
+                depth += 1
+                path[depth] = state
+                if state < 0:
+                    break
+            reached = depth
+            if state < 0:
+                continue
+            if keep[state]:
+                words[row, ids[k] >> 5] |= np.uint32(1) << np.uint32(ids[k] & 31)
+            if seen_from[state] != s:
+                seen_from[state] = s
+                if num_moves == capacity:
+                    capacity *= 2
+                    src = np.concatenate((src, np.empty(capacity - num_moves, np.int32)))
+                    dst = np.concatenate((dst, np.empty(capacity - num_moves, np.int32)))
+                src[num_moves] = s
+                dst[num_moves] = state
+                num_moves += 1
+        if eos_id >= 0 and accepting[s]:
+            words[row, eos_id >> 5] |= np.uint32(1) << np.uint32(eos_id & 31)
+    return words, src[:num_moves].copy(), dst[:num_moves].copy()
+
+
+def sorted_vocabulary(vocab: list[bytes | None], eos_id: int | None):
+    """The walkable tokens (not special, not EOS, not empty) sorted by bytes, as flat arrays for `token_moves`."""
+    ids = sorted((i for i, t in enumerate(vocab) if t and i != eos_id), key=lambda i: vocab[i])
+    lengths = np.array([len(vocab[i]) for i in ids], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    data = np.frombuffer(b"".join(vocab[i] for i in ids), dtype=np.uint8)
+    lcp = np.zeros(len(ids), dtype=np.int64)
+    for k in range(1, len(ids)):
+        a, b = vocab[ids[k - 1]], vocab[ids[k]]
+        m = min(len(a), len(b))
+        j = 0
+        while j < m and a[j] == b[j]:
+            j += 1
+        lcp[k] = j
+    return data, starts, ends, lcp, np.array(ids, dtype=np.int64)
+
+
+def reachable(src: np.ndarray, dst: np.ndarray, n: int, seeds: np.ndarray) -> np.ndarray:
+    """bool [n]: the nodes reachable from `seeds` along the edges src -> dst."""
+    order = np.argsort(src, kind="stable")
+    src, dst = src[order], dst[order]
+    bounds = np.searchsorted(src, np.arange(n + 1))
+    seen = np.zeros(n, dtype=bool)
+    seen[seeds] = True
+    stack = list(np.flatnonzero(seen))
+    while stack:
+        s = stack.pop()
+        for t in dst[bounds[s]:bounds[s + 1]]:
+            if not seen[t]:
+                seen[t] = True
+                stack.append(t)
+    return seen
+
+
+class TokenIndex:
+    """Allowed tokens and next states per grammar state; state 0 is the start. Build with `TokenIndex.build`."""
+
+    def __init__(self, words: np.ndarray, accepting: np.ndarray, dfa_of: np.ndarray, transitions: np.ndarray,
+                 token_data: np.ndarray, token_offsets: np.ndarray, eos_id: int | None):
+        self.words = words  # uint32 [S, ceil(V/32)]: bit t%32 of word t//32 is set when token t is allowed
+        self.accepting = accepting  # bool [S]
+        self.dfa_of = dfa_of  # int32 [S]: the byte DFA state behind each grammar state
+        self.transitions = transitions  # int32 [D, 256]: the byte DFA, pruned states included (tokens pass them)
+        self.token_data, self.token_offsets = token_data, token_offsets  # token t is data[offsets[t]:offsets[t+1]]
+        self.eos_id, self.start = eos_id, 0
+        self.vocab_size = len(token_offsets) - 1
+        self.index_of = np.full(transitions.shape[0], -1, dtype=np.int64)
+        self.index_of[dfa_of] = np.arange(len(dfa_of))
+        self.token_list = [bytes(token_data[a:b]) for a, b in zip(token_offsets[:-1], token_offsets[1:])]
+
+    @classmethod
+    def build(cls, dfa: ByteDFA, vocab: list[bytes | None], eos_id: int | None) -> TokenIndex:
+        """Walk every token from every DFA state, then keep the states that tokens reach from the start and
+        from which tokens can reach an accepting state (both found once: one graph search each way)."""
+        if eos_id is not None and not 0 <= eos_id < len(vocab):
+            raise GrammarError(f"eos id {eos_id} is outside the vocabulary of {len(vocab)} tokens")
+        sorted_vocab = sorted_vocabulary(vocab, eos_id)
+        eos = -1 if eos_id is None else eos_id
+        n = dfa.num_states
+        everything = np.ones(n, dtype=bool)
+        _, src, dst = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, np.arange(n), everything)
+        live = reachable(dst, src, n, np.flatnonzero(dfa.accepting))  # backwards from the accepting states
+        if not live[dfa.start]:
+            raise cannot_express(dfa, vocab, eos_id)
+        forward = live[src] & live[dst]
+        kept = reachable(src[forward], dst[forward], n, np.array([dfa.start]))
+        states = np.flatnonzero(kept)  # ascending, so the start (DFA state 0) stays grammar state 0
+        words, _, _ = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, states, kept)
+        clean = [b"" if t is None or i == eos_id else t for i, t in enumerate(vocab)]
+        offsets = np.concatenate([[0], np.cumsum([len(t) for t in clean])]).astype(np.int64)
+        data = np.frombuffer(b"".join(clean), dtype=np.uint8).copy()
+        return cls(words, dfa.accepting[states].copy(), states.astype(np.int32), dfa.transitions, data, offsets, eos_id)
+
+    @property
+    def num_states(self) -> int:
+        return int(self.accepting.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index's arrays."""
+        arrays = (self.words, self.accepting, self.dfa_of, self.transitions, self.token_data, self.token_offsets, self.index_of)
+        return sum(a.nbytes for a in arrays)
+
+    def mask(self, states, device: str | torch.device | None = None) -> torch.Tensor:
+        """bool [B, V]: the tokens allowed in each of `states` (int [B], tensor or array)."""
+        states = np.asarray(states.cpu() if isinstance(states, torch.Tensor) else states, dtype=np.int64).reshape(-1)
+        if states.size and (states.min() < 0 or states.max() >= self.num_states):
+            raise ValueError(f"grammar states must be in [0, {self.num_states}), got {states.tolist()}")
+        bits = np.unpackbits(self.words[states].view(np.uint8), axis=-1, bitorder="little")[:, :self.vocab_size]
+        out = torch.from_numpy(bits).view(torch.bool)  # [B, V]
+        return out if device is None else out.to(device)
+
+    def is_allowed(self, state: int, token: int) -> bool:
+        return bool(0 <= state < self.num_states and 0 <= token < self.vocab_size
+                    and (int(self.words[state, token >> 5]) >> (token & 31)) & 1)
+
+    def next_state(self, states, tokens):
+        """The state after each token (int [B] each; a tensor in gives a tensor out); -1 where it is not allowed.
+        EOS keeps the state."""
+        as_tensor = isinstance(states, torch.Tensor)
+        s_list = np.asarray(states.cpu() if as_tensor else states, dtype=np.int64).reshape(-1).tolist()
+        t_list = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.int64).reshape(-1).tolist()
+        out = np.full(len(s_list), -1, dtype=np.int64)
+        for i, (s, t) in enumerate(zip(s_list, t_list)):
+            if not self.is_allowed(s, t):
+                continue
+            if t == self.eos_id:
+                out[i] = s
+                continue
+            d = int(self.dfa_of[s])
+            for byte in self.token_list[t]:
+                d = self.transitions[d, byte]
+            out[i] = self.index_of[d]
+        return torch.from_numpy(out).to(states.device) if as_tensor else out
+
+    def allowed(self, state: int) -> np.ndarray:
+        """The token ids allowed in `state`, ascending (EOS included when it is accepting)."""
+        bits = np.unpackbits(self.words[state].view(np.uint8), bitorder="little")[:self.vocab_size]
+        return np.flatnonzero(bits)
+
+    def is_accepting(self, state: int) -> bool:
+        return bool(self.accepting[state])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"words": self.words, "accepting": self.accepting, "dfa_of": self.dfa_of, "transitions": self.transitions,
+                "token_data": self.token_data, "token_offsets": self.token_offsets,
+                "eos_id": np.array(-1 if self.eos_id is None else self.eos_id, dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> TokenIndex:
+        """The inverse of `to_arrays`; ValueError when the arrays do not fit together."""
+        a = {k: np.asarray(arrays[k]) for k in ("words", "accepting", "dfa_of", "transitions", "token_data",
+                                                  "token_offsets", "eos_id")}
+        n, d, v = len(a["accepting"]), len(a["transitions"]), len(a["token_offsets"]) - 1
+        fits = (a["words"].shape == (n, (v + 31) // 32) and a["dfa_of"].shape == (n,) and a["transitions"].shape[1:] == (256,)
+                and (n == 0 or (0 <= a["dfa_of"].min() and a["dfa_of"].max() < d)) and a["token_offsets"][-1] == len(a["token_data"])
+                and a["transitions"].max(initial=-1) < d)
+        if not fits:
+            raise ValueError("token index arrays do not fit together")
+        eos = int(a["eos_id"])
+        return cls(a["words"].astype(np.uint32), a["accepting"].astype(bool), a["dfa_of"].astype(np.int32),
+                   a["transitions"].astype(np.int32), a["token_data"].astype(np.uint8), a["token_offsets"].astype(np.int64),
+                   None if eos < 0 else eos)
+
+    def __repr__(self) -> str:
+        return f"TokenIndex(states={self.num_states}, vocab={self.vocab_size})"
+
+
+def cannot_express(dfa: ByteDFA, vocab: list[bytes | None], eos_id: int | None) -> GrammarError:
+    """The error for a grammar no token sequence can complete, naming a byte no token contains if there is one."""
+    present = set()
+    for i, t in enumerate(vocab):
+        if t and i != eos_id:
+            present.update(t)
+    example = dfa.shortest_example()
+    missing = next((b for b in example if b not in present), None)
+    if missing is not None:
+        shown = repr(chr(missing)) if missing < 0x80 else "a non-ASCII character's byte"
+        return GrammarError(f"the vocabulary cannot express this grammar: no token contains the byte 0x{missing:02X} "
+                            f"({shown})", hint=f"a shortest string it accepts is {example!r}")
+    return GrammarError("the vocabulary cannot express this grammar: no token sequence spells a string it accepts",
+                        hint=f"a shortest string it accepts is {example!r}")

@@ -13,14 +13,19 @@ Methods (k = `--k` drafted tokens per round):
 - speculative, 1-layer draft model: decspec `specs/speculative.dec` vs HF assisted generation
   (`assistant_model=`, constant k, confidence threshold off; HF supports batch 1 only);
 - self-speculative early exit: decspec with `EarlyExit(target, layer=L)` vs HF `assistant_early_exit=L`;
-- prompt lookup: HF `prompt_lookup_num_tokens=k` only (decspec: not yet, issue 6).
+- prompt lookup: decspec `specs/prompt_lookup.dec` (ngram 2, like HF's default) vs HF `prompt_lookup_num_tokens=k`.
 
 Per row: tokens/s, mean accepted drafts per round, acceptance rate α, speedup over the same
 backend's autoregressive row, ratio to HF's corresponding method, and for speculative rows the
 draft/target cost ratio c (one draft forward of 1 token / one target forward of k+1 tokens, at that
 batch size, after a prompt-length prefix) with the ideal speedup (1 - α^(k+1)) / ((1 - α)(k c + 1))
-(Leviathan et al. 2023) and efficiency = measured speedup / ideal. At temperature 0 each row's
-tokens are compared with HF greedy autoregressive at batch 1 (fraction of prompts identical).
+(Leviathan et al. 2023) and efficiency = measured speedup / ideal (prompt lookup: c = 0). Framework
+overhead (decspec rows) = 1 - model time / wall time, where model time counts every model call of
+the row at its standalone median forward time (one prompt prefill per generate call, then target
+steps of k+1 tokens, or 1 when autoregressive, and draft steps of 1 token; compiled forward_at for
+inductor rows): an estimate, as a round's forwards in the benchmark differ a little from the
+standalone shapes. At temperature 0 each row's tokens are compared with HF greedy autoregressive at
+batch 1 (fraction of prompts identical).
 
 Writes benchmarks/results/speed.json, docs/benchmarks.md and (with matplotlib) benchmarks/results/speed.png.
 """
@@ -57,7 +62,7 @@ def decspec_runner(spec: str, backend: str, models: dict, overrides: dict, batch
         dec.backend_options = {"compile": True}
 
     def run(ids: list[list[int]], new_tokens: int, seed: int) -> tuple[float, list[list[int]], dict]:
-        t_total, tokens, acc, drafted, rounds = 0.0, [], 0, 0, 0
+        t_total, tokens, acc, drafted, rounds, calls = 0.0, [], 0, 0, 0, {}
         for part in chunks(ids, batch):
             t0 = time.perf_counter()
             res = dec.generate(part, max_new_tokens=new_tokens, seed=seed, eos_token_id=None)
@@ -67,7 +72,10 @@ def decspec_runner(spec: str, backend: str, models: dict, overrides: dict, batch
             acc += sum(a for r in s.accepted for a in r)
             drafted += sum(d for r in s.drafted for d in r)
             rounds += sum(len(r) for r in s.accepted)  # row-rounds
-        info = {"mean_accepted": acc / rounds if rounds else 0.0, "acceptance_rate": acc / drafted if drafted else None}
+            for role, n in s.model_calls.items():
+                calls[role] = calls.get(role, 0) + n
+        info = {"mean_accepted": acc / rounds if rounds else 0.0, "acceptance_rate": acc / drafted if drafted else None,
+                "model_calls": calls, "generate_calls": len(chunks(ids, batch))}
         return t_total, tokens, info
 
     return run
@@ -121,6 +129,46 @@ def forward_time(model, batch: int, prompt_len: int, width: int, reps: int = 20)
     return statistics.median(times)
 
 
+def compiled_forward_time(model, batch: int, prompt_len: int, width: int, reps: int = 20) -> float:
+    """forward_time for the static-shape step the inductor backend compiles (forward_at under torch.compile)."""
+    cache = model.new_cache(batch, prompt_len + width + 8)
+    model.forward(torch.randint(1, 4000, (batch, prompt_len)), cache)
+    x = torch.randint(1, 4000, (batch, width))
+    start = torch.full((batch,), prompt_len)
+    step = torch.compile(lambda x, start: model.forward_at(x, cache, start).logits, dynamic=False)
+    for _ in range(3):
+        step(x, start)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step(x, start)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def prefill_time(model, batch: int, prompt_len: int, reps: int = 5) -> float:
+    """Median seconds to feed a prompt_len-token prompt into an empty cache (both backends prefill uncompiled)."""
+    x = torch.randint(1, 4000, (batch, prompt_len))
+    times = []
+    for _ in range(reps):
+        cache = model.new_cache(batch, prompt_len + 8)
+        t0 = time.perf_counter()
+        model.forward(x, cache)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def framework_overhead(row: dict, steps: dict, seconds: float) -> float | None:
+    """1 - model time / wall time: model time = per role, one prefill per generate call plus every
+    other call at its step width (target: k+1 tokens when verifying, 1 when autoregressive; draft: 1),
+    each at its standalone median (compiled for inductor rows)."""
+    calls, n = row.get("model_calls"), row.get("generate_calls")
+    if not calls or not n:
+        return None
+    model_time = sum(n * steps[role]["prefill"] + (c - n) * steps[role]["step"] for role, c in calls.items())
+    return 1.0 - model_time / seconds
+
+
 def ideal_speedup(alpha: float, k: int, c: float) -> float:
     if alpha >= 1.0:
         return (k + 1) / (k * c + 1)
@@ -140,17 +188,34 @@ def measure(args) -> dict:
     k, L = args.k, args.layer
     prompt_len = round(statistics.mean(map(len, ids)))
 
-    cost = {}
+    cost, fwd = {}, {}
+    roles = {"target": target, "draft model": draft, f"early exit, layer {L}": early}
     for b in args.batch:
-        t_target = forward_time(target, b, prompt_len, k + 1)
-        cost[b] = {"draft model": forward_time(draft, b, prompt_len, 1) / t_target,
-                   f"early exit, layer {L}": forward_time(early, b, prompt_len, 1) / t_target}
-        print(f"batch {b}: c(draft model) = {cost[b]['draft model']:.3f}, c(early exit {L}) = {cost[b][f'early exit, layer {L}']:.3f}", flush=True)
+        # standalone forward medians: [backend][model][width]; prefill per model
+        fwd[b] = {"prefill": {name: prefill_time(m, b, prompt_len) for name, m in roles.items()}}
+        for backend, timer in (("eager", forward_time), ("inductor", compiled_forward_time)):
+            fwd[b][backend] = {name: {w: timer(m, b, prompt_len, w) for w in ((1, k + 1) if name == "target" else (1,))}
+                               for name, m in roles.items()}
+        t_target = fwd[b]["eager"]["target"][k + 1]
+        cost[b] = {name: fwd[b]["eager"][name][1] / t_target for name in list(roles)[1:]}
+        print(f"batch {b}: c(draft model) = {cost[b]['draft model']:.3f}, c(early exit {L}) = {cost[b][f'early exit, layer {L}']:.3f}; "
+              f"forwards (ms) {json.dumps({be: {n: {w: round(t * 1e3, 2) for w, t in ws.items()} for n, ws in fwd[b][be].items()} for be in ('eager', 'inductor')})}",
+              flush=True)
+
+    def step_costs(b: int, impl: str, method: str, dname: str | None) -> dict:
+        backend = "inductor" if impl == "decspec inductor" else "eager"
+        width = 1 if method == "autoregressive" else k + 1
+        out = {"target": {"prefill": fwd[b]["prefill"]["target"], "step": fwd[b][backend]["target"][width]}}
+        if dname is not None:
+            out["draft"] = {"prefill": fwd[b]["prefill"][dname], "step": fwd[b][backend][dname][1]}
+        return out
 
     rows: list[dict] = []
     reference_tokens: list[list[int]] | None = None
     for temperature in args.temperatures:
         sampling = {"temperature": temperature, "top_p": 1.0}
+        if temperature == 0 and len(args.temperatures) > 1:
+            reference_tokens = None
         hf_sampling_ok = True
         for b in args.batch:
             methods = []  # (method, impl, draft_name, make_runner)
@@ -171,7 +236,10 @@ def measure(args) -> dict:
                                     lambda backend=backend, dmodel=dmodel: decspec_runner(
                                         "speculative.dec", backend, {"target": target, "draft": dmodel}, {"k": k, **sampling}, b)))
                 methods.append((method, "HF", dname, (lambda hf_extra=hf_extra: hf_runner(hf_target, b, hf_extra, temperature)) if b == 1 else None))
-            methods.append(("prompt lookup", "decspec", None, "not yet (issue 6)"))
+            for backend in ("eager", "inductor"):  # ngram 2 = HF's default max_matching_ngram_size
+                methods.append(("prompt lookup", f"decspec {backend}", None,
+                                lambda backend=backend: decspec_runner("prompt_lookup.dec", backend, {"target": target},
+                                                                       {"k": k, "ngram": 2, "temperature": temperature}, b)))
             methods.append(("prompt lookup", "HF", None,
                             (lambda: hf_runner(hf_target, b, {"prompt_lookup_num_tokens": k}, temperature)) if b == 1 else None))
 
@@ -203,6 +271,8 @@ def measure(args) -> dict:
                     continue
                 total = len(ids) * args.new_tokens
                 row.update(seconds=statistics.median(times), all_seconds=times, tokens_per_second=total / statistics.median(times), **info)
+                if impl.startswith("decspec"):
+                    row["framework_overhead"] = framework_overhead(row, step_costs(b, impl, method, dname), row["seconds"])
                 if temperature == 0:
                     if reference_tokens is None and impl == "HF" and method == "autoregressive" and b == 1:
                         reference_tokens = tokens
@@ -218,13 +288,15 @@ def measure(args) -> dict:
         if "tokens_per_second" not in r:
             continue
         base = by.get((r["temperature"], r["batch"], "autoregressive", r["impl"]))
-        if r["method"] == "prompt lookup" and r["impl"] == "HF" or base is None:
+        if base is None:
             base = by.get((r["temperature"], r["batch"], "autoregressive", "HF"))
         if base and base.get("tokens_per_second") and r["method"] != "autoregressive":
             r["speedup"] = r["tokens_per_second"] / base["tokens_per_second"]
         hf = by.get((r["temperature"], r["batch"], r["method"], "HF"))
         if r["impl"] != "HF" and hf and hf.get("tokens_per_second"):
             r["ratio_to_hf"] = r["tokens_per_second"] / hf["tokens_per_second"]
+        if r["method"] == "prompt lookup" and r["impl"] != "HF":
+            r["c"] = 0.0  # no draft model: drafting is a lookup in the context
         if "c" in r and r.get("acceptance_rate") is not None and "speedup" in r:
             r["ideal_speedup"] = ideal_speedup(r["acceptance_rate"], k, r["c"])
             r["efficiency"] = r["speedup"] / r["ideal_speedup"]
@@ -258,16 +330,17 @@ def _line(r: dict) -> str:
 
 
 def table(data: dict) -> str:
-    lines = ["| T | batch | method | implementation | tokens/s | accepted / round | α | speedup vs own AR | × HF same method | c | ideal speedup | efficiency | same tokens as HF greedy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| T | batch | method | implementation | tokens/s | accepted / round | α | speedup vs own AR | × HF same method | c | ideal speedup | efficiency | framework overhead | same tokens as HF greedy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         if "tokens_per_second" not in r:
-            lines.append(f"| {r['temperature']:g} | {r['batch']} | {r['method']} | {r['impl']} | {r['note']} | | | | | | | | |")
+            lines.append(f"| {r['temperature']:g} | {r['batch']} | {r['method']} | {r['impl']} | {r['note']} | | | | | | | | | |")
             continue
         lines.append(
             f"| {r['temperature']:g} | {r['batch']} | {r['method']} | {r['impl']} | {r['tokens_per_second']:.1f} | {_fmt(r.get('mean_accepted'))} | "
             f"{_fmt(r.get('acceptance_rate'))} | {_fmt(r.get('speedup'))} | {_fmt(r.get('ratio_to_hf'))} | {_fmt(r.get('c'), '.3f')} | "
-            f"{_fmt(r.get('ideal_speedup'))} | {_fmt(r.get('efficiency'))} | {_fmt(r.get('same_as_hf_greedy'), '.0%')} |")
+            f"{_fmt(r.get('ideal_speedup'))} | {_fmt(r.get('efficiency'))} | {_fmt(r.get('framework_overhead'), '.0%')} | "
+            f"{_fmt(r.get('same_as_hf_greedy'), '.0%')} |")
     return "\n".join(lines)
 
 
@@ -325,7 +398,10 @@ def main() -> None:
         "Columns: *accepted / round* = drafted tokens accepted per round; *α* = accepted / drafted; *speedup* = tokens/s over the same "
         "implementation's autoregressive row (HF prompt lookup: over HF autoregressive); *× HF* = tokens/s over HF's same method; "
         "*c* = time of one draft forward of 1 token / one target forward of k+1 tokens (at that batch size); *ideal speedup* = "
-        "(1 − α^(k+1)) / ((1 − α)(k c + 1)) (Leviathan et al. 2023); *efficiency* = speedup / ideal; *same tokens* = fraction of prompts "
+        "(1 − α^(k+1)) / ((1 − α)(k c + 1)) (Leviathan et al. 2023; prompt lookup: c = 0); *efficiency* = speedup / ideal; "
+        "*framework overhead* = 1 − model time / wall time, model time = every model call of the row at its standalone median forward "
+        "time (a prompt prefill per generate call, target steps of k+1 tokens or 1 when autoregressive, draft steps of 1 token; the "
+        "compiled step for inductor rows), an estimate; *same tokens* = fraction of prompts "
         "whose tokens equal HF greedy autoregressive at batch 1 (temperature 0 only).\n\n" + table(data) + "\n"
     )
     print("\n" + table(data))

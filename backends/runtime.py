@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import run_graph
 from decspec.backends.prefix import PrefixCache
 from decspec.compiler.ir import Graph
@@ -23,6 +24,7 @@ from decspec.stdlib.models.protocol import CacheFull, Model
 class Context:
     tokens: torch.Tensor  # [B, S] committed tokens (prompt + generated), static capacity S
     length: torch.Tensor  # [B]
+    start: torch.Tensor | None = None  # [B] prompt lengths: where each row's generated tokens begin (what a grammar constrains)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class RoundState:
     rules: dict
     backend: str
     committed: tuple | None = None
+    grammars: dict[str, Any] = field(default_factory=dict)  # grammar slot -> GrammarSession (backends/grammar.py)
 
 
 @dataclass
@@ -135,10 +138,11 @@ def generate(
     rules: dict,
     backend: str,
     runner: Any = None,
+    grammars: dict[str, Any] | None = None,
 ) -> Result:
     """The generation loop. Each round runs the graph through the interpreter with `rules`, or,
     when the backend generates code, through `runner` (start(models, B, capacity, ctx) once, then
-    runner(ctx, state) per round; see backends/inductor)."""
+    runner(ctx, state) per round; see backends/inductor). `grammars`: {slot: Matcher} the grammar ops read."""
     start = time.perf_counter()
     vocab = next(iter(models.values())).vocab_size
     prompts = normalize_prompts(input_ids, vocab)
@@ -157,12 +161,14 @@ def generate(
                 f"the {limit} positions of model '{role}'; shorten the prompt or lower max_new_tokens"
             )
     device = torch.device("cpu")
-    ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device), torch.tensor(lengths, device=device))
+    ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device), torch.tensor(lengths, device=device),
+                  torch.tensor(lengths, device=device))
     for b, p in enumerate(prompts):
         ctx.tokens[b, : len(p)] = torch.tensor(p)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     state = RoundState({}, generator, B, device, rules, backend)
+    state.grammars = {slot: GrammarSession(m, start=ctx.start) for slot, m in (grammars or {}).items()}
     if runner is None:
         state.sessions = {r: PrefixCache(m, B, capacity) for r, m in models.items()}
     else:

@@ -28,13 +28,21 @@ def pipeline_text(sampler: tuple[Instance, ...]) -> str:
 _SLOT_OF = {"draft": "propose", "exit": "stop", "verifier": "verify"}
 
 
+def _short(grammar: Instance) -> str:
+    """A grammar as the verdict names it: `regex(pattern="[a-z]+")`, long sources cut."""
+    text = str(grammar)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _because(c: Instance) -> str:
     return f"{_SLOT_OF[c.kind]} = {c.name}: {c.component.contract.reason}"
 
 
 def losslessness(spec: Spec) -> Verdict:
     sampler = tuple(spec.slot("sampler", ()))
-    target_dist = f"the target's distribution after the sampler pipeline ({pipeline_text(sampler)})"
+    grammar: Instance | None = spec.slot("grammar")
+    masked = f"the grammar mask ({_short(grammar)}) and " if grammar is not None else ""
+    target_dist = f"the target's distribution after {masked}the sampler pipeline ({pipeline_text(sampler)})"
     propose: Instance | None = spec.slot("propose")
     if propose is None:
         return Verdict(True, [f"autoregressive sampling from {target_dist}"])

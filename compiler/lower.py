@@ -34,9 +34,20 @@ class Lowering:
         self.b = Builder("round", attrs=(("spec", spec.name),) + params)
         self.sampler: tuple[Instance, ...] = tuple(spec.slot("sampler", ()))
         self.stop: Instance | None = spec.slot("stop")
+        self.grammar: Instance | None = spec.slot("grammar")
 
     def role(self, model: Instance) -> str:
         return model.arg("name")
+
+    def model_logits(self, inputs: list[Value], model: str, last: bool = True) -> Value:
+        """model_call over ctx ++ ext[:, :n], masked by the grammar when the spec has one: the logits
+        every sampler (and exit policy) sees. The grammar state is read at the same positions."""
+        logits = self.b.emit("model_call", inputs, model=model, last=last)[0]
+        if self.grammar is None:
+            return logits
+        with self.b.located(self.grammar.span, self.grammar.name) as b:
+            states = b.emit("grammar_state", inputs, grammar="grammar", last=last)[0]
+            return b.emit("grammar_mask", [logits, states], grammar="grammar")[0]
 
     def probs(self, logits: Value) -> Value:
         """softmax(sampler pipeline(logits)): the distribution every model is sampled from."""
@@ -78,9 +89,11 @@ def lower(spec: Spec) -> Graph:
     ctx = b.input(CTX)
     target: Instance = spec.slot("target")
     propose: Instance | None = spec.slot("propose")
+    if lw.grammar is not None:  # checks what needs no vocabulary: syntax, schema keywords, an empty language
+        lw.grammar.component.lower(lw, lw.grammar)
     if propose is None:
         b.at(target.span, "target")
-        logits = b.emit("model_call", [ctx], model=lw.role(target), last=True)[0]
+        logits = lw.model_logits([ctx], lw.role(target))
         token = lw.sample(lw.probs(logits))
         b.emit("commit", [token])
         return b.build()

@@ -128,6 +128,28 @@ def _ngram_lookup(p, ins):
     return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
 
 
+def _grammar_state(p, ins):
+    _expect(isinstance(p.get("grammar"), str), "grammar_state grammar must name a grammar slot")
+    _expect(ins and ins[0] == CTX, "grammar_state takes the context first")
+    _expect(len(ins) <= 3, "grammar_state takes (ctx[, ext[, n]])")
+    n_ext = 0
+    if len(ins) >= 2:
+        _expect(ins[1].dtype == "tok" and len(ins[1].shape) == 2, "grammar_state ext must be tok[B,N]")
+        n_ext = ins[1].shape[1]
+    if len(ins) == 3:
+        _expect(ins[2] == _t("i64"), "grammar_state n must be a scalar i64")
+    if p.get("last", True):
+        return [_t("i64", "B")]
+    return [_t("i64", "B", _plus(n_ext, 1))]
+
+
+def _grammar_mask(p, ins):
+    _expect(isinstance(p.get("grammar"), str), "grammar_mask grammar must name a grammar slot")
+    _expect(len(ins) == 2 and ins[0].dtype == "f32" and ins[1].dtype == "i64", "grammar_mask takes (logits, states)")
+    _expect(ins[1].shape == ins[0].shape[:-1], f"grammar_mask states must be i64{list(ins[0].shape[:-1])}, got {ins[1]}")
+    return [ins[0]]
+
+
 def _rejection_accept(p, ins):
     _expect(len(ins) == 5, "rejection_accept takes (p, q, drafts, drafted, uniform)")
     return [_t("i64", "B")]
@@ -180,6 +202,12 @@ OPS: dict[str, OpDef] = {
               "(fewer where ctx ends; none without a match): tokens d [B,K], their distributions q [B,K,V], one-hot on each d_i "
               "(zero rows past the count), and the count [B]. V is the vocabulary of the model role `vocab`, read from the "
               "bound model at run time, as model_call's V is; q is still made as a tensor so every verifier takes it unchanged"),
+        OpDef("grammar_state", "pure", _grammar_state, "the grammar's state after each row's generated tokens (ctx past its prompt: "
+              "the prompt is not constrained) followed by ext[:, :n]: the last position (last=true, i64[B]) or every position from "
+              "the end of ctx (last=false, i64[B,N+1]), as model_call reads logits; -1 after a token the grammar refuses. The "
+              "matcher is bound at compile time to the slot `grammar` names"),
+        OpDef("grammar_mask", "pure", _grammar_mask, "logits with the tokens the grammar refuses in each state set to -inf "
+              "(EOS allowed exactly where the grammar accepts); a state of -1 leaves its row unconstrained"),
         OpDef("rejection_accept", "pure", _rejection_accept, "accepted prefix length: d_i accepted iff u_i * q_i(d_i) < p_i(d_i), capped at drafted", draws=(4,)),
         OpDef("rejection_residual", "pure", _residual, "norm(max(0, p_n - q_n)) after a rejection at n; p_m after a full accept"),
         OpDef("match_len", "pure", _match_len, "leading positions where drafts equal the target's tokens, capped at drafted"),

@@ -31,11 +31,12 @@ def _is_model(v: Any) -> bool:
 class Decoder:
     """A compiled spec bound to models.
 
-    spec: the checked Spec; graph: the optimized round IR; verdict: the losslessness analysis.
+    spec: the checked Spec; graph: the optimized round IR; verdict: the losslessness analysis;
+    matcher: the compiled grammar (a `Matcher`) when the spec has a `grammar` slot, else None.
     """
 
     def __init__(self, spec: Spec, graph: Graph, models: Mapping[str, Any], backend: str = "eager",
-                 backend_options: Mapping[str, Any] | None = None):
+                 backend_options: Mapping[str, Any] | None = None, vocab: Any = None):
         self.spec = spec
         self.graph = graph
         self.models = dict(models)
@@ -44,6 +45,25 @@ class Decoder:
         self._round_runner = None
         self._round_runner_options: dict = {}
         self.verdict: Verdict = losslessness(spec)
+        self.vocab = vocab  # the grammar's vocabulary as bytes, for targets without a tokenizer
+        self._grammars: dict[str, Any] | None = None
+        if spec.slot("grammar") is not None and spec.slot("target").arg("name") in self.models:
+            self._bound_grammars()  # bound now, so vocabulary errors surface at compile time
+
+    def _bound_grammars(self) -> dict[str, Any]:
+        """{slot: Matcher}: the spec's grammar compiled over the target's vocabulary (once; {} without a grammar)."""
+        if self._grammars is None:
+            from decspec.stdlib.structured import bind_grammar
+
+            role = self.spec.slot("target").arg("name")
+            target = self.models[role] if role in self.models else self._bound_models()[role]
+            self._grammars = bind_grammar(self.spec, target, self.vocab)
+        return self._grammars
+
+    @property
+    def matcher(self) -> Any:
+        """The compiled grammar of the `grammar` slot (see stdlib/grammars/matcher.py), or None."""
+        return self._bound_grammars().get("grammar")
 
     def _bound_models(self) -> dict[str, Any]:
         if not self.models:  # nothing bound at compile time: the shipped reference pair
@@ -102,7 +122,7 @@ class Decoder:
             eos_token_id = getattr(models[self.spec.models[0]], "eos_token_id", None)
         result = run_generate(
             self.graph, models, input_ids, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
-            rules=self.backend.RULES, backend=self.backend.NAME, runner=self._runner(),
+            rules=self.backend.RULES, backend=self.backend.NAME, runner=self._runner(), grammars=self._bound_grammars(),
         )
         if tokenizer is not None:
             result.text = [tokenizer.decode(row) for row in result.tokens]
@@ -127,6 +147,7 @@ def compile(
     backend: str = "eager",
     models: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    vocab: Any = None,
     **kwargs: Any,
 ) -> Decoder:
     """Compile a .dec file (path) or spec text into a Decoder.
@@ -134,6 +155,8 @@ def compile(
     Keyword arguments that are models bind the spec's model roles (`target=..., draft=...`);
     the others override the decoder's parameters (`k=6`). `models=`/`overrides=` take dicts.
     With no models at all, the shipped reference pair (`reference_models()`) binds "target" and "draft".
+    A spec with a `grammar` slot compiles its grammar over the target's tokenizer, or over `vocab` (one
+    bytes or None per token id, e.g. `[b"a", b"b", b"{", b"}", None]` for a table model) when given.
     """
     models = dict(models or {})
     overrides = dict(overrides or {})
@@ -144,4 +167,4 @@ def compile(
 
     checked = load(spec, overrides=overrides, decoder=decoder)
     graph = run_pipeline(lower(checked))
-    return Decoder(checked, graph, models, backend)
+    return Decoder(checked, graph, models, backend, vocab=vocab)

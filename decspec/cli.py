@@ -5,6 +5,8 @@
     decspec run FILE.dec [--prompt TEXT] [--target DIR --draft DIR]
                                               generate text (shipped reference models by default) and print the stats
     decspec emit FILE.dec [--target python]   the round as the Python code the inductor backend compiles
+    decspec emit FILE.dec --target mlir [--dialect torch|linalg|stablehlo|tosa] [--part round|verify] [-o OUT.mlir]
+                                              the round exported through torch-mlir (optional extra decspec[mlir])
     decspec verify FILE.dec [k=2 ...] [--configs N] [--seed S]
                                               check the losslessness verdict exactly on random table models
 """
@@ -129,8 +131,8 @@ def _emit(args) -> int:
     from decspec.compiler.passes import run_pipeline
     from decspec.dsl.check import load
 
-    if args.target != "python":
-        raise DecError(f"emit --target {args.target}: not yet (issue 8, torch-mlir export); available: python")
+    if args.target == "mlir":
+        return _emit_mlir(args)
     spec = load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder)
     from decspec.backends.inductor import emit_python
 
@@ -140,6 +142,23 @@ def _emit(args) -> int:
             f.write(source)
     else:
         print(source, end="")
+    return 0
+
+
+def _emit_mlir(args) -> int:
+    import decspec
+    from decspec.backends.mlir import export_mlir
+
+    models = _models(argparse.Namespace(target=args.model_target, draft=args.draft))
+    decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides))
+    export = export_mlir(decoder, dialect=args.dialect, part=args.part, batch=args.batch, capacity=args.capacity)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(export.text)
+        print(f"wrote {args.output}: {args.part} of {args.file} in the {args.dialect} dialect, {len(export.text)} characters, "
+              f"{export.seconds['total']:.1f} s; inputs {', '.join(export.input_names)}", file=sys.stderr)
+    else:
+        print(export.text, end="" if export.text.endswith("\n") else "\n")
     return 0
 
 
@@ -176,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(e)
     e.add_argument("--target", default="python", choices=("python", "mlir"), help="what to emit (default: %(default)s)")
     e.add_argument("-o", "--output", help="write to this file instead of stdout")
+    e.add_argument("--dialect", default="torch", choices=("torch", "linalg", "stablehlo", "tosa"),
+                   help="with --target mlir: the MLIR dialect (default: %(default)s)")
+    e.add_argument("--part", default="round", choices=("round", "verify"),
+                   help="with --target mlir: the whole round with its models, or only verification and sampling (default: %(default)s)")
+    e.add_argument("--batch", type=int, default=1, help="with --target mlir: rows (a fixed shape; default: %(default)s)")
+    e.add_argument("--capacity", type=int, default=128, help="with --target mlir: context and cache positions (default: %(default)s)")
+    e.add_argument("--model-target", dest="model_target", metavar="DIR", help="with --target mlir: a local model directory for the target (default: the shipped one)")
+    e.add_argument("--draft", help="with --target mlir: a local model directory for the draft")
     e.set_defaults(fn=_emit)
     v = sub.add_parser("verify", help="check the losslessness verdict exactly (exact backend, random table models)")
     common(v)

@@ -73,24 +73,29 @@ def sequence_distribution(model, prompt: Sequence[int], n: int, pipeline: Pipeli
 
 
 def target_distribution(decoder_or_model: Any, prompt: Sequence[int], n: int, pipeline: Pipeline | None = None,
-                        eos_token_id: int | None | str = "default", max_sequences: int = 1_000_000) -> dict[tuple[int, ...], float]:
-    """The exact distribution of n tokens sampled from the target alone, through the sampler
-    pipeline: what a lossless decoder must reproduce. Enumerates every sequence (float64); a row
-    stops at EOS, which is kept (as `Decoder.generate` does).
+                        eos_token_id: int | None | str = "default", max_sequences: int = 1_000_000,
+                        matcher: Any = None) -> dict[tuple[int, ...], float]:
+    """The exact distribution of n tokens sampled from the target alone, through the grammar mask
+    (if any) and the sampler pipeline: what a lossless decoder must reproduce. Enumerates every
+    sequence (float64); a row stops at EOS, which is kept (as `Decoder.generate` does).
 
-    decoder_or_model: a Decoder (its target, its spec's sampler pipeline and the target's EOS) or
-    any model (with `pipeline`, default none, and `eos_token_id`, default the model's own).
+    decoder_or_model: a Decoder (its target, its grammar, its spec's sampler pipeline and the target's
+    EOS) or any model (with `pipeline`, default none, `eos_token_id`, default the model's own, and
+    `matcher`, a compiled grammar, default none).
     """
     if hasattr(decoder_or_model, "spec") and hasattr(decoder_or_model, "graph"):
         spec = decoder_or_model.spec
         model = decoder_or_model._bound_models()[spec.slot("target").arg("name")]
         if pipeline is None:
             pipeline = [(s.name, dict(s.args)) for s in spec.slot("sampler", ())]
+        if matcher is None:
+            matcher = decoder_or_model.matcher
     else:
         model = decoder_or_model
     st_ = stages(pipeline or ())
     eos = getattr(model, "eos_token_id", None) if eos_token_id == "default" else eos_token_id
     live: dict[tuple[int, ...], float] = {(): 1.0}
+    states: dict[tuple[int, ...], int] = {(): matcher.start} if matcher is not None else {}  # each live sequence's grammar state
     out: dict[tuple[int, ...], float] = {}
     for step in range(n):
         if not live:  # every sequence has ended at an EOS
@@ -101,6 +106,10 @@ def target_distribution(decoder_or_model: Any, prompt: Sequence[int], n: int, pi
         seqs = list(live)
         tokens = torch.tensor([list(prompt) + list(s) for s in seqs])  # [S, T]
         logits = model.forward(tokens, model.new_cache(len(seqs), tokens.shape[1])).logits[:, -1].double()  # [S, V]
+        if matcher is not None:
+            from decspec.backends.grammar import masked_logits
+
+            logits = masked_logits(matcher, logits, torch.tensor([states[s] for s in seqs]))
         probs = torch.softmax(apply_pipeline(logits, st_), -1)
         grown: dict[tuple[int, ...], float] = {}
         for seq, w, row in zip(seqs, live.values(), probs.tolist()):
@@ -108,6 +117,8 @@ def target_distribution(decoder_or_model: Any, prompt: Sequence[int], n: int, pi
                 if px > 0:
                     ended = x == eos or step == n - 1
                     (out if ended else grown)[seq + (x,)] = w * px
+                    if matcher is not None and not ended:
+                        states[seq + (x,)] = int(matcher.next_state([states[seq]], [x])[0])
         live = grown
     return out
 
@@ -276,7 +287,7 @@ def assert_greedy_equivalent(decoder_or_spec: Any, *, models: Mapping[str, Any] 
 def _lower_accept_all(lw, inst, ctx, target, proposal):
     """Broken on purpose: accept every drafted token, then add the bonus token from p."""
     b = lw.b
-    p = lw.probs(b.emit("model_call", [ctx, proposal.tokens], model=lw.role(target), last=False)[0])
+    p = lw.probs(lw.model_logits([ctx, proposal.tokens], lw.role(target), last=False))
     n = b.emit("match_len", [proposal.tokens, proposal.tokens, proposal.count])[0]  # = drafted
     bonus = b.emit("rejection_residual", [p, proposal.probs, n, proposal.count])[0]  # n == drafted: p_m
     return b.emit("splice", [proposal.tokens, n, lw.sample(bonus)])[0], n

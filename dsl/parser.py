@@ -118,6 +118,9 @@ def _diagnose(e: UnexpectedInput, source: Source) -> Diagnostic:
         span = Span(source, e.pos_in_stream, e.pos_in_stream + 1)
         char = source.text[e.pos_in_stream]
         if char in "\"'":
+            at = e.pos_in_stream
+            if source.text[max(at - 2, 0):at] == char * 2:  # `""` lexed as an empty string: an open triple quote
+                return Diagnostic("unterminated triple-quoted string", Span(source, at - 2, at + 1), hint=f"close it with {char * 3}")
             return Diagnostic("unterminated string", span, hint=f"close it with {char} on the same line")
         allowed = {t for t in e.allowed if t not in ("WS", "COMMENT")}
         return Diagnostic(f"expected {_expected(allowed)}, found {char!r}", span)
@@ -219,6 +222,8 @@ def _found(token: Token) -> str:
 
 
 def _unescape(token: Token, source: Source) -> str:
+    if token.value[:3] in ('"""', "'''"):  # triple-quoted: raw, may span lines (regexes, inline JSON)
+        return token.value[3:-3]
     body, out, i = token.value[1:-1], [], 0
     while i < len(body):
         ch = body[i]

@@ -27,6 +27,8 @@ _KINDS = {
     "exit": ("Exit policies", "Fill the `stop` slot: when drafting stops within a round (always bounded by the draft's `max`)."),
     "verifier": ("Verifiers", "Fill the `verify` slot: which drafted tokens the target accepts."),
     "stat": ("Draft statistics", "Read in `when` conditions as `draft.NAME`, compared with numbers."),
+    "grammar": ("Grammars", "Fill the `grammar` slot: the language the output must belong to (structured output). "
+                "The grammar's mask is applied to the logits of the target and of every draft before the sampler pipeline."),
 }
 
 

@@ -22,6 +22,7 @@ KIND_NOUNS = {
     "exit": "exit policy",
     "verifier": "verifier",
     "stat": "draft statistic",
+    "grammar": "grammar",
     "int": "int",
     "float": "float",
     "str": "string",

@@ -4,3 +4,4 @@ from decspec.stdlib import samplers as _samplers  # noqa: F401
 from decspec.stdlib import drafts as _drafts  # noqa: F401
 from decspec.stdlib import exits as _exits  # noqa: F401
 from decspec.stdlib import verifiers as _verifiers  # noqa: F401
+from decspec.stdlib import structured as _structured  # noqa: F401

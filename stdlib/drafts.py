@@ -20,7 +20,7 @@ def lower_autoregressive(lw: Lowering, inst, ctx):
     body_ctx = b.input(CTX)
     drafts = b.input(Type("tok", ("B", k)))
     step = b.input(Type("i64"))
-    logits = b.emit("model_call", [body_ctx, drafts, step], model=role, last=True)[0]  # [B, V]
+    logits = lw.model_logits([body_ctx, drafts, step], role)  # [B, V], grammar-masked when there is a grammar
     q = lw.probs(logits)  # [B, V]
     token = lw.sample(q)  # [B]
     stop = lw.stop_flag(logits, token)

@@ -22,8 +22,8 @@ REQUIRED: Any = _Required()
 
 # The kinds of value a slot or a parameter can hold.
 #   scalar types: "int", "float", "str", "bool", "list[int]", "list[float]", "list[str]"
-#   component kinds: "model", "sampler", "draft", "exit", "verifier", "stat"
-KINDS = ("model", "sampler", "draft", "exit", "verifier", "stat")
+#   component kinds: "model", "sampler", "draft", "exit", "verifier", "stat", "grammar"
+KINDS = ("model", "sampler", "draft", "exit", "verifier", "stat", "grammar")
 SCALAR_TYPES = ("int", "float", "str", "bool", "list[int]", "list[float]", "list[str]", "cond")
 
 # Slots of a decoder block and the kind each holds. Other names in a block are local bindings.
@@ -33,6 +33,7 @@ SLOTS: dict[str, str] = {
     "propose": "draft",
     "stop": "exit",
     "verify": "verifier",
+    "grammar": "grammar",
 }
 
 

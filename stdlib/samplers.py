@@ -44,8 +44,7 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     probs = torch.softmax(_at_least_f32(logits), dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
     mass_before = sorted_probs.cumsum(-1) - sorted_probs  # probability of strictly more likely tokens
-    drop_sorted = mass_before >= p
-    drop_sorted[..., 0] = False  # the most likely token always stays (top_p(0) is greedy)
+    drop_sorted = (mass_before >= p) & (mass_before > 0)  # the most likely token (mass_before 0) always stays: top_p(0) is greedy
     drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
     return logits.masked_fill(drop, NEG_INF)
 

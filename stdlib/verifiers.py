@@ -9,7 +9,7 @@ from decspec.stdlib.registry import Component, Contract, register
 
 
 def _target_probs(lw, ctx, target, proposal):
-    logits = lw.b.emit("model_call", [ctx, proposal.tokens], model=lw.role(target), last=False)[0]  # [B, K+1, V]
+    logits = lw.model_logits([ctx, proposal.tokens], lw.role(target), last=False)  # [B, K+1, V]
     return lw.probs(logits)
 
 

@@ -80,7 +80,21 @@ def conformance_specs() -> list[Spec]:
         out.append(Spec("spec", (), slots, SOURCE))
         lookup = inst(registry.lookup("draft", "lookup"), ngram=2, max=3)  # drafts copied from the context, no model
         out.append(Spec("lookup", (), (slots[0], slots[1], ("propose", lookup), slots[4]), SOURCE))
+        out.append(Spec("grammar", (), slots + (("grammar", GRAMMAR),), SOURCE))  # masks on target and draft
+    out.append(Spec("ar_grammar", (), (("target", model("target")), ("grammar", GRAMMAR)), SOURCE))
     return out
+
+
+GRAMMAR = inst(registry.lookup("grammar", "regex"), pattern="(ab|c)+d?")
+
+
+def grammars(graph: Graph) -> dict:
+    """The matcher a conformance graph's grammar ops read, over the tables' 5-token vocabulary (id 4: EOS)."""
+    if not any(op.name == "grammar_state" for op in graph.walk()):
+        return {}
+    from decspec.stdlib.grammars import compile_grammar
+
+    return {"grammar": compile_grammar("regex", GRAMMAR.arg("pattern"), [b"a", b"b", b"c", b"d", None], eos_id=4)}
 
 
 @pytest.mark.parametrize("module", BACKENDS)
@@ -105,7 +119,8 @@ def test_every_backend_runs_the_lowered_ops(module):
     models = {"target": TableModel.random(5, 1, seed=0), "draft": TableModel.random(5, 1, seed=1)}
     for spec in conformance_specs():
         for graph in (lower(spec), run_pipeline(lower(spec))):
-            out = generate(graph, models, [[1, 2], [3]], max_new_tokens=4, seed=0, eos_token_id=None, rules=be.RULES, backend=be.NAME)
+            out = generate(graph, models, [[1, 2], [3]], max_new_tokens=4, seed=0, eos_token_id=None, rules=be.RULES, backend=be.NAME,
+                           grammars=grammars(graph))
             assert [len(row) for row in out.tokens] == [4, 4]
 
 

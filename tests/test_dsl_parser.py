@@ -285,3 +285,21 @@ def test_mutated_valid_specs(data):
 def test_valid_example_loads():
     spec = load(VALID)
     assert spec.name == "greedy_spec"
+
+
+# --------------------------------------------------------------------------- triple-quoted strings
+
+
+def test_triple_quoted_strings_are_raw_and_may_span_lines():
+    text = 'decoder d() {\n    x = """a\\d+\n"quoted" \'\'"""\n    y = \'\'\'{"k": "\\n"}\'\'\'\n    z = ""\n}'
+    x, y, z = (b.value for b in parse(text).items[0].body)
+    assert x.value == 'a\\d+\n"quoted" \'\'' and (x.span.line, x.span.col) == (2, 9)
+    assert y.value == '{"k": "\\n"}' and z.value == ""
+
+
+def test_an_unterminated_triple_quoted_string():
+    with pytest.raises(DecError) as info:
+        parse('decoder d() {\n    g = regex("""abc)\n}')
+    (diag,) = info.value.diagnostics
+    assert diag.message == "unterminated triple-quoted string" and (diag.span.line, diag.span.col) == (2, 15)
+    assert '"""' in diag.hint

@@ -18,7 +18,9 @@ from decspec.stdlib.models.table import TableModel
 from decspec.testing import assert_lossless, broken_verifier, exact_distribution, sequence_distribution, target_distribution, tv_distance, verify_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted((ROOT / "specs").glob("*.dec"))
+# grammar specs need a vocabulary the grammar can spell, which 2..5-token tables lack: their exact checks are in
+# tests/test_grammar_decoding.py
+SPECS = [p for p in sorted((ROOT / "specs").glob("*.dec")) if load(p).slot("grammar") is None]
 NEW_TOKENS = 3
 
 # (vocabulary, table order, prompt, EOS): unigram and bigram tables, with and without an EOS

@@ -21,7 +21,7 @@ from decspec.dsl.check import load
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
-SPECS = ["autoregressive", "speculative", "speculative_greedy", "prompt_lookup"]
+SPECS = ["autoregressive", "speculative", "speculative_greedy", "prompt_lookup", "json_schema", "regex", "choice"]
 UPDATE = os.environ.get("DECSPEC_UPDATE_GOLDEN") == "1"
 
 

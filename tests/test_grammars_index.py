@@ -138,4 +138,4 @@ def test_token_bytes():
     assert decode_token("Ġthe", "byte_level") == b" the"
     assert decode_token("Ċ", "byte_level") == b"\n"
     with pytest.raises(GrammarError, match="unknown grammar kind"):
-        compile_grammar("lark", "start: x", [b"x"], eos_id=None)
+        compile_grammar("ebnf", "start: x", [b"x"], eos_id=None)

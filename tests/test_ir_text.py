@@ -113,6 +113,8 @@ def specs(draw, propose: bool | None = None) -> Spec:
         if draft.name != "lookup" and draw(st.booleans()):
             slots.append(("stop", inst(registry.lookup("exit", "when"), draw(spans), cond=draw(conds))))
         slots.append(("verify", draw(component_instances("verifier"))))
+    if draw(st.booleans()):  # a grammar: masks after every model call (its source is checked by the lowering)
+        slots.append(("grammar", inst(registry.lookup("grammar", "regex"), draw(spans), pattern=draw(st.sampled_from(["a+", "(ab|c)*d"])))))
     return Spec(draw(names), tuple(params), tuple(slots), SOURCE)
 
 

@@ -284,14 +284,14 @@ def test_cache_full():
 
 def test_kv_cache_shape_and_load_state_dict():
     cache = MODEL.new_cache(3, 10)
-    assert isinstance(cache, KVCache) and cache.k.shape == (3, 3, 2, 10, 8)
+    assert isinstance(cache, KVCache) and len(cache.k) == 3 and cache.k[0].shape == (3, 2, 10, 8)
     fresh = Transformer(CFG)
     fresh.load_state_dict(MODEL.state_dict())
     tokens = torch.tensor([[1, 2, 3]])
     torch.testing.assert_close(fresh.forward(tokens, fresh.new_cache(1, 4)).logits, run([1, 2, 3])[None], atol=ATOL, rtol=0)
     wide = Transformer.random(CFG, seed=0, dtype=torch.float64)
     out = wide.forward(tokens, wide.new_cache(1, 4))
-    assert out.logits.dtype == torch.float32 and wide.new_cache(1, 4).k.dtype == torch.float64
+    assert out.logits.dtype == torch.float32 and wide.new_cache(1, 4).k[0].dtype == torch.float64
     torch.testing.assert_close(out.logits, run([1, 2, 3])[None], atol=ATOL, rtol=0)
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from decspec.backends.grammar import grammar_states, masked_logits
 from decspec.backends.interpreter import run_graph
 from decspec.stdlib.samplers import apply_pipeline
 
@@ -153,6 +154,18 @@ def ngram_lookup(state, op, ctx):
     return drafts, one_hot_drafts(drafts, count, vocab), count
 
 
+def grammar_state(state, op, ctx, ext=None, n=None):
+    """The grammar's state after the row's generated tokens ++ ext[:, :n] (cached per row by its GrammarSession)."""
+    session = state.grammars[op.param("grammar")]
+    start = ctx.start if ctx.start is not None else session.start
+    return (grammar_states(session, ctx.tokens, ctx.length, start, ext, n, last=op.param("last", True)),)
+
+
+def grammar_mask(state, op, logits, states):
+    """Tokens the grammar refuses -> -inf, before the sampler pipeline (EOS only where the grammar accepts)."""
+    return (masked_logits(state.grammars[op.param("grammar")].matcher, logits, states),)
+
+
 def _prefix_len(ok: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:
     """Leading True count of ok [B, K], capped at drafted [B]."""
     K = ok.shape[1]
@@ -216,6 +229,8 @@ RULES = {
     "logical_not": logical_not,
     "draft_loop": draft_loop,
     "ngram_lookup": ngram_lookup,
+    "grammar_state": grammar_state,
+    "grammar_mask": grammar_mask,
     "rejection_accept": rejection_accept,
     "rejection_residual": rejection_residual,
     "match_len": match_len,

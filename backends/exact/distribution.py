@@ -57,14 +57,15 @@ def exact_distribution(
     models: Mapping[str, Any] | None = None,
     eos_token_id: int | None | str = "default",
     max_rows: int = MAX_ROWS,
+    grammars: Mapping[str, Any] | None = None,
 ) -> Distribution:
     """The exact distribution of the tokens a decoder generates after `prompt`.
 
-    decoder_or_graph: a `Decoder` (its graph and bound models; EOS defaults to the target's), or a
-    round `Graph` with `models` ({role: model}). Raises TooLarge (a DecError) when a round would
-    need more than `max_rows` rows.
+    decoder_or_graph: a `Decoder` (its graph, bound models and grammar; EOS defaults to the target's),
+    or a round `Graph` with `models` ({role: model}) and, when it has grammar ops, `grammars` ({slot:
+    Matcher}). Raises TooLarge (a DecError) when a round would need more than `max_rows` rows.
     """
-    graph, models, eos = _unpack(decoder_or_graph, models, eos_token_id)
+    graph, models, eos, grammars = _unpack(decoder_or_graph, models, eos_token_id, grammars)
     vocab = next(iter(models.values())).vocab_size
     (prompt,) = normalize_prompts([list(prompt)], vocab)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -79,7 +80,7 @@ def exact_distribution(
     weight = torch.ones(1, dtype=torch.float64)  # [W]
     depth = torch.zeros(1, dtype=torch.long)  # [W]: draws on the world's path
     while gen.shape[0]:
-        rows, (new, accepted, _) = _round(graph, models, _context(prompt, gen, length, capacity), capacity, max_rows)
+        rows, (new, accepted, _) = _round(graph, models, _context(prompt, gen, length, capacity), capacity, max_rows, grammars)
         out.rounds += 1
         out.peak_rows = max(out.peak_rows, len(rows))
         w = rows.world  # [R]
@@ -97,12 +98,12 @@ def _context(prompt: list[int], gen: torch.Tensor, length: torch.Tensor, capacit
     tokens = torch.zeros(gen.shape[0], capacity, dtype=torch.long)
     tokens[:, : len(prompt)] = torch.tensor(prompt)
     tokens[:, len(prompt) : len(prompt) + gen.shape[1]] = gen.clamp(min=0)
-    return Context(tokens, len(prompt) + length)
+    return Context(tokens, len(prompt) + length, torch.full_like(length, len(prompt)))
 
 
-def _round(graph: Graph, models: dict, ctx: Context, capacity: int, max_rows: int) -> tuple[Rows, tuple]:
+def _round(graph: Graph, models: dict, ctx: Context, capacity: int, max_rows: int, grammars: Mapping[str, Any]) -> tuple[Rows, tuple]:
     """Run the round graph once over every world, splitting rows at every draw."""
-    run = Run(Rows.start(ctx.tokens.shape[0]), models, capacity, RULES, NAME, max_rows)
+    run = Run(Rows.start(ctx.tokens.shape[0]), models, capacity, RULES, NAME, max_rows, dict(grammars))
     run_graph(graph, [ctx], run, RULES, NAME)
     return run.rows, run.committed
 
@@ -144,7 +145,8 @@ def _stop(gen, length, tokens, accepted, max_new_tokens: int, eos: int | None):
     return gen[:, :max_new_tokens], length, done | (length >= max_new_tokens)
 
 
-def _unpack(decoder_or_graph: Any, models: Mapping[str, Any] | None, eos: Any) -> tuple[Graph, dict, int | None]:
+def _unpack(decoder_or_graph: Any, models: Mapping[str, Any] | None, eos: Any,
+            grammars: Mapping[str, Any] | None) -> tuple[Graph, dict, int | None, dict]:
     if isinstance(decoder_or_graph, Graph):
         if not models:
             raise DecError("exact_distribution of a graph needs its models: models={'target': ..., ...}")
@@ -153,6 +155,8 @@ def _unpack(decoder_or_graph: Any, models: Mapping[str, Any] | None, eos: Any) -
     else:  # a Decoder
         graph, bound = decoder_or_graph.graph, decoder_or_graph._bound_models() if models is None else dict(models)
         first = bound[decoder_or_graph.spec.models[0]]
+        if grammars is None:
+            grammars = decoder_or_graph._bound_grammars()
     if eos == "default":
         eos = getattr(first, "eos_token_id", None)
-    return graph, bound, eos
+    return graph, bound, eos, dict(grammars or {})

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import BackendError
 from decspec.backends.prefix import PrefixCache
 from decspec.backends.runtime import Context
@@ -69,14 +70,15 @@ class _Sessions(dict):
 
 class Run:
     """The `state` every rule receives during an exact round, in the place of runtime.RoundState
-    (sessions, batch, device, rules, committed).
+    (sessions, grammars, batch, device, rules, committed).
 
     A draw splits the rows in place. Values computed before the split still have the old row
     count, and `align` maps them onto the current rows: row counts only grow, so a count names
     the row set a value was computed for.
     """
 
-    def __init__(self, rows: Rows, models: dict[str, Any], capacity: int, rules: dict, backend: str, max_rows: int):
+    def __init__(self, rows: Rows, models: dict[str, Any], capacity: int, rules: dict, backend: str, max_rows: int,
+                 grammars: dict[str, Any] | None = None):
         self.rows = rows
         self.models = models
         self.capacity = capacity
@@ -87,6 +89,8 @@ class Run:
         self.generator = None  # never used: no rule draws randomness here
         self.committed: tuple | None = None
         self.sessions = _Sessions(self)
+        # one GrammarSession per grammar; it starts over whenever a split changes the row count
+        self.grammars = {slot: GrammarSession(m) for slot, m in (grammars or {}).items()}
         self._splits: list[tuple[int, torch.Tensor]] = []  # (row count before, each new row's parent), in order
         self._ancestor: dict[int, torch.Tensor] = {}  # row count -> each current row's ancestor then (made on demand)
         self._aligned: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(value) -> (value, aligned value)
@@ -98,7 +102,7 @@ class Run:
     def align(self, x: Any) -> Any:
         """A per-row value (tensor [R', ...] or Context) computed for an earlier row set -> the current rows."""
         if isinstance(x, Context):
-            return Context(self.align(x.tokens), self.align(x.length))
+            return Context(self.align(x.tokens), self.align(x.length), None if x.start is None else self.align(x.start))
         if not isinstance(x, torch.Tensor) or x.shape[0] == self.batch:
             return x
         if id(x) not in self._aligned:  # values feed several ops: align each once

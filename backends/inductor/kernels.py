@@ -11,6 +11,7 @@ import functools
 
 import torch
 
+from decspec.backends import grammar as G
 from decspec.backends.eager import rules as E
 from decspec.stdlib.samplers import apply_pipeline
 
@@ -60,6 +61,19 @@ def ngram_lookup(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, k: int, ngr
     instead of branches). -> drafts [B, K], q [B, K, V], count [B]"""
     drafts, count = E.lookup_drafts(ctx_tokens, ctx_length, k, ngram, min_ngram)
     return drafts, E.one_hot_drafts(drafts, count, vocab), count
+
+
+@torch.compiler.disable
+def grammar_state(session, ctx_tokens, ctx_length, ext, n, last: bool) -> torch.Tensor:
+    """The grammar state after each row's generated tokens ++ ext[:, :n], on the host: a graph break when the
+    round is compiled (the matcher walks bytes in Python and numba). -> [B] or [B, n+1]"""
+    return G.grammar_states(session, ctx_tokens, ctx_length, session.start, ext, n, last)
+
+
+@torch.compiler.disable
+def grammar_mask(session, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """Refused tokens -> -inf (the mask is built on the host; a graph break when compiled)."""
+    return G.masked_logits(session.matcher, logits, states)
 
 
 def rejection_accept(p, q, d, drafted, u) -> torch.Tensor:

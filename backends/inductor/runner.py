@@ -40,7 +40,10 @@ class RoundRunner:
 
     def __call__(self, ctx, state) -> None:
         u = torch.rand(state.batch, self.width, generator=state.generator, device=state.device)  # [B, U]
-        tokens, accepted, drafted, steps = self.fn(ctx.tokens, ctx.length, u, self.sessions)
+        m = self.sessions
+        if state.grammars:  # grammar sessions sit beside the models' (codegen.grammar_key)
+            m = {**m, **{codegen.grammar_key(slot): g for slot, g in state.grammars.items()}}
+        tokens, accepted, drafted, steps = self.fn(ctx.tokens, ctx.length, u, m)
         state.committed = (tokens, accepted, drafted)
         for role, n in codegen.calls_per_round(self.graph, steps).items():
             self.sessions[role].calls += n

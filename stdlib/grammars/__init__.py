@@ -7,6 +7,7 @@ token-level index over a tokenizer's vocabulary. See docs/grammars.md.
 """
 from decspec.stdlib.grammars.automaton import ByteDFA
 from decspec.stdlib.grammars.cache import CACHE, IndexCache
+from decspec.stdlib.grammars.cfg import JSON_GRAMMAR, CFGMatcher
 from decspec.stdlib.grammars.compile import KINDS, compile_grammar, grammar_regex
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.index import TokenIndex
@@ -15,6 +16,6 @@ from decspec.stdlib.grammars.regex import compile_regex, parse_regex
 from decspec.stdlib.grammars.vocab import token_bytes
 
 __all__ = [
-    "ByteDFA", "CACHE", "GrammarError", "IndexCache", "KINDS", "TokenIndex", "choice_to_regex", "compile_grammar",
-    "compile_regex", "grammar_regex", "parse_regex", "schema_to_regex", "token_bytes",
+    "ByteDFA", "CACHE", "CFGMatcher", "GrammarError", "IndexCache", "JSON_GRAMMAR", "KINDS", "TokenIndex",
+    "choice_to_regex", "compile_grammar", "compile_regex", "grammar_regex", "parse_regex", "schema_to_regex", "token_bytes",
 ]

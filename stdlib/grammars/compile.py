@@ -1,4 +1,5 @@
-"""`compile_grammar`: a regex, a JSON Schema or a choice list -> a `TokenIndex` over a vocabulary, cached.
+"""`compile_grammar`: a regex, a JSON Schema or a choice list -> a `TokenIndex` over a vocabulary, cached; a
+Lark grammar ("lark") or any JSON value ("json") -> a `CFGMatcher` (cfg.py), kept in memory only.
 
     from decspec.stdlib.grammars import compile_grammar
     index = compile_grammar("json_schema", {"type": "object", "properties": {"ok": {"type": "boolean"}}},
@@ -10,13 +11,15 @@ import json
 from typing import Any
 
 from decspec.stdlib.grammars.cache import CACHE, cache_key, vocab_hash
+from decspec.stdlib.grammars.cfg import JSON_GRAMMAR, CFGMatcher
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.index import TokenIndex
 from decspec.stdlib.grammars.json_schema import choice_to_regex, schema_to_regex
 from decspec.stdlib.grammars.regex import compile_regex
 from decspec.stdlib.grammars.vocab import token_bytes
 
-KINDS = ("regex", "json_schema", "choice")
+KINDS = ("regex", "json_schema", "choice", "lark", "json")
+CONTEXT_FREE = ("lark", "json")  # no regex: a CFGMatcher discovers its states (and masks) as decoding goes
 
 
 def grammar_regex(kind: str, source: Any) -> str:
@@ -29,18 +32,32 @@ def grammar_regex(kind: str, source: Any) -> str:
         return schema_to_regex(source)
     if kind == "choice":
         return choice_to_regex(list(source) if isinstance(source, (list, tuple)) else source)
+    if kind in CONTEXT_FREE:
+        raise GrammarError(f"a {kind} grammar is context-free: it has no regex")
     raise GrammarError(f"unknown grammar kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = None, *, cache: bool = True) -> TokenIndex:
+def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = None, *,
+                    cache: bool = True) -> TokenIndex | CFGMatcher:
     """The token index of a grammar over `vocab` (a list of bytes, or a tokenizer: see `token_bytes`).
 
     `eos_id` None with a tokenizer takes the tokenizer's EOS; with a plain list it means "no EOS token".
     With `cache`, a grammar built before (same kind, source, vocabulary, EOS id) comes from memory or disk.
+    "lark" (source: the grammar's text, start rule `start`) and "json" (source: None) give a `CFGMatcher`;
+    its masks are found lazily, so it is cached in memory only (the same LRU).
     """
     if eos_id is None and not isinstance(vocab, (list, tuple)):
         eos_id = getattr(vocab, "eos_token_id", None)
     tokens = token_bytes(vocab)
+    if kind in CONTEXT_FREE:
+        if kind == "json" and source is not None:
+            raise GrammarError(f"the json grammar takes no source (any JSON value), got {source!r}")
+        text = JSON_GRAMMAR if kind == "json" else source
+        build_cfg = lambda: CFGMatcher.build(text, tokens, eos_id)  # noqa: E731
+        if not cache:
+            return build_cfg()
+        key = cache_key("lark", json.dumps(text), vocab_hash(tokens), eos_id)
+        return CACHE.get_or_build(key, build_cfg, disk=False)
     pattern = grammar_regex(kind, source)
     build = lambda: TokenIndex.build(compile_regex(pattern), tokens, eos_id)  # noqa: E731
     if not cache:

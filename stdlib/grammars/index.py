@@ -146,14 +146,21 @@ class TokenIndex:
         eos = -1 if eos_id is None else eos_id
         n = dfa.num_states
         everything = np.ones(n, dtype=bool)
-        _, src, dst = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, np.arange(n), everything)
+        walked, src, dst = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, np.arange(n), everything)
         live = reachable(dst, src, n, np.flatnonzero(dfa.accepting))  # backwards from the accepting states
         if not live[dfa.start]:
             raise cannot_express(dfa, vocab, eos_id)
         forward = live[src] & live[dst]
         kept = reachable(src[forward], dst[forward], n, np.array([dfa.start]))
         states = np.flatnonzero(kept)  # ascending, so the start (DFA state 0) stays grammar state 0
-        words, _, _ = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, states, kept)
+        # A row walked above is final unless one of its moves leads to a pruned state: walk only those again.
+        leaks = np.zeros(n, dtype=bool)
+        leaks[src[~kept[dst]]] = True
+        words = walked[states]
+        again = np.flatnonzero(leaks[states])
+        if again.size:
+            rewalked, _, _ = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, states[again], kept)
+            words[again] = rewalked
         clean = [b"" if t is None or i == eos_id else t for i, t in enumerate(vocab)]
         offsets = np.concatenate([[0], np.cumsum([len(t) for t in clean])]).astype(np.int64)
         data = np.frombuffer(b"".join(clean), dtype=np.uint8).copy()
@@ -171,10 +178,15 @@ class TokenIndex:
 
     def mask(self, states, device: str | torch.device | None = None) -> torch.Tensor:
         """bool [B, V]: the tokens allowed in each of `states` (int [B], tensor or array)."""
-        states = np.asarray(states.cpu() if isinstance(states, torch.Tensor) else states, dtype=np.int64).reshape(-1)
-        if states.size and (states.min() < 0 or states.max() >= self.num_states):
-            raise ValueError(f"grammar states must be in [0, {self.num_states}), got {states.tolist()}")
-        bits = np.unpackbits(self.words[states].view(np.uint8), axis=-1, bitorder="little")[:, :self.vocab_size]
+        if (isinstance(states, (list, tuple)) and len(states) == 1 and isinstance(states[0], (int, np.integer))
+                and 0 <= states[0] < len(self.accepting)):
+            rows = self.words[int(states[0]):int(states[0]) + 1]  # batch 1 from a list: no index array to build
+        else:
+            states = np.asarray(states.cpu() if isinstance(states, torch.Tensor) else states, dtype=np.int64).reshape(-1)
+            if states.size and (states.min() < 0 or states.max() >= self.num_states):
+                raise ValueError(f"grammar states must be in [0, {self.num_states}), got {states.tolist()}")
+            rows = self.words[states]
+        bits = np.unpackbits(rows.view(np.uint8), axis=-1, count=self.vocab_size, bitorder="little")
         out = torch.from_numpy(bits).view(torch.bool)  # [B, V]
         return out if device is None else out.to(device)
 
@@ -186,8 +198,11 @@ class TokenIndex:
         """The state after each token (int [B] each; a tensor in gives a tensor out); -1 where it is not allowed.
         EOS keeps the state."""
         as_tensor = isinstance(states, torch.Tensor)
-        s_list = np.asarray(states.cpu() if as_tensor else states, dtype=np.int64).reshape(-1).tolist()
-        t_list = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.int64).reshape(-1).tolist()
+        if isinstance(states, (list, tuple)) and isinstance(tokens, (list, tuple)):  # the common batch-1 call: no arrays
+            s_list, t_list = [int(s) for s in states], [int(t) for t in tokens]
+        else:
+            s_list = np.asarray(states.cpu() if as_tensor else states, dtype=np.int64).reshape(-1).tolist()
+            t_list = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.int64).reshape(-1).tolist()
         out = np.full(len(s_list), -1, dtype=np.int64)
         for i, (s, t) in enumerate(zip(s_list, t_list)):
             if not self.is_allowed(s, t):

@@ -103,11 +103,16 @@ class TransformerConfig:
 
 
 class KVCache(Cache):
-    """Static K/V buffers [layers, B, kv_heads, capacity, head_dim], allocated once, plus the token history.
+    """Static K/V buffers, one [B, kv_heads, capacity, head_dim] tensor per layer, allocated once,
+    plus the token history.
+
+    Each layer owns its tensor (not a view into one stacked buffer): a compiled step that writes a
+    layer's K/V in place then updates that tensor in place, where a view of a shared base makes
+    torch.compile copy the whole base on every call.
 
     >>> cache = KVCache(batch=2, capacity=64, num_layers=4, kv_heads=2, head_dim=32)
-    >>> cache.k.shape
-    torch.Size([4, 2, 2, 64, 32])
+    >>> len(cache.k), cache.k[0].shape
+    (4, torch.Size([2, 2, 64, 32]))
     """
 
     def __init__(
@@ -122,17 +127,17 @@ class KVCache(Cache):
         device: torch.device | str = "cpu",
     ):
         super().__init__(batch, capacity, device=device)
-        shape = (num_layers, batch, kv_heads, capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch, kv_heads, capacity, head_dim)
+        self.k = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))
+        self.v = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))
 
     def commit_path(self, start: torch.Tensor, path: torch.Tensor, n: torch.Tensor) -> None:
         src, dst = self._path_slots(start, path, n)  # [B, P]
-        L, B, H, _, D = self.k.shape
-        src = src[None, :, None, :, None].expand(L, B, H, src.shape[1], D)  # [L, B, H, P, D]
-        dst = dst[None, :, None, :, None].expand(L, B, H, dst.shape[1], D)
-        for buf in (self.k, self.v):
-            buf.scatter_(3, dst, buf.gather(3, src))
+        B, H, _, D = self.k[0].shape
+        src = src[:, None, :, None].expand(B, H, src.shape[1], D)  # [B, H, P, D]
+        dst = dst[:, None, :, None].expand(B, H, dst.shape[1], D)
+        for buf in (*self.k, *self.v):
+            buf.scatter_(2, dst, buf.gather(2, src))
         super().commit_path(start, path, n)
 
 

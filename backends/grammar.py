@@ -1,0 +1,95 @@
+"""grammar_state / grammar_mask semantics over a matcher (stdlib/grammars/matcher.py), shared by every backend.
+
+In the IR a grammar state is a pure function of a token sequence: "the state after the row's generated
+tokens ++ ext[:, :n]", as a model call is "the logits after ctx ++ ext[:, :n]". A `GrammarSession` makes that
+cheap the way `PrefixCache` does for models: it remembers the states along each row's last walked sequence,
+finds the longest common prefix with the sequence asked for and walks only the rest. So drafts rejected in
+a round are forgotten with nothing to undo, and a round costs one `next_state` per new token per row.
+
+    session = GrammarSession(matcher, start=prompt_lengths)
+    states = grammar_states(session, ctx.tokens, ctx.length, start, drafts, n=2)   # [B]: after ctx ++ d[:2]
+    logits = masked_logits(session.matcher, logits, states)                         # refused tokens -> -inf
+"""
+from __future__ import annotations
+
+import torch
+
+from decspec.backends.interpreter import BackendError
+
+
+class GrammarSession:
+    """One matcher over a batch of rows; `start` [B] is where each row's generated tokens begin (its prompt
+    length), for backends whose context does not carry it."""
+
+    def __init__(self, matcher, start: torch.Tensor | None = None):
+        self.matcher = matcher
+        self.start = start
+        self.tokens: torch.Tensor | None = None  # [B, C] the sequences walked last
+        self.states: torch.Tensor | None = None  # [B, C+1] states[:, j]: after tokens[:, :j]; -1 after a refused token
+        self.length: torch.Tensor | None = None  # [B] how much of each row's sequence is valid
+        self.steps = 0  # tokens walked (a cost statistic)
+
+    def walk(self, seq: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """States along each row's sequence: seq [B, W], length [B] -> [B, W+1] (column j: after seq[:, :j];
+        meaningful for j <= length)."""
+        B, W = seq.shape
+        if self.tokens is None or self.tokens.shape[0] != B:  # a new batch (or an exact round's new rows)
+            self.tokens = seq.new_zeros(B, 0)
+            self.states = torch.full((B, 1), self.matcher.start, dtype=torch.long)
+            self.length = torch.zeros(B, dtype=torch.long)
+        if self.tokens.shape[1] < W:  # grow the buffers (amortized: at least double)
+            grow = max(W - self.tokens.shape[1], self.tokens.shape[1])
+            self.tokens = torch.cat([self.tokens, self.tokens.new_zeros(B, grow)], 1)
+            self.states = torch.cat([self.states, self.states.new_full((B, grow), -1)], 1)
+        seq, length = seq.cpu(), length.cpu()
+        held = torch.minimum(self.length, length)
+        differs = (self.tokens[:, :W] != seq) & (torch.arange(W)[None, :] < held[:, None])
+        first = differs.int().argmax(1) if W else held
+        lcp = torch.where(differs.any(1), first, held)  # [B] positions whose states are known
+        for j in range(int(lcp.min()) if B else 0, int(length.max()) if B else 0):
+            rows = ((lcp <= j) & (j < length)).nonzero().flatten()
+            if not rows.numel():
+                continue
+            s, t = self.states[rows, j], seq[rows, j]
+            nxt = torch.full_like(s, -1)
+            ok = s >= 0  # after a refused token there is no state
+            if bool(ok.any()):
+                nxt[ok] = torch.as_tensor(self.matcher.next_state(s[ok], t[ok]), dtype=torch.long)
+            self.states[rows, j + 1] = nxt
+            self.steps += rows.numel()
+        self.tokens[:, :W] = seq
+        self.length = length.clone()
+        return self.states[:, : W + 1]
+
+
+def grammar_states(session: GrammarSession, tokens: torch.Tensor, length: torch.Tensor, start: torch.Tensor,
+                   ext: torch.Tensor | None = None, n: int | None = None, last: bool = True) -> torch.Tensor:
+    """The grammar state after each row's generated tokens (tokens[b, start[b]:length[b]]) ++ ext[:, :n]:
+    the last position [B] (last) or every position from the end of the context [B, n+1].
+    tokens: [B, S], length/start: [B], ext: [B, N]."""
+    device = tokens.device
+    n = 0 if ext is None else (ext.shape[1] if n is None else int(n))
+    gen = (length - start).cpu()  # [B] generated tokens per row
+    W = int(gen.max()) + n
+    cols = torch.arange(W)
+    seq = tokens.cpu().gather(1, (start.cpu()[:, None] + cols[None, :]).clamp(max=tokens.shape[1] - 1))  # [B, W]
+    if n:
+        seq.scatter_(1, gen[:, None] + torch.arange(n), ext[:, :n].cpu())
+    states = session.walk(seq, gen + n)  # [B, W+1]
+    if bool((states.gather(1, gen[:, None]) < 0).any()):
+        raise BackendError("a row's committed tokens break the grammar (a decoder bug: every committed token is sampled under the mask)")
+    if last:
+        return states.gather(1, (gen + n)[:, None]).squeeze(1).to(device)
+    return states.gather(1, gen[:, None] + torch.arange(n + 1)).to(device)
+
+
+def masked_logits(matcher, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """logits [..., V] with what `states` [...] refuse set to -inf; rows whose state is -1 are left as they are
+    (they follow a refused draft, so nothing sampled there is ever committed)."""
+    flat = states.reshape(-1).cpu()
+    allowed = matcher.mask(flat.clamp(min=0))  # [R, Vm]
+    V, Vm = logits.shape[-1], allowed.shape[-1]
+    if Vm < V:  # ids past the grammar's vocabulary (a padded LM head) are never allowed
+        allowed = torch.cat([allowed, allowed.new_zeros(allowed.shape[0], V - Vm)], 1)
+    allowed = (allowed | (flat < 0)[:, None]).view(*states.shape, V).to(logits.device)
+    return logits.masked_fill(~allowed, float("-inf"))

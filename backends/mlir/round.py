@@ -1,0 +1,240 @@
+"""The round as pure `torch.nn.Module`s for torch.export: no Python state, randomness as inputs.
+
+Both modules run code from the inductor code generator (codegen.py), so the exported function is
+the one the inductor backend compiles, not a second implementation:
+
+- `RoundModule`: the whole round, draft loop unrolled (`schedule="unrolled"`), model calls through
+  `StaticSession` with each model's static cache made explicit: every tensor the cache holds
+  (K/V buffers, token history, lengths) is an input, cloned, updated by the round and returned.
+
+      forward(ctx_tokens [B, S], ctx_length [B], u [B, U], *cache) -> (tokens [B, N], accepted [B], drafted [B], *new cache)
+
+- `VerifyModule`: what follows the proposal and the model calls, given their results: sampler
+  pipeline, verification, acceptance, residual sampling and the commit. No model.
+
+      forward(*logits, drafts [B, K], q [B, K, V], drafted [B], u [B, U]) -> (tokens [B, N], accepted [B], drafted [B])
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from decspec.backends.inductor import codegen
+from decspec.backends.inductor.static import StaticSession
+from decspec.backends.runtime import DRAFT_OPS
+from decspec.compiler.ir import Graph, Op
+from decspec.compiler.passes.draft_schedule import draft_schedule
+from decspec.dsl.diagnostics import DecError
+
+DTYPES = {"f32": torch.float32, "i64": torch.long, "tok": torch.long, "bool": torch.bool}
+
+
+def where(op: Op) -> str:
+    return f" (spec line {op.meta.line}:{op.meta.col})" if op.meta.line else ""
+
+
+def _anchor(fn) -> None:
+    """Keep the generated function's frames in the exported nodes' stack traces (torch.export keeps
+    only `forward` frames and registered anchors), so a failure can name the line of generated code,
+    hence the op and the .dec line."""
+    annotate_fn = getattr(torch.fx.traceback, "annotate_fn", None)
+    if annotate_fn is not None:
+        annotate_fn({"decspec": "round"})(fn)
+
+
+def model_roles(graph: Graph) -> dict[str, Op]:
+    """{role: its first model_call} for every role the round calls (the draft loop's body included)."""
+    roles: dict[str, Op] = {}
+    for op in graph.walk():
+        if op.name == "model_call":
+            roles.setdefault(op.param("model"), op)
+    return roles
+
+
+def _exportable(role: str, model: Any, op: Op) -> None:
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "forward_at"):
+        raise DecError(
+            f"cannot export op 'model_call' to MLIR{where(op)}: model '{role}' is a {type(model).__name__}; "
+            "the export needs a model with a static-shape step (`forward_at`, e.g. decspec's Transformer) "
+            "whose cache state is tensors"
+        )
+
+
+class RoundModule(torch.nn.Module):
+    """One round as a pure function of the context, the uniforms and the models' caches.
+
+    >>> from decspec.stdlib.models.default import random_models
+    >>> dec = decspec.compile("specs/speculative.dec", models=random_models())   # doctest: +SKIP
+    >>> module = RoundModule(dec.graph, dec.models, batch=1, capacity=128)      # doctest: +SKIP
+    >>> tokens, accepted, drafted, *cache = module(*module.example_inputs())     # doctest: +SKIP
+    """
+
+    def __init__(self, graph: Graph, models: dict[str, Any], *, batch: int = 1, capacity: int = 128):
+        super().__init__()
+        self.graph = draft_schedule(graph, force="unrolled")  # one graph, no host loop
+        namespace, self.source = codegen.build_round(self.graph)
+        self.round_fn = namespace["round_fn"]
+        _anchor(self.round_fn)
+        self.batch, self.capacity = batch, capacity
+        self.width = codegen.uniform_width(self.graph)
+        calls = model_roles(self.graph)
+        vocab_roles = [op.param("vocab") for op in self.graph.walk() if op.name == "ngram_lookup"]
+        for role in [*calls, *vocab_roles]:
+            if role not in models:
+                raise DecError(f"cannot export: decoder needs a '{role}' model and none is bound")
+        for role, op in calls.items():
+            _exportable(role, models[role], op)
+        self.roles = list(calls)  # the roles with a cache, in the order of their state tensors
+        self.models = torch.nn.ModuleDict({r: models[r] for r in dict.fromkeys([*calls, *vocab_roles])})
+        self.sessions = {r: StaticSession(models[r], batch, capacity) for r in self.models}
+        # each cache's state: every tensor it holds, by attribute name ("k.3": layer 3 of a per-layer tuple)
+        self.state_names = {r: state_names(self.sessions[r].cache) for r in self.roles}
+
+    def input_names(self) -> list[str]:
+        return ["ctx_tokens", "ctx_length", "u", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r])]
+
+    def output_names(self) -> list[str]:
+        return ["tokens", "accepted", "drafted", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r])]
+
+    def example_inputs(self, seed: int = 0, length: int = 16) -> tuple[torch.Tensor, ...]:
+        """Inputs of the fixed shapes: a random context of `length` tokens per row, uniforms, empty caches."""
+        g = torch.Generator().manual_seed(seed)
+        vocab = next(iter(self.models.values())).vocab_size
+        ctx_tokens = torch.randint(0, vocab, (self.batch, self.capacity), generator=g)
+        ctx_length = torch.full((self.batch,), length, dtype=torch.long)
+        u = torch.rand(self.batch, self.width, generator=g)
+        state = [get_state(self.sessions[r].cache, n).clone() for r in self.roles for n in self.state_names[r]]
+        return (ctx_tokens, ctx_length, u, *state)
+
+    def forward(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, u: torch.Tensor, *state: torch.Tensor):
+        it = iter(state)
+        m = {}
+        for role, model in self.models.items():
+            session = copy.copy(self.sessions[role])  # a fresh view: the session's cache holds this call's tensors
+            session.model = model
+            if role in self.state_names:
+                session.cache = copy.copy(session.cache)
+                for name in self.state_names[role]:
+                    set_state(session.cache, name, next(it).clone())  # functional: the inputs are never written
+            m[role] = session
+        tokens, accepted, drafted, _steps = self.round_fn(ctx_tokens, ctx_length, u, m)
+        return (tokens, accepted, drafted, *(get_state(m[r].cache, n) for r in self.roles for n in self.state_names[r]))
+
+
+def state_names(cache) -> list[str]:
+    """The tensors a cache holds: attribute names, and "name.i" for the tensors of a tuple attribute."""
+    names = []
+    for name, value in sorted(vars(cache).items()):
+        if isinstance(value, torch.Tensor):
+            names.append(name)
+        elif isinstance(value, tuple) and value and all(isinstance(t, torch.Tensor) for t in value):
+            names += [f"{name}.{i}" for i in range(len(value))]
+    return names
+
+
+def get_state(cache, name: str) -> torch.Tensor:
+    attr, _, i = name.partition(".")
+    value = getattr(cache, attr)
+    return value[int(i)] if i else value
+
+
+def set_state(cache, name: str, tensor: torch.Tensor) -> None:
+    attr, _, i = name.partition(".")
+    if not i:
+        setattr(cache, attr, tensor)
+        return
+    items = list(getattr(cache, attr))
+    items[int(i)] = tensor
+    setattr(cache, attr, tuple(items))
+
+
+def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
+    """The round after its proposal and model calls, as the source of `verify(...)`.
+
+    -> (source, inputs): inputs are (name, op, output index) for each function argument except `u`.
+    """
+    e = codegen.Emitter(graph)
+    e.steps = None  # verify returns (tokens, accepted, drafted) only
+    env: dict = {}
+    inputs: list[tuple[str, Op, int]] = []
+    seen: dict[str, int] = {}
+    for op in graph.ops:
+        if op.name == "model_call":
+            role = op.param("model")
+            seen[role] = seen.get(role, 0) + 1
+            name = f"{role}_logits" + (str(seen[role]) if seen[role] > 1 else "")
+            env[op.outputs[0]] = name
+            inputs.append((name, op, 0))
+        elif op.name in DRAFT_OPS:
+            for i, (v, name) in enumerate(zip(op.outputs, ("drafts", "q", "drafted"))):
+                env[v] = name
+                inputs.append((name, op, i))
+    rest = [op for op in graph.ops if op.name != "model_call" and op.name not in DRAFT_OPS]
+
+    def body():
+        for op in rest:
+            if any(v in graph.inputs for v in op.inputs):
+                raise DecError(f"cannot export the verify part: op '{op.name}' reads the context{where(op)}")
+            if op.name == "commit" and len(op.inputs) == 1:  # no drafts: one token per row
+                e.line(f"return K.commit_one({env.get(op.inputs[0], e.name(op.inputs[0]))})  # commit{where(op)}")
+            else:
+                e.emit_op(op, env, None)
+
+    lines = e.function(f"verify({', '.join([name for name, _, _ in inputs] + ['u'])})", body)
+    consts = "".join(f"C{i} = {c}\n" for i, c in enumerate(e.consts))
+    header = "import torch\nfrom decspec.backends.inductor import kernels as K\n"
+    return header + consts + "\n\n" + "\n".join(lines), inputs
+
+
+class VerifyModule(torch.nn.Module):
+    """Verification, acceptance and residual sampling of one round, given the proposal and the
+    model calls' logits (no model): the part whose outputs can be checked against the eager rules."""
+
+    def __init__(self, graph: Graph, *, batch: int = 1, vocab: int = 512):
+        super().__init__()
+        self.graph = graph
+        self.source, self.inputs = verify_source(graph)
+        namespace: dict[str, Any] = {}
+        exec(compile(self.source, f"<decspec verify {dict(graph.attrs).get('spec', '')}>", "exec"), namespace)
+        self.verify_fn = namespace["verify"]
+        _anchor(self.verify_fn)
+        self.batch, self.vocab = batch, vocab
+        rest = [op for op in graph.ops if op.name != "model_call" and op.name not in DRAFT_OPS]
+        self.width = sum(math.prod(int(d) for d in op.param("shape")[1:]) for op in rest if op.name == "uniform")
+
+    def shape(self, op: Op, i: int) -> tuple[int, ...]:
+        dims = {"B": self.batch, "V": self.vocab}
+        return tuple(dims[d] if isinstance(d, str) else int(d) for d in op.outputs[i].type.shape)
+
+    def input_names(self) -> list[str]:
+        return [name for name, _, _ in self.inputs] + ["u"]
+
+    def output_names(self) -> list[str]:
+        return ["tokens", "accepted", "drafted"]
+
+    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Random inputs of the fixed shapes: logits ~ N(0, 2), drafts sampled from random q, counts in 0..K."""
+        g = torch.Generator().manual_seed(seed)
+        out: dict[str, torch.Tensor] = {}
+        for name, op, i in self.inputs:
+            shape = self.shape(op, i)
+            if name == "drafts":
+                continue  # drawn from q below
+            if name == "q":
+                q = torch.softmax(torch.randn(shape, generator=g) * 2, -1)
+                out["q"] = q
+                out["drafts"] = torch.multinomial(q.reshape(-1, shape[-1]), 1, generator=g).reshape(shape[:-1])
+            elif name == "drafted":
+                k = self.shape(*next((o, j) for n, o, j in self.inputs if n == "drafts"))[1]
+                out[name] = torch.randint(0, k + 1, shape, generator=g)
+            else:
+                out[name] = torch.randn(shape, generator=g) * 2
+        u = torch.rand(self.batch, self.width, generator=g)
+        return (*(out[name] for name, _, _ in self.inputs), u)
+
+    def forward(self, *args: torch.Tensor):
+        tokens, accepted, drafted = self.verify_fn(*args)
+        return tokens, accepted, drafted

@@ -1,0 +1,190 @@
+"""The mlir backend: every spec exports to each dialect torch-mlir lowers it to, the text re-parses
+with torch-mlir's own parser, and unsupported ops fail naming the op and the .dec line."""
+from __future__ import annotations
+
+import functools
+import glob
+import math
+import os
+import subprocess
+
+import pytest
+import torch
+
+pytest.importorskip("torch_mlir.extras.fx_importer", reason="torch-mlir is an optional extra: pip install 'decspec[mlir]'")
+
+import torch_mlir  # noqa: E402
+from torch_mlir import ir  # noqa: E402
+from torch_mlir.dialects import torch as torch_d  # noqa: E402
+
+import decspec  # noqa: E402
+from decspec.backends.mlir import DIALECTS, export_mlir, lower, trace  # noqa: E402
+from decspec.backends.mlir.export import HOST_OPS  # noqa: E402
+from decspec.backends.mlir.round import RoundModule, VerifyModule  # noqa: E402
+from decspec.dsl.diagnostics import DecError  # noqa: E402
+from decspec.stdlib.models.default import random_models  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_SPECS = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ROOT, "specs", "*.dec")))
+
+
+def _host_op(spec: str):
+    """The first op of the spec's round that runs on the host (grammar automata), or None."""
+    graph = decspec.compile(os.path.join(ROOT, "specs", f"{spec}.dec")).graph
+    return next((op for op in graph.walk() if op.name in HOST_OPS), None)
+
+
+SPECS = [s for s in ALL_SPECS if _host_op(s) is None]
+HOST_SPECS = [s for s in ALL_SPECS if _host_op(s) is not None]
+
+# What torch-mlir lowers, measured (docs/backends.md, "mlir"): every part of every spec reaches the
+# torch and linalg-on-tensors dialects; stablehlo and tosa miss ops the sampler and verifiers use.
+SUPPORTED = ("torch", "linalg")
+UNSUPPORTED = {  # dialect -> the torch-mlir op its lowering lacks, for the speculative verify part
+    "stablehlo": "torch.constant.int",  # a scalar constant: torch-mlir's error carries no location to map back
+    "tosa": "torch.aten.sort",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def traced(spec: str, part: str):
+    return trace(os.path.join(ROOT, "specs", f"{spec}.dec"), part, models=random_models(0), capacity=64)
+
+
+def reparse(text: str) -> str:
+    """Parse with torch-mlir's Python bindings (torch dialect registered) and print again."""
+    context = ir.Context()
+    torch_d.register_dialect(context)
+    with context:
+        module = ir.Module.parse(text)
+        assert module.operation.verify()
+        return str(module)
+
+
+def opt_parses(text: str, tmp_path) -> None:
+    """torch-mlir-opt (shipped in the wheel, every torch-mlir dialect registered, tm_tensor included) reads and verifies it."""
+    tool = os.path.join(list(torch_mlir.__path__)[0], "_mlir_libs", "torch-mlir-opt")
+    path = tmp_path / "module.mlir"
+    path.write_text(text)
+    done = subprocess.run([tool, str(path), "-o", os.devnull], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dialect", SUPPORTED)
+@pytest.mark.parametrize("spec", SPECS)
+def test_verify_part_exports_and_reparses(spec, dialect, tmp_path):
+    export = lower(traced(spec, "verify"), dialect)
+    assert "func.func @verify" in export.text
+    assert export.output_names == ["tokens", "accepted", "drafted"]
+    if dialect == "torch":
+        assert reparse(export.text) == export.text  # the bindings' parser reads back exactly what was printed
+    opt_parses(export.text, tmp_path)
+
+
+@pytest.mark.parametrize("dialect", SUPPORTED)
+@pytest.mark.parametrize("spec", SPECS)
+def test_round_exports_with_static_caches(spec, dialect, tmp_path):
+    export = lower(traced(spec, "round"), dialect)
+    assert "func.func @round" in export.text
+    # the caches are explicit: each one's state comes in and goes out
+    signature = export.text.split("func.func @round(", 1)[1].split(") ->", 1)[0]
+    assert signature.count("%arg") == len(export.input_names)  # weights and buffers are constants, not arguments
+    caches = [n for n in export.input_names if "." in n]
+    assert caches and export.output_names[3:] == caches
+    if dialect == "torch":
+        assert "!torch.vtensor<[1,64],si64>" in export.text  # the context buffer: static [B, S]
+        reparse(export.text)
+    opt_parses(export.text, tmp_path)
+
+
+def test_round_module_is_the_generated_round():
+    """The exported module runs the inductor code generator's round: same tokens as calling it directly."""
+    models = random_models(0)
+    dec = decspec.compile(os.path.join(ROOT, "specs", "speculative_greedy.dec"), models=models)
+    module = RoundModule(dec.graph, models, batch=1, capacity=64)
+    args = module.example_inputs(seed=1)
+    before = [a.clone() for a in args]
+    tokens, accepted, drafted, *cache = module(*args)
+    assert all(torch.equal(a, b) for a, b in zip(args, before))  # pure: the inputs are not written
+    again = module(*args)
+    assert torch.equal(again[0], tokens) and torch.equal(again[1], accepted)
+    assert 0 <= int(accepted) <= int(drafted) <= 5 and tokens.shape == (1, 6)
+    assert any(not torch.equal(a, b) for a, b in zip(cache, args[3:]))  # the round wrote the caches
+
+
+def test_verify_module_matches_eager_rules():
+    """VerifyModule (what is exported) against the eager interpreter's rules on the same inputs."""
+    from types import SimpleNamespace
+
+    from decspec.backends.eager.rules import RULES
+    from decspec.backends.interpreter import run_graph
+    from decspec.backends.runtime import DRAFT_OPS
+
+    for spec in SPECS:
+        dec = decspec.compile(os.path.join(ROOT, "specs", f"{spec}.dec"))
+        module = VerifyModule(dec.graph, batch=3, vocab=32)
+        for seed in range(3):
+            args = module.example_inputs(seed)
+            ours = module(*args)
+            rest = [op for op in dec.graph.ops if op.name != "model_call" and op.name not in DRAFT_OPS]
+            env = {op.outputs[i]: a for (_, op, i), a in zip(module.inputs, args)}
+            col, u = 0, args[-1]
+            for op in rest:
+                if op.name == "uniform":  # the same columns as the generated code reads
+                    shape = [int(d) for d in op.param("shape")[1:]]
+                    width = math.prod(shape)
+                    env[op.outputs[0]] = u[:, col] if not shape else u[:, col:col + width].reshape(-1, *shape)
+                    col += width
+            graph = SimpleNamespace(inputs=list(env), ops=[op for op in rest if op.name != "uniform"], outputs=[])
+            state = SimpleNamespace(committed=None)
+            run_graph(graph, list(env.values()), state, RULES, "eager")
+            for a, b in zip(ours, state.committed):
+                assert torch.equal(a, b), spec
+
+
+def test_cli_writes_a_module(tmp_path, capsys):
+    from decspec.cli import main
+
+    out = tmp_path / "verify.mlir"
+    spec = os.path.join(ROOT, "specs", "speculative.dec")
+    assert main(["emit", spec, "--target", "mlir", "--part", "verify", "--dialect", "linalg", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "func.func @verify" in text and "linalg.generic" in text
+    opt_parses(text, tmp_path)
+
+
+@pytest.mark.parametrize("dialect", sorted(UNSUPPORTED))
+def test_unsupported_dialect_names_the_op_and_the_spec_line(dialect):
+    with pytest.raises(DecError) as e:
+        lower(traced("speculative", "verify"), dialect)
+    message = str(e.value)
+    assert UNSUPPORTED[dialect] in message and "has no lowering" in message
+    if dialect == "tosa":
+        assert "sampler_probs" in message and "spec line 9" in message  # speculative.dec line 9: the sampler
+
+
+def test_model_without_static_step_names_the_model_call():
+    from decspec.stdlib.models.table import TableModel
+
+    target, draft = TableModel.random(8, 1, seed=0), TableModel.random(8, 1, seed=1)
+    dec = decspec.compile(os.path.join(ROOT, "specs", "speculative.dec"), target=target, draft=draft)
+    with pytest.raises(DecError, match=r"model_call.*spec line 10.*TableModel"):
+        export_mlir(dec, part="round")
+
+
+@pytest.mark.parametrize("spec", HOST_SPECS or [pytest.param(None, marks=pytest.mark.skip(reason="no grammar spec"))])
+def test_host_ops_name_the_op_and_the_spec_line(spec):
+    op = _host_op(spec)
+    with pytest.raises(DecError, match=rf"cannot export op '{op.name}' \(spec line {op.meta.line}:{op.meta.col}\)"):
+        export_mlir(os.path.join(ROOT, "specs", f"{spec}.dec"), part="verify")
+
+
+def test_unknown_dialect_and_part():
+    with pytest.raises(DecError, match="unknown MLIR dialect 'spirv'"):
+        export_mlir(os.path.join(ROOT, "specs", "speculative.dec"), dialect="spirv")
+    with pytest.raises(DecError, match="unknown part"):
+        export_mlir(os.path.join(ROOT, "specs", "speculative.dec"), part="draft")
+
+
+def test_dialect_table_is_complete():
+    assert set(SUPPORTED) | set(UNSUPPORTED) == set(DIALECTS)

@@ -21,9 +21,9 @@ draft/target cost ratio c (one draft forward of 1 token / one target forward of 
 batch size, after a prompt-length prefix) with the ideal speedup (1 - α^(k+1)) / ((1 - α)(k c + 1))
 (Leviathan et al. 2023) and efficiency = measured speedup / ideal (prompt lookup: c = 0). Framework
 overhead (decspec rows) = 1 - model time / wall time, where model time counts every model call of
-the row at its standalone median forward time (one prompt prefill per generate call, then target
-steps of k+1 tokens, or 1 when autoregressive, and draft steps of 1 token; compiled forward_at for
-inductor rows): an estimate, as a round's forwards in the benchmark differ a little from the
+the row at its standalone median forward time, measured just before and just after the row's
+repeats (one prompt prefill per generate call, then target steps of k+1 tokens, or 1 when
+autoregressive, and draft steps of 1 token; compiled forward_at for inductor rows): an estimate, as a round's forwards in the benchmark differ a little from the
 standalone shapes. At temperature 0 each row's tokens are compared with HF greedy autoregressive at
 batch 1 (fraction of prompts identical).
 
@@ -129,33 +129,46 @@ def forward_time(model, batch: int, prompt_len: int, width: int, reps: int = 20)
     return statistics.median(times)
 
 
-def compiled_forward_time(model, batch: int, prompt_len: int, width: int, reps: int = 20) -> float:
-    """forward_time for the static-shape step the inductor backend compiles (forward_at under torch.compile)."""
-    cache = model.new_cache(batch, prompt_len + width + 8)
-    model.forward(torch.randint(1, 4000, (batch, prompt_len)), cache)
-    x = torch.randint(1, 4000, (batch, width))
-    start = torch.full((batch,), prompt_len)
-    step = torch.compile(lambda x, start: model.forward_at(x, cache, start).logits, dynamic=False)
-    for _ in range(3):
-        step(x, start)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step(x, start)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+class Forwards:
+    """Standalone forward medians, measured again for every row, right around its timed repeats, so a
+    row's model time and its wall time see the same machine load (this CPU is shared and noisy)."""
 
+    def __init__(self, prompt_len: int):
+        self.prompt_len = prompt_len
+        self.compiled: dict = {}  # (model id, batch, width) -> (compiled step, x, start)
 
-def prefill_time(model, batch: int, prompt_len: int, reps: int = 5) -> float:
-    """Median seconds to feed a prompt_len-token prompt into an empty cache (both backends prefill uncompiled)."""
-    x = torch.randint(1, 4000, (batch, prompt_len))
-    times = []
-    for _ in range(reps):
-        cache = model.new_cache(batch, prompt_len + 8)
-        t0 = time.perf_counter()
-        model.forward(x, cache)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    def step(self, model, batch: int, width: int, compiled: bool, reps: int = 20) -> float:
+        """Median seconds of one forward of `width` tokens per row after a prompt_len-token prefix;
+        compiled: the static-shape step the inductor backend compiles (forward_at under torch.compile)."""
+        if not compiled:
+            return forward_time(model, batch, self.prompt_len, width, reps)
+        key = (id(model), batch, width)
+        if key not in self.compiled:
+            cache = model.new_cache(batch, self.prompt_len + width + 8)
+            model.forward(torch.randint(1, 4000, (batch, self.prompt_len)), cache)
+            fn = torch.compile(lambda x, start: model.forward_at(x, cache, start).logits, dynamic=False)
+            x, start = torch.randint(1, 4000, (batch, width)), torch.full((batch,), self.prompt_len)
+            for _ in range(3):
+                fn(x, start)
+            self.compiled[key] = (fn, x, start)
+        fn, x, start = self.compiled[key]
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn(x, start)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def prefill(self, model, batch: int, reps: int = 5) -> float:
+        """Median seconds to feed a prompt_len-token prompt into an empty cache (both backends prefill uncompiled)."""
+        x = torch.randint(1, 4000, (batch, self.prompt_len))
+        times = []
+        for _ in range(reps):
+            cache = model.new_cache(batch, self.prompt_len + 8)
+            t0 = time.perf_counter()
+            model.forward(x, cache)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
 
 def framework_overhead(row: dict, steps: dict, seconds: float) -> float | None:
@@ -188,26 +201,21 @@ def measure(args) -> dict:
     k, L = args.k, args.layer
     prompt_len = round(statistics.mean(map(len, ids)))
 
-    cost, fwd = {}, {}
+    forwards = Forwards(prompt_len)
     roles = {"target": target, "draft model": draft, f"early exit, layer {L}": early}
+    cost = {}
     for b in args.batch:
-        # standalone forward medians: [backend][model][width]; prefill per model
-        fwd[b] = {"prefill": {name: prefill_time(m, b, prompt_len) for name, m in roles.items()}}
-        for backend, timer in (("eager", forward_time), ("inductor", compiled_forward_time)):
-            fwd[b][backend] = {name: {w: timer(m, b, prompt_len, w) for w in ((1, k + 1) if name == "target" else (1,))}
-                               for name, m in roles.items()}
-        t_target = fwd[b]["eager"]["target"][k + 1]
-        cost[b] = {name: fwd[b]["eager"][name][1] / t_target for name in list(roles)[1:]}
-        print(f"batch {b}: c(draft model) = {cost[b]['draft model']:.3f}, c(early exit {L}) = {cost[b][f'early exit, layer {L}']:.3f}; "
-              f"forwards (ms) {json.dumps({be: {n: {w: round(t * 1e3, 2) for w, t in ws.items()} for n, ws in fwd[b][be].items()} for be in ('eager', 'inductor')})}",
-              flush=True)
+        t_target = forwards.step(target, b, k + 1, compiled=False)
+        cost[b] = {name: forwards.step(m, b, 1, compiled=False) / t_target for name, m in list(roles.items())[1:]}
+        print(f"batch {b}: c(draft model) = {cost[b]['draft model']:.3f}, c(early exit {L}) = {cost[b][f'early exit, layer {L}']:.3f}", flush=True)
 
     def step_costs(b: int, impl: str, method: str, dname: str | None) -> dict:
-        backend = "inductor" if impl == "decspec inductor" else "eager"
+        """Per role: seconds of its prefill and of one of its steps in this row, measured now."""
+        compiled = impl == "decspec inductor"
         width = 1 if method == "autoregressive" else k + 1
-        out = {"target": {"prefill": fwd[b]["prefill"]["target"], "step": fwd[b][backend]["target"][width]}}
+        out = {"target": {"prefill": forwards.prefill(target, b), "step": forwards.step(target, b, width, compiled)}}
         if dname is not None:
-            out["draft"] = {"prefill": fwd[b]["prefill"][dname], "step": fwd[b][backend][dname][1]}
+            out["draft"] = {"prefill": forwards.prefill(roles[dname], b), "step": forwards.step(roles[dname], b, 1, compiled)}
         return out
 
     rows: list[dict] = []
@@ -258,10 +266,12 @@ def measure(args) -> dict:
                     if impl == "decspec inductor":
                         import torch._dynamo.utils as du
                         row["dynamo_unique_graphs"] = int(du.counters["stats"]["unique_graphs"])
+                    before = step_costs(b, impl, method, dname) if impl.startswith("decspec") else None
                     times = []
                     for r in range(args.repeats):
                         seconds, tokens, info = run(ids, args.new_tokens, r)
                         times.append(seconds)
+                    after = step_costs(b, impl, method, dname) if impl.startswith("decspec") else None
                     if impl == "decspec inductor":
                         row["dynamo_unique_graphs_after"] = int(du.counters["stats"]["unique_graphs"])
                 except Exception as e:  # record and go on: one broken method must not lose the table
@@ -271,8 +281,10 @@ def measure(args) -> dict:
                     continue
                 total = len(ids) * args.new_tokens
                 row.update(seconds=statistics.median(times), all_seconds=times, tokens_per_second=total / statistics.median(times), **info)
-                if impl.startswith("decspec"):
-                    row["framework_overhead"] = framework_overhead(row, step_costs(b, impl, method, dname), row["seconds"])
+                if before is not None:  # model step costs: the mean of the measurements before and after the repeats
+                    steps = {role: {key: (before[role][key] + after[role][key]) / 2 for key in before[role]} for role in before}
+                    row["model_step_seconds"] = steps
+                    row["framework_overhead"] = framework_overhead(row, steps, row["seconds"])
                 if temperature == 0:
                     if reference_tokens is None and impl == "HF" and method == "autoregressive" and b == 1:
                         reference_tokens = tokens
@@ -400,8 +412,8 @@ def main() -> None:
         "*c* = time of one draft forward of 1 token / one target forward of k+1 tokens (at that batch size); *ideal speedup* = "
         "(1 − α^(k+1)) / ((1 − α)(k c + 1)) (Leviathan et al. 2023; prompt lookup: c = 0); *efficiency* = speedup / ideal; "
         "*framework overhead* = 1 − model time / wall time, model time = every model call of the row at its standalone median forward "
-        "time (a prompt prefill per generate call, target steps of k+1 tokens or 1 when autoregressive, draft steps of 1 token; the "
-        "compiled step for inductor rows), an estimate; *same tokens* = fraction of prompts "
+        "time measured just before and after that row's repeats (a prompt prefill per generate call, target steps of k+1 tokens or 1 "
+        "when autoregressive, draft steps of 1 token; the compiled step for inductor rows), an estimate; *same tokens* = fraction of prompts "
         "whose tokens equal HF greedy autoregressive at batch 1 (temperature 0 only).\n\n" + table(data) + "\n"
     )
     print("\n" + table(data))

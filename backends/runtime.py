@@ -15,6 +15,7 @@ import torch
 from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import run_graph
 from decspec.backends.prefix import PrefixCache
+from decspec.backends.speculation_length import Policies
 from decspec.compiler.ir import Graph
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.models.protocol import CacheFull, Model
@@ -37,6 +38,7 @@ class RoundState:
     backend: str
     committed: tuple | None = None
     grammars: dict[str, Any] = field(default_factory=dict)  # grammar slot -> GrammarSession (backends/grammar.py)
+    policies: Any = None  # cross-round length policies (backends/speculation_length.py): the length_cap ops read them
 
 
 @dataclass
@@ -124,7 +126,9 @@ DRAFT_OPS = ("draft_loop", "ngram_lookup")  # the ops that propose; their `max` 
 
 
 def max_draft_len(graph: Graph) -> int:
-    return max((op.param("max", 0) for op in graph.walk() if op.name in DRAFT_OPS), default=0)
+    """The most tokens a round feeds past the context: a draft op's `max`, or a token tree's nodes (`tree_build`)."""
+    fed = [len(op.param("parents")) if op.name == "tree_build" else op.param("max", 0) for op in graph.walk() if op.name in DRAFT_OPS + ("tree_build",)]
+    return max(fed, default=0)
 
 
 def generate(
@@ -166,8 +170,10 @@ def generate(
     for b, p in enumerate(prompts):
         ctx.tokens[b, : len(p)] = torch.tensor(p)
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    seed = seed if seed is not None else torch.seed()
+    generator.manual_seed(seed)
     state = RoundState({}, generator, B, device, rules, backend)
+    state.policies = Policies.start(graph, B, seed)  # the hook of cross-round exit policies: caps before, updates after each round
     state.grammars = {slot: GrammarSession(m, start=ctx.start) for slot, m in (grammars or {}).items()}
     if runner is None:
         state.sessions = {r: PrefixCache(m, B, capacity) for r, m in models.items()}
@@ -191,6 +197,8 @@ def generate(
         stats.rounds += 1
         stats.accepted.append(accepted[active].tolist())
         stats.drafted.append(drafted[active].tolist())
+        if state.policies:
+            state.policies.update(accepted.cpu(), drafted.cpu(), active)
         take = torch.minimum(accepted + 1, max_new_tokens - produced).masked_fill(done, 0)  # [B]
         N = tokens.shape[1]
         cols = torch.arange(N)

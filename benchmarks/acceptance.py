@@ -10,10 +10,8 @@ committed per round = that + 1), and the acceptance rate (accepted / drafted).
 
 - draft model and early exit: decspec's own decoder (`specs/speculative.dec`, rejection verifier),
   with the 1-layer draft model or `EarlyExit(target, layer=L)` as the draft;
-- Medusa / Hydra heads: the spec language has no heads draft source yet, so a short loop here
-  drafts a chain of k tokens from the heads (top-1 at temperature 0, sampled at 1), verifies it in
-  one target forward with the same rejection rule (accept d with probability min(1, p(d)/q(d)),
-  else resample from norm(max(p - q, 0))), and commits the accepted prefix plus one target token.
+- Medusa / Hydra heads: `specs/medusa.dec` and `specs/hydra.dec` (`heads(target, kind = ..., max = k)`,
+  a chain of k drafts from the target's heads, rejection verifier).
 
 Writes benchmarks/results/acceptance.json and docs/acceptance.md.
 """
@@ -50,62 +48,6 @@ def heldout_prompts(n: int, context_chars: int = 600) -> list[str]:
     return candidates[::step][:n]
 
 
-def sample(probs: torch.Tensor, greedy: bool, gen: torch.Generator) -> torch.Tensor:
-    """probs [..., V] -> token ids [...]"""
-    if greedy:
-        return probs.argmax(-1)
-    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:-1])
-
-
-def heads_decode(target, kind: str, prompt: list[int], new_tokens: int, k: int, temperature: float, gen: torch.Generator) -> list[int]:
-    """Speculative decoding with a chain of k head drafts per round (batch 1). -> accepted drafts per round."""
-    greedy = temperature == 0
-
-    def probs(logits: torch.Tensor) -> torch.Tensor:  # [..., V]
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float() if greedy else torch.softmax(logits / temperature, -1)
-
-    cache = target.new_cache(1, len(prompt) + new_tokens + 2 * k + 2)
-    out = target.forward(torch.tensor([prompt]), cache)
-    hidden, p_next = out.hidden[:, -1], probs(out.logits[:, -1])  # h_t [1, C], p(x_{t+1}) [1, V]
-    pending = sample(p_next, greedy, gen)  # the target's own next token (always committed)
-    produced, accepted = 0, []
-    while produced < new_tokens:
-        # draft d_1..d_k for positions t+2 .. t+k+1 from the hidden state at t (and, for Hydra, the tokens so far)
-        if kind == "medusa":
-            q = probs(target.medusa(hidden))  # [1, k, V]
-            drafts = sample(q, greedy, gen)  # [1, k]
-        else:
-            state, prev, qs, ds = hidden, pending, [], []
-            for i in range(k):
-                state, logits = target.hydra_step(i, state, prev)
-                qs.append(probs(logits))
-                prev = sample(qs[-1], greedy, gen)
-                ds.append(prev)
-            q, drafts = torch.stack(qs, 1), torch.stack(ds, 1)
-        start = int(cache.length[0])
-        out = target.forward(torch.cat([pending[:, None], drafts], 1), cache)  # [1, k+1, V]
-        p = probs(out.logits)  # p[:, i] is the target's distribution for d_{i+1} (i < k), then the bonus
-        n = 0
-        while n < k:
-            d = drafts[0, n]
-            ratio = (p[0, n, d] / q[0, n, d]).clamp(max=1.0)  # accept d with probability min(1, p(d)/q(d))
-            if not greedy and float(torch.rand((), generator=gen)) >= float(ratio):
-                break
-            if greedy and float(p[0, n, d]) < 1.0:
-                break
-            n += 1
-        if n < k:  # resample the rejected position from the residual norm(max(p - q, 0)) (p itself when greedy)
-            residual = p[0, n] if greedy else (p[0, n] - q[0, n]).clamp(min=0)
-            pending = sample((residual / residual.sum())[None], greedy, gen)
-        else:
-            pending = sample(p[:, k], greedy, gen)
-        cache.rollback(torch.tensor([start + 1 + n]))  # keep the old pending token and the accepted drafts
-        hidden = out.hidden[:, n]
-        accepted.append(n)
-        produced += n + 1
-    return accepted
-
-
 def measure(args) -> list[dict]:
     models = reference_models()
     target, draft = models["target"], models["draft"]
@@ -126,14 +68,13 @@ def measure(args) -> list[dict]:
                          "tokens_per_round": s.mean_tokens_per_round, "acceptance_rate": s.acceptance_rate,
                          "rounds": s.rounds, "seconds": time.perf_counter() - t0})
             print(_line(rows[-1]), flush=True)
-        for kind in ("medusa", "hydra"):
-            gen = torch.Generator().manual_seed(0)
+        for kind in ("medusa", "hydra"):  # specs/medusa.dec, specs/hydra.dec: heads(target, kind = ..., max = k) + rejection
+            dec = decspec.compile(ROOT / "specs" / f"{kind}.dec", target=target, k=args.k, temperature=temperature)
             t0 = time.perf_counter()
-            acc = [a for p in ids for a in heads_decode(target, kind, p, args.new_tokens, args.k, temperature, gen)]
-            mean = sum(acc) / len(acc)
-            rows.append({"draft": f"{kind} heads", "temperature": temperature, "k": args.k, "mean_accepted": mean,
-                         "tokens_per_round": mean + 1, "acceptance_rate": mean / args.k, "rounds": len(acc),
-                         "seconds": time.perf_counter() - t0})
+            s = dec.generate(ids, max_new_tokens=args.new_tokens, seed=0, eos_token_id=None).stats
+            rows.append({"draft": f"{kind} heads", "temperature": temperature, "k": args.k, "mean_accepted": s.mean_accepted,
+                         "tokens_per_round": s.mean_tokens_per_round, "acceptance_rate": s.acceptance_rate,
+                         "rounds": s.rounds, "seconds": time.perf_counter() - t0})
             print(_line(rows[-1]), flush=True)
     return rows
 

@@ -34,8 +34,14 @@ def _short(grammar: Instance) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _because(c: Instance) -> str:
-    return f"{_SLOT_OF[c.kind]} = {c.name}: {c.component.contract.reason}"
+def _because(c: Instance, greedy: bool = False) -> str:
+    contract = c.component.contract
+    return f"{_SLOT_OF[c.kind]} = {c.name}: {contract.greedy if greedy and contract.greedy else contract.reason}"
+
+
+def is_greedy(sampler: tuple[Instance, ...]) -> bool:
+    """A `greedy` or `temperature(0)` stage makes softmax(pipeline(logits)) one-hot: every later stage keeps the one finite logit."""
+    return any(s.name == "greedy" or (s.name == "temperature" and s.arg("t") == 0) for s in sampler)
 
 
 def losslessness(spec: Spec) -> Verdict:
@@ -47,10 +53,11 @@ def losslessness(spec: Spec) -> Verdict:
     if propose is None:
         return Verdict(True, [f"autoregressive sampling from {target_dist}"])
     parts = [c for c in (propose, spec.slot("stop"), spec.slot("verify")) if c is not None]
-    broken = [c for c in parts if c.component.contract.lossless is False]
+    greedy = is_greedy(sampler)
+    broken = [c for c in parts if c.component.contract.lossless is False and not (greedy and c.component.contract.greedy)]
     if broken:
         return Verdict(False, [_because(c) for c in broken])
-    reasons = [_because(c) for c in parts]
+    reasons = [_because(c, greedy) for c in parts]
     drafts_from_a_model = any(p.type == "model" for p in propose.component.params)  # lookup copies from the context
     reasons.insert(0, f"output follows {target_dist}" + (", applied to target and draft alike" if drafts_from_a_model else ""))
     return Verdict(True, reasons)

@@ -58,8 +58,32 @@ def _model_call(p, ins):
     return [_t("f32", "B", _plus(n_ext, 1), "V")]
 
 
+def _model_hidden(p, ins):
+    _expect(isinstance(p.get("model"), str), "model_hidden model must name a model role")
+    _expect(len(ins) == 1 and ins[0] == CTX, "model_hidden takes the context")
+    return [_t("f32", "B", "C")]
+
+
+def _head_logits(p, ins):
+    _expect(p.get("kind") in ("medusa", "hydra"), f"head_logits kind must be \"medusa\" or \"hydra\", got {p.get('kind')!r}")
+    _expect(isinstance(p.get("model"), str), "head_logits model must name a model role")
+    _expect(len(ins) == 4, "head_logits takes (hidden, ctx, drafts, step)")
+    _expect(ins[0] == _t("f32", "B", "C") and ins[1] == CTX, "head_logits takes hidden f32[B,C] and the context first")
+    _expect(ins[2].dtype == "tok" and len(ins[2].shape) == 2 and ins[3] == _t("i64"), "head_logits takes drafts tok[B,K] and a step i64[]")
+    return [_t("f32", "B", "V")]
+
+
 def _same(p, ins):
     _expect(len(ins) == 1 and ins[0].dtype == "f32", "expects one f32 tensor")
+    return [ins[0]]
+
+
+def _sampler(p, ins):
+    """(logits[, ctx[, ext[, n]]]): penalty stages read the context the logits were read after, as model_call takes it."""
+    _expect(ins and ins[0].dtype == "f32", "expects f32 logits first")
+    if len(ins) > 1:
+        read = _model_call({"last": len(ins[0].shape) == 2}, ins[1:])[0]
+        _expect(read.shape[:-1] == ins[0].shape[:-1], f"logits {ins[0]} were not read after this context (that gives {read})")
     return [ins[0]]
 
 
@@ -106,17 +130,42 @@ def _logical_not(p, ins):
 def _draft_loop(p, ins):
     k = p["max"]
     _expect(isinstance(k, int) and k >= 1, "draft_loop max must be a positive int")
-    _expect(len(ins) == 1 and ins[0] == CTX, "draft_loop takes the context")
+    _expect(len(ins) in (1, 2) and ins[0] == CTX, "draft_loop takes the context (and a per-row cap)")
+    _expect(ins[1:] in ([], [_t("i64", "B")]), f"draft_loop's cap must be i64[B], got {ins[1:] and ins[1]}")
+    carry = p.get("carry", ())
+    _expect(isinstance(carry, (tuple, list)) and all(isinstance(c, (int, float)) for c in carry), "draft_loop carry must list numbers")
     return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
 
 
 def _draft_body(p, region):
-    k = p["max"]
+    k, n = p["max"], len(p.get("carry", ()))
     got = [v.type for v in region.inputs]
-    _expect(got == [CTX, _t("tok", "B", k), _t("i64")], f"draft_loop body must take (ctx, tok[B,{k}], i64[]), got ({', '.join(map(str, got))})")
+    carried = [_t("f32", "B")] * n
+    _expect(got == [CTX, _t("tok", "B", k), _t("i64")] + carried,
+            f"draft_loop body must take (ctx, tok[B,{k}], i64[]{', f32[B]' * n}), got ({', '.join(map(str, got))})")
     out = [v.type for v in region.outputs]
-    _expect(out[:2] == [_t("tok", "B"), _t("f32", "B", "V")] and out[2:] in ([], [_t("bool", "B")]),
-            f"draft_loop body must yield (tok[B], f32[B,V][, bool[B]]), got ({', '.join(map(str, out))})")
+    own = out[: len(out) - n]
+    _expect(out[len(out) - n:] == carried and own[:2] == [_t("tok", "B"), _t("f32", "B", "V")] and own[2:] in ([], [_t("bool", "B")]),
+            f"draft_loop body must yield (tok[B], f32[B,V][, bool[B]]{', f32[B]' * n}), got ({', '.join(map(str, out))})")
+
+
+def _length_cap(p, ins):
+    _expect(not ins, "length_cap takes no inputs")
+    _expect(isinstance(p.get("policy"), str), "length_cap policy must name a length policy")
+    _expect(isinstance(p.get("max"), int) and p["max"] >= 1, "length_cap max must be a positive int")
+    return [_t("i64", "B")]
+
+
+def _mul(p, ins):
+    _expect(len(ins) == 2 and all(t.dtype == "f32" for t in ins) and ins[0].shape == ins[1].shape, "mul takes two f32 tensors of one shape")
+    return [ins[0]]
+
+
+def _predict_accept(p, ins):
+    _expect(isinstance(p.get("predictor"), str), "predict_accept predictor must name a registered predictor")
+    _expect(len(ins) == 4 and [t for t in ins[:3]] == [_t("f32", "B")] * 3 and ins[3] == _t("i64"),
+            "predict_accept takes (prob f32[B], entropy f32[B], cumprob f32[B], step i64[])")
+    return [_t("f32", "B")]
 
 
 def _ngram_lookup(p, ins):
@@ -160,6 +209,24 @@ def _residual(p, ins):
     return [_t("f32", "B", "V")]
 
 
+def _threshold_accept(name, params):
+    def rule(p, ins):
+        _expect(len(ins) == 3 and ins[0].dtype == "f32" and ins[1].dtype == "tok" and ins[2].dtype == "i64",
+                f"{name} takes (p[B,K+1,V], drafts[B,K], drafted[B])")
+        _expect(len(ins[0].shape) == 3 and len(ins[1].shape) == 2, f"{name} takes p[B,K+1,V] and drafts[B,K]")
+        for key, kind in params:
+            _expect(isinstance(p.get(key), kind) and not isinstance(p.get(key), bool), f"{name} needs a number {key}")
+        return [_t("i64", "B")]
+
+    return rule
+
+
+def _take_dist(p, ins):
+    _expect(len(ins) == 2 and ins[0].dtype == "f32" and len(ins[0].shape) == 3 and ins[1].dtype == "i64",
+            "take_dist takes (p[B,N,V], index[B])")
+    return [_t("f32", "B", ins[0].shape[2])]
+
+
 def _match_len(p, ins):
     _expect(len(ins) == 3, "match_len takes (drafts, target_tokens, drafted)")
     return [_t("i64", "B")]
@@ -184,9 +251,15 @@ OPS: dict[str, OpDef] = {
     d.name: d
     for d in [
         OpDef("model_call", "model", _model_call, "logits after ctx ++ ext[:, :n]: the last position (last=true) or every position from the end of ctx"),
-        OpDef("logits_transform", "pure", _same, "apply the sampler stages to logits"),
+        OpDef("model_hidden", "model", _model_hidden, "the model's final hidden state at ctx's second-to-last position: the vector its "
+              "head turned into the distribution of ctx's last token (what Medusa/Hydra heads read); zeros for a one-token context"),
+        OpDef("head_logits", "model", _head_logits, "draft-head logits for draft position `step` (token L+step, L = ctx length) from "
+              "the hidden state: Medusa head step (independent of the drafts), or Hydra head step after reading ctx's last "
+              "token and drafts[:, :step] (teacher-forced)"),
+        OpDef("logits_transform", "pure", _sampler, "apply the sampler stages to logits; with (ctx[, ext[, n]]) after them, "
+              "the sequence the logits were read after (as model_call's), which penalty stages count tokens in"),
         OpDef("softmax", "pure", _same, "probabilities from logits"),
-        OpDef("sampler_probs", "pure", _same, "softmax(logits_transform[stages](logits)) as one op (made by the fuse_sampler pass): identical "
+        OpDef("sampler_probs", "pure", _sampler, "softmax(logits_transform[stages](logits)) as one op (made by the fuse_sampler pass): identical "
               "stages on target and draft give the same op definition, which a compiling backend compiles once and shares"),
         OpDef("uniform", "random", _uniform, "fresh U[0,1) draws of the given shape"),
         OpDef("sample", "pure", _sample, "categorical draw by inverse CDF: the token whose CDF interval holds u", draws=(1,)),
@@ -196,7 +269,15 @@ OPS: dict[str, OpDef] = {
         OpDef("compare", "pure", _compare, "x OP value, elementwise"),
         OpDef("logical", "pure", _logical, "a and/or b"),
         OpDef("logical_not", "pure", _logical_not, "not a"),
-        OpDef("draft_loop", "pure", _draft_loop, "run the body up to max times: (ctx, drafts so far, step) -> (token, probs[, stop])", has_region=True, region_rule=_draft_body),
+        OpDef("draft_loop", "pure", _draft_loop, "run the body up to max times: (ctx, drafts so far, step, carried...) -> (token, probs[, stop], "
+              "carried'...); a row stops after the step its stop flag is set, or after cap[b] steps when a cap [B] is given (0: no drafts). "
+              "`carry` lists the initial value of each loop-carried f32[B] (the body gets step i-1's yield at step i)", has_region=True, region_rule=_draft_body),
+        OpDef("length_cap", "pure", _length_cap, "this round's speculation length per row, in [0, max]: a cross-round length policy's choice "
+              "(`policy` and its params), made on the host from the rows' earlier rounds (backends/speculation_length.py); an input of the "
+              "round like the context, so a compiled round never changes shape"),
+        OpDef("mul", "pure", _mul, "a * b, elementwise"),
+        OpDef("predict_accept", "pure", _predict_accept, "a registered predictor's estimate in [0, 1] that the next draft is accepted, "
+              "from this step's draft statistics (stdlib/predictors.py)"),
         OpDef("ngram_lookup", "pure", _ngram_lookup, "prompt lookup: find the most recent earlier occurrence in ctx of ctx's last n tokens "
               "(n = ngram, ngram-1, ..., min_ngram; the first n that matches wins) and propose the up to max tokens that followed it "
               "(fewer where ctx ends; none without a match): tokens d [B,K], their distributions q [B,K,V], one-hot on each d_i "
@@ -210,6 +291,12 @@ OPS: dict[str, OpDef] = {
               "(EOS allowed exactly where the grammar accepts); a state of -1 leaves its row unconstrained"),
         OpDef("rejection_accept", "pure", _rejection_accept, "accepted prefix length: d_i accepted iff u_i * q_i(d_i) < p_i(d_i), capped at drafted", draws=(4,)),
         OpDef("rejection_residual", "pure", _residual, "norm(max(0, p_n - q_n)) after a rejection at n; p_m after a full accept"),
+        OpDef("typical_accept", "pure", _threshold_accept("typical_accept", (("epsilon", (int, float)), ("delta", (int, float)))),
+              "accepted prefix length (Medusa's typical acceptance): d_i accepted iff p_i(d_i) > min(epsilon, delta * exp(-H(p_i))), "
+              "capped at drafted; no draw"),
+        OpDef("topk_accept", "pure", _threshold_accept("topk_accept", (("k", int),)),
+              "accepted prefix length: d_i accepted iff p_i(d_i) > 0 and fewer than k tokens are strictly more likely, capped at drafted"),
+        OpDef("take_dist", "pure", _take_dist, "p[b, index[b]]: the distribution at each row's position"),
         OpDef("match_len", "pure", _match_len, "leading positions where drafts equal the target's tokens, capped at drafted"),
         OpDef("take", "pure", _take, "tokens[b, index[b]]"),
         OpDef("splice", "pure", _splice, "drafts[:, :n] followed by token: the round's new tokens (count n + 1)"),
@@ -222,3 +309,8 @@ def opdef(name: str) -> OpDef:
     if name not in OPS:
         raise KeyError(f"unknown IR op {name!r}")
     return OPS[name]
+
+
+from decspec.compiler.ops_tree import TREE_OPS  # noqa: E402  (token trees: their type rules live beside them)
+
+OPS.update(TREE_OPS)

@@ -21,6 +21,7 @@ from decspec.compiler.lower import lower
 from decspec.compiler.passes import run_pipeline
 from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Spec
+from decspec.stdlib.binding import bind_models
 from decspec.stdlib.models.tokenizer import Tokenizer, same_vocabulary
 
 
@@ -74,7 +75,7 @@ class Decoder:
         if missing:
             args = ", ".join(f"{r}=..." for r in missing)
             raise DecError(f"decoder '{self.spec.name}' needs model(s) {', '.join(map(repr, missing))}; pass them: decspec.compile(spec, {args})")
-        bound = {r: self.models[r] for r in self.spec.models}
+        bound = bind_models(self.spec, {r: self.models[r] for r in self.spec.models})  # + views of them (early_exit, ...)
         vocab = {r: m.vocab_size for r, m in bound.items()}
         if len(set(vocab.values())) > 1:
             shown = ", ".join(f"'{r}' has {v}" for r, v in vocab.items())

@@ -20,6 +20,7 @@ import torch
 from hypothesis import strategies as st
 
 from decspec.stdlib import registry
+from decspec.stdlib.models.layered_table import LayeredTableModel
 from decspec.stdlib.models.table import TableModel
 
 Pipeline = list[tuple[str, dict]]  # [("temperature", {"t": 0.8}), ("top_k", {"k": 3})]
@@ -43,9 +44,10 @@ def distributions(draw, vocab: int | st.SearchStrategy[int] = _ints(2, 6), *, ze
 @st.composite
 def table_models(draw, vocab: int | st.SearchStrategy[int] = _ints(2, 5), order: int | st.SearchStrategy[int] = _ints(0, 1),
                  temperature: st.SearchStrategy[float] = st.sampled_from([0.5, 1.0, 2.0]), eos_token_id: Any = None) -> TableModel:
-    """A random n-gram TableModel: standard-normal logits / temperature (see TableModel.random)."""
+    """A random n-gram TableModel: standard-normal logits / temperature (see TableModel.random); a LayeredTableModel,
+    so that drafts derived from it (early_exit, skip_layers, heads) work too."""
     V, n = _drawn(draw, vocab), _drawn(draw, order)
-    return TableModel.random(V, n, seed=draw(_ints(0, 2**31 - 1)), temperature=draw(temperature), eos_token_id=_drawn(draw, eos_token_id))
+    return LayeredTableModel.random(V, n, seed=draw(_ints(0, 2**31 - 1)), temperature=draw(temperature), eos_token_id=_drawn(draw, eos_token_id))
 
 
 @st.composite
@@ -62,7 +64,7 @@ def model_pairs(draw, vocab: int | st.SearchStrategy[int] = _ints(2, 5), order: 
         draft = draw(table_models(V, n))
     elif relation == "noisy copy":
         noise = torch.randn(target.logits.shape, generator=torch.Generator().manual_seed(draw(_ints(0, 2**31 - 1))))
-        draft = TableModel(target.logits + draw(st.sampled_from([0.1, 0.5])) * noise)
+        draft = LayeredTableModel(target.logits + draw(st.sampled_from([0.1, 0.5])) * noise)
     else:
         draft = target
     return {"target": target, "draft": draft}
@@ -126,7 +128,7 @@ class Composition:
     @property
     def key(self) -> tuple:
         """The components, without their parameters: (draft, verifier, exit, sampler stages)."""
-        exit_name = None if self.exit is None else self.exit.split()[0]
+        exit_name = None if self.exit is None else self.exit.split()[0].split("(")[0]
         return (self.draft[0], self.verifier[0], exit_name, tuple(n for n, _ in self.pipeline))
 
 
@@ -139,6 +141,10 @@ def _component_args(draw, component: registry.Component, k: st.SearchStrategy[in
             args.append((p.name, draw(k)))
         elif p.type == "float":
             args.append((p.name, draw(_scalar(p, 6))))
+        elif p.type == "list[int]" and p.name == "widths":  # a token tree's shape: at most 2 nodes, so exact checks stay small
+            args.append((p.name, draw(st.sampled_from(["[1]", "[2]", "[1, 1]"]))))
+        elif p.type == "list[int]" and p.name == "arms":  # a bandit's speculation lengths, each within the draft's max
+            args.append((p.name, "[" + ", ".join(map(str, draw(st.lists(k, min_size=1, max_size=3, unique=True)))) + "]"))
         elif not p.required:
             continue
         else:
@@ -147,21 +153,33 @@ def _component_args(draw, component: registry.Component, k: st.SearchStrategy[in
 
 
 @st.composite
-def compositions(draw, k: st.SearchStrategy[int] = _ints(1, 3), max_stages: int = 2, verifiers: list[str] | None = None) -> Composition:
-    """A Composition of registered components: draft source x verifier x exit policy x sampler pipeline."""
+def compositions(draw, k: st.SearchStrategy[int] = _ints(1, 3), max_stages: int = 2, verifiers: list[str] | None = None,
+                 lossy: bool = False) -> Composition:
+    """A Composition of registered components: draft source x verifier x exit policy x sampler pipeline.
+
+    Verifiers whose contract declares them lossy (`typical`, `topk_match`) are drawn only with lossy=True
+    (or when named in `verifiers`): a lossless property test over compositions checks what claims to be lossless.
+    """
     pipeline = tuple((n, tuple(a.items())) for n, a in draw(sampler_pipelines(max_stages)))
-    draft = draw(st.sampled_from(registry.components("draft")))
-    verifier = registry.lookup("verifier", draw(st.sampled_from(verifiers or registry.names("verifier"))))
+    names = verifiers or [n for n in registry.names("verifier") if lossy or registry.lookup("verifier", n).contract.lossless is not False]
+    takes_trees = [n for n in names if registry.lookup("verifier", n).trees]  # a token tree needs a verifier that takes one
+    draft = draw(st.sampled_from([d for d in registry.components("draft") if takes_trees or not d.trees]))
+    verifier = registry.lookup("verifier", draw(st.sampled_from(takes_trees if draft.trees else names)))
+    if draft.trees:  # penalty stages read the tokens before each position, which a token tree does not give them yet
+        from decspec.stdlib.samplers import needs_context
+
+        pipeline = tuple(s for s in pipeline if not needs_context((s,)))
     exits = registry.components("exit")
-    reads_a_model = any(p.type == "model" for p in draft.params)  # an exit policy reads the draft model's statistics
+    reads_a_model = any(p.type == "model" for p in draft.params) and not draft.trees  # an exit policy reads the draft model's statistics (a static tree has none)
     exit_ = draw(st.none() | st.sampled_from(exits)) if exits and reads_a_model else None
+    draft_args = _component_args(draw, draft, k)
     if exit_ is None:
         stop = None
     elif [p.type for p in exit_.params] == ["cond"]:
         stop = f"{exit_.name} {draw(conditions())}"
-    else:
-        stop = _call(exit_.name, dict(_component_args(draw, exit_, k)))
-    return Composition(pipeline, (draft.name, _component_args(draw, draft, k)), stop, (verifier.name, _component_args(draw, verifier, k)))
+    else:  # ints (a bandit's arms) within the draft's max
+        stop = _call(exit_.name, dict(_component_args(draw, exit_, st.integers(1, dict(draft_args).get("max", 1)))))
+    return Composition(pipeline, (draft.name, draft_args), stop, (verifier.name, _component_args(draw, verifier, k)))
 
 
 def specs(**kwargs) -> st.SearchStrategy[str]:

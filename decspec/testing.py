@@ -30,6 +30,7 @@ import torch
 from decspec.backends.exact import Distribution, TooLarge, exact_distribution
 from decspec.backends.exact.distribution import MAX_ROWS
 from decspec.strategies import Composition, compositions, conditions, distributions, model_pairs, sampler_pipelines, specs, table_models
+from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline
 from decspec.verify import TableConfig, VerifyReport, verify_spec
 
@@ -64,7 +65,8 @@ def sequence_distribution(model, prompt: Sequence[int], n: int, pipeline: Pipeli
             out[prefix] = prob
             return
         logits = model.logits[model.context(history)]
-        p = torch.softmax(apply_pipeline(logits.double(), st), -1)
+        counts = torch.bincount(torch.tensor(history, dtype=torch.long), minlength=logits.shape[-1]).double()  # penalties count the prompt too
+        p = torch.softmax(apply_pipeline(logits.double(), st, counts), -1)
         for x in torch.nonzero(p > 0).flatten().tolist():
             walk(history + [x], prefix + (x,), prob * float(p[x]))
 
@@ -110,7 +112,8 @@ def target_distribution(decoder_or_model: Any, prompt: Sequence[int], n: int, pi
             from decspec.backends.grammar import masked_logits
 
             logits = masked_logits(matcher, logits, torch.tensor([states[s] for s in seqs]))
-        probs = torch.softmax(apply_pipeline(logits, st_), -1)
+        counts = token_counts(tokens, torch.full((len(seqs),), tokens.shape[1]), vocab=logits.shape[-1], dtype=logits.dtype)
+        probs = torch.softmax(apply_pipeline(logits, st_, counts), -1)  # penalties count the prompt and the sequence so far
         grown: dict[tuple[int, ...], float] = {}
         for seq, w, row in zip(seqs, live.values(), probs.tolist()):
             for x, px in enumerate(row):

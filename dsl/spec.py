@@ -99,7 +99,7 @@ class Spec:
 
         def visit(v: Any) -> None:
             if isinstance(v, Instance):
-                if v.kind == "model":
+                if v.kind == "model" and v.name == "model":  # derived models (early_exit(...)) name their base model in their args
                     role = v.arg("name")
                     if role not in roles:
                         roles.append(role)

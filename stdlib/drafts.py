@@ -24,9 +24,7 @@ def lower_autoregressive(lw: Lowering, inst, ctx):
     q = lw.probs(logits)  # [B, V]
     token = lw.sample(q)  # [B]
     stop = lw.stop_flag(logits, token)
-    body = b.build((token, q) if stop is None else (token, q, stop))
-    lw.restore(outer)
-    tokens, probs, count = lw.b.emit("draft_loop", [ctx], region=body, max=k)
+    tokens, probs, count = lw.draft_loop(outer, ctx, k, token, q, stop)  # the body closes here, with what the exit policy carries
     return Proposal(tokens, probs, count, k)
 
 

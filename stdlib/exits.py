@@ -1,6 +1,6 @@
 """Exit policies: when to stop drafting within a round (always bounded by the draft's `max`).
 
-`when COND` lowers COND over draft statistics (`draft.prob`, `draft.entropy`) to elementwise
+`when COND` lowers COND over draft statistics (`draft.prob`, `draft.entropy`, `draft.cumprob`) to elementwise
 ops yielding a per-row stop flag after each draft step. Statistics read the draft model's own
 distribution, softmax(logits) before the sampler pipeline: under `sampler = greedy` the sampled
 distribution is one-hot, but the draft's confidence is still informative.
@@ -47,6 +47,14 @@ def _lower_entropy(lw, probs, token):
     return lw.b.emit("entropy", [probs])[0]
 
 
+def _lower_cumprob(lw, probs, token):
+    """prod_{j <= i} q_j(d_j): a value the draft loop carries from step to step (1 before step 0)."""
+    before = lw.carried("cumprob", 1.0)
+    now = lw.b.emit("mul", [before, _lower_prob(lw, probs, token)])[0]
+    lw.carry_next("cumprob", now)
+    return now
+
+
 register(
     Component(
         "exit",
@@ -58,4 +66,7 @@ register(
     )
 )
 register(Component("stat", "prob", (), "The draft model's own probability of the token it drafted (softmax of its logits, before the sampler pipeline).", Contract(None, ""), _lower_prob))
+register(Component("stat", "cumprob", (), "The product of the draft model's own probabilities of the tokens drafted so far this round, "
+                   "this step's included (Dynamic Depth Decoding: stop when it falls below a threshold).", Contract(None, ""), _lower_cumprob,
+                   cite="Brown et al. 2024, Dynamic Depth Decoding: Faster Speculative Decoding for LLMs"))
 register(Component("stat", "entropy", (), "Entropy in nats of the draft model's own distribution at this step (before the sampler pipeline).", Contract(None, ""), _lower_entropy))

@@ -58,10 +58,13 @@ class Contract:
     lossless: True when the component preserves the target's distribution (after the sampler
     pipeline); None when the component does not take part in that question (samplers, models).
     reason: one line the losslessness analysis quotes in `decspec check`.
+    greedy: for a lossy component that is exactly lossless when the sampler pipeline is greedy (the
+    target's distribution one-hot), the reason why; the analysis then calls such specs lossless.
     """
 
     lossless: bool | None
     reason: str
+    greedy: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Component:
     contract: Contract
     lower: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     cite: str = ""
+    # bind(instance, models) -> {role: model}: run when a Decoder binds its models (stdlib/binding.py);
+    # makes derived models (a view of the target) and checks what the bound models must offer
+    bind: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    # token trees (stdlib/trees.py): a draft source proposes one; a verifier can verify one
+    trees: bool = False
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

@@ -57,13 +57,47 @@ def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(probs < p * probs.amax(-1, keepdim=True), NEG_INF)
 
 
-TRANSFORMS = {"greedy": greedy, "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
+def typical_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Locally typical sampling (HF `typical_p`): keep the tokens whose surprisal -log p(x) is closest
+    to the entropy H(p), in that order, until their mass reaches p (ties with the last kept stay; >= 1 token)."""
+    if p >= 1.0:
+        return logits
+    logp = torch.log_softmax(_at_least_f32(logits), dim=-1)  # [..., V]
+    probs = logp.exp()
+    ent = -torch.where(probs > 0, logp * probs, 0.0).sum(-1, keepdim=True)  # H(p); HF's nansum (-inf * 0 is nan, summed as 0)
+    shifted = (-logp - ent).abs()  # |surprisal - H|: -inf logits sort last (inf)
+    sorted_shifted, order = shifted.sort(dim=-1, stable=True)
+    cum = probs.gather(-1, order).cumsum(-1)
+    last = (cum < p).sum(-1, keepdim=True).clamp(max=logits.shape[-1] - 1)  # index of the last kept token
+    drop_sorted = sorted_shifted > sorted_shifted.gather(-1, last)
+    drop_sorted[..., :1] = False  # min_tokens_to_keep = 1
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
 
 
-def apply_pipeline(logits: torch.Tensor, stages: tuple[tuple[str, tuple[tuple[str, object], ...]], ...]) -> torch.Tensor:
-    """Apply ((name, ((param, value), ...)), ...) to logits [..., V] -> logits [..., V]."""
+TRANSFORMS = {"greedy": greedy, "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "typical_p": typical_p}
+CONTEXT_STAGES: set[str] = set()  # stages that read the tokens before each position (stdlib/penalties.py): f(logits, counts, **params)
+
+
+def needs_context(stages) -> bool:
+    """Whether a pipeline ((name, params), ...) or Records has a stage that reads the context."""
+    return any(getattr(s, "name", None) in CONTEXT_STAGES or (isinstance(s, tuple) and s[0] in CONTEXT_STAGES) for s in stages)
+
+
+def apply_pipeline(logits: torch.Tensor, stages: tuple[tuple[str, tuple[tuple[str, object], ...]], ...],
+                   counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply ((name, ((param, value), ...)), ...) to logits [..., V] -> logits [..., V].
+
+    counts [..., V]: how often each token occurs before each position (prompt included), which the
+    penalty stages read (see stdlib/penalties.py, `token_counts`); other stages ignore it.
+    """
     for name, params in stages:
-        logits = TRANSFORMS[name](logits, **dict(params))
+        if name in CONTEXT_STAGES:
+            if counts is None:
+                raise ValueError(f"sampler stage '{name}' reads the tokens before each position, and none were given")
+            logits = TRANSFORMS[name](logits, counts.to(logits.dtype), **dict(params))
+        else:
+            logits = TRANSFORMS[name](logits, **dict(params))
     return logits
 
 
@@ -106,3 +140,19 @@ register(
         cite="Nguyen et al. 2024, Min-p Sampling",
     )
 )
+register(
+    Component(
+        "sampler",
+        "typical_p",
+        (Param("p", "float", low=0.0, high=1.0, doc="probability mass of the most typical tokens to keep"),),
+        "Locally typical sampling (Hugging Face `typical_p`): keep the tokens whose surprisal -log p(x) is closest to "
+        "the entropy H(p), until their mass reaches p (at least one token; p >= 1 keeps all).",
+        _NO_CONTRACT,
+        cite="Meister et al. 2022, Locally Typical Sampling",
+    )
+)
+
+from decspec.stdlib import penalties as _penalties  # noqa: E402  (registers the context-reading stages)
+
+TRANSFORMS.update(_penalties.TRANSFORMS)
+CONTEXT_STAGES.update(_penalties.TRANSFORMS)

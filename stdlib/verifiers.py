@@ -26,6 +26,10 @@ def lower_rejection(lw, inst, ctx, target, proposal):
 
 
 def lower_greedy(lw, inst, ctx, target, proposal):
+    if proposal.parents is not None:  # a token tree: follow the nodes that match (stdlib/trees.py)
+        from decspec.stdlib.trees import lower_tree_greedy
+
+        return lower_tree_greedy(lw, inst, ctx, target, proposal)
     b = lw.b
     p = _target_probs(lw, ctx, target, proposal)
     t = lw.sample(p)  # the target's own token at every position: [B, K+1]
@@ -52,8 +56,10 @@ register(
         "greedy",
         (),
         "Exact match: the target samples its own token at each draft position (its argmax under a greedy "
-        "sampler); drafts are accepted while they equal it, and the first differing target token is kept.",
+        "sampler); drafts are accepted while they equal it, and the first differing target token is kept. "
+        "Over a token tree: the longest path whose every node is the target's token at its parent.",
         Contract(True, "every emitted token is the target's own sample; drafts only decide how many come per round"),
         lower_greedy,
+        trees=True,
     )
 )

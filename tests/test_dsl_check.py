@@ -377,7 +377,7 @@ def test_rendered_error(tmp_path):
         f"{path}:7:15: error: unknown verifier 'rejecton'\n"
         "        verify  = rejecton\n"
         "                  ^^^^^^^^\n"
-        "  hint: did you mean 'rejection'?"
+        "  hint: did you mean 'rejection' or 'multi_rejection'?"
     )
 
 
@@ -433,7 +433,7 @@ def test_diagnostics(lines, message, at, hint):
 
 
 WHEN_CASES = [
-    ("draft.prb < 0.3", "unknown draft statistic 'prb'", "5:17", "did you mean 'prob'?"),
+    ("draft.prb < 0.3", "unknown draft statistic 'prb'", "5:17", "did you mean 'prob'"),
     ("target.prob < 0.3", "conditions read statistics of the draft, not of 'target'", "5:17", None),
     ("draft.prob", "'draft.prob' is a draft statistic, not a condition", "5:17", "draft.prob < 0.3"),
     ("draft.prob < draft.entropy", "'<' compares a draft statistic with a number, found two statistics", "5:17", None),

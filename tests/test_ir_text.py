@@ -110,10 +110,16 @@ def specs(draw, propose: bool | None = None) -> Spec:
             slots.append(("propose", inst(draft, draw(spans), max=k, ngram=ngram, min_ngram=draw(st.integers(1, ngram)))))
         else:
             slots.append(("propose", inst(draft, draw(spans), model=model(draw(roles)), max=k)))
-        if draft.name != "lookup" and draw(st.booleans()):
+        trees = draft.trees  # a token tree (stdlib/trees.py): a verifier that takes one; no stop, grammar or penalty yet
+        if trees and pipeline:
+            from decspec.stdlib.samplers import needs_context
+
+            slots = [(n, tuple(x for x in v if not needs_context((x,))) if n == "sampler" else v) for n, v in slots]
+        if draft.name != "lookup" and not trees and draw(st.booleans()):
             slots.append(("stop", inst(registry.lookup("exit", "when"), draw(spans), cond=draw(conds))))
-        slots.append(("verify", draw(component_instances("verifier"))))
-    if draw(st.booleans()):  # a grammar: masks after every model call (its source is checked by the lowering)
+        verifiers = component_instances("verifier")
+        slots.append(("verify", draw(verifiers.filter(lambda v: v.component.trees) if trees else verifiers)))
+    if not any(name == "propose" and value.component.trees for name, value in slots) and draw(st.booleans()):  # a grammar: masks after every model call (its source is checked by the lowering)
         slots.append(("grammar", inst(registry.lookup("grammar", "regex"), draw(spans), pattern=draw(st.sampled_from(["a+", "(ab|c)*d"])))))
     return Spec(draw(names), tuple(params), tuple(slots), SOURCE)
 

@@ -9,10 +9,12 @@ import decspec
 from decspec.compiler.lower import lower
 from decspec.compiler.passes import run_pipeline
 from decspec.dsl.check import load
+from decspec.stdlib.models.layered_table import LayeredTableModel
 from decspec.stdlib.models.table import TableModel
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.dec"))
+LOSSY = {"typical_acceptance"}  # lossy by design (Medusa's typical acceptance): `decspec verify` measures its TV distance
 BYTES = [bytes([i]) for i in range(256)] + [None]  # a byte-level vocabulary, id 256 the EOS: every grammar is expressible
 
 
@@ -30,8 +32,8 @@ def test_spec_compiles_verifies_and_runs(path):
         out = dec.generate([[1, 2], [3]], max_new_tokens=8, seed=0)
         assert all(len(r) == 8 or r[-1] == 256 for r in out.tokens)
     else:
-        models = {role: TableModel.random(6, 1, seed=i) for i, role in enumerate(spec.models)}
+        models = {role: LayeredTableModel.random(6, 1, seed=i) for i, role in enumerate(spec.models)}  # layers and heads for self-drafting specs
         dec = decspec.compile(path, models=models)
         out = dec.generate([[1, 2], [3]], max_new_tokens=8, seed=0)
         assert [len(r) for r in out.tokens] == [8, 8]
-    assert dec.verdict.lossless
+    assert dec.verdict.lossless or path.stem in LOSSY

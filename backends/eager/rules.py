@@ -7,6 +7,7 @@ import torch
 
 from decspec.backends.grammar import grammar_states, masked_logits
 from decspec.backends.interpreter import run_graph
+from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline
 
 
@@ -20,18 +21,26 @@ def model_call(state, op, ctx, ext=None, n=None):
     return (session.logits(ctx.tokens, ctx.length, ext, n, last=op.param("last")),)
 
 
-def logits_transform(state, op, logits):
+def logits_transform(state, op, logits, ctx=None, ext=None, n=None):
+    """The sampler stages; with the context the logits were read after, penalty stages count its tokens
+    (ctx ++ ext[:, :n] for [B, V] logits, ctx ++ ext[:, :j] at each position j of [B, N+1, V] logits)."""
     stages = tuple((r.name, r.fields) for r in op.param("stages"))
-    return (apply_pipeline(logits, stages),)
+    counts = None if ctx is None else context_counts(logits, ctx.tokens, ctx.length, ext, n)
+    return (apply_pipeline(logits, stages, counts),)
+
+
+def context_counts(logits, tokens, length, ext=None, n=None):
+    """Token counts before each position of logits [B, V] or [B, N+1, V] (stdlib/penalties.py)."""
+    return token_counts(tokens, length, ext, n, vocab=logits.shape[-1], positions=logits.dim() == 3, dtype=logits.dtype)
 
 
 def softmax(state, op, logits):
     return (torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1),)  # float64 stays float64
 
 
-def sampler_probs(state, op, logits):
+def sampler_probs(state, op, logits, *context):
     """softmax(apply_pipeline(logits)): the fused sampler, bit-identical to its two ops."""
-    (transformed,) = logits_transform(state, op, logits)
+    (transformed,) = logits_transform(state, op, logits, *context)
     return softmax(state, op, transformed)
 
 
@@ -89,15 +98,19 @@ class Drafted:
     probs: torch.Tensor | None  # [B, K, V] the distribution each was drawn from (made at the first step, when V is known)
     alive: torch.Tensor  # [B] still drafting
     count: torch.Tensor  # [B] tokens drafted
+    cap: torch.Tensor | None = None  # [B] most tokens each row drafts this round (a cross-round length policy's choice)
+    carried: tuple = ()  # the loop-carried values [B] the body reads and yields (draft_loop's `carry`)
 
     @classmethod
-    def start(cls, batch: int, k: int, device) -> "Drafted":
+    def start(cls, batch: int, k: int, device, cap: torch.Tensor | None = None, carry: tuple = ()) -> "Drafted":
         drafts = torch.zeros(batch, k, dtype=torch.long, device=device)
-        return cls(drafts, None, torch.ones(batch, dtype=torch.bool, device=device), torch.zeros(batch, dtype=torch.long, device=device))
+        alive = torch.ones(batch, dtype=torch.bool, device=device) if cap is None else cap > 0
+        carried = tuple(torch.full((batch,), float(c), device=device) for c in carry)
+        return cls(drafts, None, alive, torch.zeros(batch, dtype=torch.long, device=device), cap, carried)
 
     def step(self, i: int, token: torch.Tensor, q: torch.Tensor, stop: torch.Tensor | None = None) -> bool:
         """Record step i: token [B] drawn from q [B, V]; a row stops after the step its stop flag [B]
-        is set. -> whether every row has stopped."""
+        is set, or its cap is reached. -> whether every row has stopped."""
         if self.probs is None:
             self.probs = q.new_zeros(*self.drafts.shape, q.shape[-1])
         self.drafts[:, i] = token
@@ -105,17 +118,45 @@ class Drafted:
         self.count += self.alive
         if stop is not None:
             self.alive &= ~stop
+        if self.cap is not None:
+            self.alive &= i + 1 < self.cap
         return not bool(self.alive.any())
 
+    def record(self, i: int, outs: list, n_carried: int) -> bool:
+        """Record step i from the body's yield (token, q[, stop], carried'...). -> whether every row has stopped."""
+        own = outs[: len(outs) - n_carried]
+        if n_carried:
+            self.carried = tuple(outs[len(outs) - n_carried:])
+        return self.step(i, *own)
 
-def draft_loop(state, op, ctx):
-    """Run the body up to max times; a row stops drafting after the step its stop flag is set."""
-    carry = Drafted.start(state.batch, op.param("max"), state.device)
+
+def draft_loop(state, op, ctx, cap=None):
+    """Run the body up to max times; a row stops drafting after the step its stop flag is set, or
+    after cap[b] steps (with cap[b] = 0 it drafts nothing)."""
+    carry = Drafted.start(state.batch, op.param("max"), state.device, cap, op.param("carry", ()))
     for i in range(op.param("max")):
-        token, q, *stop = run_graph(op.region, [ctx, carry.drafts, torch.tensor(i)], state, state.rules, state.backend)
-        if carry.step(i, token, q, *stop):
+        outs = run_graph(op.region, [ctx, carry.drafts, torch.tensor(i), *carry.carried], state, state.rules, state.backend)
+        if carry.record(i, outs, len(carry.carried)):
             break
     return carry.drafts, carry.probs, carry.count
+
+
+def length_cap(state, op):
+    """This round's per-row speculation length, from the generation's length policies (backends/speculation_length.py)."""
+    if getattr(state, "policies", None) is None:
+        raise RuntimeError("length_cap needs the generation loop's length policies (backends/runtime.py)")
+    return (state.policies.cap(op).to(state.device),)
+
+
+def mul(state, op, a, b):
+    return (a * b,)
+
+
+def predict_accept(state, op, prob, entropy, cumprob, step):
+    """A registered predictor's estimate that the next draft is accepted (stdlib/predictors.py)."""
+    from decspec.stdlib.predictors import predict
+
+    return (predict(op.param("predictor"), prob, entropy, cumprob, step),)
 
 
 def lookup_drafts(tokens: torch.Tensor, length: torch.Tensor, k: int, ngram: int, min_ngram: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,6 +269,9 @@ RULES = {
     "logical": logical,
     "logical_not": logical_not,
     "draft_loop": draft_loop,
+    "length_cap": length_cap,
+    "mul": mul,
+    "predict_accept": predict_accept,
     "ngram_lookup": ngram_lookup,
     "grammar_state": grammar_state,
     "grammar_mask": grammar_mask,
@@ -238,3 +282,15 @@ RULES = {
     "splice": splice,
     "commit": commit,
 }
+
+from decspec.backends.eager.acceptance import RULES as _ACCEPTANCE  # noqa: E402  (the lossy verifiers' ops)
+
+RULES.update(_ACCEPTANCE)
+
+from decspec.backends.eager.heads import RULES as _HEADS  # noqa: E402  (the draft-head ops)
+
+RULES.update(_HEADS)
+
+from decspec.backends.eager.tree import RULES as _TREE_RULES  # noqa: E402  (token trees: backends/eager/tree.py)
+
+RULES.update(_TREE_RULES)

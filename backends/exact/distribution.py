@@ -24,6 +24,7 @@ from decspec.backends.exact.rows import Rows, Run
 from decspec.backends.exact.rules import RULES
 from decspec.backends.interpreter import run_graph
 from decspec.backends.runtime import Context, max_draft_len, normalize_prompts
+from decspec.backends.speculation_length import Policies
 from decspec.compiler.ir import Graph
 from decspec.dsl.diagnostics import DecError
 
@@ -79,13 +80,17 @@ def exact_distribution(
     length = torch.zeros(1, dtype=torch.long)  # [W]
     weight = torch.ones(1, dtype=torch.float64)  # [W]
     depth = torch.zeros(1, dtype=torch.long)  # [W]: draws on the world's path
+    policies = Policies.start(graph, 1, seed=0)  # cross-round length policies: each world follows its own history
     while gen.shape[0]:
-        rows, (new, accepted, _) = _round(graph, models, _context(prompt, gen, length, capacity), capacity, max_rows, grammars)
+        rows, (new, accepted, drafted) = _round(graph, models, _context(prompt, gen, length, capacity), capacity, max_rows, grammars, policies)
         out.rounds += 1
         out.peak_rows = max(out.peak_rows, len(rows))
         w = rows.world  # [R]
+        policies = policies.select(w)
+        policies.update(accepted, drafted)
         gen, length, done = _stop(gen[w], length[w], new, accepted, max_new_tokens, eos)
-        gen, length, done, weight, depth = _merge(gen, length, done, weight[w] * rows.weight, depth[w] + rows.draws)
+        gen, length, done, weight, depth, first = _merge(gen, length, done, weight[w] * rows.weight, depth[w] + rows.draws, policies.key())
+        policies = policies.select(first[~done])
         for seq, n, p, d in zip(gen[done].tolist(), length[done].tolist(), weight[done].tolist(), depth[done].tolist()):
             out[tuple(seq[:n])] = out.get(tuple(seq[:n]), 0.0) + p  # a sequence can end in different rounds
             out.error_bound = max(out.error_bound, d * per_draw)
@@ -101,28 +106,34 @@ def _context(prompt: list[int], gen: torch.Tensor, length: torch.Tensor, capacit
     return Context(tokens, len(prompt) + length, torch.full_like(length, len(prompt)))
 
 
-def _round(graph: Graph, models: dict, ctx: Context, capacity: int, max_rows: int, grammars: Mapping[str, Any]) -> tuple[Rows, tuple]:
+def _round(graph: Graph, models: dict, ctx: Context, capacity: int, max_rows: int, grammars: Mapping[str, Any],
+           policies: Policies | None = None) -> tuple[Rows, tuple]:
     """Run the round graph once over every world, splitting rows at every draw."""
     run = Run(Rows.start(ctx.tokens.shape[0]), models, capacity, RULES, NAME, max_rows, dict(grammars))
+    run.policies = policies
     run_graph(graph, [ctx], run, RULES, NAME)
     return run.rows, run.committed
 
 
-def _merge(gen, length, done, weight, depth):
-    """Rows that reach the same tokens are one world: sum their weights.
+def _merge(gen, length, done, weight, depth, state=None):
+    """Rows that reach the same tokens (and, with cross-round length policies, the same policy
+    state [R, F]) are one world: sum their weights.
 
-    gen: [R, N] (-1 past each row's length), length, done, weight, depth: [R] -> the same for [W] worlds
+    gen: [R, N] (-1 past each row's length), length, done, weight, depth: [R]
+    -> the same for [W] worlds, and first [W]: a row of each world
     """
     key = torch.cat([gen, done[:, None].long()], 1)  # [R, N+1], entries in -1 .. V-1
     base = int(key.max()) + 2
-    if base ** key.shape[1] < 2**62:  # one int64 per row: a 1-D unique is much faster than unique(dim=0)
+    if state is not None:  # a world's future depends on its policy state too
+        key = torch.cat([key.double(), state], 1)
+    elif base ** key.shape[1] < 2**62:  # one int64 per row: a 1-D unique is much faster than unique(dim=0)
         key = ((key + 1) * base ** torch.arange(key.shape[1] - 1, -1, -1)).sum(1)
     _, world = torch.unique(key, dim=0 if key.dim() == 2 else None, return_inverse=True)  # [R]
     W, R = int(world.max()) + 1, gen.shape[0]
     first = torch.full((W,), R).scatter_reduce_(0, world, torch.arange(R), "amin")  # a row of each world
     merged_weight = torch.zeros(W, dtype=torch.float64).index_add_(0, world, weight)
     merged_depth = torch.zeros(W, dtype=torch.long).scatter_reduce_(0, world, depth, "amax")
-    return gen[first], length[first], done[first], merged_weight, merged_depth
+    return gen[first], length[first], done[first], merged_weight, merged_depth, first
 
 
 def _stop(gen, length, tokens, accepted, max_new_tokens: int, eos: int | None):
@@ -153,7 +164,13 @@ def _unpack(decoder_or_graph: Any, models: Mapping[str, Any] | None, eos: Any,
         graph, bound = decoder_or_graph, dict(models)
         first = next(iter(bound.values()))
     else:  # a Decoder
-        graph, bound = decoder_or_graph.graph, decoder_or_graph._bound_models() if models is None else dict(models)
+        graph = decoder_or_graph.graph
+        if models is None:
+            bound = decoder_or_graph._bound_models()
+        else:  # the caller's models, and the views the spec derives from them (early_exit, ...)
+            from decspec.stdlib.binding import bind_models
+
+            bound = bind_models(decoder_or_graph.spec, models)
         first = bound[decoder_or_graph.spec.models[0]]
         if grammars is None:
             grammars = decoder_or_graph._bound_grammars()

@@ -88,6 +88,7 @@ class Run:
         self.device = torch.device("cpu")
         self.generator = None  # never used: no rule draws randomness here
         self.committed: tuple | None = None
+        self.policies = None  # the worlds' cross-round length policies (backends/speculation_length.py), one row per world
         self.sessions = _Sessions(self)
         # one GrammarSession per grammar; it starts over whenever a split changes the row count
         self.grammars = {slot: GrammarSession(m) for slot, m in (grammars or {}).items()}

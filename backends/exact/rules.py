@@ -24,9 +24,12 @@ import torch
 
 from decspec.backends.eager import rules as eager
 from decspec.backends.exact.cells import CELLS
+from decspec.backends.exact.tree_cells import CELLS as _TREE_CELLS
 from decspec.backends.exact.rows import Run, per_row
 from decspec.backends.interpreter import run_graph
 from decspec.compiler.ops import OPS
+
+CELLS.update(_TREE_CELLS)  # token trees: backends/exact/tree_cells.py
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ def exact(rule: Callable, name: str) -> Callable:
             return rule(state, op, *ins)
         ins = align(state, op, ins)
         if d is not None and isinstance(ins[d], Draw):
-            u = state.split(*cells(*ins[:d], *ins[d + 1:]))  # cells: u [R, C, *draw shape], prob [R, C]
+            extra = {"op": op} if getattr(cells, "takes_op", False) else {}  # cells that depend on an op param (a tree's shape)
+            u = state.split(*cells(*ins[:d], *ins[d + 1:], **extra))  # cells: u [R, C, *draw shape], prob [R, C]
             ins = align(state, op, ins[:d] + (u,) + ins[d + 1:])
         return rule(state, op, *ins)
 
@@ -73,18 +77,36 @@ def model_call(state, op, *ins):
 
 
 @wraps(eager.draft_loop)
-def draft_loop(state, op, ctx):
+def draft_loop(state, op, ctx, cap=None):
     if not isinstance(state, Run):
-        return eager.draft_loop(state, op, ctx)
-    carry = eager.Drafted.start(state.batch, op.param("max"), state.device)
+        return eager.draft_loop(state, op, ctx, cap)
+    carry = eager.Drafted.start(state.batch, op.param("max"), state.device, None if cap is None else state.align(cap), op.param("carry", ()))
     for i in range(op.param("max")):
-        outs = run_graph(op.region, [state.align(ctx), carry.drafts, torch.tensor(i)], state, state.rules, state.backend)
+        outs = run_graph(op.region, [state.align(ctx), carry.drafts, torch.tensor(i), *(state.align(c) for c in carry.carried)],
+                         state, state.rules, state.backend)
         # the step's draws split the rows: map the step's outputs and the carried buffers onto them
-        carry = eager.Drafted(*(state.align(x) for x in (carry.drafts, carry.probs, carry.alive, carry.count)))
-        if carry.step(i, *(state.align(x) for x in outs)):
+        fields = (carry.drafts, carry.probs, carry.alive, carry.count, carry.cap)
+        carry = eager.Drafted(*(state.align(x) for x in fields), tuple(state.align(c) for c in carry.carried))
+        if carry.record(i, [state.align(x) for x in outs], len(carry.carried)):
             break
     return carry.drafts, carry.probs, carry.count
 
 
-RULES = {name: exact(rule, name) for name, rule in dict(eager.RULES, model_call=model_call, draft_loop=draft_loop).items()}
+@wraps(eager.RULES["head_logits"])
+def head_logits(state, op, *ins):
+    (logits,) = eager.RULES["head_logits"](state, op, *ins)
+    return (logits.double(),)  # as model_call's: every probability in float64
+
+
+RULES = {name: exact(rule, name) for name, rule in dict(eager.RULES, model_call=model_call, draft_loop=draft_loop,
+                                                       head_logits=head_logits).items()}
 RULES["uniform"] = uniform
+
+
+@wraps(eager.RULES["tree_call"])
+def tree_call(state, op, *ins):
+    (logits,) = eager.RULES["tree_call"](state, op, *ins)
+    return (logits.double(),)  # as model_call's
+
+
+RULES["tree_call"] = exact(tree_call, "tree_call")

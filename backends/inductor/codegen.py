@@ -22,6 +22,7 @@ import math
 from typing import Any
 
 from decspec.backends.runtime import DRAFT_OPS
+from decspec.backends.speculation_length import cap_key
 from decspec.compiler.ir import Graph, Op, Value
 from decspec.dsl.diagnostics import DecError
 
@@ -33,18 +34,22 @@ from decspec.backends.inductor import kernels as K
 '''
 
 
+def uniform_blocks(graph: Graph) -> list[int]:
+    """Columns of `u` each uniform op reads, in the order the generated code reads them (a draft
+    loop's body once per step). The runner draws each block as its own [B, w] tensor, so a round
+    consumes the random stream exactly as the eager backend's op-by-op draws do."""
+    blocks: list[int] = []
+    for op in graph.ops:
+        if op.name == "uniform":
+            blocks.append(math.prod(int(d) for d in op.param("shape")[1:]))
+        if op.region is not None:
+            blocks += uniform_blocks(op.region) * op.param("max", 1)
+    return blocks
+
+
 def uniform_width(graph: Graph) -> int:
     """Columns of `u` one round needs: every uniform's elements per row, times the loop trips around it."""
-    def width(g: Graph, trips: int) -> int:
-        total = 0
-        for op in g.ops:
-            if op.name == "uniform":
-                total += trips * math.prod(int(d) for d in op.param("shape")[1:])
-            if op.region is not None:
-                total += width(op.region, trips * op.param("max", 1))
-        return total
-
-    return width(graph, 1)
+    return sum(uniform_blocks(graph))
 
 
 def model_calls(graph: Graph) -> tuple[dict[str, int], dict[str, int]]:
@@ -100,12 +105,24 @@ def windows(graph: Graph) -> dict[str, int]:
 
 
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
-           "grammar_state", "grammar_mask")
+           "grammar_state", "grammar_mask", "length_cap", "predict_accept")
+
+
+PARAM_KERNELS = ("typical_accept", "topk_accept")
 
 
 def grammar_key(slot: str) -> str:
     """Where a round finds a grammar's session in `m` (beside the models' sessions)."""
     return f"grammar:{slot}"
+
+
+# Ops the code generator does not emit yet, and why (listed in docs/backends.md): a round using one
+# fails with a DecError naming the op and its .dec line.
+NOT_YET = dict.fromkeys(
+    ("tree_call", "repeat", "tree_topk", "tree_build", "tree_match", "tree_rejection", "tree_splice"),
+    "token trees run on the eager and exact backends only for now: the static-window model step (static.py) has no tree "
+    "attention or path commit yet (the tree's shape is static, so it can be emitted with static shapes later)",
+)
 
 
 def can_emit(op_name: str) -> bool:
@@ -173,13 +190,30 @@ class Emitter:
             self.line(f"{outs[0]} = {cols}{where}")
         elif op.name in ("logits_transform", "sampler_probs"):
             stages = tuple((r.name, r.fields) for r in p("stages"))
-            self.line(f"{outs[0]} = K.{op.name}({ins[0]}, {self.const(stages)}){where}")
+            context = ""
+            if len(ins) > 1:  # penalty stages: the sequence the logits were read after, as the model_call feeding them
+                ext = ins[2] if len(ins) > 2 else "None"
+                context = f", ctx_tokens, ctx_length, {ext}, {step if len(ins) == 4 else 'None'}"
+            self.line(f"{outs[0]} = K.{op.name}({ins[0]}, {self.const(stages)}{context}){where}")
         elif op.name == "compare":
             self.line(f"{outs[0]} = K.compare({ins[0]}, {p('op')!r}, {p('value')!r}){where}")
         elif op.name == "logical":
             self.line(f"{outs[0]} = K.logical({ins[0]}, {ins[1]}, {p('op')!r}){where}")
         elif op.name == "draft_loop":
             self.emit_draft_loop(op, ins, outs, where)
+        elif op.name == "length_cap":  # chosen on the host before the round (backends/speculation_length.py): an input tensor [B]
+            self.line(f"{outs[0]} = m[{cap_key(op)!r}]{where}")
+        elif op.name == "predict_accept":  # a predictor registered in Python, called by name
+            self.line(f"{outs[0]} = K.predict_accept({p('predictor')!r}, {', '.join(ins)}){where}")
+        elif op.name == "model_hidden":  # h at L-2, kept by the role's static session from its last forward (static.py)
+            if self.windows.get(p("model")) != 1:
+                raise DecError(f"the inductor backend reads model '{p('model')}''s hidden state from its previous verification call, "
+                               "so that model must verify every draft (draft heads on the target)"
+                               + (f" (op 'model_hidden', spec line {op.meta.line})" if op.meta.line else ""), hint="use backend='eager'")
+            self.line(f"{outs[0]} = K.model_hidden(m[{p('model')!r}], ctx_length){where}")
+        elif op.name == "head_logits":  # the draft heads at step i (an int unrolled, a 0-d tensor in the host loop)
+            self.line(f"{outs[0]} = K.head_logits(m[{p('model')!r}].model, {p('kind')!r}, {ins[0]}, ctx_tokens, ctx_length, "
+                      f"{ins[2]}, {step}){where}")
         elif op.name == "grammar_state":  # on the host (a graph break when compiled): reads the context as model_call does
             ext = ins[1] if len(ins) > 1 else "None"
             n = step if len(ins) == 3 else (op.inputs[1].type.shape[1] if len(ins) > 1 else 0)
@@ -196,16 +230,24 @@ class Emitter:
                 self.line(f"return (*K.commit_one({ins[0]}){steps}){where}" if steps else f"return K.commit_one({ins[0]}){where}")
             else:
                 self.line(f"return {ins[0]}, {ins[1]}, {ins[2]}{steps}{where}")
+        elif op.name in PARAM_KERNELS:  # kernels that take the op's params as keywords
+            kwargs = "".join(f", {k}={v!r}" for k, v in op.params)
+            self.line(f"{', '.join(outs)} = K.{op.name}({', '.join(ins)}{kwargs}){where}")
         elif can_emit(op.name):
             self.line(f"{', '.join(outs)} = K.{op.name}({', '.join(ins)}){where}")
         else:
-            raise DecError(f"the inductor backend cannot emit op '{op.name}'" + (f" (from spec line {op.meta.line})" if op.meta.line else ""))
+            line = f" (from spec line {op.meta.line})" if op.meta.line else ""
+            if op.name in NOT_YET:
+                raise DecError(f"the inductor backend cannot emit op '{op.name}' yet{line}: {NOT_YET[op.name]}",
+                               hint="use backend='eager' (or 'exact')")
+            raise DecError(f"the inductor backend cannot emit op '{op.name}'{line}")
 
     def emit_draft_loop(self, op: Op, ins: list[str], outs: list[str], where: str) -> None:
         k = op.param("max")
         body = op.region
         drafts, probs, count = outs
-        self.line(f"{drafts}, {probs}, {count}, alive = K.draft_start(ctx_tokens, {k}){where}, unrolled")
+        self.line(f"{drafts}, {probs}, {count}, alive = K.draft_start(ctx_tokens, {k}{self.cap_arg(op)}){where}, unrolled")
+        self.emit_carry_start(op)
         for i in range(k):
             self.line(f"# draft step {i}")
             self.emit_step(op, ins[0], i)
@@ -214,12 +256,28 @@ class Emitter:
         """One draft step: the body, then recording its token (step i: an int when unrolled, a tensor's name in draft_next)."""
         body = op.region
         drafts, probs, count = (self.name(v) for v in op.outputs)
-        env = {body.inputs[0]: ctx, body.inputs[1]: drafts}
+        carried = self.carried(op)
+        env = {body.inputs[0]: ctx, body.inputs[1]: drafts, body.inputs[2]: str(i), **dict(zip(body.inputs[3:], carried))}
         self.emit_graph(body, env, step=i)
-        token, q, *stop = [env[v] for v in body.outputs]
+        outs = [env[v] for v in body.outputs]
+        token, q, *stop = outs[: len(outs) - len(carried)]
         stop_arg = stop[0] if stop else "None"
         record = "draft_step" if isinstance(i, int) else "draft_step_at"
-        self.line(f"{probs}, {count}, alive = K.{record}({drafts}, {probs}, {count}, alive, {i}, {token}, {q}, {stop_arg})")
+        self.line(f"{probs}, {count}, alive = K.{record}({drafts}, {probs}, {count}, alive, {i}, {token}, {q}, {stop_arg}{self.cap_arg(op)})")
+        if carried:  # the loop-carried values the next step reads
+            self.line(f"{', '.join(carried)} = {', '.join(outs[len(outs) - len(carried):])}")
+
+    def carried(self, op: Op) -> list[str]:
+        """Names of a draft loop's loop-carried values (draft_loop's `carry`)."""
+        return [f"carried{j}" for j in range(len(op.param("carry", ())))]
+
+    def emit_carry_start(self, op: Op) -> None:
+        for name, init in zip(self.carried(op), op.param("carry", ())):
+            self.line(f"{name} = K.carry_start(ctx_tokens, {float(init)!r})")
+
+    def cap_arg(self, op: Op) -> str:
+        """`, cap=...` when a length policy caps the loop (its length_cap value), else nothing."""
+        return f", cap={self.name(op.inputs[1])}" if len(op.inputs) == 2 else ""
 
     def function(self, signature: str, emit) -> list[str]:
         """The lines of one generated function: `emit()` fills its body, with uniform columns counted from 0."""
@@ -229,18 +287,26 @@ class Emitter:
 
     def host_module(self) -> list[str]:
         """draft_first / draft_next / verify (each compiled by the caller) and round_fn, the host loop over them."""
-        loop, rest = self.graph.ops[0], self.graph.ops[1:]
+        at = next(j for j, op in enumerate(self.graph.ops) if op.name == "draft_loop")
+        pre, loop, rest = self.graph.ops[:at], self.graph.ops[at], self.graph.ops[at + 1:]  # pre: the length caps it reads
         k, ws = loop.param("max"), uniform_width(loop.region)  # ws: uniform columns of one step
         drafts, probs, count = (self.name(v) for v in loop.outputs)
-        carry = f"{drafts}, {probs}, {count}, alive"
+        carry = ", ".join([drafts, probs, count, "alive", *self.carried(loop)])
         where = f"  # draft_loop" + (f" (line {loop.meta.line})" if loop.meta.line else "") + ", host-controlled"
 
+        def emit_pre():
+            for op in pre:
+                self.emit_op(op, {}, None)
+
         def first():
-            self.line(f"{carry} = K.draft_start(ctx_tokens, {k}){where}")
+            emit_pre()
+            self.line(f"{drafts}, {probs}, {count}, alive = K.draft_start(ctx_tokens, {k}{self.cap_arg(loop)}){where}")
+            self.emit_carry_start(loop)
             self.emit_step(loop, "ctx", 0)
             self.line(f"return {carry}")
 
         def step():
+            emit_pre()
             self.emit_step(loop, "ctx", "i")
             self.line(f"return {carry}")
 

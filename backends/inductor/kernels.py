@@ -12,16 +12,19 @@ import functools
 import torch
 
 from decspec.backends import grammar as G
+from decspec.backends.eager import acceptance as A
 from decspec.backends.eager import rules as E
 from decspec.stdlib.samplers import apply_pipeline
 
 
-def logits_transform(logits: torch.Tensor, stages: tuple) -> torch.Tensor:
-    return apply_pipeline(logits, stages)
+def logits_transform(logits: torch.Tensor, stages: tuple, ctx_tokens=None, ctx_length=None, ext=None, n=None) -> torch.Tensor:
+    """The sampler stages; penalty stages count the tokens of ctx ++ ext[:, :n] (static shapes: n masks, an int or a 0-d tensor)."""
+    counts = None if ctx_tokens is None else E.context_counts(logits, ctx_tokens, ctx_length, ext, n)
+    return apply_pipeline(logits, stages, counts)
 
 
-def sampler_probs(logits: torch.Tensor, stages: tuple) -> torch.Tensor:
-    return softmax(apply_pipeline(logits, stages))
+def sampler_probs(logits: torch.Tensor, stages: tuple, *context) -> torch.Tensor:
+    return softmax(logits_transform(logits, stages, *context))
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -63,6 +66,19 @@ def ngram_lookup(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, k: int, ngr
     return drafts, E.one_hot_drafts(drafts, count, vocab), count
 
 
+def model_hidden(session, ctx_length: torch.Tensor) -> torch.Tensor:
+    """h at position L-2 of each row, from the static session's kept hidden states (zeros for one-token rows). -> [B, C]"""
+    return session.hidden_at(ctx_length)
+
+
+def head_logits(model, kind: str, hidden, ctx_tokens, ctx_length, drafts, step) -> torch.Tensor:
+    """Medusa/Hydra logits of draft position `step` (an int, or a 0-d tensor in the host loop). -> [B, V]"""
+    from decspec.backends.eager.heads import last_tokens
+    from decspec.stdlib.heads import head_logits as draft_head_logits
+
+    return draft_head_logits(model, kind, hidden, last_tokens(ctx_tokens, ctx_length), drafts, step)
+
+
 @torch.compiler.disable
 def grammar_state(session, ctx_tokens, ctx_length, ext, n, last: bool) -> torch.Tensor:
     """The grammar state after each row's generated tokens ++ ext[:, :n], on the host: a graph break when the
@@ -84,6 +100,18 @@ def rejection_residual(p, q, n, drafted) -> torch.Tensor:
     return E.rejection_residual(None, None, p, q, n, drafted)[0]
 
 
+def typical_accept(p, d, drafted, epsilon: float, delta: float) -> torch.Tensor:
+    return A.typical_accepted(p, d, drafted, epsilon, delta)
+
+
+def topk_accept(p, d, drafted, k: int) -> torch.Tensor:
+    return A.topk_accepted(p, d, drafted, k)
+
+
+def take_dist(p, index) -> torch.Tensor:
+    return A.dist_at(p, index)
+
+
 def match_len(d, t, drafted) -> torch.Tensor:
     return E.match_len(None, None, d, t, drafted)[0]
 
@@ -102,16 +130,23 @@ def commit_one(token: torch.Tensor):
     return token[:, None], zeros, zeros
 
 
-def draft_start(ctx_tokens: torch.Tensor, k: int):
-    """Empty draft-loop carry. -> drafts [B, K], probs (made at step 0), count [B], alive [B]"""
+def draft_start(ctx_tokens: torch.Tensor, k: int, cap: torch.Tensor | None = None):
+    """Empty draft-loop carry; with a length cap [B], rows capped at 0 draft nothing. -> drafts [B, K], probs (made at step 0), count [B], alive [B]"""
     B = ctx_tokens.shape[0]
     drafts = torch.zeros(B, k, dtype=torch.long, device=ctx_tokens.device)
     count = torch.zeros(B, dtype=torch.long, device=ctx_tokens.device)
-    return drafts, None, count, torch.ones(B, dtype=torch.bool, device=ctx_tokens.device)
+    alive = torch.ones(B, dtype=torch.bool, device=ctx_tokens.device) if cap is None else cap > 0
+    return drafts, None, count, alive
 
 
-def draft_step(drafts, probs, count, alive, i: int, token, q, stop):
-    """Record step i for every row (rows that stopped keep drafting, masked out of `count`). -> probs, count, alive"""
+def carry_start(ctx_tokens: torch.Tensor, init: float) -> torch.Tensor:
+    """A loop-carried value's start, per row. -> [B]"""
+    return torch.full((ctx_tokens.shape[0],), init, device=ctx_tokens.device)
+
+
+def draft_step(drafts, probs, count, alive, i: int, token, q, stop, cap=None):
+    """Record step i for every row (rows that stopped keep drafting, masked out of `count`); a row
+    also stops once it has drafted cap[b] tokens. -> probs, count, alive"""
     if probs is None:
         probs = q.new_zeros(*drafts.shape, q.shape[-1])  # [B, K, V]
     drafts[:, i] = token
@@ -119,10 +154,12 @@ def draft_step(drafts, probs, count, alive, i: int, token, q, stop):
     count = count + alive.long()
     if stop is not None:
         alive = alive & ~stop
+    if cap is not None:
+        alive = alive & (i + 1 < cap)
     return probs, count, alive
 
 
-def draft_step_at(drafts, probs, count, alive, i: torch.Tensor, token, q, stop):
+def draft_step_at(drafts, probs, count, alive, i: torch.Tensor, token, q, stop, cap=None):
     """draft_step with the step index as a tensor (the host loop's compiled step): records by
     mask instead of by index, so one graph serves every step. -> probs, count, alive"""
     at = torch.arange(drafts.shape[1], device=drafts.device) == i  # [K]
@@ -131,7 +168,20 @@ def draft_step_at(drafts, probs, count, alive, i: torch.Tensor, token, q, stop):
     count = count + alive.long()
     if stop is not None:
         alive = alive & ~stop
+    if cap is not None:
+        alive = alive & (i + 1 < cap)
     return probs, count, alive
+
+
+def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return E.mul(None, None, a, b)[0]
+
+
+def predict_accept(name: str, prob, entropy, cumprob, step) -> torch.Tensor:
+    """A registered predictor (stdlib/predictors.py), on this step's draft statistics; step: an int (unrolled) or a 0-d tensor."""
+    from decspec.stdlib.predictors import predict
+
+    return predict(name, prob, entropy, cumprob, step)
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,6 +23,7 @@ class RoundRunner:
         self.namespace, self.source = codegen.build_round(graph)
         self.graph = graph
         self.width = codegen.uniform_width(graph)
+        self.blocks = codegen.uniform_blocks(graph)
         self.schedule = codegen.schedule(graph)
         # unrolled: round_fn is one graph; host: round_fn is the Python loop over the compiled step and verify functions
         compiled = ("draft_first", "draft_next", "verify") if self.schedule == "host" else ("round_fn",)
@@ -33,16 +34,22 @@ class RoundRunner:
         self.sessions: dict[str, StaticSession] = {}
 
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
-        self.sessions = {role: StaticSession(m, batch, capacity) for role, m in models.items()}
+        hidden = {op.param("model") for op in self.graph.walk() if op.name == "model_hidden"}  # roles whose heads draft
+        self.sessions = {role: StaticSession(m, batch, capacity, keep_hidden=role in hidden) for role, m in models.items()}
         for s in self.sessions.values():
             s.prefill(ctx.tokens, ctx.length)
         return self.sessions
 
     def __call__(self, ctx, state) -> None:
-        u = torch.rand(state.batch, self.width, generator=state.generator, device=state.device)  # [B, U]
+        # [B, U], drawn block by block in the eager backend's order: the same seed gives the same tokens as eager
+        # (for loops that run to max; an exit policy makes eager skip the draws of steps it does not run)
+        u = torch.cat([torch.rand(state.batch, w, generator=state.generator, device=state.device) for w in self.blocks], 1) \
+            if self.blocks else torch.empty(state.batch, 0, device=state.device)
         m = self.sessions
         if state.grammars:  # grammar sessions sit beside the models' (codegen.grammar_key)
             m = {**m, **{codegen.grammar_key(slot): g for slot, g in state.grammars.items()}}
+        if state.policies:  # this round's length caps [B], chosen on the host: inputs of a fixed shape (codegen.cap_key)
+            m = {**m, **{key: cap.to(state.device) for key, cap in state.policies.caps().items()}}
         tokens, accepted, drafted, steps = self.fn(ctx.tokens, ctx.length, u, m)
         state.committed = (tokens, accepted, drafted)
         for role, n in codegen.calls_per_round(self.graph, steps).items():

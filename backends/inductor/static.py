@@ -28,9 +28,12 @@ class StaticSession:
     (lo may be negative: -w re-feeds w context positions) and returns the logits there.
     """
 
-    def __init__(self, model, batch: int, capacity: int):
+    def __init__(self, model, batch: int, capacity: int, keep_hidden: bool = False):
         self.model = model
         self.cache = model.new_cache(batch, capacity)
+        # with keep_hidden, every forward's final hidden states [B, S, C] (made at the first forward): `hidden_at` reads them
+        self.keep_hidden = keep_hidden
+        self.hiddens: torch.Tensor | None = None
         self.calls = 0  # counted by the runner, outside compiled code (a Python int would be a guard)
         self.tokens_fed = 0
         self._static = hasattr(model, "forward_at")
@@ -40,7 +43,8 @@ class StaticSession:
         n = (ctx_length - 1).clamp(min=0)  # [B]
         T = max(int(n.max()), 1)
         self.cache.rollback(torch.zeros_like(n))
-        self.model.forward(ctx_tokens[:, :T], self.cache, n_valid=n)
+        out = self.model.forward(ctx_tokens[:, :T], self.cache, n_valid=n)
+        self.keep(out, torch.zeros_like(n), T)
         self.calls += 1
         self.tokens_fed += int(n.sum())
 
@@ -62,10 +66,12 @@ class StaticSession:
         else:
             tokens = from_ctx
         if self._static:
-            logits = self.model.forward_at(tokens, self.cache, start).logits  # [B, T, V]
+            out = self.model.forward_at(tokens, self.cache, start)  # logits: [B, T, V]
         else:
             self.cache.rollback(start)
-            logits = self.model.forward(tokens, self.cache).logits
+            out = self.model.forward(tokens, self.cache)
+        self.keep(out, start, T)
+        logits = out.logits
         shift = (start - (ctx_length + lo))[:, None]  # [B, 1]: > 0 only for rows that started at 0
         idx = (torch.arange(T, device=pos.device)[None, :] - shift).clamp(0, T - 1)  # [B, T]
         return logits.gather(1, idx[..., None].expand(B, T, logits.shape[-1]))
@@ -76,6 +82,30 @@ class StaticSession:
         start = ctx_length + (i - 1)  # [B]
         tokens = ext.index_select(1, (i - 1).reshape(1))  # [B, 1]
         if self._static:
-            return self.model.forward_at(tokens, self.cache, start).logits
-        self.cache.rollback(start)
-        return self.model.forward(tokens, self.cache).logits
+            out = self.model.forward_at(tokens, self.cache, start)
+        else:
+            self.cache.rollback(start)
+            out = self.model.forward(tokens, self.cache)
+        self.keep(out, start, 1)
+        return out.logits
+
+    def keep(self, out, start: torch.Tensor, T: int) -> None:
+        """With keep_hidden, record out.hidden [B, T, C] at positions start .. start + T - 1."""
+        if not self.keep_hidden:
+            return
+        if out.hidden is None:
+            raise ValueError(f"{type(self.model).__name__} returns no hidden states (ModelOutput.hidden), which draft heads read")
+        if self.hiddens is None:
+            self.hiddens = out.hidden.new_zeros(self.cache.batch, self.cache.capacity, out.hidden.shape[-1])
+        pos = (start[:, None] + torch.arange(T, device=start.device)[None, :]).clamp(max=self.cache.capacity - 1)  # [B, T]
+        self.hiddens.scatter_(1, pos[..., None].expand(-1, -1, self.hiddens.shape[-1]), out.hidden.to(self.hiddens))
+
+    def hidden_at(self, ctx_length: torch.Tensor) -> torch.Tensor:
+        """The kept hidden state at position L-2 of each row (zeros where L < 2). -> [B, C]
+
+        At a round's start a role that verifies every draft (window 1) holds ctx[:L-1]: the previous
+        round's verification (or the prefill) computed position L-2 with the committed tokens.
+        """
+        at = (ctx_length - 2).clamp(min=0)
+        h = self.hiddens.gather(1, at[:, None, None].expand(-1, 1, self.hiddens.shape[-1])).squeeze(1)  # [B, C]
+        return torch.where((ctx_length >= 2)[:, None], h, torch.zeros_like(h))

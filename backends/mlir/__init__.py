@@ -6,7 +6,8 @@ and every model cache tensor are explicit inputs, the updated caches explicit ou
 torch-mlir is an optional extra: `pip install 'decspec[mlir]'`. See docs/backends.md ("mlir").
 """
 from decspec.backends.mlir.export import DIALECTS, PARTS, MlirExport, Traced, export_mlir, lower, trace
+from decspec.backends.mlir.run import CompiledMlir, compile_mlir
 
 NAME = "mlir"
 
-__all__ = ["DIALECTS", "NAME", "PARTS", "MlirExport", "Traced", "export_mlir", "lower", "trace"]
+__all__ = ["DIALECTS", "NAME", "PARTS", "CompiledMlir", "MlirExport", "Traced", "compile_mlir", "export_mlir", "lower", "trace"]

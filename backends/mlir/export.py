@@ -37,7 +37,15 @@ PARTS = ("round", "verify")
 HOST_OPS = {
     "grammar_state": "a grammar's automaton runs on the host (numba token index), outside the tensor graph",
     "grammar_mask": "a grammar's token mask is read from the host automaton's state",
+    "length_cap": "a cross-round length policy chooses the cap on the host between rounds (not yet an input of the exported function)",
+    "model_hidden": "draft heads read the hidden states a model's previous forwards kept beside its cache, which the export "
+                    "does not pass as a function input yet",
 }
+
+
+HOST_OPS.update(dict.fromkeys(  # not host ops, but not exportable yet either: the round is traced from the inductor codegen
+    ("tree_call", "repeat", "tree_topk", "tree_build", "tree_match", "tree_rejection", "tree_splice"),
+    "token trees are not emitted by the inductor code generator yet (docs/backends.md), and the export traces its round"))
 
 
 def check_exportable(graph) -> None:

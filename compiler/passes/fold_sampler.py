@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from decspec.compiler.ir import Dim, Graph, Op, Value
 from decspec.compiler.text import Record
+from decspec.stdlib.samplers import needs_context
 
 NAME = "fold_sampler"
 
@@ -67,6 +68,14 @@ RULES: list[tuple[tuple[Matcher, ...], Rewrite]] = [
     ((stage("min_p", lambda f, V: f["p"] <= 1), stage("greedy")), keep_last),
     # greedy | top_k/top_p/min_p/greedy: one finite logit is left; each of these keeps it and only masks -inf ones
     ((stage("greedy"), one_of("top_k", "top_p", "min_p", "greedy")), keep_first),
+    # typical_p(p>=1): samplers.typical_p returns its input unchanged
+    ((stage("typical_p", lambda f, V: f["p"] >= 1),), drop),
+    # repetition_penalty(r=1), frequency_penalty(a=0), presence_penalty(a=0): logits / 1, logits * 1, logits - 0 are exact
+    ((stage("repetition_penalty", lambda f, V: f["r"] == 1),), drop),
+    ((stage("frequency_penalty", lambda f, V: f["a"] == 0),), drop),
+    ((stage("presence_penalty", lambda f, V: f["a"] == 0),), drop),
+    # greedy | typical_p: one finite logit is left, with surprisal 0 = H; typical_p keeps it and masks only -inf ones
+    ((stage("greedy"), stage("typical_p")), keep_first),
 ]
 
 
@@ -105,5 +114,7 @@ def _fold(graph: Graph, subst: dict[Value, Value]) -> Graph:
                 subst[op.outputs[0]] = op.inputs[0]
                 continue
             op = op.replace(params=tuple((k, stages if k == "stages" else v) for k, v in op.params))
+            if not needs_context(stages):  # no penalty left: the context inputs are dead, and CSE may merge equal transforms
+                op = op.replace(inputs=op.inputs[:1])
         ops.append(op)
     return graph.replace(ops=ops, outputs=tuple(subst.get(v, v) for v in graph.outputs))

@@ -19,6 +19,8 @@ def _is_one_hot_stage(stage) -> bool:
 
 def _one_hot(producers: dict[Value, Op], probs: Value) -> bool:
     softmax = producers.get(probs)
+    if softmax is not None and softmax.name == "take_dist":  # one position of one-hot distributions is one-hot
+        return _one_hot(producers, softmax.inputs[0])
     if softmax is not None and softmax.name == "sampler_probs":  # the pair, fused by fuse_sampler
         return any(_is_one_hot_stage(s) for s in softmax.param("stages"))
     if softmax is None or softmax.name != "softmax":

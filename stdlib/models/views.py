@@ -16,8 +16,11 @@ import torch
 from decspec.stdlib.models.protocol import Cache, ModelOutput
 
 
-class _View:
+class _View(torch.nn.Module):
+    """A Module (holding the model as a submodule when it is one), so compiled and exported rounds take it as a model."""
+
     def __init__(self, model, layers: list[int]):
+        super().__init__()
         self.model = model
         self.vocab_size = model.vocab_size
         self.eos_token_id = model.eos_token_id

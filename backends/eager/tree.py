@@ -1,0 +1,133 @@
+"""The eager rules of the token-tree ops (compiler/ops_tree.py), in plain PyTorch.
+
+Positions: 0 is the root (after the context), i + 1 is node i; `parents[i]` is node i's parent
+position. Every rule works for any static tree (per-node widths may differ), one depth at a time,
+vectorized over rows.
+"""
+from __future__ import annotations
+
+import torch
+
+from decspec.backends.tree_cache import children_table, tree_logits
+from decspec.compiler.ops_tree import tree_depth
+
+
+def tree_call(state, op, ctx, *levels):
+    """Logits at positions first..M of the tree (one model call with a tree mask; backends/tree_cache.py)."""
+    session = state.sessions[op.param("model")]
+    tokens = torch.cat(levels, 1) if levels else None
+    return (tree_logits(session, ctx.tokens, ctx.length, tokens, tuple(op.param("parents")), op.param("first", 0)),)
+
+
+def repeat(state, op, probs):
+    return (probs.repeat_interleave(op.param("times"), dim=1),)  # [B, n, V] -> [B, n*times, V]
+
+
+def tree_topk(state, op, probs):
+    """The k most likely tokens of each of the n distributions (first on ties), q one-hot on each. [B, n, V] -> [B, n*k], [B, n*k, V]"""
+    B, n, V = probs.shape
+    k = op.param("k")
+    order = torch.sort(probs, dim=-1, descending=True, stable=True).indices[..., :k]  # [B, n, min(k, V)]
+    if order.shape[-1] < k:  # more children than tokens: the extra ones repeat the least likely
+        order = torch.cat([order, order[..., -1:].expand(B, n, k - order.shape[-1])], -1)
+    tokens = order.reshape(B, n * k)
+    q = torch.zeros(B, n * k, V, dtype=probs.dtype, device=probs.device).scatter_(-1, tokens[..., None], 1.0)
+    return tokens, q
+
+
+def tree_build(state, op, *levels):
+    """Levels (tokens [B, n_d], q [B, n_d, V]) -> tokens [B, N], q [B, N, V], drafted [B] (= N)."""
+    tokens = torch.cat(levels[0::2], 1)
+    q = torch.cat(levels[1::2], 1)
+    return tokens, q, torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
+
+
+def tree_match(state, op, tokens, t):
+    """The longest root path whose node at each depth equals the target's token at its parent's position."""
+    parents = tuple(op.param("parents"))
+    D = tree_depth(parents)
+    B = tokens.shape[0]
+    table = children_table(parents).to(tokens.device)
+    pos = torch.zeros(B, dtype=torch.long, device=tokens.device)
+    n = torch.zeros_like(pos)
+    alive = torch.ones(B, dtype=torch.bool, device=tokens.device)
+    path = torch.zeros(B, D, dtype=torch.long, device=tokens.device)
+    for d in range(D):
+        kids = table[pos]  # [B, W]
+        want = t.gather(1, pos[:, None])  # [B, 1]: the target's token after the path so far
+        ok = (kids >= 0) & (tokens.gather(1, kids.clamp(min=0)) == want) & alive[:, None]
+        found = ok.any(1)
+        child = kids.gather(1, ok.int().argmax(1, keepdim=True)).squeeze(1)
+        path[:, d] = torch.where(found, child, 0)
+        n += found
+        pos = torch.where(found, child + 1, pos)
+        alive &= found
+    return path, n, pos
+
+
+def accept_ratio(r: torch.Tensor, q: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+    """a = min(1, r(tok) / q(tok)) (1 where q(tok) = 0 < r(tok), 0 where both are 0). r, q: [B, V], tok: [B] -> [B]"""
+    rd = r.gather(1, tok[:, None]).squeeze(1)
+    qd = q.gather(1, tok[:, None]).squeeze(1)
+    return torch.where(qd > 0, (rd / qd.clamp_min(torch.finfo(qd.dtype).tiny)).clamp(max=1), (rd > 0).to(rd.dtype))
+
+
+def residual(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, r - q)), or r itself when that has no mass (r == q: the rejection had probability 0). [B, V]"""
+    res = (r - q).clamp_min(0)
+    mass = res.sum(-1, keepdim=True)
+    return torch.where(mass > 0, res / mass.clamp_min(torch.finfo(mass.dtype).tiny), r)
+
+
+def tree_rejection(state, op, p, q, tokens, u):
+    """Recursive rejection over siblings (SpecInfer, Miao et al. 2024): at the current position with
+    target r, try its children c in order, accept iff u_c * q_c(c) < r(c) (probability min(1, r/q));
+    on a rejection r <- norm(max(0, r - q_c)); descend into an accepted child (r = p there); stop when
+    every child is rejected or at a leaf. p: [B, N+1, V], q: [B, N, V], tokens, u: [B, N]
+    -> path [B, D], n [B], r [B, V] (the next token's distribution: the residual, or p at a leaf)"""
+    parents = tuple(op.param("parents"))
+    D = tree_depth(parents)
+    B = tokens.shape[0]
+    rows = torch.arange(B, device=tokens.device)
+    table = children_table(parents).to(tokens.device)  # [N+1, W]
+    pos = torch.zeros(B, dtype=torch.long, device=tokens.device)
+    n = torch.zeros_like(pos)
+    path = torch.zeros(B, D, dtype=torch.long, device=tokens.device)
+    r = p[:, 0]  # [B, V]
+    alive = torch.ones(B, dtype=torch.bool, device=tokens.device)  # still descending
+    for d in range(D):
+        kids = table[pos]  # [B, W]
+        accepted = torch.zeros_like(alive)
+        for j in range(kids.shape[1]):
+            c = kids[:, j]
+            trying = alive & ~accepted & (c >= 0)
+            c = c.clamp(min=0)
+            tok, qc = tokens[rows, c], q[rows, c]  # [B], [B, V]
+            acc = trying & (u[rows, c] * qc.gather(1, tok[:, None]).squeeze(1) < r.gather(1, tok[:, None]).squeeze(1))
+            rej = trying & ~acc
+            r = torch.where(rej[:, None], residual(r, qc), r)
+            r = torch.where(acc[:, None], p[rows, c + 1], r)
+            path[:, d] = torch.where(acc, c, path[:, d])
+            pos = torch.where(acc, c + 1, pos)
+            accepted |= acc
+        n += accepted
+        alive &= accepted
+    return path, n, r
+
+
+def tree_splice(state, op, tokens, path, n, x):
+    """tokens[path[:, :n]] followed by x. -> [B, D+1]"""
+    out = torch.cat([tokens.gather(1, path), tokens.new_zeros(tokens.shape[0], 1)], 1)
+    out.scatter_(1, n[:, None], x[:, None])
+    return (out,)
+
+
+RULES = {
+    "tree_call": tree_call,
+    "repeat": repeat,
+    "tree_topk": tree_topk,
+    "tree_build": tree_build,
+    "tree_match": tree_match,
+    "tree_rejection": tree_rejection,
+    "tree_splice": tree_splice,
+}

@@ -1,0 +1,69 @@
+"""Cells of `tree_rejection`: the outcomes of recursive rejection over a token tree, per row.
+
+The op's output (path, n, residual) is a function of which nodes were tried and accepted. Which
+nodes are tried follows from the earlier decisions, so an outcome is a *pattern*: the sequence of
+(node, accepted?) decisions of one traversal. Patterns depend only on the tree's shape:
+
+    at a position with children c_1..c_w: for each j, reject c_1..c_{j-1}, accept c_j and continue
+    with a pattern of c_j's subtree; or reject all w (the walk ends there); a leaf ends the walk.
+
+For each pattern and row, the cell's measure is the product of a (accepted) or 1 - a (rejected)
+over its decisions, a = min(1, r(c) / q_c(c)) with the target r the walk holds at that point (p at
+the root, the residual after each rejection, p at the accepted node); the representative u puts
+each tried node's u in the middle of [0, a) or [a, 1), and 0.5 on nodes never tried.
+
+    >>> patterns((0, 0, 1, 2))       # two children of the root, one child under each
+    [((0, True), (2, True)), ((0, True), (2, False)), ((0, False), (1, True), (3, True)), ((0, False), (1, True), (3, False)), ((0, False), (1, False))]
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from decspec.backends.eager.tree import accept_ratio, residual
+
+
+@lru_cache(maxsize=64)
+def patterns(parents: tuple[int, ...]) -> list[tuple[tuple[int, bool], ...]]:
+    """Every traversal of recursive rejection over the tree, as its (node, accepted) decisions."""
+    kids: list[list[int]] = [[] for _ in range(len(parents) + 1)]
+    for i, pos in enumerate(parents):
+        kids[pos].append(i)
+
+    def at(pos: int) -> list[tuple]:
+        if not kids[pos]:
+            return [()]
+        out: list[tuple] = []
+        for j, c in enumerate(kids[pos]):
+            rejected = tuple((s, False) for s in kids[pos][:j])
+            out += [rejected + ((c, True),) + rest for rest in at(c + 1)]
+        return out + [tuple((s, False) for s in kids[pos])]
+
+    return at(0)
+
+
+def tree_rejection(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, *, op) -> tuple[torch.Tensor, torch.Tensor]:
+    """p: [R, N+1, V], q: [R, N, V], tokens: [R, N] -> u: [R, C, N], prob: [R, C] (C: the tree's patterns)"""
+    pats = patterns(tuple(op.param("parents")))
+    R, N = tokens.shape
+    rows = torch.arange(R)
+    u = torch.full((R, len(pats), N), 0.5, dtype=p.dtype)
+    prob = torch.ones(R, len(pats), dtype=p.dtype)
+    for ci, pattern in enumerate(pats):
+        r = p[:, 0]
+        for node, accepted in pattern:
+            qc = q[:, node]
+            a = accept_ratio(r, qc, tokens[rows, node])  # [R]
+            if accepted:
+                u[:, ci, node], prob[:, ci] = a / 2, prob[:, ci] * a
+                r = p[:, node + 1]
+            else:
+                u[:, ci, node], prob[:, ci] = (1 + a) / 2, prob[:, ci] * (1 - a)
+                r = residual(r, qc)
+    return u, prob
+
+
+tree_rejection.takes_op = True  # its cells depend on the tree's shape, an op param
+
+CELLS = {"tree_rejection": tree_rejection}

@@ -1,0 +1,130 @@
+"""`tree_call` over a PrefixCache: a token tree fed in one model call, and its accepted path kept.
+
+In the IR a tree call is still a pure function of token sequences: "the logits after ctx ++ the
+root path of each node". The PrefixCache makes it cheap as it does for chains:
+
+- the call rolls the cache back to the longest common prefix with ctx (as `PrefixCache.logits`),
+  then feeds one block: the ctx tokens the cache lacks (a chain) followed by the M tree nodes,
+  under a tree attention mask (a node attends the chain and its ancestors; its position is its
+  depth), so node i lands at cache position len(ctx) + i;
+- the cache then *holds the tree*: `PrefixCache.tree` records (base, tokens, parents);
+- the next call on that cache first settles the tree against the sequence it needs (`settle`): the
+  longest root path of the tree that the sequence continues with is moved to contiguous slots by
+  `cache.commit_path` (K/V included) and everything else in the tree is forgotten. After a round,
+  the target's cache so holds exactly the committed path, and only the bonus token is fed next.
+
+The protocol's tree mask covers the new block only (a new token attends every cached slot), so a
+tree cannot be extended in place: a draft growing a tree level by level re-feeds the levels it
+already has at every call (a cost of O(depth x nodes) tokens per round, small for static trees).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=256)
+def children_table(parents: tuple[int, ...]) -> torch.Tensor:
+    """children[pos] = the node indices whose parent is position pos, in order, padded with -1. -> [M+1, W]"""
+    M = len(parents)
+    kids: list[list[int]] = [[] for _ in range(M + 1)]
+    for i, pos in enumerate(parents):
+        kids[pos].append(i)
+    W = max((len(k) for k in kids), default=0) or 1
+    return torch.tensor([k + [-1] * (W - len(k)) for k in kids], dtype=torch.long)
+
+
+@lru_cache(maxsize=256)
+def ancestors(parents: tuple[int, ...]) -> torch.Tensor:
+    """anc[i, j]: node j is a proper ancestor of node i. -> [M, M] bool"""
+    M = len(parents)
+    anc = torch.zeros(M, M, dtype=torch.bool)
+    for i, pos in enumerate(parents):
+        if pos > 0:
+            anc[i] = anc[pos - 1]
+            anc[i, pos - 1] = True
+    return anc
+
+
+def walk(tokens: torch.Tensor, parents: tuple[int, ...], follow: torch.Tensor, limit: torch.Tensor | None = None):
+    """The longest root path whose node at depth d+1 holds follow[:, d] (the first such sibling wins).
+
+    tokens: [B, M] the nodes, follow: [B, L] the tokens to follow, limit: [B] how many of them count
+    -> path [B, L] (node indices, 0 past n), n [B], position at the path's end [B] (0: the root)
+    """
+    B, L = follow.shape
+    dev = tokens.device
+    table = children_table(tuple(parents)).to(dev)  # [M+1, W]
+    pos = torch.zeros(B, dtype=torch.long, device=dev)
+    n = torch.zeros(B, dtype=torch.long, device=dev)
+    alive = torch.ones(B, dtype=torch.bool, device=dev) if limit is None else limit > 0
+    path = torch.zeros(B, L, dtype=torch.long, device=dev)
+    for d in range(L):
+        kids = table[pos]  # [B, W]
+        ok = (kids >= 0) & (tokens.gather(1, kids.clamp(min=0)) == follow[:, d, None]) & alive[:, None]
+        found = ok.any(1)
+        child = kids.gather(1, ok.int().argmax(1, keepdim=True)).squeeze(1)
+        path[:, d] = torch.where(found, child, 0)
+        n += found
+        pos = torch.where(found, child + 1, pos)
+        alive = found if limit is None else found & (d + 1 < limit)
+    return path, n, pos
+
+
+def settle(pc, seq: torch.Tensor, seq_len: torch.Tensor) -> None:
+    """Keep, of the tree `pc` holds, the longest root path that seq [B, W] (lengths [B]) continues with."""
+    base, tokens, parents = pc.tree
+    pc.tree = None
+    depth = _depth(parents)
+    W = seq.shape[1]
+    cols = (base[:, None] + torch.arange(depth, device=seq.device)).clamp(max=max(W - 1, 0))  # [B, D]
+    follow = seq.gather(1, cols) if W else torch.zeros_like(cols)
+    path, n, _ = walk(tokens, parents, follow, (seq_len - base).clamp(min=0))
+    pc.cache.commit_path(base, path, n)
+
+
+@lru_cache(maxsize=256)
+def _depth(parents: tuple[int, ...]) -> int:
+    from decspec.compiler.ops_tree import tree_depth
+
+    return tree_depth(parents)
+
+
+def tree_logits(pc, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: torch.Tensor | None,
+                parents: tuple[int, ...], first: int = 0) -> torch.Tensor:
+    """Logits at positions first..M of the tree `tokens` [B, M] (parents: node i's parent position)
+    under ctx: position 0 after ctx, position i+1 after ctx ++ node i's root path. -> [B, M+1-first, V]"""
+    if tokens is None or tokens.shape[1] == 0:
+        return pc.logits(ctx_tokens, ctx_length, last=True)[:, None]
+    if pc.tree is not None:
+        settle(pc, ctx_tokens, ctx_length)
+    dev = ctx_tokens.device
+    B, M = tokens.shape
+    cache = pc.cache
+    W = int(ctx_length.max())
+    held = torch.minimum(cache.length, ctx_length)
+    cols = torch.arange(W, device=dev)
+    differs = (cache.tokens[:, :W] != ctx_tokens[:, :W]) & (cols[None, :] < held[:, None])
+    lcp = torch.where(differs.any(1), differs.int().argmax(1), held)  # [B]
+    start = torch.minimum(lcp, ctx_length - 1 if first == 0 else ctx_length)  # the root's logits need ctx's last token fed
+    cache.rollback(start)
+    chain = ctx_length - start  # [B] ctx tokens each row feeds before the tree
+    T = int(chain.max()) + M
+    j = torch.arange(T, device=dev)[None, :]  # [1, T] block index
+    is_chain = j < chain[:, None]  # [B, T]
+    node = j - chain[:, None]  # [B, T] node index of each block entry
+    is_node = (node >= 0) & (node < M)
+    node = node.clamp(0, M - 1)
+    fed = ctx_tokens.gather(1, (start[:, None] + j).clamp(max=ctx_tokens.shape[1] - 1))
+    feed = torch.where(is_chain, fed, torch.where(is_node, tokens.gather(1, node), 0))  # [B, T]
+    anc = ancestors(tuple(parents)).to(dev)[node[:, :, None], node[:, None, :]]  # [B, T, T]
+    mask = is_chain[:, :, None] & is_chain[:, None, :] & (j[:, :, None] >= j[:, None, :])  # [B, T, T]: the chain is causal
+    mask |= is_node[:, :, None] & is_chain[:, None, :]  # every node attends the whole chain
+    mask |= is_node[:, :, None] & is_node[:, None, :] & anc  # and its ancestors
+    out = pc.model.forward(feed, cache, n_valid=chain + M, tree_mask=mask).logits  # [B, T, V]
+    pc.calls += 1
+    pc.tokens_fed += int((chain + M).sum())
+    pc.tree = (ctx_length.clone(), tokens.clone(), tuple(parents))  # node i now sits at ctx_length + i
+    idx = chain[:, None] - 1 + torch.arange(first, M + 1, device=dev)[None, :]  # position p is block entry chain - 1 + p
+    return out.gather(1, idx[..., None].expand(-1, -1, out.shape[-1]))

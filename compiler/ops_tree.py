@@ -1,0 +1,138 @@
+"""The IR's token-tree ops: a static tree of drafts, its model calls, and its verification.
+
+A tree is static: `parents` (an op param) lists, for each node i in breadth-first order, the
+*position* of its parent, where position 0 is the root (the context's last token: the tree's
+first level continues the context) and position j + 1 is node j. So a tree of N nodes has N + 1
+positions, and every per-position tensor (the target's p [B, N+1, V], its tokens [B, N+1]) is
+indexed the same way. A node's depth is its parent's + 1 (the first level has depth 1); the
+tree's depth D is the longest root path, the most drafts a round can accept.
+
+    >>> tree_parents((2, 1))          # two children of the root, then one child each
+    (0, 0, 1, 2)
+    >>> tree_depths((0, 0, 1, 2))     # depth of each node
+    (1, 1, 2, 2)
+"""
+from __future__ import annotations
+
+from decspec.compiler.ir import CTX
+from decspec.compiler.ops import OpDef, _expect, _t
+
+
+def tree_parents(widths) -> tuple[int, ...]:
+    """The static tree where every node at depth d has widths[d] children, in breadth-first order:
+    each node's parent position (0: the root)."""
+    parents: list[int] = []
+    level = [0]  # positions of the previous level's nodes
+    for w in widths:
+        start = len(parents)
+        parents += [pos for pos in level for _ in range(w)]
+        level = [i + 1 for i in range(start, len(parents))]
+    return tuple(parents)
+
+
+def tree_depths(parents) -> tuple[int, ...]:
+    depth = [0]  # by position
+    for p in parents:
+        depth.append(depth[p] + 1)
+    return tuple(depth[1:])
+
+
+def tree_depth(parents) -> int:
+    return max(tree_depths(parents), default=0)
+
+
+def _parents(p) -> tuple[int, ...]:
+    parents = p.get("parents")
+    _expect(isinstance(parents, (tuple, list)) and all(isinstance(x, int) for x in parents), "parents must list ints")
+    _expect(all(0 <= x <= i for i, x in enumerate(parents)), "parents must be breadth-first: node i's parent is a position <= i")
+    return tuple(parents)
+
+
+def _levels(ins, what: str) -> int:
+    """Total width of tok[B, n] inputs (the tree's levels, concatenated)."""
+    _expect(all(t.dtype == "tok" and len(t.shape) == 2 and isinstance(t.shape[1], int) for t in ins), f"{what} takes tok[B,n] levels")
+    return sum(t.shape[1] for t in ins)
+
+
+def _tree_call(p, ins):
+    parents, first = _parents(p), p.get("first", 0)
+    _expect(isinstance(p.get("model"), str), "tree_call model must name a model role")
+    _expect(ins and ins[0] == CTX, "tree_call takes the context first")
+    M = _levels(ins[1:], "tree_call")
+    _expect(M == len(parents), f"tree_call's levels hold {M} nodes but parents lists {len(parents)}")
+    _expect(isinstance(first, int) and 0 <= first <= M, f"tree_call first must be a position in 0..{M}")
+    return [_t("f32", "B", M + 1 - first, "V")]
+
+
+def _repeat(p, ins):
+    times = p.get("times")
+    _expect(isinstance(times, int) and times >= 1, "repeat times must be a positive int")
+    _expect(len(ins) == 1 and ins[0].dtype == "f32" and len(ins[0].shape) == 3 and isinstance(ins[0].shape[1], int), "repeat takes f32[B,n,V]")
+    return [_t("f32", "B", ins[0].shape[1] * times, "V")]
+
+
+def _tree_topk(p, ins):
+    k = p.get("k")
+    _expect(isinstance(k, int) and k >= 1, "tree_topk k must be a positive int")
+    _expect(len(ins) == 1 and ins[0].dtype == "f32" and len(ins[0].shape) == 3 and isinstance(ins[0].shape[1], int), "tree_topk takes f32[B,n,V]")
+    n = ins[0].shape[1] * k
+    return [_t("tok", "B", n), _t("f32", "B", n, "V")]
+
+
+def _tree_build(p, ins):
+    parents = _parents(p)
+    _expect(len(ins) >= 2 and len(ins) % 2 == 0, "tree_build takes (tokens, q) per level")
+    toks, qs = ins[0::2], ins[1::2]
+    N = _levels(toks, "tree_build")
+    _expect(N == len(parents), f"tree_build's levels hold {N} nodes but parents lists {len(parents)}")
+    _expect(all(q == _t("f32", "B", t.shape[1], "V") for t, q in zip(toks, qs)), "tree_build: each level's q must be f32[B,n,V] for its tok[B,n]")
+    return [_t("tok", "B", N), _t("f32", "B", N, "V"), _t("i64", "B")]
+
+
+def _tree_match(p, ins):
+    parents = _parents(p)
+    N = len(parents)
+    _expect(len(ins) == 2 and ins[0] == _t("tok", "B", N) and ins[1] == _t("tok", "B", N + 1), f"tree_match takes (tok[B,{N}], tok[B,{N + 1}])")
+    return [_t("i64", "B", tree_depth(parents)), _t("i64", "B"), _t("i64", "B")]
+
+
+def _tree_rejection(p, ins):
+    parents = _parents(p)
+    N = len(parents)
+    _expect(len(ins) == 4, "tree_rejection takes (p, q, tokens, uniform)")
+    P, Q, T, U = ins
+    _expect(P == _t("f32", "B", N + 1, "V") and Q == _t("f32", "B", N, "V") and T == _t("tok", "B", N) and U == _t("f32", "B", N),
+            f"tree_rejection takes (f32[B,{N + 1},V], f32[B,{N},V], tok[B,{N}], f32[B,{N}])")
+    return [_t("i64", "B", tree_depth(parents)), _t("i64", "B"), _t("f32", "B", "V")]
+
+
+def _tree_splice(p, ins):
+    _expect(len(ins) == 4 and ins[0].dtype == "tok" and ins[1].dtype == "i64" and len(ins[1].shape) == 2, "tree_splice takes (tokens[B,N], path[B,D], n[B], token[B])")
+    D = ins[1].shape[1]
+    return [_t("tok", "B", D + 1 if isinstance(D, int) else f"{D}+1")]
+
+
+TREE_OPS: dict[str, OpDef] = {
+    d.name: d
+    for d in [
+        OpDef("tree_call", "model", _tree_call, "logits at positions first..M of a token tree of M nodes (the levels, concatenated, "
+              "breadth-first) under ctx: position 0 is after ctx, position i+1 after ctx ++ node i's root path (one model call with "
+              "a tree attention mask)"),
+        OpDef("repeat", "pure", _repeat, "each of the n distributions repeated `times` times, in place (repeat_interleave): the "
+              "distribution every child of a node is drawn from"),
+        OpDef("tree_topk", "pure", _tree_topk, "the k most likely tokens of each distribution (first on ties), as k children "
+              "each, with q one-hot on each child: a greedy tree's deterministic children"),
+        OpDef("tree_build", "pure", _tree_build, "the tree's levels (tokens, q) as one breadth-first proposal: tokens [B,N], the "
+              "distribution q [B,N,V] each node was drawn from, and the nodes drafted [B] (N)"),
+        OpDef("tree_match", "pure", _tree_match, "the longest root path whose every node equals the target's token t at its "
+              "parent's position (the first matching sibling wins): path [B,D] (node indices, 0 past n), its length n [B], and "
+              "the position at its end [B]"),
+        OpDef("tree_rejection", "pure", _tree_rejection, "recursive rejection over siblings (SpecInfer): at the current position "
+              "with target r (r = p at the root), try its children c in order: accept iff u_c * q_c(c) < r(c), then descend "
+              "(r = p at c); on a rejection r <- norm(max(0, r - q_c)); when every child is rejected, or at a leaf, stop: "
+              "path [B,D], its length n [B], and r [B,V], the distribution of the next token", draws=(3,)),
+        OpDef("tree_splice", "pure", _tree_splice, "the tokens of path[:, :n] followed by token: the round's new tokens (count n + 1)"),
+    ]
+}
+
+__all__ = ["TREE_OPS", "tree_depth", "tree_depths", "tree_parents"]

@@ -1,0 +1,48 @@
+"""Binding a checked spec to models: the roles the caller binds, plus the models components derive from them.
+
+`decspec.compile(spec, target=t)` binds the role "target". A component may derive a model from a
+bound one (`early_exit(target, layer = 2)` is a view of the target, role "target/exit2") or need
+something of it (`heads(target, kind = "medusa")` needs Medusa heads): its `bind(instance, models)`
+runs here, in source order, inner instances first, and returns the roles it adds.
+
+    >>> from decspec.dsl.check import load
+    >>> from decspec.stdlib.models.default import random_models
+    >>> spec = load('decoder d() { target = model("target"); propose = autoregressive(early_exit(target, layer = 2)); verify = rejection }')
+    >>> sorted(bind_models(spec, {"target": random_models()["target"]}))
+    ['target', 'target/exit2']
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+from decspec.dsl.spec import Instance, Spec
+
+
+def role_of(model: Instance) -> str:
+    """The role a model instance is bound to (what `Lowering.role` names in the IR)."""
+    return model.arg("name") if model.name == "model" else model.component.lower(None, model)
+
+
+def instances(spec: Spec) -> Iterator[Instance]:
+    """Every component instance of the spec, inner ones (arguments) before the instance using them."""
+    def visit(v: Any) -> Iterator[Instance]:
+        if isinstance(v, Instance):
+            for _, a in v.args:
+                yield from visit(a)
+            yield v
+        elif isinstance(v, tuple):
+            for a in v:
+                yield from visit(a)
+
+    for _, value in spec.slots:
+        yield from visit(value)
+
+
+def bind_models(spec: Spec, models: Mapping[str, Any]) -> dict[str, Any]:
+    """{role: model}: the given models and every model the spec's components derive from them.
+    Raises DecError (at the component's .dec position) when a bound model lacks what a component needs."""
+    bound = dict(models)
+    for inst in instances(spec):
+        if inst.component.bind is not None:
+            bound.update(inst.component.bind(inst, bound))
+    return bound

@@ -1,0 +1,134 @@
+"""Draft heads: `heads(target, kind = "medusa" | "hydra", max = k)`, drafting a chain from the target's own heads.
+
+Medusa (Cai et al. 2024) and Hydra (Ankner et al. 2024) heads read the target's final hidden state
+h_t, the vector its LM head turned into the distribution of token t+1, and propose tokens t+2 ..
+t+k+1 (stdlib/models/heads.py). In a round the committed context ends with the target's own last
+token x at position t+1 = L-1, so the heads read h at position L-2, which the previous round's
+verification call already computed (`model_hidden`; the runtime keeps each forward's hidden
+states, so no extra forward is needed), and draft positions L .. L+k-1:
+
+- medusa: head i maps h to the distribution of draft i, independently of the other drafts;
+- hydra: head i also reads x and drafts 1..i-1 (its state moves through each token it reads).
+
+Each draft is sampled from its head's distribution through the sampler pipeline (and the grammar
+mask), and q is that distribution, so `rejection` (and `greedy`) stay lossless. The draft loop is
+the one `autoregressive` uses, so an exit policy (`stop = when draft.prob < 0.3`) reads the heads'
+statistics. Tree-shaped Medusa drafting belongs to the token-tree engine.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from decspec.compiler.ir import CTX, Type
+from decspec.compiler.lower import Lowering, Proposal
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.registry import Component, Contract, Param, register
+
+KINDS = ("medusa", "hydra")
+TRAIN_HINT = ("train heads on a frozen target with `python -m decspec.stdlib.models.train --out DIR --only heads` "
+              "(stdlib/models/train.py; the shipped reference target carries both kinds)")
+
+
+def head_logits(model: Any, kind: str, hidden: torch.Tensor, last_token: torch.Tensor, drafts: torch.Tensor,
+                step: int | torch.Tensor) -> torch.Tensor:
+    """The logits of draft position `step` from the heads of `kind`. -> [B, V]
+
+    hidden: h at position L-2 [B, C]; last_token: the context's last token x [B]; drafts: [B, K]
+    (only drafts[:, :step] are read); step: an int, or a 0-d tensor (a compiled host loop), in which
+    case every head runs and the step's logits are selected, so no shape depends on it.
+    """
+    if kind == "medusa":
+        logits = model.medusa(hidden)  # [B, k, V]
+        if isinstance(step, int):
+            return logits[:, step]
+        return logits.index_select(1, step.reshape(1)).squeeze(1)
+    last = step if isinstance(step, int) else drafts.shape[1] - 1
+    state, token, out = hidden, last_token, []
+    for i in range(last + 1):  # Hydra: z_{i+1} = f_i(z_i, emb(y)), y = x, d_1, ..., d_i
+        state, logits = model.hydra_step(i, state, token)
+        out.append(logits)
+        token = drafts[:, i]
+    if isinstance(step, int):
+        return out[step]
+    return torch.stack(out, 1).index_select(1, step.reshape(1)).squeeze(1)
+
+
+def lower_heads(lw: Lowering, inst, ctx):
+    """Draft loop: step i reads h (model_hidden) and, for Hydra, the drafts so far, then samples d_i ~ q_i."""
+    k, kind = inst.arg("max"), inst.arg("kind")
+    if kind not in KINDS:
+        raise DecError(f"heads' kind must be \"medusa\" or \"hydra\", found {kind!r}", inst.span,
+                       hint='kind = "medusa" (independent heads) or kind = "hydra" (each head reads the drafts before it)')
+    role = lw.role(inst.arg("model"))
+    outer = lw.nested("body")
+    b = lw.b
+    body_ctx = b.input(CTX)
+    drafts = b.input(Type("tok", ("B", k)))
+    step = b.input(Type("i64"))
+    hidden = b.emit("model_hidden", [body_ctx], model=role)[0]  # [B, C]: h at L-2 (kept from the last verification)
+    logits = b.emit("head_logits", [hidden, body_ctx, drafts, step], model=role, kind=kind)[0]  # [B, V]
+    logits = _as_read_after(lw, logits, [body_ctx, drafts, step])
+    q = lw.probs(logits)  # [B, V]
+    token = lw.sample(q)  # [B]
+    stop = lw.stop_flag(logits, token)
+    tokens, probs, count = lw.draft_loop(outer, ctx, k, token, q, stop)  # closes the body, with what the exit policy carries or caps
+    return Proposal(tokens, probs, count, k)
+
+
+def _as_read_after(lw: Lowering, logits, inputs):
+    """The head's logits as a model's logits read after ctx ++ drafts[:, :step]: the grammar mask at
+    that state (when the spec has a grammar), and the context penalty stages count."""
+    if lw.grammar is not None:
+        with lw.b.located(lw.grammar.span, lw.grammar.name) as b:
+            states = b.emit("grammar_state", inputs, grammar="grammar", last=True)[0]
+            logits = b.emit("grammar_mask", [logits, states], grammar="grammar")[0]
+    if hasattr(lw, "read_at"):
+        lw.read_at[logits] = list(inputs)
+    return logits
+
+
+def bind_heads(inst, models: Mapping[str, Any]) -> dict:
+    """The bound model must carry `max` heads of the kind asked for."""
+    from decspec.stdlib.binding import role_of
+
+    role = role_of(inst.arg("model"))
+    model = models.get(role)
+    if model is None:
+        return {}
+    kind, k = inst.arg("kind"), inst.arg("max")
+    if kind not in KINDS:
+        return {}
+    try:
+        head = model.draft_head(kind) if hasattr(model, "draft_head") else None
+    except ValueError:
+        head = None
+    if head is None:
+        have = ", ".join(getattr(model, "heads", {}) or ()) or "none"
+        raise DecError(f"model '{role}' ({type(model).__name__}) has no {kind} heads (it has: {have}), which heads(kind = \"{kind}\") drafts from",
+                       inst.span, hint=TRAIN_HINT)
+    if head.num_heads < k:
+        raise DecError(f"heads(max = {k}) drafts {k} tokens, but model '{role}' has {head.num_heads} {kind} heads", inst.span,
+                       hint=f"use max <= {head.num_heads}, or train more heads ({TRAIN_HINT})")
+    return {}
+
+
+register(
+    Component(
+        "draft",
+        "heads",
+        (
+            Param("model", "model", doc="the model whose heads draft (its own final hidden state feeds them): the target"),
+            Param("kind", "str", default="medusa", doc='"medusa" (independent heads) or "hydra" (each head reads the drafts before it)'),
+            Param("max", "int", default=4, low=1, high=64, doc="most tokens drafted per round (at most the model's number of heads)"),
+        ),
+        "Draft a chain of up to `max` tokens from the model's draft heads, which read its final hidden state at the "
+        "position before the context's last token: Medusa heads independently, Hydra heads each after the tokens before "
+        "it. Each token is sampled from its head's distribution through the sampler pipeline.",
+        Contract(True, "each draft token is sampled from its head's distribution q, which the verifier receives"),
+        lower_heads,
+        cite="Cai et al. 2024, Medusa; Ankner et al. 2024, Hydra",
+        bind=bind_heads,
+    )
+)

@@ -1,0 +1,140 @@
+"""Token trees: a static tree of drafts, verified in one target call with tree attention.
+
+`tree(draft, widths = [3, 2, 1])` grows a tree level by level: every node at depth d gets
+widths[d] children, drawn i.i.d. from the draft's distribution q at that node (through the
+sampler pipeline), or, under a greedy pipeline, the widths[d] most likely tokens of the draft's
+own distribution (q one-hot on each). One draft call per depth feeds the tree so far with a tree
+mask (compiler/ops_tree.py: `tree_call`, `repeat` / `tree_topk`, `sample`, `tree_build`).
+
+Verification takes one target call over the whole tree (`tree_call` with every node):
+
+- `multi_rejection`: recursive rejection over siblings (SpecInfer, Miao et al. 2024; SpecTr, Sun
+  et al. 2023): accept child c with probability min(1, r(c) / q(c)); on a rejection
+  r <- norm(max(0, r - q)) and try the next sibling; when all are rejected sample from the final
+  residual; descend into an accepted child. Lossless when siblings are drawn i.i.d. from q (and
+  for top-k children with one-hot q: each rejection then removes the child from r, which is
+  sampling from r by elimination). On a chain it is `rejection`.
+- `greedy` adapts to a tree: the longest root path whose every node is the target's own token at
+  its parent (`tree_match`), plus the target's token at the path's end.
+
+The round commits the accepted path and the extra token (`tree_splice`); the caches that held
+the tree keep exactly that path (backends/tree_cache.py).
+"""
+from __future__ import annotations
+
+from decspec.compiler.lower import Lowering, Proposal
+from decspec.compiler.ops_tree import tree_depth, tree_parents
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.registry import Component, Contract, Param, register
+from decspec.stdlib.verifiers import lower_rejection
+
+MAX_NODES = 256  # a tree is fed whole to the target; bound it as `max` bounds a chain
+
+
+def greedy_pipeline(sampler) -> bool:
+    """Whether the sampler pipeline makes every distribution one-hot (then i.i.d. children would all be the same token)."""
+    return any(s.name == "greedy" or (s.name == "temperature" and s.arg("t") == 0) for s in sampler)
+
+
+def check_widths(widths, span) -> tuple[int, ...]:
+    widths = tuple(widths)
+    if not widths:
+        raise DecError("tree's 'widths' is empty: give the children per node at each depth, e.g. widths = [3, 2, 1]", span)
+    bad = [w for w in widths if w < 1]
+    if bad:
+        raise DecError(f"tree's 'widths' must be at least 1 at every depth, found {bad[0]}", span,
+                       hint="a depth with no children ends the tree: drop it from the list")
+    nodes = len(tree_parents(widths))
+    if nodes > MAX_NODES:
+        raise DecError(f"tree(widths = {list(widths)}) has {nodes} nodes; at most {MAX_NODES} are supported", span,
+                       hint="use fewer or narrower levels")
+    return widths
+
+
+def lower_tree(lw: Lowering, inst, ctx):
+    """Per depth d: one draft call over the tree so far (logits at the previous level's nodes), then
+    widths[d] children per node. Then the levels become one breadth-first proposal."""
+    widths = check_widths(inst.arg("widths"), inst.span)
+    if lw.stop is not None:
+        raise DecError("`stop` on a token tree is not supported yet (dynamic trees, DySpec / EAGLE-2, are not yet in decspec)",
+                       lw.stop.span, hint="remove `stop`: a static tree always drafts its whole shape")
+    if lw.grammar is not None:
+        raise DecError("a grammar over a token tree is not supported yet", lw.grammar.span, hint="draft a chain, e.g. autoregressive(draft)")
+    role = lw.role(inst.arg("model"))
+    parents = tree_parents(widths)
+    greedy = greedy_pipeline(lw.sampler)
+    b = lw.b
+    levels, fed, width = [], 0, 1  # width: nodes on the previous level (the root: 1)
+    for w in widths:
+        logits = b.emit("tree_call", [ctx, *levels[0::2]], model=role, parents=parents[:fed], first=fed + 1 - width)[0]  # [B, width, V]
+        if greedy:  # the w most likely tokens of the draft's own distribution
+            tok, q = b.emit("tree_topk", [b.emit("softmax", [logits])[0]], k=w)
+        else:  # w i.i.d. draws from q at each node
+            q = lw.probs(logits)
+            q = b.emit("repeat", [q], times=w)[0] if w > 1 else q
+            tok = lw.sample(q)
+        levels += [tok, q]
+        fed, width = fed + width * w, width * w
+    tokens, probs, count = b.emit("tree_build", levels, parents=parents)
+    return Proposal(tokens, probs, count, tree_depth(parents), parents=parents)
+
+
+def _target_probs(lw, ctx, target, proposal):
+    logits = lw.b.emit("tree_call", [ctx, proposal.tokens], model=lw.role(target), parents=proposal.parents, first=0)[0]  # [B, N+1, V]
+    return lw.probs(logits)
+
+
+def lower_multi_rejection(lw, inst, ctx, target, proposal):
+    if proposal.parents is None:  # a chain: one child per node, which is plain rejection sampling
+        return lower_rejection(lw, inst, ctx, target, proposal)
+    b = lw.b
+    p = _target_probs(lw, ctx, target, proposal)
+    u = b.emit("uniform", [], shape=("B", len(proposal.parents)))[0]  # one draw per node, used when the node is tried
+    path, n, r = b.emit("tree_rejection", [p, proposal.probs, proposal.tokens, u], parents=proposal.parents)
+    x = lw.sample(r)  # the residual after the last rejection, or p at the leaf reached
+    return b.emit("tree_splice", [proposal.tokens, path, n, x])[0], n
+
+
+def lower_tree_greedy(lw, inst, ctx, target, proposal):
+    """`greedy` over a tree: the target's own token at every position; follow the nodes that match it."""
+    b = lw.b
+    p = _target_probs(lw, ctx, target, proposal)
+    t = lw.sample(p)  # [B, N+1]
+    path, n, end = b.emit("tree_match", [proposal.tokens, t], parents=proposal.parents)
+    x = b.emit("take", [t, end])[0]
+    return b.emit("tree_splice", [proposal.tokens, path, n, x])[0], n
+
+
+register(
+    Component(
+        "draft",
+        "tree",
+        (
+            Param("model", "model", doc="the draft model"),
+            Param("widths", "list[int]", default=(3, 2, 1), doc="children per node at each depth (its length is the tree's depth)"),
+        ),
+        "A static token tree (Medusa / Sequoia-style shape): each node at depth d gets widths[d] children, drawn i.i.d. from "
+        "the draft's distribution q at that node through the sampler pipeline (the widths[d] most likely tokens under a greedy "
+        "pipeline); one draft call per depth with tree attention. Verify with `multi_rejection` or `greedy`.",
+        Contract(True, "each node is drawn from the draft's own distribution q at its parent (top-k with one-hot q under a greedy "
+                 "pipeline), which the verifier receives"),
+        lower_tree,
+        cite="Miao et al. 2024, SpecInfer; Cai et al. 2024, Medusa; Chen et al. 2024, Sequoia",
+        trees=True,
+    )
+)
+register(
+    Component(
+        "verifier",
+        "multi_rejection",
+        (),
+        "Multi-draft speculative sampling over a token tree: at a node, try its children in order, accept child c with "
+        "probability min(1, p(c)/q(c)); on a rejection set p <- norm(max(0, p - q)) and try the next sibling; when all are "
+        "rejected sample from the final residual; descend into an accepted child (at a leaf, a bonus token from p). On a chain "
+        "of drafts it is `rejection`.",
+        Contract(True, "recursive rejection over siblings drawn i.i.d. from q (SpecInfer, SpecTr) reproduces p exactly"),
+        lower_multi_rejection,
+        cite="Miao et al. 2024, SpecInfer; Sun et al. 2023, SpecTr: Fast Speculative Decoding via Optimal Transport",
+        trees=True,
+    )
+)

@@ -151,12 +151,7 @@ def draft_step(drafts, probs, count, alive, i: int, token, q, stop, cap=None):
         probs = q.new_zeros(*drafts.shape, q.shape[-1])  # [B, K, V]
     drafts[:, i] = token
     probs[:, i] = q
-    count = count + alive.long()
-    if stop is not None:
-        alive = alive & ~stop
-    if cap is not None:
-        alive = alive & (i + 1 < cap)
-    return probs, count, alive
+    return (probs, *_advance(count, alive, i, stop, cap))
 
 
 def draft_step_at(drafts, probs, count, alive, i: torch.Tensor, token, q, stop, cap=None):
@@ -165,12 +160,17 @@ def draft_step_at(drafts, probs, count, alive, i: torch.Tensor, token, q, stop, 
     at = torch.arange(drafts.shape[1], device=drafts.device) == i  # [K]
     drafts.copy_(torch.where(at[None, :], token[:, None], drafts))
     probs = torch.where(at[None, :, None], q[:, None, :], probs)
+    return (probs, *_advance(count, alive, i, stop, cap))
+
+
+def _advance(count, alive, i, stop, cap):
+    """After step i: count the rows still drafting, then stop rows whose exit policy fired or that reached their cap. -> count, alive"""
     count = count + alive.long()
     if stop is not None:
         alive = alive & ~stop
     if cap is not None:
         alive = alive & (i + 1 < cap)
-    return probs, count, alive
+    return count, alive
 
 
 def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

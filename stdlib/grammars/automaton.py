@@ -189,24 +189,30 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
     return ByteDFA(np.ascontiguousarray(table[:, class_of]).astype(np.int32), accepting, 0)
 
 
+def reachable(src: np.ndarray, dst: np.ndarray, n: int, seeds: np.ndarray) -> np.ndarray:
+    """bool [n]: the nodes reachable from `seeds` along the edges src -> dst."""
+    order = np.argsort(src, kind="stable")
+    src, dst = src[order], dst[order]
+    bounds = np.searchsorted(src, np.arange(n + 1))
+    seen = np.zeros(n, dtype=bool)
+    seen[seeds] = True
+    stack = list(np.flatnonzero(seen))
+    while stack:
+        s = stack.pop()
+        for t in dst[bounds[s]:bounds[s + 1]]:
+            if not seen[t]:
+                seen[t] = True
+                stack.append(t)
+    return seen
+
+
 def trim(table: np.ndarray, accepting: np.ndarray, start: int):
     """Drop the states that cannot reach an accepting state (moves into them become -1); None if `start` is one."""
     n = table.shape[0]
     src = np.repeat(np.arange(n), table.shape[1])
     dst = table.ravel()
     keep = dst >= 0
-    src, dst = src[keep], dst[keep]
-    order = np.argsort(dst, kind="stable")
-    src, dst = src[order], dst[order]
-    bounds = np.searchsorted(dst, np.arange(n + 1))
-    live = accepting.copy()
-    stack = list(np.flatnonzero(accepting))
-    while stack:
-        t = stack.pop()
-        for s in src[bounds[t]:bounds[t + 1]]:
-            if not live[s]:
-                live[s] = True
-                stack.append(s)
+    live = reachable(dst[keep], src[keep], n, np.flatnonzero(accepting))  # backwards from the accepting states
     if not live[start]:
         return None
     new_id = np.cumsum(live) - 1

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import torch
 
-from decspec.stdlib.grammars.automaton import ByteDFA
+from decspec.stdlib.grammars.automaton import ByteDFA, reachable
 from decspec.stdlib.grammars.errors import GrammarError
 
 
@@ -101,23 +101,6 @@ def sorted_vocabulary(vocab: list[bytes | None], eos_id: int | None):
             j += 1
         lcp[k] = j
     return data, starts, ends, lcp, np.array(ids, dtype=np.int64)
-
-
-def reachable(src: np.ndarray, dst: np.ndarray, n: int, seeds: np.ndarray) -> np.ndarray:
-    """bool [n]: the nodes reachable from `seeds` along the edges src -> dst."""
-    order = np.argsort(src, kind="stable")
-    src, dst = src[order], dst[order]
-    bounds = np.searchsorted(src, np.arange(n + 1))
-    seen = np.zeros(n, dtype=bool)
-    seen[seeds] = True
-    stack = list(np.flatnonzero(seen))
-    while stack:
-        s = stack.pop()
-        for t in dst[bounds[s]:bounds[s + 1]]:
-            if not seen[t]:
-                seen[t] = True
-                stack.append(t)
-    return seen
 
 
 class TokenIndex:

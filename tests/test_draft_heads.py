@@ -154,6 +154,18 @@ def test_the_shipped_target_drafts_from_its_trained_heads():
         assert eager.tokens == inductor.tokens and eager.stats.accepted == inductor.stats.accepted
 
 
+def test_blockwise_parallel_decoding_is_greedy_decoding_of_the_shipped_target():
+    """specs/blockwise.dec (Stern et al. 2018): the heads' argmax block, the longest prefix equal to the target's argmax."""
+    from decspec.stdlib.models.pretrained import reference_models
+
+    target = reference_models()["target"]
+    prompts = ["def add(a, b):\n", "import os\nimport "]
+    blockwise = decspec.compile(ROOT / "specs" / "blockwise.dec", target=target).generate(prompts, max_new_tokens=24, seed=0)
+    greedy = decspec.compile(ROOT / "specs" / "autoregressive.dec", target=target, temperature=0.0).generate(prompts, max_new_tokens=24, seed=0)
+    assert blockwise.tokens == greedy.tokens
+    assert sum(map(sum, blockwise.stats.accepted)) > 0  # the trained heads do propose tokens the target keeps
+
+
 # --------------------------------------------------------------------------- errors
 
 

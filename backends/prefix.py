@@ -78,6 +78,8 @@ class PrefixCache:
         """
         rows = torch.arange(ctx_tokens.shape[0], device=ctx_tokens.device)
         at = (ctx_length - 2).clamp(min=0)  # [B]
+        if self.tree is not None:  # a token tree's accepted path (and its hidden states) first: backends/tree_cache.py
+            settle(self, ctx_tokens, ctx_length)
         if not self.record_hidden:  # start recording: forget what was fed unrecorded, so the call below re-feeds it
             self.cache.rollback(torch.zeros_like(self.cache.length))
             self.record_hidden = True

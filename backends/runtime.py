@@ -16,6 +16,7 @@ from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import run_graph
 from decspec.backends.prefix import PrefixCache
 from decspec.backends.speculation_length import Policies
+from decspec.backends.draft_state import DraftStates
 from decspec.compiler.ir import Graph
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.models.protocol import CacheFull, Model
@@ -39,6 +40,7 @@ class RoundState:
     committed: tuple | None = None
     grammars: dict[str, Any] = field(default_factory=dict)  # grammar slot -> GrammarSession (backends/grammar.py)
     policies: Any = None  # cross-round length policies (backends/speculation_length.py): the length_cap ops read them
+    draft_states: Any = None  # cross-round draft state (backends/draft_state.py): recycle_state reads it, recycle_store stages it
 
 
 @dataclass
@@ -122,12 +124,14 @@ def normalize_prompts(input_ids: Any, vocab_size: int) -> list[list[int]]:
     return rows
 
 
-DRAFT_OPS = ("draft_loop", "ngram_lookup")  # the ops that propose; their `max` is the round's speculation length
+DRAFT_OPS = ("draft_loop", "ngram_lookup", "recycle_draft", "lookahead_draft", "staged_loop")  # the ops that propose; their `max` is the round's speculation length
 
 
 def max_draft_len(graph: Graph) -> int:
-    """The most tokens a round feeds past the context: a draft op's `max`, or a token tree's nodes (`tree_build`)."""
-    fed = [len(op.param("parents")) if op.name == "tree_build" else op.param("max", 0) for op in graph.walk() if op.name in DRAFT_OPS + ("tree_build",)]
+    """The most tokens a round feeds past the context: a draft op's `max`, a token tree's nodes (`tree_build`,
+    `recycle_tree`), or lookahead's guessed window (`lookahead_state`'s `window`)."""
+    fed = [len(op.param("parents")) if op.name in ("tree_build", "recycle_tree") else op.param("window") if op.name == "lookahead_state" else op.param("max", 0)
+           for op in graph.walk() if op.name in DRAFT_OPS + ("tree_build", "recycle_tree", "lookahead_state")]  # lookahead: its guessed window too
     return max(fed, default=0)
 
 
@@ -174,6 +178,7 @@ def generate(
     generator.manual_seed(seed)
     state = RoundState({}, generator, B, device, rules, backend)
     state.policies = Policies.start(graph, B, seed)  # the hook of cross-round exit policies: caps before, updates after each round
+    state.draft_states = DraftStates.start(graph, models, B)  # the hook of draft sources with cross-round state: staged in, taken after
     state.grammars = {slot: GrammarSession(m, start=ctx.start) for slot, m in (grammars or {}).items()}
     if runner is None:
         state.sessions = {r: PrefixCache(m, B, capacity) for r, m in models.items()}
@@ -199,6 +204,8 @@ def generate(
         stats.drafted.append(drafted[active].tolist())
         if state.policies:
             state.policies.update(accepted.cpu(), drafted.cpu(), active)
+        if state.draft_states:
+            state.draft_states.update(active)
         take = torch.minimum(accepted + 1, max_new_tokens - produced).masked_fill(done, 0)  # [B]
         N = tokens.shape[1]
         cols = torch.arange(N)

@@ -31,7 +31,7 @@ def cap_key(op: Op) -> str:
 
 
 def cap_ops(graph: Graph) -> Iterator[Op]:
-    return (op for op in graph.walk() if op.name == "length_cap")
+    return (op for op in graph.walk() if op.name in ("length_cap", "draft_arm"))  # draft_arm: a per-row draft source (stdlib/dynamic_exit.py)
 
 
 class Policies:

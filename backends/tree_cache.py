@@ -13,6 +13,10 @@ root path of each node". The PrefixCache makes it cheap as it does for chains:
   `cache.commit_path` (K/V included) and everything else in the tree is forgotten. After a round,
   the target's cache so holds exactly the committed path, and only the bonus token is fed next.
 
+When the cache records hidden states (draft heads read them: `PrefixCache.hidden`), the tree call
+records the nodes' and `settle` moves the path's with its K/V; a model that gives none under a tree
+mask (the table models) has the block forgotten at `settle` instead, so that `hidden` re-feeds it.
+
 The protocol's tree mask covers the new block only (a new token attends every cached slot), so a
 tree cannot be extended in place: a draft growing a tree level by level re-feeds the levels it
 already has at every call (a cost of O(depth x nodes) tokens per round, small for static trees).
@@ -74,7 +78,7 @@ def walk(tokens: torch.Tensor, parents: tuple[int, ...], follow: torch.Tensor, l
 
 def settle(pc, seq: torch.Tensor, seq_len: torch.Tensor) -> None:
     """Keep, of the tree `pc` holds, the longest root path that seq [B, W] (lengths [B]) continues with."""
-    base, tokens, parents = pc.tree
+    base, tokens, parents, unrecorded = pc.tree
     pc.tree = None
     depth = _depth(parents)
     W = seq.shape[1]
@@ -82,6 +86,15 @@ def settle(pc, seq: torch.Tensor, seq_len: torch.Tensor) -> None:
     follow = seq.gather(1, cols) if W else torch.zeros_like(cols)
     path, n, _ = walk(tokens, parents, follow, (seq_len - base).clamp(min=0))
     pc.cache.commit_path(base, path, n)
+    if unrecorded is not None:  # the block's hidden states were not recorded: forget it (the next call re-feeds it)
+        pc.cache.rollback(torch.minimum(pc.cache.length, unrecorded))
+    elif pc.record_hidden and pc.hiddens is not None:  # the path's hidden states move with its K/V (draft heads read them)
+        src = (base[:, None] + path).clamp(max=pc.hiddens.shape[1] - 1)  # [B, D]: node path[d] sat at base + path[d]
+        dst = (base[:, None] + torch.arange(depth, device=seq.device)).clamp(max=pc.hiddens.shape[1] - 1)
+        keep = (torch.arange(depth, device=seq.device)[None, :] < n[:, None])[..., None]  # [B, D, 1]
+        moved = pc.hiddens.gather(1, src[..., None].expand(-1, -1, pc.hiddens.shape[-1]))
+        old = pc.hiddens.gather(1, dst[..., None].expand(-1, -1, pc.hiddens.shape[-1]))
+        pc.hiddens.scatter_(1, dst[..., None].expand(-1, -1, pc.hiddens.shape[-1]), torch.where(keep, moved, old))
 
 
 @lru_cache(maxsize=256)
@@ -122,9 +135,18 @@ def tree_logits(pc, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: 
     mask = is_chain[:, :, None] & is_chain[:, None, :] & (j[:, :, None] >= j[:, None, :])  # [B, T, T]: the chain is causal
     mask |= is_node[:, :, None] & is_chain[:, None, :]  # every node attends the whole chain
     mask |= is_node[:, :, None] & is_node[:, None, :] & anc  # and its ancestors
-    out = pc.model.forward(feed, cache, n_valid=chain + M, tree_mask=mask).logits  # [B, T, V]
+    result = pc.model.forward(feed, cache, n_valid=chain + M, tree_mask=mask)
+    out = result.logits  # [B, T, V]
+    unrecorded = None
+    if pc.record_hidden and result.hidden is None:  # a model with no hidden states under a tree mask (a table model):
+        unrecorded = start.clone()  # `settle` forgets the block, so that `PrefixCache.hidden` re-feeds it as a chain
+    elif pc.record_hidden:  # as PrefixCache.logits: block entry j sits at slot start + j (node i at ctx_length + i)
+        if pc.hiddens is None:
+            pc.hiddens = result.hidden.new_zeros(cache.batch, cache.capacity, result.hidden.shape[-1])
+        slots = (start[:, None] + j).clamp(max=cache.capacity - 1)  # [B, T]
+        pc.hiddens.scatter_(1, slots[..., None].expand(-1, -1, pc.hiddens.shape[-1]), result.hidden.to(pc.hiddens))
     pc.calls += 1
     pc.tokens_fed += int((chain + M).sum())
-    pc.tree = (ctx_length.clone(), tokens.clone(), tuple(parents))  # node i now sits at ctx_length + i
+    pc.tree = (ctx_length.clone(), tokens.clone(), tuple(parents), unrecorded)  # node i now sits at ctx_length + i
     idx = chain[:, None] - 1 + torch.arange(first, M + 1, device=dev)[None, :]  # position p is block entry chain - 1 + p
     return out.gather(1, idx[..., None].expand(-1, -1, out.shape[-1]))

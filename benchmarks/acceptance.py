@@ -11,7 +11,8 @@ committed per round = that + 1), and the acceptance rate (accepted / drafted).
 - draft model and early exit: decspec's own decoder (`specs/speculative.dec`, rejection verifier),
   with the 1-layer draft model or `EarlyExit(target, layer=L)` as the draft;
 - Medusa / Hydra heads: `specs/medusa.dec` and `specs/hydra.dec` (`heads(target, kind = ..., max = k)`,
-  a chain of k drafts from the target's heads, rejection verifier).
+  a chain of k drafts from the target's heads, rejection verifier);
+- EAGLE head: `specs/eagle.dec` (`eagle(target, max = k)`, a chain of k drafts, rejection verifier).
 
 Writes benchmarks/results/acceptance.json and docs/acceptance.md.
 """
@@ -68,11 +69,11 @@ def measure(args) -> list[dict]:
                          "tokens_per_round": s.mean_tokens_per_round, "acceptance_rate": s.acceptance_rate,
                          "rounds": s.rounds, "seconds": time.perf_counter() - t0})
             print(_line(rows[-1]), flush=True)
-        for kind in ("medusa", "hydra"):  # specs/medusa.dec, specs/hydra.dec: heads(target, kind = ..., max = k) + rejection
+        for kind in ("medusa", "hydra", "eagle"):  # specs/medusa.dec, hydra.dec: heads(target, kind = ..., max = k); eagle.dec: eagle(target, max = k)
             dec = decspec.compile(ROOT / "specs" / f"{kind}.dec", target=target, k=args.k, temperature=temperature)
             t0 = time.perf_counter()
             s = dec.generate(ids, max_new_tokens=args.new_tokens, seed=0, eos_token_id=None).stats
-            rows.append({"draft": f"{kind} heads", "temperature": temperature, "k": args.k, "mean_accepted": s.mean_accepted,
+            rows.append({"draft": "eagle head" if kind == "eagle" else f"{kind} heads", "temperature": temperature, "k": args.k, "mean_accepted": s.mean_accepted,
                          "tokens_per_round": s.mean_tokens_per_round, "acceptance_rate": s.acceptance_rate,
                          "rounds": s.rounds, "seconds": time.perf_counter() - t0})
             print(_line(rows[-1]), flush=True)

@@ -60,6 +60,12 @@ def decspec_runner(spec: str, backend: str, models: dict, overrides: dict, batch
     dec = decspec.compile(SPECS / spec, backend=backend, **models, **overrides)
     if backend == "inductor":
         dec.backend_options = {"compile": True}
+    return decoder_runner(dec, batch)
+
+
+def decoder_runner(dec, batch: int):
+    """run(ids, new_tokens, seed) -> (seconds, tokens, info): `dec` over the prompts in calls of `batch` rows;
+    info: mean accepted drafts per row-round, acceptance rate, their sums, row-rounds, model calls, generate calls."""
 
     def run(ids: list[list[int]], new_tokens: int, seed: int) -> tuple[float, list[list[int]], dict]:
         t_total, tokens, acc, drafted, rounds, calls = 0.0, [], 0, 0, 0, {}
@@ -75,7 +81,7 @@ def decspec_runner(spec: str, backend: str, models: dict, overrides: dict, batch
             for role, n in s.model_calls.items():
                 calls[role] = calls.get(role, 0) + n
         info = {"mean_accepted": acc / rounds if rounds else 0.0, "acceptance_rate": acc / drafted if drafted else None,
-                "model_calls": calls, "generate_calls": len(chunks(ids, batch))}
+                "accepted": acc, "drafted": drafted, "rounds": rounds, "model_calls": calls, "generate_calls": len(chunks(ids, batch))}
         return t_total, tokens, info
 
     return run
@@ -400,6 +406,7 @@ def main() -> None:
                f"--temperatures {' '.join(f'{t:g}' for t in args.temperatures)} --repeats {args.repeats} --k {args.k} --layer {args.layer}")
     args.doc.write_text(
         "# Speed benchmark\n\n"
+        "For every spec in `specs/` side by side (accepted tokens per round, speedup over autoregressive decoding, equality with greedy decoding, at temperatures 0 and 1), see [the spec table](spec_table.md) (`python -m benchmarks.spec_table`).\n\n"
         f"Decoding speed of decspec and Hugging Face `generate` on the shipped reference models (target: 6 layers, hidden 256; "
         f"draft: 1 layer), float32, {data['prompts']} held-out standard-library prompts, {args.new_tokens} new tokens each (no EOS stop), "
         f"k = {args.k}, early exit at layer {args.layer}. tokens/s = all new tokens / summed wall time, median of {args.repeats} repeats "

@@ -16,9 +16,11 @@ from decspec.dsl.spec import Instance, Spec
 class Verdict:
     lossless: bool
     reasons: list[str]
+    deterministic: bool = False  # a search (beam search): one output per prompt, no claim about sampling from the target
 
     def __str__(self) -> str:
-        return ("lossless" if self.lossless else "lossy") + "".join(f"\n  - {r}" for r in self.reasons)
+        head = "deterministic" if self.deterministic else "lossless" if self.lossless else "lossy"
+        return head + "".join(f"\n  - {r}" for r in self.reasons)
 
 
 def pipeline_text(sampler: tuple[Instance, ...]) -> str:
@@ -45,6 +47,12 @@ def is_greedy(sampler: tuple[Instance, ...]) -> bool:
 
 
 def losslessness(spec: Spec) -> Verdict:
+    search: Instance | None = spec.slot("search")
+    if search is not None:  # beam search maximizes; it is checked against its reference (HF num_beams), not a distribution
+        stages = tuple(spec.slot("sampler", ()))
+        scored = f"log-probabilities after {pipeline_text(stages)}" if stages else "log-probabilities"
+        return Verdict(False, [f"search = {search}: beam search keeps the highest-scoring hypotheses by the target's {scored}; "
+                               "it does not sample from the target's distribution"], deterministic=True)
     sampler = tuple(spec.slot("sampler", ()))
     grammar: Instance | None = spec.slot("grammar")
     masked = f"the grammar mask ({_short(grammar)}) and " if grammar is not None else ""

@@ -25,6 +25,7 @@ class Proposal:
     count: Value
     max: int
     parents: tuple[int, ...] | None = None  # a token tree (stdlib/trees.py): each node's parent position; None: a chain
+    learn: Any = None  # learn(lw, verify): ops after verification for a draft source that keeps state across rounds (stdlib/recycling.py)
 
 
 @dataclass
@@ -56,10 +57,14 @@ class Lowering:
             return model.component.lower(self, model)
         return model.arg("name")
 
-    def model_logits(self, inputs: list[Value], model: str, last: bool = True) -> Value:
+    def model_logits(self, inputs: list[Value], model: str | tuple[str, ...], last: bool = True, arm: Value | None = None) -> Value:
         """model_call over ctx ++ ext[:, :n], masked by the grammar when the spec has one: the logits
-        every sampler (and exit policy) sees. The grammar state is read at the same positions."""
-        logits = self.b.emit("model_call", inputs, model=model, last=last)[0]
+        every sampler (and exit policy) sees. The grammar state is read at the same positions.
+        With `arm` (i64[B]) and a tuple of roles: model_select, row b reads model[arm[b]]."""
+        if arm is not None:
+            logits = self.b.emit("model_select", [arm, *inputs], models=tuple(model), last=last)[0]
+        else:
+            logits = self.b.emit("model_call", inputs, model=model, last=last)[0]
         if self.grammar is not None:
             with self.b.located(self.grammar.span, self.grammar.name) as b:
                 states = b.emit("grammar_state", inputs, grammar="grammar", last=last)[0]
@@ -153,6 +158,11 @@ class Lowering:
 
 def lower(spec: Spec) -> Graph:
     """Spec -> round graph (unoptimized; see compiler.passes)."""
+    search: Instance | None = spec.slot("search")
+    if search is not None:  # beam search re-ranks whole hypotheses every step: it runs on the host (backends/beam.py)
+        raise DecError(f"decoder '{spec.name}' has no round graph: `search = {search.name}(...)` keeps several hypotheses "
+                       "per prompt and runs on the host over the model protocol (backends/beam.py)", search.span,
+                       hint="run it with decspec.compile(spec).generate(...) or `decspec run` on the eager backend")
     lw = Lowering(spec)
     b = lw.b
     ctx = b.input(CTX)
@@ -183,6 +193,8 @@ def lower(spec: Spec) -> Graph:
                        hint=f"verifiers that take trees: {', '.join(takes)}")
     b.at(verify.span, verify.name)
     tokens, accepted = verify.component.lower(lw, verify, ctx, target, proposal)
+    if proposal.learn is not None:
+        proposal.learn(lw, verify)
     b.emit("commit", [tokens, accepted, proposal.count])
     return b.build()
 

@@ -73,6 +73,21 @@ def _head_logits(p, ins):
     return [_t("f32", "B", "V")]
 
 
+def _model_features(p, ins):
+    _expect(isinstance(p.get("model"), str), "model_features model must name a model role")
+    _expect(isinstance(p.get("window"), int) and p["window"] >= 1, "model_features window must be a positive int")
+    _expect(len(ins) == 1 and ins[0] == CTX, "model_features takes the context")
+    return [_t("f32", "B", p["window"], "C")]
+
+
+def _eagle_logits(p, ins):
+    _expect(isinstance(p.get("model"), str), "eagle_logits model must name a model role")
+    _expect(len(ins) == 4, "eagle_logits takes (features, ctx, drafts, step)")
+    _expect(ins[0].dtype == "f32" and len(ins[0].shape) == 3 and ins[1] == CTX, "eagle_logits takes features f32[B,W,C] and the context first")
+    _expect(ins[2].dtype == "tok" and len(ins[2].shape) == 2 and ins[3] == _t("i64"), "eagle_logits takes drafts tok[B,K] and a step i64[]")
+    return [_t("f32", "B", "V")]
+
+
 def _same(p, ins):
     _expect(len(ins) == 1 and ins[0].dtype == "f32", "expects one f32 tensor")
     return [ins[0]]
@@ -177,6 +192,90 @@ def _ngram_lookup(p, ins):
     return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
 
 
+def _recycle_state(p, ins):
+    _expect(not ins, "recycle_state takes no inputs")
+    _expect(isinstance(p.get("candidates"), int) and p["candidates"] >= 1, "recycle_state candidates must be a positive int")
+    _expect(isinstance(p.get("vocab"), str), "recycle_state vocab must name a model role")
+    return [_t("i64", "B", "V", p["candidates"])]
+
+
+def _recycle_draft(p, ins):
+    k = p.get("max")
+    _expect(isinstance(k, int) and k >= 1, "recycle_draft max must be a positive int")
+    _expect(isinstance(p.get("vocab"), str), "recycle_draft vocab must name a model role")
+    _expect(len(ins) == 2 and ins[0] == CTX and ins[1].dtype == "i64" and ins[1].shape[:2] == ("B", "V"),
+            "recycle_draft takes (ctx, adjacency i64[B,V,C])")
+    return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
+
+
+def _recycle_tree(p, ins):
+    parents = p.get("parents")
+    _expect(isinstance(parents, tuple) and parents and all(isinstance(x, int) and 0 <= x <= i for i, x in enumerate(parents)),
+            "recycle_tree parents must list each node's parent position (0: the root), breadth-first")
+    _expect(isinstance(p.get("vocab"), str), "recycle_tree vocab must name a model role")
+    _expect(len(ins) == 2 and ins[0] == CTX and ins[1].dtype == "i64" and ins[1].shape[:2] == ("B", "V"),
+            "recycle_tree takes (ctx, adjacency i64[B,V,C])")
+    N = len(parents)
+    return [_t("tok", "B", N), _t("f32", "B", N, "V"), _t("i64", "B")]
+
+
+def _recycle_update(p, ins):
+    c = p.get("candidates")
+    _expect(isinstance(c, int) and c >= 1, "recycle_update candidates must be a positive int")
+    _expect(len(ins) == 5 and ins[0] == _t("i64", "B", "V", c) and ins[1] == CTX and ins[2].dtype == "tok"
+            and ins[3] == _t("i64", "B") and ins[4].dtype == "f32" and len(ins[4].shape) == 3,
+            f"recycle_update takes (adjacency i64[B,V,{c}], ctx, drafts tok[B,K], drafted i64[B], target logits f32[B,K+1,V])")
+    return [ins[0]]
+
+
+def _recycle_store(p, ins):
+    c = p.get("candidates")
+    _expect(isinstance(c, int) and isinstance(p.get("vocab"), str), "recycle_store needs candidates and vocab, as recycle_state's")
+    _expect(len(ins) == 1 and ins[0] == _t("i64", "B", "V", c), f"recycle_store takes the adjacency i64[B,V,{c}]")
+    return []
+
+
+def _lookahead_shapes(p, name):
+    W, N, G = p.get("window"), p.get("ngram"), p.get("pool")
+    _expect(all(isinstance(x, int) for x in (W, N, G)) and W >= 1 and 2 <= N <= W and G >= 1,
+            f"{name} needs ints window >= ngram >= 2 and pool >= 1")
+    _expect(isinstance(p.get("vocab"), str), f"{name} vocab must name a model role")
+    return [_t("i64", "B", N - 1, W), _t("i64", "B", "V", G, N - 1)]
+
+
+def _lookahead_state(p, ins):
+    _expect(not ins, "lookahead_state takes no inputs")
+    return _lookahead_shapes(p, "lookahead_state")
+
+
+def _lookahead_guess(p, ins):
+    _expect(len(ins) == 2 and ins[0] == CTX and ins[1].dtype == "i64" and len(ins[1].shape) == 3,
+            "lookahead_guess takes (ctx, levels i64[B,N-1,W])")
+    return [_t("tok", "B", ins[1].shape[2])]
+
+
+def _lookahead_collect(p, ins):
+    _expect(len(ins) == 4 and ins[0] == CTX and ins[1].dtype == "i64" and len(ins[1].shape) == 3 and ins[2].dtype == "i64"
+            and len(ins[2].shape) == 4 and ins[3].dtype == "f32" and len(ins[3].shape) == 3,
+            "lookahead_collect takes (ctx, levels i64[B,N-1,W], pool i64[B,V,G,N-1], logits f32[B,W+1,V])")
+    W = ins[1].shape[2]
+    _expect(ins[3].shape[1] == _plus(W, 1), f"lookahead_collect logits must cover the {W} guessed positions and the one after")
+    return [ins[1], ins[2]]
+
+
+def _lookahead_draft(p, ins):
+    k = p.get("max")
+    _expect(isinstance(k, int) and k >= 1 and isinstance(p.get("vocab"), str), "lookahead_draft needs max >= 1 and a vocab role")
+    _expect(len(ins) == 2 and ins[0] == CTX and ins[1].dtype == "i64" and len(ins[1].shape) == 4 and ins[1].shape[3] == k,
+            f"lookahead_draft takes (ctx, pool i64[B,V,G,{k}])")
+    return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
+
+
+def _lookahead_store(p, ins):
+    _expect(len(ins) == 2 and ins == _lookahead_shapes(p, "lookahead_store"), "lookahead_store takes (levels, pool) as lookahead_state gives them")
+    return []
+
+
 def _grammar_state(p, ins):
     _expect(isinstance(p.get("grammar"), str), "grammar_state grammar must name a grammar slot")
     _expect(ins and ins[0] == CTX, "grammar_state takes the context first")
@@ -256,6 +355,10 @@ OPS: dict[str, OpDef] = {
         OpDef("head_logits", "model", _head_logits, "draft-head logits for draft position `step` (token L+step, L = ctx length) from "
               "the hidden state: Medusa head step (independent of the drafts), or Hydra head step after reading ctx's last "
               "token and drafts[:, :step] (teacher-forced)"),
+        OpDef("model_features", "model", _model_features, "the model's features (final hidden states) at ctx's positions "
+              "L-1-window .. L-2, kept from its previous forwards (what an EAGLE head reads); zeros before position 0"),
+        OpDef("eagle_logits", "model", _eagle_logits, "EAGLE-head logits for draft position `step` (token L+step): the head reads "
+              "the features with the tokens that followed them, then its own predicted features with drafts[:, :step]"),
         OpDef("logits_transform", "pure", _sampler, "apply the sampler stages to logits; with (ctx[, ext[, n]]) after them, "
               "the sequence the logits were read after (as model_call's), which penalty stages count tokens in"),
         OpDef("softmax", "pure", _same, "probabilities from logits"),
@@ -283,6 +386,32 @@ OPS: dict[str, OpDef] = {
               "(fewer where ctx ends; none without a match): tokens d [B,K], their distributions q [B,K,V], one-hot on each d_i "
               "(zero rows past the count), and the count [B]. V is the vocabulary of the model role `vocab`, read from the "
               "bound model at run time, as model_call's V is; q is still made as a tensor so every verifier takes it unchanged"),
+        OpDef("recycle_state", "pure", _recycle_state, "token recycling's adjacency matrix going into the round, per row: M[t] holds "
+              "the `candidates` tokens the target scored highest the last time it read token t (-1: not read yet). Carried "
+              "across rounds by the runtime (backends/draft_state.py), an input of the round like length_cap's cap"),
+        OpDef("recycle_draft", "pure", _recycle_draft, "token recycling's chain: d_1 = M[last, 0], d_i = M[d_{i-1}, 0] from ctx's last "
+              "token, up to max, stopping at a token not read yet: tokens d [B,K], one-hot q [B,K,V] (zero rows past the "
+              "count), count [B]; V from the bound model role `vocab`"),
+        OpDef("recycle_tree", "pure", _recycle_tree, "token recycling's static tree: the j-th child of a node reading token t "
+              "is M[t, j] (the root reads ctx's last token; 0 under an unseen row): tokens [B,N] breadth-first over `parents`, "
+              "one-hot q [B,N,V], count [B] = N"),
+        OpDef("recycle_update", "pure", _recycle_update, "M' = M with M'[t_j] = the `candidates` tokens of highest target logit at "
+              "every scored position j <= drafted (t_0: ctx's last token, t_j: d_j, rejected or not; a later position wins)"),
+        OpDef("recycle_store", "sink", _recycle_store, "hand the adjacency matrix to the runtime for the next round (the state "
+              "recycle_state with the same params reads)"),
+        OpDef("lookahead_state", "pure", _lookahead_state, "lookahead decoding's state going into the round, per row: the last "
+              "N-1 Jacobi iterates over W future positions (levels, oldest first; -1 before the first) and the n-gram pool "
+              "(for each first token, the N-1 following tokens of the G n-grams last collected with it, newest first; -1: "
+              "empty). Carried across rounds by the runtime (backends/draft_state.py)"),
+        OpDef("lookahead_guess", "pure", _lookahead_guess, "the newest iterate [B, W] (the context's last W tokens, cyclically, "
+              "before the first): what the lookahead branch feeds the target after ctx"),
+        OpDef("lookahead_collect", "pure", _lookahead_collect, "one Jacobi step: x'_i = argmax logits[:, i] over the W guessed "
+              "positions; levels' = levels[1:] ++ x'; each diagonal (level_0[i], level_1[i+1], ..., x'[i+N-1]) enters the pool "
+              "under its first token, at the front (moved there if present; the oldest falls off)"),
+        OpDef("lookahead_draft", "pure", _lookahead_draft, "the pool's newest n-gram under ctx's last token: its max = N-1 "
+              "following tokens d [B,K] with one-hot q [B,K,V] and count [B] (max, or 0 when there is none); V from `vocab`"),
+        OpDef("lookahead_store", "sink", _lookahead_store, "hand (levels, pool) to the runtime for the next round (the state "
+              "lookahead_state with the same params reads)"),
         OpDef("grammar_state", "pure", _grammar_state, "the grammar's state after each row's generated tokens (ctx past its prompt: "
               "the prompt is not constrained) followed by ext[:, :n]: the last position (last=true, i64[B]) or every position from "
               "the end of ctx (last=false, i64[B,N+1]), as model_call reads logits; -1 after a token the grammar refuses. The "
@@ -314,3 +443,52 @@ def opdef(name: str) -> OpDef:
 from decspec.compiler.ops_tree import TREE_OPS  # noqa: E402  (token trees: their type rules live beside them)
 
 OPS.update(TREE_OPS)
+
+
+def _draft_arm(p, ins):
+    _expect(not ins, "draft_arm takes no inputs")
+    _expect(isinstance(p.get("policy"), str), "draft_arm policy must name an arm policy")
+    arms = p.get("arms")
+    _expect(isinstance(arms, (tuple, list)) and len(arms) >= 1, "draft_arm arms must list the arms")
+    return [_t("i64", "B")]
+
+
+def _model_select(p, ins):
+    models = p.get("models")
+    _expect(isinstance(models, (tuple, list)) and models and all(isinstance(m, str) for m in models), "model_select models must list model roles")
+    _expect(ins and ins[0] == _t("i64", "B"), "model_select takes the arm i64[B] first")
+    return _model_call(p, ins[1:])
+
+
+OPS.update({  # draft sources chosen per context (stdlib/dynamic_exit.py)
+    d.name: d
+    for d in [
+        OpDef("draft_arm", "pure", _draft_arm, "this round's draft source per row, an index into `arms`: a cross-round arm policy's "
+              "choice (`policy` and its params), made on the host from the rows' earlier rounds (backends/speculation_length.py), "
+              "fixed for the whole round like length_cap's cap"),
+        OpDef("model_select", "model", _model_select, "model_call of model models[arm[b]] for row b: logits after ctx ++ ext[:, :n] "
+              "(arm, ctx[, ext[, n]]), as model_call's"),
+    ]
+})
+
+
+def _staged_loop(p, ins):
+    k = p.get("max")
+    _expect(isinstance(k, int) and k >= 1, "staged_loop max must be a positive int")
+    _expect(ins == [CTX], "staged_loop takes the context")
+    return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
+
+
+def _staged_body(p, region):
+    got = [v.type for v in region.inputs]
+    _expect(got == [CTX], f"staged_loop body must take (ctx), got ({', '.join(map(str, got))})")
+    out = [v.type for v in region.outputs]
+    ok = len(out) == 3 and out[0].dtype == "tok" and len(out[0].shape) == 2 and out[2] == _t("i64", "B")
+    _expect(ok and out[1] == _t("f32", "B", out[0].shape[1], "V"),
+            f"staged_loop body must yield (tok[B,N], f32[B,N,V], i64[B]), got ({', '.join(map(str, out))})")
+
+
+OPS["staged_loop"] = OpDef(  # staged drafting (stdlib/staged.py)
+    "staged_loop", "pure", _staged_loop, "staged drafting: run the body, an inner speculative round over ctx ++ drafts[:count] "
+    "(per row), until every row has max drafts; the body yields (tokens [B,N], their distributions [B,N,V], n [B]) and "
+    "tokens[:, :n+1] with their distributions are appended to each row's drafts (cut at max)", has_region=True, region_rule=_staged_body)

@@ -79,6 +79,24 @@ def _tree_topk(p, ins):
     return [_t("tok", "B", n), _t("f32", "B", n, "V")]
 
 
+def _sample_distinct(p, ins):
+    k = p.get("k")
+    _expect(isinstance(k, int) and k >= 1, "sample_distinct k must be a positive int")
+    _expect(len(ins) == 2, "sample_distinct takes (probs, uniform)")
+    P, U = ins
+    _expect(P.dtype == "f32" and len(P.shape) == 3 and isinstance(P.shape[1], int) and P.shape[1] % k == 0,
+            f"sample_distinct takes f32[B,n,V] with n a multiple of k = {k}")
+    _expect(U == _t("f32", "B", P.shape[1]), f"sample_distinct's uniform must be f32[B,{P.shape[1]}], got {U}")
+    return [_t("tok", "B", P.shape[1]), _t("f32", "B", P.shape[1], "V")]
+
+
+def _head_level(p, ins):
+    _expect(isinstance(p.get("model"), str), "head_level model must name a model role")
+    _expect(isinstance(p.get("depth"), int) and p["depth"] >= 0, "head_level depth must be a non-negative int")
+    _expect(len(ins) == 1 and ins[0] == _t("f32", "B", "C"), "head_level takes the hidden state f32[B,C]")
+    return [_t("f32", "B", 1, "V")]
+
+
 def _tree_build(p, ins):
     parents = _parents(p)
     _expect(len(ins) >= 2 and len(ins) % 2 == 0, "tree_build takes (tokens, q) per level")
@@ -122,6 +140,13 @@ TREE_OPS: dict[str, OpDef] = {
               "distribution every child of a node is drawn from"),
         OpDef("tree_topk", "pure", _tree_topk, "the k most likely tokens of each distribution (first on ties), as k children "
               "each, with q one-hot on each child: a greedy tree's deterministic children"),
+        OpDef("sample_distinct", "pure", _sample_distinct, "siblings drawn without replacement (Recursive Speculative "
+              "Decoding): the n distributions in groups of k siblings; sibling j of a group is drawn by inverse CDF from its q with "
+              "the group's earlier tokens removed and renormalized (uniform over the tokens left when q has no mass left), which "
+              "is also returned: tokens [B,n], and the distribution each was drawn from [B,n,V]", draws=(1,)),
+        OpDef("head_level", "model", _head_level, "the logits of Medusa head `depth` from the hidden state (model_hidden), as "
+              "one distribution for a whole tree level: Medusa heads ignore the path, so every node at depth `depth` + 1 "
+              "draws its children from it"),
         OpDef("tree_build", "pure", _tree_build, "the tree's levels (tokens, q) as one breadth-first proposal: tokens [B,N], the "
               "distribution q [B,N,V] each node was drawn from, and the nodes drafted [B] (N)"),
         OpDef("tree_match", "pure", _tree_match, "the longest root path whose every node equals the target's token t at its "

@@ -32,7 +32,8 @@ def _is_model(v: Any) -> bool:
 class Decoder:
     """A compiled spec bound to models.
 
-    spec: the checked Spec; graph: the optimized round IR; verdict: the losslessness analysis;
+    spec: the checked Spec; graph: the optimized round IR (None for a `search` spec: beam search runs on the host,
+    backends/beam.py); verdict: the losslessness analysis;
     matcher: the compiled grammar (a `Matcher`) when the spec has a `grammar` slot, else None.
     """
 
@@ -46,6 +47,15 @@ class Decoder:
         self._round_runner = None
         self._round_runner_options: dict = {}
         self.verdict: Verdict = losslessness(spec)
+        self.search = None  # a `search` slot's plan (stdlib/search.py): generate runs beam search instead of rounds
+        if spec.slot("search") is not None:
+            from decspec.stdlib.search import plan
+
+            self.search = plan(spec)
+            if self.backend.NAME != "eager":
+                raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search has no round graph "
+                               "to compile; it runs on the host over the model protocol", spec.slot("search").span,
+                               hint='compile it with backend="eager"')
         self.vocab = vocab  # the grammar's vocabulary as bytes, for targets without a tokenizer
         self._grammars: dict[str, Any] | None = None
         if spec.slot("grammar") is not None and spec.slot("target").arg("name") in self.models:
@@ -121,6 +131,14 @@ class Decoder:
             input_ids = [tokenizer.encode_prompt(t) for t in texts]  # without a tokenizer, the runtime rejects text
         if eos_token_id == "default":
             eos_token_id = getattr(models[self.spec.models[0]], "eos_token_id", None)
+        if self.search is not None:  # deterministic: `seed` is not used
+            from decspec.backends.beam import beam_generate
+
+            target = models[self.spec.slot("target").arg("name")]
+            result = beam_generate(self.search, target, input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
+            if tokenizer is not None:
+                result.text = [tokenizer.decode(row) for row in result.tokens]
+            return result
         result = run_generate(
             self.graph, models, input_ids, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
             rules=self.backend.RULES, backend=self.backend.NAME, runner=self._runner(), grammars=self._bound_grammars(),
@@ -167,5 +185,5 @@ def compile(
     from decspec.dsl.check import load
 
     checked = load(spec, overrides=overrides, decoder=decoder)
-    graph = run_pipeline(lower(checked))
+    graph = run_pipeline(lower(checked)) if checked.slot("search") is None else None  # beam search has no round graph
     return Decoder(checked, graph, models, backend, vocab=vocab)

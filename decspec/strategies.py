@@ -141,10 +141,12 @@ def _component_args(draw, component: registry.Component, k: st.SearchStrategy[in
             args.append((p.name, draw(k)))
         elif p.type == "float":
             args.append((p.name, draw(_scalar(p, 6))))
-        elif p.type == "list[int]" and p.name == "widths":  # a token tree's shape: at most 2 nodes, so exact checks stay small
+        elif p.type == "list[int]" and p.name == "widths" and (p.required or component.trees):  # a token tree's shape: at most 2 nodes, so exact checks stay small
             args.append((p.name, draw(st.sampled_from(["[1]", "[2]", "[1, 1]"]))))
         elif p.type == "list[int]" and p.name == "arms":  # a bandit's speculation lengths, each within the draft's max
             args.append((p.name, "[" + ", ".join(map(str, draw(st.lists(k, min_size=1, max_size=3, unique=True)))) + "]"))
+        elif p.type == "draft":  # a nested draft source (staged's inner stage): prompt lookup, no model
+            args.append((p.name, "lookup(ngram = 2, max = 2)"))
         elif not p.required:
             continue
         else:
@@ -171,6 +173,7 @@ def compositions(draw, k: st.SearchStrategy[int] = _ints(1, 3), max_stages: int 
         pipeline = tuple(s for s in pipeline if not needs_context((s,)))
     exits = registry.components("exit")
     reads_a_model = any(p.type == "model" for p in draft.params) and not draft.trees  # an exit policy reads the draft model's statistics (a static tree has none)
+    reads_a_model = reads_a_model and not any(p.type == "draft" for p in draft.params)  # staged: `stop` goes to its inner draft, lookup here
     exit_ = draw(st.none() | st.sampled_from(exits)) if exits and reads_a_model else None
     draft_args = _component_args(draw, draft, k)
     if exit_ is None:

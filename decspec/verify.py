@@ -131,6 +131,11 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
 
     start = time.perf_counter()
     checked = load(spec, overrides=overrides, decoder=decoder)
+    if checked.slot("search") is not None:
+        raise DecError(f"decoder '{checked.name}' is deterministic (beam search): it does not sample from the target, so there "
+                       "is no distribution to compare with the target's", checked.slot("search").span,
+                       hint="`decspec check` gives its verdict; tests/test_beam_search.py compares it with Hugging Face's "
+                            "generate(num_beams=...) token for token")
     graph = run_pipeline(lower(checked))
     if checked.slot("grammar") is not None:
         raise DecError("decspec verify does not take grammar specs yet: its random 2..5-token tables cannot spell most grammars",

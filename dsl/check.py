@@ -346,6 +346,12 @@ def _check_slots(defn: ast.DecoderDef, bindings: Bindings, errors: list[Diagnost
     if "verify" in bindings and "propose" not in bindings:
         errors.append(Diagnostic("'verify' needs a 'propose' slot: there are no drafts to verify", at("verify"),
                                  hint="add e.g. `propose = autoregressive(model(\"draft\"))`, or remove `verify`"))
+    if "search" in bindings:  # beam search keeps several hypotheses per prompt: no drafts, no round to speculate in
+        for slot in ("propose", "stop", "verify", "grammar"):
+            if slot in bindings:
+                errors.append(Diagnostic(f"'search' cannot be combined with '{slot}': beam search scores whole hypotheses "
+                                         "with the target alone", at(slot),
+                                         hint=f"remove `{slot}`, or remove `search` (at {at('search')})"))
 
 
 def _unused(defn: ast.DecoderDef, resolver: Resolver, bindings: Bindings, params: Mapping[str, Any],

@@ -29,6 +29,8 @@ _KINDS = {
     "stat": ("Draft statistics", "Read in `when` conditions as `draft.NAME`, compared with numbers."),
     "grammar": ("Grammars", "Fill the `grammar` slot: the language the output must belong to (structured output). "
                 "The grammar's mask is applied to the logits of the target and of every draft before the sampler pipeline."),
+    "search": ("Search strategies", "Fill the `search` slot: decoding that keeps several hypotheses per prompt instead of "
+               "sampling one token per row (see [Beam search](#beam-search))."),
 }
 
 

@@ -78,7 +78,8 @@ class Spec:
 
     slots: "target" -> Instance (kind model); "sampler" -> tuple[Instance, ...] (kind sampler,
     applied left to right; empty = plain softmax); "propose" -> Instance (kind draft) or absent;
-    "stop" -> Instance (kind exit) or absent; "verify" -> Instance (kind verifier) or absent.
+    "stop" -> Instance (kind exit) or absent; "verify" -> Instance (kind verifier) or absent;
+    "search" -> Instance (kind search, `beam(...)`) or absent: beam search, which has no round graph (backends/beam.py).
     params: the decoder's own parameters with their bound values.
     models: the model roles the spec names (the `name` of every model(...) instance), in order.
     """

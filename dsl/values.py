@@ -23,6 +23,7 @@ KIND_NOUNS = {
     "verifier": "verifier",
     "stat": "draft statistic",
     "grammar": "grammar",
+    "search": "search strategy",
     "int": "int",
     "float": "float",
     "str": "string",

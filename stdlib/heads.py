@@ -13,7 +13,7 @@ states, so no extra forward is needed), and draft positions L .. L+k-1:
 Each draft is sampled from its head's distribution through the sampler pipeline (and the grammar
 mask), and q is that distribution, so `rejection` (and `greedy`) stay lossless. The draft loop is
 the one `autoregressive` uses, so an exit policy (`stop = when draft.prob < 0.3`) reads the heads'
-statistics. Tree-shaped Medusa drafting belongs to the token-tree engine.
+statistics. With `tree = [w_1, ...]`, Medusa heads draft a token tree instead (`lower_head_tree` in stdlib/trees.py).
 """
 from __future__ import annotations
 
@@ -61,6 +61,13 @@ def lower_heads(lw: Lowering, inst, ctx):
     if kind not in KINDS:
         raise DecError(f"heads' kind must be \"medusa\" or \"hydra\", found {kind!r}", inst.span,
                        hint='kind = "medusa" (independent heads) or kind = "hydra" (each head reads the drafts before it)')
+    if inst.arg("tree"):  # a tree of candidates (Medusa's tree): stdlib/trees.py
+        from decspec.stdlib.trees import lower_head_tree
+
+        return lower_head_tree(lw, inst, ctx)
+    if inst.arg("topk") or not inst.arg("replacement"):
+        raise DecError(f"heads' '{'topk' if inst.arg('topk') else 'replacement'}' shapes the children of a token tree, and this "
+                       "heads drafts a chain", inst.span, hint="give the tree's shape, e.g. tree = [3, 2]")
     role = lw.role(inst.arg("model"))
     outer = lw.nested("body")
     b = lw.b
@@ -97,7 +104,7 @@ def bind_heads(inst, models: Mapping[str, Any]) -> dict:
     model = models.get(role)
     if model is None:
         return {}
-    kind, k = inst.arg("kind"), inst.arg("max")
+    kind, k = inst.arg("kind"), len(inst.arg("tree")) or inst.arg("max")
     if kind not in KINDS:
         return {}
     try:
@@ -109,8 +116,10 @@ def bind_heads(inst, models: Mapping[str, Any]) -> dict:
         raise DecError(f"model '{role}' ({type(model).__name__}) has no {kind} heads (it has: {have}), which heads(kind = \"{kind}\") drafts from",
                        inst.span, hint=TRAIN_HINT)
     if head.num_heads < k:
-        raise DecError(f"heads(max = {k}) drafts {k} tokens, but model '{role}' has {head.num_heads} {kind} heads", inst.span,
-                       hint=f"use max <= {head.num_heads}, or train more heads ({TRAIN_HINT})")
+        what = f"tree = {list(inst.arg('tree'))}) drafts a tree {k} deep" if inst.arg("tree") else f"max = {k}) drafts {k} tokens"
+        raise DecError(f"heads({what}, but model '{role}' has {head.num_heads} {kind} heads", inst.span,
+                       hint=f"use {'a tree at most ' + str(head.num_heads) + ' deep' if inst.arg('tree') else 'max <= ' + str(head.num_heads)}, "
+                            f"or train more heads ({TRAIN_HINT})")
     return {}
 
 
@@ -122,11 +131,21 @@ register(
             Param("model", "model", doc="the model whose heads draft (its own final hidden state feeds them): the target"),
             Param("kind", "str", default="medusa", doc='"medusa" (independent heads) or "hydra" (each head reads the drafts before it)'),
             Param("max", "int", default=4, low=1, high=64, doc="most tokens drafted per round (at most the model's number of heads)"),
+            Param("tree", "list[int]", default=(), doc="a token tree instead of a chain (Medusa's tree of candidates; medusa "
+                  "heads only): its widths, every node at depth d getting tree[d] children from head d; replaces `max`"),
+            Param("replacement", "bool", default=True, doc="with `tree`: false draws a node's children without replacement"),
+            Param("topk", "bool", default=False, doc="with `tree`: the children are head d's top tree[d] tokens at any "
+                  "temperature (Medusa's tree), each with q one-hot on it (always so under a greedy pipeline)"),
         ),
         "Draft a chain of up to `max` tokens from the model's draft heads, which read its final hidden state at the "
         "position before the context's last token: Medusa heads independently, Hydra heads each after the tokens before "
-        "it. Each token is sampled from its head's distribution through the sampler pipeline.",
-        Contract(True, "each draft token is sampled from its head's distribution q, which the verifier receives"),
+        "it. Each token is sampled from its head's distribution through the sampler pipeline. With `tree = [w_1, ...]`, Medusa heads "
+        "draft a token tree (Medusa's tree of candidates), verified by `greedy` or `multi_rejection`: every node at depth d "
+        "gets tree[d] children from head d: its top tree[d] tokens under a greedy pipeline or with `topk = true`, each "
+        "with q one-hot on it, else drawn from head d's q (i.i.d., or without replacement with `replacement = false`).",
+        Contract(True, "each draft token is sampled from its head's distribution q, which the verifier receives (a tree: each "
+                 "node with the distribution it was drawn from given its earlier siblings; one-hot on top-k children, never the "
+                 "head's q, which would make rejection lossy)"),
         lower_heads,
         cite="Cai et al. 2024, Medusa; Ankner et al. 2024, Hydra",
         bind=bind_heads,

@@ -22,8 +22,8 @@ REQUIRED: Any = _Required()
 
 # The kinds of value a slot or a parameter can hold.
 #   scalar types: "int", "float", "str", "bool", "list[int]", "list[float]", "list[str]"
-#   component kinds: "model", "sampler", "draft", "exit", "verifier", "stat", "grammar"
-KINDS = ("model", "sampler", "draft", "exit", "verifier", "stat", "grammar")
+#   component kinds: "model", "sampler", "draft", "exit", "verifier", "stat", "grammar", "search"
+KINDS = ("model", "sampler", "draft", "exit", "verifier", "stat", "grammar", "search")
 SCALAR_TYPES = ("int", "float", "str", "bool", "list[int]", "list[float]", "list[str]", "cond")
 
 # Slots of a decoder block and the kind each holds. Other names in a block are local bindings.
@@ -34,6 +34,7 @@ SLOTS: dict[str, str] = {
     "stop": "exit",
     "verify": "verifier",
     "grammar": "grammar",
+    "search": "search",  # beam search (stdlib/search.py): decoding that keeps several hypotheses; excludes propose/stop/verify
 }
 
 

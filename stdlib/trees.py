@@ -17,6 +17,15 @@ Verification takes one target call over the whole tree (`tree_call` with every n
 - `greedy` adapts to a tree: the longest root path whose every node is the target's own token at
   its parent (`tree_match`), plus the target's token at the path's end.
 
+With `tree(draft, widths, replacement = false)` siblings are drawn without replacement
+(Recursive Speculative Decoding, Jeon et al. 2024: `sample_distinct`), sibling j from q_j = q without
+siblings 1..j-1, renormalized, and q_j is what the verifier gets: `multi_rejection`'s rule is then RSD's
+(accept with min(1, r/q_j), residual norm(max(0, r - q_j))). The invariant every tree draft keeps is
+that each node comes with the distribution it was drawn from given its earlier siblings.
+
+`heads(target, kind = "medusa", tree = widths)` (stdlib/heads.py) drafts Medusa's tree of candidates
+with `lower_head_tree`: head d gives one distribution for every node at depth d + 1.
+
 The round commits the accepted path and the extra token (`tree_splice`); the caches that held
 the tree keep exactly that path (backends/tree_cache.py).
 """
@@ -36,17 +45,17 @@ def greedy_pipeline(sampler) -> bool:
     return any(s.name == "greedy" or (s.name == "temperature" and s.arg("t") == 0) for s in sampler)
 
 
-def check_widths(widths, span) -> tuple[int, ...]:
+def check_widths(widths, span, what: str = "tree's 'widths'") -> tuple[int, ...]:
     widths = tuple(widths)
     if not widths:
-        raise DecError("tree's 'widths' is empty: give the children per node at each depth, e.g. widths = [3, 2, 1]", span)
+        raise DecError(f"{what} is empty: give the children per node at each depth, e.g. widths = [3, 2, 1]", span)
     bad = [w for w in widths if w < 1]
     if bad:
-        raise DecError(f"tree's 'widths' must be at least 1 at every depth, found {bad[0]}", span,
+        raise DecError(f"{what} must be at least 1 at every depth, found {bad[0]}", span,
                        hint="a depth with no children ends the tree: drop it from the list")
     nodes = len(tree_parents(widths))
     if nodes > MAX_NODES:
-        raise DecError(f"tree(widths = {list(widths)}) has {nodes} nodes; at most {MAX_NODES} are supported", span,
+        raise DecError(f"a tree of widths {list(widths)} has {nodes} nodes; at most {MAX_NODES} are supported", span,
                        hint="use fewer or narrower levels")
     return widths
 
@@ -55,28 +64,72 @@ def lower_tree(lw: Lowering, inst, ctx):
     """Per depth d: one draft call over the tree so far (logits at the previous level's nodes), then
     widths[d] children per node. Then the levels become one breadth-first proposal."""
     widths = check_widths(inst.arg("widths"), inst.span)
+    _refuse_slots(lw)
+    role = lw.role(inst.arg("model"))
+    parents = tree_parents(widths)
+    greedy, distinct = greedy_pipeline(lw.sampler), not inst.arg("replacement")
+    b = lw.b
+    levels, fed, width = [], 0, 1  # width: nodes on the previous level (the root: 1)
+    for w in widths:
+        logits = b.emit("tree_call", [ctx, *levels[0::2]], model=role, parents=parents[:fed], first=fed + 1 - width)[0]  # [B, width, V]
+        levels += _children(lw, logits, width, w, greedy, distinct)
+        fed, width = fed + width * w, width * w
+    tokens, probs, count = b.emit("tree_build", levels, parents=parents)
+    return Proposal(tokens, probs, count, tree_depth(parents), parents=parents)
+
+
+def lower_head_tree(lw: Lowering, inst, ctx):
+    """Medusa's tree of candidates: `heads(target, kind = "medusa", tree = [...])`. Head d reads h (at
+    L-2, kept from the last verification) and gives one distribution for all of depth d + 1, since a
+    Medusa head ignores the path; each node at depth d gets widths[d] children from it: the top
+    widths[d] under a greedy pipeline or with `topk = true` (Medusa's own tree), each with q one-hot
+    on it (the distribution a deterministic child is drawn from: so `multi_rejection` accepts child c
+    with probability r(c) and removes it from r on a rejection, which samples r by elimination), else
+    drawn from head d's q (i.i.d., or without replacement). No draft model call: the heads run on h alone."""
+    widths = check_widths(inst.arg("tree"), inst.span, "heads' 'tree'")
+    if inst.arg("kind") != "medusa":
+        raise DecError(f"heads(kind = \"{inst.arg('kind')}\", tree = ...): only Medusa heads draft a tree yet", inst.span,
+                       hint='use kind = "medusa", or drop `tree` to draft a Hydra chain (a Hydra tree needs a head call per node path)')
+    _refuse_slots(lw)
+    role = lw.role(inst.arg("model"))
+    parents = tree_parents(widths)
+    topk, distinct = greedy_pipeline(lw.sampler) or inst.arg("topk"), not inst.arg("replacement")
+    b = lw.b
+    hidden = b.emit("model_hidden", [ctx], model=role)[0]  # [B, C]
+    levels, width = [], 1  # width: nodes on the previous level
+    for d, w in enumerate(widths):
+        logits = b.emit("head_level", [hidden], model=role, depth=d)[0]  # [B, 1, V]: head d, every node alike
+        levels += _children(lw, logits, width, w, topk, distinct)
+        width *= w
+    tokens, probs, count = b.emit("tree_build", levels, parents=parents)
+    return Proposal(tokens, probs, count, tree_depth(parents), parents=parents)
+
+
+def _children(lw: Lowering, logits, width: int, w: int, topk: bool, distinct: bool) -> list:
+    """w children for each of `width` nodes, from logits [B, n, V]: one distribution per node (n = width)
+    or one for them all (n = 1). -> [tokens [B, width*w], q [B, width*w, V]], q being the distribution each
+    child was drawn from: the w most likely tokens of the model's own distribution with q one-hot (topk);
+    w draws without replacement, q_j = q without the earlier siblings (distinct); or w i.i.d. draws from q."""
+    b = lw.b
+    spread = width // logits.type.shape[1]  # nodes sharing each distribution
+    if topk:
+        q = b.emit("softmax", [logits])[0]
+        q = b.emit("repeat", [q], times=spread)[0] if spread > 1 else q
+        return list(b.emit("tree_topk", [q], k=w))
+    q = lw.probs(logits)
+    q = b.emit("repeat", [q], times=spread * w)[0] if spread * w > 1 else q  # [B, width*w, V]: each child's q
+    if distinct and w > 1:
+        u = b.emit("uniform", [], shape=("B", width * w))[0]
+        return list(b.emit("sample_distinct", [q, u], k=w))
+    return [lw.sample(q), q]
+
+
+def _refuse_slots(lw) -> None:
     if lw.stop is not None:
         raise DecError("`stop` on a token tree is not supported yet (dynamic trees, DySpec / EAGLE-2, are not yet in decspec)",
                        lw.stop.span, hint="remove `stop`: a static tree always drafts its whole shape")
     if lw.grammar is not None:
         raise DecError("a grammar over a token tree is not supported yet", lw.grammar.span, hint="draft a chain, e.g. autoregressive(draft)")
-    role = lw.role(inst.arg("model"))
-    parents = tree_parents(widths)
-    greedy = greedy_pipeline(lw.sampler)
-    b = lw.b
-    levels, fed, width = [], 0, 1  # width: nodes on the previous level (the root: 1)
-    for w in widths:
-        logits = b.emit("tree_call", [ctx, *levels[0::2]], model=role, parents=parents[:fed], first=fed + 1 - width)[0]  # [B, width, V]
-        if greedy:  # the w most likely tokens of the draft's own distribution
-            tok, q = b.emit("tree_topk", [b.emit("softmax", [logits])[0]], k=w)
-        else:  # w i.i.d. draws from q at each node
-            q = lw.probs(logits)
-            q = b.emit("repeat", [q], times=w)[0] if w > 1 else q
-            tok = lw.sample(q)
-        levels += [tok, q]
-        fed, width = fed + width * w, width * w
-    tokens, probs, count = b.emit("tree_build", levels, parents=parents)
-    return Proposal(tokens, probs, count, tree_depth(parents), parents=parents)
 
 
 def _target_probs(lw, ctx, target, proposal):
@@ -112,14 +165,19 @@ register(
         (
             Param("model", "model", doc="the draft model"),
             Param("widths", "list[int]", default=(3, 2, 1), doc="children per node at each depth (its length is the tree's depth)"),
+            Param("replacement", "bool", default=True, doc="false: a node's children are drawn without replacement (Recursive "
+                  "Speculative Decoding), each from q with its earlier siblings removed, renormalized"),
         ),
         "A static token tree (Medusa / Sequoia-style shape): each node at depth d gets widths[d] children, drawn i.i.d. from "
-        "the draft's distribution q at that node through the sampler pipeline (the widths[d] most likely tokens under a greedy "
-        "pipeline); one draft call per depth with tree attention. Verify with `multi_rejection` or `greedy`.",
-        Contract(True, "each node is drawn from the draft's own distribution q at its parent (top-k with one-hot q under a greedy "
-                 "pipeline), which the verifier receives"),
+        "the draft's distribution q at that node through the sampler pipeline, or without replacement with `replacement = "
+        "false` (Recursive Speculative Decoding: child j from q without children 1..j-1, renormalized); the widths[d] most "
+        "likely tokens under a greedy pipeline. One draft call per depth with tree attention. Verify with `multi_rejection` or "
+        "`greedy`.",
+        Contract(True, "each node comes with the distribution it was drawn from, which the verifier receives: the draft's q at "
+                 "its parent (i.i.d. siblings), q without the node's earlier siblings, renormalized (replacement = false), or "
+                 "one-hot on the top-k children under a greedy pipeline"),
         lower_tree,
-        cite="Miao et al. 2024, SpecInfer; Cai et al. 2024, Medusa; Chen et al. 2024, Sequoia",
+        cite="Miao et al. 2024, SpecInfer; Cai et al. 2024, Medusa; Chen et al. 2024, Sequoia; Jeon et al. 2024, RSD",
         trees=True,
     )
 )
@@ -129,12 +187,15 @@ register(
         "multi_rejection",
         (),
         "Multi-draft speculative sampling over a token tree: at a node, try its children in order, accept child c with "
-        "probability min(1, p(c)/q(c)); on a rejection set p <- norm(max(0, p - q)) and try the next sibling; when all are "
-        "rejected sample from the final residual; descend into an accepted child (at a leaf, a bonus token from p). On a chain "
-        "of drafts it is `rejection`.",
-        Contract(True, "recursive rejection over siblings drawn i.i.d. from q (SpecInfer, SpecTr) reproduces p exactly"),
+        "probability min(1, p(c)/q_c(c)); on a rejection set p <- norm(max(0, p - q_c)) and try the next sibling; when all are "
+        "rejected sample from the final residual; descend into an accepted child (at a leaf, a bonus token from p). q_c is the "
+        "distribution child c was drawn from: q for i.i.d. siblings (SpecInfer), q without the earlier siblings, renormalized, "
+        "for siblings drawn without replacement (Recursive Speculative Decoding). On a chain of drafts it is `rejection`.",
+        Contract(True, "recursive rejection with each sibling's own q, the distribution it was drawn from given its earlier "
+                 "siblings (i.i.d.: SpecInfer, SpecTr; without replacement: RSD's depleted q_j), reproduces p exactly"),
         lower_multi_rejection,
-        cite="Miao et al. 2024, SpecInfer; Sun et al. 2023, SpecTr: Fast Speculative Decoding via Optimal Transport",
+        cite="Miao et al. 2024, SpecInfer; Sun et al. 2023, SpecTr: Fast Speculative Decoding via Optimal Transport; Jeon et al. "
+             "2024, Recursive Speculative Decoding: Accelerating LLM Inference via Sampling Without Replacement",
         trees=True,
     )
 )

@@ -82,18 +82,35 @@ def conformance_specs() -> list[Spec]:
         out.append(Spec("spec", (), slots, SOURCE))
         lookup = inst(registry.lookup("draft", "lookup"), ngram=2, max=3)  # drafts copied from the context, no model
         out.append(Spec("lookup", (), (slots[0], slots[1], ("propose", lookup), slots[4]), SOURCE))
+        recycle = inst(registry.lookup("draft", "recycle"), max=3, candidates=2)  # drafts from the target's past top tokens, no model
+        out.append(Spec("recycle", (), (slots[0], slots[1], ("propose", recycle), slots[4]), SOURCE))
+        ahead = inst(registry.lookup("draft", "lookahead"), window=3, ngram=2, pool=2)  # Jacobi window and n-gram pool, no model
+        out.append(Spec("lookahead", (), (slots[0], slots[1], ("propose", ahead), slots[4]), SOURCE))
         out.append(Spec("grammar", (), slots + (("grammar", GRAMMAR),), SOURCE))  # masks on target and draft
     out.append(Spec("ar_grammar", (), (("target", model("target")), ("grammar", GRAMMAR)), SOURCE))
     for kind in ("medusa", "hydra"):  # draft heads on the target (model_hidden, head_logits), with an exit policy
         heads = inst(registry.lookup("draft", "heads"), model=model("target"), kind=kind, max=3)
         out.append(Spec("heads", (), (("target", model("target")), ("propose", heads), ("stop", inst(registry.lookup("exit", "when"), cond=cond)),
                                       ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
+    eagle = inst(registry.lookup("draft", "eagle"), model=model("target"), max=3, window=2)  # model_features, eagle_logits
+    out.append(Spec("eagle", (), (("target", model("target")), ("propose", eagle), ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
+    dynamic = inst(registry.lookup("draft", "dynamic_exit"), model=model("target"), layers=(1, 2), max=3, policy="ucb")  # draft_arm, model_select
+    out.append(Spec("dynamic_exit", (), (("target", model("target")), ("propose", dynamic), ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
+    inner = inst(registry.lookup("draft", "lookup"), ngram=2, max=2)
+    staged = inst(registry.lookup("draft", "staged"), model=model("draft"), inner=inner, max=3)  # staged_loop
+    out.append(Spec("staged", (), (("target", model("target")), ("propose", staged), ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
     tree = inst(registry.lookup("draft", "tree"), model=model("draft"), widths=(2, 1))  # a token tree (stdlib/trees.py)
     for verifier in [c for c in registry.components("verifier") if c.trees]:
         for sampler in ("top_k", "greedy"):  # i.i.d. children; top-k children under a greedy pipeline
             stage = inst(registry.lookup("sampler", sampler), **({"k": 3} if sampler == "top_k" else {}))
             slots = (("target", model("target")), ("sampler", (stage,)), ("propose", tree), ("verify", inst(verifier)))
             out.append(Spec("tree", (), slots, SOURCE))
+        distinct = inst(registry.lookup("draft", "tree"), model=model("draft"), widths=(2, 1), replacement=False)  # sample_distinct
+        head_tree = inst(registry.lookup("draft", "heads"), model=model("target"), kind="medusa", tree=(2, 1), replacement=False)  # head_level
+        for propose in (distinct, head_tree):
+            out.append(Spec("tree", (), (("target", model("target")), ("propose", propose), ("verify", inst(verifier))), SOURCE))
+        recycled = inst(registry.lookup("draft", "recycle"), candidates=2, widths=(2, 1))  # token recycling's static tree
+        out.append(Spec("recycle_tree", (), (("target", model("target")), ("propose", recycled), ("verify", inst(verifier))), SOURCE))
     # exits that carry a value across draft steps (mul) and call a predictor, or cap the loop across rounds (length_cap)
     ar = inst(registry.lookup("draft", "autoregressive"), model=model("draft"), max=3)
     for stop in (inst(registry.lookup("exit", "predicted"), threshold=0.4, predictor="confidence"),
@@ -132,9 +149,12 @@ def test_every_backend_runs_the_lowered_ops(module):
     """Each backend's rules generate with every conformance spec (the exact backend samples too)."""
     from decspec.backends.runtime import generate
     from decspec.stdlib.models.layered_table import LayeredTableModel
+    from decspec.stdlib.models.views import EarlyExit
 
     be = backend(module)
     models = {"target": LayeredTableModel.random(5, 1, seed=0), "draft": LayeredTableModel.random(5, 1, seed=1)}  # + layers, heads
+    models.update({f"target/exit{i}": EarlyExit(models["target"], i) for i in (1, 2)})  # the views dynamic_exit drafts with
+
     for spec in conformance_specs():
         for graph in (lower(spec), run_pipeline(lower(spec))):
             out = generate(graph, models, [[1, 2], [3]], max_new_tokens=4, seed=0, eos_token_id=None, rules=be.RULES, backend=be.NAME,

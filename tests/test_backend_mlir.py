@@ -25,7 +25,8 @@ from decspec.dsl.diagnostics import DecError  # noqa: E402
 from decspec.stdlib.models.default import random_models  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL_SPECS = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ROOT, "specs", "*.dec")))
+ALL_SPECS = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ROOT, "specs", "*.dec"))
+                   if decspec.compile(p).graph is not None)  # beam search has no round graph to export (tests/test_beam_search.py)
 
 
 def _host_op(spec: str):

@@ -40,7 +40,7 @@ def _runs_on_host(spec: str) -> bool:
 
 
 SPECS = [s for s in sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ROOT, "specs", "*.dec")))
-         if not _runs_on_host(s)]
+         if decspec.compile(_spec_path(s)).graph is not None and not _runs_on_host(s)]  # beam search: no round graph
 
 TINY = """
 func.func @tiny(%x: tensor<2x3xf32>, %n: tensor<i64>) -> (tensor<2x3xf32>, tensor<i64>, tensor<2x3xi1>) {

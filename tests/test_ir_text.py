@@ -105,17 +105,22 @@ def specs(draw, propose: bool | None = None) -> Spec:
     if propose if propose is not None else draw(st.booleans()):
         k = draw(st.integers(1, 8))
         draft = draw(st.sampled_from(registry.components("draft")))
-        if draft.name == "lookup":  # no draft model, so no exit policy
+        modelless = not any(p.type == "model" for p in draft.params)  # lookup, recycle, lookahead: no draft model, so no exit policy
+        if draft.name == "lookup":
             ngram = draw(st.integers(1, 16))
             slots.append(("propose", inst(draft, draw(spans), max=k, ngram=ngram, min_ngram=draw(st.integers(1, ngram)))))
+        elif modelless:
+            slots.append(("propose", inst(draft, draw(spans))))  # their defaults
         else:
-            slots.append(("propose", inst(draft, draw(spans), model=model(draw(roles)), max=k)))
+            nested = {p.name: inst(registry.lookup("draft", "lookup"), max=2) for p in draft.params if p.type == "draft"}  # staged's inner draft
+            slots.append(("propose", inst(draft, draw(spans), model=model(draw(roles)), max=k, **nested)))
+            modelless = modelless or bool(nested)  # a lookup inner draft has no statistics for `stop`
         trees = draft.trees  # a token tree (stdlib/trees.py): a verifier that takes one; no stop, grammar or penalty yet
         if trees and pipeline:
             from decspec.stdlib.samplers import needs_context
 
             slots = [(n, tuple(x for x in v if not needs_context((x,))) if n == "sampler" else v) for n, v in slots]
-        if draft.name != "lookup" and not trees and draw(st.booleans()):
+        if not modelless and not trees and draw(st.booleans()):
             slots.append(("stop", inst(registry.lookup("exit", "when"), draw(spans), cond=draw(conds))))
         verifiers = component_instances("verifier")
         slots.append(("verify", draw(verifiers.filter(lambda v: v.component.trees) if trees else verifiers)))

@@ -291,6 +291,22 @@ from decspec.backends.eager.heads import RULES as _HEADS  # noqa: E402  (the dra
 
 RULES.update(_HEADS)
 
+from decspec.backends.eager.eagle import RULES as _EAGLE  # noqa: E402  (the EAGLE head's ops: backends/eager/eagle.py)
+
+RULES.update(_EAGLE)
+
 from decspec.backends.eager.tree import RULES as _TREE_RULES  # noqa: E402  (token trees: backends/eager/tree.py)
 
 RULES.update(_TREE_RULES)
+
+from decspec.backends.eager.dynamic_exit import RULES as _DYNAMIC_EXIT  # noqa: E402  (a draft source chosen per context)
+
+RULES.update(_DYNAMIC_EXIT)
+
+from decspec.backends.eager.staged import RULES as _STAGED  # noqa: E402  (staged drafting)
+
+RULES.update(_STAGED)
+
+from decspec.backends.draft_state import RULES as _DRAFT_STATE_RULES  # noqa: E402  (token recycling: backends/draft_state.py)
+
+RULES.update(_DRAFT_STATE_RULES)

@@ -35,6 +35,45 @@ def tree_topk(state, op, probs):
     return tokens, q
 
 
+def without_drawn(q: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+    """q with the drawn tokens removed, renormalized; uniform over the tokens left when q has no mass
+    left on them (a distribution every later sibling can still be drawn from). q: [..., V], drawn: [..., V] bool"""
+    left = q.masked_fill(drawn, 0)
+    mass = left.sum(-1, keepdim=True)
+    free = (~drawn).to(q.dtype)
+    return torch.where(mass > 0, left / mass.clamp_min(torch.finfo(q.dtype).tiny), free / free.sum(-1, keepdim=True).clamp_min(1))
+
+
+def sample_distinct(state, op, probs, u):
+    """Siblings without replacement (RSD, Jeon et al. 2024), in groups of k: sibling j is drawn from
+    q_j = norm(q with siblings 0..j-1 removed) by inverse CDF, which is Gumbel-top-k's distribution
+    drawn one at a time. probs, u: [B, n, V], [B, n] -> tokens [B, n], q_j of each [B, n, V]"""
+    from decspec.backends.eager.rules import sample_tokens
+
+    B, n, V = probs.shape
+    k = op.param("k")
+    if k > V:
+        raise ValueError(f"sample_distinct draws {k} distinct siblings from a vocabulary of {V} tokens: "
+                         f"use widths of at most {V} with replacement = false")
+    groups = probs.reshape(B, n // k, k, V)
+    uu = u.reshape(B, n // k, k)
+    drawn = torch.zeros(B, n // k, V, dtype=torch.bool, device=probs.device)
+    tokens, qs = [], []
+    for j in range(k):
+        q = without_drawn(groups[:, :, j], drawn)  # [B, G, V]
+        tok = sample_tokens(q, uu[:, :, j])  # [B, G]
+        drawn = drawn.scatter(-1, tok[..., None], True)
+        tokens.append(tok)
+        qs.append(q)
+    return torch.stack(tokens, 2).reshape(B, n), torch.stack(qs, 2).reshape(B, n, V)
+
+
+def head_level(state, op, hidden):
+    """Medusa head `depth`'s logits, one level of a head tree. hidden: [B, C] -> [B, 1, V]"""
+    model = state.sessions[op.param("model")].model
+    return (model.medusa(hidden)[:, op.param("depth"), None],)
+
+
 def tree_build(state, op, *levels):
     """Levels (tokens [B, n_d], q [B, n_d, V]) -> tokens [B, N], q [B, N, V], drafted [B] (= N)."""
     tokens = torch.cat(levels[0::2], 1)
@@ -126,6 +165,8 @@ RULES = {
     "tree_call": tree_call,
     "repeat": repeat,
     "tree_topk": tree_topk,
+    "sample_distinct": sample_distinct,
+    "head_level": head_level,
     "tree_build": tree_build,
     "tree_match": tree_match,
     "tree_rejection": tree_rejection,

@@ -25,6 +25,7 @@ from decspec.backends.exact.rules import RULES
 from decspec.backends.interpreter import run_graph
 from decspec.backends.runtime import Context, max_draft_len, normalize_prompts
 from decspec.backends.speculation_length import Policies
+from decspec.backends.draft_state import DraftStates
 from decspec.compiler.ir import Graph
 from decspec.dsl.diagnostics import DecError
 
@@ -81,16 +82,21 @@ def exact_distribution(
     weight = torch.ones(1, dtype=torch.float64)  # [W]
     depth = torch.zeros(1, dtype=torch.long)  # [W]: draws on the world's path
     policies = Policies.start(graph, 1, seed=0)  # cross-round length policies: each world follows its own history
+    states = DraftStates.start(graph, models, 1)  # cross-round draft states (token recycling's matrix): one per world too
     while gen.shape[0]:
-        rows, (new, accepted, drafted) = _round(graph, models, _context(prompt, gen, length, capacity), capacity, max_rows, grammars, policies)
+        rows, (new, accepted, drafted) = _round(graph, models, _context(prompt, gen, length, capacity), capacity, max_rows, grammars, policies,
+                                                states)
         out.rounds += 1
         out.peak_rows = max(out.peak_rows, len(rows))
         w = rows.world  # [R]
         policies = policies.select(w)
         policies.update(accepted, drafted)
         gen, length, done = _stop(gen[w], length[w], new, accepted, max_new_tokens, eos)
-        gen, length, done, weight, depth, first = _merge(gen, length, done, weight[w] * rows.weight, depth[w] + rows.draws, policies.key())
+        keys = [k for k in (policies.key(), states.key()) if k is not None]
+        gen, length, done, weight, depth, first = _merge(gen, length, done, weight[w] * rows.weight, depth[w] + rows.draws,
+                                                         torch.cat(keys, 1) if keys else None)
         policies = policies.select(first[~done])
+        states = states.select(first[~done])
         for seq, n, p, d in zip(gen[done].tolist(), length[done].tolist(), weight[done].tolist(), depth[done].tolist()):
             out[tuple(seq[:n])] = out.get(tuple(seq[:n]), 0.0) + p  # a sequence can end in different rounds
             out.error_bound = max(out.error_bound, d * per_draw)
@@ -107,11 +113,15 @@ def _context(prompt: list[int], gen: torch.Tensor, length: torch.Tensor, capacit
 
 
 def _round(graph: Graph, models: dict, ctx: Context, capacity: int, max_rows: int, grammars: Mapping[str, Any],
-           policies: Policies | None = None) -> tuple[Rows, tuple]:
-    """Run the round graph once over every world, splitting rows at every draw."""
+           policies: Policies | None = None, states: DraftStates | None = None) -> tuple[Rows, tuple]:
+    """Run the round graph once over every world, splitting rows at every draw. `states` (one per
+    world before the round) holds one per row of the round after it."""
     run = Run(Rows.start(ctx.tokens.shape[0]), models, capacity, RULES, NAME, max_rows, dict(grammars))
     run.policies = policies
+    run.draft_states = states
     run_graph(graph, [ctx], run, RULES, NAME)
+    if states:
+        states.advance(run.align)
     return run.rows, run.committed
 
 
@@ -165,6 +175,9 @@ def _unpack(decoder_or_graph: Any, models: Mapping[str, Any] | None, eos: Any,
         first = next(iter(bound.values()))
     else:  # a Decoder
         graph = decoder_or_graph.graph
+        if graph is None:  # a `search` spec (beam search): deterministic, nothing to enumerate
+            raise DecError("beam search is deterministic: it has one output per prompt, not a distribution to enumerate",
+                           decoder_or_graph.spec.slot("search").span, hint="call generate(...)")
         if models is None:
             bound = decoder_or_graph._bound_models()
         else:  # the caller's models, and the views the spec derives from them (early_exit, ...)

@@ -89,6 +89,7 @@ class Run:
         self.generator = None  # never used: no rule draws randomness here
         self.committed: tuple | None = None
         self.policies = None  # the worlds' cross-round length policies (backends/speculation_length.py), one row per world
+        self.draft_states = None  # the worlds' cross-round draft states (backends/draft_state.py), one row per world
         self.sessions = _Sessions(self)
         # one GrammarSession per grammar; it starts over whenever a split changes the row count
         self.grammars = {slot: GrammarSession(m) for slot, m in (grammars or {}).items()}

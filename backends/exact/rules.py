@@ -98,8 +98,14 @@ def head_logits(state, op, *ins):
     return (logits.double(),)  # as model_call's: every probability in float64
 
 
+@wraps(eager.RULES["eagle_logits"])
+def eagle_logits(state, op, *ins):
+    (logits,) = eager.RULES["eagle_logits"](state, op, *ins)
+    return (logits.double(),)  # as model_call's
+
+
 RULES = {name: exact(rule, name) for name, rule in dict(eager.RULES, model_call=model_call, draft_loop=draft_loop,
-                                                       head_logits=head_logits).items()}
+                                                       head_logits=head_logits, eagle_logits=eagle_logits).items()}
 RULES["uniform"] = uniform
 
 
@@ -110,3 +116,21 @@ def tree_call(state, op, *ins):
 
 
 RULES["tree_call"] = exact(tree_call, "tree_call")
+
+
+@wraps(eager.RULES["head_level"])
+def head_level(state, op, *ins):
+    (logits,) = eager.RULES["head_level"](state, op, *ins)
+    return (logits.double(),)  # as model_call's (Medusa heads drafting a tree level)
+
+
+RULES["head_level"] = exact(head_level, "head_level")
+
+
+@wraps(eager.RULES["model_select"])
+def model_select(state, op, *ins):
+    (logits,) = eager.RULES["model_select"](state, op, *ins)
+    return (logits.double(),)  # as model_call's
+
+
+RULES["model_select"] = exact(model_select, "model_select")

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from decspec.backends.eager.tree import accept_ratio, residual
+from decspec.backends.eager.tree import accept_ratio, residual, without_drawn
 
 
 @lru_cache(maxsize=64)
@@ -66,4 +66,33 @@ def tree_rejection(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, *, op
 
 tree_rejection.takes_op = True  # its cells depend on the tree's shape, an op param
 
-CELLS = {"tree_rejection": tree_rejection}
+
+def sample_distinct(probs: torch.Tensor, *, op) -> tuple[torch.Tensor, torch.Tensor]:
+    """Siblings without replacement: one cell per ordered choice of tokens, every combination across
+    the groups. Sibling j's cells are the intervals of q_j = norm(q without the group's earlier
+    tokens), which depends on the cell so far, so the combinations grow element by element (cells
+    of the drawn tokens get measure 0: padding).
+
+    probs: [R, n, V] -> u: [R, C, n], prob: [R, C] (C = V^n, the measure-0 cells included)
+    """
+    R, n, V = probs.shape
+    k = op.param("k")
+    u = probs.new_zeros(R, 1, 0)  # [R, C, e]
+    prob = probs.new_ones(R, 1)  # [R, C]
+    drawn = torch.zeros(R, 1, V, dtype=torch.bool)  # [R, C, V]: the current group's tokens so far
+    for e in range(n):
+        C = u.shape[1]
+        if e % k == 0:
+            drawn = torch.zeros(R, C, V, dtype=torch.bool)
+        q = without_drawn(probs[:, e, None, :].expand(R, C, V), drawn)  # [R, C, V]
+        cdf = q.cumsum(-1)
+        mid = (cdf - q / 2) / cdf[..., -1:]  # the middle of each token's interval
+        u = torch.cat([u[:, :, None, :].expand(R, C, V, e), mid[..., None]], -1).reshape(R, C * V, e + 1)
+        prob = (prob[:, :, None] * q / cdf[..., -1:]).reshape(R, C * V)
+        drawn = (drawn[:, :, None, :] | torch.eye(V, dtype=torch.bool)[None, None]).reshape(R, C * V, V)
+    return u, prob
+
+
+sample_distinct.takes_op = True  # its cells depend on the group size k, an op param
+
+CELLS = {"tree_rejection": tree_rejection, "sample_distinct": sample_distinct}

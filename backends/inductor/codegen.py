@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from decspec.backends.draft_state import staged_key, state_key
 from decspec.backends.runtime import DRAFT_OPS
 from decspec.backends.speculation_length import cap_key
 from decspec.compiler.ir import Graph, Op, Value
@@ -105,7 +106,7 @@ def windows(graph: Graph) -> dict[str, int]:
 
 
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
-           "grammar_state", "grammar_mask", "length_cap", "predict_accept")
+           "grammar_state", "grammar_mask", "length_cap", "predict_accept", "recycle_state", "recycle_store")
 
 
 PARAM_KERNELS = ("typical_accept", "topk_accept")
@@ -119,10 +120,29 @@ def grammar_key(slot: str) -> str:
 # Ops the code generator does not emit yet, and why (listed in docs/backends.md): a round using one
 # fails with a DecError naming the op and its .dec line.
 NOT_YET = dict.fromkeys(
-    ("tree_call", "repeat", "tree_topk", "tree_build", "tree_match", "tree_rejection", "tree_splice"),
+    ("tree_call", "repeat", "tree_topk", "sample_distinct", "head_level", "tree_build", "tree_match", "tree_rejection",
+     "tree_splice"),
     "token trees run on the eager and exact backends only for now: the static-window model step (static.py) has no tree "
     "attention or path commit yet (the tree's shape is static, so it can be emitted with static shapes later)",
 )
+NOT_YET.update(dict.fromkeys(
+    ("draft_arm", "model_select"),
+    "a draft source chosen per context (dynamic_exit) would need one static model step per candidate view and the arm as "
+    "a round input; it runs on the eager and exact backends only for now",
+))
+NOT_YET["staged_loop"] = ("staged drafting nests an inner speculative round in the draft loop, with per-row progress; it runs on "
+                          "the eager and exact backends only for now")
+
+
+NOT_YET.update(dict.fromkeys(
+    ("recycle_tree",),
+    "token trees run on the eager and exact backends only for now (see tree_call)",
+))
+NOT_YET.update(dict.fromkeys(
+    ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
+    "lookahead decoding runs on the eager and exact backends only for now: its lookahead branch is a second target call "
+    "over a guessed window, which the static sessions (static.py) do not size yet",
+))
 
 
 def can_emit(op_name: str) -> bool:
@@ -211,6 +231,14 @@ class Emitter:
                                "so that model must verify every draft (draft heads on the target)"
                                + (f" (op 'model_hidden', spec line {op.meta.line})" if op.meta.line else ""), hint="use backend='eager'")
             self.line(f"{outs[0]} = K.model_hidden(m[{p('model')!r}], ctx_length){where}")
+        elif op.name == "model_features":  # EAGLE: features at L-1-W .. L-2, kept by the role's static session (as model_hidden)
+            if self.windows.get(p("model")) != 1:
+                raise DecError(f"the inductor backend reads model '{p('model')}''s features from its previous verification call, "
+                               "so that model must verify every draft (an EAGLE head on the target)"
+                               + (f" (op 'model_features', spec line {op.meta.line})" if op.meta.line else ""), hint="use backend='eager'")
+            self.line(f"{outs[0]} = K.model_features(m[{p('model')!r}], ctx_length, {p('window')!r}){where}")
+        elif op.name == "eagle_logits":  # the EAGLE head at step i (an int unrolled, a 0-d tensor in the host loop)
+            self.line(f"{outs[0]} = K.eagle_logits(m[{p('model')!r}].model, {ins[0]}, ctx_tokens, ctx_length, {ins[2]}, {step}){where}")
         elif op.name == "head_logits":  # the draft heads at step i (an int unrolled, a 0-d tensor in the host loop)
             self.line(f"{outs[0]} = K.head_logits(m[{p('model')!r}].model, {p('kind')!r}, {ins[0]}, ctx_tokens, ctx_length, "
                       f"{ins[2]}, {step}){where}")
@@ -221,6 +249,15 @@ class Emitter:
             self.line(f"{outs[0]} = K.grammar_state({session}, ctx_tokens, ctx_length, {ext}, {n}, {p('last', True)!r}){where}")
         elif op.name == "grammar_mask":
             self.line(f"{outs[0]} = K.grammar_mask(m[{grammar_key(p('grammar'))!r}], {ins[0]}, {ins[1]}){where}")
+        elif op.name == "recycle_state":  # carried on the host between rounds (backends/draft_state.py): an input tensor [B, V, C]
+            self.line(f"{', '.join(outs)}, = m[{state_key(op)!r}]{where}")
+        elif op.name == "recycle_store":  # handed back to the runner, which stages it for the next round
+            self.line(f"m[{staged_key(state_key(op))!r}] = ({', '.join(ins)},){where}")
+        elif op.name == "recycle_draft":
+            self.line(f"{', '.join(outs)} = K.recycle_draft(ctx_tokens, ctx_length, {ins[1]}, {p('max')}, "
+                      f"m[{p('vocab')!r}].model.vocab_size){where}")
+        elif op.name == "recycle_update":
+            self.line(f"{outs[0]} = K.recycle_update({ins[0]}, ctx_tokens, ctx_length, {', '.join(ins[2:])}){where}")
         elif op.name == "ngram_lookup":  # the context's tokens, and V from the bound model
             args = f"{p('max')}, {p('ngram')}, {p('min_ngram')}, m[{p('vocab')!r}].model.vocab_size"
             self.line(f"{', '.join(outs)} = K.ngram_lookup(ctx_tokens, ctx_length, {args}){where}")

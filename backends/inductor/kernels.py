@@ -14,6 +14,7 @@ import torch
 from decspec.backends import grammar as G
 from decspec.backends.eager import acceptance as A
 from decspec.backends.eager import rules as E
+from decspec.stdlib import recycling
 from decspec.stdlib.samplers import apply_pipeline
 
 
@@ -66,6 +67,17 @@ def ngram_lookup(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, k: int, ngr
     return drafts, E.one_hot_drafts(drafts, count, vocab), count
 
 
+def recycle_draft(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, adj: torch.Tensor, k: int, vocab: int):
+    """Token recycling's chain from each row's last token (stdlib/recycling.py): a fixed loop of k steps. -> d, q, count"""
+    return recycling.drafts(ctx_tokens, ctx_length, adj, k, vocab)
+
+
+def recycle_update(adj: torch.Tensor, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, d: torch.Tensor, count: torch.Tensor,
+                   logits: torch.Tensor) -> torch.Tensor:
+    """The matrix after the round: the target's top tokens at every scored position (stdlib/recycling.py). -> [B, V, C]"""
+    return recycling.update(adj, ctx_tokens, ctx_length, d, count, logits)
+
+
 def model_hidden(session, ctx_length: torch.Tensor) -> torch.Tensor:
     """h at position L-2 of each row, from the static session's kept hidden states (zeros for one-token rows). -> [B, C]"""
     return session.hidden_at(ctx_length)
@@ -77,6 +89,20 @@ def head_logits(model, kind: str, hidden, ctx_tokens, ctx_length, drafts, step) 
     from decspec.stdlib.heads import head_logits as draft_head_logits
 
     return draft_head_logits(model, kind, hidden, last_tokens(ctx_tokens, ctx_length), drafts, step)
+
+
+def model_features(session, ctx_length: torch.Tensor, window: int) -> torch.Tensor:
+    """Features at positions L-1-W .. L-2 of each row, from the static session's kept hidden states. -> [B, W, C]"""
+    from decspec.stdlib.eagle import feature_window
+
+    return feature_window(session.hiddens, ctx_length, window)
+
+
+def eagle_logits(model, features, ctx_tokens, ctx_length, drafts, step) -> torch.Tensor:
+    """EAGLE-head logits of draft position `step` (an int, or a 0-d tensor in the host loop). -> [B, V]"""
+    from decspec.stdlib.eagle import eagle_logits as draft_eagle_logits
+
+    return draft_eagle_logits(model, features, ctx_tokens, ctx_length, drafts, step)
 
 
 @torch.compiler.disable

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from decspec.backends.draft_state import staged_key
 from decspec.backends.inductor import codegen
 from decspec.backends.inductor.static import StaticSession
 from decspec.compiler.ir import Graph
@@ -34,7 +35,7 @@ class RoundRunner:
         self.sessions: dict[str, StaticSession] = {}
 
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
-        hidden = {op.param("model") for op in self.graph.walk() if op.name == "model_hidden"}  # roles whose heads draft
+        hidden = {op.param("model") for op in self.graph.walk() if op.name in ("model_hidden", "model_features")}  # roles whose heads draft
         self.sessions = {role: StaticSession(m, batch, capacity, keep_hidden=role in hidden) for role, m in models.items()}
         for s in self.sessions.values():
             s.prefill(ctx.tokens, ctx.length)
@@ -50,7 +51,11 @@ class RoundRunner:
             m = {**m, **{codegen.grammar_key(slot): g for slot, g in state.grammars.items()}}
         if state.policies:  # this round's length caps [B], chosen on the host: inputs of a fixed shape (codegen.cap_key)
             m = {**m, **{key: cap.to(state.device) for key, cap in state.policies.caps().items()}}
+        if state.draft_states:  # cross-round draft state [B, ...] in (codegen: recycle_state), the round's new value back (recycle_store)
+            m = {**m, **{key: tuple(x.to(state.device) for x in v) for key, v in state.draft_states.entries.items()}}
         tokens, accepted, drafted, steps = self.fn(ctx.tokens, ctx.length, u, m)
+        for key in state.draft_states.entries if state.draft_states else ():
+            state.draft_states.staged[key] = m[staged_key(key)]
         state.committed = (tokens, accepted, drafted)
         for role, n in codegen.calls_per_round(self.graph, steps).items():
             self.sessions[role].calls += n

@@ -40,12 +40,30 @@ HOST_OPS = {
     "length_cap": "a cross-round length policy chooses the cap on the host between rounds (not yet an input of the exported function)",
     "model_hidden": "draft heads read the hidden states a model's previous forwards kept beside its cache, which the export "
                     "does not pass as a function input yet",
+    "model_features": "an EAGLE head reads the features a model's previous forwards kept beside its cache, which the export "
+                      "does not pass as a function input yet",
 }
 
 
+HOST_OPS.update(dict.fromkeys(
+    ("recycle_state", "recycle_draft", "recycle_tree", "recycle_update", "recycle_store"),
+    "token recycling's matrix is carried on the host between rounds (backends/draft_state.py), and the exported function "
+    "has no input or output for it yet"))
+HOST_OPS.update(dict.fromkeys(
+    ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
+    "lookahead decoding's window and n-gram pool are carried on the host between rounds (backends/draft_state.py), and "
+    "the inductor code generator, whose round the export traces, does not emit its ops yet"))
 HOST_OPS.update(dict.fromkeys(  # not host ops, but not exportable yet either: the round is traced from the inductor codegen
-    ("tree_call", "repeat", "tree_topk", "tree_build", "tree_match", "tree_rejection", "tree_splice"),
+    ("tree_call", "repeat", "tree_topk", "sample_distinct", "head_level", "tree_build", "tree_match", "tree_rejection",
+     "tree_splice"),
     "token trees are not emitted by the inductor code generator yet (docs/backends.md), and the export traces its round"))
+
+
+HOST_OPS.update(dict.fromkeys(  # not emitted by the inductor code generator yet, whose round the export traces
+    ("draft_arm", "model_select"),
+    "a draft source chosen per context (dynamic_exit) picks its view on the host between rounds, and the inductor code "
+    "generator does not emit it yet"))
+HOST_OPS["staged_loop"] = "staged drafting is not emitted by the inductor code generator yet, whose round the export traces"
 
 
 def check_exportable(graph) -> None:
@@ -174,6 +192,9 @@ def trace(decoder_or_spec, part: str = "round", *, batch: int = 1, capacity: int
     _require_torch_mlir()
     t0 = time.perf_counter()
     decoder = _decoder(decoder_or_spec, models, overrides)
+    if decoder.graph is None:  # a `search` spec: beam search runs on the host (backends/beam.py)
+        raise DecError("cannot export the `search` slot to MLIR: beam search has no round graph, it runs on the host",
+                       decoder.spec.slot("search").span, hint='run it with decspec.compile(spec, backend="eager")')
     check_exportable(decoder.graph)
     module = build_module(decoder, part, batch, capacity)
     module.eval()

@@ -125,6 +125,12 @@ class HFCache(Cache):
         logical.masked_fill_(logical >= self.length[:, None], -1)
         self.crop()
 
+    def reorder(self, index: torch.Tensor) -> None:
+        index = index.to(self.logical.device)
+        self.kv.reorder_cache(index)  # every layer's keys / values [B, Hkv, P, D] along B
+        self.logical.copy_(self.logical.index_select(0, index))
+        super().reorder(index)
+
     def commit_path(self, start: torch.Tensor, path: torch.Tensor, n: torch.Tensor) -> None:
         src, dst = self._path_slots(start, path, n)  # [B, Q] logical positions
         start = start.to(self.length)

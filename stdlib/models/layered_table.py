@@ -8,7 +8,10 @@
   stdlib/models/views.py work on it);
 - returns a hidden state: at each position, its last H = max(order, 1) tokens (as floats);
 - carries Medusa and Hydra heads as tables: Medusa head i reads the hidden state; Hydra head i reads
-  a window of H tokens that moves through each token it is given.
+  a window of H tokens that moves through each token it is given;
+- carries an EAGLE stand-in (`eagle_draft`): draft s reads the window of features the EAGLE ops pass
+  (the oldest through a bias table, the newest moved through the context's last token and the drafts
+  so far, as Hydra's), so its q depends on the features and on the drafted tokens.
 
     >>> model = LayeredTableModel.random(vocab=4, order=1, seed=0)
     >>> torch.equal(model.logits, TableModel.random(4, 1, seed=0).logits)
@@ -50,6 +53,8 @@ class LayeredTableModel(TableModel):
         head_shape = (num_heads,) + (V,) * (H + 1)
         self.heads = {kind: TableHeads(kind, torch.randn(head_shape, generator=gen, dtype=torch.float64).to(logits.dtype))
                       for kind in ("medusa", "hydra")}
+        self.heads["eagle"] = TableHeads("eagle", torch.randn(head_shape, generator=gen, dtype=torch.float64).to(logits.dtype))
+        self.eagle_bias = torch.randn(V, V, generator=gen, dtype=torch.float64).to(logits.dtype)  # [V (oldest feature's token), V]
         self._partial: dict[tuple[int, ...], TableModel] = {}
 
     @classmethod
@@ -97,6 +102,20 @@ class LayeredTableModel(TableModel):
         """hidden [..., H] -> logits [..., k, V]: head i's table at the hidden window."""
         idx = hidden.long().unbind(-1)
         return self.heads["medusa"].tables[(slice(None), *idx)].movedim(0, -2)
+
+    def eagle_draft(self, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, drafts: torch.Tensor, last: int) -> torch.Tensor:
+        """The EAGLE stand-in's logits of drafts 0 .. last. features: [B, W, H] (hidden windows at L-1-W .. L-2, zeros
+        before the context); tokens: [B, W] the token after each (the last: the context's last token); drafts: [B, K].
+        Draft s: eagle table min(s, k-1) at the newest feature moved through tokens[:, -1], drafts[:, :s], plus a bias
+        row chosen by the oldest feature's last token. -> [B, last+1, V]"""
+        tables = self.heads["eagle"].tables
+        bias = self.eagle_bias[features[:, 0, -1].long()]  # [B, V]
+        window, out = features[:, -1], []
+        for s in range(last + 1):
+            token = tokens[:, -1] if s == 0 else drafts[:, s - 1]
+            window = torch.cat([window[:, 1:], token[:, None].to(window)], 1)
+            out.append(tables[(min(s, tables.shape[0] - 1), *window.long().unbind(-1))] + bias)
+        return torch.stack(out, 1)
 
     def hydra_step(self, i: int, state: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """state: a window of H tokens [B, H]; token [B] -> (the window moved by the token, head i's logits [B, V] there)."""

@@ -111,6 +111,8 @@ def load_transformer(
             model.eos_token_id = model.tokenizer.eos_token_id
     if (path / "heads.safetensors").is_file():
         model.heads = load_heads(path, config, dtype=dtype, device=device)
+    if (path / "eagle.safetensors").is_file():
+        model.heads = {**model.heads, "eagle": load_eagle(path, config, dtype=dtype, device=device)}
     return model
 
 
@@ -142,6 +144,30 @@ def load_heads(path: Path, config: TransformerConfig, *, dtype: torch.dtype, dev
     return heads
 
 
+def load_eagle(path: Path, config: TransformerConfig, *, dtype: torch.dtype, device: str | torch.device) -> torch.nn.Module:
+    """eagle.safetensors + eagle.json -> an EagleHead (stdlib/models/eagle.py) on the model's features."""
+    from safetensors.torch import load_file
+
+    from decspec.stdlib.models.eagle import EagleHead
+
+    meta_file = path / "eagle.json"
+    if not meta_file.is_file():
+        raise DecError(f"{path} has eagle.safetensors but no eagle.json describing the head")
+    meta = read_json(meta_file)
+    if meta.get("hidden_size") != config.hidden_size:
+        raise DecError(f"{meta_file}: the eagle head has hidden_size {meta.get('hidden_size')} but the model has {config.hidden_size}")
+    try:
+        head = EagleHead(config.hidden_size, window=int(meta["window"]), intermediate_size=int(meta["intermediate_size"]),
+                         num_attention_heads=int(meta["num_attention_heads"]), num_key_value_heads=int(meta["num_key_value_heads"]),
+                         dtype=dtype).to(device)
+        head.load_state_dict({k: v.to(dtype) for k, v in load_file(str(path / "eagle.safetensors")).items()})
+    except (KeyError, TypeError, ValueError) as e:
+        raise DecError(f"{meta_file}: missing or bad field {e}; re-save the head with decspec.stdlib.models.train --only eagle") from None
+    except Exception as e:
+        raise DecError(f"cannot load {path / 'eagle.safetensors'}: {e}; the file is corrupt or does not match eagle.json") from None
+    return head.requires_grad_(False).eval()
+
+
 def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """A local model directory -> the built-in Transformer for Llama checkpoints, the HF adapter for anything else."""
     raw = read_config(path)
@@ -163,7 +189,7 @@ def _reference(role: str, dtype: torch.dtype) -> Transformer:
 
 
 def reference_models(dtype: torch.dtype = torch.float32) -> dict[str, Transformer]:
-    """The shipped, trained pair: `"target"` (6 layers, hidden 256, early-exit trained, Medusa/Hydra heads)
+    """The shipped, trained pair: `"target"` (6 layers, hidden 256, early-exit trained, Medusa/Hydra/EAGLE heads)
     and `"draft"` (1 layer), one 4096-token byte-level BPE vocabulary, trained on Python stdlib source.
 
     Loaded once per process and shared: decoding never changes the weights.

@@ -6,6 +6,7 @@ logits at each new position:
     cache = model.new_cache(batch=2, capacity=64)
     out = model.forward(tokens, cache)            # tokens: [B, T] -> out.logits: [B, T, V]
     cache.rollback(keep)                          # O(1): forget every position >= keep[b]
+    cache.reorder(index)                          # row b becomes a copy of row index[b] (beam search)
     cache.commit_path(start, path, n)             # after a tree_mask forward: keep one accepted path
 
 Caches are static: buffers are preallocated once for `capacity` positions and never resized.
@@ -68,6 +69,17 @@ class Cache:
     def rollback(self, keep: torch.Tensor) -> None:
         """Forget positions >= keep[b] in every row. O(1): only lengths change (in place)."""
         torch.minimum(self.length, keep.to(self.length), out=self.length)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make row b a copy of row index[b] (beam search: each kept hypothesis continues its parent's).
+
+        index: [B] long. Every per-row buffer is gathered in place (static buffers keep their identity).
+        A subclass with per-row state of its own (K/V) must override this and call it; the beam runtime
+        trusts `reorder` only on this class and on subclasses that override it.
+        """
+        index = index.to(self.length.device)
+        self.tokens.copy_(self.tokens.index_select(0, index))
+        self.length.copy_(self.length.index_select(0, index))
 
     def commit_path(self, start: torch.Tensor, path: torch.Tensor, n: torch.Tensor) -> None:
         """Keep one root-to-node path of a tree block written at positions start[b] ...

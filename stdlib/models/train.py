@@ -17,6 +17,9 @@ be rebuilt anywhere. Stages, each deterministic for a given Python version, seed
    for `--distill-steps` more steps at a quarter of the learning rate.
 4. heads: Medusa (independent) and Hydra (sequentially dependent) heads, k = 4, on the frozen target,
    self-distilled: each head learns the target's own distribution of the token it proposes.
+5. eagle: an EAGLE feature-level draft head (stdlib/models/eagle.py) on the frozen target: feature
+   regression (smooth L1) + cross-entropy of the target's LM head on the predicted feature against the
+   target's own distribution; `--eagle-steps`, `--eagle-seq-len` (run it alone with `--only eagle`).
 
 Held-out modules (HELDOUT) are never trained on; the final held-out loss of each model (and of
 each exit layer and head) is written to `train_log.json` beside the weights.
@@ -40,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from decspec.stdlib.models.eagle import EagleHead
 from decspec.stdlib.models.heads import HydraHeads, MedusaHeads
 from decspec.stdlib.models.pretrained import load_transformer
 from decspec.stdlib.models.transformer import Transformer, TransformerConfig, rope
@@ -307,6 +311,75 @@ def train_heads(kind: str, target: Transformer, train: torch.Tensor, *, steps: i
     return heads.requires_grad_(False)
 
 
+# --- EAGLE feature-level draft head -----------------------------------------------------------
+
+
+def target_features(target: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """The target's features f_j (final hidden state after the norm) at every position. [B, T] -> [B, T, C]"""
+    return target.model.norm(residual_streams(target, tokens)[-1])
+
+
+def eagle_loss(target: Transformer, head: EagleHead, batch: torch.Tensor, gen: torch.Generator | None = None,
+               *, seq_len: int, noise: float = 0.1, w_cls: float = 0.1, fraction: float = 0.25) -> torch.Tensor:
+    """EAGLE's loss, teacher-forced on the target's real features: step j = (f_j + noise, emb(x_{j+1}))
+    predicts f_{j+1}; smooth L1 to f_{j+1} plus w_cls x the cross-entropy of lm_head(f^_{j+1}) against the
+    target's distribution of x_{j+2} (on a random `fraction` of the positions). Uniform noise of
+    +-noise x the features' RMS on the inputs, as in the paper, makes the head robust to its own errors."""
+    tokens = batch[:, : seq_len + 1]  # x_0 .. x_T
+    with torch.no_grad():
+        feats = target_features(target, tokens[:, :-1]).float()  # [B, T, C]: f_0 .. f_{T-1}
+        scale = feats.pow(2).mean().sqrt()
+        emb = target.model.embed_tokens(tokens[:, 1:-1]).float()  # [B, T-1, C]: x_1 .. x_{T-1}
+    u = torch.rand(feats[:, :-1].shape, generator=gen) * 2 - 1
+    pred = head(feats[:, :-1] + noise * scale * u, emb)  # [B, T-1, C]: f^_1 .. f^_{T-1}
+    real = feats[:, 1:]
+    reg = F.smooth_l1_loss(pred.float(), real)
+    T = pred.shape[1]
+    pick = torch.randperm(T, generator=gen)[: max(1, int(T * fraction))]
+    with torch.no_grad():
+        teacher = target.lm_head(real[:, pick])
+    return reg + w_cls * soft_cross_entropy(target.lm_head(pred[:, pick]), teacher)
+
+
+@torch.no_grad()
+def evaluate_eagle(target: Transformer, head: EagleHead, data: torch.Tensor, *, depth: int = NUM_HEADS,
+                   starts: int = 32, batch: int = 16) -> dict:
+    """Held-out loss per draft depth, drafting as decoding does: from each of `starts` positions per window,
+    the head reads the target's real features of the last W steps, then its own predicted features and the
+    data's tokens (teacher-forced tokens, as the heads' evaluation). Returns per depth d = 1..depth the
+    cross-entropy (nats/token) against the data's token and the rate at which the head's argmax equals the
+    target's argmax (what greedy verification accepts, given the earlier drafts were right)."""
+    W = head.window
+    ce, agree, count = torch.zeros(depth, dtype=torch.float64), torch.zeros(depth, dtype=torch.float64), 0
+    for i in range(0, len(data), batch):
+        chunk = data[i : i + batch]  # [b, N]
+        b, N = chunk.shape
+        feats = target_features(target, chunk)  # [b, N, C]
+        target_top = target.lm_head(feats).argmax(-1)  # [b, N]: the target's greedy token at position j+1
+        at = torch.linspace(W, N - depth - 2, starts).long()  # [n]: the context's last real step p (f_p, x_{p+1})
+        rows = torch.arange(b)[:, None, None]
+        steps = at[None, :, None] - W + 1 + torch.arange(W)[None, None, :]  # [1, n, W]
+        f = feats[rows, steps].flatten(0, 1)  # [b*n, W, C]
+        toks = chunk[rows, steps + 1].flatten(0, 1)  # [b*n, W]
+        ok = torch.ones_like(toks, dtype=torch.bool)
+        ahead = torch.stack([chunk[:, at + 2 + d] for d in range(depth)], -1).flatten(0, 1)  # [b*n, depth]: x_{p+2+d}
+        top = torch.stack([target_top[:, at + 1 + d] for d in range(depth)], -1).flatten(0, 1)  # target's argmax there
+        for d in range(depth):
+            logits = head.draft(f, toks, ok, ahead, d, target.lm_head, target.model.embed_tokens)  # [b*n, V]
+            ce[d] += F.cross_entropy(logits, ahead[:, d], reduction="sum").double()
+            agree[d] += (logits.argmax(-1) == top[:, d]).double().sum()
+        count += len(ahead)
+    return {"heldout_loss_by_depth": (ce / count).tolist(), "heldout_top1_agreement_by_depth": (agree / count).tolist()}
+
+
+def save_eagle(head: EagleHead, out: Path, entry: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.to(torch.float16).contiguous() for k, v in head.state_dict().items()}, str(out / "eagle.safetensors"),
+              metadata={"format": "pt"})
+    (out / "eagle.json").write_text(json.dumps({**head.meta(), "trained": entry}, indent=2) + "\n")
+
+
 # --- saving in Hugging Face format ------------------------------------------------------------
 
 
@@ -361,11 +434,13 @@ def save_heads(heads_by_kind: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m decspec.stdlib.models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder (target/, draft/, train_log.json)")
-    p.add_argument("--only", choices=("tokenizer", "target", "draft", "heads"), action="append",
+    p.add_argument("--only", choices=("tokenizer", "target", "draft", "heads", "eagle"), action="append",
                    help="run only these stages (repeatable); later stages load earlier ones from --out")
     p.add_argument("--target-steps", type=int, default=1500)
     p.add_argument("--draft-steps", type=int, default=1500)
     p.add_argument("--head-steps", type=int, default=250)
+    p.add_argument("--eagle-steps", type=int, default=250)
+    p.add_argument("--eagle-seq-len", type=int, default=128, help="tokens per training window of the eagle stage")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -375,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-draft", action="store_true", help="skip the draft's data-trained phase: start from the saved draft")
     p.add_argument("--eval-windows", type=int, default=None, help="cap on held-out windows (default: all)")
     args = p.parse_args(argv)
-    stages = args.only or ["tokenizer", "target", "draft", "heads"]
+    stages = args.only or ["tokenizer", "target", "draft", "heads", "eagle"]
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -452,6 +527,18 @@ def main(argv: list[str] | None = None) -> int:
             finish(kind, {"steps": args.head_steps, "heldout_loss_by_head": evaluate_heads(target, trained[kind], eval_heads),
                           "train_seconds": round(time.perf_counter() - t0, 1)})
         save_heads(trained, out / "target")
+    if "eagle" in stages:
+        t0 = time.perf_counter()
+        target = load_transformer(out / "target", dtype=torch.float32).requires_grad_(False)
+        torch.manual_seed(args.seed + 3)
+        head = EagleHead(target.config.hidden_size)
+        fit("eagle", lambda chunk, gen: eagle_loss(target, head, chunk, gen, seq_len=args.eagle_seq_len), head.parameters(),
+            train, steps=args.eagle_steps, batch=args.batch, lr=args.lr, seed=args.seed + 3, log=log)
+        head.requires_grad_(False)
+        entry = {"steps": args.eagle_steps, "batch": args.batch, "seq_len": args.eagle_seq_len, "window": head.window,
+                 **evaluate_eagle(target, head, eval_heads), "train_seconds": round(time.perf_counter() - t0, 1)}
+        save_eagle(head, out / "target", entry)
+        finish("eagle", entry)
     return 0
 
 

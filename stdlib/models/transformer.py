@@ -131,6 +131,12 @@ class KVCache(Cache):
         self.k = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))
         self.v = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))
 
+    def reorder(self, index: torch.Tensor) -> None:
+        index = index.to(self.k[0].device)
+        for buf in (*self.k, *self.v):  # [B, H, S, D], in place
+            buf.copy_(buf.index_select(0, index))
+        super().reorder(index)
+
     def commit_path(self, start: torch.Tensor, path: torch.Tensor, n: torch.Tensor) -> None:
         src, dst = self._path_slots(start, path, n)  # [B, P]
         B, H, _, D = self.k[0].shape

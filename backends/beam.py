@@ -1,0 +1,184 @@
+"""Beam search over the model protocol: the runtime of a spec with a `search = beam(...)` slot.
+
+A round graph commits tokens to each row's own context; beam search instead keeps `width`
+hypotheses per prompt and re-ranks them every step, so it runs here, on the host, over the same
+PrefixCache the round runtime uses (one cache row per hypothesis, P * W rows in all).
+
+One step, for P prompts of W running hypotheses each (the semantics of Hugging Face transformers'
+`generate(num_beams=W, do_sample=False)`, which is the reference the tests compare with):
+
+    logp   = stages(log_softmax(logits))          # [P*W, V]: penalty stages act on log-probs, as HF's processors do
+    total  = running[:, :, None] + logp           # [P, W, V]: cumulative log-probability of every continuation
+    top    = topk(total.view(P, W*V), 2W)         # the 2W best (parent beam, token) pairs, best first
+    ended  = token is EOS, or max_new_tokens reached
+    finished  <- best W of finished ∪ {top[j] / g**length_penalty : j < W, ended}   (g: generated length)
+    running   <- best W of top with the ended ones set aside; caches reordered to their parents
+
+Placeholder hypotheses (score NEG: at step 0 every beam but the first, which only arise again when fewer
+than W continuations are alive, V < 2W) never finish; Hugging Face lets them finish with score
+-1e9 / length ** length_penalty, so on such tiny vocabularies `beams` may hold fewer hypotheses than HF returns.
+
+A prompt stops taking finished hypotheses once it is *done* (HF's early stopping): with
+early_stopping "true", when W are finished; otherwise when W are finished and the best running
+score divided by g**length_penalty (for "never" with length_penalty > 0: by max_new_tokens**length_penalty)
+cannot beat the worst finished one. Generation stops when every prompt is done, or at max_new_tokens.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from decspec.backends.prefix import PrefixCache
+from decspec.backends.runtime import Result, Stats, normalize_prompts
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.models.protocol import Cache, CacheFull, Model
+from decspec.stdlib.penalties import token_counts
+from decspec.stdlib.samplers import apply_pipeline
+from decspec.stdlib.search import BeamSearch
+
+NEG = -1.0e9  # the score of an empty slot: far below any real cumulative log-probability, finite so sums stay ordered
+
+
+@dataclass
+class BeamResult(Result):
+    """tokens: the best finished hypothesis of each prompt (as Result: prompt excluded, an ending EOS kept).
+    beams: all `width` finished hypotheses of each prompt, best first; scores: their length-penalized scores."""
+
+    beams: list[list[list[int]]] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class Finished:
+    """The finished hypotheses of every prompt: W slots each, kept sorted best first.
+
+    tokens [P, W, G] generated tokens; length [P, W]; score [P, W] (length-penalized; NEG when empty);
+    full [P, W] whether the slot holds a hypothesis."""
+
+    tokens: torch.Tensor
+    length: torch.Tensor
+    score: torch.Tensor
+    full: torch.Tensor
+
+    @classmethod
+    def empty(cls, P: int, W: int, G: int) -> "Finished":
+        return cls(torch.zeros(P, W, G, dtype=torch.long), torch.zeros(P, W, dtype=torch.long),
+                   torch.full((P, W), NEG), torch.zeros(P, W, dtype=torch.bool))
+
+    def add(self, tokens: torch.Tensor, length: int, score: torch.Tensor, eligible: torch.Tensor) -> None:
+        """Offer candidates tokens [P, C, G] (each `length` tokens long) with length-penalized scores [P, C]; only the
+        eligible [P, C] ones may enter. Keeps the W best of the old slots and the offered ones (old ones first on ties)."""
+        W = self.score.shape[1]
+        score = score.masked_fill(~eligible, 2 * NEG)  # below every empty slot
+        merged = torch.cat([self.score, score], 1)  # [P, W + C]
+        keep = merged.topk(W, dim=1).indices  # [P, W], best first
+        self.score = merged.gather(1, keep)
+        self.tokens = _rows(torch.cat([self.tokens, tokens], 1), keep)
+        self.length = torch.cat([self.length, torch.full_like(score, length, dtype=torch.long)], 1).gather(1, keep)
+        self.full = torch.cat([self.full, eligible], 1).gather(1, keep)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[p, index[p, j]] for x [P, N, ...] and index [P, J] -> [P, J, ...]."""
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
+
+
+def length_normalized(score: torch.Tensor, length: int, length_penalty: float) -> torch.Tensor:
+    """A finished hypothesis' rank: cumulative log-probability / generated_length ** length_penalty."""
+    return score / (length ** length_penalty)
+
+
+def done_after_step(search: BeamSearch, finished: Finished, best_running: torch.Tensor, generated: int,
+                    max_new_tokens: int) -> torch.Tensor:
+    """Which prompts can no longer improve their finished set after a step that left `generated` tokens. -> [P] bool
+
+    "true": W hypotheses are finished. Otherwise also the best running hypothesis' score, divided by the length
+    it is assumed to end at (now; for "never" with length_penalty > 0, max_new_tokens, the most favourable),
+    must not beat the worst finished one."""
+    full = finished.full.all(1)
+    if search.early_stopping == "true":
+        return full
+    ends_at = max_new_tokens if search.early_stopping == "never" and search.length_penalty > 0 else generated
+    best = length_normalized(best_running, ends_at, search.length_penalty)
+    return full & (best <= finished.score.min(1).values)
+
+
+def _reorderable(cache: Cache) -> bool:
+    """Whether `cache.reorder` is trusted to move every per-row buffer (see Cache.reorder)."""
+    return type(cache) is Cache or type(cache).reorder is not Cache.reorder
+
+
+def beam_generate(search: BeamSearch, target: Model, input_ids: Any, *, max_new_tokens: int,
+                  eos_token_id: int | None) -> BeamResult:
+    """Beam search with the target model; see the module docstring for one step.
+
+    input_ids: what Decoder.generate takes (a [B, T] tensor, ragged id lists). Prompts may differ in length."""
+    start = time.perf_counter()
+    V = target.vocab_size
+    prompts = normalize_prompts(input_ids, V)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise DecError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
+    limit = getattr(target, "max_positions", None)
+    longest = max(len(p) for p in prompts)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise DecError(f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the {limit} "
+                       "positions of the target; shorten the prompt or lower max_new_tokens")
+    P, W, G = len(prompts), search.width, max_new_tokens
+    K = min(search.candidates, W * V)  # fewer only for a vocabulary of one token
+    capacity = -(-(longest + G + 4) // 128) * 128
+    session = PrefixCache(target, P * W, capacity)
+    reorder = _reorderable(session.cache)
+
+    ctx = torch.zeros(P * W, capacity, dtype=torch.long)  # row p*W + j: prompt p ++ hypothesis j's tokens
+    for p, row in enumerate(prompts):
+        ctx[p * W:(p + 1) * W, :len(row)] = torch.tensor(row)
+    length = torch.tensor([len(row) for row in prompts]).repeat_interleave(W)  # [P*W]
+    running = torch.full((P, W), NEG)
+    running[:, 0] = 0.0  # step 0: every hypothesis is the prompt; only the first one's continuations count
+    generated = torch.zeros(P, W, G, dtype=torch.long)
+    finished = Finished.empty(P, W, G)
+    done = torch.zeros(P, dtype=torch.bool)
+    base = (torch.arange(P) * W)[:, None]  # [P, 1] first row of each prompt
+    stats = Stats()
+    for t in range(G):
+        try:
+            logits = session.logits(ctx, length).float()  # [P*W, V]
+        except CacheFull as e:
+            raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
+        logp = torch.log_softmax(logits, -1)
+        if search.stages:
+            logp = apply_pipeline(logp, search.stages, token_counts(ctx, length, vocab=V))
+        total = (logp.view(P, W, V) + running[:, :, None]).view(P, W * V)
+        top, index = total.topk(K, dim=1)  # [P, K], best first
+        parent, token = index // V, index % V
+        seqs = _rows(generated, parent).clone()  # [P, K, G]
+        seqs[:, :, t] = token
+        ended = torch.ones_like(token, dtype=torch.bool) if t + 1 == G else (
+            token == eos_token_id if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool))
+        # only the W best continuations may finish (the other W are there to keep W running); done prompts take none;
+        # nor do continuations of a placeholder beam (score NEG: step 0's copies, or too few live ones when V < 2W)
+        eligible = ended & (torch.arange(K) < W)[None, :] & ~done[:, None] & (top > NEG / 2)
+        finished.add(seqs, t + 1, length_normalized(top, t + 1, search.length_penalty), eligible)
+        keep = (top + ended.float() * NEG).topk(W, dim=1).indices  # [P, W]: the best unfinished continuations
+        running = top.gather(1, keep) + ended.gather(1, keep).float() * NEG
+        generated = _rows(seqs, keep)
+        rows = (base + parent.gather(1, keep)).view(-1)  # [P*W] the row each kept hypothesis continues
+        if reorder:
+            session.cache.reorder(rows)
+        ctx = ctx.index_select(0, rows)
+        ctx[torch.arange(P * W), length] = token.gather(1, keep).view(-1)
+        length = length + 1
+        stats.rounds += 1
+        done |= done_after_step(search, finished, running[:, 0], t + 1, G)
+        if bool(done.all()):
+            break
+    stats.wall_time = time.perf_counter() - start
+    stats.model_calls = {"target": session.calls}
+    beams = [[finished.tokens[p, j, :int(finished.length[p, j])].tolist() for j in range(W) if finished.full[p, j]]
+             for p in range(P)]
+    stats.new_tokens = [len(b[0]) for b in beams]
+    scores = [[float(finished.score[p, j]) for j in range(W) if finished.full[p, j]] for p in range(P)]
+    return BeamResult([b[0] for b in beams], stats, beams=beams, scores=scores)

@@ -1,0 +1,190 @@
+"""A draft layer chosen per context: self-speculation whose exit layer is picked between rounds.
+
+    propose = dynamic_exit(target, layers = [1, 2, 3], max = 4, policy = "del")
+
+drafts like `autoregressive(early_exit(target, layer = L), max = 4)`, except that L is chosen per row
+and per round among `layers` from what the row's earlier rounds measured (DEL, Zarch et al. 2024;
+the "draft sources" arm set of BanditSpec, Hou et al. 2025). It lowers to a draft loop whose body
+reads its arm from `draft_arm[policy=..., arms=(1, 2, 3), ...]() -> i64[B]` and calls the views
+with `model_select[models=("target/exit1", "target/exit2", "target/exit3")](arm, ctx, drafts, step)`:
+row b drafts with view arm[b] for the whole round. The arm is chosen on the host before the round,
+by an *arm policy* (the length policies' protocol, stdlib/speculation_length.py):
+
+    state = policy.start(batch, seed); arm = policy.cap(state); state = policy.update(state, accepted, drafted)
+
+Policies (per row; a view's cost c_l = its layers / the target's layers, in target calls):
+- "ucb": UCB1 over the views on reward (accepted + 1) / (1 + c_l * drafted), scaled into [0, 1].
+- "del": DEL's choice, tokens per cost: each view's acceptance rate alpha_l is estimated from the
+  verifications of its drafts, and the view maximizing E_l / (1 + c_l * K) is played, where
+  E_l = (1 - alpha_l^(K+1)) / (1 - alpha_l) is the expected tokens a round of K drafts commits
+  (Leviathan et al. 2023, eq. 1). DEL reads every layer's acceptance from the target's shared hidden
+  states at each verification; here a view's own cache is separate, so only the played view is
+  measured, and alpha_l gets an upper-confidence bonus sqrt(ln t / (2 n_l)) so an unlucky start does
+  not lock a view out.
+
+Lossless whatever the policy: the arm is a function of the earlier rounds only, fixed before the
+round's draft or target is sampled, and each view is an ordinary draft whose q the verifier receives.
+
+    >>> p = ExitPolicy(max=4, arms=(1, 2, 3), algorithm="del")
+    >>> p.costs = (0.25, 0.5, 0.75)
+    >>> s = p.start(1, seed=0)
+    >>> [int(p.cap(s))] + [int(p.cap(s := p.update(s, torch.tensor([a]), torch.tensor([4])))) for a in (0, 1, 4)]
+    [0, 1, 2, 1]
+
+(after one round each, layer 2's optimistic acceptance rate reaches 1 at two thirds of layer 3's cost).
+"""
+from __future__ import annotations
+
+import builtins
+
+import torch
+
+from decspec.compiler.ir import CTX, Type
+from decspec.compiler.lower import Lowering, Proposal
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.registry import Component, Contract, Param, register
+from decspec.stdlib.speculation_length import POLICIES, State
+
+ALGORITHMS = ("ucb", "del")
+
+
+class ExitPolicy:
+    """Per-row choice among draft views (arms) of different costs; `cap(state)` is each row's arm index.
+
+    `costs` (each view's layers / the target's) is set by the draft_arm rule from the bound models
+    the first time the op runs (the round graph does not know the target's depth)."""
+
+    def __init__(self, max: int, arms: tuple[int, ...], algorithm: str = "ucb", model: str = "target", views: tuple[str, ...] = ()):
+        self.max, self.arms, self.algorithm, self.model, self.views = max, tuple(arms), algorithm, model, tuple(views)
+        self.costs: tuple[float, ...] | None = None
+
+    def scale(self) -> float:
+        """The best reward any arm can get: (d + 1) / (1 + c * d) over arms and d in 0..max (UCB1 wants r <= 1)."""
+        return builtins.max((d + 1) / (1 + c * d) for c in self.costs for d in range(self.max + 1))
+
+    def start(self, batch: int, seed: int) -> State:
+        zeros = torch.zeros(batch, len(self.arms), dtype=torch.float64)
+        return {"plays": zeros, "total": zeros.clone(), "accepted": zeros.clone(), "trials": zeros.clone(),
+                "t": torch.zeros(batch, dtype=torch.long)}
+
+    def cap(self, state: State) -> torch.Tensor:
+        """The arm each row plays this round: each arm once in order, then the policy's argmax. -> i64[B]"""
+        plays = state["plays"]
+        unplayed = plays == 0
+        t = state["t"].double().clamp(min=1)[:, None]
+        if self.algorithm == "del":
+            n = state["trials"].clamp(min=1)
+            alpha = (state["accepted"] / n + torch.sqrt(torch.log(t) / (2 * n))).clamp(max=1.0)
+            score = expected_tokens(alpha, self.max) / (1 + self._cost(alpha) * self.max)
+        else:
+            score = state["total"] / plays.clamp(min=1) + torch.sqrt(2 * torch.log(t) / plays.clamp(min=1))
+        return torch.where(unplayed.any(-1), unplayed.int().argmax(-1), score.argmax(-1))
+
+    def update(self, state: State, accepted: torch.Tensor, drafted: torch.Tensor) -> State:
+        arm = self.cap(state)[:, None]  # the arm played this round (cap is a function of the state)
+        accepted, drafted = accepted.double()[:, None], drafted.double()[:, None]
+        cost = self._cost(state["total"]).gather(-1, arm)
+        ones = torch.ones_like(accepted)
+        trials = torch.minimum(accepted + 1, drafted)  # drafts tested: the accepted ones and the first rejected one
+        return dict(state, t=state["t"] + 1,
+                    plays=state["plays"].scatter_add(-1, arm, ones),
+                    total=state["total"].scatter_add(-1, arm, (accepted + 1) / (1 + cost * drafted) / self.scale()),
+                    accepted=state["accepted"].scatter_add(-1, arm, accepted),
+                    trials=state["trials"].scatter_add(-1, arm, trials))
+
+    def _cost(self, like: torch.Tensor) -> torch.Tensor:
+        if self.costs is None:
+            raise RuntimeError("the exit policy's view costs were never set (the draft_arm rule sets them from the bound models)")
+        return torch.tensor(self.costs, dtype=torch.float64).expand_as(like)
+
+
+def expected_tokens(alpha: torch.Tensor, k: int) -> torch.Tensor:
+    """Expected tokens committed by a round of k drafts accepted i.i.d. with probability alpha: sum_{i<=k} alpha^i."""
+    return sum((alpha ** i for i in range(k + 1)), torch.zeros_like(alpha))
+
+
+POLICIES["exit_layer"] = ExitPolicy
+
+
+def _base_role(inst) -> str:
+    base = inst.arg("model")
+    if base.name != "model":
+        raise DecError(f"dynamic_exit drafts from a model bound by name, e.g. dynamic_exit(model(\"target\"), ...); found {base.name}(...)",
+                       inst.span, hint="apply it to the target itself")
+    return base.arg("name")
+
+
+def _layers(inst) -> tuple[int, ...]:
+    layers = tuple(inst.arg("layers"))
+    if not layers:
+        raise DecError("dynamic_exit needs at least one layer to choose from", inst.span, hint="e.g. layers = [1, 2, 3]")
+    if len(set(layers)) != len(layers):
+        raise DecError(f"dynamic_exit's layers must differ from each other, found {list(layers)}", inst.span)
+    if min(layers) < 1:
+        raise DecError(f"dynamic_exit's layers are exit layers >= 1, found {min(layers)}", inst.span)
+    return layers
+
+
+def view_roles(inst) -> tuple[str, ...]:
+    """The roles of the views: those `early_exit(target, layer = L)` binds ("target/exitL")."""
+    return tuple(f"{_base_role(inst)}/exit{layer}" for layer in _layers(inst))
+
+
+def bind_dynamic_exit(inst, models) -> dict:
+    from decspec.stdlib.models.views import EarlyExit
+
+    role = _base_role(inst)
+    model = models.get(role)
+    if model is None:
+        return {}
+    n = getattr(model, "num_layers", None)
+    if n is None:
+        raise DecError(f"dynamic_exit needs a model with layers, but model '{role}' ({type(model).__name__}) has none", inst.span,
+                       hint="bind a transformer (decspec's Transformer or a Hugging Face model); for exact tests, "
+                            "decspec.stdlib.models.layered_table.LayeredTableModel")
+    bad = [layer for layer in _layers(inst) if layer > n]
+    if bad:
+        raise DecError(f"dynamic_exit at layer {bad[0]}, but model '{role}' has {n} layers", inst.span,
+                       hint=f"choose layers in 1..{n} (a view runs layers 0..L-1, then the final norm and head)")
+    return {r: EarlyExit(model, layer) for r, layer in zip(view_roles(inst), _layers(inst))}
+
+
+def lower_dynamic_exit(lw: Lowering, inst, ctx):
+    """Draft loop whose step reads the round's arm (draft_arm) and the chosen view's logits (model_select)."""
+    k, algorithm = inst.arg("max"), inst.arg("policy")
+    if algorithm not in ALGORITHMS:
+        raise DecError(f"unknown dynamic_exit policy {algorithm!r}", inst.span, hint=f"use policy = {' or '.join(map(repr, ALGORITHMS))}")
+    roles, layers = view_roles(inst), _layers(inst)
+    outer = lw.nested("body")
+    b = lw.b
+    body_ctx = b.input(CTX)
+    drafts = b.input(Type("tok", ("B", k)))
+    step = b.input(Type("i64"))
+    arm = b.emit("draft_arm", [], policy="exit_layer", max=k, arms=layers, algorithm=algorithm, model=_base_role(inst), views=roles)[0]
+    logits = lw.model_logits([body_ctx, drafts, step], roles, arm=arm)  # [B, V]: row b from view arm[b]
+    q = lw.probs(logits)
+    token = lw.sample(q)
+    stop = lw.stop_flag(logits, token)
+    tokens, probs, count = lw.draft_loop(outer, ctx, k, token, q, stop)
+    return Proposal(tokens, probs, count, k)
+
+
+register(
+    Component(
+        "draft",
+        "dynamic_exit",
+        (
+            Param("model", "model", doc="the model whose early exits draft: the target"),
+            Param("layers", "list[int]", default=(1, 2, 3), doc="the exit layers to choose from (each in 1 .. the model's layer count)"),
+            Param("max", "int", default=4, low=1, high=64, doc="most tokens drafted per round"),
+            Param("policy", "str", default="del", doc="\"del\" (tokens per cost from estimated acceptance rates) or \"ucb\" (UCB1)"),
+        ),
+        "Self-speculation from an exit layer chosen per row and round among `layers` by a cross-round policy from the "
+        "acceptance measured so far; each layer L drafts as early_exit(model, layer = L) (role \"ROLE/exitL\").",
+        Contract(True, "the exit layer is chosen from earlier rounds only, before this round's draft or target is sampled; "
+                       "each draft token is sampled from the chosen view's distribution q, which the verifier receives"),
+        lower_dynamic_exit,
+        cite="Zarch et al. 2024, DEL: Context-Aware Dynamic Exit Layer for Efficient Self-Speculative Decoding",
+        bind=bind_dynamic_exit,
+    )
+)

@@ -11,21 +11,28 @@ from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 
-def lower_autoregressive(lw: Lowering, inst, ctx):
-    """Draft loop: step i feeds ctx ++ d[:i] to the draft, samples d_i ~ q_i, asks the exit policy."""
-    k = inst.arg("max")
-    role = lw.role(inst.arg("model"))
+def chain_draft(lw: Lowering, ctx, k: int, logits_at) -> Proposal:
+    """The draft loop of a chain draft source: step i gets logits = logits_at(body_ctx, drafts, step)
+    (read after ctx ++ d[:i]), samples d_i ~ q_i through the sampler pipeline and asks the exit policy.
+    What logits_at emits lands in the loop's body."""
     outer = lw.nested("body")
     b = lw.b
     body_ctx = b.input(CTX)
     drafts = b.input(Type("tok", ("B", k)))
     step = b.input(Type("i64"))
-    logits = lw.model_logits([body_ctx, drafts, step], role)  # [B, V], grammar-masked when there is a grammar
+    logits = logits_at(body_ctx, drafts, step)  # [B, V]
     q = lw.probs(logits)  # [B, V]
     token = lw.sample(q)  # [B]
     stop = lw.stop_flag(logits, token)
-    tokens, probs, count = lw.draft_loop(outer, ctx, k, token, q, stop)  # the body closes here, with what the exit policy carries
+    tokens, probs, count = lw.draft_loop(outer, ctx, k, token, q, stop)  # the body closes here, with what the exit policy carries or caps
     return Proposal(tokens, probs, count, k)
+
+
+def lower_autoregressive(lw: Lowering, inst, ctx):
+    """Draft loop: step i feeds ctx ++ d[:i] to the draft, samples d_i ~ q_i, asks the exit policy."""
+    role = lw.role(inst.arg("model"))
+    # the draft's logits, grammar-masked when there is a grammar
+    return chain_draft(lw, ctx, inst.arg("max"), lambda body_ctx, drafts, step: lw.model_logits([body_ctx, drafts, step], role))
 
 
 register(

@@ -21,9 +21,9 @@ from typing import Any, Mapping
 
 import torch
 
-from decspec.compiler.ir import CTX, Type
-from decspec.compiler.lower import Lowering, Proposal
+from decspec.compiler.lower import Lowering
 from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.drafts import chain_draft
 from decspec.stdlib.heads import _as_read_after
 from decspec.stdlib.registry import Component, Contract, Param, register
 
@@ -66,19 +66,13 @@ def lower_eagle(lw: Lowering, inst, ctx):
     """Draft loop: step i reads the target's last W features (model_features) and the drafts so far, samples d_i ~ q_i."""
     k, window = inst.arg("max"), inst.arg("window")
     role = lw.role(inst.arg("model"))
-    outer = lw.nested("body")
-    b = lw.b
-    body_ctx = b.input(CTX)
-    drafts = b.input(Type("tok", ("B", k)))
-    step = b.input(Type("i64"))
-    features = b.emit("model_features", [body_ctx], model=role, window=window)[0]  # [B, W, C]: kept from the last verification
-    logits = b.emit("eagle_logits", [features, body_ctx, drafts, step], model=role)[0]  # [B, V]
-    logits = _as_read_after(lw, logits, [body_ctx, drafts, step])
-    q = lw.probs(logits)  # [B, V]
-    token = lw.sample(q)  # [B]
-    stop = lw.stop_flag(logits, token)
-    tokens, probs, count = lw.draft_loop(outer, ctx, k, token, q, stop)
-    return Proposal(tokens, probs, count, k)
+
+    def logits_at(body_ctx, drafts, step):
+        features = lw.b.emit("model_features", [body_ctx], model=role, window=window)[0]  # [B, W, C]: kept from the last verification
+        logits = lw.b.emit("eagle_logits", [features, body_ctx, drafts, step], model=role)[0]  # [B, V]
+        return _as_read_after(lw, logits, [body_ctx, drafts, step])
+
+    return chain_draft(lw, ctx, k, logits_at)
 
 
 def bind_eagle(inst, models: Mapping[str, Any]) -> dict:

@@ -21,9 +21,9 @@ from typing import Any, Mapping
 
 import torch
 
-from decspec.compiler.ir import CTX, Type
-from decspec.compiler.lower import Lowering, Proposal
+from decspec.compiler.lower import Lowering
 from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.drafts import chain_draft
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 KINDS = ("medusa", "hydra")
@@ -69,19 +69,13 @@ def lower_heads(lw: Lowering, inst, ctx):
         raise DecError(f"heads' '{'topk' if inst.arg('topk') else 'replacement'}' shapes the children of a token tree, and this "
                        "heads drafts a chain", inst.span, hint="give the tree's shape, e.g. tree = [3, 2]")
     role = lw.role(inst.arg("model"))
-    outer = lw.nested("body")
-    b = lw.b
-    body_ctx = b.input(CTX)
-    drafts = b.input(Type("tok", ("B", k)))
-    step = b.input(Type("i64"))
-    hidden = b.emit("model_hidden", [body_ctx], model=role)[0]  # [B, C]: h at L-2 (kept from the last verification)
-    logits = b.emit("head_logits", [hidden, body_ctx, drafts, step], model=role, kind=kind)[0]  # [B, V]
-    logits = _as_read_after(lw, logits, [body_ctx, drafts, step])
-    q = lw.probs(logits)  # [B, V]
-    token = lw.sample(q)  # [B]
-    stop = lw.stop_flag(logits, token)
-    tokens, probs, count = lw.draft_loop(outer, ctx, k, token, q, stop)  # closes the body, with what the exit policy carries or caps
-    return Proposal(tokens, probs, count, k)
+
+    def logits_at(body_ctx, drafts, step):
+        hidden = lw.b.emit("model_hidden", [body_ctx], model=role)[0]  # [B, C]: h at L-2 (kept from the last verification)
+        logits = lw.b.emit("head_logits", [hidden, body_ctx, drafts, step], model=role, kind=kind)[0]  # [B, V]
+        return _as_read_after(lw, logits, [body_ctx, drafts, step])
+
+    return chain_draft(lw, ctx, k, logits_at)
 
 
 def _as_read_after(lw: Lowering, logits, inputs):

@@ -87,7 +87,7 @@ def prepare(path: Path, models: Mapping[str, Any], temperature: float, backend: 
         greedy_differs=f"sampler has {', '.join(changes)}: its temperature-0 output is the penalized target's greedy decoding" if changes else None,
         temperature_applied="temperature" in params,
         grammar=dec.spec.slot("grammar") is not None,
-        verdict="lossless" if dec.verdict.lossless else "lossy",
+        verdict="deterministic" if dec.verdict.deterministic else "lossless" if dec.verdict.lossless else "lossy",
         verdict_reasons=list(dec.verdict.reasons),
     )
     return dec, fields
@@ -296,11 +296,11 @@ def plot(data: dict, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(temps), figsize=(6 * len(temps), height), squeeze=False)
     for ax, t, rows in zip(axes[0], temps, panels):
         ax.barh(range(len(rows)), [r["speedup"] for r in rows],
-                color=["tab:green" if r["verdict"] == "lossless" else "tab:red" for r in rows])
+                color=[{"lossless": "tab:green", "deterministic": "tab:gray"}.get(r["verdict"], "tab:red") for r in rows])
         ax.set_yticks(range(len(rows)), [f"{r['spec']} ({_fmt(r['tokens_per_round'])} tok/round)" for r in rows], fontsize=7)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.invert_yaxis()
-        ax.set_xlabel("speedup vs autoregressive (green: lossless, red: lossy)")
+        ax.set_xlabel("speedup vs autoregressive (green: lossless, red: lossy, gray: deterministic search)")
         ax.set_title(f"temperature {t:g}, {data['args']['backend']} backend")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

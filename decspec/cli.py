@@ -114,6 +114,10 @@ def _run(args) -> int:
         if args.batch > 1 and b < args.batch - 1:
             print("# ---")
     s = result.stats
+    if getattr(result, "scores", None):  # beam search: no rounds, one step per token
+        print(f"# beam search: {len(result.beams[0])} finished hypotheses per prompt, best score {result.scores[0][0]:.3f} "
+              f"(length-penalized log-probability), new tokens {sum(s.new_tokens)}, {s.tokens_per_second:.1f} tokens/s")
+        return 0
     print(
         f"# rounds {s.rounds}, new tokens {sum(s.new_tokens)}, mean accepted tokens per round {s.mean_accepted:.2f} "
         f"(+1 from the target: {s.mean_tokens_per_round:.2f} tokens per round; acceptance {s.acceptance_rate:.2f}), "

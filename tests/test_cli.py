@@ -42,6 +42,13 @@ def test_run_on_the_shipped_models(spec, capsys):
     assert out.count("def fibonacci(n):") == 2  # the default prompt, then its continuation, per row
 
 
+def test_run_a_beam_search_spec(capsys):
+    assert main(["run", "specs/beam_search.dec", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "(deterministic" in out.splitlines()[0]
+    assert "# beam search: 4 finished hypotheses per prompt, best score -" in out and "rounds" not in out
+
+
 def test_run_with_prompt_text_and_ids(capsys):
     assert main(["run", "specs/speculative_greedy.dec", "--prompt", "import os\\nimport sys\\n", "--escapes", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.splitlines()[1:3] == ["import os", "import sys"]

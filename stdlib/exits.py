@@ -15,9 +15,13 @@ _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
 def lower_when(lw, inst, logits, token):
-    cond = inst.arg("cond")
+    return lower_condition(lw, inst.arg("cond"), inst.span, logits, token)
+
+
+def lower_condition(lw, cond, span, logits, token):
+    """The per-row stop flag of a condition on draft statistics, after drafting `token` from `logits`."""
     if not isinstance(cond, Cond):
-        raise DecError("this `when` condition does not depend on the draft; compare a draft statistic, e.g. draft.prob < 0.3", inst.span)
+        raise DecError("this `when` condition does not depend on the draft; compare a draft statistic, e.g. draft.prob < 0.3", span)
     probs = lw.b.emit("softmax", [logits])[0]  # the draft's own distribution: [B, V]
     return _lower_cond(lw, cond, probs, token)
 

@@ -148,13 +148,29 @@ def round_uniforms(seed: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 POLICIES["heuristic"] = Heuristic
 POLICIES["bandit"] = Bandit
 
+UNTIL = Param("until", "cond", default=False,
+              doc="also stop a round's drafting, within the chosen length, after the step whose draft statistics satisfy "
+                  "this condition (as `when` does), e.g. until = draft.prob < 0.4; false: never")
 CROSS_ROUND = Contract(True, "the speculation length is chosen from earlier rounds only, before this round's draft or target "
                              "is sampled; verification is lossless for every length")
 
 
+def _until(lw, inst, logits, token):
+    """The stop flag of the policy's optional `until` condition (a `when` inside the length the policy chose), or None."""
+    cond = inst.arg("until")
+    if cond is False:
+        return None
+    if cond is True:
+        raise DecError("`until = true` stops every round after its first draft", inst.span,
+                       hint="give a condition on the draft, e.g. until = draft.prob < 0.4, or set the policy's lengths to 1")
+    from decspec.stdlib.exits import lower_condition
+
+    return lower_condition(lw, cond, inst.span, logits, token)
+
+
 def lower_heuristic(lw, inst, logits, token):
     lw.length_cap("heuristic", {"start": inst.arg("start")})
-    return None
+    return _until(lw, inst, logits, token)
 
 
 def lower_bandit(lw, inst, logits, token):
@@ -174,16 +190,18 @@ def lower_bandit(lw, inst, logits, token):
                            hint=f"raise the draft source's max to {max(arms)}, or drop the longer arms")
 
     lw.length_cap("bandit", {"arms": arms, "algorithm": algorithm, "draft_cost": inst.arg("draft_cost"), "gamma": inst.arg("gamma")}, fits)
-    return None
+    return _until(lw, inst, logits, token)
 
 
 register(
     Component(
         "exit",
         "heuristic",
-        (Param("start", "int", default=5, low=1, high=64, doc="speculation length of the first round"),),
+        (Param("start", "int", default=5, low=1, high=64, doc="speculation length of the first round"), UNTIL),
         "Hugging Face assisted generation's heuristic schedule: +2 tokens after a round whose drafts were all accepted, "
-        "-1 otherwise (at least 1), per row; bounded by the draft's `max`.",
+        "-1 otherwise (at least 1), per row; bounded by the draft's `max`. With `until`, a row also stops drafting "
+        "within that length after the step whose draft statistics satisfy the condition (HF's "
+        "`assistant_confidence_threshold` is `until = draft.prob < 0.4`).",
         CROSS_ROUND,
         lower_heuristic,
         cite="Hugging Face transformers, assisted generation (num_assistant_tokens_schedule=\"heuristic\"); Gante 2023",
@@ -198,6 +216,7 @@ register(
             Param("algorithm", "str", default="ucb", doc="\"ucb\" (UCB1) or \"exp3\" (EXP3, randomized from the decoder's seed)"),
             Param("draft_cost", "float", default=0.1, low=0.0, doc="cost of one draft step, in target calls, in the reward"),
             Param("gamma", "float", default=0.1, low=0.0, high=1.0, doc="EXP3's exploration rate"),
+            UNTIL,
         ),
         "BanditSpec: per row and round, choose the speculation length among `arms` by UCB1 or EXP3; "
         "reward = tokens committed per estimated cost, (accepted + 1) / (1 + draft_cost * drafted), scaled into [0, 1].",

@@ -267,3 +267,61 @@ def test_compiled_round_with_a_cross_round_policy_never_recompiles():
     assert not counters["graph_break"]
     assert first.tokens == eager.generate(prompts, max_new_tokens=16, seed=0).tokens
     assert len({d for row in first.stats.drafted + second.stats.drafted for d in row}) > 1  # the caps did vary
+
+
+# --------------------------------------------------------------------------- a cross-round length and a `when` condition together
+
+
+def until_source(stop: str, verify: str = "rejection", k: int = 4) -> str:
+    return f"""decoder assisted(temperature: float = 1.0) {{
+        target  = model("target")
+        draft   = model("draft")
+        sampler = temperature(temperature)
+        propose = autoregressive(draft, max = {k})
+        stop    = {stop}
+        verify  = {verify}
+    }}"""
+
+
+UNTIL = ["heuristic(start = 2, until = draft.prob < 0.5)", "bandit(arms = [1, 3], until = draft.entropy > 0.9)"]
+
+
+@pytest.mark.parametrize("stop", UNTIL)
+def test_until_is_exactly_lossless_over_several_rounds(stop):
+    dec = decspec.compile(until_source(stop, k=3), models=pair(3, seed=3))
+    got = exact_distribution(dec, [1], 4)
+    assert got.rounds >= 2
+    assert tv_distance(got, target_distribution(dec, [1], 4)) <= max(1e-12, got.error_bound)
+
+
+def test_until_stops_rows_within_the_length_the_policy_chose():
+    """Hugging Face's assisted generation (heuristic schedule + assistant_confidence_threshold): fewer drafts
+    than the heuristic alone, never more than its cap, and the heuristic still sees drafted vs accepted."""
+    models = pair(6, seed=2)
+    prompts = [[1, 2], [3], [4, 5, 0]]
+    alone = decspec.compile(until_source("heuristic(start = 5)", k=8), models=models).generate(prompts, max_new_tokens=24, seed=0)
+    both = decspec.compile(until_source("heuristic(start = 5, until = draft.prob < 0.4)", k=8), models=models).generate(
+        prompts, max_new_tokens=24, seed=0)
+    assert sum(map(sum, both.stats.drafted)) < sum(map(sum, alone.stats.drafted))
+    assert both.stats.drafted[0][0] <= 5  # the first round's cap
+
+
+@pytest.mark.parametrize("schedule", ["unrolled", "host"])
+def test_until_greedy_is_greedy_decoding_and_inductor_equals_eager(schedule):
+    source = until_source("heuristic(start = 3, until = draft.prob < 0.4)", verify="greedy", k=6)
+    models = pair(6, seed=4)
+    assert_greedy_equivalent(source, models=models, prompts=[[1], [2, 3], [4]], max_new_tokens=10, temperature=0.0, exact=False)
+    eager = decspec.compile(source, models=models, temperature=0.0)
+    dec = decspec.compile(source, models=models, temperature=0.0, backend="inductor")
+    dec.backend_options = {"schedule": schedule}
+    prompts = [[1, 2], [3], [4, 5, 0]]
+    a, b = eager.generate(prompts, max_new_tokens=12, seed=0), dec.generate(prompts, max_new_tokens=12, seed=0)
+    assert a.tokens == b.tokens
+    assert a.stats.drafted == b.stats.drafted and a.stats.accepted == b.stats.accepted
+
+
+def test_until_errors():
+    with pytest.raises(DecError, match="stops every round after its first draft"):
+        decspec.compile(until_source("heuristic(until = true)"), models=pair(3))
+    with pytest.raises(DecError, match="draft statistic"):
+        decspec.compile(until_source("bandit(until = draft.prob)"), models=pair(3))

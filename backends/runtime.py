@@ -130,7 +130,7 @@ DRAFT_OPS = ("draft_loop", "ngram_lookup", "recycle_draft", "lookahead_draft", "
 def max_draft_len(graph: Graph) -> int:
     """The most tokens a round feeds past the context: a draft op's `max`, a token tree's nodes (`tree_build`,
     `recycle_tree`), or lookahead's guessed window (`lookahead_state`'s `window`)."""
-    fed = [len(op.param("parents")) if op.name in ("tree_build", "recycle_tree") else op.param("window") if op.name == "lookahead_state" else op.param("max", 0)
+    fed = [op.param("nodes") or len(op.param("parents")) if op.name in ("tree_build", "recycle_tree") else op.param("window") if op.name == "lookahead_state" else op.param("max", 0)
            for op in graph.walk() if op.name in DRAFT_OPS + ("tree_build", "recycle_tree", "lookahead_state")]  # lookahead: its guessed window too
     return max(fed, default=0)
 

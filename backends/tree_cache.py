@@ -51,6 +51,28 @@ def ancestors(parents: tuple[int, ...]) -> torch.Tensor:
     return anc
 
 
+def depths_rows(parents: torch.Tensor) -> torch.Tensor:
+    """Each position's depth for a dynamic tree's parents [B, M] (a parent's position precedes its node). -> [B, M+1]"""
+    B, M = parents.shape
+    depth = torch.zeros(B, M + 1, dtype=torch.long, device=parents.device)
+    for i in range(M):
+        depth[:, i + 1] = depth.gather(1, parents[:, i, None]).squeeze(1) + 1
+    return depth
+
+
+def ancestors_rows(parents: torch.Tensor) -> torch.Tensor:
+    """anc[b, i, j]: node j is a proper ancestor of node i in row b's tree. parents [B, M] -> [B, M, M] bool"""
+    B, M = parents.shape
+    anc = torch.zeros(B, M, M, dtype=torch.bool, device=parents.device)
+    rows = torch.arange(B, device=parents.device)
+    eye = torch.eye(M, dtype=torch.bool, device=parents.device)
+    for i in range(M):
+        up = (parents[:, i] - 1).clamp(min=0)  # the parent's node index (root: none)
+        has = (parents[:, i] > 0)[:, None]
+        anc[:, i] = has & (anc[rows, up] | eye[up])
+    return anc
+
+
 def walk(tokens: torch.Tensor, parents: tuple[int, ...], follow: torch.Tensor, limit: torch.Tensor | None = None):
     """The longest root path whose node at depth d+1 holds follow[:, d] (the first such sibling wins).
 
@@ -59,6 +81,8 @@ def walk(tokens: torch.Tensor, parents: tuple[int, ...], follow: torch.Tensor, l
     """
     B, L = follow.shape
     dev = tokens.device
+    if isinstance(parents, torch.Tensor):  # a dynamic tree: each row its own shape
+        return _walk_rows(tokens, parents, follow, limit)
     table = children_table(tuple(parents)).to(dev)  # [M+1, W]
     pos = torch.zeros(B, dtype=torch.long, device=dev)
     n = torch.zeros(B, dtype=torch.long, device=dev)
@@ -76,11 +100,28 @@ def walk(tokens: torch.Tensor, parents: tuple[int, ...], follow: torch.Tensor, l
     return path, n, pos
 
 
+def _walk_rows(tokens, parents, follow, limit):
+    B, L = follow.shape
+    pos = torch.zeros(B, dtype=torch.long, device=tokens.device)
+    n = torch.zeros_like(pos)
+    alive = torch.ones(B, dtype=torch.bool, device=tokens.device) if limit is None else limit > 0
+    path = torch.zeros(B, L, dtype=torch.long, device=tokens.device)
+    for d in range(L):
+        ok = (parents == pos[:, None]) & (tokens == follow[:, d, None]) & alive[:, None]  # [B, M]: children of pos holding it
+        found = ok.any(1)
+        child = ok.int().argmax(1)  # the first such child
+        path[:, d] = torch.where(found, child, 0)
+        n += found
+        pos = torch.where(found, child + 1, pos)
+        alive = found if limit is None else found & (d + 1 < limit)
+    return path, n, pos
+
+
 def settle(pc, seq: torch.Tensor, seq_len: torch.Tensor) -> None:
     """Keep, of the tree `pc` holds, the longest root path that seq [B, W] (lengths [B]) continues with."""
     base, tokens, parents, unrecorded = pc.tree
     pc.tree = None
-    depth = _depth(parents)
+    depth = int(depths_rows(parents).max()) if isinstance(parents, torch.Tensor) else _depth(parents)
     W = seq.shape[1]
     cols = (base[:, None] + torch.arange(depth, device=seq.device)).clamp(max=max(W - 1, 0))  # [B, D]
     follow = seq.gather(1, cols) if W else torch.zeros_like(cols)
@@ -131,7 +172,11 @@ def tree_logits(pc, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: 
     node = node.clamp(0, M - 1)
     fed = ctx_tokens.gather(1, (start[:, None] + j).clamp(max=ctx_tokens.shape[1] - 1))
     feed = torch.where(is_chain, fed, torch.where(is_node, tokens.gather(1, node), 0))  # [B, T]
-    anc = ancestors(tuple(parents)).to(dev)[node[:, :, None], node[:, None, :]]  # [B, T, T]
+    if isinstance(parents, torch.Tensor):  # a dynamic tree (parents [B, M]): each row its own mask
+        rows = torch.arange(B, device=dev)[:, None, None]
+        anc = ancestors_rows(parents)[rows, node[:, :, None], node[:, None, :]]  # [B, T, T]
+    else:
+        anc = ancestors(tuple(parents)).to(dev)[node[:, :, None], node[:, None, :]]  # [B, T, T]
     mask = is_chain[:, :, None] & is_chain[:, None, :] & (j[:, :, None] >= j[:, None, :])  # [B, T, T]: the chain is causal
     mask |= is_node[:, :, None] & is_chain[:, None, :]  # every node attends the whole chain
     mask |= is_node[:, :, None] & is_node[:, None, :] & anc  # and its ancestors
@@ -147,6 +192,7 @@ def tree_logits(pc, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: 
         pc.hiddens.scatter_(1, slots[..., None].expand(-1, -1, pc.hiddens.shape[-1]), result.hidden.to(pc.hiddens))
     pc.calls += 1
     pc.tokens_fed += int((chain + M).sum())
-    pc.tree = (ctx_length.clone(), tokens.clone(), tuple(parents), unrecorded)  # node i now sits at ctx_length + i
+    kept = parents.clone() if isinstance(parents, torch.Tensor) else tuple(parents)
+    pc.tree = (ctx_length.clone(), tokens.clone(), kept, unrecorded)  # node i now sits at ctx_length + i
     idx = chain[:, None] - 1 + torch.arange(first, M + 1, device=dev)[None, :]  # position p is block entry chain - 1 + p
     return out.gather(1, idx[..., None].expand(-1, -1, out.shape[-1]))

@@ -2,10 +2,14 @@
 
     python -m benchmarks.draft_sources dynamic_exit [--new-tokens 96] [--reps 2]
     python -m benchmarks.draft_sources staged [--new-tokens 96] [--reps 2]
+    python -m benchmarks.draft_sources dynamic_skip [--new-tokens 96] [--reps 2]
 
 - dynamic_exit: `specs/dynamic_exit.dec` (policy "del" / "ucb", layers [2, 3, 4] and [1, 2, 3]) against
   `specs/layerskip.dec` at fixed layers 1..4, k = 4, at temperature 0 and 1: mean accepted drafts and
   tokens per round, the layers each policy played (rounds per layer), model calls, tokens/s.
+- dynamic_skip: `specs/swift_dynamic.dec` (policy "del" / "ucb" over the skip sets [1 2], [2 3], [1 3], [1 2 3],
+  and "search" over every 2 of layers 1..4, pool 3) against `specs/swift.dec` at those fixed skip sets, k = 4,
+  at temperature 0 and 1 (the same columns as dynamic_exit; "layers played" are the skip sets).
 - staged: `specs/staged.dec` (inner lookup, several k / inner) against `specs/speculative.dec`, at
   temperature 0 and 0.8: draft calls per committed token, tokens per round, tokens/s.
 
@@ -33,6 +37,12 @@ def configs(which: str) -> list[tuple[str, dict]]:
         for t in (0.0, 1.0):
             out += [("specs/layerskip.dec", dict(layer=layer, temperature=t)) for layer in (1, 2, 3, 4)]
             out += [("specs/dynamic_exit.dec", dict(policy=p, layers=ls, temperature=t)) for p in ("del", "ucb") for ls in ([2, 3, 4], [1, 2, 3])]
+    elif which == "dynamic_skip":
+        sets = ["1 2", "2 3", "1 3", "1 2 3"]
+        for t in (0.0, 1.0):
+            out += [("specs/swift.dec", dict(skip=[int(i) for i in s.split()], temperature=t)) for s in sets]
+            out += [("specs/swift_dynamic.dec", dict(policy=p, skips=sets, temperature=t)) for p in ("del", "ucb")]
+            out += [("specs/swift_dynamic.dec", dict(policy="search", skip=2, layers=[1, 2, 3, 4], pool=3, temperature=t))]
     else:
         for t in (0.0, 0.8):
             out += [("specs/speculative.dec", dict(k=k, temperature=t)) for k in (4, 8)]
@@ -42,7 +52,7 @@ def configs(which: str) -> list[tuple[str, dict]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", choices=("dynamic_exit", "staged"))
+    ap.add_argument("which", choices=("dynamic_exit", "staged", "dynamic_skip"))
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
@@ -56,6 +66,13 @@ def main() -> None:
         return update(self, state, accepted, drafted)
 
     de.ExitPolicy.update = counting
+    search_update = de.SkipSearch.update
+
+    def counting_search(self, state, accepted, drafted):
+        played.update(self.arms[a] for a in self.cap(state).tolist())
+        return search_update(self, state, accepted, drafted)
+
+    de.SkipSearch.update = counting_search
     todo = configs(args.which)
     decoders = [decspec.compile(path, models=models, overrides=over) for path, over in todo]
     best: dict[int, tuple] = {}

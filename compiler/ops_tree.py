@@ -7,6 +7,11 @@ positions, and every per-position tensor (the target's p [B, N+1, V], its tokens
 indexed the same way. A node's depth is its parent's + 1 (the first level has depth 1); the
 tree's depth D is the longest root path, the most drafts a round can accept.
 
+A dynamic tree (DySpec / EAGLE-2, `tree_expand`) has the same positions as a *value*, parents
+i64[B,N], each row its own shape under a static node count N: its `tree_call`, `tree_build`,
+`tree_match` and `tree_rejection` drop the `parents` param and take the value as their last input
+(`tree_match` and `tree_rejection` then name the tree's `depth`, which sizes their path [B,D]).
+
     >>> tree_parents((2, 1))          # two children of the root, then one child each
     (0, 0, 1, 2)
     >>> tree_depths((0, 0, 1, 2))     # depth of each node
@@ -48,6 +53,15 @@ def _parents(p) -> tuple[int, ...]:
     return tuple(parents)
 
 
+def _dynamic(p) -> bool:
+    """A dynamic tree's op (DySpec / EAGLE-2) has no `parents` param: its shape is a value, parents i64[B,N], its last input."""
+    return "parents" not in p
+
+
+def _parents_value(v, n: int, what: str) -> None:
+    _expect(v == _t("i64", "B", n), f"{what} of a dynamic tree takes its parents i64[B,{n}] last, got {v}")
+
+
 def _levels(ins, what: str) -> int:
     """Total width of tok[B, n] inputs (the tree's levels, concatenated)."""
     _expect(all(t.dtype == "tok" and len(t.shape) == 2 and isinstance(t.shape[1], int) for t in ins), f"{what} takes tok[B,n] levels")
@@ -55,11 +69,17 @@ def _levels(ins, what: str) -> int:
 
 
 def _tree_call(p, ins):
-    parents, first = _parents(p), p.get("first", 0)
+    first = p.get("first", 0)
     _expect(isinstance(p.get("model"), str), "tree_call model must name a model role")
     _expect(ins and ins[0] == CTX, "tree_call takes the context first")
-    M = _levels(ins[1:], "tree_call")
-    _expect(M == len(parents), f"tree_call's levels hold {M} nodes but parents lists {len(parents)}")
+    if _dynamic(p):
+        _expect(len(ins) >= 3, "tree_call of a dynamic tree takes (ctx, levels..., parents)")
+        M = _levels(ins[1:-1], "tree_call")
+        _parents_value(ins[-1], M, "tree_call")
+    else:
+        parents = _parents(p)
+        M = _levels(ins[1:], "tree_call")
+        _expect(M == len(parents), f"tree_call's levels hold {M} nodes but parents lists {len(parents)}")
     _expect(isinstance(first, int) and 0 <= first <= M, f"tree_call first must be a position in 0..{M}")
     return [_t("f32", "B", M + 1 - first, "V")]
 
@@ -98,30 +118,65 @@ def _head_level(p, ins):
 
 
 def _tree_build(p, ins):
-    parents = _parents(p)
-    _expect(len(ins) >= 2 and len(ins) % 2 == 0, "tree_build takes (tokens, q) per level")
-    toks, qs = ins[0::2], ins[1::2]
-    N = _levels(toks, "tree_build")
-    _expect(N == len(parents), f"tree_build's levels hold {N} nodes but parents lists {len(parents)}")
+    if "nodes" in p:  # a dynamic tree's build names its node budget, and takes its parents last
+        _expect(len(ins) >= 3 and len(ins) % 2 == 1, "tree_build of a dynamic tree takes (tokens, q) per level, then parents")
+        toks, qs = ins[0:-1:2], ins[1:-1:2]
+        N = _levels(toks, "tree_build")
+        _parents_value(ins[-1], N, "tree_build")
+        _expect(p.get("nodes") == N, f"tree_build of a dynamic tree: its nodes param must be {N}, the node budget")
+    else:
+        parents = _parents(p)
+        _expect(len(ins) >= 2 and len(ins) % 2 == 0, "tree_build takes (tokens, q) per level")
+        toks, qs = ins[0::2], ins[1::2]
+        N = _levels(toks, "tree_build")
+        _expect(N == len(parents), f"tree_build's levels hold {N} nodes but parents lists {len(parents)}")
     _expect(all(q == _t("f32", "B", t.shape[1], "V") for t, q in zip(toks, qs)), "tree_build: each level's q must be f32[B,n,V] for its tok[B,n]")
     return [_t("tok", "B", N), _t("f32", "B", N, "V"), _t("i64", "B")]
 
 
+def _shape(p, ins, arity: int, what: str) -> tuple[int, int]:
+    """(N, D): the node count and depth, from the `parents` param or, for a dynamic tree, its parents input and `depth`."""
+    if not _dynamic(p):
+        parents = _parents(p)
+        _expect(len(ins) == arity, f"{what} takes {arity} inputs")
+        return len(parents), tree_depth(parents)
+    _expect(len(ins) == arity + 1, f"{what} of a dynamic tree takes {arity} inputs, then parents")
+    D = p.get("depth")
+    _expect(isinstance(D, int) and D >= 1, f"{what} of a dynamic tree needs its depth, a positive int")
+    _expect(ins[-1].dtype == "i64" and len(ins[-1].shape) == 2 and isinstance(ins[-1].shape[1], int), f"{what}'s parents must be i64[B,N]")
+    return ins[-1].shape[1], D
+
+
 def _tree_match(p, ins):
-    parents = _parents(p)
-    N = len(parents)
-    _expect(len(ins) == 2 and ins[0] == _t("tok", "B", N) and ins[1] == _t("tok", "B", N + 1), f"tree_match takes (tok[B,{N}], tok[B,{N + 1}])")
-    return [_t("i64", "B", tree_depth(parents)), _t("i64", "B"), _t("i64", "B")]
+    N, D = _shape(p, ins, 2, "tree_match")
+    _expect(ins[0] == _t("tok", "B", N) and ins[1] == _t("tok", "B", N + 1), f"tree_match takes (tok[B,{N}], tok[B,{N + 1}])")
+    return [_t("i64", "B", D), _t("i64", "B"), _t("i64", "B")]
 
 
 def _tree_rejection(p, ins):
-    parents = _parents(p)
-    N = len(parents)
-    _expect(len(ins) == 4, "tree_rejection takes (p, q, tokens, uniform)")
-    P, Q, T, U = ins
+    N, D = _shape(p, ins, 4, "tree_rejection (p, q, tokens, uniform)")
+    P, Q, T, U = ins[:4]
     _expect(P == _t("f32", "B", N + 1, "V") and Q == _t("f32", "B", N, "V") and T == _t("tok", "B", N) and U == _t("f32", "B", N),
             f"tree_rejection takes (f32[B,{N + 1},V], f32[B,{N},V], tok[B,{N}], f32[B,{N}])")
-    return [_t("i64", "B", tree_depth(parents)), _t("i64", "B"), _t("f32", "B", "V")]
+    return [_t("i64", "B", D), _t("i64", "B"), _t("f32", "B", "V")]
+
+
+def _tree_expand(p, ins):
+    k, c = p.get("k"), p.get("c")
+    _expect(isinstance(k, int) and k >= 1 and isinstance(c, int) and c >= 1, "tree_expand k and c must be positive ints")
+    _expect(len(ins) in (3, 5), "tree_expand takes (tokens, q, q_next) for the first level, or (tokens, q, q_next, score, parents)")
+    T, Q, Qn = ins[:3]
+    _expect(T.dtype == "tok" and len(T.shape) == 2 and isinstance(T.shape[1], int), "tree_expand takes the level's tok[B,n]")
+    n = T.shape[1]
+    _expect(Q == _t("f32", "B", n, "V") and Qn == Q, f"tree_expand's q and q_next must be f32[B,{n},V]")
+    _expect(k <= n, f"tree_expand expands k = {k} of the level's {n} nodes: k must be at most {n}")
+    M = n
+    if len(ins) == 5:
+        _expect(ins[3] == _t("f32", "B", n), f"tree_expand's score must be f32[B,{n}]")
+        _expect(ins[4].dtype == "i64" and len(ins[4].shape) == 2 and isinstance(ins[4].shape[1], int) and ins[4].shape[1] >= n,
+                "tree_expand's parents must be i64[B,M], M counting the level")
+        M = ins[4].shape[1]
+    return [_t("i64", "B", M + k * c), _t("f32", "B", k, "V"), _t("f32", "B", k * c)]
 
 
 def _tree_splice(p, ins):
@@ -156,6 +211,11 @@ TREE_OPS: dict[str, OpDef] = {
               "with target r (r = p at the root), try its children c in order: accept iff u_c * q_c(c) < r(c), then descend "
               "(r = p at c); on a rejection r <- norm(max(0, r - q_c)); when every child is rejected, or at a leaf, stop: "
               "path [B,D], its length n [B], and r [B,V], the distribution of the next token", draws=(3,)),
+        OpDef("tree_expand", "pure", _tree_expand, "a dynamic tree's expansion (DySpec, EAGLE-2): each of the level's n nodes "
+              "(the last n of the tree so far) scores its cumulative draft probability, score * q(token) (score 1 on the first "
+              "level); the k of highest score (first on ties) are expanded with c children each: parents [B,M+k*c] (the tree's "
+              "so far, zeros for a first level, then the children's parent positions), the expanded nodes' q_next [B,k,V] (the "
+              "distribution their children are drawn from), and each child's parent score [B,k*c]"),
         OpDef("tree_splice", "pure", _tree_splice, "the tokens of path[:, :n] followed by token: the round's new tokens (count n + 1)"),
     ]
 }

@@ -143,6 +143,8 @@ def _component_args(draw, component: registry.Component, k: st.SearchStrategy[in
             args.append((p.name, draw(_scalar(p, 6))))
         elif p.type == "list[int]" and p.name == "widths" and (p.required or component.trees):  # a token tree's shape: at most 2 nodes, so exact checks stay small
             args.append((p.name, draw(st.sampled_from(["[1]", "[2]", "[1, 1]"]))))
+        elif component.name == "dynamic_tree" and p.name in ("children", "depth"):  # a dynamic tree: at most 2 nodes too
+            args.append((p.name, 1 if p.name == "depth" and dict(args)["children"] == 2 else draw(st.sampled_from([1, 2]))))
         elif p.type == "list[int]" and p.name == "arms":  # a bandit's speculation lengths, each within the draft's max
             args.append((p.name, "[" + ", ".join(map(str, draw(st.lists(k, min_size=1, max_size=3, unique=True)))) + "]"))
         elif p.type == "draft":  # a nested draft source (staged's inner stage): prompt lookup, no model

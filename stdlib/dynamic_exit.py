@@ -32,10 +32,22 @@ round's draft or target is sampled, and each view is an ordinary draft whose q t
     [0, 1, 2, 1]
 
 (after one round each, layer 2's optimistic acceptance rate reaches 1 at two thirds of layer 3's cost).
+
+Skip-layer sets as arms (SWIFT, Xia et al. 2024; CLaSp, Chen et al. 2025):
+
+    propose = dynamic_skip(target, skips = ["1 2", "2 3"], max = 4, policy = "del")
+    propose = dynamic_skip(target, skip = 2, layers = [1, 2, 3, 4], pool = 3, policy = "search")
+
+drafts with `skip_layers(target, layers = S)` (role "target/skip1_2") for the set S chosen per row and round,
+at cost its kept layers / the target's; policy "search" (SkipSearch) evolves a seeded pool of r-subsets between
+rounds. The same ops, the same contract.
 """
 from __future__ import annotations
 
 import builtins
+import itertools
+import math
+import re
 
 import torch
 
@@ -106,10 +118,81 @@ def expected_tokens(alpha: torch.Tensor, k: int) -> torch.Tensor:
 POLICIES["exit_layer"] = ExitPolicy
 
 
+class SkipSearch:
+    """SWIFT's on-the-fly search of the skip set, simplified: per row, a pool of `pool` skip sets (arms) drawn at
+    random (seeded) among `arms`, every set of r layers among some. Each pool member is played once, then the pool's
+    best by measured committed tokens per cost, mean of (accepted + 1) / (1 + c * drafted); after each round where
+    every member has been measured, the worst member is replaced by a mutation of the best (one skipped layer swapped
+    for a kept one, drawn from a generator seeded by the row's seed and round). Measurements are per arm and kept when
+    an arm leaves the pool. `cap(state)` is each row's arm index, a function of the earlier rounds only.
+
+    >>> p = SkipSearch(max=4, arms=("1_2", "1_3", "2_3"), pool=2)
+    >>> p.costs = (0.5, 0.5, 0.5)
+    >>> s = p.start(1, seed=0)
+    >>> pool0 = s["pool"].tolist()
+    >>> s = p.update(p.update(s, torch.tensor([4]), torch.tensor([4])), torch.tensor([0]), torch.tensor([4]))
+    >>> best = pool0[0][0]  # the first member measured 4 of 4, the second 0: the second is replaced by the best's mutant
+    >>> s["pool"].tolist()[0][0] == best and s["pool"].tolist()[0][1] not in pool0[0]
+    True
+    """
+
+    def __init__(self, max: int, arms: tuple[str, ...], pool: int = 3, model: str = "target", views: tuple[str, ...] = ()):
+        self.max, self.arms, self.model, self.views = max, tuple(arms), model, tuple(views)
+        self.pool = builtins.min(pool, len(self.arms))
+        self.costs: tuple[float, ...] | None = None
+        sets = [frozenset(int(i) for i in a.split("_")) for a in self.arms]
+        # neighbours[a]: the arms one swap away from arm a (same size, one layer different)
+        self.neighbours = [[j for j, o in enumerate(sets) if len(o) == len(a) and len(a - o) == 1] for a in sets]
+
+    def start(self, batch: int, seed: int) -> State:
+        g = torch.Generator().manual_seed(int(seed))
+        pool = torch.stack([torch.randperm(len(self.arms), generator=g)[: self.pool] for _ in range(batch)])
+        zeros = torch.zeros(batch, len(self.arms), dtype=torch.float64)
+        return {"pool": pool, "plays": zeros, "total": zeros.clone(), "t": torch.zeros(batch, dtype=torch.long),
+                "seed": torch.full((batch,), int(seed), dtype=torch.long) * 1_000_003 + torch.arange(batch)}
+
+    def _means(self, state: State) -> torch.Tensor:
+        """Each pool member's measured tokens per cost (-1 while unmeasured). -> f64[B, P]"""
+        plays, total = state["plays"].gather(-1, state["pool"]), state["total"].gather(-1, state["pool"])
+        return torch.where(plays > 0, total / plays.clamp(min=1), torch.full_like(total, -1.0))
+
+    def cap(self, state: State) -> torch.Tensor:
+        """Each row's arm: its first unmeasured pool member, else the pool's best. -> i64[B]"""
+        means = self._means(state)
+        unplayed = means < 0
+        slot = torch.where(unplayed.any(-1), unplayed.int().argmax(-1), means.argmax(-1))
+        return state["pool"].gather(-1, slot[:, None])[:, 0]
+
+    def update(self, state: State, accepted: torch.Tensor, drafted: torch.Tensor) -> State:
+        if self.costs is None:
+            raise RuntimeError("the skip search's view costs were never set (the draft_arm rule sets them from the bound models)")
+        arm = self.cap(state)[:, None]
+        accepted, drafted = accepted.double()[:, None], drafted.double()[:, None]
+        cost = torch.tensor(self.costs, dtype=torch.float64)[arm]
+        state = dict(state, t=state["t"] + 1,
+                     plays=state["plays"].scatter_add(-1, arm, torch.ones_like(accepted)),
+                     total=state["total"].scatter_add(-1, arm, (accepted + 1) / (1 + cost * drafted)))
+        means, pool = self._means(state), state["pool"].clone()
+        for b in range(pool.shape[0]):
+            if (means[b] < 0).any() or pool.shape[1] < 2:
+                continue
+            best, worst = int(means[b].argmax()), int(means[b].argmin())
+            if best == worst:
+                continue
+            fresh = [j for j in self.neighbours[int(pool[b, best])] if j not in pool[b].tolist()]
+            if fresh:
+                g = torch.Generator().manual_seed(int(state["seed"][b]) * 7919 + int(state["t"][b]))
+                pool[b, worst] = fresh[int(torch.randint(len(fresh), (1,), generator=g))]
+        return dict(state, pool=pool)
+
+
+POLICIES["skip_search"] = SkipSearch
+
+
 def _base_role(inst) -> str:
     base = inst.arg("model")
     if base.name != "model":
-        raise DecError(f"dynamic_exit drafts from a model bound by name, e.g. dynamic_exit(model(\"target\"), ...); found {base.name}(...)",
+        raise DecError(f"{inst.name} drafts from a model bound by name, e.g. {inst.name}(model(\"target\"), ...); found {base.name}(...)",
                        inst.span, hint="apply it to the target itself")
     return base.arg("name")
 
@@ -151,16 +234,24 @@ def bind_dynamic_exit(inst, models) -> dict:
 
 def lower_dynamic_exit(lw: Lowering, inst, ctx):
     """Draft loop whose step reads the round's arm (draft_arm) and the chosen view's logits (model_select)."""
+    return _lower_arms(lw, inst, ctx, _layers(inst), view_roles(inst))
+
+
+def _lower_arms(lw: Lowering, inst, ctx, arms: tuple, roles: tuple[str, ...]):
+    """The draft loop over views `roles` (one per arm), the arm chosen per row and round by the policy."""
     k, algorithm = inst.arg("max"), inst.arg("policy")
-    if algorithm not in ALGORITHMS:
-        raise DecError(f"unknown dynamic_exit policy {algorithm!r}", inst.span, hint=f"use policy = {' or '.join(map(repr, ALGORITHMS))}")
-    roles, layers = view_roles(inst), _layers(inst)
+    known = ALGORITHMS + (("search",) if inst.name == "dynamic_skip" else ())
+    if algorithm not in known:
+        raise DecError(f"unknown {inst.name} policy {algorithm!r}", inst.span, hint=f"use policy = {' or '.join(map(repr, known))}")
     outer = lw.nested("body")
     b = lw.b
     body_ctx = b.input(CTX)
     drafts = b.input(Type("tok", ("B", k)))
     step = b.input(Type("i64"))
-    arm = b.emit("draft_arm", [], policy="exit_layer", max=k, arms=layers, algorithm=algorithm, model=_base_role(inst), views=roles)[0]
+    if algorithm == "search":
+        arm = b.emit("draft_arm", [], policy="skip_search", max=k, arms=arms, pool=inst.arg("pool"), model=_base_role(inst), views=roles)[0]
+    else:
+        arm = b.emit("draft_arm", [], policy="exit_layer", max=k, arms=arms, algorithm=algorithm, model=_base_role(inst), views=roles)[0]
     logits = lw.model_logits([body_ctx, drafts, step], roles, arm=arm)  # [B, V]: row b from view arm[b]
     q = lw.probs(logits)
     token = lw.sample(q)
@@ -186,5 +277,99 @@ register(
         lower_dynamic_exit,
         cite="Zarch et al. 2024, DEL: Context-Aware Dynamic Exit Layer for Efficient Self-Speculative Decoding",
         bind=bind_dynamic_exit,
+    )
+)
+
+
+# --------------------------------------------------------------------------- skip-layer sets (SWIFT, CLaSp)
+
+MAX_ARMS = 128  # views bound by one dynamic_skip (each keeps its own cache)
+
+
+def _skip_sets(inst) -> tuple[tuple[int, ...], ...]:
+    """Each arm of `skips` as its sorted 0-based layers: "1 2", "1_2" and "1,2" all read (1, 2); with `skip` > 0,
+    every set of `skip` layers among `layers` instead."""
+    r = inst.arg("skip")
+    if r or inst.arg("policy") == "search":
+        among = tuple(sorted(set(inst.arg("layers"))))
+        if not 1 <= r < len(among) or min(among) < 0:
+            raise DecError(f"dynamic_skip searches sets of skip = {r} layers among layers = {list(inst.arg('layers'))}", inst.span,
+                           hint="give skip >= 1 and more than `skip` distinct 0-based layers, e.g. skip = 2, layers = [1, 2, 3, 4]")
+        count = math.comb(len(among), r)
+        if count > MAX_ARMS:
+            raise DecError(f"dynamic_skip would bind {count} views (every {r} of {len(among)} layers), more than {MAX_ARMS}",
+                           inst.span, hint="list fewer layers to search among")
+        return tuple(itertools.combinations(among, r))
+    raw = tuple(inst.arg("skips"))
+    if not raw:
+        raise DecError("dynamic_skip needs at least one skip set to choose from", inst.span, hint='e.g. skips = ["1 2", "2 3"]')
+    sets = []
+    for text in raw:
+        parts = [p for p in re.split(r"[\s,_+]+", text.strip()) if p]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise DecError(f"dynamic_skip's skip set {text!r} is not a list of layer numbers", inst.span,
+                           hint='write each set as its 0-based layers separated by spaces, e.g. "1 2"')
+        sets.append(tuple(sorted(set(int(p) for p in parts))))
+    if len(set(sets)) != len(sets):
+        raise DecError(f"dynamic_skip's skip sets must differ from each other, found {[' '.join(map(str, s)) for s in sets]}", inst.span)
+    return tuple(sets)
+
+
+def skip_view_roles(inst) -> tuple[str, ...]:
+    """The roles of the views: those `skip_layers(target, layers = [...])` binds ("target/skip1_2")."""
+    return tuple(f"{_base_role(inst)}/skip{'_'.join(map(str, s))}" for s in _skip_sets(inst))
+
+
+def bind_dynamic_skip(inst, models) -> dict:
+    from decspec.stdlib.models.views import SkipLayers
+
+    role = _base_role(inst)
+    model = models.get(role)
+    if model is None:
+        return {}
+    n = getattr(model, "num_layers", None)
+    if n is None or not hasattr(model, "layers_to_run"):
+        raise DecError(f"dynamic_skip needs a model that can run any subset of its layers; model '{role}' ({type(model).__name__}) "
+                       "cannot", inst.span, hint="bind decspec's Transformer; for exact tests, "
+                                                 "decspec.stdlib.models.layered_table.LayeredTableModel")
+    for s in _skip_sets(inst):
+        bad = [i for i in s if i >= n]
+        if bad or len(s) >= n:
+            what = f"layer {bad[0]}" if bad else f"all {n} layers"
+            raise DecError(f"dynamic_skip's skip set {' '.join(map(str, s))!r} skips {what}, but model '{role}' has {n} layers",
+                           inst.span, hint=f"list layers in 0..{n - 1}, keeping at least one")
+    return {r: SkipLayers(model, s) for r, s in zip(skip_view_roles(inst), _skip_sets(inst))}
+
+
+def lower_dynamic_skip(lw: Lowering, inst, ctx):
+    """As dynamic_exit, the arms being layer-skipped views (draft_arm's arms name the skip sets "1_2", ...)."""
+    return _lower_arms(lw, inst, ctx, tuple("_".join(map(str, s)) for s in _skip_sets(inst)), skip_view_roles(inst))
+
+
+register(
+    Component(
+        "draft",
+        "dynamic_skip",
+        (
+            Param("model", "model", doc="the model whose layer-skipped views draft: the target"),
+            Param("skips", "list[str]", default=("1 2", "2 3", "1 3"),
+                  doc="the skip sets to choose from, each its 0-based skipped layers separated by spaces (\"1 2\"); "
+                      "each keeps at least one layer"),
+            Param("max", "int", default=4, low=1, high=64, doc="most tokens drafted per round"),
+            Param("policy", "str", default="del", doc="\"del\" (tokens per cost from estimated acceptance rates), \"ucb\" (UCB1), "
+                                                      "or \"search\" (a pool of sets evolved between rounds; needs `skip`)"),
+            Param("skip", "int", default=0, low=0, doc="when > 0: the arms are every set of `skip` layers among `layers` "
+                                                       "(`skips` is not read)"),
+            Param("layers", "list[int]", default=(1, 2, 3), doc="with `skip` > 0: the 0-based layers the sets are drawn from"),
+            Param("pool", "int", default=3, low=1, high=64, doc="with policy \"search\": the skip sets kept per row"),
+        ),
+        "Self-speculation from a skip set chosen per row and round among `skips` by a cross-round policy from the "
+        "acceptance measured so far; each set S drafts as skip_layers(model, layers = S) (role \"ROLE/skipI_J\"), "
+        "at cost its kept layers / the model's.",
+        Contract(True, "the skip set is chosen from earlier rounds only, before this round's draft or target is sampled; "
+                       "each draft token is sampled from the chosen view's distribution q, which the verifier receives"),
+        lower_dynamic_skip,
+        cite="Xia et al. 2024, SWIFT: On-the-Fly Self-Speculative Decoding for LLM Inference Acceleration",
+        bind=bind_dynamic_skip,
     )
 )

@@ -23,6 +23,12 @@ siblings 1..j-1, renormalized, and q_j is what the verifier gets: `multi_rejecti
 (accept with min(1, r/q_j), residual norm(max(0, r - q_j))). The invariant every tree draft keeps is
 that each node comes with the distribution it was drawn from given its earlier siblings.
 
+`dynamic_tree(draft, children, expand, depth)` grows the tree by draft probability (DySpec, Xiong et al.
+2024; EAGLE-2, Li et al. 2024) under a node budget: the root gets `children` children, then at each depth
+the `expand` nodes of the last level with the highest cumulative q (the path product) get `children`
+children each (`tree_expand`). The level sizes are static; which nodes are expanded is per row, so the
+shape is a value, parents i64[B,N], that the tree ops take as their last input instead of a param.
+
 `heads(target, kind = "medusa", tree = widths)` (stdlib/heads.py) drafts Medusa's tree of candidates
 with `lower_head_tree`: head d gives one distribution for every node at depth d + 1.
 
@@ -105,6 +111,76 @@ def lower_head_tree(lw: Lowering, inst, ctx):
     return Proposal(tokens, probs, count, tree_depth(parents), parents=parents)
 
 
+def check_dynamic(inst) -> tuple[int, int, int]:
+    """(children, expand, depth) of `dynamic_tree`, checked; its node budget is children * (1 + expand * (depth - 1))."""
+    c, k, D = inst.arg("children"), inst.arg("expand"), inst.arg("depth")
+    for name, v in (("children", c), ("expand", k), ("depth", D)):
+        if v < 1:
+            raise DecError(f"dynamic_tree's '{name}' must be at least 1, found {v}", inst.span)
+    if k > c:
+        raise DecError(f"dynamic_tree expands {k} nodes per depth but the first level has only children = {c}", inst.span,
+                       hint=f"use expand <= {c}")
+    nodes = c * (1 + k * (D - 1))
+    if nodes > MAX_NODES:
+        raise DecError(f"a dynamic tree of children = {c}, expand = {k}, depth = {D} has {nodes} nodes; at most {MAX_NODES} "
+                       "are supported", inst.span, hint="use fewer children, expansions or depths")
+    return c, k, D
+
+
+def lower_dynamic_tree(lw: Lowering, inst, ctx):
+    """DySpec / EAGLE-2's dynamic tree under a node budget: the root gets `children` children; then per
+    depth one draft call over the tree so far (tree attention with the tree's parents, a value) gives q at
+    the last level's nodes, `tree_expand` picks the `expand` nodes of highest cumulative draft probability
+    (path product of q) and each gets `children` children drawn from its q. Level sizes are static
+    (children, then expand * children per depth); which nodes the children hang under is per row."""
+    c, k, D = check_dynamic(inst)
+    _refuse_slots(lw)
+    role = lw.role(inst.arg("model"))
+    topk, distinct = greedy_pipeline(lw.sampler), not inst.arg("replacement")
+    b = lw.b
+    logits = b.emit("tree_call", [ctx], model=role, parents=(), first=0)[0]  # [B, 1, V]: q at the root
+    q = _draft_q(lw, logits, topk)
+    levels = _draw(lw, q, c, topk, distinct)
+    q_drawn = b.emit("repeat", [q], times=c)[0] if c > 1 else q  # the draft's own q each node was drawn from (its score)
+    parents, score = None, None
+    for _ in range(D - 1):
+        last = levels[-2]
+        n = last.type.shape[1]
+        if parents is None:  # only the root's children so far: the tree call's shape is static
+            logits = b.emit("tree_call", [ctx, *levels[0::2]], model=role, parents=(0,) * n, first=1)[0]
+            ins = [last, q_drawn, _draft_q(lw, logits, topk)]
+        else:
+            M = parents.type.shape[1]
+            logits = b.emit("tree_call", [ctx, *levels[0::2], parents], model=role, first=M + 1 - n)[0]  # [B, n, V]
+            ins = [last, q_drawn, _draft_q(lw, logits, topk), score, parents]
+        parents, q_sel, score = b.emit("tree_expand", ins, k=k, c=c)
+        levels += _draw(lw, q_sel, c, topk, distinct)
+        q_drawn = b.emit("repeat", [q_sel], times=c)[0] if c > 1 else q_sel
+    if parents is None:  # depth 1: a static tree of the root's children
+        tokens, probs, count = b.emit("tree_build", levels, parents=(0,) * c)
+        return Proposal(tokens, probs, count, 1, parents=(0,) * c)
+    tokens, probs, count = b.emit("tree_build", [*levels, parents], nodes=parents.type.shape[1])
+    return Proposal(tokens, probs, count, D, parents=parents)
+
+
+def _draft_q(lw: Lowering, logits, topk: bool):
+    """The draft's distribution at each node: its own softmax under a greedy pipeline (top-k children and scores
+    from it), else the sampler pipeline's q (what children are drawn from)."""
+    return lw.b.emit("softmax", [logits])[0] if topk else lw.probs(logits)
+
+
+def _draw(lw: Lowering, q, w: int, topk: bool, distinct: bool) -> list:
+    """w children for each of q's n distributions [B, n, V]: [tokens [B, n*w], the q each was drawn from [B, n*w, V]]."""
+    b = lw.b
+    if topk:
+        return list(b.emit("tree_topk", [q], k=w))
+    q = b.emit("repeat", [q], times=w)[0] if w > 1 else q
+    if distinct and w > 1:
+        u = b.emit("uniform", [], shape=("B", q.type.shape[1]))[0]
+        return list(b.emit("sample_distinct", [q, u], k=w))
+    return [lw.sample(q), q]
+
+
 def _children(lw: Lowering, logits, width: int, w: int, topk: bool, distinct: bool) -> list:
     """w children for each of `width` nodes, from logits [B, n, V]: one distribution per node (n = width)
     or one for them all (n = 1). -> [tokens [B, width*w], q [B, width*w, V]], q being the distribution each
@@ -132,9 +208,23 @@ def _refuse_slots(lw) -> None:
         raise DecError("a grammar over a token tree is not supported yet", lw.grammar.span, hint="draft a chain, e.g. autoregressive(draft)")
 
 
+def _dynamic(proposal) -> bool:
+    return not isinstance(proposal.parents, tuple)  # a dynamic tree's parents are a value, i64[B,N]
+
+
 def _target_probs(lw, ctx, target, proposal):
-    logits = lw.b.emit("tree_call", [ctx, proposal.tokens], model=lw.role(target), parents=proposal.parents, first=0)[0]  # [B, N+1, V]
+    if _dynamic(proposal):
+        logits = lw.b.emit("tree_call", [ctx, proposal.tokens, proposal.parents], model=lw.role(target), first=0)[0]
+    else:
+        logits = lw.b.emit("tree_call", [ctx, proposal.tokens], model=lw.role(target), parents=proposal.parents, first=0)[0]  # [B, N+1, V]
     return lw.probs(logits)
+
+
+def _shape(proposal) -> tuple[list, dict]:
+    """The tree's shape for tree_match / tree_rejection: a dynamic tree's parents input and depth, or the static param."""
+    if _dynamic(proposal):
+        return [proposal.parents], {"depth": proposal.max}
+    return [], {"parents": proposal.parents}
 
 
 def lower_multi_rejection(lw, inst, ctx, target, proposal):
@@ -142,8 +232,9 @@ def lower_multi_rejection(lw, inst, ctx, target, proposal):
         return lower_rejection(lw, inst, ctx, target, proposal)
     b = lw.b
     p = _target_probs(lw, ctx, target, proposal)
-    u = b.emit("uniform", [], shape=("B", len(proposal.parents)))[0]  # one draw per node, used when the node is tried
-    path, n, r = b.emit("tree_rejection", [p, proposal.probs, proposal.tokens, u], parents=proposal.parents)
+    u = b.emit("uniform", [], shape=("B", proposal.tokens.type.shape[1]))[0]  # one draw per node, used when the node is tried
+    extra, shape = _shape(proposal)
+    path, n, r = b.emit("tree_rejection", [p, proposal.probs, proposal.tokens, u, *extra], **shape)
     x = lw.sample(r)  # the residual after the last rejection, or p at the leaf reached
     return b.emit("tree_splice", [proposal.tokens, path, n, x])[0], n
 
@@ -153,7 +244,8 @@ def lower_tree_greedy(lw, inst, ctx, target, proposal):
     b = lw.b
     p = _target_probs(lw, ctx, target, proposal)
     t = lw.sample(p)  # [B, N+1]
-    path, n, end = b.emit("tree_match", [proposal.tokens, t], parents=proposal.parents)
+    extra, shape = _shape(proposal)
+    path, n, end = b.emit("tree_match", [proposal.tokens, t, *extra], **shape)
     x = b.emit("take", [t, end])[0]
     return b.emit("tree_splice", [proposal.tokens, path, n, x])[0], n
 
@@ -178,6 +270,33 @@ register(
                  "one-hot on the top-k children under a greedy pipeline"),
         lower_tree,
         cite="Miao et al. 2024, SpecInfer; Cai et al. 2024, Medusa; Chen et al. 2024, Sequoia; Jeon et al. 2024, RSD",
+        trees=True,
+    )
+)
+register(
+    Component(
+        "draft",
+        "dynamic_tree",
+        (
+            Param("model", "model", doc="the draft model"),
+            Param("children", "int", default=2, doc="children of every expanded node (the root's included)"),
+            Param("expand", "int", default=1, doc="nodes expanded per depth: those of highest cumulative draft probability"),
+            Param("depth", "int", default=2, doc="the tree's depth, the most drafts a round can accept"),
+            Param("replacement", "bool", default=True, doc="false: an expanded node's children are drawn without replacement "
+                  "(Recursive Speculative Decoding)"),
+        ),
+        "A dynamic token tree (DySpec, EAGLE-2) under a node budget of children * (1 + expand * (depth - 1)) nodes: the root "
+        "gets `children` children; at each further depth the `expand` nodes of the last level with the highest cumulative "
+        "draft probability (the product of q along their path, ties to the earlier node) get `children` children each, drawn "
+        "from the draft's q at the node as `tree` draws them (i.i.d., without replacement with `replacement = false`, the top "
+        "ones under a greedy pipeline). Each row has its own shape, carried as a value (parents i64[B,N]) to the tree "
+        "attention, the verifier and the cache. Verify with `multi_rejection` or `greedy`.",
+        Contract(True, "the shape is a function of the draft's own distributions and draws only (never of the target or of the "
+                 "verifier's draws), and an expanded node's children are drawn from its q after the shape above them is chosen, "
+                 "each with the distribution it was drawn from: recursive rejection reproduces the target at every node"),
+        lower_dynamic_tree,
+        cite="Xiong et al. 2024, DySpec: Faster Speculative Decoding with Dynamic Token Tree Structure; Li et al. 2024, "
+             "EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees",
         trees=True,
     )
 )

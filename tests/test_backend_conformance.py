@@ -96,6 +96,8 @@ def conformance_specs() -> list[Spec]:
     out.append(Spec("eagle", (), (("target", model("target")), ("propose", eagle), ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
     dynamic = inst(registry.lookup("draft", "dynamic_exit"), model=model("target"), layers=(1, 2), max=3, policy="ucb")  # draft_arm, model_select
     out.append(Spec("dynamic_exit", (), (("target", model("target")), ("propose", dynamic), ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
+    skips = inst(registry.lookup("draft", "dynamic_skip"), model=model("target"), max=3, policy="search", skip=1, layers=(0, 1, 2), pool=2)  # draft_arm of the skip search
+    out.append(Spec("dynamic_skip", (), (("target", model("target")), ("propose", skips), ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
     inner = inst(registry.lookup("draft", "lookup"), ngram=2, max=2)
     staged = inst(registry.lookup("draft", "staged"), model=model("draft"), inner=inner, max=3)  # staged_loop
     out.append(Spec("staged", (), (("target", model("target")), ("propose", staged), ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
@@ -109,6 +111,10 @@ def conformance_specs() -> list[Spec]:
         head_tree = inst(registry.lookup("draft", "heads"), model=model("target"), kind="medusa", tree=(2, 1), replacement=False)  # head_level
         for propose in (distinct, head_tree):
             out.append(Spec("tree", (), (("target", model("target")), ("propose", propose), ("verify", inst(verifier))), SOURCE))
+        grown = inst(registry.lookup("draft", "dynamic_tree"), model=model("draft"), children=2, expand=1, depth=3)  # tree_expand
+        for sampler in ("top_k", "greedy"):  # per-row shapes: parents as a value in tree_call, tree_match, tree_rejection
+            stage = inst(registry.lookup("sampler", sampler), **({"k": 3} if sampler == "top_k" else {}))
+            out.append(Spec("dynamic_tree", (), (("target", model("target")), ("sampler", (stage,)), ("propose", grown), ("verify", inst(verifier))), SOURCE))
         recycled = inst(registry.lookup("draft", "recycle"), candidates=2, widths=(2, 1))  # token recycling's static tree
         out.append(Spec("recycle_tree", (), (("target", model("target")), ("propose", recycled), ("verify", inst(verifier))), SOURCE))
     # exits that carry a value across draft steps (mul) and call a predictor, or cap the loop across rounds (length_cap)
@@ -149,11 +155,12 @@ def test_every_backend_runs_the_lowered_ops(module):
     """Each backend's rules generate with every conformance spec (the exact backend samples too)."""
     from decspec.backends.runtime import generate
     from decspec.stdlib.models.layered_table import LayeredTableModel
-    from decspec.stdlib.models.views import EarlyExit
+    from decspec.stdlib.models.views import EarlyExit, SkipLayers
 
     be = backend(module)
     models = {"target": LayeredTableModel.random(5, 1, seed=0), "draft": LayeredTableModel.random(5, 1, seed=1)}  # + layers, heads
     models.update({f"target/exit{i}": EarlyExit(models["target"], i) for i in (1, 2)})  # the views dynamic_exit drafts with
+    models.update({f"target/skip{i}": SkipLayers(models["target"], (i,)) for i in (0, 1, 2)})  # and dynamic_skip
 
     for spec in conformance_specs():
         for graph in (lower(spec), run_pipeline(lower(spec))):

@@ -25,7 +25,7 @@ from decspec.stdlib.models.layered_table import LayeredTableModel
 from decspec.testing import broken_verifier, compositions, exact_distribution, model_pairs, target_distribution, tv_distance
 
 NEW_TOKENS = 3
-EXAMPLES = 100
+EXAMPLES = 200
 MEASURABLE = 0.01  # a TV distance 4,000 samples detect (their own sampling noise is ~0.02-0.06 over 27 bins)
 WITNESSES = [  # where a lossy composition is looked for when the drawn models do not show it
     {"target": LayeredTableModel.random(V, 1, seed), "draft": LayeredTableModel.random(V, 1, seed + 100, temperature=2.0)} for V in (2, 3) for seed in range(3)

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import torch
 
-from decspec.backends.tree_cache import children_table, tree_logits
+from decspec.backends.tree_cache import children_table, tree_logits, walk
 from decspec.compiler.ops_tree import tree_depth
 
 
 def tree_call(state, op, ctx, *levels):
     """Logits at positions first..M of the tree (one model call with a tree mask; backends/tree_cache.py)."""
     session = state.sessions[op.param("model")]
+    parents = op.param("parents")
+    if parents is None:  # a dynamic tree: its parents [B, M] are the last input
+        *levels, parents = levels
+    else:
+        parents = tuple(parents)
     tokens = torch.cat(levels, 1) if levels else None
-    return (tree_logits(session, ctx.tokens, ctx.length, tokens, tuple(op.param("parents")), op.param("first", 0)),)
+    return (tree_logits(session, ctx.tokens, ctx.length, tokens, parents, op.param("first", 0)),)
 
 
 def repeat(state, op, probs):
@@ -75,14 +80,28 @@ def head_level(state, op, hidden):
 
 
 def tree_build(state, op, *levels):
-    """Levels (tokens [B, n_d], q [B, n_d, V]) -> tokens [B, N], q [B, N, V], drafted [B] (= N)."""
+    """Levels (tokens [B, n_d], q [B, n_d, V]) -> tokens [B, N], q [B, N, V], drafted [B] (= N).
+    A dynamic tree's parents (the last input) are its shape, a value the verifier reads beside these."""
+    if op.param("nodes") is not None:  # a dynamic tree: its parents are the last input
+        levels = levels[:-1]
     tokens = torch.cat(levels[0::2], 1)
     q = torch.cat(levels[1::2], 1)
     return tokens, q, torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
 
 
-def tree_match(state, op, tokens, t):
+def tree_match(state, op, tokens, t, *rest):
     """The longest root path whose node at each depth equals the target's token at its parent's position."""
+    if op.param("parents") is None:  # a dynamic tree: the same walk, each row over its own parents [B, N]
+        (parents,) = rest
+        B, D = tokens.shape[0], op.param("depth")
+        want = torch.zeros(B, D, dtype=torch.long, device=tokens.device)
+        path = torch.zeros(B, D, dtype=torch.long, device=tokens.device)
+        n = torch.zeros(B, dtype=torch.long, device=tokens.device)
+        pos = torch.zeros_like(n)
+        for d in range(D):  # the target's token at the path's end so far decides the next step
+            want[:, d] = t.gather(1, pos[:, None]).squeeze(1)
+            path, n, pos = walk(tokens, parents, want, torch.full_like(n, d + 1))
+        return path, n, pos
     parents = tuple(op.param("parents"))
     D = tree_depth(parents)
     B = tokens.shape[0]
@@ -118,12 +137,14 @@ def residual(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, res / mass.clamp_min(torch.finfo(mass.dtype).tiny), r)
 
 
-def tree_rejection(state, op, p, q, tokens, u):
+def tree_rejection(state, op, p, q, tokens, u, *rest):
     """Recursive rejection over siblings (SpecInfer, Miao et al. 2024): at the current position with
     target r, try its children c in order, accept iff u_c * q_c(c) < r(c) (probability min(1, r/q));
     on a rejection r <- norm(max(0, r - q_c)); descend into an accepted child (r = p there); stop when
     every child is rejected or at a leaf. p: [B, N+1, V], q: [B, N, V], tokens, u: [B, N]
     -> path [B, D], n [B], r [B, V] (the next token's distribution: the residual, or p at a leaf)"""
+    if op.param("parents") is None:
+        return _tree_rejection_rows(p, q, tokens, u, rest[0], op.param("depth"))
     parents = tuple(op.param("parents"))
     D = tree_depth(parents)
     B = tokens.shape[0]
@@ -154,6 +175,51 @@ def tree_rejection(state, op, p, q, tokens, u):
     return path, n, r
 
 
+def _tree_rejection_rows(p, q, tokens, u, parents, D: int):
+    """`tree_rejection` over a dynamic tree, each row its own parents [B, N]: node i is a child of the
+    current position iff parents[:, i] == pos, tried in index order (the order the siblings were drawn)."""
+    B, N = tokens.shape
+    rows = torch.arange(B, device=tokens.device)
+    pos = torch.zeros(B, dtype=torch.long, device=tokens.device)
+    n = torch.zeros_like(pos)
+    path = torch.zeros(B, D, dtype=torch.long, device=tokens.device)
+    r = p[:, 0]
+    alive = torch.ones(B, dtype=torch.bool, device=tokens.device)
+    for d in range(D):
+        accepted = torch.zeros_like(alive)
+        for c in range(N):
+            trying = alive & ~accepted & (parents[:, c] == pos)
+            tok, qc = tokens[:, c], q[:, c]
+            acc = trying & (u[:, c] * qc.gather(1, tok[:, None]).squeeze(1) < r.gather(1, tok[:, None]).squeeze(1))
+            rej = trying & ~acc
+            r = torch.where(rej[:, None], residual(r, qc), r)
+            r = torch.where(acc[:, None], p[:, c + 1], r)
+            path[:, d] = torch.where(acc, c, path[:, d])
+            pos = torch.where(acc, c + 1, pos)  # later nodes' parents are > c, so no sibling after c is tried at the new pos
+            accepted |= acc
+        n += accepted
+        alive &= accepted
+    return path, n, r
+
+
+def tree_expand(state, op, tokens, q, q_next, score=None, parents=None):
+    """A dynamic tree's expansion (DySpec, EAGLE-2): the level's nodes (the last n of the tree so far)
+    score their path's draft probability score * q(token); the k of highest score (first on ties) get
+    c children each. -> parents [B, M+k*c], q_next of the expanded nodes [B, k, V], child scores [B, k*c]"""
+    B, n = tokens.shape
+    k, c = op.param("k"), op.param("c")
+    s = q.gather(-1, tokens[..., None]).squeeze(-1)  # [B, n]
+    if score is not None:
+        s = score * s
+    if parents is None:  # the first level: the root's children
+        parents = torch.zeros(B, n, dtype=torch.long, device=tokens.device)
+    M = parents.shape[1]
+    chosen = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
+    new = (M - n + 1 + chosen).repeat_interleave(c, dim=1)  # the chosen nodes' positions, once per child
+    q_sel = q_next.gather(1, chosen[..., None].expand(-1, -1, q_next.shape[-1]))
+    return torch.cat([parents, new], 1), q_sel, s.gather(1, chosen).repeat_interleave(c, dim=1)
+
+
 def tree_splice(state, op, tokens, path, n, x):
     """tokens[path[:, :n]] followed by x. -> [B, D+1]"""
     out = torch.cat([tokens.gather(1, path), tokens.new_zeros(tokens.shape[0], 1)], 1)
@@ -171,4 +237,5 @@ RULES = {
     "tree_match": tree_match,
     "tree_rejection": tree_rejection,
     "tree_splice": tree_splice,
+    "tree_expand": tree_expand,
 }

@@ -43,9 +43,30 @@ def patterns(parents: tuple[int, ...]) -> list[tuple[tuple[int, bool], ...]]:
     return at(0)
 
 
-def tree_rejection(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, *, op) -> tuple[torch.Tensor, torch.Tensor]:
-    """p: [R, N+1, V], q: [R, N, V], tokens: [R, N] -> u: [R, C, N], prob: [R, C] (C: the tree's patterns)"""
-    pats = patterns(tuple(op.param("parents")))
+def tree_rejection(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor | None = None, *, op) -> tuple[torch.Tensor, torch.Tensor]:
+    """p: [R, N+1, V], q: [R, N, V], tokens: [R, N] -> u: [R, C, N], prob: [R, C] (C: the tree's patterns).
+    A dynamic tree (parents [R, N], each row its own shape) has each shape's patterns for its rows, padded
+    to the most patterns any shape has with cells of measure 0."""
+    if parents is not None:
+        return _dynamic_cells(p, q, tokens, parents)
+    return _cells(p, q, tokens, patterns(tuple(op.param("parents"))))
+
+
+def _dynamic_cells(p, q, tokens, parents):
+    shapes, which = torch.unique(parents.cpu(), dim=0, return_inverse=True)
+    groups = [(which == g).nonzero().squeeze(1) for g in range(len(shapes))]
+    pats = [patterns(tuple(int(x) for x in shape)) for shape in shapes]
+    C = max(len(ps) for ps in pats)
+    R, N = tokens.shape
+    u = torch.full((R, C, N), 0.5, dtype=p.dtype)
+    prob = torch.zeros(R, C, dtype=p.dtype)  # padding cells: measure 0
+    for rows, ps in zip(groups, pats):
+        gu, gp = _cells(p[rows], q[rows], tokens[rows], ps)
+        u[rows, :len(ps)], prob[rows, :len(ps)] = gu, gp
+    return u, prob
+
+
+def _cells(p, q, tokens, pats):
     R, N = tokens.shape
     rows = torch.arange(R)
     u = torch.full((R, len(pats), N), 0.5, dtype=p.dtype)

@@ -55,7 +55,7 @@ HOST_OPS.update(dict.fromkeys(
     "the inductor code generator, whose round the export traces, does not emit its ops yet"))
 HOST_OPS.update(dict.fromkeys(  # not host ops, but not exportable yet either: the round is traced from the inductor codegen
     ("tree_call", "repeat", "tree_topk", "sample_distinct", "head_level", "tree_build", "tree_match", "tree_rejection",
-     "tree_splice"),
+     "tree_splice", "tree_expand"),
     "token trees are not emitted by the inductor code generator yet (docs/backends.md), and the export traces its round"))
 
 

@@ -51,9 +51,9 @@ import re
 
 import torch
 
-from decspec.compiler.ir import CTX, Type
-from decspec.compiler.lower import Lowering, Proposal
+from decspec.compiler.lower import Lowering
 from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.drafts import chain_draft
 from decspec.stdlib.registry import Component, Contract, Param, register
 from decspec.stdlib.speculation_length import POLICIES, State
 
@@ -243,21 +243,16 @@ def _lower_arms(lw: Lowering, inst, ctx, arms: tuple, roles: tuple[str, ...]):
     known = ALGORITHMS + (("search",) if inst.name == "dynamic_skip" else ())
     if algorithm not in known:
         raise DecError(f"unknown {inst.name} policy {algorithm!r}", inst.span, hint=f"use policy = {' or '.join(map(repr, known))}")
-    outer = lw.nested("body")
-    b = lw.b
-    body_ctx = b.input(CTX)
-    drafts = b.input(Type("tok", ("B", k)))
-    step = b.input(Type("i64"))
     if algorithm == "search":
-        arm = b.emit("draft_arm", [], policy="skip_search", max=k, arms=arms, pool=inst.arg("pool"), model=_base_role(inst), views=roles)[0]
+        params = dict(policy="skip_search", max=k, arms=arms, pool=inst.arg("pool"), model=_base_role(inst), views=roles)
     else:
-        arm = b.emit("draft_arm", [], policy="exit_layer", max=k, arms=arms, algorithm=algorithm, model=_base_role(inst), views=roles)[0]
-    logits = lw.model_logits([body_ctx, drafts, step], roles, arm=arm)  # [B, V]: row b from view arm[b]
-    q = lw.probs(logits)
-    token = lw.sample(q)
-    stop = lw.stop_flag(logits, token)
-    tokens, probs, count = lw.draft_loop(outer, ctx, k, token, q, stop)
-    return Proposal(tokens, probs, count, k)
+        params = dict(policy="exit_layer", max=k, arms=arms, algorithm=algorithm, model=_base_role(inst), views=roles)
+
+    def logits_at(body_ctx, drafts, step):
+        arm = lw.b.emit("draft_arm", [], **params)[0]  # the view each row drafts with this round
+        return lw.model_logits([body_ctx, drafts, step], roles, arm=arm)  # [B, V]: row b from view arm[b]
+
+    return chain_draft(lw, ctx, k, logits_at)
 
 
 register(

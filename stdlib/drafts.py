@@ -51,6 +51,12 @@ register(
 )
 
 
+def refuse_stop(lw: Lowering, name: str, hint: str) -> None:
+    """A draft source without a draft model has no statistics for `stop` to read: a DecError at the stop slot."""
+    if lw.stop is not None:
+        raise DecError(f"`stop` reads the draft model's statistics, but `{name}` drafts without a model", lw.stop.span, hint=hint)
+
+
 def lower_lookup(lw: Lowering, inst, ctx):
     """Prompt lookup: the drafts are the tokens that followed the latest earlier occurrence of the
     context's last n tokens; q is one-hot on each. No draft model, so no exit policy either."""
@@ -58,9 +64,7 @@ def lower_lookup(lw: Lowering, inst, ctx):
     if lo > n:
         raise DecError(f"lookup's min_ngram ({lo}) is larger than its ngram ({n}): no n-gram size is left to try", inst.span,
                        hint=f"use min_ngram <= {n}")
-    if lw.stop is not None:
-        raise DecError("`stop` reads the draft model's statistics, but `lookup` drafts without a model", lw.stop.span,
-                       hint="remove `stop`; lookup already drafts only as far as its match goes")
+    refuse_stop(lw, "lookup", "remove `stop`; lookup already drafts only as far as its match goes")
     target = lw.role(lw.spec.slot("target"))  # q's vocabulary: the target's (every bound model shares it)
     tokens, probs, count = lw.b.emit("ngram_lookup", [ctx], max=k, ngram=n, min_ngram=lo, vocab=target)
     return Proposal(tokens, probs, count, k)

@@ -34,6 +34,7 @@ import torch
 
 from decspec.compiler.lower import Lowering, Proposal
 from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.drafts import refuse_stop
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 EMPTY = -1
@@ -106,9 +107,7 @@ def lower_lookahead(lw: Lowering, inst, ctx):
     if N > W:
         raise DecError(f"lookahead's ngram ({N}) is larger than its window ({W}): no diagonal of the window holds an n-gram",
                        inst.span, hint=f"use window >= {N}")
-    if lw.stop is not None:
-        raise DecError("`stop` reads the draft model's statistics, but `lookahead` drafts without a model", lw.stop.span,
-                       hint="remove `stop`; lookahead drafts one pooled n-gram (ngram - 1 tokens) or nothing")
+    refuse_stop(lw, "lookahead", "remove `stop`; lookahead drafts one pooled n-gram (ngram - 1 tokens) or nothing")
     role = lw.role(lw.spec.slot("target"))
     b = lw.b
     levels, pool = b.emit("lookahead_state", [], window=W, ngram=N, pool=G, vocab=role)

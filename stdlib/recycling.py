@@ -27,6 +27,7 @@ import torch
 
 from decspec.compiler.lower import Lowering, Proposal
 from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.drafts import refuse_stop
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 UNSEEN = -1  # M[t, :] before the target has read t in this generation
@@ -115,9 +116,7 @@ def lower_recycle(lw: Lowering, inst, ctx):
     from decspec.stdlib.trees import _refuse_slots, check_widths
 
     k, c, widths = inst.arg("max"), inst.arg("candidates"), tuple(inst.arg("widths"))
-    if lw.stop is not None:
-        raise DecError("`stop` reads the draft model's statistics, but `recycle` drafts without a model", lw.stop.span,
-                       hint="remove `stop`; recycle drafts only as far as the matrix has seen the chain's tokens")
+    refuse_stop(lw, "recycle", "remove `stop`; recycle drafts only as far as the matrix has seen the chain's tokens")
     vocab = lw.role(lw.spec.slot("target"))  # the matrix is over the target's vocabulary (every bound model shares it)
     b = lw.b
     parents = None

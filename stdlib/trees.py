@@ -202,7 +202,7 @@ def _children(lw: Lowering, logits, width: int, w: int, topk: bool, distinct: bo
 
 def _refuse_slots(lw) -> None:
     if lw.stop is not None:
-        raise DecError("`stop` on a token tree is not supported yet (dynamic trees, DySpec / EAGLE-2, are not yet in decspec)",
+        raise DecError("`stop` on a token tree is not supported yet (a tree's shape is fixed by its parameters, or by `dynamic_tree`'s expansion)",
                        lw.stop.span, hint="remove `stop`: a static tree always drafts its whole shape")
     if lw.grammar is not None:
         raise DecError("a grammar over a token tree is not supported yet", lw.grammar.span, hint="draft a chain, e.g. autoregressive(draft)")

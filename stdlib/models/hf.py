@@ -274,32 +274,44 @@ class HFModel:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+        gguf_file: str | None = None,
     ) -> HFModel:
-        """A model directory (config.json + weights, optional tokenizer) or a Hub id -> HFModel.
+        """A model directory (config.json + weights, optional tokenizer), a Hub id, or a GGUF file -> HFModel.
 
+        GGUF: `from_pretrained("dir", gguf_file="model.gguf")` as in transformers, or the .gguf path
+        itself; transformers dequantizes it (needs the `gguf` package).
         Every failure raises DecError naming the path and the fix.
         """
         transformers = _transformers()
         local = Path(path).expanduser()
+        if gguf_file is None and local.suffix == ".gguf":
+            local, gguf_file = local.parent, local.name
         source = str(path)
-        if local.exists() or not _is_hub_id(source):
+        extra: dict[str, Any] = {}
+        if gguf_file is not None:
+            from decspec.stdlib.models.gguf import open_gguf
+
+            open_gguf(local / gguf_file)  # missing or not a GGUF file: DecError before transformers sees it
+            source, extra = str(local), {"gguf_file": gguf_file}
+        elif local.exists() or not _is_hub_id(source):
             _check_dir(local)
             source = str(local)
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
         except Exception as e:
             if local.exists():
                 raise DecError(
-                    f"cannot load the model in {source}: {_reason(e)}",
-                    hint="check that config.json and the weights are complete: re-save (model.save_pretrained(DIR)) or re-download",
+                    f"cannot load the model in {source}{' / ' + gguf_file if gguf_file else ''}: {_reason(e)}",
+                    hint="check that config.json and the weights are complete: re-save (model.save_pretrained(DIR)) or re-download"
+                    if gguf_file is None else "GGUF loading in transformers needs `pip install gguf accelerate`",
                 ) from None
             raise DecError(
                 f"cannot load {source}: it is not a local directory, and the Hugging Face Hub did not provide it ({_reason(e)})",
                 hint="check the model id and your connection, or pass a local model directory (config.json + weights)",
             ) from None
         model.to(device)
-        return cls(model, _load_tokenizer(transformers, source, local if local.exists() else None))
+        return cls(model, _load_tokenizer(transformers, source, local if local.exists() else None, **extra))
 
 
 def _is_hub_id(s: str) -> bool:
@@ -319,12 +331,12 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {first[:300]}"
 
 
-def _load_tokenizer(transformers: Any, source: str, local: Path | None) -> Any:
+def _load_tokenizer(transformers: Any, source: str, local: Path | None, **extra: Any) -> Any:
     """AutoTokenizer for the model, if it has one; a local tokenizer that fails to load is an error."""
-    if local is not None and not any((local / f).is_file() for f in TOKENIZER_FILES):
+    if local is not None and not extra and not any((local / f).is_file() for f in TOKENIZER_FILES):
         return None
     try:
-        return transformers.AutoTokenizer.from_pretrained(source)
+        return transformers.AutoTokenizer.from_pretrained(source, **extra)
     except Exception as e:
         if local is None:
             return None  # a Hub model without a tokenizer

@@ -1,8 +1,13 @@
 """Text in, text out: one small wrapper over a Hugging Face `tokenizers.Tokenizer` or a `transformers` tokenizer.
 
     tok = Tokenizer.from_dir("stdlib/models/reference/target")
-    ids = tok.encode_prompt("def fibonacci(n):")     # BOS first, when the tokenizer names one
-    text = tok.decode(ids[1:])
+    ids = tok.encode_prompt("def fibonacci(n):")     # special tokens added as the model's own HF tokenizer adds them
+    text = tok.decode(ids)                            # special tokens skipped
+
+BOS. Whether a prompt starts with BOS is the tokenizer's own rule, exactly as in Hugging Face:
+`tokenizer.json`'s post-processor (a `TemplateProcessing` that puts BOS first, or none), i.e. what
+`AutoTokenizer.from_pretrained(dir)(text).input_ids` returns. SmolLM2 adds none; the shipped
+reference tokenizer puts `<|endoftext|>` first (as its training data had it).
 
 Models that carry a tokenizer (`model.tokenizer`) let `Decoder.generate` take strings.
 """
@@ -18,8 +23,10 @@ from decspec.dsl.diagnostics import DecError
 class Tokenizer:
     """ids <-> text. `backend` is a `tokenizers.Tokenizer` or a transformers `PreTrainedTokenizerBase`."""
 
-    def __init__(self, backend: Any, *, bos_token_id: int | None = None, eos_token_id: int | None = None, name: str = ""):
+    def __init__(self, backend: Any, *, bos_token_id: int | None = None, eos_token_id: int | None = None, name: str = "",
+                 chat_template: str | None = None):
         self.backend = backend
+        self.chat_template = chat_template
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.name = name
@@ -52,12 +59,16 @@ class Tokenizer:
                 token = token.get("content")
             return backend.token_to_id(token) if isinstance(token, str) else None
 
-        return cls(backend, bos_token_id=token_id("bos_token"), eos_token_id=token_id("eos_token"), name=str(path))
+        template = special.get("chat_template")
+        return cls(backend, bos_token_id=token_id("bos_token"), eos_token_id=token_id("eos_token"), name=str(path),
+                   chat_template=template if isinstance(template, str) else None)
 
     @classmethod
     def from_transformers(cls, tok: Any, name: str = "") -> Tokenizer:
         """Wrap a transformers tokenizer (AutoTokenizer.from_pretrained(...))."""
-        return cls(tok, bos_token_id=getattr(tok, "bos_token_id", None), eos_token_id=getattr(tok, "eos_token_id", None), name=name)
+        template = getattr(tok, "chat_template", None)
+        return cls(tok, bos_token_id=getattr(tok, "bos_token_id", None), eos_token_id=getattr(tok, "eos_token_id", None), name=name,
+                   chat_template=template if isinstance(template, str) else None)
 
     @property
     def vocab_size(self) -> int:
@@ -73,9 +84,42 @@ class Tokenizer:
         return self.backend.encode(text, add_special_tokens=False)
 
     def encode_prompt(self, text: str) -> list[int]:
-        """Ids to prompt a model with: BOS (when the tokenizer has one) + encode(text)."""
-        ids = self.encode(text)
-        return ([self.bos_token_id] if self.bos_token_id is not None else []) + ids
+        """Ids to prompt a model with: `encode(text)` plus the special tokens the tokenizer itself adds
+        (BOS for tokenizers whose post-processor adds one), as HF's `tokenizer(text).input_ids`."""
+        if self._fast:
+            return self.backend.encode(text, add_special_tokens=True).ids
+        return self.backend.encode(text, add_special_tokens=True)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text for a conversation, rendered with the model's chat template (as HF's
+        `apply_chat_template(..., tokenize=False)`: a sandboxed Jinja environment).
+
+        >>> tok.apply_chat_template([{"role": "user", "content": "Hi"}])   # doctest: +SKIP
+        '<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        if not self.chat_template:
+            raise DecError(f"the tokenizer {self.name or ''} has no chat template (tokenizer_config.json has no chat_template); "
+                           "pass the prompt as plain text")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                      and isinstance(m.get("content"), str) for m in messages):
+            raise DecError("messages must be a list of {'role': str, 'content': str} dicts")
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+        def raise_exception(message):
+            raise TemplateError(message)
+
+        env.globals["raise_exception"] = raise_exception
+        token = (lambda i: self.backend.id_to_token(i) if self._fast else self.backend.convert_ids_to_tokens(i))
+        try:
+            return env.from_string(self.chat_template).render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=token(self.bos_token_id) if self.bos_token_id is not None else "",
+                eos_token=token(self.eos_token_id) if self.eos_token_id is not None else "")
+        except TemplateError as e:
+            raise DecError(f"the chat template of {self.name or 'the tokenizer'} failed: {e}") from None
 
     def decode(self, ids: list[int]) -> str:
         if self._fast:

@@ -111,7 +111,7 @@ def encode(tok, texts: list[str]) -> torch.Tensor:
     """One stream: EOS text1 EOS text2 ... -> int64 [N]."""
     eos = tok.token_to_id(EOS)
     ids: list[int] = []
-    for enc in tok.encode_batch(texts):
+    for enc in tok.encode_batch(texts, add_special_tokens=False):
         ids.append(eos)
         ids.extend(enc.ids)
     return torch.tensor(ids, dtype=torch.long)
@@ -394,7 +394,13 @@ def hf_config(config: TransformerConfig) -> dict:
 
 
 def save_tokenizer(tok, out: Path) -> None:
+    """tokenizer.json with a post-processor that puts EOS first as the BOS (as training saw it), so
+    `transformers.AutoTokenizer(...)(text)` and decspec's `encode_prompt` agree; tokenizer_config.json."""
+    from tokenizers import Tokenizer, processors
+
     out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_str(tok.to_str())  # a copy: encode() above keeps adding no special tokens
+    tok.post_processor = processors.TemplateProcessing(single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B", special_tokens=[(EOS, 0)])
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS, "eos_token": EOS, "unk_token": None,

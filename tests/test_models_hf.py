@@ -279,8 +279,13 @@ def test_tokenizer_is_wrapped(tmp_path):
     HF.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     model = HFModel.from_pretrained(tmp_path)
-    assert model.tokenizer.encode_prompt("w5 w6") == [1, 5, 6]
+    assert model.tokenizer.encode_prompt("w5 w6") == tok("w5 w6").input_ids == [5, 6]  # HF's own BOS rule: none here
     assert model.tokenizer.decode([5, 6]) == "w5 w6"
+    backend.post_processor = tokenizers.processors.TemplateProcessing(single="w1 $A", special_tokens=[("w1", 1)])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="w1", eos_token="w2")
+    tok.save_pretrained(tmp_path)
+    model = HFModel.from_pretrained(tmp_path)
+    assert model.tokenizer.encode_prompt("w5 w6") == tok("w5 w6").input_ids == [1, 5, 6]  # a post-processor that adds BOS
 
 
 def greedy(hf, prompt: list[int], n: int, eos: int | None) -> list[int]:

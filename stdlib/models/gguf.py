@@ -159,8 +159,9 @@ def hf_state(reader, config: dict[str, Any], file: Path) -> dict[str, torch.Tens
             if kind not in LAYER_TENSORS or suffix not in ("weight", "bias"):
                 raise DecError(f"{file}: tensor {name} is not part of a {config['model_type']} model decspec can run")
             hf = f"model.layers.{layer}.{LAYER_TENSORS[kind]}.{suffix}"
-        elif name == "rope_freqs.weight":  # llama3 rope factors: decspec recomputes them from the config
-            continue
+        elif name == "rope_freqs.weight":  # per-frequency RoPE factors (Llama 3.1-style scaling) are not read yet
+            raise DecError(f"{file}: tensor rope_freqs.weight (Llama 3.1-style scaled RoPE) is not supported from GGUF yet; "
+                           "load the model's Hugging Face directory instead (config.json carries its rope_scaling)")
         else:
             raise DecError(f"{file}: tensor {name} is not part of a {config['model_type']} model decspec can run")
         try:

@@ -1,8 +1,9 @@
-"""Load Hugging Face Llama checkpoints into decspec's built-in Transformer, and the shipped reference pair.
+"""Load Hugging Face Llama-family checkpoints (llama, qwen2, qwen3, mistral) into decspec's built-in Transformer,
+and the shipped reference pair.
 
     models = reference_models()                        # {"target": ..., "draft": ...}, trained, with a tokenizer
     target = load_transformer("path/to/llama-dir")     # config.json + model.safetensors (+ tokenizer, heads)
-    model = load_model("path/to/any-hf-dir")           # built-in Transformer for Llama, else the HF adapter
+    model = load_model("path/to/any-hf-dir")           # built-in Transformer for the Llama family, else the HF adapter
 
 The reference pair lives in `reference/` beside this file (trained by `decspec.stdlib.models.train`
 on the Python standard library; see docs/models.md). Every failure to load names the file and the fix.
@@ -20,6 +21,7 @@ from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.models.heads import HEADS
 from decspec.stdlib.models.tokenizer import Tokenizer
 from decspec.stdlib.models.transformer import Transformer, TransformerConfig
+from decspec.stdlib.models.transformer_config import MODEL_TYPES, Unsupported
 
 REFERENCE = Path(__file__).with_name("reference")
 
@@ -74,18 +76,21 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 def load_transformer(
     path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", tokenizer: bool = True
 ) -> Transformer:
-    """A Llama checkpoint directory -> decspec's Transformer (weights cast to `dtype`), with its tokenizer and draft heads."""
+    """A Llama-family checkpoint directory (model_type llama, qwen2, qwen3 or mistral) -> decspec's Transformer
+    (weights cast to `dtype`), with its tokenizer and draft heads."""
     path = Path(path)
     raw = read_config(path)
-    if raw.get("model_type") not in (None, "llama"):
+    if raw.get("model_type") not in (None, *MODEL_TYPES):
         raise DecError(
-            f"{path / 'config.json'}: model_type {raw.get('model_type')!r} is not a Llama; the built-in model runs Llama "
-            "checkpoints only (load other architectures with decspec.stdlib.models.hf.HFModel.from_pretrained)"
+            f"{path / 'config.json'}: model_type {raw.get('model_type')!r} is not one the built-in model runs "
+            f"({', '.join(MODEL_TYPES)}); load other architectures with decspec.stdlib.models.hf.HFModel.from_pretrained "
+            "(or decspec.stdlib.models.pretrained.load_model, which picks the adapter)"
         )
     try:
         config = TransformerConfig.from_dict(raw)
     except (TypeError, ValueError) as e:
-        raise DecError(f"{path / 'config.json'}: {e}") from None
+        raise DecError(f"{path / 'config.json'}: {e}; load this checkpoint with decspec.stdlib.models.hf.HFModel.from_pretrained "
+                       "instead (transformers runs it as it is)") from None
     model = Transformer(config, dtype=dtype, device=device)
     state = read_weights(path)
     if config.tie_word_embeddings:
@@ -169,11 +174,19 @@ def load_eagle(path: Path, config: TransformerConfig, *, dtype: torch.dtype, dev
 
 
 def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """A local model directory -> the built-in Transformer for Llama checkpoints, the HF adapter for anything else."""
+    """A local model directory -> the built-in Transformer for the checkpoints it runs exactly (llama, qwen2, qwen3,
+    mistral, with a config it supports and safetensors weights), the HF adapter for anything else."""
     raw = read_config(path)
-    plain_rope = not raw.get("rope_scaling") and (raw.get("rope_parameters") or {}).get("rope_type", "default") == "default"
-    if raw.get("model_type") in (None, "llama") and plain_rope and not (Path(path) / "pytorch_model.bin").is_file():
-        return load_transformer(path, dtype=dtype, device=device)
+    if raw.get("model_type") in (None, *MODEL_TYPES) and not (Path(path) / "pytorch_model.bin").is_file():
+        try:
+            TransformerConfig.from_dict(raw)
+            builtin = True
+        except Unsupported:  # e.g. a RoPE scaling the built-in model does not implement: transformers runs it
+            builtin = False
+        except (TypeError, ValueError):  # a broken config.json: load_transformer's DecError names the fix
+            builtin = True
+        if builtin:
+            return load_transformer(path, dtype=dtype, device=device)
     from decspec.stdlib.models.hf import HFModel
 
     return HFModel.from_pretrained(path, dtype=dtype, device=device)

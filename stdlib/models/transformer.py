@@ -2,7 +2,9 @@
 
 Architecture and parameter names follow Hugging Face `LlamaForCausalLM` exactly (RMSNorm,
 rotate-half RoPE, SwiGLU MLP, grouped-query attention, optional tied embeddings), so an HF-format
-state dict loads unchanged:
+state dict loads unchanged. The same module runs the Llama-family variants that TransformerConfig
+describes (stdlib/models/transformer_config.py): q/k/v(/o) and MLP biases, Qwen3's per-head q/k
+RMSNorm, sliding-window attention (Mistral, Qwen2/3) and scaled RoPE (linear, llama3):
 
     model = Transformer.random(TransformerConfig(vocab_size=512), seed=0)
     cache = model.new_cache(batch=2, capacity=128)
@@ -15,6 +17,8 @@ With a tree_mask [B, T, T], token i attends every cached slot plus the block tok
 tree_mask[b, i, j] (i itself always), and its RoPE position is start[b] + depth(i), where
 depth(i) = number of block tokens it attends, minus one (its ancestors, for a tree mask that
 lists each node's ancestors). `positions` [B, T] overrides the RoPE positions in either mode.
+A layer with a sliding window W also drops the keys W or more positions behind the query (a cached
+slot s holds position s); the mask is built only when the cache holds more than W slots.
 After a tree forward, `cache.commit_path` moves an accepted path to contiguous slots.
 
 Early exit and layer skipping. `exit_layer=L` runs layers 0..L-1 and then the shared final norm
@@ -32,74 +36,12 @@ Parameters are frozen (requires_grad=False): decspec decodes with this model. Ca
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from decspec.stdlib.models.protocol import Cache, ModelOutput
-
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    """Hyperparameters, named as in Hugging Face `LlamaConfig`.
-
-    >>> TransformerConfig(vocab_size=512, hidden_size=128, num_hidden_layers=4).head_size
-    32
-    """
-
-    vocab_size: int = 512
-    hidden_size: int = 128
-    intermediate_size: int = 344
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int | None = None  # None: same as num_attention_heads (HF default)
-    head_dim: int | None = None  # None: hidden_size // num_attention_heads
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    max_position_embeddings: int = 2048
-    tie_word_embeddings: bool = False
-    initializer_range: float = 0.02
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.num_attention_heads % self.kv_heads:
-            raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} is not a multiple of num_key_value_heads={self.kv_heads}"
-            )
-        if self.head_size % 2:
-            raise ValueError(f"head_dim={self.head_size} must be even for rotary embeddings")
-
-    @property
-    def kv_heads(self) -> int:
-        return self.num_key_value_heads or self.num_attention_heads
-
-    @property
-    def head_size(self) -> int:
-        return self.head_dim or self.hidden_size // self.num_attention_heads
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TransformerConfig:
-        """Build from an HF `config.json` dict; fields decspec does not use are ignored."""
-        if d.get("rope_scaling"):
-            raise ValueError(f"rope_scaling={d['rope_scaling']!r} is not supported (plain RoPE only)")
-        rope_parameters = d.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta here
-        if rope_parameters.get("rope_type", "default") != "default":
-            raise ValueError(f"rope_parameters={rope_parameters!r} is not supported (plain RoPE only)")
-        if d.get("attention_bias") or d.get("mlp_bias"):
-            raise ValueError("attention_bias / mlp_bias are not supported (Llama has no biases)")
-        names = {f.name for f in dataclasses.fields(cls)}
-        eos = d.get("eos_token_id")
-        kw = {k: v for k, v in d.items() if k in names}
-        if isinstance(eos, list):  # HF allows several; the protocol has one
-            kw["eos_token_id"] = eos[0] if eos else None
-        if "rope_theta" in rope_parameters:
-            kw["rope_theta"] = rope_parameters["rope_theta"]
-        return cls(**kw)
+from decspec.stdlib.models.transformer_config import TransformerConfig
 
 
 class KVCache(Cache):
@@ -172,10 +114,11 @@ def rope(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) ->
 
 
 class Linear(nn.Linear):
-    """nn.Linear without bias whose weights are left uninitialized: `Transformer.random` or a loaded state dict fills them."""
+    """nn.Linear (no bias unless asked) whose parameters are left uninitialized: `Transformer.random` or a
+    loaded state dict fills them."""
 
-    def __init__(self, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device | str):
-        super().__init__(n_in, n_out, bias=False, dtype=dtype, device=device)
+    def __init__(self, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device | str, bias: bool = False):
+        super().__init__(n_in, n_out, bias=bias, dtype=dtype, device=device)
 
     def reset_parameters(self) -> None:
         pass
@@ -192,16 +135,24 @@ class Attention(nn.Module):
     def __init__(self, c: TransformerConfig, dtype: torch.dtype, device: torch.device | str):
         super().__init__()
         self.n_head, self.n_kv, self.d = c.num_attention_heads, c.kv_heads, c.head_size
-        self.q_proj = Linear(c.hidden_size, self.n_head * self.d, dtype, device)
-        self.k_proj = Linear(c.hidden_size, self.n_kv * self.d, dtype, device)
-        self.v_proj = Linear(c.hidden_size, self.n_kv * self.d, dtype, device)
-        self.o_proj = Linear(self.n_head * self.d, c.hidden_size, dtype, device)
+        qkv_bias = c.attention_bias or c.qkv_bias
+        self.q_proj = Linear(c.hidden_size, self.n_head * self.d, dtype, device, qkv_bias)
+        self.k_proj = Linear(c.hidden_size, self.n_kv * self.d, dtype, device, qkv_bias)
+        self.v_proj = Linear(c.hidden_size, self.n_kv * self.d, dtype, device, qkv_bias)
+        self.o_proj = Linear(self.n_head * self.d, c.hidden_size, dtype, device, c.attention_bias)
+        self.qk_norm = c.qk_norm
+        if c.qk_norm:  # Qwen3: RMSNorm over each head's D features of q and k, before RoPE
+            self.q_norm = RMSNorm(self.d, c.rms_norm_eps, dtype, device)
+            self.k_norm = RMSNorm(self.d, c.rms_norm_eps, dtype, device)
 
     def qkv(self, x, cos, sin):
         """x: [B, T, C] -> q [B, H, T, D], k and v [B, Hkv, T, D], with RoPE applied to q and k."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.d).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_head, self.d)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.d)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
 
@@ -212,19 +163,17 @@ class Attention(nn.Module):
         idx = slots[:, None, :, None].expand(B, self.n_kv, T, self.d)  # [B, Hkv, T, D]
         k_cache.scatter_(2, idx, k)  # the block's keys are written before attending
         v_cache.scatter_(2, idx, v)
-        rep = self.n_head // self.n_kv  # query head h reads kv head h // rep (HF repeat_kv)
-        keys = k_cache.repeat_interleave(rep, dim=1) if rep > 1 else k_cache  # [B, H, S, D]
-        values = v_cache.repeat_interleave(rep, dim=1) if rep > 1 else v_cache
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, H, T, D]
+        # y: [B, H, T, D]; query head h reads kv head h // (H / Hkv) (HF repeat_kv) without copying the cache
+        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=self.n_head != self.n_kv)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.d))
 
 
 class MLP(nn.Module):
     def __init__(self, c: TransformerConfig, dtype: torch.dtype, device: torch.device | str):
         super().__init__()
-        self.gate_proj = Linear(c.hidden_size, c.intermediate_size, dtype, device)
-        self.up_proj = Linear(c.hidden_size, c.intermediate_size, dtype, device)
-        self.down_proj = Linear(c.intermediate_size, c.hidden_size, dtype, device)
+        self.gate_proj = Linear(c.hidden_size, c.intermediate_size, dtype, device, c.mlp_bias)
+        self.up_proj = Linear(c.hidden_size, c.intermediate_size, dtype, device, c.mlp_bias)
+        self.down_proj = Linear(c.intermediate_size, c.hidden_size, dtype, device, c.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -265,6 +214,14 @@ def attention_mask(slots: torch.Tensor, capacity: int, tree_mask: torch.Tensor |
     return mask[:, None]
 
 
+def window_mask(mask: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, window: int) -> torch.Tensor:
+    """`mask` [B, 1, T, S] narrowed to a sliding window: token i also needs pos(i) - pos(slot) < window, where
+    a cached slot s holds position s and the block's slots hold its `positions` [B, T] (HF's sliding mask)."""
+    B, S = slots.shape[0], mask.shape[-1]
+    kpos = torch.arange(S, device=slots.device).expand(B, S).scatter(1, slots, positions)  # [B, S]
+    return mask & (positions[:, :, None] - kpos[:, None, :] < window)[:, None]
+
+
 def tree_depth(tree_mask: torch.Tensor) -> torch.Tensor:
     """Depth of each block node: how many block tokens it attends, minus one. [B, T, T] -> [B, T]."""
     T = tree_mask.shape[-1]
@@ -273,7 +230,7 @@ def tree_depth(tree_mask: torch.Tensor) -> torch.Tensor:
 
 
 class Transformer(nn.Module):
-    """Llama-architecture decoder implementing the decspec `Model` protocol.
+    """Llama-family decoder (llama, qwen2, qwen3, mistral) implementing the decspec `Model` protocol.
 
     >>> config = TransformerConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
     ...                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
@@ -298,21 +255,22 @@ class Transformer(nn.Module):
         self.lm_head = Linear(config.hidden_size, config.vocab_size, dtype, device)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        D = config.head_size
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=device).float() / D))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2], not in the state dict (as in HF)
+        self.windows = [config.window(i) for i in range(config.num_hidden_layers)]  # sliding window per layer, or None
+        self.register_buffer("inv_freq", config.inv_freq(device), persistent=False)  # [D/2], not in the state dict (as in HF)
         self.requires_grad_(False)
 
     @classmethod
     def random(
         cls, config: TransformerConfig, seed: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
     ) -> Transformer:
-        """Deterministic HF-style init: normal(0, initializer_range) weights, unit norm weights."""
+        """Deterministic HF-style init: normal(0, initializer_range) weights, unit norm weights, zero biases."""
         model = cls(config, dtype=dtype, device=device)
         gen = torch.Generator().manual_seed(seed)
         for name, p in model.named_parameters():  # registration order; tied weights appear once
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
             else:
                 w = torch.randn(p.shape, generator=gen, dtype=torch.float32) * config.initializer_range
                 p.copy_(w)
@@ -328,6 +286,11 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         c = self.config
+        if c.rope_type == "dynamic" and capacity > c.max_position_embeddings:
+            raise ValueError(
+                f"rope type 'dynamic' rescales RoPE beyond max_position_embeddings={c.max_position_embeddings}, which "
+                f"decspec does not implement; use a cache of at most that many positions (asked: {capacity})"
+            )
         return KVCache(
             batch, capacity, num_layers=c.num_hidden_layers, kv_heads=c.kv_heads, head_dim=c.head_size,
             dtype=self.dtype, device=self.device,
@@ -384,10 +347,11 @@ class Transformer(nn.Module):
         if positions is None:
             positions = slots if tree_mask is None else slots[:, :1] + tree_depth(tree_mask)
         mask = attention_mask(slots, cache.capacity, tree_mask)  # [B, 1, T, S]
+        masks = {w: window_mask(mask, slots, positions, w) for w in set(self.windows) if w is not None and w < cache.capacity}
         x = self.model.embed_tokens(tokens)  # [B, T, C]
         cos, sin = rope(positions, self.inv_freq, x.dtype)  # [B, 1, T, D]
         for i in layers:
-            x = self.model.layers[i](x, cos, sin, mask, slots, cache.k[i], cache.v[i])
+            x = self.model.layers[i](x, cos, sin, masks.get(self.windows[i], mask), slots, cache.k[i], cache.v[i])
         hidden = self.model.norm(x)  # [B, T, C]
         logits = self.lm_head(hidden).float()  # [B, T, V]
         return ModelOutput(logits, hidden)

@@ -141,9 +141,9 @@ def lower_dynamic_tree(lw: Lowering, inst, ctx):
     logits = b.emit("tree_call", [ctx], model=role, parents=(), first=0)[0]  # [B, 1, V]: q at the root
     q = _draft_q(lw, logits, topk)
     levels = _draw(lw, q, c, topk, distinct)
-    q_drawn = b.emit("repeat", [q], times=c)[0] if c > 1 else q  # the draft's own q each node was drawn from (its score)
-    parents, score = None, None
+    q_last, parents, score = q, None, None  # q_last: the distribution the last level's nodes were drawn from
     for _ in range(D - 1):
+        q_drawn = b.emit("repeat", [q_last], times=c)[0] if c > 1 else q_last  # the draft's own q each node was drawn from (its score)
         last = levels[-2]
         n = last.type.shape[1]
         if parents is None:  # only the root's children so far: the tree call's shape is static
@@ -155,7 +155,7 @@ def lower_dynamic_tree(lw: Lowering, inst, ctx):
             ins = [last, q_drawn, _draft_q(lw, logits, topk), score, parents]
         parents, q_sel, score = b.emit("tree_expand", ins, k=k, c=c)
         levels += _draw(lw, q_sel, c, topk, distinct)
-        q_drawn = b.emit("repeat", [q_sel], times=c)[0] if c > 1 else q_sel
+        q_last = q_sel
     if parents is None:  # depth 1: a static tree of the root's children
         tokens, probs, count = b.emit("tree_build", levels, parents=(0,) * c)
         return Proposal(tokens, probs, count, 1, parents=(0,) * c)

@@ -102,12 +102,15 @@ def rows_for(args, model, hf, T: float, B: int) -> list[tuple[str, dict, object]
          lambda: decspec_run("autoregressive.dec", models, sampling, B)),
         ("decspec prompt lookup", {"method": "prompt lookup", "impl": "decspec eager", "k": lk, "c": 0.0},
          lambda: decspec_run("prompt_lookup.dec", models, {"k": lk, "ngram": 2, "temperature": T}, B)),
-        (f"decspec swift skip {len(args.skip)}", {"method": "layer skip", "impl": "decspec eager", "k": k, "skip": args.skip},
-         lambda: decspec_run("swift.dec", models, {"k": k, "skip": skip, "temperature": T}, B)),
-        (f"decspec early exit {args.exit_layer}", {"method": "early exit", "impl": "decspec eager", "k": k, "layer": args.exit_layer},
-         lambda: decspec_run("layerskip.dec", models, {"k": k, "layer": args.exit_layer, "temperature": T}, B)),
     ]
-    if args.inductor:
+    if B == 1:  # self-drafting from the untrained model's own layers: batch 1 only (it does not pay; see docs)
+        out += [
+            (f"decspec swift skip {skip}", {"method": "layer skip", "impl": "decspec eager", "k": k, "skip": args.skip},
+             lambda: decspec_run("swift.dec", models, {"k": k, "skip": skip, "temperature": T}, B)),
+            (f"decspec early exit {args.exit_layer}", {"method": "early exit", "impl": "decspec eager", "k": k, "layer": args.exit_layer},
+             lambda: decspec_run("layerskip.dec", models, {"k": k, "layer": args.exit_layer, "temperature": T}, B)),
+        ]
+    if args.inductor and B == 1:
         out.insert(3, ("decspec autoregressive (inductor)", {"method": "autoregressive", "impl": "decspec inductor"},
                        lambda: decspec_run("autoregressive.dec", models, sampling, B, "inductor")))
         out.insert(5, ("decspec prompt lookup (inductor)", {"method": "prompt lookup", "impl": "decspec inductor", "k": lk, "c": 0.0},
@@ -167,7 +170,7 @@ def measure_config(args, model, hf, workload: str, ids: list[list[int]], T: floa
     by = {(r["impl"], r["method"]): r for r in rows if "tokens_per_second" in r}
     hf_plain = by.get(("HF", "autoregressive"))
     prompt_len = round(statistics.mean(map(len, ids)))
-    cost = cost_ratios(args, model, prompt_len, B)
+    cost = cost_ratios(args, model, prompt_len, B) if any(r["method"] in ("layer skip", "early exit") for r in by.values()) else {}
     for r in rows:
         if "tokens_per_second" not in r:
             continue
@@ -278,9 +281,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--k", type=int, default=4, help="draft length of the self-speculative rows")
     ap.add_argument("--lookup-k", type=int, default=10, help="draft length of the prompt lookup rows (HF's usual 10)")
-    ap.add_argument("--skip", type=int, nargs="+", default=None, help="layers the swift row skips (default: every other middle layer)")
+    ap.add_argument("--skip", type=int, nargs="+", default=None,
+                    help="layers the swift row skips (default: the 3-layer set python -m decspec.stdlib.models.skip_search found on "
+                         "SmolLM2-135M, [5, 17, 25]; every other middle layer for other models)")
     ap.add_argument("--exit-layer", type=int, default=None, help="early-exit layer (default: 3/4 of the depth)")
-    ap.add_argument("--inductor", action="store_true", help="add torch.compile'd rows (slow to warm up on CPU)")
+    ap.add_argument("--inductor", action="store_true", help="add torch.compile'd rows at batch 1 (about a minute of compiling each on CPU)")
     ap.add_argument("--hf-early-exit", action="store_true", help="add HF assistant_early_exit at batch 1")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_model.json")
     ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "real_model.md")
@@ -292,7 +297,7 @@ def main(argv=None) -> None:
     path = pull(args.model)
     model = load_named(args.model)
     L = model.num_layers
-    args.skip = args.skip or list(range(L // 4, L - L // 4, 2))
+    args.skip = args.skip or ([5, 17, 25] if args.model == "smollm2-135m-instruct" else list(range(L // 4, L - L // 4, 2)))
     args.exit_layer = args.exit_layer or (3 * L) // 4
     hf = hf_model(path)
     start_load, t0 = os.getloadavg(), time.perf_counter()

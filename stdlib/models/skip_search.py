@@ -44,8 +44,10 @@ class SkipReport:
     seconds: float = 0.0
 
     @property
-    def best(self) -> SkipCandidate:
-        return max(self.path, key=lambda c: c.ideal_speedup)
+    def best(self) -> SkipCandidate | None:
+        """The skip set of highest ideal speedup, or None when no non-empty set beats plain decoding."""
+        best = max(self.path[1:], key=lambda c: c.ideal_speedup, default=None)
+        return best if best is not None and best.ideal_speedup > 1.0 else None
 
     def table(self) -> str:
         lines = [f"{'layers skipped':>15} {'agreement':>9} {'c':>6} {'ideal':>6}  skip set"]
@@ -61,7 +63,7 @@ def ideal_speedup(alpha: float, k: int, c: float) -> float:
 
 
 def _argmax(model, ids: torch.Tensor, skip: tuple[int, ...]) -> torch.Tensor:
-    cache = model.new_cache(1, ids.shape[1])
+    cache = model.new_cache(1, ids.shape[0])
     return model.forward(ids[None], cache, skip_layers=skip or None).logits[0].argmax(-1)  # [T]
 
 
@@ -144,9 +146,13 @@ def main(argv=None) -> None:
     report = search_skip_set(model, calibration, k=args.k, max_skip=args.max_skip)
     print(report.table())
     best = report.best
-    print(f"\nbest: skip {list(best.skip)} (agreement {best.agreement:.3f}, ideal speedup {best.ideal_speedup:.2f} at k={args.k}); "
-          f"{report.positions} calibration positions, {report.seconds:.0f} s\n"
-          f"use: decspec run specs/swift.dec 'skip={list(best.skip)}' --target {args.model}")
+    print(f"\n{report.positions} calibration positions, {report.seconds:.0f} s; the first row is the full model as its own draft")
+    if best is None:
+        print(f"no skip set pays on this model at k={args.k}: every one's ideal speedup is below 1 (agreement falls faster "
+              "than the draft's cost)")
+    else:
+        print(f"best: skip {list(best.skip)} (agreement {best.agreement:.3f}, ideal speedup {best.ideal_speedup:.2f} at k={args.k})\n"
+              f"use: decspec run specs/swift.dec 'skip={list(best.skip)}' --target {args.model}")
 
 
 if __name__ == "__main__":

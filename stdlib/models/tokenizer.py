@@ -120,6 +120,8 @@ class Tokenizer:
                 eos_token=token(self.eos_token_id) if self.eos_token_id is not None else "")
         except TemplateError as e:
             raise DecError(f"the chat template of {self.name or 'the tokenizer'} failed: {e}") from None
+        except Exception as e:  # a template that is not valid for these messages (a TypeError inside Jinja, ...)
+            raise DecError(f"the chat template of {self.name or 'the tokenizer'} failed: {type(e).__name__}: {e}") from None
 
     def decode(self, ids: list[int]) -> str:
         if self._fast:

@@ -1,7 +1,7 @@
 """Every spec in specs/ on the shipped reference models: accepted tokens per round and speedup over autoregressive.
 
     python -m benchmarks.spec_table [--backend eager|inductor] [--prompts 4] [--new-tokens 48] [--repeats 1]
-                                    [--batch 1] [--threads 1] [--temperatures 0 1] [--specs NAME ...]
+                                    [--batch 1] [--threads 1] [--temperatures 0 1] [--specs NAME ...] [--target NAME]
                                     [--out benchmarks/results/spec_table.json] [--markdown docs/spec_table.md]
 
 The specs are whatever `specs/*.dec` holds when it runs. Each is compiled with `decspec.compile` on the
@@ -19,6 +19,10 @@ first, so changes of the machine's load hit both alike), whether the tokens equa
 and the losslessness verdict of `decspec check`. A spec that does not compile or run on these models gets a
 row with the reason. A grammar-constrained spec decodes a different (masked) distribution, so its speedup
 over unconstrained autoregressive decoding is not comparable and is marked so.
+
+With `--target NAME` (a named real model, `decspec pull`), the specs run on that model alone (role
+"target"; specs that need a separate draft model or trained heads get a row saying so) on chat prompts
+(benchmarks/prompts.py), and the files are spec_table_NAME.json / .md.
 
 Writes benchmarks/results/spec_table.json and docs/spec_table.md.
 """
@@ -244,16 +248,21 @@ def render_markdown(data: dict) -> str:
     a = data["args"]
     temps = sorted({r["temperature"] for r in data["rows"]})
     load = data.get("load_average")
+    json_path = data.get("json", "benchmarks/results/spec_table.json")
     parts = [
-        "# Every spec on the shipped models\n",
-        f"Mean accepted tokens per round and speedup over autoregressive decoding for every spec in `specs/`, on the shipped "
-        f"reference models (`reference_models()`: the target, and the 1-layer draft for specs with a `draft` role; early-exit "
-        f"and layer-skip drafts and Medusa/Hydra heads come from the target), float32, {a['backend']} backend, "
-        f"{a['prompts']} held-out standard-library prompts × {a['new_tokens']} new tokens (no EOS stop), batch {a['batch']}, "
+        f"# Every spec on {a.get('target') or 'the shipped models'}\n",
+        (f"Mean accepted tokens per round and speedup over autoregressive decoding for every spec in `specs/`, on the named model "
+         f"`{a['target']}` alone (role `target`: specs that need a draft model or trained heads report why they cannot run), "
+         f"float32, {a['backend']} backend, {a['prompts']} chat prompts (benchmarks/prompts.py) × {a['new_tokens']} new tokens "
+         f"(no EOS stop), batch {a['batch']}, " if a.get("target") else
+         f"Mean accepted tokens per round and speedup over autoregressive decoding for every spec in `specs/`, on the shipped "
+         f"reference models (`reference_models()`: the target, and the 1-layer draft for specs with a `draft` role; early-exit "
+         f"and layer-skip drafts and Medusa/Hydra heads come from the target), float32, {a['backend']} backend, "
+         f"{a['prompts']} held-out standard-library prompts × {a['new_tokens']} new tokens (no EOS stop), batch {a['batch']}, ") +
         f"{a.get('threads', 1)} torch thread(s), "
         f"median of {a['repeats']} timed run(s) after a short warm-up.\n",
-        f"Produced by `{data['command']}` on {data['date']} (JSON: `benchmarks/results/spec_table.json`"
-        + ("; plot of the speedups: `benchmarks/results/spec_table.png`" if data.get("plot") else "") + "). "
+        f"Produced by `{data['command']}` on {data['date']} (JSON: `{json_path}`"
+        + (f"; plot of the speedups: `{json_path.removesuffix('.json')}.png`" if data.get("plot") else "") + "). "
         f"Machine: {data['machine']}"
         + (f"; load average {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end (1 min; the CPU is shared)" if load else "")
         + f". Total run: {data['total_seconds']:.0f} s.\n",
@@ -311,7 +320,7 @@ def plot(data: dict, path: Path) -> bool:
 def command_line(args: argparse.Namespace) -> str:
     cmd = (f"python -m benchmarks.spec_table --backend {args.backend} --prompts {args.prompts} --new-tokens {args.new_tokens} "
            f"--repeats {args.repeats} --batch {args.batch} --threads {args.threads} --temperatures {' '.join(f'{t:g}' for t in args.temperatures)}")
-    return cmd + (f" --specs {' '.join(args.specs)}" if args.specs else "")
+    return cmd + (f" --specs {' '.join(args.specs)}" if args.specs else "") + (f" --target {args.target}" if args.target else "")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -325,8 +334,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, loaded CPU two threads per process can run 20x slower)")
     ap.add_argument("--specs", nargs="+", metavar="NAME", help="a subset of specs/ (file stems); default: all")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "spec_table.json")
-    ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "spec_table.md")
+    ap.add_argument("--target", help="a named real model (decspec models) instead of the shipped pair")
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/spec_table[_TARGET].json")
+    ap.add_argument("--markdown", type=Path, default=None, help="default docs/spec_table[_TARGET].md")
     return ap
 
 
@@ -341,8 +351,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     specs = discover(SPECS, args.specs)
     from decspec.stdlib.models.pretrained import reference_models
 
-    models = reference_models()
-    ids = [models["target"].tokenizer.encode_prompt(p) for p in heldout_prompts(args.prompts)]
+    suffix = f"_{args.target}" if args.target else ""
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"spec_table{suffix}.json"
+    args.markdown = args.markdown or ROOT / "docs" / f"spec_table{suffix}.md"
+    if args.target:
+        from benchmarks.prompts import chat_prompts
+        from decspec.stdlib.models.registry import resolve_model
+
+        models = {"target": resolve_model(args.target)}
+        ids = [models["target"].tokenizer.encode_prompt(p) for p in chat_prompts(models["target"].tokenizer, args.prompts)]
+    else:
+        models = reference_models()
+        ids = [models["target"].tokenizer.encode_prompt(p) for p in heldout_prompts(args.prompts)]
     rows = measure(models, ids, specs, temperatures=args.temperatures, backend=args.backend, new_tokens=args.new_tokens,
                    repeats=args.repeats, batch=args.batch, log=lambda s: print(s, flush=True))
     data = {
@@ -350,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
         "torch": torch.__version__, "load_average": {"start": list(start_load), "end": list(os.getloadavg())},
         "specs": [p.stem for p in specs], "total_seconds": time.perf_counter() - t0, "rows": rows,
+        "json": str(args.out.relative_to(ROOT)) if args.out.is_relative_to(ROOT) else str(args.out),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1) + "\n")

@@ -52,8 +52,12 @@ class PrefixCache:
         T = int(count.max())
         feed_pos = (start[:, None] + torch.arange(T, device=device)).clamp(max=W - 1)  # [B, T]
         feed = seq.gather(1, feed_pos)
-        result = self.model.forward(feed, cache, n_valid=count)
-        out = result.logits  # [B, T, V]
+        kw = {}
+        if last and not self.record_hidden and getattr(self.model, "logits_keep", False):
+            kw["keep"] = T - int(count.min()) + 1  # only the positions read below: a prefill skips the head over the prompt
+        result = self.model.forward(feed, cache, n_valid=count, **kw)
+        out = result.logits  # [B, T, V], or [B, keep, V]: position T - keep + j at j
+        shift = T - out.shape[1]
         if self.record_hidden:  # keep every fed position's hidden state: `hidden` reads it later without a forward
             if result.hidden is None:
                 raise ValueError(f"{type(self.model).__name__} returns no hidden states (ModelOutput.hidden), which draft heads read")
@@ -65,7 +69,7 @@ class PrefixCache:
         self.tokens_fed += int(count.sum())
         rows = torch.arange(out.shape[0], device=device)
         if last:
-            return out[rows, count - 1]  # [B, V]
+            return out[rows, count - 1 - shift]  # [B, V]
         idx = (first - start)[:, None] + torch.arange(n + 1, device=device)  # [B, n+1]
         return out.gather(1, idx[..., None].expand(-1, -1, out.shape[-1]))
 

@@ -317,3 +317,25 @@ def test_random_models():
     assert isinstance(target, Model) and isinstance(draft, Model)
     logits = target.forward(torch.tensor([[1, 2, 3]]), target.new_cache(1, 8)).logits
     assert logits.shape == (1, 3, 512) and torch.isfinite(logits).all()
+
+
+def test_keep_computes_only_the_last_logits():
+    tokens = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(3))
+    full = MODEL.forward(tokens, MODEL.new_cache(2, 16)).logits
+    cache = MODEL.new_cache(2, 16)
+    kept = MODEL.forward(tokens, cache, keep=2)
+    assert kept.logits.shape == (2, 2, V) and kept.hidden.shape[1] == 7
+    assert torch.allclose(kept.logits, full[:, -2:], atol=ATOL)
+    assert torch.equal(cache.length, torch.tensor([7, 7]))  # the cache is fed as without keep
+
+
+def test_prefix_cache_reads_the_same_logits_with_keep():
+    from decspec.backends.prefix import PrefixCache
+
+    ctx = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(4))  # static capacity 20
+    length = torch.tensor([12, 5])  # ragged rows: the kept window must cover the shorter row's last position
+    with_keep, without = PrefixCache(MODEL, 2, 32), PrefixCache(MODEL, 2, 32)
+    without.model = type("NoKeep", (), {"forward": MODEL.forward, "logits_keep": False})()
+    assert torch.allclose(with_keep.logits(ctx, length), without.logits(ctx, length), atol=ATOL)
+    ext = torch.randint(0, V, (2, 3), generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(with_keep.logits(ctx, length, ext, 3), without.logits(ctx, length, ext, 3), atol=ATOL)

@@ -43,7 +43,8 @@ class StaticSession:
         n = (ctx_length - 1).clamp(min=0)  # [B]
         T = max(int(n.max()), 1)
         self.cache.rollback(torch.zeros_like(n))
-        out = self.model.forward(ctx_tokens[:, :T], self.cache, n_valid=n)
+        kw = {"keep": 1} if getattr(self.model, "logits_keep", False) else {}  # the prefill's logits are never read
+        out = self.model.forward(ctx_tokens[:, :T], self.cache, n_valid=n, **kw)
         self.keep(out, torch.zeros_like(n), T)
         self.calls += 1
         self.tokens_fed += int(n.sum())

@@ -315,14 +315,18 @@ class Transformer(nn.Module):
         skip_layers: tuple[int, ...] | None = None,
         tree_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        keep: int | None = None,
     ) -> ModelOutput:
         """Run tokens [B, T] after what `cache` holds. -> logits [B, T, V] (float32), hidden [B, T, C].
 
         positions: [B, T] RoPE positions; default start + i, or start + depth(i) with a tree_mask.
+        keep: compute logits for the last `keep` positions only (logits [B, keep, V]), as HF's
+        `logits_to_keep`: a prefill that needs the next-token distribution alone skips the LM head
+        over the prompt (49k-vocabulary models spend as long there as in the layers).
         """
         layers = self.layers_to_run(exit_layer, skip_layers)
         slots = cache.write_tokens(tokens)  # [B, T]; raises CacheFull before anything is written
-        out = self._run(tokens, cache, slots, layers, tree_mask, positions)
+        out = self._run(tokens, cache, slots, layers, tree_mask, positions, keep)
         cache.advance(tokens.shape[1], n_valid)
         return out
 
@@ -342,7 +346,9 @@ class Transformer(nn.Module):
         cache.length.copy_(start + tokens.shape[1])
         return out
 
-    def _run(self, tokens, cache, slots, layers, tree_mask, positions) -> ModelOutput:
+    logits_keep = True  # forward takes `keep` (backends/prefix.py asks only for the logits it reads)
+
+    def _run(self, tokens, cache, slots, layers, tree_mask, positions, keep=None) -> ModelOutput:
         """The layers over tokens [B, T] written at cache slots [B, T]. -> logits [B, T, V], hidden [B, T, C]"""
         if positions is None:
             positions = slots if tree_mask is None else slots[:, :1] + tree_depth(tree_mask)
@@ -353,7 +359,7 @@ class Transformer(nn.Module):
         for i in layers:
             x = self.model.layers[i](x, cos, sin, masks.get(self.windows[i], mask), slots, cache.k[i], cache.v[i])
         hidden = self.model.norm(x)  # [B, T, C]
-        logits = self.lm_head(hidden).float()  # [B, T, V]
+        logits = self.lm_head(hidden if keep is None else hidden[:, -keep:]).float()  # [B, T, V] or [B, keep, V]
         return ModelOutput(logits, hidden)
 
     def draft_head(self, kind: str):

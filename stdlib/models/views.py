@@ -27,6 +27,7 @@ class _View(torch.nn.Module):
         self.max_positions = model.max_positions
         self.num_layers = len(layers)
         self.tokenizer = getattr(model, "tokenizer", None)
+        self.logits_keep = getattr(model, "logits_keep", False)  # forward passes `keep` on when the model takes it
 
     def new_cache(self, batch: int, capacity: int) -> Cache:
         return self.model.new_cache(batch, capacity)
@@ -56,12 +57,13 @@ class EarlyExit(_View):
         super().__init__(model, list(range(layer)))
         self.layer = layer
 
-    def forward(self, tokens: torch.Tensor, cache: Cache, *, n_valid=None, exit_layer=None, skip_layers=None, tree_mask=None) -> ModelOutput:
+    def forward(self, tokens: torch.Tensor, cache: Cache, *, n_valid=None, exit_layer=None, skip_layers=None, tree_mask=None,
+                **keep) -> ModelOutput:
         if exit_layer is not None and exit_layer > self.layer:
             raise ValueError(f"exit_layer={exit_layer} is deeper than this early-exit view ({self.layer} layers)")
         return self.model.forward(
             tokens, cache, n_valid=n_valid, exit_layer=self.layer if exit_layer is None else exit_layer,
-            skip_layers=skip_layers, tree_mask=tree_mask,
+            skip_layers=skip_layers, tree_mask=tree_mask, **keep,
         )
 
     def _view_args(self) -> dict:
@@ -82,9 +84,10 @@ class SkipLayers(_View):
         super().__init__(model, [i for i in range(L) if i not in layers])
         self.skip = layers
 
-    def forward(self, tokens: torch.Tensor, cache: Cache, *, n_valid=None, exit_layer=None, skip_layers=None, tree_mask=None) -> ModelOutput:
+    def forward(self, tokens: torch.Tensor, cache: Cache, *, n_valid=None, exit_layer=None, skip_layers=None, tree_mask=None,
+                **keep) -> ModelOutput:
         skip = tuple(sorted(set(self.skip) | set(skip_layers or ())))
-        return self.model.forward(tokens, cache, n_valid=n_valid, exit_layer=exit_layer, skip_layers=skip, tree_mask=tree_mask)
+        return self.model.forward(tokens, cache, n_valid=n_valid, exit_layer=exit_layer, skip_layers=skip, tree_mask=tree_mask, **keep)
 
     def _view_args(self) -> dict:
         return {"skip_layers": self.skip}

@@ -188,6 +188,7 @@ def _ngram_lookup(p, ins):
     _expect(isinstance(k, int) and k >= 1, "ngram_lookup max must be a positive int")
     _expect(isinstance(n, int) and isinstance(lo, int) and 1 <= lo <= n, "ngram_lookup needs ints 1 <= min_ngram <= ngram")
     _expect(isinstance(p.get("vocab"), str), "ngram_lookup vocab must name a model role")
+    _expect(isinstance(p.get("earliest", False), bool), "ngram_lookup earliest must be a bool")
     _expect(len(ins) == 1 and ins[0] == CTX, "ngram_lookup takes the context")
     return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
 
@@ -381,7 +382,7 @@ OPS: dict[str, OpDef] = {
         OpDef("mul", "pure", _mul, "a * b, elementwise"),
         OpDef("predict_accept", "pure", _predict_accept, "a registered predictor's estimate in [0, 1] that the next draft is accepted, "
               "from this step's draft statistics (stdlib/predictors.py)"),
-        OpDef("ngram_lookup", "pure", _ngram_lookup, "prompt lookup: find the most recent earlier occurrence in ctx of ctx's last n tokens "
+        OpDef("ngram_lookup", "pure", _ngram_lookup, "prompt lookup: find the most recent (`earliest`: the first) earlier occurrence in ctx of ctx's last n tokens "
               "(n = ngram, ngram-1, ..., min_ngram; the first n that matches wins) and propose the up to max tokens that followed it "
               "(fewer where ctx ends; none without a match): tokens d [B,K], their distributions q [B,K,V], one-hot on each d_i "
               "(zero rows past the count), and the count [B]. V is the vocabulary of the model role `vocab`, read from the "

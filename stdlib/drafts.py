@@ -66,7 +66,8 @@ def lower_lookup(lw: Lowering, inst, ctx):
                        hint=f"use min_ngram <= {n}")
     refuse_stop(lw, "lookup", "remove `stop`; lookup already drafts only as far as its match goes")
     target = lw.role(lw.spec.slot("target"))  # q's vocabulary: the target's (every bound model shares it)
-    tokens, probs, count = lw.b.emit("ngram_lookup", [ctx], max=k, ngram=n, min_ngram=lo, vocab=target)
+    where = {"earliest": True} if inst.arg("earliest") else {}  # printed only when set: the default keeps its IR text
+    tokens, probs, count = lw.b.emit("ngram_lookup", [ctx], max=k, ngram=n, min_ngram=lo, vocab=target, **where)
     return Proposal(tokens, probs, count, k)
 
 
@@ -78,8 +79,10 @@ register(
             Param("ngram", "int", default=3, low=1, high=16, doc="longest suffix of the context looked up"),
             Param("min_ngram", "int", default=1, low=1, high=16, doc="shortest suffix tried when longer ones have no earlier occurrence"),
             Param("max", "int", default=4, low=1, high=64, doc="most tokens drafted per round"),
+            Param("earliest", "bool", default=False, doc="take the earliest occurrence (as Hugging Face's prompt lookup does) "
+                  "instead of the most recent: on code-editing prompts it copies from the quoted source"),
         ),
-        "Prompt lookup: find the most recent earlier occurrence of the context's last `ngram` tokens "
+        "Prompt lookup: find the most recent (with `earliest = true`: the first) earlier occurrence of the context's last `ngram` tokens "
         "(then ngram-1, ..., `min_ngram`) and propose the up to `max` tokens that followed it; "
         "none when nothing matches (the round then commits the target's own token). No draft model.",
         Contract(True, "each draft token comes with its draft distribution q, one-hot on the token, which the verifier receives"),

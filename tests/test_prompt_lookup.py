@@ -27,24 +27,26 @@ SPEC = "specs/prompt_lookup.dec"
 S = 24  # context capacity of the hand-made contexts
 
 
-def reference(row: list[int], k: int, ngram: int, min_ngram: int) -> list[int]:
-    """The lookup in plain Python: the latest earlier occurrence of the longest suffix that has one."""
+def reference(row: list[int], k: int, ngram: int, min_ngram: int, earliest: bool = False) -> list[int]:
+    """The lookup in plain Python: the latest (earliest: the first) earlier occurrence of the longest suffix that has one."""
     L = len(row)
     for n in range(min(ngram, L - 1), min_ngram - 1, -1):
-        for i in range(L - n - 1, -1, -1):  # most recent first; i + n < L: a token follows the match
+        starts = range(L - n) if earliest else range(L - n - 1, -1, -1)
+        for i in starts:  # i + n < L: a token follows the match
             if row[i:i + n] == row[L - n:]:
                 return row[i + n:i + n + k]
     return []
 
 
-def lookup(rows: list[list[int]], k: int = 4, ngram: int = 3, min_ngram: int = 1, vocab: int = 10):
+def lookup(rows: list[list[int]], k: int = 4, ngram: int = 3, min_ngram: int = 1, vocab: int = 10, earliest: bool = False):
     """Both implementations on a padded batch; they must agree. -> (drafts per row, q [B, K, V])"""
     tokens = torch.tensor([r + [7] * (S - len(r)) for r in rows])  # padding that would match, were it read
     length = torch.tensor([len(r) for r in rows])
     state = SimpleNamespace(sessions={"target": SimpleNamespace(model=SimpleNamespace(vocab_size=vocab))})
-    op = Op("ngram_lookup", (), (), (("max", k), ("ngram", ngram), ("min_ngram", min_ngram), ("vocab", "target")))
+    params = (("max", k), ("ngram", ngram), ("min_ngram", min_ngram), ("vocab", "target")) + ((("earliest", True),) if earliest else ())
+    op = Op("ngram_lookup", (), (), params)
     d, q, count = eager.ngram_lookup(state, op, Context(tokens, length))
-    d2, q2, count2 = kernels.ngram_lookup(tokens, length, k, ngram, min_ngram, vocab)
+    d2, q2, count2 = kernels.ngram_lookup(tokens, length, k, ngram, min_ngram, vocab, earliest)
     assert torch.equal(d, d2) and torch.equal(q, q2) and torch.equal(count, count2)
     assert d.shape == (len(rows), k) and q.shape == (len(rows), k, vocab)
     assert (d[torch.arange(k)[None, :] >= count[:, None]] == 0).all()  # nothing past the count
@@ -54,6 +56,11 @@ def lookup(rows: list[list[int]], k: int = 4, ngram: int = 3, min_ngram: int = 1
 def test_the_most_recent_match_wins():
     drafts, _ = lookup([[1, 2, 3, 9, 8, 1, 2, 3, 7, 5, 6, 1, 2, 3]])
     assert drafts == [[7, 5, 6, 1]]
+
+
+def test_earliest_takes_the_first_match():
+    drafts, _ = lookup([[1, 2, 3, 9, 8, 1, 2, 3, 7, 5, 6, 1, 2, 3]], earliest=True)
+    assert drafts == [[9, 8, 1, 2]]
 
 
 def test_longer_ngrams_first_then_shorter():
@@ -86,8 +93,9 @@ def test_no_match_means_no_drafts():
 )
 def test_lookup_equals_the_plain_python_reference(rows, k, ngram, data):
     min_ngram = data.draw(st.integers(1, ngram))
-    drafts, _ = lookup(rows, k, ngram, min_ngram, vocab=4)
-    assert drafts == [reference(r, k, ngram, min_ngram) for r in rows]
+    earliest = data.draw(st.booleans())
+    drafts, _ = lookup(rows, k, ngram, min_ngram, vocab=4, earliest=earliest)
+    assert drafts == [reference(r, k, ngram, min_ngram, earliest) for r in rows]
 
 
 # --------------------------------------------------------------------------- decoding
@@ -132,9 +140,10 @@ def test_rounds_without_drafts_commit_the_targets_token():
 @pytest.mark.parametrize("temperature", [0.7, 1.0])
 def test_lookup_is_exactly_lossless_when_sampling(prompt, temperature):
     target = TableModel.random(3, 1, seed=sum(prompt), eos_token_id=2 if prompt == [1] else None)
-    check = assert_lossless(SPEC, models={"target": target}, prompt=prompt, max_new_tokens=4, method="exact",
-                            temperature=temperature, k=3, ngram=2)
-    assert check.method == "exact"
+    for earliest in (False, True):
+        check = assert_lossless(SPEC, models={"target": target}, prompt=prompt, max_new_tokens=4, method="exact",
+                                temperature=temperature, k=3, ngram=2, earliest=earliest)
+        assert check.method == "exact"
 
 
 def test_the_analysis_says_why():
@@ -151,7 +160,7 @@ PROMPTS = [[5, 6, 7, 8, 5, 6, 7], [9, 10, 9, 10, 9], [11], [3, 4, 5, 3, 4, 5, 3,
 
 def test_inductor_equals_eager_token_for_token():
     models = {"target": random_models(seed=3)["target"]}
-    for overrides in ({"k": 1}, {"k": 4, "ngram": 2}):
+    for overrides in ({"k": 1}, {"k": 4, "ngram": 2}, {"k": 4, "ngram": 2, "earliest": True}):
         eager_dec = decspec.compile(SPEC, models=models, overrides=overrides)
         gen = decspec.compile(SPEC, models=models, overrides=overrides, backend="inductor")
         a = eager_dec.generate(PROMPTS, max_new_tokens=14, seed=0)

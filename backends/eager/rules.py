@@ -159,10 +159,12 @@ def predict_accept(state, op, prob, entropy, cumprob, step):
     return (predict(op.param("predictor"), prob, entropy, cumprob, step),)
 
 
-def lookup_drafts(tokens: torch.Tensor, length: torch.Tensor, k: int, ngram: int, min_ngram: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt lookup with static shapes: for n = ngram .. min_ngram, the most recent occurrence of
-    each row's last n tokens that some token follows; the first n with one wins, and the up to k
-    tokens after it are the drafts. tokens: [B, S], length: [B] -> drafts [B, K] (0 past count), count [B]"""
+def lookup_drafts(tokens: torch.Tensor, length: torch.Tensor, k: int, ngram: int, min_ngram: int,
+                  earliest: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt lookup with static shapes: for n = ngram .. min_ngram, the most recent (earliest: the
+    first) occurrence of each row's last n tokens that some token follows; the first n with one wins,
+    and the up to k tokens after it are the drafts. tokens: [B, S], length: [B] -> drafts [B, K]
+    (0 past count), count [B]"""
     B, S = tokens.shape
     L = length[:, None]  # [B, 1]
     start = torch.zeros(B, dtype=torch.long, device=tokens.device)  # [B] where the drafts begin
@@ -171,7 +173,8 @@ def lookup_drafts(tokens: torch.Tensor, length: torch.Tensor, k: int, ngram: int
         suffix = tokens.gather(1, (L - n + torch.arange(n, device=tokens.device)).clamp(min=0))  # [B, n] the last n tokens
         i = torch.arange(S - n + 1, device=tokens.device)[None, :]  # [1, W] window starts
         hit = (tokens.unfold(1, n, 1) == suffix[:, None, :]).all(-1) & (i + n < L)  # [B, W]: a match with a token after it
-        last = torch.where(hit, i, -1).amax(1)  # [B] the most recent match, -1 for none
+        last = torch.where(hit, i, S).amin(1) if earliest else torch.where(hit, i, -1).amax(1)  # [B] the match
+        last = torch.where(last >= S, -1, last)  # -1 for none
         new = ~found & (last >= 0)
         start = torch.where(new, last + n, start)
         found = found | new
@@ -190,7 +193,8 @@ def one_hot_drafts(drafts: torch.Tensor, count: torch.Tensor, vocab: int) -> tor
 
 def ngram_lookup(state, op, ctx):
     """Drafts copied from the context (Saxena 2023); q one-hot over the vocabulary of the model role `vocab`."""
-    drafts, count = lookup_drafts(ctx.tokens, ctx.length, op.param("max"), op.param("ngram"), op.param("min_ngram"))
+    drafts, count = lookup_drafts(ctx.tokens, ctx.length, op.param("max"), op.param("ngram"), op.param("min_ngram"),
+                                  op.param("earliest", False))
     vocab = state.sessions[op.param("vocab")].model.vocab_size
     return drafts, one_hot_drafts(drafts, count, vocab), count
 

@@ -259,7 +259,7 @@ class Emitter:
         elif op.name == "recycle_update":
             self.line(f"{outs[0]} = K.recycle_update({ins[0]}, ctx_tokens, ctx_length, {', '.join(ins[2:])}){where}")
         elif op.name == "ngram_lookup":  # the context's tokens, and V from the bound model
-            args = f"{p('max')}, {p('ngram')}, {p('min_ngram')}, m[{p('vocab')!r}].model.vocab_size"
+            args = f"{p('max')}, {p('ngram')}, {p('min_ngram')}, m[{p('vocab')!r}].model.vocab_size, {bool(op.param('earliest', False))}"
             self.line(f"{', '.join(outs)} = K.ngram_lookup(ctx_tokens, ctx_length, {args}){where}")
         elif op.name == "commit":
             steps = "" if self.steps is None else f", {self.steps}"

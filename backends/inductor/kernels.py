@@ -60,10 +60,11 @@ def logical_not(a: torch.Tensor) -> torch.Tensor:
     return ~a
 
 
-def ngram_lookup(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, k: int, ngram: int, min_ngram: int, vocab: int):
+def ngram_lookup(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, k: int, ngram: int, min_ngram: int, vocab: int,
+                 earliest: bool = False):
     """Prompt lookup over the context buffer: static shapes (a fixed loop over n-gram sizes, masks
     instead of branches). -> drafts [B, K], q [B, K, V], count [B]"""
-    drafts, count = E.lookup_drafts(ctx_tokens, ctx_length, k, ngram, min_ngram)
+    drafts, count = E.lookup_drafts(ctx_tokens, ctx_length, k, ngram, min_ngram, earliest)
     return drafts, E.one_hot_drafts(drafts, count, vocab), count
 
 

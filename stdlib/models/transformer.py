@@ -124,6 +124,23 @@ class Linear(nn.Linear):
         pass
 
 
+def column_major(model: nn.Module) -> None:
+    """Store every projection weight [out, in] column-major (the memory of its transpose [in, out]).
+
+    Same shapes, names and values (loading copies into the layout), only the strides change:
+    `F.linear` then multiplies by a contiguous [in, out] matrix, which the CPU BLAS streams
+    1.6-2x faster when a step has one or a few tokens (measured on the 2-core machine: a 1536x576
+    projection 313 -> 200 us, the 49152x576 LM head 10.3 -> 5.1 ms at one token; whole SmolLM2 steps
+    +14% at 1 token, +34% at 11). The tied embedding shares the head's layout (a row gather stays cheap).
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.is_contiguous() and module.weight.dim() == 2:
+            w = module.weight
+            module.weight = nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)
+    if getattr(model, "lm_head", None) is not None and model.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+
+
 class Embedding(nn.Embedding):
     """nn.Embedding whose weights are left uninitialized (see Linear)."""
 
@@ -255,6 +272,7 @@ class Transformer(nn.Module):
         self.lm_head = Linear(config.hidden_size, config.vocab_size, dtype, device)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        column_major(self)
         self.windows = [config.window(i) for i in range(config.num_hidden_layers)]  # sliding window per layer, or None
         self.register_buffer("inv_freq", config.inv_freq(device), persistent=False)  # [D/2], not in the state dict (as in HF)
         self.requires_grad_(False)

@@ -13,7 +13,8 @@ Every row generates exactly `--new-tokens` tokens per prompt (EOS does not stop 
 Rows, per workload × temperature × batch:
 - HF generate (plain), HF prompt lookup (`prompt_lookup_num_tokens`, batch 1 only: HF's limit);
 - decspec autoregressive (eager; inductor = the round under torch.compile);
-- decspec prompt lookup (`specs/prompt_lookup.dec`, ngram 2 as HF's default, k = --lookup-k);
+- decspec prompt lookup (`specs/prompt_lookup.dec`, ngram 2 as HF's default, k = --lookup-k), with the most
+  recent match (decspec's default) and with `earliest=true` (HF's rule: the first match);
 - decspec self-speculation: `specs/swift.dec` with the skip set given by --skip, and
   `specs/layerskip.dec` at --exit-layer (the untrained model's own layers as the draft);
 - llama.cpp (when `DECSPEC_LLAMA_CPP` names its build's bin directory): llama-bench generation speed
@@ -102,6 +103,8 @@ def rows_for(args, model, hf, T: float, B: int) -> list[tuple[str, dict, object]
          lambda: decspec_run("autoregressive.dec", models, sampling, B)),
         ("decspec prompt lookup", {"method": "prompt lookup", "impl": "decspec eager", "k": lk, "c": 0.0},
          lambda: decspec_run("prompt_lookup.dec", models, {"k": lk, "ngram": 2, "temperature": T}, B)),
+        ("decspec prompt lookup, earliest", {"method": "prompt lookup earliest", "impl": "decspec eager", "k": lk, "c": 0.0},
+         lambda: decspec_run("prompt_lookup.dec", models, {"k": lk, "ngram": 2, "temperature": T, "earliest": "true"}, B)),
     ]
     if B == 1:  # self-drafting from the untrained model's own layers: batch 1 only (it does not pay; see docs)
         out += [
@@ -113,8 +116,10 @@ def rows_for(args, model, hf, T: float, B: int) -> list[tuple[str, dict, object]
     if args.inductor and B == 1:
         out.insert(3, ("decspec autoregressive (inductor)", {"method": "autoregressive", "impl": "decspec inductor"},
                        lambda: decspec_run("autoregressive.dec", models, sampling, B, "inductor")))
-        out.insert(5, ("decspec prompt lookup (inductor)", {"method": "prompt lookup", "impl": "decspec inductor", "k": lk, "c": 0.0},
-                       lambda: decspec_run("prompt_lookup.dec", models, {"k": lk, "ngram": 2, "temperature": T}, B, "inductor")))
+        out.insert(6, ("decspec prompt lookup, earliest (inductor)",
+                       {"method": "prompt lookup earliest", "impl": "decspec inductor", "k": lk, "c": 0.0},
+                       lambda: decspec_run("prompt_lookup.dec", models, {"k": lk, "ngram": 2, "temperature": T, "earliest": "true"},
+                                           B, "inductor")))
     if args.hf_early_exit and B == 1:
         out.append((f"HF early exit {args.exit_layer}", {"method": "early exit", "impl": "HF", "k": k},
                     lambda: hf_run(hf, B, T, {"assistant_early_exit": args.exit_layer, "num_assistant_tokens": k,

@@ -131,7 +131,7 @@ def column_major(model: nn.Module) -> None:
     `F.linear` then multiplies by a contiguous [in, out] matrix, which the CPU BLAS streams
     1.6-2x faster when a step has one or a few tokens (measured on the 2-core machine: a 1536x576
     projection 313 -> 200 us, the 49152x576 LM head 10.3 -> 5.1 ms at one token; whole SmolLM2 steps
-    +14% at 1 token, +34% at 11). The tied embedding shares the head's layout (a row gather stays cheap).
+    1.19x at 1 token, 1.12x at 5, 1.11x at 11: benchmarks/weight_layout.py). The tied embedding shares the head's layout (a row gather stays cheap).
     """
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.is_contiguous() and module.weight.dim() == 2:

@@ -1,8 +1,6 @@
 """The built-in Llama transformer: cache semantics, ragged rows, rollback, early exit, trees, HF names."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -307,9 +305,7 @@ def test_config_from_hf_dict():
 
 
 def test_random_models():
-    t = time.perf_counter()
     models = random_models(seed=0)
-    assert time.perf_counter() - t < 0.5
     target, draft = models["target"], models["draft"]
     assert target.vocab_size == draft.vocab_size == 512
     assert target.eos_token_id is None and draft.eos_token_id is None

@@ -47,7 +47,7 @@ import torch
 
 import decspec
 from benchmarks.prompts import WORKLOADS
-from benchmarks.speed import chunks, decoder_runner, forward_time, ideal_speedup, machine
+from benchmarks.speed import decoder_runner, forward_time, hf_runner, ideal_speedup, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -60,26 +60,6 @@ def hf_model(path: Path):
     model.generation_config.eos_token_id = None  # exactly new_tokens tokens, as decspec's rows
     model.generation_config.pad_token_id = 0
     return model
-
-
-def hf_run(model, batch: int, temperature: float, extra: dict):
-    """run(ids, new_tokens, seed) -> (seconds, tokens, info) for `model.generate` in calls of `batch` rows (left padding)."""
-
-    def run(ids: list[list[int]], new_tokens: int, seed: int):
-        seconds, tokens = 0.0, []
-        for part in chunks(ids, batch):
-            width = max(map(len, part))
-            x = torch.tensor([[0] * (width - len(p)) + p for p in part])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part])
-            kw = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
-            torch.manual_seed(seed)
-            t0 = time.perf_counter()
-            out = model.generate(x, attention_mask=mask, max_new_tokens=new_tokens, pad_token_id=0, **kw, **extra)
-            seconds += time.perf_counter() - t0
-            tokens += out[:, width:].tolist()
-        return seconds, tokens, {}
-
-    return run
 
 
 def decspec_run(spec: str, models: dict, overrides: dict, batch: int, backend: str = "eager"):
@@ -96,9 +76,9 @@ def rows_for(args, model, hf, T: float, B: int) -> list[tuple[str, dict, object]
     skip = "[" + ", ".join(map(str, args.skip)) + "]"
     models = {"target": model}
     out = [
-        ("HF generate", {"method": "autoregressive", "impl": "HF"}, lambda: hf_run(hf, B, T, {})),
+        ("HF generate", {"method": "autoregressive", "impl": "HF"}, lambda: hf_runner(hf, B, {}, T)),
         ("HF prompt lookup", {"method": "prompt lookup", "impl": "HF", "k": lk},
-         (lambda: hf_run(hf, B, T, {"prompt_lookup_num_tokens": lk})) if B == 1 else "HF: batch 1 only"),
+         (lambda: hf_runner(hf, B, {"prompt_lookup_num_tokens": lk}, T)) if B == 1 else "HF: batch 1 only"),
         ("decspec autoregressive", {"method": "autoregressive", "impl": "decspec eager"},
          lambda: decspec_run("autoregressive.dec", models, sampling, B)),
         ("decspec prompt lookup", {"method": "prompt lookup", "impl": "decspec eager", "k": lk, "c": 0.0},
@@ -122,8 +102,8 @@ def rows_for(args, model, hf, T: float, B: int) -> list[tuple[str, dict, object]
                                            B, "inductor")))
     if args.hf_early_exit and B == 1:
         out.append((f"HF early exit {args.exit_layer}", {"method": "early exit", "impl": "HF", "k": k},
-                    lambda: hf_run(hf, B, T, {"assistant_early_exit": args.exit_layer, "num_assistant_tokens": k,
-                                              "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0})))
+                    lambda: hf_runner(hf, B, {"assistant_early_exit": args.exit_layer, "num_assistant_tokens": k,
+                                              "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}, T)))
     return out
 
 
@@ -312,7 +292,7 @@ def main(argv=None) -> None:
         ids = [model.tokenizer.encode_prompt(p) for p in texts[workload]]
         reference = None
         if 0.0 in args.temperatures:  # HF greedy at batch 1: what every T=0 row is compared with
-            _, reference, _ = hf_run(hf, 1, 0.0, {})(ids, args.new_tokens, 0)
+            _, reference, _ = hf_runner(hf, 1, {}, 0.0)(ids, args.new_tokens, 0)
         for T in args.temperatures:
             for B in args.batch:
                 rows += measure_config(args, model, hf, workload, ids, T, B, reference if T == 0 else None, print)

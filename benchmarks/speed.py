@@ -44,6 +44,7 @@ import torch
 import decspec
 from benchmarks.acceptance import heldout_prompts
 from decspec.stdlib.models.pretrained import REFERENCE, reference_models
+from decspec.stdlib.models.skip_search import ideal_speedup  # Leviathan et al.'s formula, one definition
 from decspec.stdlib.models.views import EarlyExit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,12 +187,6 @@ def framework_overhead(row: dict, steps: dict, seconds: float) -> float | None:
         return None
     model_time = sum(n * steps[role]["prefill"] + (c - n) * steps[role]["step"] for role, c in calls.items())
     return 1.0 - model_time / seconds
-
-
-def ideal_speedup(alpha: float, k: int, c: float) -> float:
-    if alpha >= 1.0:
-        return (k + 1) / (k * c + 1)
-    return (1 - alpha ** (k + 1)) / ((1 - alpha) * (k * c + 1))
 
 
 # ---------------------------------------------------------------- main

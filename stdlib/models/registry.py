@@ -191,9 +191,9 @@ def resolve_model(spec: str | Path, **kw):
     if text in MODELS:
         return load_named(text, **kw)
     path = Path(text).expanduser()
-    if path.suffix == ".gguf" or (path.is_file() and _starts_with(path, b"GGUF")):
-        from decspec.stdlib.models.gguf import load_gguf
+    from decspec.stdlib.models.gguf import MAGIC, load_gguf
 
+    if path.suffix == ".gguf" or (path.is_file() and _starts_with(path, MAGIC)):
         return load_gguf(path, **kw)
     if not path.exists() and "/" not in text and os.sep not in text:
         raise DecError(f"{text!r} is neither a named model nor a model directory",

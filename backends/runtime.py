@@ -6,6 +6,7 @@ generator, per-row stopping (EOS, max_new_tokens) and the statistics.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -173,9 +174,17 @@ def generate(
                   torch.tensor(lengths, device=device))
     for b, p in enumerate(prompts):
         ctx.tokens[b, : len(p)] = torch.tensor(p)
+    # each call draws from its own generator: concurrent calls (threads) never interleave draws, and an
+    # unseeded call takes a fresh seed without touching torch's global generator
     generator = torch.Generator(device=device)
-    seed = seed if seed is not None else torch.seed()
-    generator.manual_seed(seed)
+    if seed is None:
+        seed = generator.seed()
+    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2**63 <= seed < 2**64:
+        raise DecError(f"seed must be an integer in [-2**63, 2**64) (got {seed!r})")
+    else:
+        seed = int(seed)
+        generator.manual_seed(seed)
+    seed = seed - 2**64 if seed >= 2**63 else seed  # the same 64 bits as an int64: cross-round policies keep it in a tensor
     state = RoundState({}, generator, B, device, rules, backend)
     state.policies = Policies.start(graph, B, seed)  # the hook of cross-round exit policies: caps before, updates after each round
     state.draft_states = DraftStates.start(graph, models, B)  # the hook of draft sources with cross-round state: staged in, taken after

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import nullcontext
 from typing import Any, Mapping
 
 from decspec.backends import get_backend
@@ -35,6 +37,12 @@ class Decoder:
     spec: the checked Spec; graph: the optimized round IR (None for a `search` spec: beam search runs on the host,
     backends/beam.py); verdict: the losslessness analysis;
     matcher: the compiled grammar (a `Matcher`) when the spec has a `grammar` slot, else None.
+
+    Threads may share a Decoder: every `generate` call owns its state (the committed context, the model
+    caches, its random generator seeded by `seed`, its grammar walk), so concurrent calls give the
+    tokens they would give one after another. A torch.compile'd round (`backend_options={"compile":
+    True}`) keeps static buffers, so its calls are serialized by the Decoder's lock; the models bound
+    are only read (a custom model must keep its state in the cache `new_cache` returns).
     """
 
     def __init__(self, spec: Spec, graph: Graph, models: Mapping[str, Any], backend: str = "eager",
@@ -44,6 +52,7 @@ class Decoder:
         self.models = dict(models)
         self.backend = get_backend(backend)
         self.backend_options = dict(backend_options or {})  # e.g. {"compile": True} for the inductor backend
+        self._lock = threading.RLock()  # the lazy builds below, and a serial runner's generations
         self._round_runner = None
         self._round_runner_options: dict = {}
         self.verdict: Verdict = losslessness(spec)
@@ -63,13 +72,14 @@ class Decoder:
 
     def _bound_grammars(self) -> dict[str, Any]:
         """{slot: Matcher}: the spec's grammar compiled over the target's vocabulary (once; {} without a grammar)."""
-        if self._grammars is None:
-            from decspec.stdlib.structured import bind_grammar
+        with self._lock:
+            if self._grammars is None:
+                from decspec.stdlib.structured import bind_grammar
 
-            role = self.spec.slot("target").arg("name")
-            target = self.models[role] if role in self.models else self._bound_models()[role]
-            self._grammars = bind_grammar(self.spec, target, self.vocab)
-        return self._grammars
+                role = self.spec.slot("target").arg("name")
+                target = self.models[role] if role in self.models else self._bound_models()[role]
+                self._grammars = bind_grammar(self.spec, target, self.vocab)
+            return self._grammars
 
     @property
     def matcher(self) -> Any:
@@ -77,10 +87,11 @@ class Decoder:
         return self._bound_grammars().get("grammar")
 
     def _bound_models(self) -> dict[str, Any]:
-        if not self.models:  # nothing bound at compile time: the shipped reference pair
-            from decspec.stdlib.models.pretrained import reference_models
+        with self._lock:
+            if not self.models:  # nothing bound at compile time: the shipped reference pair
+                from decspec.stdlib.models.pretrained import reference_models
 
-            self.models = dict(reference_models())
+                self.models = dict(reference_models())
         missing = [r for r in self.spec.models if r not in self.models]
         if missing:
             args = ", ".join(f"{r}=..." for r in missing)
@@ -105,10 +116,11 @@ class Decoder:
         """The backend's round runner, for backends that generate code (built once per Decoder)."""
         if not hasattr(self.backend, "RoundRunner"):
             return None
-        if self._round_runner is None or self._round_runner_options != self.backend_options:
-            self._round_runner = self.backend.RoundRunner(self.graph, **self.backend_options)
-            self._round_runner_options = dict(self.backend_options)
-        return self._round_runner
+        with self._lock:
+            if self._round_runner is None or self._round_runner_options != self.backend_options:
+                self._round_runner = self.backend.RoundRunner(self.graph, **self.backend_options)
+                self._round_runner_options = dict(self.backend_options)
+            return self._round_runner
 
     @property
     def tokenizer(self) -> Tokenizer | None:
@@ -139,10 +151,12 @@ class Decoder:
             if tokenizer is not None:
                 result.text = [tokenizer.decode(row) for row in result.tokens]
             return result
-        result = run_generate(
-            self.graph, models, input_ids, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
-            rules=self.backend.RULES, backend=self.backend.NAME, runner=self._runner(), grammars=self._bound_grammars(),
-        )
+        runner = self._runner()
+        with self._lock if runner is not None and runner.serial else nullcontext():
+            result = run_generate(
+                self.graph, models, input_ids, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
+                rules=self.backend.RULES, backend=self.backend.NAME, runner=runner, grammars=self._bound_grammars(),
+            )
         if tokenizer is not None:
             result.text = [tokenizer.decode(row) for row in result.tokens]
         return result

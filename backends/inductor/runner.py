@@ -11,11 +11,17 @@ from decspec.compiler.passes.draft_schedule import draft_schedule
 
 
 class RoundRunner:
-    """One decoder's generated round, its static sessions and its uniform stream.
+    """One decoder's generated round. The runner holds code only: each generation's static sessions
+    (model caches, kept hidden states) are made by `start` and live in that generation's RoundState,
+    so two generations never share a cache.
 
     runner = RoundRunner(graph, compile=False)
-    runner.start(models, batch, capacity, ctx)      # static caches, prefill
-    runner(ctx, state)                               # one round: sets state.committed
+    state.sessions = runner.start(models, batch, capacity, ctx)   # static caches, prefill
+    runner(ctx, state)                                            # one round: sets state.committed
+
+    `serial`: whether calls must not overlap. A torch.compile'd round may own static buffers (CUDA
+    graphs replay into the same outputs) and dynamo's compile caches are not thread-safe, so the
+    Decoder runs a compiled runner's generations one at a time; the uncompiled round is plain Python.
     """
 
     def __init__(self, graph: Graph, *, compile: bool = False, mode: str | None = None, schedule: str | None = None):
@@ -32,21 +38,21 @@ class RoundRunner:
             for name in compiled:
                 self.namespace[name] = torch.compile(self.namespace[name], mode=mode, dynamic=False)
         self.fn = self.namespace["round_fn"]
-        self.sessions: dict[str, StaticSession] = {}
+        self.serial = compile
 
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
         hidden = {op.param("model") for op in self.graph.walk() if op.name in ("model_hidden", "model_features")}  # roles whose heads draft
-        self.sessions = {role: StaticSession(m, batch, capacity, keep_hidden=role in hidden) for role, m in models.items()}
-        for s in self.sessions.values():
+        sessions = {role: StaticSession(m, batch, capacity, keep_hidden=role in hidden) for role, m in models.items()}
+        for s in sessions.values():
             s.prefill(ctx.tokens, ctx.length)
-        return self.sessions
+        return sessions
 
     def __call__(self, ctx, state) -> None:
         # [B, U], drawn block by block in the eager backend's order: the same seed gives the same tokens as eager
         # (for loops that run to max; an exit policy makes eager skip the draws of steps it does not run)
         u = torch.cat([torch.rand(state.batch, w, generator=state.generator, device=state.device) for w in self.blocks], 1) \
             if self.blocks else torch.empty(state.batch, 0, device=state.device)
-        m = self.sessions
+        m = state.sessions  # this generation's own caches (start)
         if state.grammars:  # grammar sessions sit beside the models' (codegen.grammar_key)
             m = {**m, **{codegen.grammar_key(slot): g for slot, g in state.grammars.items()}}
         if state.policies:  # this round's length caps [B], chosen on the host: inputs of a fixed shape (codegen.cap_key)
@@ -58,4 +64,4 @@ class RoundRunner:
             state.draft_states.staged[key] = m[staged_key(key)]
         state.committed = (tokens, accepted, drafted)
         for role, n in codegen.calls_per_round(self.graph, steps).items():
-            self.sessions[role].calls += n
+            state.sessions[role].calls += n

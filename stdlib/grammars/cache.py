@@ -3,16 +3,17 @@
 
     index = CACHE.get_or_build(key, lambda: TokenIndex.build(dfa, vocab, eos_id))
 
-The disk cache lives in `$DECSPEC_CACHE_DIR` when it is set, else `~/.cache/decspec/grammars/`. Files are
-written atomically (a temporary file, then a rename); one that cannot be read back is rebuilt and
-rewritten, never an error.
+The disk cache lives in `$DECSPEC_CACHE_DIR` when it is set, else in `grammars/` of the user cache
+(`decspec.user_cache`, `~/.cache/decspec` by default). Files are written atomically (a temporary file, then
+a rename) and read back only when the current user alone could have written them (`open_private`), as
+plain arrays (`allow_pickle=False`); one that cannot be read back is rebuilt and rewritten, never an error.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -20,13 +21,15 @@ from typing import Callable
 import numpy as np
 
 from decspec.stdlib.grammars.index import TokenIndex
+from decspec.user_cache import cache_dir as user_cache_dir
+from decspec.user_cache import open_private, write_private
 
 CODE_VERSION = "1"  # bump when the regex semantics or the index layout change: old files stop matching
 
 
 def cache_dir() -> Path:
     env = os.environ.get("DECSPEC_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "decspec" / "grammars"
+    return Path(env) if env else user_cache_dir() / "grammars"
 
 
 def vocab_hash(vocab: list[bytes | None]) -> str:
@@ -43,14 +46,20 @@ def cache_key(kind: str, source: str, vocab_digest: str, eos_id: int | None) -> 
 
 
 class IndexCache:
-    """An in-process LRU of `maxsize` indexes in front of the disk cache; counts hits for tests and logs."""
+    """An in-process LRU of `maxsize` indexes in front of the disk cache; counts hits for tests and logs.
+    Thread-safe: one lock around each lookup (a build under it, so two threads never build one index twice)."""
 
     def __init__(self, maxsize: int = 32):
+        self.lock = threading.RLock()
         self.maxsize = maxsize
         self.memory: OrderedDict[str, TokenIndex] = OrderedDict()
         self.stats = {"memory": 0, "disk": 0, "built": 0}
 
     def get_or_build(self, key: str, build: Callable[[], TokenIndex], disk: bool = True) -> TokenIndex:
+        with self.lock:
+            return self._get_or_build(key, build, disk)
+
+    def _get_or_build(self, key: str, build: Callable[[], TokenIndex], disk: bool) -> TokenIndex:
         if key in self.memory:
             self.memory.move_to_end(key)
             self.stats["memory"] += 1
@@ -71,26 +80,23 @@ class IndexCache:
 
     @staticmethod
     def load(path: Path) -> TokenIndex | None:
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path) as arrays:
-                return TokenIndex.from_arrays({k: arrays[k] for k in arrays.files})
-        except Exception:  # truncated, corrupt or from an older layout: rebuild
-            return None
+        with open_private(path) as f:
+            if f is None:  # absent, or another user could have written it
+                return None
+            try:
+                with np.load(f, allow_pickle=False) as arrays:
+                    return TokenIndex.from_arrays({k: arrays[k] for k in arrays.files})
+            except Exception:  # truncated, corrupt or from an older layout: rebuild
+                return None
 
     @staticmethod
     def save(path: Path, index: TokenIndex) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-                np.savez(f, **index.to_arrays())
-            os.replace(f.name, path)
-        except OSError:  # a read-only or full disk only costs the rebuild next time
-            pass
+        # a folder others can write, or a read-only or full disk, only costs the rebuild next time
+        write_private(path, lambda f: np.savez(f, **index.to_arrays()))
 
     def clear(self) -> None:
-        self.memory.clear()
+        with self.lock:
+            self.memory.clear()
 
 
 CACHE = IndexCache()

@@ -25,6 +25,7 @@ walk over the byte-sorted vocabulary, shared prefixes walked once) and cached.
 """
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -232,6 +233,10 @@ class CFGMatcher:
 
     State 0 is the start. `num_states` counts every interned state, including those met inside a token's
     bytes; masks exist only for the states that a mask or allowed query asked about.
+
+    Discovery grows shared tables (one matcher serves every decoder over the same grammar and vocabulary,
+    from the in-memory cache), so the protocol's queries hold a lock: concurrent generations never see
+    a half-interned state.
     """
 
     def __init__(self, parser: lark.Lark, vocab: list[bytes | None], eos_id: int | None, start: str):
@@ -261,6 +266,7 @@ class CFGMatcher:
         self.starts: dict[int, tuple] = {}  # stack -> (lexeme start, bytes it can begin with)
         self.delta = np.full((64, 256), UNKNOWN, dtype=np.int32)
         self.masks: dict[int, np.ndarray] = {}  # state -> bool [V], for the states asked about
+        self.lock = threading.RLock()  # held by the protocol's queries (mask, next_state, is_allowed, allowed)
         self.intern(frozenset({(self.parser.start, (), 0)}))
 
     @classmethod
@@ -385,7 +391,8 @@ class CFGMatcher:
         states = np.asarray(states.cpu() if isinstance(states, torch.Tensor) else states, dtype=np.int64).reshape(-1)
         if states.size and (states.min() < 0 or states.max() >= self.num_states):
             raise ValueError(f"grammar states must be in [0, {self.num_states}), got {states.tolist()}")
-        rows = np.stack([self.mask_row(s) for s in states.tolist()]) if states.size else np.zeros((0, self.vocab_size), bool)
+        with self.lock:
+            rows = np.stack([self.mask_row(s) for s in states.tolist()]) if states.size else np.zeros((0, self.vocab_size), bool)
         out = torch.from_numpy(rows)  # [B, V]
         return out if device is None else out.to(device)
 
@@ -396,21 +403,24 @@ class CFGMatcher:
         s_list = np.asarray(states.cpu() if as_tensor else states, dtype=np.int64).reshape(-1).tolist()
         t_list = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.int64).reshape(-1).tolist()
         out = np.full(len(s_list), -1, dtype=np.int64)
-        for i, (s, t) in enumerate(zip(s_list, t_list)):
-            if not (0 <= s < self.num_states and 0 <= t < self.vocab_size):
-                continue
-            if t == self.eos_id:
-                out[i] = s if self.accepting[s] else -1
-            elif self.token_list[t]:
-                out[i] = self.walk(s, self.token_list[t])
+        with self.lock:
+            for i, (s, t) in enumerate(zip(s_list, t_list)):
+                if not (0 <= s < self.num_states and 0 <= t < self.vocab_size):
+                    continue
+                if t == self.eos_id:
+                    out[i] = s if self.accepting[s] else -1
+                elif self.token_list[t]:
+                    out[i] = self.walk(s, self.token_list[t])
         return torch.from_numpy(out).to(states.device) if as_tensor else out
 
     def is_allowed(self, state: int, token: int) -> bool:
-        return bool(0 <= state < self.num_states and 0 <= token < self.vocab_size and self.mask_row(state)[token])
+        with self.lock:
+            return bool(0 <= state < self.num_states and 0 <= token < self.vocab_size and self.mask_row(state)[token])
 
     def allowed(self, state: int) -> np.ndarray:
         """The token ids allowed in `state`, ascending (EOS included when the parse can end)."""
-        return np.flatnonzero(self.mask_row(state))
+        with self.lock:
+            return np.flatnonzero(self.mask_row(state))
 
     def is_accepting(self, state: int) -> bool:
         return bool(self.accepting[state])

@@ -87,6 +87,8 @@ def _models(args) -> dict:
     models = {"target": resolve_model(args.target, **kw)}
     if args.draft is not None:
         models["draft"] = resolve_model(args.draft, **kw)
+    elif getattr(models["target"], "shipped_draft", None) is not None:  # a named model's own trained draft
+        models["draft"] = models["target"].shipped_draft
     return models
 
 

@@ -54,12 +54,13 @@ def eagle_logits(model: Any, features: torch.Tensor, ctx_tokens: torch.Tensor, c
     last = step if isinstance(step, int) else drafts.shape[1] - 1
     if hasattr(model, "eagle_draft"):  # table models (stdlib/models/layered_table.py)
         logits = model.eagle_draft(features, tokens, valid, drafts, last)
-    else:
-        head = model.draft_head("eagle")
-        logits = head.draft_all(features, tokens, valid, drafts, last, model.lm_head, model.model.embed_tokens)
-    if isinstance(step, int):
-        return logits[:, step]  # [B, V]
-    return logits.index_select(1, step.reshape(1)).squeeze(1)
+        return logits[:, step] if isinstance(step, int) else logits.index_select(1, step.reshape(1)).squeeze(1)
+    head = model.draft_head("eagle")
+    lm_head = getattr(model, "drafting_head", model.lm_head)  # a draft vocabulary, where the model has one
+    if isinstance(step, int):  # eager: the LM head runs once, on this step's predicted feature
+        return head.draft(features, tokens, valid, drafts, step, lm_head, model.model.embed_tokens)  # [B, V]
+    feats = head.draft_features(features, tokens, valid, drafts, last, model.model.embed_tokens)  # [B, K, C]
+    return lm_head(feats.index_select(1, step.reshape(1)).squeeze(1)).float()
 
 
 def lower_eagle(lw: Lowering, inst, ctx):

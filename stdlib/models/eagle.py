@@ -80,9 +80,9 @@ class EagleHead(nn.Module):
         h = x + a.o_proj(y.transpose(1, 2).reshape(B, T, a.n_head * a.d))
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
-    def draft_all(self, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, drafts: torch.Tensor,
-                  last: int, lm_head: nn.Module, embed: nn.Module) -> torch.Tensor:
-        """The logits of drafts 0 .. last -> [B, last+1, V] (float32).
+    def draft_features(self, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, drafts: torch.Tensor,
+                       last: int, embed: nn.Module) -> torch.Tensor:
+        """The predicted features of drafts 0 .. last -> [B, last+1, C].
 
         features: the target's real features at the last W context steps [B, W, C]; tokens: the token
         each was followed by [B, W] (the last is the context's last token); valid: [B, W] bool (False
@@ -92,13 +92,18 @@ class EagleHead(nn.Module):
         feats, emb, ok, out = features, embed(tokens), valid, []
         for s in range(last + 1):
             f_next = self(feats[:, -self.window:], emb[:, -self.window:], ok[:, -self.window:])[:, -1]  # [B, C]
-            out.append(lm_head(f_next).float())
+            out.append(f_next)
             if s < last:
                 feats = torch.cat([feats, f_next[:, None]], 1)
                 emb = torch.cat([emb, embed(drafts[:, s])[:, None]], 1)
                 ok = torch.cat([ok, torch.ones_like(ok[:, :1])], 1)
         return torch.stack(out, 1)
 
+    def draft_all(self, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, drafts: torch.Tensor,
+                  last: int, lm_head: nn.Module, embed: nn.Module) -> torch.Tensor:
+        """The logits of drafts 0 .. last -> [B, last+1, V] (float32); arguments as draft_features."""
+        return lm_head(self.draft_features(features, tokens, valid, drafts, last, embed)).float()
+
     def draft(self, features, tokens, valid, drafts, step: int, lm_head: nn.Module, embed: nn.Module) -> torch.Tensor:
-        """The logits of draft `step` alone (see draft_all). -> [B, V]"""
-        return self.draft_all(features, tokens, valid, drafts, step, lm_head, embed)[:, step]
+        """The logits of draft `step` alone (see draft_features): the LM head runs once, on that step's feature. -> [B, V]"""
+        return lm_head(self.draft_features(features, tokens, valid, drafts, step, embed)[:, step]).float()

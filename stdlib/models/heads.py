@@ -78,3 +78,30 @@ class HydraHeads(nn.Module):
 
 
 HEADS = {"medusa": MedusaHeads, "hydra": HydraHeads}
+
+
+class SubsetHead(nn.Module):
+    """An LM head restricted to a subset of the vocabulary, for drafting (FR-Spec, Zhao et al. 2025; EAGLE-3's
+    draft vocabulary): logits [..., V] that are -inf outside `ids`.
+
+    A draft's LM head over a 49k vocabulary reads more weights than the rest of a small draft; over the
+    8k most frequent tokens it reads a sixth of them. Lossless: the verifier receives this q, zero outside
+    the subset, and rejection sampling corrects any q; the target itself keeps its whole vocabulary.
+
+    >>> head = SubsetHead(nn.Linear(4, 10, bias=False), torch.tensor([0, 3, 7]))
+    >>> head(torch.ones(2, 4)).shape, bool(head(torch.ones(4)).isinf().sum() == 7)
+    (torch.Size([2, 10]), True)
+    """
+
+    def __init__(self, lm_head: nn.Module, ids: torch.Tensor):
+        super().__init__()
+        self.vocab_size = lm_head.weight.shape[0]
+        self.register_buffer("ids", ids.to(torch.long, copy=True), persistent=False)
+        self.weight = nn.Parameter(lm_head.weight.detach()[self.ids].contiguous(), requires_grad=False)  # [N, C]
+        bias = getattr(lm_head, "bias", None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach()[self.ids].clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sub = F.linear(x, self.weight, self.bias)  # [..., N]
+        out = torch.full((*x.shape[:-1], self.vocab_size), float("-inf"), dtype=sub.dtype, device=sub.device)
+        return out.index_copy(-1, self.ids, sub)  # [..., V]

@@ -173,6 +173,59 @@ def load_eagle(path: Path, config: TransformerConfig, *, dtype: torch.dtype, dev
     return head.requires_grad_(False).eval()
 
 
+def attach_drafts(target: Transformer, folder: Path) -> Transformer | None:
+    """Drafts shipped for a target in `folder` (stdlib/models/train_drafts.py writes them) -> onto the target:
+    Medusa/Hydra heads (heads.*), an EAGLE head (eagle.*), the draft vocabulary (draft_vocab.safetensors);
+    returns the draft model in folder/draft (one sharing the target's embedding and LM head), or None."""
+    from safetensors.torch import load_file
+
+    kw = dict(dtype=target.dtype, device=target.device)
+    if (folder / "heads.safetensors").is_file():
+        target.heads = {**target.heads, **load_heads(folder, target.config, **kw)}
+    if (folder / "eagle.safetensors").is_file():
+        target.heads = {**target.heads, "eagle": load_eagle(folder, target.config, **kw)}
+    vocab = folder / "draft_vocab.safetensors"
+    if vocab.is_file():
+        try:
+            ids = load_file(str(vocab))["ids"].long()
+        except Exception as e:
+            raise DecError(f"cannot read {vocab}: {type(e).__name__}; the file is corrupt (reinstall decspec)") from None
+        if ids.dim() != 1 or len(ids) == 0 or int(ids.min()) < 0 or int(ids.max()) >= target.vocab_size:
+            raise DecError(f"{vocab}: the draft vocabulary does not fit this model's {target.vocab_size} tokens")
+        target.set_draft_vocabulary(ids)
+    if not (folder / "draft" / "draft.json").is_file():
+        return None
+    return load_shared_draft(folder / "draft", target)
+
+
+def load_shared_draft(path: Path, target: Transformer) -> Transformer:
+    """A draft that stores only its own layers and final norm (draft.json + model.safetensors) and uses the
+    target's embedding and (drafting) LM head, the same tensors, not copies."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    meta = read_json(path / "draft.json")
+    layers = meta.get("num_hidden_layers")
+    if not isinstance(layers, int) or not 1 <= layers <= target.num_layers:
+        raise DecError(f"{path / 'draft.json'}: num_hidden_layers must be an int in 1..{target.num_layers}, not {layers!r}")
+    draft = Transformer(replace(target.config, num_hidden_layers=layers), dtype=target.dtype, device=target.device)
+    draft.model.embed_tokens = target.model.embed_tokens
+    draft.lm_head = target.drafting_head
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except Exception as e:
+        raise DecError(f"cannot read {path / 'model.safetensors'}: {type(e).__name__}; the file is corrupt (reinstall decspec)") from None
+    own = {k: v for k, v in draft.state_dict().items() if k.startswith(("model.layers.", "model.norm."))}
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        raise DecError(f"{path / 'model.safetensors'} does not hold the {layers}-layer draft draft.json describes")
+    for k, v in state.items():
+        own[k].copy_(v.to(target.dtype))
+    draft.tokenizer, draft.eos_token_id = target.tokenizer, target.eos_token_id
+    draft.name = f"{getattr(target, 'name', 'target')}:draft"
+    return draft.requires_grad_(False).eval()
+
+
 def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """A local model directory -> the built-in Transformer for the checkpoints it runs exactly (llama, qwen2, qwen3,
     mistral, with a config it supports and safetensors weights), the HF adapter for anything else."""

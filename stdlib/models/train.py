@@ -268,13 +268,23 @@ def heads_loss(target: Transformer, heads, batch: torch.Tensor, gen: torch.Gener
     T = batch.shape[1] - k - 1
     with torch.no_grad():
         hidden_all = target.model.norm(residual_streams(target, batch[:, : T + k])[-1])  # [B, T+k, C]
-        teacher_all = target.lm_head(hidden_all)  # [B, T+k, V]: position j predicts j+1
+    return heads_step_loss(heads, target.lm_head, target.model.embed_tokens, hidden_all, batch, gen, fraction)
+
+
+def heads_step_loss(heads, lm_head, embed, hidden_all: torch.Tensor, tokens: torch.Tensor,
+                    gen: torch.Generator | None = None, fraction: float = 0.25) -> torch.Tensor:
+    """heads_loss on the target's features already computed: hidden_all [B, T+k, C] of tokens [B, T+k+1]
+    (hidden_all[:, j] gives the target's distribution of token j+1 through lm_head)."""
+    k = heads.num_heads
+    T = hidden_all.shape[1] - k
     # the heads' logits are k x [B, T, V]: train on a random subset of the positions to keep the cost down
     pick = torch.randperm(T, generator=gen)[: max(1, int(T * fraction))].sort().values  # [T']
     hidden = hidden_all[:, pick]  # h_t predicts t+1
-    teacher = torch.stack([teacher_all[:, pick + 1 + i] for i in range(k)], dim=2)  # [B, T', k, V]: token t+i+2
-    ahead = torch.stack([batch[:, pick + 1 + i] for i in range(k)], dim=-1)  # [B, T', k]: y_{t+1} .. y_{t+k}
-    return soft_cross_entropy(head_logits(target, heads, hidden, ahead), teacher)
+    with torch.no_grad():
+        teacher = lm_head(torch.stack([hidden_all[:, pick + 1 + i] for i in range(k)], dim=2))  # [B, T', k, V]: token t+i+2
+    ahead = torch.stack([tokens[:, pick + 1 + i] for i in range(k)], dim=-1)  # [B, T', k]: y_{t+1} .. y_{t+k}
+    logits = heads(hidden, ahead, lm_head, embed) if isinstance(heads, HydraHeads) else heads(hidden, lm_head)
+    return soft_cross_entropy(logits, teacher)
 
 
 def head_logits(target: Transformer, heads, hidden: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
@@ -328,8 +338,18 @@ def eagle_loss(target: Transformer, head: EagleHead, batch: torch.Tensor, gen: t
     tokens = batch[:, : seq_len + 1]  # x_0 .. x_T
     with torch.no_grad():
         feats = target_features(target, tokens[:, :-1]).float()  # [B, T, C]: f_0 .. f_{T-1}
+    return eagle_step_loss(head, target.lm_head, target.model.embed_tokens, feats, tokens[:, 1:-1], gen,
+                           noise=noise, w_cls=w_cls, fraction=fraction)
+
+
+def eagle_step_loss(head: EagleHead, lm_head, embed, feats: torch.Tensor, next_tokens: torch.Tensor,
+                    gen: torch.Generator | None = None, *, noise: float = 0.1, w_cls: float = 0.1,
+                    fraction: float = 0.25) -> torch.Tensor:
+    """eagle_loss on the target's features already computed: feats [B, T, C] (f_0 .. f_{T-1}) and the
+    tokens that followed them, next_tokens [B, T-1] (x_1 .. x_{T-1})."""
+    with torch.no_grad():
         scale = feats.pow(2).mean().sqrt()
-        emb = target.model.embed_tokens(tokens[:, 1:-1]).float()  # [B, T-1, C]: x_1 .. x_{T-1}
+        emb = embed(next_tokens).float()  # [B, T-1, C]: x_1 .. x_{T-1}
     u = torch.rand(feats[:, :-1].shape, generator=gen) * 2 - 1
     pred = head(feats[:, :-1] + noise * scale * u, emb)  # [B, T-1, C]: f^_1 .. f^_{T-1}
     real = feats[:, 1:]
@@ -337,8 +357,8 @@ def eagle_loss(target: Transformer, head: EagleHead, batch: torch.Tensor, gen: t
     T = pred.shape[1]
     pick = torch.randperm(T, generator=gen)[: max(1, int(T * fraction))]
     with torch.no_grad():
-        teacher = target.lm_head(real[:, pick])
-    return reg + w_cls * soft_cross_entropy(target.lm_head(pred[:, pick]), teacher)
+        teacher = lm_head(real[:, pick])
+    return reg + w_cls * soft_cross_entropy(lm_head(pred[:, pick]), teacher)
 
 
 @torch.no_grad()

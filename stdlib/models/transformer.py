@@ -380,6 +380,21 @@ class Transformer(nn.Module):
         logits = self.lm_head(hidden if keep is None else hidden[:, -keep:]).float()  # [B, T, V] or [B, keep, V]
         return ModelOutput(logits, hidden)
 
+    draft_lm_head: nn.Module | None = None  # set by set_draft_vocabulary
+
+    def set_draft_vocabulary(self, ids: torch.Tensor | None) -> None:
+        """Make the model's draft heads (and drafts sharing its LM head) propose only the token ids `ids` [N]
+        (a SubsetHead, stdlib/models/heads.py: FR-Spec's frequency-ranked draft vocabulary); None: all tokens.
+        The model's own logits keep the whole vocabulary. Kept out of the state dict, as the heads are."""
+        from decspec.stdlib.models.heads import SubsetHead
+
+        self.__dict__["draft_lm_head"] = None if ids is None else SubsetHead(self.lm_head, ids)
+
+    @property
+    def drafting_head(self) -> nn.Module:
+        """The LM head the model's draft heads (Medusa, Hydra, EAGLE) turn features into logits with."""
+        return self.lm_head if self.draft_lm_head is None else self.draft_lm_head
+
     def draft_head(self, kind: str):
         if kind not in self.heads:
             have = ", ".join(self.heads) or "none"
@@ -388,11 +403,11 @@ class Transformer(nn.Module):
 
     def medusa(self, hidden: torch.Tensor) -> torch.Tensor:
         """Medusa heads on the final hidden state h_t [..., C] -> logits [..., k, V] for tokens t+2 .. t+k+1."""
-        return self.draft_head("medusa")(hidden, self.lm_head)
+        return self.draft_head("medusa")(hidden, self.drafting_head)
 
     def hydra_step(self, i: int, state: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hydra head i (0-based). state: z_i [B, C] (z_0 = h_t); token: y_{t+i+1} [B]
         -> (z_{i+1} [B, C], logits [B, V] for token t+i+2)."""
         heads = self.draft_head("hydra")
         state, feats = heads.step(i, state, self.model.embed_tokens(token))
-        return state, self.lm_head(feats).float()
+        return state, self.drafting_head(feats).float()

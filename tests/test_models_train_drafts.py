@@ -1,0 +1,159 @@
+"""Drafts for a real frozen target (stdlib/models/train_drafts.py): data, training with resume, evaluation,
+the shipped form (heads, EAGLE head, shared draft model, draft vocabulary) and its loader.
+
+These run on the shipped 6-layer reference target (the real model's recipe, at toy size)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import decspec
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.models import train_drafts
+from decspec.stdlib.models.heads import SubsetHead
+from decspec.stdlib.models.pretrained import REFERENCE, attach_drafts, load_transformer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The whole recipe, a few steps per stage, on the reference target. -> (work, out, log lines)"""
+    work, out = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("out")
+    lines = []
+    args = ["--target", str(REFERENCE / "target"), "--work", str(work), "--out", str(out), "--prompts", "20",
+            "--max-new", "12", "--code-tokens", "3000", "--steps", "3", "--save-every", "1", "--batch", "2", "--length", "32"]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert train_drafts.main(args) == 0
+    lines = buf.getvalue().splitlines()
+    return work, out, lines, args
+
+
+def test_the_benchmark_prompts_are_never_trained_on():
+    from benchmarks.prompts import CHAT
+
+    prompts = train_drafts.instructions()
+    assert len(prompts) > 500 and len(set(prompts)) == len(prompts)
+    assert not set(CHAT) & set(prompts)
+    assert not any(topic in q for q in prompts for topic in ("rainbow", "robot", "France", "haiku", "green tea"))
+
+
+def test_data_holds_out_every_tenth_prompt_and_the_heldout_modules(trained):
+    work, _, _, _ = trained
+    data = train_drafts.Data(work)
+    chat = [s for s in data.seqs if s["kind"] == "chat"]
+    assert len(chat) == 20 and sum(s["heldout"] for s in chat) == 2
+    assert any(s["kind"] == "code" and s["heldout"] for s in data.seqs)
+    for s in data.seqs:  # one feature per token, float16
+        assert s["features"].shape == (len(s["tokens"]), 256) and s["features"].dtype == torch.float16
+    n = sum(len(s["tokens"]) for s in data.seqs if not s["heldout"])
+    assert len(data.tokens) == len(data.feats) == n
+
+
+def test_cached_features_are_the_targets_own(trained):
+    """feats[j] is the target's final normed hidden state after token j: lm_head of it is the target's distribution."""
+    work, _, _, _ = trained
+    target = load_transformer(REFERENCE / "target")
+    data = train_drafts.Data(work)
+    s = next(s for s in data.seqs if s["kind"] == "chat" and s["greedy"])
+    out = target(s["tokens"][None], target.new_cache(1, len(s["tokens"])))
+    assert torch.allclose(out.hidden[0].half().float(), s["features"].float(), atol=2e-2)
+    # a greedy answer is the target's argmax at every answer position
+    answer = range(s["prompt_length"] - 1, len(s["tokens"]) - 1)
+    assert all(int(out.logits[0, j].argmax()) == int(s["tokens"][j + 1]) for j in answer)
+
+
+def test_every_stage_saves_what_the_loader_attaches(trained):
+    _, out, lines, _ = trained
+    record = json.loads((out / "train_log.json").read_text())
+    for kind in ("eagle", "medusa", "hydra", "draft"):
+        assert set(record[kind]["heldout"]) == {"chat", "code"}, kind
+        assert len(record[kind]["heldout"]["chat"]["top1_agreement_by_depth"]) == 4
+    target = load_transformer(REFERENCE / "target")
+    target.heads = {}
+    draft = attach_drafts(target, out)
+    assert set(target.heads) == {"medusa", "hydra", "eagle"} and target.heads["hydra"].num_heads == 4
+    assert isinstance(target.draft_lm_head, SubsetHead)
+    assert draft.model.embed_tokens is target.model.embed_tokens and draft.lm_head is target.draft_lm_head
+    assert draft.num_layers == 1
+    prompt = "def add(a, b):\n"
+    want = decspec.compile("specs/autoregressive.dec", models={"target": target}).generate(prompt, max_new_tokens=10, seed=0)
+    for spec in ("eagle", "medusa", "hydra", "speculative_greedy"):
+        got = decspec.compile(f"specs/{spec}.dec", models={"target": target, "draft": draft}).generate(prompt, max_new_tokens=10, seed=0)
+        assert got.tokens == want.tokens, spec
+
+
+def test_training_resumes_from_its_checkpoint(trained, capsys):
+    work, out, _, args = trained
+    steps = args.index("--steps") + 1
+    more = [*args[:steps], "5", *args[steps + 1 :], "--only", "medusa"]
+    assert train_drafts.main(more) == 0
+    log = capsys.readouterr().out
+    assert "medusa: resuming at step 3/5" in log and "medusa step 0/" not in log
+    assert json.loads((out / "heads.json").read_text())["medusa"]["trained"]["steps"] == 5
+
+
+def test_the_evaluation_counts_a_perfect_draft_as_always_accepted(trained):
+    """A 'draft' that is the whole target agrees with the target's argmax at every depth."""
+    work, _, _, _ = trained
+    target = load_transformer(REFERENCE / "target")
+    data = train_drafts.Data(work)
+    whole = train_drafts.shared_draft(target, layers=target.num_layers)
+    result = train_drafts.evaluate("draft", whole, target, data)
+    assert result["chat"]["top1_agreement_by_depth"] == [1.0] * 4 and result["chat"]["mean_accepted_of_chain"] == 4.0
+    half = train_drafts.evaluate("draft", train_drafts.shared_draft(target, layers=1), target, data)
+    assert half["chat"]["mean_accepted_of_chain"] < 4.0
+
+
+def test_subset_head_is_the_full_head_on_its_tokens_and_minus_inf_elsewhere():
+    torch.manual_seed(0)
+    full = torch.nn.Linear(8, 50, bias=False)
+    ids = torch.tensor([1, 4, 9, 30])
+    head = SubsetHead(full, ids)
+    x = torch.randn(3, 2, 8)
+    got, want = head(x), full(x)
+    assert torch.allclose(got[..., ids], want[..., ids])
+    rest = torch.ones(50, dtype=torch.bool)
+    rest[ids] = False
+    assert torch.isneginf(got[..., rest]).all()
+    assert set(got.argmax(-1).flatten().tolist()) <= set(ids.tolist())
+
+
+def test_a_draft_vocabulary_narrows_the_heads_not_the_model():
+    target = load_transformer(REFERENCE / "target")
+    ids = torch.arange(0, 4096, 7)
+    target.set_draft_vocabulary(ids)
+    cache = target.new_cache(1, 8)
+    out = target(torch.tensor([[1, 2, 3]]), cache)
+    assert torch.isfinite(out.logits).all()  # the model's own logits keep the whole vocabulary
+    medusa = target.medusa(out.hidden[:, -1])
+    assert torch.isfinite(medusa[..., ids]).all() and torch.isneginf(medusa).sum() == medusa[..., 0].numel() * (4096 - len(ids))
+    target.set_draft_vocabulary(None)
+    assert target.draft_lm_head is None
+
+
+def test_broken_shipped_drafts_are_named_not_raised(trained, tmp_path):
+    _, out, _, _ = trained
+    import shutil
+
+    bad = tmp_path / "d"
+    shutil.copytree(out, bad)
+    target = load_transformer(REFERENCE / "target")
+    save_file({"ids": torch.tensor([0, 5000], dtype=torch.int32)}, str(bad / "draft_vocab.safetensors"))
+    with pytest.raises(DecError, match="draft vocabulary does not fit"):
+        attach_drafts(target, bad)
+    (bad / "draft_vocab.safetensors").unlink()
+    (bad / "draft" / "draft.json").write_text(json.dumps({"num_hidden_layers": 99}))
+    with pytest.raises(DecError, match="num_hidden_layers must be an int in 1..6"):
+        attach_drafts(target, bad)
+    (bad / "draft" / "draft.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    with pytest.raises(DecError, match="does not hold the 2-layer draft"):
+        attach_drafts(target, bad)
+    (bad / "draft" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(DecError, match="corrupt"):
+        attach_drafts(target, bad)

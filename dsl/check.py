@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from decspec.dsl import ast
 from decspec.dsl.diagnostics import DecError, Diagnostic, Source, Span, did_you_mean
+from decspec.dsl.files import UnreadableFile, read_text
 from decspec.dsl.parser import parse
 from decspec.dsl.resolve import BAD, Resolver, Scope, bind_arguments
 from decspec.dsl.spec import Spec
@@ -51,9 +52,10 @@ def load(source_or_path: str | os.PathLike | Source, overrides: Mapping[str, Any
         source, base_dir = Source(source_or_path), Path.cwd()
     else:
         path = Path(os.fspath(source_or_path))
-        source, base_dir = Source(_read_text(path, f"cannot read spec file {str(path)!r}", None), str(path)), path.parent
+        text = _read_text(path, f"cannot read spec file {str(path)!r}", None)
+        source, base_dir = Source(text, str(path), quotable=0), path.parent  # quotable once it parses as .dec
     try:
-        module = parse(source.text, source.name)
+        module = parse(source)
     except RecursionError:
         raise DecError("the spec is nested too deeply to parse", Span(source, 0, 0)) from None
     return check_module(module, overrides, decoder, base_dir)
@@ -168,9 +170,13 @@ class _Imports:
             return None
         if key not in self.units:
             try:
-                module = parse(_read_text(path, f"cannot import '{imp.path}'", imp.span), display)
+                module = parse(Source(_read_text(path, f"cannot import '{imp.path}'", imp.span), display, quotable=0))
             except DecError as e:
-                self.errors.extend(e.diagnostics)
+                first = e.diagnostics[0]
+                if first.span is not None and first.span.source.quotable == 0:  # none of it parsed: say so at the import
+                    self.errors.append(Diagnostic(f"cannot import '{imp.path}': {first.span}: {first.message}", imp.span))
+                else:
+                    self.errors.extend(e.diagnostics)
                 return None
             self.units[key] = self.unit(module, path.parent, key, chain)
         return self.units[key]
@@ -181,16 +187,11 @@ def _file_key(path: Path) -> str:
 
 
 def _read_text(path: Path, what: str, span: Span | None) -> str:
-    """The text of a regular file (never a directory, device or pipe), or a DecError."""
+    """The text of a .dec file (a regular UTF-8 file of bounded size: dsl/files.py), or a DecError."""
     try:
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-        reason = f"{path} is not a file" if path.exists() else f"no such file {path}"
-    except UnicodeDecodeError:
-        reason = "it is not UTF-8 text"
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-    raise DecError(f"{what}: {reason}", span)
+        return read_text(path, "a .dec spec")
+    except UnreadableFile as e:
+        raise DecError(f"{what}: {e}", span) from None
 
 
 # --- the decoder, its parameters and its bindings ------------------------------------------

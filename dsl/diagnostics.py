@@ -1,6 +1,11 @@
 """Diagnostics: every user-facing error names file:line:col, shows the line with a caret,
 says what was expected, and suggests the nearest known name.
 
+What a diagnostic quotes of a file is bounded: a file decspec read because a spec named it may be
+anything (`import "/proc/self/environ"`), so its text is shown only as far as it parsed as .dec
+(`Source.quotable`), lines at most `LINE_WIDTH` characters and other excerpts at most `EXCERPT`, with
+control characters escaped.
+
     >>> src = Source("decoder d() { verfy = rejection }", "d.dec")
     >>> err = DecError([Diagnostic("unknown slot 'verfy'", Span(src, 14, 19), hint="did you mean 'verify'?")])
     >>> print(err)  # doctest: +NORMALIZE_WHITESPACE
@@ -12,16 +17,56 @@ says what was expected, and suggests the nearest known name.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
+
+
+EXCERPT = 40  # the most characters of a file's text one message quotes
+LINE_WIDTH = 120  # the most characters of a source line shown under a message
+
+
+def excerpt(text: str, limit: int = EXCERPT) -> str:
+    """At most `limit` characters of `text` for a message: control characters escaped, "..." where it is cut.
+
+        >>> excerpt("token=\\x1b[2J" + "x" * 50, 20)
+        'token=\\\\x1b[2Jxxxxxxx...'
+    """
+    out, used = [], 0
+    for c in text:
+        shown = _visible(c)
+        if used + len(shown) > limit:
+            return "".join(out) + "..."
+        out.append(shown)
+        used += len(shown)
+    return "".join(out)
+
+
+def _visible(c: str) -> str:
+    return c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
 
 
 @dataclass(frozen=True)
 class Source:
-    """The text of one .dec file (or of an inline spec), with its display name."""
+    """The text of one .dec file (or of an inline spec), with its display name.
+
+    `quotable`: how much of the text diagnostics may show. None: all of it (text handed to decspec, or a
+    file that parsed as .dec); n: the first n characters (a file read because something named it, as far
+    as it parsed: 0 until it does). See `dsl.parser.parse`.
+    """
 
     text: str
     name: str = "<spec>"
+    quotable: int | None = field(default=None, compare=False)
+
+    def excerpt(self, start: int, end: int) -> str | None:
+        """text[start:end] for a message (at most EXCERPT characters, escaped), or None where it may not be quoted."""
+        if self.quotable is not None and end > self.quotable:
+            return None
+        return excerpt(self.text[start:end])
+
+    def quoting(self, end: int | None) -> Source:
+        """This source, with at most its first `end` characters quotable (None: all)."""
+        return self if end == self.quotable else replace(self, quotable=end)
 
     def line_col(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a character offset."""
@@ -31,8 +76,16 @@ class Source:
         return line, offset - start + 1
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        lines = self.text.split("\n")  # lines as line_col counts them
+        return lines[line - 1].removesuffix("\r") if 0 < line <= len(lines) else ""
+
+    def shown_line(self, line: int) -> str:
+        """The part of a line that diagnostics may quote (see `quotable`)."""
+        text = self.line_text(line)
+        if self.quotable is None:
+            return text
+        start = sum(len(t) + 1 for t in self.text.split("\n", line - 1)[:line - 1])
+        return text[:max(0, self.quotable - start)]
 
 
 @dataclass(frozen=True)
@@ -67,17 +120,31 @@ class Diagnostic:
             head = f"{self.severity}: {self.message}"
             return head + (f"\n  hint: {self.hint}" if self.hint else "")
         line, col = self.span.line, self.span.col
-        text = self.span.source.line_text(line)
+        text = self.span.source.shown_line(line)
         end_line, _ = self.span.source.line_col(max(self.span.start, self.span.end - 1))
         width = max(1, (self.span.end - self.span.start) if end_line == line else len(text) - col + 1)
         width = min(width, max(1, len(text) - col + 1))
         out = [f"{self.span}: {self.severity}: {self.message}"]
         if text:
-            out.append("    " + text)
-            out.append("    " + " " * (col - 1) + "^" * width)
+            out.extend(_underlined(text, col - 1, width))
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)
+
+
+def _underlined(text: str, at: int, width: int) -> list[str]:
+    """A source line (control characters escaped, tabs as one space, a window of at most LINE_WIDTH
+    characters around the span) and the carets under the span's `width` characters from `at`."""
+    shown = [" " if c == "\t" else _visible(c) for c in text]
+    left = len("".join(shown[:at]))
+    marked = max(1, len("".join(shown[at:at + width])))
+    line = "".join(shown)
+    start = max(0, min(left - LINE_WIDTH // 3, len(line) - LINE_WIDTH))
+    window = line[start:start + LINE_WIDTH]
+    window = ("..." + window[3:] if start else window)
+    window = window[:-3] + "..." if start + LINE_WIDTH < len(line) else window
+    marked = min(marked, max(1, LINE_WIDTH - (left - start)))
+    return ["    " + window, "    " + " " * (left - start) + "^" * marked]
 
 
 class DecError(Exception):

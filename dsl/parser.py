@@ -14,16 +14,20 @@ ast nodes with spans, and parse errors turned into DecError diagnostics.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from functools import lru_cache
 from importlib import resources
 
+import lark
 from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 from lark.lexer import PatternStr
 
 from decspec.dsl import ast
-from decspec.dsl.diagnostics import DecError, Diagnostic, Source, Span
+from decspec.dsl.diagnostics import EXCERPT, DecError, Diagnostic, Source, Span
 from decspec.dsl.values import INT_LIMIT
+from decspec.user_cache import cache_dir, open_private, write_private
 
 MAX_DEPTH = 100  # deeper expressions are refused, so checking never exhausts the Python stack
 KEYWORDS = ("decoder", "import", "extends", "when", "and", "or", "not", "true", "false")
@@ -68,34 +72,74 @@ _MISTAKES: dict[tuple[str, str], list[str]] = {
 }
 
 
+_LARK_OPTIONS = dict(parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True)
+
+
 @lru_cache(maxsize=None)
 def _lark() -> Lark:
+    """The .dec parser. Building its LALR tables costs ~70 ms, loading them ~5 ms, so they are kept in the user
+    cache (`<cache>/parser/`), read back only when the current user alone could have written them: Lark's own
+    `cache=True` would unpickle a file of a predictable name in the shared temp directory."""
     grammar = resources.files("decspec.dsl").joinpath("dec.lark").read_text(encoding="utf-8")
-    # cache=True: Lark stores the built LALR tables in the temp directory (keyed by grammar and options), so
-    # later processes skip building them
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True, cache=True)
+    key = hashlib.sha256(repr((grammar, lark.__version__, sorted(_LARK_OPTIONS.items()))).encode()).hexdigest()[:32]
+    path = cache_dir() / "parser" / f"dec-{key}.lark"
+    header = f"decspec parser tables {key}\n".encode()
+    with open_private(path) as f:
+        if f is not None and f.read(len(header)) == header:
+            try:
+                return Lark.load(f)
+            except Exception:  # truncated or corrupt: build again
+                pass
+    parser = Lark(grammar, **_LARK_OPTIONS)
+    write_private(path, lambda out: (out.write(header), parser.save(out)))
+    return parser
 
 
-def parse(text: str, name: str = "<spec>") -> ast.Module:
+def parse(text: str | Source, name: str = "<spec>") -> ast.Module:
     """Parse .dec text into an ast.Module; every syntax error is a DecError with a position.
 
         >>> m = parse("import 'base.dec'\\ndecoder d(k: int = 4) extends base(k = k) {}")
         >>> [type(i).__name__ for i in m.items], m.items[1].base.func
         (['Import', 'DecoderDef'], 'base')
+
+    A Source whose `quotable` is limited (a file something named) becomes quotable as a whole once it
+    parses; a syntax error in it quotes only what parsed, up to the offending token (see `_as_far_as_parsed`).
     """
-    source = Source(text, name)
+    source = text if isinstance(text, Source) else Source(text, name)
     try:
-        tree = _lark().parse(text)
-        _check_depth(tree, source)
-        return _ToAst(source).transform(tree)
+        tree = _lark().parse(source.text)
+        parsed = source.quoting(None)
+        _check_depth(tree, parsed)
+        return _ToAst(parsed).transform(tree)
     except VisitError as e:
         if isinstance(e.orig_exc, DecError):
             raise e.orig_exc from None
-        raise DecError("cannot parse this spec", Span(source, 0, len(text))) from None
+        raise DecError("cannot parse this spec", Span(source, 0, len(source.text))) from None
     except UnexpectedInput as e:
-        raise DecError(_diagnose(e, source)) from None
+        shown = _as_far_as_parsed(source, e)
+        diagnostic = _diagnose(e, shown)
+        if shown.quotable == 0:  # nothing parsed: likely not a spec at all
+            diagnostic = Diagnostic(f"not a .dec spec: {diagnostic.message}", diagnostic.span, hint=diagnostic.hint)
+        raise DecError(diagnostic) from None
     except (LarkError, RecursionError):
-        raise DecError("cannot parse this spec", Span(source, 0, len(text))) from None
+        raise DecError("cannot parse this spec", Span(source, 0, len(source.text))) from None
+
+
+_SKIPPED = re.compile(r"(?:[ \t\r\n\f]+|#[^\n]*)*")  # what the lexer ignores (dec.lark's WS and COMMENT)
+
+
+def _as_far_as_parsed(source: Source, e: UnexpectedInput) -> Source:
+    """The source quotable as far as it parsed as .dec: up to the offending token (at most EXCERPT characters
+    of it) when the parser accepted a token before it, else nothing. Text handed to parse() stays quotable."""
+    if source.quotable is None:
+        return source
+    token = getattr(e, "token", None)
+    if token is not None and token.type == "$END":  # all of it lexed and parsed: a spec cut short
+        return source.quoting(len(source.text))
+    start = token.start_pos if token is not None else e.pos_in_stream
+    end = token.end_pos if token is not None else start + 1
+    first = _SKIPPED.match(source.text).end()
+    return source.quoting(min(end, start + EXCERPT) if start > first else 0)
 
 
 def _check_depth(tree: Tree, source: Source) -> None:
@@ -123,7 +167,8 @@ def _diagnose(e: UnexpectedInput, source: Source) -> Diagnostic:
                 return Diagnostic("unterminated triple-quoted string", Span(source, at - 2, at + 1), hint=f"close it with {char * 3}")
             return Diagnostic("unterminated string", span, hint=f"close it with {char} on the same line")
         allowed = {t for t in e.allowed if t not in ("WS", "COMMENT")}
-        return Diagnostic(f"expected {_expected(allowed)}, found {char!r}", span)
+        shown = source.excerpt(e.pos_in_stream, e.pos_in_stream + 1)
+        return Diagnostic(f"expected {_expected(allowed)}, found " + (repr(char) if shown else "a character no token starts with"), span)
     return Diagnostic("cannot parse this spec", Span(source, 0, len(source.text)))
 
 
@@ -145,7 +190,7 @@ def _unexpected_token(e: UnexpectedToken, source: Source) -> Diagnostic:
     label = _mistake(e)
     if label:
         return Diagnostic(label[0], span, hint=label[1])
-    return Diagnostic(f"expected {_expected(expected)}, found {_found(token)}", span)
+    return Diagnostic(f"expected {_expected(expected)}, found {_found(token, source)}", span)
 
 
 def _mistake(e: UnexpectedToken) -> tuple[str, str | None] | None:
@@ -212,10 +257,14 @@ def _expected(terminals: set[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def _found(token: Token) -> str:
+def _found(token: Token, source: Source) -> str:
+    """The offending token: quoted (at most EXCERPT characters) where its source may be quoted, else its kind."""
     if token.type == "STRING":
         return "a string"
-    return f"'{token.value}'"
+    shown = source.excerpt(token.start_pos, token.end_pos)
+    if shown is not None:
+        return f"'{shown}'"
+    return _NAMED.get(token.type) or _human(token.type)
 
 
 # --- parse tree -> AST ---------------------------------------------------------------------

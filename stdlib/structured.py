@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from decspec.dsl.diagnostics import DecError
+from decspec.dsl.diagnostics import DecError, excerpt
+from decspec.dsl.files import UnreadableFile, read_text
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 SLOT = "grammar"  # the IR names a grammar by the slot that holds it
@@ -45,12 +46,12 @@ def _where(inst) -> Path:
     return Path(name).parent if name and Path(name).is_file() else Path.cwd()
 
 
-def _read(inst, path: str, what: str) -> str:
-    full = _where(inst) / path
+def _read(inst, path: str, what: str, expected: str) -> str:
+    """The text of a file the component names (a regular UTF-8 file of bounded size: dsl/files.py)."""
     try:
-        return full.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DecError(f"cannot read {what} {path!r}: {getattr(e, 'strerror', None) or e} ({full})", inst.span) from None
+        return read_text(_where(inst) / path, expected)
+    except UnreadableFile as e:
+        raise DecError(f"cannot read {what} {path!r}: {e}", inst.span) from None
 
 
 def _located(inst, error) -> DecError:
@@ -80,7 +81,7 @@ def _regular(inst, kind: str, source: Any) -> GrammarSource:
     try:
         pattern = grammar_regex(kind, source)
         if accepts_nothing(parse_regex(pattern)):
-            raise GrammarError(f'regex "{pattern[:80]}" accepts nothing: no string matches it')
+            raise GrammarError(f'regex "{excerpt(pattern, 80)}" accepts nothing: no string matches it')
     except GrammarError as e:
         raise _located(inst, e) from None
     return GrammarSource(kind, source)
@@ -107,12 +108,20 @@ def lower_regex(lw, inst) -> GrammarSource:
 
 def lower_json_schema(lw, inst) -> GrammarSource:
     schema = inst.arg("schema")
-    text = schema if schema.lstrip().startswith("{") else _read(inst, schema, "JSON schema file")
+    inline = schema.lstrip().startswith("{")
+    text = schema if inline else _read(inst, schema, "JSON schema file", "a JSON Schema")
     try:
         parsed = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DecError(f"the JSON schema is not valid JSON: {e}", inst.span) from None
-    return _regular(inst, "json_schema", parsed)
+    except json.JSONDecodeError as e:  # its message names the position, never the text
+        raise DecError(f"the JSON schema is not valid JSON: {e}" if inline else
+                       f"{schema!r} is not a JSON Schema: it is not JSON ({e})", inst.span) from None
+    try:
+        return _regular(inst, "json_schema", parsed)
+    except DecError as e:
+        if inline:
+            raise
+        d = e.diagnostics[0]
+        raise DecError(f"JSON schema file {schema!r}: {d.message}", d.span, hint=d.hint) from None
 
 
 def lower_choice(lw, inst) -> GrammarSource:
@@ -129,7 +138,7 @@ def lower_lark(lw, inst) -> GrammarSource:
 
 def lower_lark_file(lw, inst) -> GrammarSource:
     _context_free(inst, "lark", None)
-    return GrammarSource("lark", _read(inst, inst.arg("path"), "Lark grammar file"))
+    return GrammarSource("lark", _read(inst, inst.arg("path"), "Lark grammar file", "a Lark grammar"))
 
 
 def bind_grammar(spec, target, vocab: Any = None) -> dict[str, Any]:

@@ -311,7 +311,7 @@ def test_missing_import(tmp_path):
 def test_import_of_a_directory(tmp_path):
     (tmp_path / "sub").mkdir()
     d = error(write(tmp_path / "main.dec", 'import "sub"\ndecoder main() { target = model("t") }'))
-    assert d.message == f"cannot import 'sub': {tmp_path.resolve() / 'sub'} is not a file"
+    assert d.message == f"cannot import 'sub': {tmp_path.resolve() / 'sub'} is a directory, not a .dec spec"
 
 
 def test_import_cycle(tmp_path):

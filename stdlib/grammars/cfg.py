@@ -25,6 +25,7 @@ walk over the byte-sorted vocabulary, shared prefixes walked once) and cached.
 """
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -33,10 +34,11 @@ import lark
 import numba
 import numpy as np
 import torch
-from lark.exceptions import LarkError
+from lark.exceptions import LarkError, UnexpectedInput
 from lark.lexer import PatternStr
 from lark.parsers.lalr_analysis import Shift
 
+from decspec.dsl.diagnostics import excerpt
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.index import sorted_vocabulary
 from decspec.stdlib.grammars.regex import compile_regex
@@ -106,7 +108,7 @@ def terminal_dfa(term):
     """The byte DFA of one Lark terminal; GrammarError naming the terminal when our regexes cannot say it."""
     pattern = term.pattern
     flags = set(pattern.flags)
-    shown = f"lark terminal {term.name} ({getattr(pattern, 'raw', None) or repr(pattern.value)})"
+    shown = f"lark terminal {excerpt(term.name)} ({excerpt(getattr(pattern, 'raw', None) or repr(pattern.value))})"
     if isinstance(pattern, PatternStr):
         if flags - {"i"}:
             raise GrammarError(f"{shown}: the regex flags {sorted(flags - {'i'})} are not supported")
@@ -140,6 +142,8 @@ def lark_lalr(source: str, start: str) -> lark.Lark:
     """One Lark build per (grammar, start) in a process: the matcher only reads its rules and parse table."""
     try:
         return lark.Lark(source, parser="lalr", lexer="contextual", start=start)
+    except UnexpectedInput as e:  # a syntax error Lark did not name: where it is, not what it read there
+        raise GrammarError(f"lark grammar: unexpected input at line {e.line} column {e.column}") from None
     except LarkError as e:
         text = " ".join(str(e).split())
         if f"undefined rule: NonTerminal('{start}')" in text:
@@ -147,7 +151,14 @@ def lark_lalr(source: str, start: str) -> lark.Lark:
                                hint=f"define it ({start}: ...) or name another rule as the start") from None
         hint = ("the grammar must be LALR(1) (one token of lookahead decides every step); Earley-only grammars are "
                 "not supported") if "collision" in text.lower() else None
-        raise GrammarError(f"lark grammar: {text}", hint=hint) from None
+        # A grammar file may be anything a spec pointed at (`key: value` lines are Lark syntax), so Lark's
+        # messages that name rules are shown only for text that defines the start rule, capped and escaped;
+        # Lark follows a syntax error's message with the text around it, after a blank line: never shown.
+        said = " ".join(str(e).split("\n\n")[0].split()).replace(" in <string>", "").rstrip(" :")
+        if " at line " not in said and not re.search(rf"(?m)^[ \t]*[?!]?{re.escape(start)}(?:\.-?\d+)?[ \t]*:", source):
+            raise GrammarError(f"the lark grammar has no start rule '{start}'",
+                               hint=f"define it ({start}: ...) or name another rule as the start") from None
+        raise GrammarError(f"lark grammar: {excerpt(said, 160)}", hint=hint) from None
 
 
 def check_productive(parser: lark.Lark, start: str) -> None:

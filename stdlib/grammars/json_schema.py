@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from decspec.dsl.diagnostics import did_you_mean
+from decspec.dsl.diagnostics import did_you_mean, excerpt
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.regex import parse_regex
 
@@ -57,6 +57,11 @@ UNSUPPORTED = (
     "dependentSchemas", "dependencies", "if", "then", "else", "not", "$dynamicRef", "$anchor", "contentEncoding",
     "contentMediaType",
 )
+
+
+def shown(value: Any) -> str:
+    """A schema value in a message: a short, escaped excerpt (a schema may come from a file anyone pointed at)."""
+    return f"'{excerpt(value)}'" if isinstance(value, str) else excerpt(json.dumps(value))
 
 
 def literal(value: Any) -> str:
@@ -101,11 +106,11 @@ class Translator:
         if schema is True:
             raise self.fail(path, "'true' (any JSON value) is not supported yet")
         if not isinstance(schema, dict):
-            raise self.fail(path, f"expected a schema object, got {json.dumps(schema)}")
+            raise self.fail(path, f"expected a schema object, got {shown(schema)}")
         for key in schema:
             if key not in SUPPORTED and key not in ANNOTATIONS:
                 hint = did_you_mean(key, SUPPORTED) if key not in UNSUPPORTED else None
-                raise self.fail(path, f"keyword '{key}' is not supported", hint)
+                raise self.fail(path, f"keyword {shown(key)} is not supported", hint)
         if "$ref" in schema:
             return self.ref(schema, path)
         for key in ("anyOf", "oneOf"):  # oneOf as anyOf: exclusivity is not enforced
@@ -135,17 +140,17 @@ class Translator:
         ref = schema["$ref"]
         parts = ref.split("/") if isinstance(ref, str) else []
         if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
-            raise self.fail(f"{path}.$ref", f"only '#/$defs/NAME' and '#/definitions/NAME' refs are supported, got {ref!r}")
+            raise self.fail(f"{path}.$ref", f"only '#/$defs/NAME' and '#/definitions/NAME' refs are supported, got {shown(ref)}")
         target = self.root.get(parts[1], {}).get(parts[2])
         if target is None:
-            raise self.fail(f"{path}.$ref", f"{ref!r} names no definition",
+            raise self.fail(f"{path}.$ref", f"{shown(ref)} names no definition",
                             did_you_mean(parts[2], self.root.get(parts[1], {})))
         if ref in self.expanding:
-            raise self.fail(f"{path}.$ref", f"recursive $ref {ref!r}: a recursive schema is not a regular language; "
+            raise self.fail(f"{path}.$ref", f"recursive $ref {shown(ref)}: a recursive schema is not a regular language; "
                             "use a lark grammar (not yet supported)")
         self.expanding.append(ref)
         try:
-            return self.translate(target, f"$.{parts[1]}.{parts[2]}")
+            return self.translate(target, f"$.{parts[1]}.{excerpt(parts[2])}")
         finally:
             self.expanding.pop()
 
@@ -164,7 +169,7 @@ class Translator:
             return self.array(schema, path)
         if kind in TYPES:
             return TYPES[kind]
-        raise self.fail(f"{path}.type", f"unknown type {kind!r}", did_you_mean(str(kind), [*TYPES, "string", "object", "array"]))
+        raise self.fail(f"{path}.type", f"unknown type {shown(kind)}", did_you_mean(str(kind), [*TYPES, "string", "object", "array"]))
 
     def string(self, schema: dict, path: str) -> str:
         combined = [k for k in ("minLength", "maxLength", "format") if k in schema]
@@ -181,7 +186,7 @@ class Translator:
             return f'"(?:{pattern})"'
         if "format" in schema:
             if schema["format"] not in FORMATS:
-                raise self.fail(f"{path}.format", f"format {schema['format']!r} is not supported",
+                raise self.fail(f"{path}.format", f"format {shown(schema['format'])} is not supported",
                                 "supported formats: " + ", ".join(FORMATS))
             return f'"{FORMATS[schema["format"]]}"'
         lo, hi = self.bounds(schema, "minLength", "maxLength", path)
@@ -225,9 +230,9 @@ class Translator:
         required = schema.get("required", [])
         missing = [name for name in required if name not in properties]
         if missing:
-            raise self.fail(f"{path}.required", f"required property {missing[0]!r} is not in 'properties'")
+            raise self.fail(f"{path}.required", f"required property {shown(missing[0])} is not in 'properties'")
         names = list(properties)
-        pairs = [f"{literal(name)}{COLON}{self.translate(properties[name], f'{path}.properties.{name}')}" for name in names]
+        pairs = [f"{literal(name)}{COLON}{self.translate(properties[name], f'{path}.properties.{excerpt(name)}')}" for name in names]
         needed = [name in required for name in names]
 
         def after(i: int) -> str:  # properties i.. once one has been written: each starts with a comma

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from decspec.dsl.diagnostics import excerpt
 from decspec.stdlib.grammars.automaton import NFA, ByteDFA, determinize
 from decspec.stdlib.grammars.errors import GrammarError
 
@@ -93,7 +94,7 @@ class Parser:
     def error(self, what: str, at: int | None = None) -> GrammarError:
         column = (self.i if at is None else at) + 1
         shown = self.pattern if len(self.pattern) <= 80 else self.pattern[max(0, column - 40):column + 40]
-        return GrammarError(f'regex "{shown}" at column {column}: {what}')
+        return GrammarError(f'regex "{excerpt(shown, 80)}" at column {column}: {what}')
 
     def peek(self, k: int = 0) -> str:
         j = self.i + k
@@ -318,5 +319,5 @@ def compile_regex(pattern: str) -> ByteDFA:
     nfa.accept = emit(nfa, parse_regex(pattern), start)
     dfa = determinize(nfa, start)
     if dfa is None:
-        raise GrammarError(f'regex "{pattern[:80]}" accepts nothing: no string matches it')
+        raise GrammarError(f'regex "{excerpt(pattern, 80)}" accepts nothing: no string matches it')
     return dfa

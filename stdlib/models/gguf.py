@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from decspec.dsl.diagnostics import DecError
+from decspec.dsl.diagnostics import DecError, excerpt
 
 MAGIC = b"GGUF"
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # GGUF general.architecture -> HF model_type
@@ -64,6 +64,11 @@ GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight", "output_norm
                   "output.weight": "lm_head.weight"}
 
 
+def shown(value: Any) -> str:
+    """A header value in a message: a short, escaped excerpt (the header is the file's, whoever wrote it)."""
+    return f"'{excerpt(value)}'" if isinstance(value, str) else excerpt(repr(value))
+
+
 def open_gguf(path: str | Path):
     """A `gguf.GGUFReader` over `path`; a file that is not GGUF is a DecError that quotes nothing of it."""
     path = Path(path)
@@ -80,7 +85,7 @@ def open_gguf(path: str | Path):
     try:
         return GGUFReader(str(path))
     except Exception as e:  # truncated or corrupt: the reader's own message names the offset, never the data
-        raise DecError(f"cannot read GGUF file {path}: {type(e).__name__}: {str(e)[:200]}; the file is corrupt or truncated") from None
+        raise DecError(f"cannot read GGUF file {path}: {type(e).__name__}: {excerpt(str(e), 200)}; the file is corrupt or truncated") from None
 
 
 def metadata(reader) -> dict[str, Any]:
@@ -100,7 +105,7 @@ def hf_config(meta: dict[str, Any], file: Path, n_vocab: int, has_output: bool) 
     """The GGUF header -> an HF config.json dict for the built-in Transformer."""
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise DecError(f"{file}: general.architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)}); "
+        raise DecError(f"{file}: general.architecture {shown(arch)} is not supported (supported: {', '.join(ARCHITECTURES)}); "
                        "load other architectures through transformers with decspec.stdlib.models.hf.HFModel")
 
     def get(key: str, default: Any = None, required: bool = True) -> Any:
@@ -182,11 +187,11 @@ def hf_tokenizer(reader, meta: dict[str, Any], file: Path) -> tuple[dict[str, An
     """The GGUF vocabulary -> (tokenizer.json dict, tokenizer_config.json dict) for the `tokenizers` library."""
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":
-        raise DecError(f"{file}: tokenizer.ggml.model {model!r} is not supported (decspec rebuilds byte-level BPE "
+        raise DecError(f"{file}: tokenizer.ggml.model {shown(model)} is not supported (decspec rebuilds byte-level BPE "
                        "vocabularies, 'gpt2'); convert the model to a Hugging Face directory with its tokenizer.json")
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
-        raise DecError(f"{file}: tokenizer.ggml.pre {pre!r} is not a pre-tokenizer decspec knows "
+        raise DecError(f"{file}: tokenizer.ggml.pre {shown(pre)} is not a pre-tokenizer decspec knows "
                        f"(known: {', '.join(sorted(PRE_TOKENIZERS))}); text would not tokenize as the model's own tokenizer")
     tokens = list(reader.fields["tokenizer.ggml.tokens"].contents())
     types = list(reader.fields["tokenizer.ggml.token_type"].contents()) if "tokenizer.ggml.token_type" in reader.fields else [1] * len(tokens)

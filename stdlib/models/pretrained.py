@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from decspec.dsl.diagnostics import DecError
+from decspec.dsl.diagnostics import DecError, excerpt
 from decspec.stdlib.models.heads import HEADS
 from decspec.stdlib.models.tokenizer import Tokenizer
 from decspec.stdlib.models.transformer import Transformer, TransformerConfig
@@ -82,7 +82,7 @@ def load_transformer(
     raw = read_config(path)
     if raw.get("model_type") not in (None, *MODEL_TYPES):
         raise DecError(
-            f"{path / 'config.json'}: model_type {raw.get('model_type')!r} is not one the built-in model runs "
+            f"{path / 'config.json'}: model_type '{excerpt(str(raw.get('model_type')))}' is not one the built-in model runs "
             f"({', '.join(MODEL_TYPES)}); load other architectures with decspec.stdlib.models.hf.HFModel.from_pretrained "
             "(or decspec.stdlib.models.pretrained.load_model, which picks the adapter)"
         )

@@ -17,6 +17,9 @@ Rows, per workload × temperature × batch:
   recent match (decspec's default) and with `earliest=true` (HF's rule: the first match);
 - decspec self-speculation: `specs/swift.dec` with the skip set given by --skip, and
   `specs/layerskip.dec` at --exit-layer (the untrained model's own layers as the draft);
+- drafts trained for the model and shipped with decspec (stdlib/models/train_drafts.py), where it has them:
+  `specs/eagle.dec`, `specs/medusa.dec`, `specs/hydra.dec` on its heads, `specs/speculative.dec` with its draft
+  model, and HF assisted generation with that draft as the assistant (batch 1: HF's limit);
 - llama.cpp (when `DECSPEC_LLAMA_CPP` names its build's bin directory): llama-bench generation speed
   on the original GGUF (quantized weights, so not the same arithmetic), batch 1, temperature 0 only.
 
@@ -93,6 +96,18 @@ def rows_for(args, model, hf, T: float, B: int) -> list[tuple[str, dict, object]
             (f"decspec early exit {args.exit_layer}", {"method": "early exit", "impl": "decspec eager", "k": k, "layer": args.exit_layer},
              lambda: decspec_run("layerskip.dec", models, {"k": k, "layer": args.exit_layer, "temperature": T}, B)),
         ]
+    draft = getattr(model, "shipped_draft", None)  # drafts trained for the model (stdlib/models/train_drafts.py)
+    for kind in ("eagle", "medusa", "hydra"):
+        if kind in model.heads:
+            out.append((f"decspec {kind} (trained head)", {"method": kind, "impl": "decspec eager", "k": k},
+                        lambda kind=kind: decspec_run(f"{kind}.dec", models, {"k": k, "temperature": T}, B)))
+    if draft is not None:
+        out.append(("decspec draft model (trained)", {"method": "draft model", "impl": "decspec eager", "k": k},
+                    lambda: decspec_run("speculative.dec", {**models, "draft": draft}, {"k": k, **sampling}, B)))
+        out.append(("HF assisted (decspec's draft)", {"method": "draft model", "impl": "HF", "k": k},
+                    (lambda: hf_runner(hf, B, {"assistant_model": hf_draft(draft), "num_assistant_tokens": k,
+                                               "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}, T))
+                    if B == 1 else "HF: batch 1 only"))
     if args.inductor and B == 1:
         out.insert(3, ("decspec autoregressive (inductor)", {"method": "autoregressive", "impl": "decspec inductor"},
                        lambda: decspec_run("autoregressive.dec", models, sampling, B, "inductor")))
@@ -107,13 +122,39 @@ def rows_for(args, model, hf, T: float, B: int) -> list[tuple[str, dict, object]
     return out
 
 
+def hf_draft(draft):
+    """The shipped draft model as a transformers Llama (its own layers, the target's embedding, the whole vocabulary:
+    HF's assistant cannot take a draft vocabulary)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from decspec.stdlib.models.train import hf_config
+
+    folder = Path(tempfile.mkdtemp(prefix="decspec-hf-draft-"))
+    state = {k: v.contiguous() for k, v in draft.state_dict().items() if not k.startswith("lm_head")}
+    state["model.embed_tokens.weight"] = draft.model.embed_tokens.weight.contiguous()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(draft.config)
+    config["torch_dtype"] = "float32"
+    (folder / "config.json").write_text(json.dumps(config))
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
 def cost_ratios(args, model, prompt_len: int, B: int) -> dict:
     """c per self-drafting row: one draft step (1 token) over one target step (k+1 tokens), eager forwards."""
     from decspec.stdlib.models.views import EarlyExit, SkipLayers
 
     t_target = forward_time(model, B, prompt_len, args.k + 1, reps=10)
-    return {"layer skip": forward_time(SkipLayers(model, tuple(args.skip)), B, prompt_len, 1, reps=10) / t_target,
-            "early exit": forward_time(EarlyExit(model, args.exit_layer), B, prompt_len, 1, reps=10) / t_target}
+    out = {"layer skip": forward_time(SkipLayers(model, tuple(args.skip)), B, prompt_len, 1, reps=10) / t_target,
+           "early exit": forward_time(EarlyExit(model, args.exit_layer), B, prompt_len, 1, reps=10) / t_target}
+    if getattr(model, "shipped_draft", None) is not None:
+        out["draft model"] = forward_time(model.shipped_draft, B, prompt_len, 1, reps=10) / t_target
+    return out
 
 
 def measure_config(args, model, hf, workload: str, ids: list[list[int]], T: float, B: int, reference: list | None, log) -> list[dict]:
@@ -155,7 +196,7 @@ def measure_config(args, model, hf, workload: str, ids: list[list[int]], T: floa
     by = {(r["impl"], r["method"]): r for r in rows if "tokens_per_second" in r}
     hf_plain = by.get(("HF", "autoregressive"))
     prompt_len = round(statistics.mean(map(len, ids)))
-    cost = cost_ratios(args, model, prompt_len, B) if any(r["method"] in ("layer skip", "early exit") for r in by.values()) else {}
+    cost = cost_ratios(args, model, prompt_len, B) if any(r["method"] in ("layer skip", "early exit", "draft model") for r in by.values()) else {}
     for r in rows:
         if "tokens_per_second" not in r:
             continue

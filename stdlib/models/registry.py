@@ -175,7 +175,18 @@ def load_named(name: str, **kw):
     path = pull(name)
     model = load_transformer(path, **kw)
     model.name = name
+    shipped = shipped_drafts(name)
+    if shipped is not None:
+        from decspec.stdlib.models.pretrained import attach_drafts
+
+        model.shipped_draft = attach_drafts(model, shipped)
     return model
+
+
+def shipped_drafts(name: str) -> Path | None:
+    """The folder of drafts trained for a named model and shipped with decspec (stdlib/models/reference/NAME), if any."""
+    folder = Path(__file__).with_name("reference") / name
+    return folder if folder.is_dir() else None
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:

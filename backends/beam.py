@@ -39,7 +39,10 @@ from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline
 from decspec.stdlib.search import BeamSearch
 
-NEG = -1.0e9  # the score of an empty slot: far below any real cumulative log-probability, finite so sums stay ordered
+NEG = -1.0e9  # a placeholder beam's score: far below any real cumulative log-probability, finite so sums stay ordered
+# Finished scores are float64, -inf in an empty slot: score / g**length_penalty reaches any magnitude over the allowed
+# range (length_penalty in [-10, 10]: g**10 overflows float32 at g ~ 7000; -10 sends a real score below any finite NEG)
+EMPTY = float("-inf")
 
 
 @dataclass
@@ -55,7 +58,7 @@ class BeamResult(Result):
 class Finished:
     """The finished hypotheses of every prompt: W slots each, kept sorted best first.
 
-    tokens [P, W, G] generated tokens; length [P, W]; score [P, W] (length-penalized; NEG when empty);
+    tokens [P, W, G] generated tokens; length [P, W]; score [P, W] (length-penalized, float64; -inf when empty);
     full [P, W] whether the slot holds a hypothesis."""
 
     tokens: torch.Tensor
@@ -66,13 +69,13 @@ class Finished:
     @classmethod
     def empty(cls, P: int, W: int, G: int) -> "Finished":
         return cls(torch.zeros(P, W, G, dtype=torch.long), torch.zeros(P, W, dtype=torch.long),
-                   torch.full((P, W), NEG), torch.zeros(P, W, dtype=torch.bool))
+                   torch.full((P, W), EMPTY, dtype=torch.float64), torch.zeros(P, W, dtype=torch.bool))
 
     def add(self, tokens: torch.Tensor, length: int, score: torch.Tensor, eligible: torch.Tensor) -> None:
         """Offer candidates tokens [P, C, G] (each `length` tokens long) with length-penalized scores [P, C]; only the
         eligible [P, C] ones may enter. Keeps the W best of the old slots and the offered ones (old ones first on ties)."""
         W = self.score.shape[1]
-        score = score.masked_fill(~eligible, 2 * NEG)  # below every empty slot
+        score = score.to(self.score.dtype).masked_fill(~eligible, EMPTY)  # never above an empty slot
         merged = torch.cat([self.score, score], 1)  # [P, W + C]
         keep = merged.topk(W, dim=1).indices  # [P, W], best first
         self.score = merged.gather(1, keep)
@@ -87,8 +90,9 @@ def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def length_normalized(score: torch.Tensor, length: int, length_penalty: float) -> torch.Tensor:
-    """A finished hypothesis' rank: cumulative log-probability / generated_length ** length_penalty."""
-    return score / (length ** length_penalty)
+    """A finished hypothesis' rank: cumulative log-probability / generated_length ** length_penalty (float64:
+    finite over the allowed range, length_penalty in [-10, 10])."""
+    return score.double() / (float(length) ** length_penalty)
 
 
 def done_after_step(search: BeamSearch, finished: Finished, best_running: torch.Tensor, generated: int,

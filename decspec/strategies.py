@@ -71,11 +71,12 @@ def model_pairs(draw, vocab: int | st.SearchStrategy[int] = _ints(2, 5), order: 
 
 
 def _scalar(param: registry.Param, cap: int) -> st.SearchStrategy:
-    """Values of a number parameter inside its declared bounds: ints up to `cap`, floats on a 0.01 grid."""
+    """Values of a number parameter inside its declared bounds: ints up to `cap`, floats on a 0.01 grid (the first
+    2.0 of a range wider than 100, temperature's [0, 1e6]: past that every distribution is nearly uniform)."""
     low = param.low if param.low is not None else 0
     if param.type == "int":
         return _ints(int(low), int(param.high if param.high is not None else max(cap, low)))
-    high = param.high if param.high is not None else low + 2.0
+    high = param.high if param.high is not None and param.high - low <= 100 else low + 2.0
     return _ints(round(low * 100), round(high * 100)).map(lambda x: x / 100)
 
 
@@ -94,7 +95,8 @@ def conditions(draw, depth: int = 2) -> str:
             return f"not ({draw(conditions(depth - 1))})"
         return f"({draw(conditions(depth - 1))}) {draw(st.sampled_from(['and', 'or']))} ({draw(conditions(depth - 1))})"
     stat = draw(st.sampled_from(registry.names("stat")))
-    return f"draft.{stat} {draw(st.sampled_from(['<', '<=', '>', '>=']))} {draw(_ints(0, 20)) / 10}"
+    low, high = registry.lookup("stat", stat).values  # a threshold inside the statistic's range, up to 2.0
+    return f"draft.{stat} {draw(st.sampled_from(['<', '<=', '>', '>=']))} {draw(_ints(round(low * 10), round(min(high, 2.0) * 10))) / 10}"
 
 
 def _call(name: str, args: dict) -> str:

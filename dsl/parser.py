@@ -15,6 +15,7 @@ ast nodes with spans, and parse errors turned into DecError diagnostics.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from functools import lru_cache
 from importlib import resources
@@ -375,7 +376,14 @@ class _ToAst(Transformer_NonRecursive):
         (tok,) = children
         text = tok.value
         if any(c in text for c in ".eE"):
-            return ast.Num(float(text), self._tok(tok))
+            value = float(text)
+            if math.isinf(value):  # 1e400: float() would say inf
+                raise DecError("number too large for a 64-bit float (it would be infinite)", self._tok(tok),
+                               hint="floats reach about 1.8e308; every parameter has a finite range")
+            if value == 0 and any(c in "123456789" for c in text.lower().split("e")[0]):  # 1e-400: float() would say 0
+                raise DecError("number too small for a 64-bit float (it would be 0)", self._tok(tok),
+                               hint="the smallest positive float is about 4.9e-324; write 0 if 0 is meant")
+            return ast.Num(value, self._tok(tok))
         if len(text.lstrip("0")) > 19 or int(text) >= INT_LIMIT:
             raise DecError("integer too large for 64 bits", self._tok(tok))
         return ast.Num(int(text), self._tok(tok))

@@ -59,6 +59,8 @@ def _component(comp: Component) -> list[str]:
         out += ["| parameter | type | default | bounds | meaning |", "|---|---|---|---|---|"]
         out += [_param_row(p) for p in comp.params]
         out.append("")
+    if comp.values is not None:
+        out.append(f"- values: `{comp.values[0]} <= {usage(comp)} <= {comp.values[1]}` (a threshold compared with it must lie here)")
     contract = {True: "lossless", False: "lossy", None: "not applicable"}[comp.contract.lossless]
     out.append(f"- contract: {contract}" + (f" — {comp.contract.reason}" if comp.contract.reason else ""))
     if comp.cite:

@@ -14,6 +14,7 @@ component of the expected kind whose parameters all have defaults.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -68,17 +69,23 @@ def bind_arguments(names: Sequence[str], call: ast.Call, what: str, errors: list
 
 
 def check_bounds(param: registry.Param, value: Any, what: str) -> str | None:
-    """A message when a number lies outside the parameter's inclusive bounds, else None."""
+    """A message when a number (or an item of a list of numbers) lies outside the parameter's inclusive
+    bounds, else None."""
+    if isinstance(value, tuple):
+        return next((m for v in value if (m := check_bounds(param, v, what))), None)
     if not is_number(value):
         return None
     low, high = param.low, param.high
     if (low is None or value >= low) and (high is None or value <= high):
         return None
+    return f"{what}'s '{param.name}' must be {bounds_text(low, high)}, found {value}"
+
+
+def bounds_text(low: float | None, high: float | None) -> str:
+    """'between 0.0 and 1.0', 'at least 1', 'at most 2'."""
     if low is not None and high is not None:
-        bounds = f"between {low} and {high}"
-    else:
-        bounds = f"at least {low}" if low is not None else f"at most {high}"
-    return f"{what}'s '{param.name}' must be {bounds}, found {value}"
+        return f"between {low} and {high}"
+    return f"at least {low}" if low is not None else f"at most {high}"
 
 
 class Resolver:
@@ -188,6 +195,12 @@ class Resolver:
             result = left / right if op == "/" else left + right if op == "+" else left - right if op == "-" else left * right
             if isinstance(result, int) and abs(result) >= INT_LIMIT:
                 return self.error("integer too large for 64 bits", expr.span)
+            if isinstance(result, float) and not math.isfinite(result):
+                return self.error(f"'{op}' overflows a 64-bit float here (the result would be infinite)", expr.span,
+                                  hint="floats reach about 1.8e308; every parameter has a finite range")
+            if result == 0 and op in ("*", "/") and left != 0 and (op == "/" or right != 0):
+                return self.error(f"'{op}' underflows a 64-bit float here (the result would be 0)", expr.span,
+                                  hint="the smallest positive float is about 4.9e-324; write 0 if 0 is meant")
             return result
         if op in _COMPARE:
             if op in ("==", "!=") and type(left) is type(right) and not is_number(left):
@@ -324,6 +337,12 @@ class Resolver:
                     return self.error(f"'{op}' compares a draft statistic with a number, found {self.what_term(v)}", side.span)
             if isinstance(left, Stat) and isinstance(right, Stat):
                 return self.error(f"'{op}' compares a draft statistic with a number, found two statistics", expr.span)
+            stat, number, side = (right, left, expr.left) if isinstance(right, Stat) else (left, right, expr.right)
+            low, high = stat.component.values or (None, None)
+            if (low is not None and number < low) or (high is not None and number > high):
+                origin = f"the value comes from '{side.id}'" if isinstance(side, ast.Name) else None
+                return self.error(f"draft.{stat.component.name} lies {bounds_text(low, high)}; a threshold of {number} "
+                                  "is outside it", side.span, origin)
             if isinstance(right, Stat):  # keep the statistic on the left; numbers are floats
                 return Cond(_FLIP[op], (right, float(left)), expr.span)
             return Cond(op, (left, float(right)), expr.span)

@@ -8,6 +8,7 @@ one, reading a command-line string as one, and naming values and kinds in messag
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -69,8 +70,8 @@ def describe(value: Any) -> str:
 
 
 def coerce(value: Any, type_: str) -> Any:
-    """The value as a `type_` (int is accepted where float is expected; bool is not an int);
-    lists become tuples. Raises Mismatch otherwise."""
+    """The value as a `type_` (int is accepted where float is expected; bool is not an int; a float
+    must be finite); lists become tuples. Raises Mismatch otherwise."""
     if type_.startswith("list["):
         if not isinstance(value, (list, tuple)):
             raise Mismatch(describe(value))
@@ -83,6 +84,8 @@ def coerce(value: Any, type_: str) -> Any:
     elif type_ == "int" and isinstance(value, numbers.Integral):
         return int(value)
     elif type_ == "float" and isinstance(value, numbers.Real):
+        if not math.isfinite(value):  # inf and nan are no value of any parameter: each has a finite range
+            raise Mismatch(f"a non-finite float ({value})")
         return float(value)
     elif type_ == "str" and isinstance(value, str):
         return value

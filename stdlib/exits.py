@@ -69,8 +69,12 @@ register(
         lower_when,
     )
 )
-register(Component("stat", "prob", (), "The draft model's own probability of the token it drafted (softmax of its logits, before the sampler pipeline).", Contract(None, ""), _lower_prob))
+ENTROPY_MAX = 32.0  # nats: ln V for V tokens is at most ln 2**32 ~ 22.2 for any vocabulary an id can index
+
+register(Component("stat", "prob", (), "The draft model's own probability of the token it drafted (softmax of its logits, before the sampler pipeline).", Contract(None, ""), _lower_prob,
+                   values=(0.0, 1.0)))
 register(Component("stat", "cumprob", (), "The product of the draft model's own probabilities of the tokens drafted so far this round, "
                    "this step's included (Dynamic Depth Decoding: stop when it falls below a threshold).", Contract(None, ""), _lower_cumprob,
-                   cite="Brown et al. 2024, Dynamic Depth Decoding: Faster Speculative Decoding for LLMs"))
-register(Component("stat", "entropy", (), "Entropy in nats of the draft model's own distribution at this step (before the sampler pipeline).", Contract(None, ""), _lower_entropy))
+                   cite="Brown et al. 2024, Dynamic Depth Decoding: Faster Speculative Decoding for LLMs", values=(0.0, 1.0)))
+register(Component("stat", "entropy", (), "Entropy in nats of the draft model's own distribution at this step (before the sampler pipeline); "
+                   "at most ln V for V tokens.", Contract(None, ""), _lower_entropy, values=(0.0, ENTROPY_MAX)))

@@ -9,6 +9,7 @@ no core file: define it next to its family and call :func:`register`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -82,6 +83,8 @@ class Component:
     bind: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     # token trees (stdlib/trees.py): a draft source proposes one; a verifier can verify one
     trees: bool = False
+    # a draft statistic's range (low, high), both finite: a threshold `when` compares it with must lie in it
+    values: tuple[float, float] | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -98,11 +101,25 @@ _REGISTRY: dict[tuple[str, str], Component] = {}
 
 
 def register(component: Component) -> Component:
-    """Add a component; a second registration of the same (kind, name) replaces the first."""
+    """Add a component; a second registration of the same (kind, name) replaces the first.
+
+    Every float parameter declares finite bounds (low and high), and a draft statistic its finite range
+    (`values`): the checker refuses values outside them at the spec's position, so the component's math
+    only has to be stable over that range."""
     if component.kind not in KINDS:
         raise ValueError(f"unknown component kind {component.kind!r}; expected one of {KINDS}")
+    for p in component.params:
+        if p.type in ("float", "list[float]") and not (_finite(p.low) and _finite(p.high) and p.low <= p.high):
+            raise ValueError(f"{component.kind} '{component.name}': float parameter '{p.name}' needs finite bounds "
+                             f"low <= high (has low={p.low}, high={p.high})")
+    if component.kind == "stat" and not (component.values and all(map(_finite, component.values))):
+        raise ValueError(f"draft statistic '{component.name}' needs a finite range `values=(low, high)`")
     _REGISTRY[(component.kind, component.name)] = component
     return component
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
 
 
 def unregister(kind: str, name: str) -> None:

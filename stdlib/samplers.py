@@ -11,6 +11,8 @@ import torch
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 NEG_INF = float("-inf")
+T_MAX = 1e6  # temperature's upper bound: past it every realistic logit spread (< 100) is within 1e-4 of uniform
+HEADROOM = 1024.0  # a tiny temperature's logits stay below finfo.max / HEADROOM: room for repetition_penalty's x100, softmax's differences
 _NO_CONTRACT = Contract(None, "samplers define the target distribution; they are not checked against it")
 
 
@@ -25,8 +27,25 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def temperature(logits: torch.Tensor, t: float) -> torch.Tensor:
-    """logits / t; t = 0 means greedy."""
-    return greedy(logits) if t == 0 else logits / t
+    """logits / t (in at least float32); t = 0 means greedy.
+
+    In a row where logits / t would leave [-limit, limit], limit = finfo.max / HEADROOM (a tiny t; t
+    underflowing the dtype), t acts as the smallest temperature the row can take: its largest |logit|
+    lands at the limit. Signs and order are kept (and so the later stages' meaning: repetition_penalty is
+    positively homogeneous), the gaps stay far beyond what softmax resolves, so a tiny t gives greedy's
+    token (tied maxima alike), and the later stages have room (repetition_penalty's x100, softmax's
+    differences) before anything overflows. No finite t makes a removed token (-inf) anything but -inf.
+    """
+    if t == 0:
+        return greedy(logits)
+    logits = _at_least_f32(logits)  # float16 would overflow at |logits / t| > 65504
+    limit = torch.finfo(logits.dtype).max / HEADROOM
+    scaled = logits / t  # [..., V]
+    finite = logits.abs() < float("inf")  # isfinite, in ops torch-mlir lowers
+    too_big = (finite & ~(scaled.abs() <= limit)).any(-1, keepdim=True)  # [..., 1] (inf and nan included)
+    largest = logits.abs().masked_fill(~finite, 0).amax(-1, keepdim=True)  # [..., 1]
+    smallest_t = (largest / limit).clamp_min(torch.finfo(logits.dtype).tiny)  # > 0 even for a row of zeros
+    return torch.where(too_big, logits / smallest_t, scaled)
 
 
 def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -106,8 +125,9 @@ register(
     Component(
         "sampler",
         "temperature",
-        (Param("t", "float", low=0.0, doc="softmax temperature; 0 means greedy"),),
-        "Divide logits by t.",
+        (Param("t", "float", low=0.0, high=T_MAX, doc="softmax temperature; 0 means greedy"),),
+        "Divide logits by t. Tiny t tends to greedy (the most likely token; the tied ones alike), huge t to the uniform "
+        "distribution over the tokens earlier stages kept (removed ones stay removed).",
         _NO_CONTRACT,
     )
 )

@@ -74,8 +74,9 @@ register(
         "beam",
         (
             Param("width", "int", 4, low=1, high=64, doc="hypotheses kept per prompt (HF `num_beams`); 1 is greedy decoding"),
-            Param("length_penalty", "float", 1.0, doc="finished hypotheses rank by score / length ** length_penalty "
-                                                      "(length: generated tokens); > 0 favours longer ones"),
+            Param("length_penalty", "float", 1.0, low=-10.0, high=10.0,
+                  doc="finished hypotheses rank by score / length ** length_penalty (length: generated tokens); "
+                      "> 0 favours longer ones"),
             Param("early_stopping", "str", "false", doc='"false" (HF default), "true" or "never", as HF\'s early_stopping'),
         ),
         "Beam search (Hugging Face `num_beams` semantics): keep the `width` best hypotheses by cumulative log-probability "

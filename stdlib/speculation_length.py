@@ -214,7 +214,7 @@ register(
         (
             Param("arms", "list[int]", default=(1, 2, 4, 8), doc="the speculation lengths to choose from (each <= the draft's max)"),
             Param("algorithm", "str", default="ucb", doc="\"ucb\" (UCB1) or \"exp3\" (EXP3, randomized from the decoder's seed)"),
-            Param("draft_cost", "float", default=0.1, low=0.0, doc="cost of one draft step, in target calls, in the reward"),
+            Param("draft_cost", "float", default=0.1, low=0.0, high=10.0, doc="cost of one draft step, in target calls, in the reward"),
             Param("gamma", "float", default=0.1, low=0.0, high=1.0, doc="EXP3's exploration rate"),
             UNTIL,
         ),

@@ -128,7 +128,7 @@ def test_conditions_fold_and_normalize():
     assert stop("true and draft.prob == 1") == Cond("==", (prob, 1))
     assert stop("false or not (draft.prob != 0.5)") == Cond("not", (Cond("!=", (prob, 0.5)),))
     assert stop("1 < 2") is True and stop("false") is False
-    assert stop("draft.prob < -1e-3") == Cond("<", (prob, -1e-3))
+    assert stop("draft.prob > -1e-3 + 0.5") == Cond(">", (prob, -1e-3 + 0.5))  # a negative literal folds
     assert type(stop("draft.prob < 1").operands[1]) is float
 
 
@@ -490,7 +490,7 @@ def test_duplicate_decoder():
 
 def test_deep_but_allowed_nesting_checks():
     d = error(decoder("sampler = temperature(" + "-" * 91 + "1)"))
-    assert d.message == "temperature's 't' must be at least 0.0, found -1.0"
+    assert d.message == "temperature's 't' must be between 0.0 and 1000000.0, found -1.0"
 
 
 def test_integers_are_64_bit():

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from decspec.backends.prefix import PrefixCache
-from decspec.backends.runtime import Result, Stats, normalize_prompts
+from decspec.backends.arguments import context_capacity, positive_int, token_id
+from decspec.backends.runtime import Interrupted, Result, Stats, normalize_prompts
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.models.protocol import Cache, CacheFull, Model
 from decspec.stdlib.penalties import token_counts
@@ -123,16 +124,11 @@ def beam_generate(search: BeamSearch, target: Model, input_ids: Any, *, max_new_
     start = time.perf_counter()
     V = target.vocab_size
     prompts = normalize_prompts(input_ids, V)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise DecError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
-    limit = getattr(target, "max_positions", None)
+    max_new_tokens, eos_token_id = positive_int("max_new_tokens", max_new_tokens), token_id("eos_token_id", eos_token_id, V)
     longest = max(len(p) for p in prompts)
-    if limit is not None and longest + max_new_tokens > limit:
-        raise DecError(f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the {limit} "
-                       "positions of the target; shorten the prompt or lower max_new_tokens")
     P, W, G = len(prompts), search.width, max_new_tokens
     K = min(search.candidates, W * V)  # fewer only for a vocabulary of one token
-    capacity = -(-(longest + G + 4) // 128) * 128
+    capacity = context_capacity(P * W, longest, G, 4, {"target": target})  # bounded before allocating (arguments.py)
     session = PrefixCache(target, P * W, capacity)
     reorder = _reorderable(session.cache)
 
@@ -147,38 +143,47 @@ def beam_generate(search: BeamSearch, target: Model, input_ids: Any, *, max_new_
     done = torch.zeros(P, dtype=torch.bool)
     base = (torch.arange(P) * W)[:, None]  # [P, 1] first row of each prompt
     stats = Stats()
-    for t in range(G):
-        try:
-            logits = session.logits(ctx, length).float()  # [P*W, V]
-        except CacheFull as e:
-            raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
-        logp = torch.log_softmax(logits, -1)
-        if search.stages:
-            logp = apply_pipeline(logp, search.stages, token_counts(ctx, length, vocab=V))
-        total = (logp.view(P, W, V) + running[:, :, None]).view(P, W * V)
-        top, index = total.topk(K, dim=1)  # [P, K], best first
-        parent, token = index // V, index % V
-        seqs = _rows(generated, parent).clone()  # [P, K, G]
-        seqs[:, :, t] = token
-        ended = torch.ones_like(token, dtype=torch.bool) if t + 1 == G else (
-            token == eos_token_id if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool))
-        # only the W best continuations may finish (the other W are there to keep W running); done prompts take none;
-        # nor do continuations of a placeholder beam (score NEG: step 0's copies, or too few live ones when V < 2W)
-        eligible = ended & (torch.arange(K) < W)[None, :] & ~done[:, None] & (top > NEG / 2)
-        finished.add(seqs, t + 1, length_normalized(top, t + 1, search.length_penalty), eligible)
-        keep = (top + ended.float() * NEG).topk(W, dim=1).indices  # [P, W]: the best unfinished continuations
-        running = top.gather(1, keep) + ended.gather(1, keep).float() * NEG
-        generated = _rows(seqs, keep)
-        rows = (base + parent.gather(1, keep)).view(-1)  # [P*W] the row each kept hypothesis continues
-        if reorder:
-            session.cache.reorder(rows)
-        ctx = ctx.index_select(0, rows)
-        ctx[torch.arange(P * W), length] = token.gather(1, keep).view(-1)
-        length = length + 1
-        stats.rounds += 1
-        done |= done_after_step(search, finished, running[:, 0], t + 1, G)
-        if bool(done.all()):
-            break
+    steps = 0  # steps completed: every running hypothesis holds this many tokens
+    try:
+        for t in range(G):
+            try:
+                logits = session.logits(ctx, length).float()  # [P*W, V]
+            except CacheFull as e:
+                raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
+            logp = torch.log_softmax(logits, -1)
+            if search.stages:
+                logp = apply_pipeline(logp, search.stages, token_counts(ctx, length, vocab=V))
+            total = (logp.view(P, W, V) + running[:, :, None]).view(P, W * V)
+            top, index = total.topk(K, dim=1)  # [P, K], best first
+            parent, token = index // V, index % V
+            seqs = _rows(generated, parent).clone()  # [P, K, G]
+            seqs[:, :, t] = token
+            ended = torch.ones_like(token, dtype=torch.bool) if t + 1 == G else (
+                token == eos_token_id if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool))
+            # only the W best continuations may finish (the other W are there to keep W running); done prompts take none;
+            # nor do continuations of a placeholder beam (score NEG: step 0's copies, or too few live ones when V < 2W)
+            eligible = ended & (torch.arange(K) < W)[None, :] & ~done[:, None] & (top > NEG / 2)
+            finished.add(seqs, t + 1, length_normalized(top, t + 1, search.length_penalty), eligible)
+            keep = (top + ended.float() * NEG).topk(W, dim=1).indices  # [P, W]: the best unfinished continuations
+            running = top.gather(1, keep) + ended.gather(1, keep).float() * NEG
+            generated = _rows(seqs, keep)
+            rows = (base + parent.gather(1, keep)).view(-1)  # [P*W] the row each kept hypothesis continues
+            if reorder:
+                session.cache.reorder(rows)
+            ctx = ctx.index_select(0, rows)
+            ctx[torch.arange(P * W), length] = token.gather(1, keep).view(-1)
+            length = length + 1
+            stats.rounds += 1
+            done |= done_after_step(search, finished, running[:, 0], t + 1, G)
+            steps = t + 1
+            if bool(done.all()):
+                break
+    except KeyboardInterrupt:  # Ctrl-C: each prompt's best finished hypothesis if it is done, else its best running one
+        best = [finished.tokens[p, 0, :int(finished.length[p, 0])].tolist() if bool(done[p]) and bool(finished.full[p, 0])
+                else generated[p, 0, :steps].tolist() for p in range(P)]
+        stats.wall_time = time.perf_counter() - start
+        stats.new_tokens = [len(b) for b in best]
+        raise Interrupted(Result(best, stats)) from None
     stats.wall_time = time.perf_counter() - start
     stats.model_calls = {"target": session.calls}
     beams = [[finished.tokens[p, j, :int(finished.length[p, j])].tolist() for j in range(W) if finished.full[p, j]]

@@ -6,13 +6,13 @@ generator, per-row stopping (EOS, max_new_tokens) and the statistics.
 """
 from __future__ import annotations
 
-import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from decspec.backends.arguments import context_capacity, positive_int, prompts as normalize_prompts, seed_value, token_id
 from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import run_graph
 from decspec.backends.prefix import PrefixCache
@@ -88,6 +88,14 @@ class Stats:
         )
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during generation: `result` holds the tokens the rows had when it came (whole rounds only)."""
+
+    def __init__(self, result: "Result"):
+        super().__init__(f"interrupted after {sum(result.stats.new_tokens)} new tokens")
+        self.result = result
+
+
 @dataclass
 class Result:
     """tokens: the generated ids of each row (ragged; prompt excluded; an EOS that ended a row is kept).
@@ -96,33 +104,6 @@ class Result:
     tokens: list[list[int]]
     stats: Stats
     text: list[str] | None = None
-
-
-def normalize_prompts(input_ids: Any, vocab_size: int) -> list[list[int]]:
-    """Accept a [B, T] tensor, a list of lists (ragged), or one flat list of ids."""
-    if isinstance(input_ids, str) or (isinstance(input_ids, Sequence) and any(isinstance(r, str) for r in input_ids)):
-        raise DecError("input_ids holds text, but these models carry no tokenizer; pass token ids ([B, T] tensor or lists of ints)")
-    if isinstance(input_ids, torch.Tensor):
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise DecError(f"input_ids must be an integer tensor [B, T] (got {input_ids.dtype} of shape {tuple(input_ids.shape)})")
-        rows = input_ids.tolist()
-    elif isinstance(input_ids, Sequence) and input_ids and all(isinstance(t, int) for t in input_ids):
-        rows = [list(input_ids)]
-    elif isinstance(input_ids, Sequence) and all(isinstance(r, (Sequence, torch.Tensor)) for r in input_ids):
-        rows = [list(r.tolist() if isinstance(r, torch.Tensor) else r) for r in input_ids]
-    else:
-        raise DecError("input_ids must be a [B, T] tensor, a list of token-id lists, or one list of token ids")
-    if not rows:
-        raise DecError("input_ids is empty: give at least one prompt")
-    for b, row in enumerate(rows):
-        if not row:
-            raise DecError(f"prompt {b} is empty: give at least one token (e.g. a BOS token)")
-        bad = [t for t in row if not isinstance(t, int) or not 0 <= t < vocab_size]
-        if bad:
-            raise DecError(f"prompt {b} has token id {bad[0]!r} outside the model's vocabulary [0, {vocab_size})")
-    return rows
 
 
 DRAFT_OPS = ("draft_loop", "ngram_lookup", "recycle_draft", "lookahead_draft", "staged_loop")  # the ops that propose; their `max` is the round's speculation length
@@ -155,20 +136,12 @@ def generate(
     start = time.perf_counter()
     vocab = next(iter(models.values())).vocab_size
     prompts = normalize_prompts(input_ids, vocab)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise DecError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
+    max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
+    seed, eos_token_id = seed_value(seed), token_id("eos_token_id", eos_token_id, vocab)
     B = len(prompts)
     lengths = [len(p) for p in prompts]
-    # room for the longest row, its new tokens, and a round's drafts plus padding past the end
-    # rounded up to a multiple of 128 (a static-shape bucket: compiled rounds see the same cache shapes across calls)
-    capacity = -(-(max(lengths) + max_new_tokens + 2 * max_draft_len(graph) + 4) // 128) * 128
-    for role, model in models.items():
-        limit = getattr(model, "max_positions", None)
-        if limit is not None and max(lengths) + max_new_tokens > limit:
-            raise DecError(
-                f"the longest prompt ({max(lengths)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds "
-                f"the {limit} positions of model '{role}'; shorten the prompt or lower max_new_tokens"
-            )
+    # room for the longest row, its new tokens, and a round's drafts plus padding past the end (bounded: arguments.py)
+    capacity = context_capacity(B, max(lengths), max_new_tokens, 2 * max_draft_len(graph) + 4, models)
     device = torch.device("cpu")
     ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device), torch.tensor(lengths, device=device),
                   torch.tensor(lengths, device=device))
@@ -179,10 +152,7 @@ def generate(
     generator = torch.Generator(device=device)
     if seed is None:
         seed = generator.seed()
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2**63 <= seed < 2**64:
-        raise DecError(f"seed must be an integer in [-2**63, 2**64) (got {seed!r})")
     else:
-        seed = int(seed)
         generator.manual_seed(seed)
     seed = seed - 2**64 if seed >= 2**63 else seed  # the same 64 bits as an int64: cross-round policies keep it in a tensor
     state = RoundState({}, generator, B, device, rules, backend)
@@ -197,40 +167,46 @@ def generate(
     stats = Stats()
     produced = torch.zeros(B, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
-    while not bool(done.all()):
-        state.committed = None
-        try:
-            if runner is None:
-                run_graph(graph, [ctx], state, rules, backend)
-            else:
-                runner(ctx, state)
-        except CacheFull as e:
-            raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
-        tokens, accepted, drafted = state.committed  # [B, N], [B], [B]
-        active = ~done
-        stats.rounds += 1
-        stats.accepted.append(accepted[active].tolist())
-        stats.drafted.append(drafted[active].tolist())
-        if state.policies:
-            state.policies.update(accepted.cpu(), drafted.cpu(), active)
-        if state.draft_states:
-            state.draft_states.update(active)
-        take = torch.minimum(accepted + 1, max_new_tokens - produced).masked_fill(done, 0)  # [B]
-        N = tokens.shape[1]
-        cols = torch.arange(N)
-        if eos_token_id is not None:
-            is_eos = (tokens == eos_token_id) & (cols[None, :] < take[:, None])
-            hit = is_eos.any(1)
-            take = torch.where(hit, is_eos.int().argmax(1) + 1, take)
-            done |= hit
-        keep = cols[None, :] < take[:, None]
-        pos = (ctx.length[:, None] + cols[None, :]).clamp(max=capacity - 1)
-        ctx.tokens.scatter_(1, pos, torch.where(keep, tokens, ctx.tokens.gather(1, pos)))
-        ctx.length += take
-        produced += take
-        done |= produced >= max_new_tokens
-    stats.wall_time = time.perf_counter() - start
-    stats.new_tokens = produced.tolist()
-    stats.model_calls = {r: s.calls for r, s in state.sessions.items()}
-    out = [ctx.tokens[b, lengths[b] : int(ctx.length[b])].tolist() for b in range(B)]
-    return Result(out, stats)
+
+    def result() -> Result:  # what the rows hold now: every round so far committed whole (ctx.length moves last)
+        stats.wall_time = time.perf_counter() - start
+        stats.new_tokens = [int(ctx.length[b]) - lengths[b] for b in range(B)]
+        stats.model_calls = {r: s.calls for r, s in state.sessions.items()}
+        return Result([ctx.tokens[b, lengths[b] : int(ctx.length[b])].tolist() for b in range(B)], stats)
+
+    try:
+        while not bool(done.all()):
+            state.committed = None
+            try:
+                if runner is None:
+                    run_graph(graph, [ctx], state, rules, backend)
+                else:
+                    runner(ctx, state)
+            except CacheFull as e:
+                raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
+            tokens, accepted, drafted = state.committed  # [B, N], [B], [B]
+            active = ~done
+            stats.rounds += 1
+            stats.accepted.append(accepted[active].tolist())
+            stats.drafted.append(drafted[active].tolist())
+            if state.policies:
+                state.policies.update(accepted.cpu(), drafted.cpu(), active)
+            if state.draft_states:
+                state.draft_states.update(active)
+            take = torch.minimum(accepted + 1, max_new_tokens - produced).masked_fill(done, 0)  # [B]
+            N = tokens.shape[1]
+            cols = torch.arange(N)
+            if eos_token_id is not None:
+                is_eos = (tokens == eos_token_id) & (cols[None, :] < take[:, None])
+                hit = is_eos.any(1)
+                take = torch.where(hit, is_eos.int().argmax(1) + 1, take)
+                done |= hit
+            keep = cols[None, :] < take[:, None]
+            pos = (ctx.length[:, None] + cols[None, :]).clamp(max=capacity - 1)
+            ctx.tokens.scatter_(1, pos, torch.where(keep, tokens, ctx.tokens.gather(1, pos)))
+            ctx.length += take
+            produced += take
+            done |= produced >= max_new_tokens
+    except KeyboardInterrupt:  # Ctrl-C: hand back what was generated, as the exception's `result`
+        raise Interrupted(result()) from None
+    return result()

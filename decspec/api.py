@@ -16,7 +16,8 @@ from contextlib import nullcontext
 from typing import Any, Mapping
 
 from decspec.backends import get_backend
-from decspec.backends.runtime import Result, generate as run_generate
+from decspec.backends.arguments import generate_arguments, shown
+from decspec.backends.runtime import Interrupted, Result, generate as run_generate
 from decspec.compiler.analysis import Verdict, losslessness
 from decspec.compiler.ir import Graph
 from decspec.compiler.lower import lower
@@ -135,28 +136,36 @@ class Decoder:
         carries a tokenizer, a string or a list of strings (encoded with the tokenizer's BOS first).
         eos_token_id: stop a row at this token; by default the target's own (None disables).
         Returns Result(tokens, stats, text); `text` holds the decoded continuations when there is a tokenizer.
+        Every argument is checked before anything is allocated (backends/arguments.py): a wrong type or value
+        is a DecError naming it. Ctrl-C raises `Interrupted` (a KeyboardInterrupt) whose `result` holds the
+        tokens (and text) generated until then.
         """
         models = self._bound_models()
         tokenizer = self.tokenizer
-        texts = [input_ids] if isinstance(input_ids, str) else input_ids
-        if tokenizer is not None and isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts):
-            input_ids = [tokenizer.encode_prompt(t) for t in texts]  # without a tokenizer, the runtime rejects text
-        if eos_token_id == "default":
-            eos_token_id = getattr(models[self.spec.models[0]], "eos_token_id", None)
-        if self.search is not None:  # deterministic: `seed` is not used
-            from decspec.backends.beam import beam_generate
+        target = models[self.spec.models[0]]
+        from_model = eos_token_id == "default"  # a str is never an id: only this sentinel means the target's own
+        if from_model:
+            eos_token_id = getattr(target, "eos_token_id", None)
+        args = generate_arguments(input_ids, max_new_tokens, seed, eos_token_id, vocab_size=target.vocab_size, tokenizer=tokenizer,
+                                  eos_from="the target model's eos_token_id" if from_model else "eos_token_id")
+        try:
+            if self.search is not None:  # deterministic: `seed` is not used
+                from decspec.backends.beam import beam_generate
 
-            target = models[self.spec.slot("target").arg("name")]
-            result = beam_generate(self.search, target, input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
+                result = beam_generate(self.search, models[self.spec.slot("target").arg("name")], args.prompts,
+                                       max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id)
+            else:
+                runner = self._runner()
+                with self._lock if runner is not None and runner.serial else nullcontext():
+                    result = run_generate(
+                        self.graph, models, args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                        eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
+                        grammars=self._bound_grammars(),
+                    )
+        except Interrupted as e:  # Ctrl-C: the text so far travels with the exception
             if tokenizer is not None:
-                result.text = [tokenizer.decode(row) for row in result.tokens]
-            return result
-        runner = self._runner()
-        with self._lock if runner is not None and runner.serial else nullcontext():
-            result = run_generate(
-                self.graph, models, input_ids, max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos_token_id,
-                rules=self.backend.RULES, backend=self.backend.NAME, runner=runner, grammars=self._bound_grammars(),
-            )
+                e.result.text = [tokenizer.decode(row) for row in e.result.tokens]
+            raise
         if tokenizer is not None:
             result.text = [tokenizer.decode(row) for row in result.tokens]
         return result
@@ -191,13 +200,44 @@ def compile(
     A spec with a `grammar` slot compiles its grammar over the target's tokenizer, or over `vocab` (one
     bytes or None per token id, e.g. `[b"a", b"b", b"{", b"}", None]` for a table model) when given.
     """
-    models = dict(models or {})
-    overrides = dict(overrides or {})
+    if not isinstance(spec, (str, os.PathLike)):
+        raise DecError(f"spec must be a .dec file's path or spec text (got {shown(spec)})")
+    if decoder is not None and not isinstance(decoder, str):
+        raise DecError(f"decoder must be the name of a decoder in the spec, or None (got {shown(decoder)})")
+    get_backend(backend)  # its name, checked before the spec is
+    models, overrides = _mapping("models", models), _mapping("overrides", overrides)
+    for role, model in models.items():
+        if not _is_model(model):
+            raise DecError(f"models[{role!r}] is {shown(model)}, not a model: {MODEL_PROTOCOL}")
+    passed = {}  # keyword arguments that are not models: parameter overrides, unless the spec has no such parameter
     for name, value in kwargs.items():
-        (models if _is_model(value) else overrides)[name] = value
+        (models if _is_model(value) else passed)[name] = value
+    overrides.update(passed)
 
     from decspec.dsl.check import load
 
-    checked = load(spec, overrides=overrides, decoder=decoder)
+    try:
+        checked = load(spec, overrides=overrides, decoder=decoder)
+    except DecError as e:  # a keyword argument meant as a model (target=None) is not a misspelled parameter
+        for name, value in passed.items():
+            if not isinstance(value, (bool, int, float, str, list, tuple)) and any(d.message.startswith(f"unknown parameter '{name}' in overrides") for d in e.diagnostics):
+                raise DecError(f"{name}={shown(value)} is not a model, and the decoder has no parameter '{name}' to set; "
+                               f"{MODEL_PROTOCOL}") from None
+        raise
     graph = run_pipeline(lower(checked)) if checked.slot("search") is None else None  # beam search has no round graph
     return Decoder(checked, graph, models, backend, vocab=vocab)
+
+
+MODEL_PROTOCOL = "a model has forward, new_cache and vocab_size (stdlib/models/protocol.py)"
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    """A `models=` / `overrides=` argument: None or a mapping with str keys."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DecError(f"{name} must be a dict from names to values, or None (got {shown(value)})")
+    bad = next((k for k in value if not isinstance(k, str)), None)
+    if bad is not None:
+        raise DecError(f"{name} keys must be names (str); got {shown(bad)}")
+    return dict(value)

@@ -16,6 +16,7 @@ control characters escaped.
 """
 from __future__ import annotations
 
+import bisect
 import difflib
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
@@ -45,18 +46,73 @@ def _visible(c: str) -> str:
     return c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
 
 
+class LineIndex:
+    """Where each line of a text starts, found once (on first use) for every diagnostic of the text.
+
+    A line ends at "\\n" and only there, as the .dec lexer counts lines (a "\\r" before it is not shown):
+    U+2028, form feeds and the other characters `str.splitlines` breaks at are characters of a line,
+    shown escaped.
+
+        >>> index = LineIndex("a\\fb\\nc\\u2028d\\r\\ne")
+        >>> index.line_col(2), index.line_col(4), index.line_text(2), index.line_text(3)
+        ((1, 3), (2, 1), 'c\\u2028d', 'e')
+    """
+
+    __slots__ = ("text", "_starts")
+    builds = 0  # how many texts were indexed (tests check each is indexed once, however many diagnostics it has)
+
+    def __init__(self, text: str):
+        self.text = text
+        self._starts: list[int] | None = None
+
+    @property
+    def starts(self) -> list[int]:
+        """The offset each line starts at: [0, one past each "\\n"]."""
+        if self._starts is None:
+            LineIndex.builds += 1
+            starts, at = [0], self.text.find("\n")
+            while at >= 0:
+                starts.append(at + 1)
+                at = self.text.find("\n", at + 1)
+            self._starts = starts
+        return self._starts
+
+    def line_col(self, offset: int) -> tuple[int, int]:
+        """1-based (line, column) of a character offset (clamped to the text)."""
+        offset = max(0, min(offset, len(self.text)))
+        line = bisect.bisect_right(self.starts, offset)
+        return line, offset - self.starts[line - 1] + 1
+
+    def line_start(self, line: int) -> int:
+        return self.starts[line - 1]
+
+    def line_text(self, line: int) -> str:
+        """Line `line` (1-based) without its line break; "" past the end."""
+        starts = self.starts
+        if not 0 < line <= len(starts):
+            return ""
+        end = starts[line] - 1 if line < len(starts) else len(self.text)
+        return self.text[starts[line - 1]:end].removesuffix("\r")
+
+
 @dataclass(frozen=True)
 class Source:
     """The text of one .dec file (or of an inline spec), with its display name.
 
     `quotable`: how much of the text diagnostics may show. None: all of it (text handed to decspec, or a
     file that parsed as .dec); n: the first n characters (a file read because something named it, as far
-    as it parsed: 0 until it does). See `dsl.parser.parse`.
+    as it parsed: 0 until it does). See `dsl.parser.parse`. `lines`: the text's line index, shared by the
+    copies `quoting` makes, so a text is split into lines once however many diagnostics point into it.
     """
 
     text: str
     name: str = "<spec>"
     quotable: int | None = field(default=None, compare=False)
+    lines: LineIndex | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.lines is None or self.lines.text is not self.text:
+            object.__setattr__(self, "lines", LineIndex(self.text))
 
     def excerpt(self, start: int, end: int) -> str | None:
         """text[start:end] for a message (at most EXCERPT characters, escaped), or None where it may not be quoted."""
@@ -70,22 +126,17 @@ class Source:
 
     def line_col(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a character offset."""
-        offset = max(0, min(offset, len(self.text)))
-        line = self.text.count("\n", 0, offset) + 1
-        start = self.text.rfind("\n", 0, offset) + 1
-        return line, offset - start + 1
+        return self.lines.line_col(offset)
 
     def line_text(self, line: int) -> str:
-        lines = self.text.split("\n")  # lines as line_col counts them
-        return lines[line - 1].removesuffix("\r") if 0 < line <= len(lines) else ""
+        return self.lines.line_text(line)
 
     def shown_line(self, line: int) -> str:
         """The part of a line that diagnostics may quote (see `quotable`)."""
         text = self.line_text(line)
-        if self.quotable is None:
+        if self.quotable is None or not text:
             return text
-        start = sum(len(t) + 1 for t in self.text.split("\n", line - 1)[:line - 1])
-        return text[:max(0, self.quotable - start)]
+        return text[:max(0, self.quotable - self.lines.line_start(line))]
 
 
 @dataclass(frozen=True)
@@ -148,7 +199,10 @@ def _underlined(text: str, at: int, width: int) -> list[str]:
 
 
 class DecError(Exception):
-    """The only exception decspec raises for bad user input. Carries one or more diagnostics."""
+    """The only exception decspec raises for bad user input. Carries one or more diagnostics.
+
+    Rendered when shown, not when raised (a caught DecError costs no rendering), and once: the text is kept
+    for as long as the diagnostics are the same."""
 
     def __init__(self, diagnostics: Sequence[Diagnostic] | Diagnostic | str, span: Span | None = None, hint: str | None = None):
         if isinstance(diagnostics, str):
@@ -156,10 +210,15 @@ class DecError(Exception):
         elif isinstance(diagnostics, Diagnostic):
             diagnostics = [diagnostics]
         self.diagnostics: list[Diagnostic] = list(diagnostics)
-        super().__init__(self.render())
+        self._rendered: tuple[tuple[Diagnostic, ...], str] | None = None
+        super().__init__(self.diagnostics)
 
     def render(self) -> str:
-        return "\n".join(d.render() for d in self.diagnostics)
+        shown = tuple(self.diagnostics)
+        if self._rendered is None or len(self._rendered[0]) != len(shown) or any(
+                a is not b for a, b in zip(self._rendered[0], shown)):
+            self._rendered = (shown, "\n".join(d.render() for d in shown))
+        return self._rendered[1]
 
     def __str__(self) -> str:
         return self.render()

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from decspec.backends.arguments import positive_int, token_id
 from decspec.backends.exact.rows import Rows, Run
 from decspec.backends.exact.rules import RULES
 from decspec.backends.interpreter import run_graph
@@ -69,9 +70,8 @@ def exact_distribution(
     """
     graph, models, eos, grammars = _unpack(decoder_or_graph, models, eos_token_id, grammars)
     vocab = next(iter(models.values())).vocab_size
-    (prompt,) = normalize_prompts([list(prompt)], vocab)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise DecError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
+    (prompt,) = normalize_prompts([prompt], vocab)
+    max_new_tokens, eos = positive_int("max_new_tokens", max_new_tokens), token_id("eos_token_id", eos, vocab)
     K = max_draft_len(graph)
     capacity = len(prompt) + max_new_tokens + 2 * K + 4
     per_draw = (K + 2) * (vocab + 4) * EPS

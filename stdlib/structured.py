@@ -133,12 +133,18 @@ def lower_json(lw, inst) -> GrammarSource:
 
 
 def lower_lark(lw, inst) -> GrammarSource:
-    return _context_free(inst, "lark", inst.arg("grammar"))
+    source = _context_free(inst, "lark", inst.arg("grammar"))
+    from decspec.stdlib.grammars.cfg import LarkText
+
+    return GrammarSource("lark", LarkText(source.source, _where(inst)))  # its %imports: from the spec's folder
 
 
 def lower_lark_file(lw, inst) -> GrammarSource:
     _context_free(inst, "lark", None)
-    return GrammarSource("lark", _read(inst, inst.arg("path"), "Lark grammar file", "a Lark grammar"))
+    from decspec.stdlib.grammars.cfg import LarkText
+
+    text = _read(inst, inst.arg("path"), "Lark grammar file", "a Lark grammar")
+    return GrammarSource("lark", LarkText(text, (_where(inst) / inst.arg("path")).parent))  # %imports: from its folder
 
 
 def bind_grammar(spec, target, vocab: Any = None) -> dict[str, Any]:

@@ -25,10 +25,12 @@ walk over the byte-sorted vocabulary, shared prefixes walked once) and cached.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import lark
 import numba
@@ -39,6 +41,7 @@ from lark.lexer import PatternStr
 from lark.parsers.lalr_analysis import Shift
 
 from decspec.dsl.diagnostics import excerpt
+from decspec.dsl.files import UnreadableFile, read_text
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.index import sorted_vocabulary
 from decspec.stdlib.grammars.regex import compile_regex
@@ -130,18 +133,60 @@ def terminal_dfa(term):
     return dfa
 
 
+class LarkText(str):
+    """A Lark grammar's text, and the folder its `%import`s resolve against (the .dec file's; None: no imports
+    but Lark's own `common`)."""
+
+    folder: str | None
+
+    def __new__(cls, text: str, folder: str | os.PathLike | None = None) -> LarkText:
+        self = super().__new__(cls, text)
+        self.folder = None if folder is None else os.path.abspath(folder)
+        return self
+
+
 def load_lark(source: str, start: str) -> lark.Lark:
     """Lark's LALR(1) build of the grammar; its errors become GrammarErrors (Lark's message: line, column)."""
     if not isinstance(source, str):
         raise GrammarError(f"a lark grammar needs the grammar's text, got {type(source).__name__}")
-    return lark_lalr(source, start)
+    return lark_lalr(str(source), start, getattr(source, "folder", None))
+
+
+def _importer(folder: str | None):
+    """Lark's `import_paths` loader: `%import name.RULE` and `%import .name.RULE` read `name.lark` from the spec's
+    folder (a relative import inside an imported grammar: from that grammar's folder), through dsl/files.py's
+    reader; Lark's own grammars (`common`) come from Lark. Nothing is looked up in the working directory."""
+
+    def load(base: Any, grammar_path: str) -> tuple[str, str]:
+        # base: None for `%import name`, else the importing grammar's folder (absolute for every grammar of a spec)
+        where = base if isinstance(base, str) and os.path.isabs(base) else folder
+        named = excerpt(grammar_path.removesuffix(".lark").replace(os.sep, "."))
+        path = None if where is None else os.path.join(where, grammar_path)
+        if path is None or not os.path.lexists(path):
+            if base is None and os.path.isfile(os.path.join(_LARK_GRAMMARS, grammar_path)):
+                raise OSError(grammar_path)  # one of Lark's own grammars: Lark's next loader reads it
+            if where is None:
+                raise GrammarError(f"lark grammar: cannot %import '{named}': a grammar given as text has no folder to import from")
+            raise GrammarError(f"lark grammar: cannot %import '{named}': no file {excerpt(grammar_path)} in {where}")
+        try:
+            return path, read_text(Path(path), "a Lark grammar")
+        except UnreadableFile as e:
+            raise GrammarError(f"lark grammar: cannot %import '{named}': {e}") from None
+
+    return load
+
+
+_LARK_GRAMMARS = os.path.join(os.path.dirname(lark.__file__), "grammars")
+_NAME = "<lark grammar>"  # the grammar's name for Lark: not "<string>", which Lark resolves relative imports for from __main__
 
 
 @lru_cache(maxsize=32)
-def lark_lalr(source: str, start: str) -> lark.Lark:
-    """One Lark build per (grammar, start) in a process: the matcher only reads its rules and parse table."""
+def lark_lalr(source: str, start: str, folder: str | None = None) -> lark.Lark:
+    """One Lark build per (grammar, start, import folder) in a process: the matcher only reads its rules and
+    parse table."""
+    name = os.path.join(folder, _NAME) if folder else _NAME
     try:
-        return lark.Lark(source, parser="lalr", lexer="contextual", start=start)
+        return lark.Lark(source, parser="lalr", lexer="contextual", start=start, import_paths=[_importer(folder)], source_path=name)
     except UnexpectedInput as e:  # a syntax error Lark did not name: where it is, not what it read there
         raise GrammarError(f"lark grammar: unexpected input at line {e.line} column {e.column}") from None
     except LarkError as e:
@@ -154,7 +199,7 @@ def lark_lalr(source: str, start: str) -> lark.Lark:
         # A grammar file may be anything a spec pointed at (`key: value` lines are Lark syntax), so Lark's
         # messages that name rules are shown only for text that defines the start rule, capped and escaped;
         # Lark follows a syntax error's message with the text around it, after a blank line: never shown.
-        said = " ".join(str(e).split("\n\n")[0].split()).replace(" in <string>", "").rstrip(" :")
+        said = " ".join(str(e).split("\n\n")[0].split()).replace(f" in {name}", "").rstrip(" :")
         if " at line " not in said and not re.search(rf"(?m)^[ \t]*[?!]?{re.escape(start)}(?:\.-?\d+)?[ \t]*:", source):
             raise GrammarError(f"the lark grammar has no start rule '{start}'",
                                hint=f"define it ({start}: ...) or name another rule as the start") from None

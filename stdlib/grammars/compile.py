@@ -56,7 +56,7 @@ def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = Non
         build_cfg = lambda: CFGMatcher.build(text, tokens, eos_id)  # noqa: E731
         if not cache:
             return build_cfg()
-        key = cache_key("lark", json.dumps(text), vocab_hash(tokens), eos_id)
+        key = cache_key("lark", json.dumps([text, getattr(text, "folder", None)]), vocab_hash(tokens), eos_id)  # %imports: cfg.LarkText
         return CACHE.get_or_build(key, build_cfg, disk=False)
     pattern = grammar_regex(kind, source)
     build = lambda: TokenIndex.build(compile_regex(pattern), tokens, eos_id)  # noqa: E731

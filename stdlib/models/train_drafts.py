@@ -167,12 +167,15 @@ def make_code(target: Transformer, work: Path, *, tokens: int, window: int, batc
     train_files, heldout_files = corpus_files()
     parts = []
     for heldout, files in ((False, train_files), (True, heldout_files)):
-        ids = [tok.encode(t) for t in read_texts(files)]
-        wins = [x[i : i + window] for x in ids for i in range(0, len(x) - window + 1, window)]
-        g = torch.Generator().manual_seed(1 + heldout)
-        order = torch.randperm(len(wins), generator=g).tolist()
         budget = tokens // window if not heldout else max(1, tokens // window // HELDOUT_EVERY)
-        parts += [(heldout, wins[i]) for i in order[:budget]]
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(1 + heldout)).tolist()
+        wins = []
+        for i in order:  # files in a fixed random order, each cut into whole windows, until the budget is met
+            x = tok.encode(read_texts([files[i]])[0])
+            wins += [x[j : j + window] for j in range(0, len(x) - window + 1, window)]
+            if len(wins) >= budget:
+                break
+        parts += [(heldout, w) for w in wins[:budget]]
     for b, start in enumerate(range(0, len(parts), batch)):
         shard = work / f"code-{b:04d}.pt"
         if shard.exists():

@@ -143,7 +143,7 @@ class Decoder:
         models = self._bound_models()
         tokenizer = self.tokenizer
         target = models[self.spec.models[0]]
-        from_model = eos_token_id == "default"  # a str is never an id: only this sentinel means the target's own
+        from_model = isinstance(eos_token_id, str) and eos_token_id == "default"  # the sentinel: the target's own
         if from_model:
             eos_token_id = getattr(target, "eos_token_id", None)
         args = generate_arguments(input_ids, max_new_tokens, seed, eos_token_id, vocab_size=target.vocab_size, tokenizer=tokenizer,

@@ -15,12 +15,16 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
+import re
 import sys
 import traceback
 from typing import Sequence
 
-from decspec.dsl.diagnostics import DecError
+from decspec.dsl.diagnostics import DecError, excerpt
+
+INTERRUPTED = 130  # the exit status of a command ended by Ctrl-C (128 + SIGINT), as shells report it
 
 
 def _overrides(items: Sequence[str]) -> dict[str, str]:
@@ -31,6 +35,59 @@ def _overrides(items: Sequence[str]) -> dict[str, str]:
             raise DecError(f"cannot read parameter override {item!r}; write NAME=VALUE, e.g. k=6")
         out[name] = value
     return out
+
+
+def _at_least_one(args, *options: str) -> None:
+    """Refuse a count option below 1 (`--batch 0`), naming it as it is written."""
+    for name in options:
+        value = getattr(args, name)
+        if value < 1:
+            raise DecError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+
+
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\}|[0-7]{1,3}|.|\Z)", re.S)
+_KNOWN = set("xuUN01234567\\'\"abfnrtv\n")  # what Python's escapes start with; a backslash before anything else stays
+
+
+def unescaped(text: str) -> str:
+    """--prompt with Python's backslash escapes read (\\n, \\t, \\x41, \\u00e9, \\N{BULLET}); every other character,
+    non-ASCII text included, kept as it is; a malformed escape (`\\x4`, a lone backslash at the end) is a DecError.
+
+        >>> unescaped("caf\u00e9\\n\\x41\\q")
+        'café\\nA\\\\q'
+    """
+    def one(m: re.Match) -> str:
+        body = m.group(1)
+        if not body:
+            raise DecError("--prompt ends with a lone backslash", hint="write \\\\ for a backslash")
+        if body[0] not in _KNOWN:
+            return m.group(0)
+        try:
+            return codecs.decode("\\" + body, "unicode_escape")
+        except UnicodeDecodeError as e:
+            raise DecError(f"--prompt has a malformed escape at character {m.start()} ('{excerpt(text[m.start():m.start() + 12])}'): "
+                           f"{e.reason}",
+                           hint="\\xHH, \\uHHHH and \\UHHHHHHHH take exactly 2, 4 and 8 hex digits; write \\\\ for a backslash") from None
+
+    return _ESCAPE.sub(one, text)
+
+
+def _output(path: str) -> str:
+    """An -o path, checked before the work that fills it: a file in a folder that exists."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise DecError(f"-o {path} is a directory; give a file name, e.g. {os.path.join(path, 'round.py')}")
+    if not os.path.isdir(folder):
+        raise DecError(f"-o {path}: there is no folder {folder}; create it first")
+    return path
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise DecError(f"cannot write -o {path}: {e.strerror or type(e).__name__}") from None
 
 
 def _check(args) -> int:
@@ -111,7 +168,9 @@ def _list_models(args) -> int:
 
 def _run(args) -> int:
     import decspec
+    from decspec.backends.runtime import Interrupted
 
+    _at_least_one(args, "batch", "max_new_tokens")
     models = _models(args)
     decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides), backend=args.backend)
     if args.compile:
@@ -119,8 +178,12 @@ def _run(args) -> int:
             raise DecError("--compile needs --backend inductor (the backend that generates code for torch.compile)")
         decoder.backend_options = {"compile": True}
     missing = [r for r in decoder.spec.models if r not in models]
-    if missing:
+    if missing and missing[0] in ("target", "draft"):
         raise DecError(f"decoder '{decoder.spec.name}' needs a {missing[0]} model: pass --{missing[0]} DIR (a local Hugging Face model directory)")
+    if missing:  # the command line binds only the roles it has options for
+        raise DecError(f"decoder '{decoder.spec.name}' needs a model for role '{missing[0]}', which the command line cannot bind "
+                       "(it binds --target and --draft)", hint=f"name the role \"draft\" in the spec, or bind it from Python: "
+                       f"decspec.compile(spec, models={{{excerpt(missing[0])!r}: model, ...}})")
     if args.prompt_ids is not None:
         try:
             prompt: list[int] | str = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
@@ -129,21 +192,21 @@ def _run(args) -> int:
     elif decoder.tokenizer is None:
         raise DecError("the target model has no tokenizer (no tokenizer.json beside its weights); pass --prompt-ids 1,2,3")
     else:
-        prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+        prompt = unescaped(args.prompt) if args.escapes else args.prompt
     if args.chat:
         if decoder.tokenizer is None or isinstance(prompt, list):
             raise DecError("--chat needs text and a model whose tokenizer has a chat template; drop --prompt-ids")
         prompt = decoder.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-    result = decoder.generate([prompt] * args.batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
     where = "the shipped reference models" if args.target is None else args.target
-    print(f"# decoder {decoder.spec.name} on {where} ({str(decoder.verdict).splitlines()[0]})")
-    for b, row in enumerate(result.tokens):
-        if result.text is not None and isinstance(prompt, str):
-            print(result.text[b] if args.chat else prompt + result.text[b])
-        else:
-            print(f"[{b}] {prompt} -> {row}")
-        if args.batch > 1 and b < args.batch - 1:
-            print("# ---")
+    print(f"# decoder {decoder.spec.name} on {where} ({str(decoder.verdict).splitlines()[0]})", flush=True)
+    try:
+        result = decoder.generate([prompt] * args.batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    except Interrupted as e:  # Ctrl-C: what was generated, then one line
+        _print_rows(e.result, prompt, args)
+        print(f"decspec: interrupted after {sum(e.result.stats.new_tokens)} new tokens (the text above is what was generated)",
+              file=sys.stderr)
+        return INTERRUPTED
+    _print_rows(result, prompt, args)
     s = result.stats
     if getattr(result, "scores", None):  # beam search: no rounds, one step per token
         print(f"# beam search: {len(result.beams[0])} finished hypotheses per prompt, best score {result.scores[0][0]:.3f} "
@@ -157,9 +220,20 @@ def _run(args) -> int:
     return 0
 
 
+def _print_rows(result, prompt, args) -> None:
+    for b, row in enumerate(result.tokens):
+        if result.text is not None and isinstance(prompt, str):
+            print(result.text[b] if args.chat else prompt + result.text[b])
+        else:
+            print(f"[{b}] {prompt} -> {row}")
+        if args.batch > 1 and b < args.batch - 1:
+            print("# ---")
+
+
 def _verify(args) -> int:
     from decspec.verify import verify_spec
 
+    _at_least_one(args, "configs", "max_new_tokens")
     report = verify_spec(args.file, _overrides(args.overrides), decoder=args.decoder, configs=args.configs, seed=args.seed,
                          max_new_tokens=args.max_new_tokens)
     print(report)
@@ -173,13 +247,13 @@ def _emit(args) -> int:
 
     if args.target == "mlir":
         return _emit_mlir(args)
+    output = args.output and _output(args.output)
     spec = load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder)
     from decspec.backends.inductor import emit_python
 
     source = emit_python(run_pipeline(lower(spec)))
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(source)
+    if output:
+        _write(output, source)
     else:
         print(source, end="")
     return 0
@@ -189,12 +263,13 @@ def _emit_mlir(args) -> int:
     import decspec
     from decspec.backends.mlir import export_mlir
 
+    _at_least_one(args, "batch", "capacity")
+    output = args.output and _output(args.output)
     models = _models(argparse.Namespace(target=args.model_target, draft=args.draft))
     decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides))
     export = export_mlir(decoder, dialect=args.dialect, part=args.part, batch=args.batch, capacity=args.capacity)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(export.text)
+    if output:
+        _write(output, export.text)
         print(f"wrote {args.output}: {args.part} of {args.file} in the {args.dialect} dialect, {len(export.text)} characters, "
               f"{export.seconds['total']:.1f} s; inputs {', '.join(export.input_names)}", file=sys.stderr)
     else:
@@ -271,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DecError as e:
         print(e.render(), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before or after generating (`run` reports one during generation itself)
+        print("decspec: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except Exception as e:  # a bug in decspec, not in the user's input
         if os.environ.get("DECSPEC_DEBUG"):
             traceback.print_exc()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from decspec.api import Decoder
+from decspec.backends.arguments import positive_int, shown
 from decspec.backends.exact import TooLarge, exact_distribution
 from decspec.backends.exact.distribution import MAX_ROWS
 from decspec.compiler.analysis import Verdict, losslessness
@@ -129,6 +130,9 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
     from decspec.dsl.check import load
     from decspec.testing import target_distribution, tv_distance
 
+    configs, max_new_tokens = positive_int("configs", configs), positive_int("max_new_tokens", max_new_tokens)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise DecError(f"seed must be an integer (got {shown(seed)})")
     start = time.perf_counter()
     checked = load(spec, overrides=overrides, decoder=decoder)
     if checked.slot("search") is not None:
@@ -145,18 +149,36 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
     roles = (checked.slot("target").arg("name"),) + tuple(r for r in checked.models if r != checked.slot("target").arg("name"))
     report = VerifyReport(str(spec) if "\n" not in str(spec) else "<spec>", checked, losslessness(checked))
     rng = random.Random(seed)
+    smallest = (float("inf"), "", "")  # the configuration too large by the least: (rows, configuration, why)
     for _ in range(configs):
         cfg = TableConfig.random(rng, roles, max_new_tokens, vocab)
         dec = Decoder(checked, graph, cfg.models())
         try:
             got = exact_distribution(dec, cfg.prompt, cfg.max_new_tokens, max_rows=max_rows)
-        except TooLarge:
+        except TooLarge as e:
             report.skipped.append(cfg)
+            smallest = min(smallest, (e.rows, str(cfg), e.diagnostics[0].message), key=lambda t: t[0])
             continue
         expected = target_distribution(dec, cfg.prompt, cfg.max_new_tokens)
         report.checked.append((cfg, tv_distance(got, expected), max(tol, got.error_bound)))
     if not report.checked:
-        raise DecError(f"decoder '{checked.name}' is too large for the exact check on every configuration tried",
-                       hint="lower its speculation length (e.g. `decspec verify FILE.dec k=2`) or --max-new-tokens")
+        raise DecError(f"decoder '{checked.name}' is too large for the exact check on all {configs} configurations tried; "
+                       f"the smallest ({smallest[1]}): {smallest[2]}", hint=_smaller(checked, max_new_tokens))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _smaller(spec: Spec, max_new_tokens: int) -> str:
+    """What would make a decoder's exact check smaller, in terms of the parameters it has."""
+    counts = [(name, v) for name, v in spec.params if isinstance(v, int) and not isinstance(v, bool) and v > 1]
+    ways = []
+    if counts:
+        name, v = counts[0]
+        shown_params = ", ".join(f"{n}={v}" for n, v in counts)
+        ways.append(f"lower the parameter that sets how many tokens a round drafts ({shown_params}), e.g. "
+                    f"`decspec verify FILE.dec {name}={max(1, v // 2)}`")
+    else:
+        ways.append("draft fewer tokens per round (the spec fixes its draft length: change it in the file)")
+    if max_new_tokens > 1:
+        ways.append(f"generate fewer tokens (--max-new-tokens, now {max_new_tokens})")
+    return "; or ".join(ways)

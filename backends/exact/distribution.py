@@ -16,12 +16,13 @@ ends the row), and merges the rows that reach the same tokens into one world.
 """
 from __future__ import annotations
 
+import random
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from decspec.backends.arguments import positive_int, token_id
-from decspec.backends.exact.rows import Rows, Run
+from decspec.backends.exact.rows import Rows, Run, TooLarge
 from decspec.backends.exact.rules import RULES
 from decspec.backends.interpreter import run_graph
 from decspec.backends.runtime import Context, max_draft_len, normalize_prompts
@@ -32,7 +33,15 @@ from decspec.dsl.diagnostics import DecError
 
 NAME = "exact"
 EPS = 2.0**-52
-MAX_ROWS = 2_000_000
+MAX_ROWS = 2_000_000  # rows of one round
+MAX_BYTES = 4 << 30  # 4 GiB: about what one round's rows may hold (`row_bytes` each)
+PROBES = 8  # one-row runs of the first round that estimate its rows before any is enumerated
+
+
+def row_bytes(capacity: int, roles: int, drafts: int, vocab: int) -> int:
+    """About what one row of an exact round holds at its peak: its context and each model's cache record (int64
+    per position, twice: a split copies every per-row value) and float64 probabilities over a round's drafts."""
+    return 8 * (2 * capacity * (1 + roles) + 4 * (drafts + 2) * (vocab + 1))
 
 
 class Distribution(dict):
@@ -66,7 +75,9 @@ def exact_distribution(
 
     decoder_or_graph: a `Decoder` (its graph, bound models and grammar; EOS defaults to the target's),
     or a round `Graph` with `models` ({role: model}) and, when it has grammar ops, `grammars` ({slot:
-    Matcher}). Raises TooLarge (a DecError) when a round would need more than `max_rows` rows.
+    Matcher}). Raises TooLarge (a DecError) when a round would need more than `max_rows` rows, or more than
+    MAX_BYTES of them (`row_bytes` each): before enumerating, when the first round's estimated rows
+    (`estimate_rows`) already do, else at the draw that passes the limit.
     """
     graph, models, eos, grammars = _unpack(decoder_or_graph, models, eos_token_id, grammars)
     vocab = next(iter(models.values())).vocab_size
@@ -75,6 +86,12 @@ def exact_distribution(
     K = max_draft_len(graph)
     capacity = len(prompt) + max_new_tokens + 2 * K + 4
     per_draw = (K + 2) * (vocab + 4) * EPS
+    size = row_bytes(capacity, len(models), K, vocab)
+    limit = min(max_rows, MAX_BYTES // size)
+    # before enumerating anything: the first round's rows, estimated from a few one-row runs of it
+    estimate = estimate_rows(graph, models, prompt, capacity, grammars, limit)
+    if estimate > limit:
+        raise _too_large(f"in its first round (about {estimate:,.0f}, estimated before enumerating)", estimate, limit, size, max_rows)
 
     out = Distribution()
     gen = torch.full((1, max_new_tokens), -1, dtype=torch.long)  # [W, N]: each live world's tokens, -1 past its length
@@ -84,8 +101,12 @@ def exact_distribution(
     policies = Policies.start(graph, 1, seed=0)  # cross-round length policies: each world follows its own history
     states = DraftStates.start(graph, models, 1)  # cross-round draft states (token recycling's matrix): one per world too
     while gen.shape[0]:
-        rows, (new, accepted, drafted) = _round(graph, models, _context(prompt, gen, length, capacity), capacity, max_rows, grammars, policies,
-                                                states)
+        try:
+            rows, (new, accepted, drafted), _ = _round(graph, models, _context(prompt, gen, length, capacity), capacity, limit,
+                                                    grammars, policies, states)
+        except TooLarge as e:
+            raise _too_large(f"in round {out.rounds + 1} ({gen.shape[0]:,} sequences so far; one draw split them into {e.rows:,})",
+                             e.rows, limit, size, max_rows) from None
         out.rounds += 1
         out.peak_rows = max(out.peak_rows, len(rows))
         w = rows.world  # [R]
@@ -104,6 +125,32 @@ def exact_distribution(
     return out
 
 
+def _too_large(where: str, rows: float, limit: int, size: int, max_rows: int) -> TooLarge:
+    """TooLarge with the figures: the rows, what they would hold, the limit and what sets it."""
+    why = "max_rows" if limit == max_rows else f"{MAX_BYTES >> 30} GiB of rows"
+    return TooLarge(f"the exact distribution needs more than {limit:,} rows {where}: about {rows * size / 2**30:,.1f} GiB "
+                    f"at about {size:,} bytes a row (the limit: {why})",
+                    hint="use a smaller vocabulary, speculation length or max_new_tokens", rows=rows, limit=limit)
+
+
+def estimate_rows(graph: Graph, models: dict, prompt: list[int], capacity: int, grammars: Mapping[str, Any],
+                  limit: float = float("inf"), probes: int = PROBES, seed: int = 0) -> float:
+    """About how many rows the first round splits into: Knuth's estimate of a tree's leaves, averaged over up
+    to `probes` runs of the round on one row that follows a uniformly chosen live cell at every draw (each run's
+    product of the live cells it met is an unbiased estimate). Stops early once the mean of two or more runs is
+    below `limit` / 64: far enough below to decide. Each run costs a one-row round."""
+    rng = random.Random(seed)
+    gen, length = torch.zeros((1, 0), dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    total = 0
+    for n in range(1, probes + 1):
+        run = _round(graph, models, _context(prompt, gen, length, capacity), capacity, MAX_ROWS, grammars,
+                     Policies.start(graph, 1, seed=0), DraftStates.start(graph, models, 1), probe=rng)[2]
+        total += run.estimate
+        if n >= 2 and total / n < limit / 64:
+            break
+    return total / n
+
+
 def _context(prompt: list[int], gen: torch.Tensor, length: torch.Tensor, capacity: int) -> Context:
     """The committed context of each world: the prompt, then its tokens. -> tokens [W, capacity], length [W]"""
     tokens = torch.zeros(gen.shape[0], capacity, dtype=torch.long)
@@ -113,16 +160,18 @@ def _context(prompt: list[int], gen: torch.Tensor, length: torch.Tensor, capacit
 
 
 def _round(graph: Graph, models: dict, ctx: Context, capacity: int, max_rows: int, grammars: Mapping[str, Any],
-           policies: Policies | None = None, states: DraftStates | None = None) -> tuple[Rows, tuple]:
+           policies: Policies | None = None, states: DraftStates | None = None, probe: random.Random | None = None) -> tuple:
     """Run the round graph once over every world, splitting rows at every draw. `states` (one per
-    world before the round) holds one per row of the round after it."""
+    world before the round) holds one per row of the round after it. -> (rows, committed, run);
+    with `probe`, one row follows random cells instead (`estimate_rows`)."""
     run = Run(Rows.start(ctx.tokens.shape[0]), models, capacity, RULES, NAME, max_rows, dict(grammars))
     run.policies = policies
     run.draft_states = states
+    run.probe = probe
     run_graph(graph, [ctx], run, RULES, NAME)
     if states:
         states.advance(run.align)
-    return run.rows, run.committed
+    return run.rows, run.committed, run
 
 
 def _merge(gen, length, done, weight, depth, state=None):

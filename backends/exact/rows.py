@@ -7,6 +7,7 @@ at once, as one batch.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,13 @@ from decspec.dsl.diagnostics import DecError
 
 
 class TooLarge(DecError):
-    """The exact distribution needs more rows than allowed (a smaller V, k or max_new_tokens fits)."""
+    """The exact distribution needs more rows than allowed (a smaller V, k or max_new_tokens fits).
+
+    rows: the rows it would take (at least; for an estimate, about), limit: the most allowed."""
+
+    def __init__(self, message: str, *, hint: str | None = None, rows: float = 0, limit: int = 0):
+        super().__init__(message, hint=hint)
+        self.rows, self.limit = rows, limit
 
 
 def per_row(t: Type) -> bool:
@@ -49,10 +56,8 @@ class Rows:
             raise BackendError("a draw whose every outcome has probability 0 (NaN or all-zero probabilities)")
         parent, cell = live.nonzero(as_tuple=True)
         if parent.shape[0] > max_rows:
-            raise TooLarge(
-                f"the exact distribution needs more than {max_rows:,} rows in one round",
-                hint="use a smaller vocabulary, speculation length or max_new_tokens (or raise max_rows)",
-            )
+            raise TooLarge(f"the exact distribution needs more than {max_rows:,} rows in one round",
+                           hint="use a smaller vocabulary, speculation length or max_new_tokens", rows=parent.shape[0], limit=max_rows)
         return Rows(self.world[parent], self.weight[parent] * prob[parent, cell], self.draws + 1), parent, u[parent, cell]
 
 
@@ -96,6 +101,8 @@ class Run:
         self._splits: list[tuple[int, torch.Tensor]] = []  # (row count before, each new row's parent), in order
         self._ancestor: dict[int, torch.Tensor] = {}  # row count -> each current row's ancestor then (made on demand)
         self._aligned: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(value) -> (value, aligned value)
+        self.probe: random.Random | None = None  # set: one row follows one random live cell per draw (`estimate`)
+        self.estimate = 1  # with `probe`: the product of the live cells met, Knuth's estimate of the round's rows
 
     @property
     def batch(self) -> int:
@@ -126,6 +133,12 @@ class Run:
 
     def split(self, u: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
         """Split the rows at a draw with cells u [R, C, *s] of measure prob [R, C]; -> each new row's u [N, *s]."""
+        if self.probe is not None:  # one row, one live cell of each draw, chosen uniformly
+            live = (prob[0] > 0).nonzero().flatten()
+            if not len(live):
+                raise BackendError("a draw whose every outcome has probability 0 (NaN or all-zero probabilities)")
+            self.estimate *= len(live)
+            return u[:, int(live[self.probe.randrange(len(live))])]
         before = self.batch
         self.rows, parent, u = self.rows.split(u, prob, self.max_rows)
         if self.batch != before:

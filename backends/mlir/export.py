@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from decspec.backends.arguments import MAX_CONTEXT, MAX_POSITIONS, positive_int
+from decspec.backends.runtime import max_draft_len
 from decspec.dsl.diagnostics import DecError
 
 INSTALL = "torch-mlir is not installed: pip install 'decspec[mlir]'"
@@ -33,6 +35,7 @@ DIALECTS = {
 }
 TORCH_BACKEND = "builtin.module(func.func(torch-match-quantized-custom-ops), torchdynamo-export-to-torch-backend-pipeline{ extra-library=})"
 PARTS = ("round", "verify")
+EXAMPLE_LENGTH = 16  # tokens of context per row in the inputs a round is traced with
 # ops that run on the host, outside the tensor graph: nothing to export
 HOST_OPS = {
     "grammar_state": "a grammar's automaton runs on the host (numba token index), outside the tensor graph",
@@ -189,6 +192,10 @@ def trace(decoder_or_spec, part: str = "round", *, batch: int = 1, capacity: int
     """torch.export of the pure round module at fixed shapes, with DECOMPOSITIONS applied."""
     if part not in PARTS:
         raise DecError(f"unknown part '{part}'; expected one of: {', '.join(PARTS)}")
+    batch, capacity = positive_int("batch", batch), positive_int("capacity", capacity)
+    if capacity > MAX_POSITIONS or batch * capacity > MAX_CONTEXT:
+        raise DecError(f"batch {batch} x capacity {capacity:,} positions is more than decspec preallocates (at most "
+                       f"{MAX_POSITIONS:,} positions per row, {MAX_CONTEXT:,} in all)")
     _require_torch_mlir()
     t0 = time.perf_counter()
     decoder = _decoder(decoder_or_spec, models, overrides)
@@ -196,9 +203,13 @@ def trace(decoder_or_spec, part: str = "round", *, batch: int = 1, capacity: int
         raise DecError("cannot export the `search` slot to MLIR: beam search has no round graph, it runs on the host",
                        decoder.spec.slot("search").span, hint='run it with decspec.compile(spec, backend="eager")')
     check_exportable(decoder.graph)
+    need = EXAMPLE_LENGTH + 2 * max_draft_len(decoder.graph) + 4  # the traced context, a round's drafts and padding
+    if part == "round" and capacity < need:
+        raise DecError(f"capacity {capacity} is too small for this round: it needs at least {need} positions (a traced "
+                       f"context of {EXAMPLE_LENGTH} tokens, then a round's drafts and padding)")
     module = build_module(decoder, part, batch, capacity)
     module.eval()
-    args = module.example_inputs()
+    args = module.example_inputs(length=EXAMPLE_LENGTH) if part == "round" else module.example_inputs()
     try:
         with torch.no_grad():
             program = torch.export.export(module, args, strict=False)

@@ -21,9 +21,10 @@ from decspec.dsl.diagnostics import DecError, excerpt
 from decspec.stdlib.models.heads import HEADS
 from decspec.stdlib.models.tokenizer import Tokenizer
 from decspec.stdlib.models.transformer import Transformer, TransformerConfig
-from decspec.stdlib.models.transformer_config import MODEL_TYPES, Unsupported
+from decspec.stdlib.models.transformer_config import MODEL_TYPES, InvalidConfig, Unsupported
 
 REFERENCE = Path(__file__).with_name("reference")
+MAX_HEADS = 64  # draft heads in heads.json (Medusa and Hydra use 3-5): each is a hidden x hidden block or more
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -50,22 +51,42 @@ def read_json(file: Path) -> dict[str, Any]:
     return data
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def weight_files(path: Path) -> list[Path]:
     """model.safetensors, or the shards listed in model.safetensors.index.json."""
-    from safetensors.torch import load_file
-
     index = path / "model.safetensors.index.json"
     files = [path / "model.safetensors"]
     if not files[0].is_file() and index.is_file():
         try:
             files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise DecError(f"{index} is not a valid safetensors index ({e})") from None
-    state: dict[str, torch.Tensor] = {}
     for file in files:
         if not file.is_file():
             have = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
             raise DecError(f"{path} has no weights file {file.name} (it holds: {have}); decspec reads safetensors weights")
+    return files
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the weights, from the safetensors headers alone: no tensor is read."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in weight_files(path):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                shapes.update((k, tuple(f.get_slice(k).get_shape())) for k in f.keys())
+        except Exception as e:
+            raise DecError(f"cannot read weights {file}: {e}; the file is corrupt or truncated — re-save or re-copy it") from None
+    return shapes
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, or the shards listed in model.safetensors.index.json."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(path):
         try:
             state.update(load_file(str(file)))
         except Exception as e:
@@ -77,7 +98,9 @@ def load_transformer(
     path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", tokenizer: bool = True
 ) -> Transformer:
     """A Llama-family checkpoint directory (model_type llama, qwen2, qwen3 or mistral) -> decspec's Transformer
-    (weights cast to `dtype`), with its tokenizer and draft heads."""
+    (weights cast to `dtype`), with its tokenizer and draft heads. config.json is checked before any tensor is
+    allocated: its values (transformer_config.check_values), then the names and shapes it implies against the
+    safetensors headers; a config with huge or negative sizes, or one that does not describe its weights, allocates nothing."""
     path = Path(path)
     raw = read_config(path)
     if raw.get("model_type") not in (None, *MODEL_TYPES):
@@ -88,27 +111,30 @@ def load_transformer(
         )
     try:
         config = TransformerConfig.from_dict(raw)
+    except InvalidConfig as e:  # no runtime could load it: no hint towards transformers
+        raise DecError(f"{path / 'config.json'}: {e}") from None
     except (TypeError, ValueError) as e:
         raise DecError(f"{path / 'config.json'}: {e}; load this checkpoint with decspec.stdlib.models.hf.HFModel.from_pretrained "
                        "instead (transformers runs it as it is)") from None
-    model = Transformer(config, dtype=dtype, device=device)
-    state = read_weights(path)
+    shapes = weight_shapes(path)
     if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    expected = {k for k in model.state_dict() if not (config.tie_word_embeddings and k == "lm_head.weight")}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        shapes.pop("lm_head.weight", None)
+    implied = Transformer(config, dtype=dtype, device="meta").state_dict()  # names and shapes; nothing allocated
+    expected = {k for k in implied if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    missing, unexpected = sorted(expected - shapes.keys()), sorted(shapes.keys() - expected)
     if missing or unexpected:
         parts = ([f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + (
             [f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}"] if unexpected else []
         )
         raise DecError(f"weights in {path} do not match its config.json ({'; '.join(parts)})")
+    for name, shape in shapes.items():
+        if shape != tuple(implied[name].shape):
+            raise DecError(f"weights in {path}: {name} has shape {shape} but config.json implies {tuple(implied[name].shape)}")
+    model = Transformer(config, dtype=dtype, device=device)
     params = model.state_dict()
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(params[name].shape):
-            raise DecError(
-                f"weights in {path}: {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(params[name].shape)}"
-            )
-        params[name].copy_(tensor.to(dtype))
+    for name, tensor in read_weights(path).items():
+        if name in expected:
+            params[name].copy_(tensor.to(dtype))
     model.name = str(path)
     if tokenizer and (path / "tokenizer.json").is_file():
         model.tokenizer = Tokenizer.from_dir(path)
@@ -137,6 +163,9 @@ def load_heads(path: Path, config: TransformerConfig, *, dtype: torch.dtype, dev
     for kind, spec in meta.items():
         if kind not in HEADS:
             raise DecError(f"{meta_file}: unknown head kind {kind!r} (known: {', '.join(HEADS)})")
+        heads_n = spec.get("num_heads") if isinstance(spec, dict) else None
+        if not isinstance(heads_n, int) or isinstance(heads_n, bool) or not 1 <= heads_n <= MAX_HEADS:
+            raise DecError(f"{meta_file}: {kind} num_heads must be an integer in [1, {MAX_HEADS}] (got {excerpt(repr(heads_n))})")
         if spec.get("hidden_size") != config.hidden_size:
             raise DecError(f"{meta_file}: {kind} heads have hidden_size {spec.get('hidden_size')} but the model has {config.hidden_size}")
         module = HEADS[kind](config.hidden_size, int(spec["num_heads"]), dtype=dtype).to(device)

@@ -24,6 +24,8 @@ from typing import Any, Mapping
 
 import torch
 
+from decspec.dsl.diagnostics import excerpt
+
 MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -34,6 +36,47 @@ PLAIN = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", 
 
 class Unsupported(ValueError):
     """A config.json feature the built-in model does not implement (transformers may still run the checkpoint)."""
+
+
+class InvalidConfig(ValueError):
+    """A config.json value no checkpoint can have (a negative or enormous size, a layer count that is a string):
+    refused before any tensor is allocated, whoever would run the checkpoint."""
+
+
+# the most each size may be: ten times or more what the largest released Llama-family models use (Llama 3.1
+# 405B: hidden 16,384, MLP 53,248, 126 layers, 128 heads; Gemma 3: a 262,144-token vocabulary; Llama 4: 10M positions)
+SIZE_LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 18, "intermediate_size": 1 << 20, "num_hidden_layers": 1 << 11,
+               "num_attention_heads": 1 << 11, "num_key_value_heads": 1 << 11, "head_dim": 1 << 13,
+               "max_position_embeddings": 1 << 27, "sliding_window": 1 << 27, "rope_original_max_position_embeddings": 1 << 27}
+OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "sliding_window", "rope_original_max_position_embeddings")  # None: derived
+POSITIVE_REALS = ("rms_norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor")
+
+
+def check_values(c: "TransformerConfig") -> None:
+    """Every size a positive integer within SIZE_LIMITS, every real a finite number (positive where it divides or
+    scales), token ids non-negative integers: InvalidConfig otherwise, naming the field and its value."""
+    for name, limit in SIZE_LIMITS.items():
+        v = getattr(c, name)
+        if v is None and name in OPTIONAL_SIZES:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InvalidConfig(f"{name}={excerpt(repr(v))} must be a positive integer")
+        if v > limit:
+            raise InvalidConfig(f"{name}={v:,} is more than decspec accepts ({limit:,}, ten times or more what the largest "
+                                "released models use)")
+    for name in (*POSITIVE_REALS, "initializer_range"):
+        v = getattr(c, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or (name in POSITIVE_REALS and v <= 0):
+            raise InvalidConfig(f"{name}={excerpt(repr(v))} must be a finite{' positive' if name in POSITIVE_REALS else ''} number")
+    for name, ids in (("bos_token_id", (c.bos_token_id,)), ("eos_token_id", c.eos_token_ids or (c.eos_token_id,))):
+        for v in ids:
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise InvalidConfig(f"{name}={excerpt(repr(v))} must be a token id (a non-negative integer) or null")
+    if not isinstance(c.tie_word_embeddings, bool):
+        raise InvalidConfig(f"tie_word_embeddings={excerpt(repr(c.tie_word_embeddings))} must be true or false")
+    if c.head_size < 2:
+        raise InvalidConfig(f"the attention heads have {c.head_size} dimensions (hidden_size {c.hidden_size} / "
+                            f"num_attention_heads {c.num_attention_heads}); give head_dim or fewer heads")
 
 
 @dataclass(frozen=True)
@@ -76,6 +119,7 @@ class TransformerConfig:
     rope_original_max_position_embeddings: int | None = None  # llama3; None: max_position_embeddings
 
     def __post_init__(self) -> None:
+        check_values(self)
         if self.num_attention_heads % self.kv_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of num_key_value_heads={self.kv_heads}"

@@ -163,22 +163,32 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
         report.checked.append((cfg, tv_distance(got, expected), max(tol, got.error_bound)))
     if not report.checked:
         raise DecError(f"decoder '{checked.name}' is too large for the exact check on all {configs} configurations tried; "
-                       f"the smallest ({smallest[1]}): {smallest[2]}", hint=_smaller(checked, max_new_tokens))
+                       f"the smallest ({smallest[1]}): {smallest[2]}", hint=_smaller(spec, checked, overrides, decoder, max_new_tokens))
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _smaller(spec: Spec, max_new_tokens: int) -> str:
-    """What would make a decoder's exact check smaller, in terms of the parameters it has."""
-    counts = [(name, v) for name, v in spec.params if isinstance(v, int) and not isinstance(v, bool) and v > 1]
-    ways = []
-    if counts:
-        name, v = counts[0]
-        shown_params = ", ".join(f"{n}={v}" for n, v in counts)
-        ways.append(f"lower the parameter that sets how many tokens a round drafts ({shown_params}), e.g. "
-                    f"`decspec verify FILE.dec {name}={max(1, v // 2)}`")
+def _smaller(source: Any, spec: Spec, overrides: Mapping[str, Any] | None, decoder: str | None, max_new_tokens: int) -> str:
+    """What would make a decoder's exact check smaller, in terms of the parameters it has: the integer parameters
+    that, halved, shorten what a round drafts (found by lowering the spec again), and max_new_tokens."""
+    from decspec.backends.runtime import max_draft_len
+    from decspec.dsl.check import load
+
+    drafted = max_draft_len(run_pipeline(lower(spec)))
+    shorter = []
+    for name, v in spec.params:
+        if isinstance(v, int) and not isinstance(v, bool) and v > 1:
+            try:
+                halved = load(source, overrides={**(overrides or {}), name: v // 2}, decoder=decoder)
+            except DecError:
+                continue
+            if max_draft_len(run_pipeline(lower(halved))) < drafted:
+                shorter.append((name, v))
+    if shorter:
+        name, v = shorter[0]
+        ways = [f"draft fewer tokens per round: lower {' or '.join(n for n, _ in shorter)}, e.g. `decspec verify FILE.dec {name}={v // 2}`"]
     else:
-        ways.append("draft fewer tokens per round (the spec fixes its draft length: change it in the file)")
+        ways = [f"draft fewer tokens per round (the spec fixes its draft length, {drafted}: change it in the file)"]
     if max_new_tokens > 1:
         ways.append(f"generate fewer tokens (--max-new-tokens, now {max_new_tokens})")
     return "; or ".join(ways)

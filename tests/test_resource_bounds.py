@@ -106,3 +106,87 @@ def test_the_same_grammar_text_in_two_folders_is_two_grammars(tmp_path):
     one = compiled(lark_spec(tmp_path / "one", 'lark_file("g.lark")', lark)).generate([[0]], max_new_tokens=4, seed=0)
     two = compiled(lark_spec(tmp_path / "two", 'lark_file("g.lark")', lark)).generate([[0]], max_new_tokens=4, seed=0)
     assert set(one.tokens[0]) <= {0, 4} and set(two.tokens[0]) <= {1, 4}
+
+
+# --------------------------------------------------------------------------- exact enumeration (decspec verify)
+
+
+def speculative(k: int, V: int):
+    models = {"target": TableModel.random(V, 1, seed=0), "draft": TableModel.random(V, 1, seed=1, temperature=2.0)}
+    return decspec.compile("specs/speculative.dec", models=models, k=k)
+
+
+def first_round(dec, prompt, capacity):
+    """The rows of the first exact round, enumerated."""
+    import torch
+
+    from decspec.backends.draft_state import DraftStates
+    from decspec.backends.exact.distribution import _context, _round
+    from decspec.backends.speculation_length import Policies
+
+    g, m = dec.graph, dec._bound_models()
+    ctx = _context(prompt, torch.zeros((1, 0), dtype=torch.long), torch.zeros(1, dtype=torch.long), capacity)
+    return len(_round(g, m, ctx, capacity, 10**7, {}, Policies.start(g, 1, seed=0), DraftStates.start(g, m, 1))[0])
+
+
+@pytest.mark.parametrize("spec, k, V", [("speculative", 2, 3), ("speculative", 3, 4), ("speculative", 4, 5), ("specinfer_tree", None, 3),
+                                        ("autoregressive", None, 5)])
+def test_the_first_round_s_rows_are_estimated_before_enumerating(spec, k, V):
+    from decspec.backends.exact.distribution import estimate_rows, max_draft_len
+
+    models = {"target": TableModel.random(V, 1, seed=0), "draft": TableModel.random(V, 1, seed=1, temperature=2.0)}
+    dec = decspec.compile(ROOT / "specs" / f"{spec}.dec", models=models, **({"k": k} if k else {}))
+    capacity = 1 + 3 + 2 * max_draft_len(dec.graph) + 4
+    actual = first_round(dec, [1], capacity)
+    estimate = estimate_rows(dec.graph, dec._bound_models(), [1], capacity, {})
+    assert actual / 2 <= estimate <= actual * 2, (estimate, actual)
+
+
+def test_a_first_round_too_large_is_refused_before_any_row_is_enumerated(monkeypatch):
+    from decspec.backends.exact import TooLarge, exact_distribution
+    from decspec.backends.exact.rows import Rows
+
+    splits = []
+    split = Rows.split
+    monkeypatch.setattr(Rows, "split", lambda self, *a: splits.append(len(self)) or split(self, *a))
+    with pytest.raises(TooLarge, match=r"needs more than [\d,]+ rows in its first round \(about [\d,]+, estimated before "
+                                        r"enumerating\): about [\d.,]+ GiB at about [\d,]+ bytes a row \(the limit: 4.0 GiB of rows\)") as e:
+        exact_distribution(speculative(k=14, V=5), [1], 3)
+    assert splits == []  # the estimate's one-row probes never split a row
+    assert e.value.rows > e.value.limit and "speculation length" in e.value.diagnostics[0].hint
+
+
+def test_a_later_round_too_large_is_refused_at_the_draw_that_passes_the_limit():
+    from decspec.backends.exact import TooLarge, exact_distribution
+
+    with pytest.raises(TooLarge, match=r"more than 500 rows in round [2-9] \([\d,]+ sequences so far; one draw split them into [\d,]+\).*"
+                                       r"\(the limit: max_rows\)"):
+        exact_distribution(speculative(k=2, V=4), [1], 8, max_rows=500)
+
+
+def test_the_byte_budget_caps_rows_whatever_max_rows_says(monkeypatch):
+    from decspec.backends.exact import TooLarge, distribution
+
+    monkeypatch.setattr(distribution, "MAX_BYTES", 1 << 20)
+    with pytest.raises(TooLarge, match=r"\(the limit: 1.0 MiB of rows\)") as e:
+        distribution.exact_distribution(speculative(k=3, V=5), [1], 6, max_rows=10**9)
+    assert e.value.limit * distribution.row_bytes(1 + 6 + 2 * 3 + 4, 2, 3, 5) <= 1 << 20
+
+
+def test_verify_too_large_everywhere_gives_the_figure_and_a_hint_in_the_spec_s_own_terms(capsys):
+    from decspec.cli import main
+
+    assert main(["verify", "specs/speculative.dec", "k=30", "--configs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "too large for the exact check on all 2 configurations tried" in err and "GiB" in err and "Traceback" not in err
+    assert "lower k, e.g. `decspec verify FILE.dec k=15`" in err and "--max-new-tokens, now 3" in err
+
+
+def test_verify_of_a_spec_whose_draft_length_is_fixed_names_no_parameter(tmp_path):
+    from decspec.verify import verify_spec
+
+    fixed = tmp_path / "fixed.dec"
+    fixed.write_text((ROOT / "specs" / "speculative.dec").read_text().replace("max = k", "max = 30"))  # k is left unused
+    with pytest.raises(DecError, match="too large for the exact check") as e:
+        verify_spec(fixed, configs=1, max_new_tokens=1, vocab=(5, 5))
+    assert e.value.diagnostics[0].hint == "draft fewer tokens per round (the spec fixes its draft length, 30: change it in the file)"

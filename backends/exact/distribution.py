@@ -35,7 +35,7 @@ NAME = "exact"
 EPS = 2.0**-52
 MAX_ROWS = 2_000_000  # rows of one round
 MAX_BYTES = 4 << 30  # 4 GiB: about what one round's rows may hold (`row_bytes` each)
-PROBES = 8  # one-row runs of the first round that estimate its rows before any is enumerated
+PROBES = 16  # one-row runs of the first round that estimate its rows before any is enumerated (at most)
 
 
 def row_bytes(capacity: int, roles: int, drafts: int, vocab: int) -> int:
@@ -127,18 +127,22 @@ def exact_distribution(
 
 def _too_large(where: str, rows: float, limit: int, size: int, max_rows: int) -> TooLarge:
     """TooLarge with the figures: the rows, what they would hold, the limit and what sets it."""
-    why = "max_rows" if limit == max_rows else f"{MAX_BYTES >> 30} GiB of rows"
-    return TooLarge(f"the exact distribution needs more than {limit:,} rows {where}: about {rows * size / 2**30:,.1f} GiB "
+    why = "max_rows" if limit == max_rows else f"{_bytes(MAX_BYTES)} of rows"
+    return TooLarge(f"the exact distribution needs more than {limit:,} rows {where}: about {_bytes(rows * size)} "
                     f"at about {size:,} bytes a row (the limit: {why})",
                     hint="use a smaller vocabulary, speculation length or max_new_tokens", rows=rows, limit=limit)
 
 
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
 def estimate_rows(graph: Graph, models: dict, prompt: list[int], capacity: int, grammars: Mapping[str, Any],
-                  limit: float = float("inf"), probes: int = PROBES, seed: int = 0) -> float:
+                  limit: float | None = None, probes: int = PROBES, seed: int = 0) -> float:
     """About how many rows the first round splits into: Knuth's estimate of a tree's leaves, averaged over up
     to `probes` runs of the round on one row that follows a uniformly chosen live cell at every draw (each run's
-    product of the live cells it met is an unbiased estimate). Stops early once the mean of two or more runs is
-    below `limit` / 64: far enough below to decide. Each run costs a one-row round."""
+    product of the live cells it met is an unbiased estimate). Given a `limit`, stops early once the mean of two or
+    more runs is below limit / 64: far enough below to decide. Each run costs a one-row round."""
     rng = random.Random(seed)
     gen, length = torch.zeros((1, 0), dtype=torch.long), torch.zeros(1, dtype=torch.long)
     total = 0
@@ -146,7 +150,7 @@ def estimate_rows(graph: Graph, models: dict, prompt: list[int], capacity: int, 
         run = _round(graph, models, _context(prompt, gen, length, capacity), capacity, MAX_ROWS, grammars,
                      Policies.start(graph, 1, seed=0), DraftStates.start(graph, models, 1), probe=rng)[2]
         total += run.estimate
-        if n >= 2 and total / n < limit / 64:
+        if limit is not None and n >= 2 and total / n < limit / 64:
             break
     return total / n
 

@@ -11,6 +11,8 @@ MODULES = [
     "decspec.testing",
     "decspec.strategies",
     "decspec.verify",
+    "decspec.cli",
+    "decspec.backends.arguments",
     "decspec.backends.exact.cells",
     "decspec.backends.exact.distribution",
     "decspec.dsl.diagnostics",

@@ -179,3 +179,21 @@ def test_the_drafts_shipped_for_smollm2_fit_it_and_stay_under_25_mb():
     draft = load_file(str(folder / "draft" / "model.safetensors"))
     assert draft["model.layers.0.self_attn.k_proj.weight"].shape == (192, 576) and "model.embed_tokens.weight" not in draft
     assert all(v.dtype == torch.float16 for v in draft.values())
+
+
+def test_warm_start_continues_from_the_saved_drafts(trained, tmp_path):
+    """A new machine has no checkpoints: --warm-start begins each draft at the weights saved in --out."""
+    work, out, _, _ = trained
+    target = load_transformer(REFERENCE / "target")
+    data = train_drafts.Data(work)
+    for kind in ("eagle", "medusa", "hydra", "draft"):
+        saved = train_drafts.saved_weights(kind, out)
+        module = train_drafts.train(kind, target, data, tmp_path, steps=0, batch=1, length=8, lr=1e-3, save_every=1,
+                                    log=lambda _: None, warm_start=out)
+        state = train_drafts.own_parameters(module) if kind == "draft" else module.state_dict()
+        assert set(saved) == set(state), kind
+        assert all(torch.equal(state[k].float(), saved[k]) for k in saved), kind
+        cold = train_drafts.train(kind, target, data, tmp_path, steps=0, batch=1, length=8, lr=1e-3, save_every=1,
+                                  log=lambda _: None)
+        cold_state = train_drafts.own_parameters(cold) if kind == "draft" else cold.state_dict()
+        assert not all(torch.equal(cold_state[k].float(), saved[k]) for k in saved), kind

@@ -5,7 +5,9 @@
 
 Re-running the same command continues where the last run stopped: every stage writes its results
 (and, while training, a checkpoint of weights, optimizer and random state every `--save-every`
-steps) to `--work`, and skips what is already there. On CPU the whole recipe is hours.
+steps) to `--work`, and skips what is already there. On CPU the whole recipe is hours. A new machine
+(without the old --work) regenerates the data deterministically and, with `--warm-start`, continues
+from the drafts already saved in --out.
 
 Stages:
 
@@ -370,10 +372,29 @@ def draft_vocabulary(target: Transformer, data: Data, n: int = DRAFT_VOCAB) -> t
 # --- training, with checkpoints -------------------------------------------------------------------
 
 
+def saved_weights(kind: str, out: Path) -> dict[str, torch.Tensor] | None:
+    """The float16 weights `save` wrote for `kind` in out/ (float32), or None."""
+    from safetensors.torch import load_file
+
+    files = {"eagle": out / "eagle.safetensors", "medusa": out / "heads.safetensors", "hydra": out / "heads.safetensors",
+             "draft": out / "draft" / "model.safetensors"}
+    if not files[kind].is_file():
+        return None
+    state = load_file(str(files[kind]))
+    if kind in ("medusa", "hydra"):
+        state = {k.removeprefix(f"{kind}."): v for k, v in state.items() if k.startswith(f"{kind}.")}
+    return {k: v.float() for k, v in state.items()} or None
+
+
 def train(kind: str, target: Transformer, data: Data, work: Path, *, steps: int, batch: int, length: int, lr: float,
-          save_every: int, log) -> torch.nn.Module:
-    """AdamW, warm-up + cosine, bf16 autocast, clipping at 1.0; resumes from work/KIND.ckpt."""
+          save_every: int, log, warm_start: Path | None = None) -> torch.nn.Module:
+    """AdamW, warm-up + cosine, bf16 autocast, clipping at 1.0; resumes from work/KIND.ckpt, else (warm_start)
+    starts from the weights saved in that folder (the shipped drafts: a new session continues training them)."""
     module = module_for(kind, target)
+    warm = saved_weights(kind, warm_start) if warm_start is not None and not (work / f"{kind}.ckpt").exists() else None
+    if warm is not None:
+        module.load_state_dict(warm, strict=kind != "draft")
+        log(f"{kind}: starting from the weights in {warm_start}")
     params = [p for n, p in module.named_parameters() if not n.startswith(("model.embed_tokens", "lm_head"))]
     for p in params:
         p.requires_grad_(True)
@@ -449,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--warm-start", action="store_true",
+                   help="a draft with no checkpoint in --work starts from its weights in --out (continue the shipped drafts)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -490,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         t0 = time.perf_counter()
         module = train(kind, target, data, args.work, steps=args.steps, batch=args.batch, length=args.length, lr=args.lr,
-                       save_every=args.save_every, log=log)
+                       save_every=args.save_every, log=log, warm_start=args.out if args.warm_start else None)
         entry = {"steps": args.steps, "batch": args.batch, "length": args.length, "lr": args.lr,
                  "params": sum(v.numel() for v in (own_parameters(module) if kind == "draft" else module.state_dict()).values()),
                  "heldout": evaluate(kind, module, target, data, lm_head=lm_head), "seconds_this_run": round(time.perf_counter() - t0)}

@@ -46,11 +46,11 @@ def per_call_us(fn, calls: int) -> dict[str, float]:
 
 
 def measure(name: str, vocab: list, eos_id: int, calls: int) -> dict:
-    from decspec.stdlib.grammars import compile_regex, schema_to_regex
+    from decspec.stdlib.grammars import schema_to_dfa
     from decspec.stdlib.grammars.index import TokenIndex
 
     t0 = time.perf_counter()
-    dfa = compile_regex(schema_to_regex(SCHEMA))
+    dfa = schema_to_dfa(SCHEMA)
     regex_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     index = TokenIndex.build(dfa, vocab, eos_id)

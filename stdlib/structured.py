@@ -87,6 +87,17 @@ def _regular(inst, kind: str, source: Any) -> GrammarSource:
     return GrammarSource(kind, source)
 
 
+def _schema(inst, schema: Any) -> GrammarSource:
+    """Check a JSON Schema without a vocabulary: it compiles, and something is valid under it."""
+    from decspec.stdlib.grammars import GrammarError, schema_to_dfa
+
+    try:
+        schema_to_dfa(schema)
+    except GrammarError as e:
+        raise _located(inst, e) from None
+    return GrammarSource("json_schema", schema)
+
+
 def cfg_available(kind: str) -> bool:
     """Whether `compile_grammar` knows this context-free kind ("lark", "json": the Lark matcher, stdlib/grammars/cfg.py)."""
     from decspec.stdlib.grammars import compile as core
@@ -116,7 +127,7 @@ def lower_json_schema(lw, inst) -> GrammarSource:
         raise DecError(f"the JSON schema is not valid JSON: {e}" if inline else
                        f"{schema!r} is not a JSON Schema: it is not JSON ({e})", inst.span) from None
     try:
-        return _regular(inst, "json_schema", parsed)
+        return _schema(inst, parsed)
     except DecError as e:
         if inline:
             raise

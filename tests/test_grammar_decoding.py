@@ -231,7 +231,7 @@ def compile_with(grammar: str, **kwargs):
 @pytest.mark.parametrize("grammar, message", [
     ('regex("a(b")', "unclosed group"),
     ('regex("[^\\\\s\\\\S]")', "accepts nothing"),
-    ('json_schema("""{"type": "array", "items": {"type": "string"}, "uniqueItems": true}""")', "'uniqueItems' is not supported"),
+    ('json_schema("""{"type": "array", "items": {"type": "string"}, "uniqueItems": true}""")', "$.uniqueItems: uniqueItems on items"),
     ('json_schema("""{"type": }""")', "not valid JSON"),
     ('json_schema("missing.json")', "cannot read JSON schema file"),
     ('choice([])', "non-empty list"),

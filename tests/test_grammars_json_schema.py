@@ -1,17 +1,21 @@
-"""stdlib/grammars/json_schema.py: schema regexes accept valid instances, reject invalid ones, and errors name
-the JSON path."""
+"""stdlib/grammars/json_schema/: the automaton accepts valid instances, never an invalid one (zero false
+accepts: each keyword applied exactly where keywords combine, or refused), and errors name the JSON path."""
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
-import re
+import random
+from decimal import Decimal
 from functools import cache
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decspec.stdlib.grammars import GrammarError, choice_to_regex, compile_regex, schema_to_regex
-from decspec.stdlib.grammars.json_schema import ANNOTATIONS, FORMATS, SUPPORTED, UNSUPPORTED
+from decspec.stdlib.grammars import GrammarError, choice_to_regex, compile_regex, schema_to_dfa, schema_to_regex
+from decspec.stdlib.grammars.json_schema import ANNOTATIONS, FORMATS, SUPPORTED, UNSUPPORTED, compile_schema
 
 DEFS = {"$defs": {"point": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
                             "required": ["x", "y"]}}}
@@ -53,14 +57,8 @@ SCHEMAS = {
 TEXT = st.text(st.characters(exclude_categories=("Cs",), max_codepoint=0x2FFF), max_size=6)
 
 
-@cache
-def regex_and_dfa(name: str):
-    regex = schema_to_regex(SCHEMAS[name])
-    return regex, compile_regex(regex)
-
-
 def instances(schema: dict, root: dict):
-    """Values valid under `schema`, for the keywords this module supports."""
+    """Values valid under `schema`, for the keywords the schemas above use."""
     if "$ref" in schema:
         return instances(root["$defs"][schema["$ref"].split("/")[-1]], root)
     for key in ("anyOf", "oneOf"):
@@ -103,14 +101,45 @@ def dumps_styles(value):
     return [json.dumps(value), json.dumps(value, separators=(",", ":")), json.dumps(value, ensure_ascii=False)]
 
 
+@cache
+def dfa_of(name: str):
+    return schema_to_dfa(SCHEMAS[name])
+
+
+def sample(dfa, rng: random.Random, limit: int = 200) -> bytes:
+    """A random accepted byte string: a random walk that ends by a shortest way to acceptance."""
+    moves = dfa.transitions
+    distance = np.where(dfa.accepting, 0, np.iinfo(np.int64).max // 2)
+    while True:  # how many bytes each state is from acceptance
+        via = np.where(moves >= 0, distance[np.maximum(moves, 0)] + 1, np.iinfo(np.int64).max // 2).min(axis=1)
+        updated = np.minimum(distance, via)
+        if np.array_equal(updated, distance):
+            break
+        distance = updated
+    state, out = dfa.start, bytearray()
+    while True:
+        choices = np.flatnonzero(moves[state] >= 0)
+        if dfa.accepting[state] and (rng.random() < 0.2 or len(out) >= limit or not len(choices)):
+            return bytes(out)
+        if len(out) >= limit:
+            choices = [b for b in choices if distance[moves[state, b]] < distance[state]]
+        byte = int(rng.choice(list(choices)))
+        out.append(byte)
+        state = int(moves[state, byte])
+
+
+def valid_samples(schema, count: int = 60, seed: int = 0):
+    dfa = compile_schema(schema)
+    rng = random.Random(seed)
+    return [json.loads(sample(dfa, rng).decode()) for _ in range(count)]
+
+
 @settings(max_examples=200, derandomize=True, deadline=None, database=None)
 @given(st.sampled_from(sorted(SCHEMAS)).flatmap(lambda name: st.tuples(st.just(name), instances(SCHEMAS[name], SCHEMAS[name]))))
 def test_valid_instances_match(case):
     name, value = case
-    regex, machine = regex_and_dfa(name)
     for text in dumps_styles(value):
-        assert re.fullmatch(regex, text), (name, text)
-        assert machine.matches(text), (name, text)
+        assert dfa_of(name).matches(text), (name, text)
 
 
 @pytest.mark.parametrize("name, text", [
@@ -128,6 +157,7 @@ def test_valid_instances_match(case):
     ("person", '{"name": "b"b", "age": 3}'),                     # unescaped quote
     ("person", '{"name": "b\nb", "age": 3}'),                    # raw control character
     ("person", '{"name":  "bob", "age": 3}'),                    # two spaces
+    ("person", '{"name": "bob", "name": "bob", "age": 3}'),      # a name twice
     ("mixed", '{"version": "1.1"}'),
     ("mixed", '{"kind": "c", "version": "1.0"}'),
     ("mixed", '{"version": "1.0", "value": "ab"}'),
@@ -140,52 +170,155 @@ def test_valid_instances_match(case):
     ("all_optional", '{"a": 1 "b": 2}'),
 ])
 def test_invalid_instances_do_not_match(name, text):
-    regex, machine = regex_and_dfa(name)
-    assert not re.fullmatch(regex, text) and not machine.matches(text)
+    assert not dfa_of(name).matches(text)
 
 
 def test_whitespace_and_empty_objects():
-    regex, machine = regex_and_dfa("all_optional")
     for text in ["{}", "{ }", '{"c": null}', '{ "a" : 1 , "c" : null }', '{"a":1,"b":2,"c":null}']:
-        assert machine.matches(text), text
-    assert schema_to_regex('{"type": "array", "items": {"type": "null"}, "maxItems": 0}') == r"\[[ ]?\]"
+        assert dfa_of("all_optional").matches(text), text
+    assert schema_to_regex('{"type": "string", "maxLength": 1}').startswith('"')
+
+
+# item 1 of issue 15: every probe that used to be a false accept
+
+def accepts(schema, text: str) -> bool:
+    dfa = compile_schema(schema)
+    return dfa is not None and dfa.matches(text)
+
+
+def test_pattern_constrains_the_decoded_value():
+    schema = {"type": "string", "pattern": "^.*$"}
+    for text in ['"a\\nb"', '"a\nb"', '"a"b"', '"a\\u000ab"', '"\x01"', '"a\\"']:
+        assert not accepts(schema, text), text
+    for text in ['"a\\"b"', '"\\u00e9"', '"é"', '"\\ud83d\\ude00"', '"a\\\\b"', '""']:
+        assert accepts(schema, text), text
+    for value in valid_samples(schema):
+        assert "\n" not in value and "\r" not in value
+    assert accepts({"type": "string", "pattern": "b"}, '"abc"')  # not anchored: matches anywhere
+    assert not accepts({"type": "string", "pattern": "^b"}, '"abc"')
+    assert accepts({"type": "string", "pattern": "^a$"}, '"\\u0061"')  # an escape decodes to the character
+
+
+@pytest.mark.parametrize("schema, good, bad", [
+    ({"type": "integer", "enum": [1, "a"]}, ["1"], ['"a"']),
+    ({"type": "string", "maxLength": 2, "enum": ["ab", "abc", 1]}, ['"ab"'], ['"abc"', "1"]),
+    ({"const": "abc", "maxLength": 2}, [], ['"abc"']),
+    ({"type": "string", "anyOf": [{"const": "a"}, {"const": 1}]}, ['"a"'], ["1"]),
+    ({"required": ["a"], "oneOf": [{"properties": {"a": {"type": "integer"}}}, {"properties": {"b": {"type": "integer"}}}]},
+     [], ["{}", '{"a": 1}', '{"b": 1}']),  # {"a": 1} meets both branches
+    ({"required": ["a"], "oneOf": [{"properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+                                   {"properties": {"a": {"type": "string"}}}]}, ['{"a": 1}', '{"a": "x"}'], ["{}", '{"a": null}']),
+    ({"maxLength": 1, "allOf": [{"type": "string"}]}, ['"a"'], ['"ab"', "1"]),
+    ({"$defs": {"s": {"type": "string"}}, "$ref": "#/$defs/s", "maxLength": 2}, ['"ab"'], ['"abc"']),
+    ({"type": "string", "format": "date", "maxLength": 5}, [], ['"2024-01-01"']),
+    ({"type": "string", "format": "uuid", "minLength": 37}, [], ['"123e4567-e89b-12d3-a456-426614174000"']),
+    ({"type": "object", "additionalProperties": {"type": "integer"}, "required": ["id"]}, ['{"id": 1}', '{"id": 1, "x": 2}'],
+     ["{}", '{"x": 1}', '{"id": "a"}']),
+    ({"$id": "https://x.org/a/root.json", "$defs": {"i": {"$id": "inner.json", "$defs": {"t": {"type": "integer"}}},
+                                                   "t": {"type": "string"}},
+      "properties": {"v": {"$ref": "inner.json#/$defs/t"}}}, ['{"v": 1}'], ['{"v": "a"}']),
+    ({"oneOf": [{"type": "integer"}, {"minimum": 2}]}, ["1", '"a"'], ["3"]),
+    ({"not": {"type": "string"}}, ["1", "null"], ['"a"']),
+    ({"if": {"type": "integer"}, "then": {"minimum": 5}, "else": {"type": "string"}}, ["7", '"a"'], ["3", "null"]),
+    ({"properties": {"a": {"type": "integer"}}, "additionalProperties": {"type": "string"}}, ['{"a": 1, "b": "x"}'],
+     ['{"a": "x"}', '{"\\u0061": "x"}', '{"a": 1, "a": "x"}']),
+    ({"patternProperties": {"^x": {"type": "integer"}}}, ['{"xa": 1}'], ['{"xa": "s"}', '{"b": 1}']),
+    ({"type": "array", "uniqueItems": True, "items": {"enum": [1, 2]}}, ["[1, 2]", "[2]"], ["[1, 1]", "[1, 1.0]"]),
+    ({"type": "number", "minimum": 1.5, "exclusiveMaximum": 3}, ["1.5", "2.999", "2"], ["1.49", "3", "3.0", "1e0"]),
+    ({"type": "integer", "multipleOf": 3, "maximum": 10}, ["9", "-3", "0"], ["10", "4", "12"]),
+])
+def test_keywords_combine_by_intersection(schema, good, bad):
+    for text in good:
+        assert accepts(schema, text), text
+    for text in bad:
+        assert not accepts(schema, text), text
+
+
+@pytest.mark.parametrize("fmt, good, bad", [
+    ("date", ["2024-02-29", "2000-02-29", "2023-04-30", "1999-12-31"],
+     ["2023-02-29", "1900-02-29", "2023-02-30", "2023-04-31", "2023-13-01", "2023-1-01"]),
+    ("time", ["12:30:00Z", "23:59:59.5+05:30", "00:00:00-00:00"], ["12:30:00", "24:00:00Z", "12:30:00+5:00", "12:60:00Z"]),
+    ("date-time", ["2024-02-29T12:00:00Z", "2023-01-01T00:00:00.123+01:00"], ["2023-02-29T12:00:00Z", "2023-01-01T00:00:00"]),
+    ("email", ["a@b.co", "first.last+tag@sub.example.org"], ["a@", "@b.com", "a b@c.d", "a..b@c.d", ".a@b.c", "a@-b.c"]),
+    ("ipv4", ["192.168.0.1", "0.0.0.0"], ["256.1.1.1", "01.2.3.4", "1.2.3"]),
+    ("ipv6", ["::1", "2001:db8::8a2e:370:7334", "::ffff:192.168.0.1", "1:2:3:4:5:6:7:8"],
+     ["1:2:3:4:5:6:7:8:9", "12345::", "1::2::3", ":1"]),
+    ("uri", ["https://example.com/a?b=c#d", "urn:isbn:0451450523", "mailto:a@b.c"], ["//example.com", "a b:c", "http://a b"]),
+    ("uuid", ["123e4567-e89b-12d3-a456-426614174000"], ["123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400g"]),
+])
+def test_formats(fmt, good, bad):
+    schema = {"type": "string", "format": fmt}
+    for value in good:
+        assert accepts(schema, json.dumps(value)), value
+    for value in bad:
+        assert not accepts(schema, json.dumps(value)), value
+
+
+def test_enum_objects_match_both_spacings():
+    schema = {"enum": [{"a": [1, 2]}, [{"b": None}]]}
+    for value in schema["enum"]:
+        for text in dumps_styles(value):
+            assert accepts(schema, text), text
+    assert not accepts(schema, '{"a": [1]}')
+
+
+def decimal(text: str):
+    """A JSON number as the exact decimal JSON Schema means (an int when integral: 1.0 is an integer)."""
+    try:
+        value = Decimal(text)
+    except ArithmeticError:  # an exponent beyond Decimal's range: only unconstrained numbers have one
+        return float(text)
+    return int(value) if abs(value.adjusted()) < 1000 and value == value.to_integral_value() else value
+
+
+def test_samples_are_valid_json_of_the_schema():
+    """Random texts from the automata parse as JSON and validate under jsonschema (when installed), numbers
+    read exactly (JSON Schema's numbers are decimals; a float64 parser can round one across a bound)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    for i, schema in enumerate([*SCHEMAS.values(), {"type": "string", "pattern": "^[^a]*$"},
+                                {"not": {"type": "integer"}}, {"type": "array", "contains": {"const": 1}, "maxContains": 2},
+                                {"exclusiveMaximum": 1, "multipleOf": 0.25}]):
+        exact = json.loads(json.dumps(schema), parse_float=decimal)
+        dfa, rng = compile_schema(schema), random.Random(i)
+        for _ in range(30):
+            value = json.loads(sample(dfa, rng).decode(), parse_float=decimal)
+            jsonschema.validate(value, exact, format_checker=checker)
 
 
 @pytest.mark.parametrize("schema, message", [
     ({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}},
-     "$.properties.tags: keyword 'uniqueItems' is not supported"),
-    ({"type": "integer", "minimum": 0}, "$: keyword 'minimum' is not supported"),
+     "$.properties.tags.uniqueItems: uniqueItems on items that are not drawn from a finite set"),
+    ({"type": "integer", "$dynamicRef": "#a"}, "$: keyword '$dynamicRef' is not supported"),
     ({"type": "string", "maxLenght": 3}, "keyword 'maxLenght' is not supported"),
     ({"type": "strnig"}, "$.type: unknown type 'strnig'"),
     ({"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}},
-      "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}}},
-     "$.$defs.node.properties.next.$ref: recursive $ref '#/$defs/node'"),
-    ({"$ref": "#/$defs/missing", "$defs": {}}, "'#/$defs/missing' names no definition"),
-    ({"$ref": "other.json#/x"}, "only '#/$defs/NAME' and '#/definitions/NAME' refs are supported"),
-    ({"type": "string", "format": "hostname"}, "$.format: format 'hostname' is not supported"),
-    ({"type": "string", "minLength": 3, "maxLength": 2}, "minLength 3 is greater than maxLength 2"),
-    ({"type": "string", "pattern": "a", "maxLength": 2}, "'pattern' together with 'maxLength'"),
-    ({"type": "array"}, "an array without 'items'"),
-    ({}, "a schema without 'type'"),
-    ({"type": "object", "properties": {"a": {"type": "null"}}, "required": ["b"]}, "required property 'b'"),
-    ({"type": "object", "properties": {"a": {"type": "null"}}, "additionalProperties": True}, "additionalProperties"),
+      "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}}}, "is recursive"),
+    ({"$ref": "#/$defs/missing", "$defs": {}}, "$.$ref: the JSON pointer '/$defs/missing' names nothing"),
+    ({"$ref": "other.json#/x"}, "$.$ref: 'other.json#/x' refers to"),
+    ({"type": "string", "format": "hostname-ish"}, "$.format: format 'hostname-ish' is not supported"),
+    ({"type": "string", "minLength": 3, "maxLength": 2}, "accepts nothing"),
+    ({"type": "string", "pattern": "(?<=a)b"}, "$.pattern: regex"),
+    ({"properties": {"a": {"pattern": "[]"}}}, "$.properties.a.pattern: regex"),
     ({"anyOf": []}, "anyOf must be a non-empty list"),
-    ({"type": "array", "items": {"type": "number"}, "prefixItems": []}, "keyword 'prefixItems'"),
+    ({"type": "integer", "multipleOf": 0.123456789}, "$.multipleOf: multipleOf 0.123456789 needs an automaton"),
+    ({"$ref": "#"}, "applies itself in place"),
+    ({"$schema": "http://json-schema.org/draft-04/schema#"}, "$.$schema"),
     ("{not json", "not valid JSON"),
 ])
 def test_errors_name_the_json_path(schema, message):
     with pytest.raises(GrammarError) as info:
-        schema_to_regex(schema)
+        schema_to_dfa(schema)
     assert message in info.value.message
 
 
 def test_bad_pattern_and_empty_language_are_errors():
     with pytest.raises(GrammarError) as info:
-        schema_to_regex({"type": "object", "properties": {"code": {"type": "string", "pattern": "^a(b$"}}})
-    assert info.value.message == "$.properties.code.pattern: regex \"a(b\" at column 2: unclosed group; close it with ')'"
+        schema_to_dfa({"type": "object", "properties": {"code": {"type": "string", "pattern": "^a(b$"}}})
+    assert info.value.message == "$.properties.code.pattern: regex \"^a(b$\" at column 3: unclosed group; close it with ')'"
     with pytest.raises(GrammarError, match="accepts nothing"):
-        compile_regex(schema_to_regex({"type": "string", "pattern": "[^\\s\\S]"}))
-    assert "did you mean 'maxLength'" in str(pytest.raises(GrammarError, schema_to_regex, {"maxLenght": 1}).value)
+        schema_to_dfa({"type": "string", "pattern": "[^\\s\\S]"})
+    assert "did you mean 'maxLength'" in str(pytest.raises(GrammarError, schema_to_dfa, {"maxLenght": 1}).value)
 
 
 def test_choice():
@@ -201,4 +334,9 @@ def test_choice():
 
 def test_keyword_tables():
     assert not set(SUPPORTED) & set(UNSUPPORTED) and not set(SUPPORTED) & set(ANNOTATIONS)
-    assert "uniqueItems" in UNSUPPORTED and "properties" in SUPPORTED
+    assert "uniqueItems" in SUPPORTED and "properties" in SUPPORTED and "$dynamicRef" in UNSUPPORTED
+
+
+@pytest.mark.parametrize("module", ["", ".lang", ".strings", ".formats", ".numbers", ".values", ".refs"])
+def test_doctests(module):
+    assert doctest.testmod(importlib.import_module("decspec.stdlib.grammars.json_schema" + module)).failed == 0

@@ -11,11 +11,12 @@ from decspec.stdlib.grammars.cfg import JSON_GRAMMAR, CFGMatcher
 from decspec.stdlib.grammars.compile import KINDS, compile_grammar, grammar_regex
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.index import TokenIndex
-from decspec.stdlib.grammars.json_schema import choice_to_regex, schema_to_regex
+from decspec.stdlib.grammars.json_schema import choice_to_regex, schema_to_dfa, schema_to_regex
 from decspec.stdlib.grammars.regex import compile_regex, parse_regex
 from decspec.stdlib.grammars.vocab import token_bytes
 
 __all__ = [
     "ByteDFA", "CACHE", "CFGMatcher", "GrammarError", "IndexCache", "JSON_GRAMMAR", "KINDS", "TokenIndex",
-    "choice_to_regex", "compile_grammar", "compile_regex", "grammar_regex", "parse_regex", "schema_to_regex", "token_bytes",
+    "choice_to_regex", "compile_grammar", "compile_regex", "grammar_regex", "parse_regex", "schema_to_dfa", "schema_to_regex",
+    "token_bytes",
 ]

@@ -222,11 +222,16 @@ def trim(table: np.ndarray, accepting: np.ndarray, start: int):
     return kept, accepting[live]
 
 
-def minimize(table: np.ndarray, accepting: np.ndarray):
-    """Moore's partition refinement: states are merged while no input distinguishes them.
+MOORE_ROUNDS = 40  # then Hopcroft: a counting automaton (`.{0,1000}`) needs as many Moore rounds as it counts
 
-    Each round numbers the distinct rows (own block, block of each move's target). Rows are compared by a
-    64-bit hash, and the final partition is checked exactly; a collision (never seen) redoes it exactly.
+
+def minimize(table: np.ndarray, accepting: np.ndarray):
+    """Merge the states no input distinguishes. Moore's refinement (vectorized rounds: each numbers the
+    distinct rows of (own block, block of each move's target), compared by a 64-bit hash) for up to
+    MOORE_ROUNDS rounds, then Hopcroft's algorithm from that partition when it has not settled. The final
+    partition is checked exactly; a hash collision (never seen) redoes it exactly.
+
+    Returns the merged table (start state first) and its accepting flags.
     """
     multipliers = np.random.default_rng(0).integers(1, 2**63, size=table.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
 
@@ -243,12 +248,15 @@ def minimize(table: np.ndarray, accepting: np.ndarray):
     for exact in (False, True):
         block = accepting.astype(np.int64)
         count = len(np.unique(block))
-        while True:
+        for _ in range(MOORE_ROUNDS):
             block = refine(block, exact)
             new_count = int(block.max()) + 1
             if new_count == count:
                 break
             count = new_count
+        else:
+            block = hopcroft(table, block)
+            count = int(block.max()) + 1
         sig = signature(block)
         first = np.unique(block, return_index=True)[1]  # the smallest state of each block
         if exact or (np.array_equal(sig, sig[first[block]]) and np.array_equal(accepting, accepting[first[block]])):
@@ -260,6 +268,45 @@ def minimize(table: np.ndarray, accepting: np.ndarray):
     inverse = np.argsort(perm)
     merged = merged[perm]
     return np.where(merged >= 0, inverse[np.maximum(merged, 0)], -1), accepting[first][perm]
+
+
+def hopcroft(table: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """Hopcroft's refinement of the partition `block` (coarser than the final one), O(k n log n): every
+    (block, byte class) is a splitter; a block its preimage cuts is split, the smaller half queued."""
+    n, k = table.shape
+    full = np.vstack([np.where(table >= 0, table, n), np.full((1, k), n, dtype=table.dtype)])
+    preimage = []  # per class: the sources sorted by target, and where each target's sources start
+    for c in range(k):
+        order = np.argsort(full[:, c], kind="stable")
+        preimage.append((order, np.searchsorted(full[order, c], np.arange(n + 2)).tolist()))
+    block_of = block.tolist() + [int(block.max()) + 1]  # the sink is a block of its own
+    blocks: list[set] = [set() for _ in range(block_of[-1] + 1)]
+    for s, b in enumerate(block_of):
+        blocks[b].add(s)
+    work = {(b, c) for b in range(len(blocks)) for c in range(k)}
+    while work:
+        splitter, c = work.pop()
+        order, starts = preimage[c]
+        cut: dict[int, list[int]] = {}
+        for t in blocks[splitter]:
+            if starts[t] < starts[t + 1]:
+                for s in order[starts[t]:starts[t + 1]].tolist():
+                    cut.setdefault(block_of[s], []).append(s)
+        for y, inside in cut.items():
+            if len(inside) == len(blocks[y]):
+                continue
+            moved = set(inside)
+            blocks[y] -= moved
+            if len(moved) > len(blocks[y]):  # keep the smaller half as the new block
+                moved, blocks[y] = blocks[y], moved
+            new = len(blocks)
+            blocks.append(moved)
+            for s in moved:
+                block_of[s] = new
+            for d in range(k):
+                work.add((new, d) if (y, d) in work or len(moved) <= len(blocks[y]) else (y, d))
+    labels = np.array(block_of[:n], dtype=np.int64)
+    return np.unique(labels, return_inverse=True)[1].ravel()
 
 
 def renumber(table: np.ndarray, accepting: np.ndarray):
@@ -275,3 +322,68 @@ def renumber(table: np.ndarray, accepting: np.ndarray):
     inverse[order] = np.arange(len(order))
     out = table[order]
     return np.where(out >= 0, inverse[np.maximum(out, 0)], -1), accepting[order]
+
+
+def product(a: ByteDFA, b: ByteDFA, keep_b: bool) -> ByteDFA | None:
+    """The minimal DFA of `a ∩ b` (keep_b) or `a − b` (not keep_b), by the product construction over reachable
+    pairs; None when it is empty.
+
+        >>> from decspec.stdlib.grammars.regex import compile_regex
+        >>> both = product(compile_regex("[a-c]+"), compile_regex("b*|c"), keep_b=True)
+        >>> [both.matches(s) for s in ("b", "bb", "c", "cc", "a")]
+        [True, True, True, False, False]
+    """
+    nb = b.num_states
+    ids = {(a.start, b.start): 0}
+    pairs = [(a.start, b.start)]
+    rows = []
+    while len(rows) < len(pairs):
+        sa, sb = pairs[len(rows)]
+        ta = a.transitions[sa].astype(np.int64)
+        tb = b.transitions[sb].astype(np.int64) if sb >= 0 else np.full(256, -1, np.int64)
+        live = ta >= 0 if not keep_b else (ta >= 0) & (tb >= 0)
+        keys = np.where(live, ta * (nb + 1) + tb + 1, -1)
+        row = np.full(256, -1, np.int64)
+        for key in np.unique(keys[live]).tolist():
+            pair = (key // (nb + 1), key % (nb + 1) - 1)
+            if pair not in ids:
+                if len(pairs) >= MAX_DFA_STATES:
+                    raise GrammarError(f"the grammar is too large: its automaton exceeds {MAX_DFA_STATES} states",
+                                       hint="lower the repeat bounds ({m,n}, maxLength, maxItems)")
+                ids[pair] = len(pairs)
+                pairs.append(pair)
+            row[keys == key] = ids[pair]
+        rows.append(row)
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), 256)
+    in_b = np.array([sb >= 0 and bool(b.accepting[sb]) for _, sb in pairs])
+    accepting = np.array([bool(a.accepting[sa]) for sa, _ in pairs]) & (in_b if keep_b else ~in_b)
+    return finish(table, accepting)
+
+
+def finish(table: np.ndarray, accepting: np.ndarray) -> ByteDFA | None:
+    """A DFA from a full [S, 256] table (start 0): trimmed, minimized over its byte classes (the bytes whose
+    columns agree), numbered breadth-first; None when it accepts nothing."""
+    trimmed = trim(table, accepting, 0)
+    if trimmed is None:
+        return None
+    table, accepting = trimmed
+    columns, class_of = np.unique(table, axis=1, return_inverse=True)
+    table, accepting = renumber(*minimize(columns, accepting))
+    return ByteDFA(np.ascontiguousarray(table[:, class_of.ravel()]).astype(np.int32), accepting, 0)
+
+
+def emit_dfa(nfa: NFA, dfa: ByteDFA, start: int) -> int:
+    """Copy `dfa` into `nfa` from state `start` (its byte moves as ranges); return the copy's end state."""
+    states = [nfa.state() for _ in range(dfa.num_states)]
+    end = nfa.state()
+    nfa.eps[start].append(states[dfa.start])
+    for s, row in enumerate(dfa.transitions.tolist()):
+        lo = 0
+        for byte in range(1, 257):
+            if byte == 256 or row[byte] != row[lo]:
+                if row[lo] >= 0:
+                    nfa.edges[states[s]].append((lo, byte - 1, states[row[lo]]))
+                lo = byte
+        if dfa.accepting[s]:
+            nfa.eps[states[s]].append(end)
+    return end

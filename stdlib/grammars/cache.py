@@ -24,7 +24,7 @@ from decspec.stdlib.grammars.index import TokenIndex
 from decspec.user_cache import cache_dir as user_cache_dir
 from decspec.user_cache import open_private, write_private
 
-CODE_VERSION = "1"  # bump when the regex semantics or the index layout change: old files stop matching
+CODE_VERSION = "2"  # bump when the regex semantics or the index layout change: old files stop matching
 
 
 def cache_dir() -> Path:

@@ -14,7 +14,7 @@ from decspec.stdlib.grammars.cache import CACHE, cache_key, vocab_hash
 from decspec.stdlib.grammars.cfg import JSON_GRAMMAR, CFGMatcher
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.index import TokenIndex
-from decspec.stdlib.grammars.json_schema import choice_to_regex, schema_to_regex
+from decspec.stdlib.grammars.json_schema import choice_to_regex, load, schema_to_dfa
 from decspec.stdlib.grammars.regex import compile_regex
 from decspec.stdlib.grammars.vocab import token_bytes
 
@@ -23,13 +23,14 @@ CONTEXT_FREE = ("lark", "json")  # no regex: a CFGMatcher discovers its states (
 
 
 def grammar_regex(kind: str, source: Any) -> str:
-    """The regex a grammar of `kind` ("regex", "json_schema" or "choice") compiles through."""
+    """The regex a grammar of `kind` ("regex" or "choice") compiles through (a JSON Schema compiles straight
+    to an automaton: `schema_to_dfa`)."""
     if kind == "regex":
         if not isinstance(source, str):
             raise GrammarError(f"a regex grammar needs a pattern string, got {type(source).__name__}")
         return source
     if kind == "json_schema":
-        return schema_to_regex(source)
+        raise GrammarError("a json_schema grammar compiles to an automaton (schema_to_dfa), not through a regex")
     if kind == "choice":
         return choice_to_regex(list(source) if isinstance(source, (list, tuple)) else source)
     if kind in CONTEXT_FREE:
@@ -58,9 +59,13 @@ def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = Non
             return build_cfg()
         key = cache_key("lark", json.dumps([text, getattr(text, "folder", None)]), vocab_hash(tokens), eos_id)  # %imports: cfg.LarkText
         return CACHE.get_or_build(key, build_cfg, disk=False)
-    pattern = grammar_regex(kind, source)
-    build = lambda: TokenIndex.build(compile_regex(pattern), tokens, eos_id)  # noqa: E731
+    if kind == "json_schema":
+        text = json.dumps(load(source))  # the schema's own key order: properties are written in declared order
+        build = lambda: TokenIndex.build(schema_to_dfa(text), tokens, eos_id)  # noqa: E731
+    else:
+        text = json.dumps(grammar_regex(kind, source))
+        build = lambda: TokenIndex.build(compile_regex(json.loads(text)), tokens, eos_id)  # noqa: E731
     if not cache:
         return build()
-    key = cache_key(kind, json.dumps(pattern), vocab_hash(tokens), eos_id)
+    key = cache_key(kind, text, vocab_hash(tokens), eos_id)
     return CACHE.get_or_build(key, build)

@@ -279,7 +279,8 @@ def parse_regex(pattern: str):
 
 
 def emit(nfa: NFA, node, start: int) -> int:
-    """Thompson construction: add `node` to `nfa` from state `start`; return its end state."""
+    """Thompson construction: add `node` to `nfa` from state `start`; return its end state. A node of another
+    kind (json_schema's automaton leaves) adds itself through its `emit_into(nfa, start)`."""
     if isinstance(node, Chars):
         end = nfa.state()
         nfa.chars(start, node.ranges, end)
@@ -295,7 +296,8 @@ def emit(nfa: NFA, node, start: int) -> int:
             nfa.eps[start].append(entry)
             nfa.eps[emit(nfa, option, entry)].append(end)
         return end
-    assert isinstance(node, Repeat)
+    if not isinstance(node, Repeat):
+        return node.emit_into(nfa, start)
     for _ in range(node.min):
         start = emit(nfa, node.item, start)
     if node.max is None:  # x*: a loop head that may exit at once or after any number of rounds
@@ -312,12 +314,17 @@ def emit(nfa: NFA, node, start: int) -> int:
     return end
 
 
-def compile_regex(pattern: str) -> ByteDFA:
-    """The minimal DFA over UTF-8 bytes that accepts exactly the strings `re.fullmatch(pattern, s, re.ASCII)` accepts."""
+def compile_tree(node) -> ByteDFA | None:
+    """The minimal DFA of a syntax tree (as `parse_regex` gives, or built by hand); None when it accepts nothing."""
     nfa = NFA()
     start = nfa.state()
-    nfa.accept = emit(nfa, parse_regex(pattern), start)
-    dfa = determinize(nfa, start)
+    nfa.accept = emit(nfa, node, start)
+    return determinize(nfa, start)
+
+
+def compile_regex(pattern: str) -> ByteDFA:
+    """The minimal DFA over UTF-8 bytes that accepts exactly the strings `re.fullmatch(pattern, s, re.ASCII)` accepts."""
+    dfa = compile_tree(parse_regex(pattern))
     if dfa is None:
         raise GrammarError(f'regex "{excerpt(pattern, 80)}" accepts nothing: no string matches it')
     return dfa

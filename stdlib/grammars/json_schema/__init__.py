@@ -1,0 +1,111 @@
+"""JSON Schema -> the byte automaton of the JSON texts valid under it; a list of literal choices -> regex.
+
+    >>> dfa = schema_to_dfa({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]})
+    >>> [dfa.matches(s) for s in ('{"ok": true}', '{"ok":false}', '{"ok": 1}', '{}', '{"ok": true, "x": 1}')]
+    [True, True, False, False, False]
+    >>> choice_to_regex(["red", "green"])
+    '(?:red|green)'
+
+**Zero false accepts**: every text the automaton accepts is a valid instance. Each keyword is applied
+exactly where keywords combine (allOf, anyOf, oneOf, not, if/then/else, $ref beside other keywords, enum
+beside type, ...), or the schema is refused with a `GrammarError` naming the keyword's JSON path. Where a
+language would be looser than the schema the grammar takes a documented stricter subset instead (see
+docs/grammars.md): closed objects with declared properties in declared order, numbers without exponent
+where bounds apply, unconstrained values nested at most `ANY_DEPTH` deep, `format` asserted.
+
+The pipeline: normalize.py reads each schema object into a union of conjunctions (conj.py); lower.py and
+containers.py turn those into languages (lang.py: regex trees, DFA products, counting graphs) one JSON
+type at a time; strings.py, numbers.py, formats.py and values.py hold the pieces.
+"""
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+from decspec.stdlib.grammars.automaton import ByteDFA
+from decspec.stdlib.grammars.errors import GrammarError
+from decspec.stdlib.grammars.json_schema.formats import FORMATS
+from decspec.stdlib.grammars.json_schema.lang import to_dfa, to_regex
+from decspec.stdlib.grammars.json_schema.lower import Lowerer
+from decspec.stdlib.grammars.json_schema.normalize import ANNOTATIONS, HANDLERS, OBJECT_GROUP, ARRAY_GROUP, LATER
+from decspec.stdlib.grammars.json_schema.refs import Index, Located
+from decspec.stdlib.grammars.json_schema.values import ANY_DEPTH, shown
+
+SUPPORTED = tuple(dict.fromkeys([*HANDLERS, *OBJECT_GROUP, *ARRAY_GROUP, *LATER]))
+UNSUPPORTED = ("$dynamicRef", "$recursiveRef", "$recursiveAnchor")
+DRAFTS = {"draft/2020-12": 2020, "draft-07": 7, "draft-06": 7}
+
+__all__ = ["ANNOTATIONS", "ANY_DEPTH", "FORMATS", "SUPPORTED", "UNSUPPORTED", "choice_to_regex", "compile_schema",
+           "schema_draft", "schema_to_dfa", "schema_to_regex"]
+
+
+def choice_to_regex(options: list[str]) -> str:
+    """A regex accepting exactly one of the literal strings in `options`."""
+    if not options or not all(isinstance(o, str) for o in options):
+        raise GrammarError("choice([...]) needs a non-empty list of strings")
+    return "(?:" + "|".join(re.escape(o) for o in options) + ")"
+
+
+def load(schema: dict | bool | str) -> Any:
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise GrammarError(f"the JSON schema is not valid JSON: {e}") from None
+    if not isinstance(schema, (dict, bool)):
+        raise GrammarError("$: a JSON schema must be an object (or true / false)")
+    return schema
+
+
+def schema_draft(schema: Any, draft: int | None = None) -> int:
+    """The draft a schema is read with: `draft` when given (2020 or 7), else its `$schema`, else 2020-12."""
+    if draft is not None:
+        if draft not in (2020, 7):
+            raise GrammarError(f"draft {draft} is not supported; drafts 2020 (2020-12) and 7 are")
+        return draft
+    declared = schema.get("$schema") if isinstance(schema, dict) else None
+    if declared is None:
+        return 2020
+    for marker, number in DRAFTS.items():
+        if isinstance(declared, str) and marker in declared:
+            return number
+    raise GrammarError(f"$.$schema: {shown(declared)} is not a supported draft; drafts 2020-12 and 7 are")
+
+
+def compile_schema(schema: dict | bool | str, *, draft: int | None = None,
+                   remotes: dict[str, Any] | None = None) -> ByteDFA | None:
+    """The minimal DFA of the texts valid under `schema`, or None when none is (a schema like `false`).
+
+    `remotes` maps absolute URIs to schema documents that `$ref` may name (nothing is fetched)."""
+    schema = load(schema)
+    version = schema_draft(schema, draft)
+    lowerer = Lowerer(Index(schema, version, remotes), version)
+    return to_dfa(lowerer.value(lowerer.lower(Located(schema, "$"))).node)
+
+
+@lru_cache(maxsize=64)
+def cached_dfa(text: str, draft: int | None) -> ByteDFA:
+    dfa = compile_schema(json.loads(text), draft=draft)
+    if dfa is None:
+        raise GrammarError("the JSON schema accepts nothing: no JSON value is valid under it")
+    return dfa
+
+
+def schema_to_dfa(schema: dict | bool | str, *, draft: int | None = None) -> ByteDFA:
+    """The DFA of the texts valid under `schema` (a dict, or its JSON text); GrammarError when none is."""
+    return cached_dfa(json.dumps(load(schema)), draft)
+
+
+def schema_to_regex(schema: dict | bool | str) -> str:
+    """The same language as a regex, for the schemas whose language needs no automaton operation (no
+    counted containers, intersections or complements: mostly scalars); GrammarError otherwise."""
+    schema = load(schema)
+    version = schema_draft(schema)
+    lowerer = Lowerer(Index(schema, version), version)
+    regex = to_regex(lowerer.value(lowerer.lower(Located(schema, "$"))).node)
+    if regex is None:
+        raise GrammarError("this JSON schema compiles through automaton operations and has no regex form; "
+                           "use schema_to_dfa")
+    return regex

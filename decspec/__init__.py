@@ -5,8 +5,8 @@
     result.tokens, result.stats.mean_accepted
 """
 from decspec.api import Decoder, compile
-from decspec.backends.runtime import Result, Stats
+from decspec.backends.runtime import Interrupted, Result, Stats
 from decspec.dsl.diagnostics import DecError
 
-__all__ = ["compile", "Decoder", "Result", "Stats", "DecError"]
+__all__ = ["compile", "Decoder", "Result", "Stats", "DecError", "Interrupted"]
 __version__ = "0.1.0"

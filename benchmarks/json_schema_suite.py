@@ -4,8 +4,8 @@
 A valid instance must be accepted in some serialization the grammar's convention allows (`json.dumps`
 spacing, compact or not, object keys in any order: the grammar fixes one); an invalid instance must be
 rejected in every serialization tried (the same ones, and ASCII-escaped). Per keyword file: run, agree,
-false accepts (must be 0), false rejects (each with its reason in tests/data/json_schema_suite_reasons.json),
-refused (the schema does not compile: its error says why).
+false accepts (must be 0), false rejects (each with its reason, from tests/data/json_schema_suite_reasons.json),
+refused (the schema does not compile: its error, at the keyword's JSON path, says why).
 
     python -m benchmarks.json_schema_suite                 # table for draft 2020-12 and draft 7
     python -m benchmarks.json_schema_suite --write         # also refresh benchmarks/results/json_schema_suite.json
@@ -21,6 +21,7 @@ from typing import Any
 
 SUITE = Path(__file__).resolve().parent.parent / "tests" / "data" / "json-schema-test-suite"
 RESULT = Path(__file__).resolve().parent / "results" / "json_schema_suite.json"
+REASONS = SUITE.parent / "json_schema_suite_reasons.json"  # "file: group" -> why its valid cases are refused
 DRAFTS = {"draft2020-12": 2020, "draft7": 7}
 MAX_SERIALIZATIONS = 48
 
@@ -58,6 +59,10 @@ def serializations(value: Any) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def reason(file: str, group: str) -> str | None:
+    return json.loads(REASONS.read_text()).get(f"{file}: {group}")
+
+
 def run_file(path: Path, draft: int, refs: dict[str, Any]) -> dict:
     """Run one keyword file: counts, and the cases that were refused or falsely rejected (with the group)."""
     from decspec.stdlib.grammars import GrammarError
@@ -81,6 +86,8 @@ def run_file(path: Path, draft: int, refs: dict[str, Any]) -> dict:
             row["run"] += 1
             accepted = dfa is not None and any(dfa.matches(s) for s in serializations(test["data"]))
             case = {"group": group["description"], "test": test["description"]}
+            if test["valid"] and not accepted:
+                case["reason"] = reason(path.stem, group["description"])
             if accepted == test["valid"]:
                 row["agree"] += 1
             elif accepted:
@@ -106,6 +113,13 @@ def run(drafts=tuple(DRAFTS)) -> dict[str, dict[str, dict]]:
 def totals(rows: dict[str, dict]) -> dict:
     keys = ("cases", "run", "agree", "false_accepts", "false_rejects", "refused")
     return {k: sum(r[k] for r in rows.values()) for k in keys}
+
+
+def summary(results: dict[str, dict[str, dict]]) -> dict:
+    """What benchmarks/results/json_schema_suite.json holds: per file, the counts and every case that is not
+    run or not agreed (no timings: the file is compared exactly by tests/test_json_schema_suite.py)."""
+    return {folder: {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in rows.items()}
+            for folder, rows in results.items()}
 
 
 def table(folder: str, rows: dict[str, dict]) -> str:
@@ -134,9 +148,7 @@ def main() -> None:
                     for case in r[kind]:
                         print(f"{folder}/{name} {kind}: {json.dumps(case)}")
     if args.write:
-        summary = {folder: {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in rows.items()}
-                   for folder, rows in results.items()}
-        RESULT.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+        RESULT.write_text(json.dumps(summary(results), indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

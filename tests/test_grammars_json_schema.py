@@ -8,6 +8,7 @@ import json
 import random
 from decimal import Decimal
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 
 from decspec.stdlib.grammars import GrammarError, choice_to_regex, compile_regex, schema_to_dfa, schema_to_regex
 from decspec.stdlib.grammars.json_schema import ANNOTATIONS, FORMATS, SUPPORTED, UNSUPPORTED, compile_schema
+from decspec.stdlib.grammars.json_schema.formats import EXACT as EXACT_FORMATS
+from decspec.stdlib.grammars.json_schema.formats import OVER as FORMAT_OVER
 
 DEFS = {"$defs": {"point": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
                             "required": ["x", "y"]}}}
@@ -254,6 +257,26 @@ def test_formats(fmt, good, bad):
         assert not accepts(schema, json.dumps(value)), value
 
 
+FORMAT_SUITE = Path(__file__).parent / "data" / "json-schema-test-suite" / "tests" / "draft2020-12" / "optional" / "format"
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_formats_against_the_test_suite(fmt):
+    """The suite's format cases: no invalid string is accepted; every valid one is in the over-approximation
+    (what `not` and `oneOf` rely on; the format itself may be a stricter subset)."""
+    strict = compile_regex(FORMATS[fmt])
+    over = strict if fmt in EXACT_FORMATS else compile_regex(FORMAT_OVER[fmt])
+    for group in json.loads((FORMAT_SUITE / f"{fmt}.json").read_text()):
+        for case in group["tests"]:
+            value = case["data"]
+            if not isinstance(value, str) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+                continue
+            if case["valid"]:
+                assert over.matches(value), (fmt, case["description"])
+            else:
+                assert not strict.matches(value), (fmt, case["description"])
+
+
 def test_enum_objects_match_both_spacings():
     schema = {"enum": [{"a": [1, 2]}, [{"b": None}]]}
     for value in schema["enum"]:
@@ -297,6 +320,7 @@ def test_samples_are_valid_json_of_the_schema():
     ({"$ref": "#/$defs/missing", "$defs": {}}, "$.$ref: the JSON pointer '/$defs/missing' names nothing"),
     ({"$ref": "other.json#/x"}, "$.$ref: 'other.json#/x' refers to"),
     ({"type": "string", "format": "hostname-ish"}, "$.format: format 'hostname-ish' is not supported"),
+    ({"type": "string", "format": "idn-email"}, "$.format: format 'idn-email' is not supported"),
     ({"type": "string", "minLength": 3, "maxLength": 2}, "accepts nothing"),
     ({"type": "string", "pattern": "(?<=a)b"}, "$.pattern: regex"),
     ({"properties": {"a": {"pattern": "[]"}}}, "$.properties.a.pattern: regex"),

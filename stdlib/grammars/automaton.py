@@ -141,14 +141,23 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
     edges = [[(int(class_of[lo]), int(class_of[hi]), t) for lo, hi, t in es] for es in nfa.edges]
     important = [bool(es) or s == nfa.accept for s, es in enumerate(nfa.edges)]
 
+    reach: dict[int, frozenset[int]] = {}  # per NFA state: the important states its epsilon moves reach
+
+    def single(state: int) -> frozenset[int]:
+        if state not in reach:
+            seen, stack = {state}, [state]
+            while stack:
+                for t in nfa.eps[stack.pop()]:
+                    if t not in seen:
+                        seen.add(t)
+                        stack.append(t)
+            reach[state] = frozenset(s for s in seen if important[s])
+        return reach[state]
+
     def closure(states) -> frozenset[int]:
-        seen, stack = set(states), list(states)
-        while stack:
-            for t in nfa.eps[stack.pop()]:
-                if t not in seen:
-                    seen.add(t)
-                    stack.append(t)
-        return frozenset(s for s in seen if important[s])
+        if len(states) == 1:
+            return single(states[0])
+        return frozenset().union(*(single(s) for s in states))
 
     ids: dict[frozenset[int], int] = {}
     subsets: list[frozenset[int]] = []
@@ -311,10 +320,10 @@ def hopcroft(table: np.ndarray, block: np.ndarray) -> np.ndarray:
 
 def renumber(table: np.ndarray, accepting: np.ndarray):
     """Breadth-first numbering from the start (state 0), moves in byte order: a canonical state order."""
+    rows = table.tolist()
     order, seen = [0], {0}
     for s in order:
-        for t in table[s]:
-            t = int(t)
+        for t in rows[s]:
             if t >= 0 and t not in seen:
                 seen.add(t)
                 order.append(t)
@@ -374,16 +383,21 @@ def finish(table: np.ndarray, accepting: np.ndarray) -> ByteDFA | None:
 
 def emit_dfa(nfa: NFA, dfa: ByteDFA, start: int) -> int:
     """Copy `dfa` into `nfa` from state `start` (its byte moves as ranges); return the copy's end state."""
-    states = [nfa.state() for _ in range(dfa.num_states)]
+    first = len(nfa.eps)
+    for _ in range(dfa.num_states):
+        nfa.state()
     end = nfa.state()
-    nfa.eps[start].append(states[dfa.start])
-    for s, row in enumerate(dfa.transitions.tolist()):
-        lo = 0
-        for byte in range(1, 257):
-            if byte == 256 or row[byte] != row[lo]:
-                if row[lo] >= 0:
-                    nfa.edges[states[s]].append((lo, byte - 1, states[row[lo]]))
-                lo = byte
-        if dfa.accepting[s]:
-            nfa.eps[states[s]].append(end)
+    nfa.eps[start].append(first + dfa.start)
+    table = dfa.transitions
+    starts = np.ones(table.shape, dtype=bool)  # where a run of equal moves begins, per state
+    starts[:, 1:] = table[:, 1:] != table[:, :-1]
+    state, lo = np.nonzero(starts)
+    hi = np.append(lo[1:], 256)
+    hi = np.where(np.append(state[1:] == state[:-1], False), hi, 256) - 1
+    target = table[state, lo]
+    live = target >= 0
+    for s, a, b, t in zip(state[live].tolist(), lo[live].tolist(), hi[live].tolist(), target[live].tolist()):
+        nfa.edges[first + s].append((a, b, first + t))
+    for s in np.flatnonzero(dfa.accepting).tolist():
+        nfa.eps[first + s].append(end)
     return end

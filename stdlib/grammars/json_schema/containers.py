@@ -29,6 +29,7 @@ from decspec.stdlib.grammars.json_schema.values import COLON, COMMA, STRING, WS,
 MAX_COUNT = 1000  # minItems / maxItems / maxProperties: one state per count
 MAX_SEQUENCES = 4096  # uniqueItems: the distinct-item arrays enumerated
 MAX_PATTERNS = 4  # patternProperties names beside other properties: one key class per subset
+MAX_REQUIRED_OVER = 4  # required names an object's over-approximation tracks (a state per subset)
 
 
 def item(lw: Lowerer, refs: tuple) -> Lang:
@@ -267,18 +268,28 @@ def object_lang(lw: Lowerer, c: Conj) -> Lang:
     g = graph((0, 0, 0, False), step, lambda s: s[0] == m and s[1] >= c.min_props, label)
 
     def over():
-        """Pairs in any order and number: each declared name with (an over-approximation of) its value, and
-        the other names as the schema itself allows them (no closing convention); `required`, counts and
-        propertyNames left out."""
-        pairs = []
+        """Pairs in any order and number: each declared name with (an over-approximation of) its value, the
+        other names as the schema itself allows them (no closing convention), and each `required` name at
+        least once (up to MAX_REQUIRED_OVER of them); counts and propertyNames left out."""
+        pairs = []  # (pair language, the required name it writes or None)
         for name in declared:
             if name not in c.forbidden:
                 value = item(lw, tuple(refs_for(name)[0])).over
-                pairs.append(seq(literal_string(name), COLON, any_value() if value is None else value))
+                pairs.append((seq(literal_string(name), COLON, any_value() if value is None else value), name))
         for key, value in other_properties(lw, c, declared, patterns, [], None):
-            pairs.append(seq(key, COLON, any_value() if value.over is None else value.over))
-        pair = alt(*pairs)
-        return seq(text("{"), WS, opt(seq(pair, rep(seq(COMMA, pair), 0, None))), WS, text("}"))
+            pairs.append((seq(key, COLON, any_value() if value.over is None else value.over), None))
+        required = frozenset(list(dict.fromkeys(c.required))[:MAX_REQUIRED_OVER])
+        groups: dict = {}
+        for pair, name in pairs:
+            groups.setdefault(name if name in required else None, []).append(pair)
+        groups = {name: alt(*ps) for name, ps in groups.items()}
+
+        def step(state):
+            seen, _ = state
+            return [(pair, (seen | {name} if name is not None else seen, True)) for name, pair in groups.items()]
+        g = graph((frozenset(), False), step, lambda state: state[0] == required,
+                  lambda state, node: seq(COMMA, node) if state[1] else node)
+        return seq(text("{"), WS, g, WS, text("}"))
     return Lang(seq(text("{"), WS, g, WS, text("}")), over)
 
 

@@ -12,7 +12,12 @@ into the JSON texts that write it. Each is exact for its RFC or a documented str
 | `ipv6` | RFC 4291 text forms | exact: 8 groups, `::` once, an embedded IPv4 tail; no zone id |
 | `uuid` | RFC 4122 | exact: 8-4-4-4-12 hex digits, either case |
 | `uri` | RFC 3986 URI | an absolute URI; no `IPvFuture` host (`[v1.x]`) |
+| `uri-reference` | RFC 3986 URI-reference | a URI or a relative reference; no `IPvFuture` host |
+| `iri`, `iri-reference` | RFC 3987 | as `uri`, `uri-reference` with RFC 3987's Unicode characters; no `IPvFuture` host |
+| `uri-template` | RFC 6570 | exact (level 4; an apostrophe is a literal, as the test suite reads it) |
 | `json-pointer` | RFC 6901 | exact |
+| `relative-json-pointer` | draft-bhutton-relative-json-pointer-00 | exact (with the `+n` / `-n` index manipulation) |
+| `duration` | RFC 3339 appendix A | exact (ISO 8601 durations: `P1Y2M`, `PT3H`, `P4W`) |
 
     >>> from decspec.stdlib.grammars.regex import compile_regex
     >>> [compile_regex(FORMATS["date"]).matches(d) for d in ("2024-02-29", "2023-02-29", "1900-02-29", "2000-02-29", "2021-04-31")]
@@ -59,17 +64,47 @@ def ipv6() -> str:
     return "(?:" + "|".join(forms) + ")"
 
 
-def uri() -> str:
-    """RFC 3986 section 3 `URI` (scheme ":" hier-part ["?" query] ["#" fragment]), without IPvFuture."""
-    unreserved, sub_delims, pct = r"A-Za-z0-9._~\-", r"!$&'()*+,;=", r"%[0-9A-Fa-f]{2}"
+UCSCHAR = (r"\u00a0-\ud7ff\uf900-\ufdcf\ufdf0-\uffef\U00010000-\U0001fffd\U00020000-\U0002fffd"
+           r"\U00030000-\U0003fffd\U00040000-\U0004fffd\U00050000-\U0005fffd\U00060000-\U0006fffd"
+           r"\U00070000-\U0007fffd\U00080000-\U0008fffd\U00090000-\U0009fffd\U000a0000-\U000afffd"
+           r"\U000b0000-\U000bfffd\U000c0000-\U000cfffd\U000d0000-\U000dfffd\U000e1000-\U000efffd")
+IPRIVATE = r"\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd"
+
+
+def uri(reference: bool = False, international: bool = False) -> str:
+    """RFC 3986 section 3 `URI` (scheme ":" hier-part ["?" query] ["#" fragment]), without IPvFuture;
+    `reference`: a URI-reference (section 4.1, a relative reference too); `international`: RFC 3987's IRI."""
+    unreserved, sub_delims, pct = r"A-Za-z0-9._~\-" + (UCSCHAR if international else ""), r"!$&'()*+,;=", r"%[0-9A-Fa-f]{2}"
     pchar = rf"(?:[{unreserved}{sub_delims}:@]|{pct})"
     segment, segment_nz = f"{pchar}*", f"{pchar}+"
+    segment_nz_nc = rf"(?:[{unreserved}{sub_delims}@]|{pct})+"
     userinfo = rf"(?:[{unreserved}{sub_delims}:]|{pct})*"
     host = rf"(?:\[{ipv6()}\]|(?:[{unreserved}{sub_delims}]|{pct})*)"
     authority = rf"(?:{userinfo}@)?{host}(?::[0-9]*)?"
     hier = rf"(?://{authority}(?:/{segment})*|/(?:{segment_nz}(?:/{segment})*)?|{segment_nz}(?:/{segment})*|)"
-    tail = rf"(?:{pchar}|[/?])*"
-    return rf"[A-Za-z][A-Za-z0-9+.\-]*:{hier}(?:\?{tail})?(?:#{tail})?"
+    query = rf"(?:{pchar}|[/?{IPRIVATE if international else ''}])*"
+    fragment = rf"(?:{pchar}|[/?])*"
+    absolute = rf"[A-Za-z][A-Za-z0-9+.\-]*:{hier}(?:\?{query})?(?:#{fragment})?"
+    if not reference:
+        return absolute
+    relative = rf"(?://{authority}(?:/{segment})*|/(?:{segment_nz}(?:/{segment})*)?|{segment_nz_nc}(?:/{segment})*|)"
+    return rf"(?:{absolute}|{relative}(?:\?{query})?(?:#{fragment})?)"
+
+
+def uri_template() -> str:
+    """RFC 6570 URI-Template: literals and `{op var,var:3,list*}` expressions."""
+    pct = r"%[0-9A-Fa-f]{2}"
+    literal = rf"(?:[\x21\x23\x24\x26-\x3b\x3d\x3f-\x5b\x5d\x5f\x61-\x7a\x7e{UCSCHAR}{IPRIVATE}]|{pct})"
+    varchar = rf"(?:[A-Za-z0-9_]|{pct})"
+    varspec = rf"{varchar}(?:\.?{varchar})*(?::[1-9][0-9]{{0,3}}|\*)?"
+    expression = rf"\{{[+#./;?&=,!@|]?{varspec}(?:,{varspec})*\}}"
+    return rf"(?:{literal}|{expression})*"
+
+
+DURATION = (r"P(?:(?:[0-9]+D|[0-9]+M(?:[0-9]+D)?|[0-9]+Y(?:[0-9]+M(?:[0-9]+D)?)?)"
+            r"(?:T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S))?"
+            r"|T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S)|[0-9]+W)")
+JSON_POINTER = r"(?:/(?:[^~/]|~[01])*)*"
 
 
 FORMATS = {
@@ -82,9 +117,15 @@ FORMATS = {
     "ipv6": ipv6(),
     "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     "uri": uri(),
-    "json-pointer": r"(?:/(?:[^~/]|~[01])*)*",
+    "uri-reference": uri(reference=True),
+    "iri": uri(international=True),
+    "iri-reference": uri(reference=True, international=True),
+    "uri-template": uri_template(),
+    "json-pointer": JSON_POINTER,
+    "relative-json-pointer": rf"(?:0|[1-9][0-9]*)(?:[+-][1-9][0-9]*)?(?:#|{JSON_POINTER})",
+    "duration": DURATION,
 }
-EXACT = ("date", "ipv4", "ipv6", "uuid", "json-pointer")  # exactly their RFC: the others are stricter subsets
+EXACT = ("date", "ipv4", "ipv6", "uuid", "json-pointer", "relative-json-pointer", "duration", "uri-template")  # exactly their RFC: the others are stricter subsets
 TIME_SYNTAX = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?(?:[zZ]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 OVER = {  # for the stricter ones, a superset of their RFC's language (what a `not` or `oneOf` may rely on)
     "time": TIME_SYNTAX,
@@ -92,4 +133,7 @@ OVER = {  # for the stricter ones, a superset of their RFC's language (what a `n
     "email": r"[\s\S]*@[\s\S]*",
     "hostname": r"[A-Za-z0-9.\-]{1,253}",
     "uri": r"[A-Za-z][A-Za-z0-9+.\-]*:[\s\S]*",
+    "iri": r"[A-Za-z][A-Za-z0-9+.\-]*:[\s\S]*",
+    "uri-reference": r"[\s\S]*",
+    "iri-reference": r"[\s\S]*",
 }

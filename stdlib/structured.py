@@ -89,10 +89,11 @@ def _regular(inst, kind: str, source: Any) -> GrammarSource:
 
 def _schema(inst, schema: Any) -> GrammarSource:
     """Check a JSON Schema without a vocabulary: it compiles, and something is valid under it."""
-    from decspec.stdlib.grammars import GrammarError, schema_to_dfa
+    from decspec.stdlib.grammars import GrammarError
+    from decspec.stdlib.grammars.json_schema import schema_grammar
 
     try:
-        schema_to_dfa(schema)
+        schema_grammar(schema)
     except GrammarError as e:
         raise _located(inst, e) from None
     return GrammarSource("json_schema", schema)

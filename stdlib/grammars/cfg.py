@@ -295,7 +295,8 @@ class CFGMatcher:
     a half-interned state.
     """
 
-    def __init__(self, parser: lark.Lark, vocab: list[bytes | None], eos_id: int | None, start: str):
+    def __init__(self, parser: lark.Lark, vocab: list[bytes | None], eos_id: int | None, start: str,
+                 terminals: dict | None = None):
         table = parser.parser.parser.parser.parse_table
         lexed = {t.name: t for t in parser.terminals}
         declared = sorted({name for row in table.states.values() for name in row
@@ -305,7 +306,8 @@ class CFGMatcher:
                                "is not supported", hint="define it with a string or a /regex/")
         names = sorted(lexed)
         self.parser = LALRStacks(table, table.start_states[start], table.end_states[start], names)
-        dfas = [terminal_dfa(lexed[n]) for n in names]
+        terminals = terminals or {}  # name -> a ByteDFA given for it (a JSON Schema's compiled parts)
+        dfas = [terminals[n] if n in terminals else terminal_dfa(lexed[n]) for n in names]
         self.terminal_names = names
         self.ignore = frozenset(i for i, n in enumerate(names) if n in set(parser.ignore_tokens))
         self.trans = [d.transitions.tolist() for d in dfas]  # per terminal: [Q][256] -> DFA state or -1
@@ -326,14 +328,16 @@ class CFGMatcher:
         self.intern(frozenset({(self.parser.start, (), 0)}))
 
     @classmethod
-    def build(cls, source: str, vocab: list[bytes | None], eos_id: int | None, start: str = "start") -> CFGMatcher:
+    def build(cls, source: str, vocab: list[bytes | None], eos_id: int | None, start: str = "start",
+              terminals: dict | None = None) -> CFGMatcher:
         """The matcher of a Lark grammar (LALR(1); terminals in our regex dialect) over `vocab`, checked: the
-        grammar accepts something, every rule can finish, and some token can begin a string of it."""
+        grammar accepts something, every rule can finish, and some token can begin a string of it.
+        `terminals` maps terminal names to byte DFAs that replace their patterns (json_schema/recursive.py)."""
         if eos_id is not None and not 0 <= eos_id < len(vocab):
             raise GrammarError(f"eos id {eos_id} is outside the vocabulary of {len(vocab)} tokens")
         parser = load_lark(source, start)
         check_productive(parser, start)
-        matcher = cls(parser, vocab, eos_id, start)
+        matcher = cls(parser, vocab, eos_id, start, terminals)
         if not matcher.mask_row(matcher.start).any():
             first = [b for b in range(256) if matcher.step(matcher.start, b) >= 0]
             shown = ", ".join(repr(bytes([b]))[1:] for b in first[:8]) + (", ..." if len(first) > 8 else "")

@@ -14,7 +14,7 @@ from decspec.stdlib.grammars.cache import CACHE, cache_key, vocab_hash
 from decspec.stdlib.grammars.cfg import JSON_GRAMMAR, CFGMatcher
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.index import TokenIndex
-from decspec.stdlib.grammars.json_schema import choice_to_regex, load, schema_to_dfa
+from decspec.stdlib.grammars.json_schema import SchemaGrammar, choice_to_regex, load, schema_grammar
 from decspec.stdlib.grammars.regex import compile_regex
 from decspec.stdlib.grammars.vocab import token_bytes
 
@@ -45,7 +45,8 @@ def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = Non
     `eos_id` None with a tokenizer takes the tokenizer's EOS; with a plain list it means "no EOS token".
     With `cache`, a grammar built before (same kind, source, vocabulary, EOS id) comes from memory or disk.
     "lark" (source: the grammar's text, start rule `start`) and "json" (source: None) give a `CFGMatcher`;
-    its masks are found lazily, so it is cached in memory only (the same LRU).
+    its masks are found lazily, so it is cached in memory only (the same LRU). So does a recursive JSON
+    Schema (json_schema/recursive.py).
     """
     if eos_id is None and not isinstance(vocab, (list, tuple)):
         eos_id = getattr(vocab, "eos_token_id", None)
@@ -61,7 +62,13 @@ def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = Non
         return CACHE.get_or_build(key, build_cfg, disk=False)
     if kind == "json_schema":
         text = json.dumps(load(source))  # the schema's own key order: properties are written in declared order
-        build = lambda: TokenIndex.build(schema_to_dfa(text), tokens, eos_id)  # noqa: E731
+        grammar = schema_grammar(text)
+        if isinstance(grammar, SchemaGrammar):  # recursive: a CFG matcher, kept in memory only (like "lark")
+            build_cfg = lambda: grammar.matcher(tokens, eos_id)  # noqa: E731
+            if not cache:
+                return build_cfg()
+            return CACHE.get_or_build(cache_key(kind, text, vocab_hash(tokens), eos_id), build_cfg, disk=False)
+        build = lambda: TokenIndex.build(grammar, tokens, eos_id)  # noqa: E731
     else:
         text = json.dumps(grammar_regex(kind, source))
         build = lambda: TokenIndex.build(compile_regex(json.loads(text)), tokens, eos_id)  # noqa: E731

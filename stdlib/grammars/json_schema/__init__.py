@@ -13,6 +13,9 @@ language would be looser than the schema the grammar takes a documented stricter
 docs/grammars.md): closed objects with declared properties in declared order, numbers without exponent
 where bounds apply, unconstrained values nested at most `ANY_DEPTH` deep, `format` asserted.
 
+A recursive schema (a value inside a value of the same schema) is context-free: it compiles to a Lark
+grammar for the CFG matcher (recursive.py), its rule-free parts still automata.
+
 The pipeline: normalize.py reads each schema object into a union of conjunctions (conj.py); lower.py and
 containers.py turn those into languages (lang.py: regex trees, DFA products, counting graphs) one JSON
 type at a time; strings.py, numbers.py, formats.py and values.py hold the pieces.
@@ -27,9 +30,10 @@ from typing import Any
 from decspec.stdlib.grammars.automaton import ByteDFA
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.json_schema.formats import FORMATS
-from decspec.stdlib.grammars.json_schema.lang import to_dfa, to_regex
+from decspec.stdlib.grammars.json_schema.lang import has_rule, to_dfa, to_regex
 from decspec.stdlib.grammars.json_schema.lower import Lowerer
 from decspec.stdlib.grammars.json_schema.normalize import ANNOTATIONS, HANDLERS, OBJECT_GROUP, ARRAY_GROUP, LATER
+from decspec.stdlib.grammars.json_schema.recursive import LarkWriter, SchemaGrammar
 from decspec.stdlib.grammars.json_schema.refs import Index, Located
 from decspec.stdlib.grammars.json_schema.values import ANY_DEPTH, shown
 
@@ -37,8 +41,8 @@ SUPPORTED = tuple(dict.fromkeys([*HANDLERS, *OBJECT_GROUP, *ARRAY_GROUP, *LATER]
 UNSUPPORTED = ("$dynamicRef", "$recursiveRef", "$recursiveAnchor")
 DRAFTS = {"draft/2020-12": 2020, "draft-07": 7, "draft-06": 7}
 
-__all__ = ["ANNOTATIONS", "ANY_DEPTH", "FORMATS", "SUPPORTED", "UNSUPPORTED", "choice_to_regex", "compile_schema",
-           "schema_draft", "schema_to_dfa", "schema_to_regex"]
+__all__ = ["ANNOTATIONS", "ANY_DEPTH", "FORMATS", "SUPPORTED", "UNSUPPORTED", "SchemaGrammar", "choice_to_regex",
+           "compile_schema", "schema_draft", "schema_grammar", "schema_to_dfa", "schema_to_regex"]
 
 
 def choice_to_regex(options: list[str]) -> str:
@@ -75,27 +79,42 @@ def schema_draft(schema: Any, draft: int | None = None) -> int:
 
 
 def compile_schema(schema: dict | bool | str, *, draft: int | None = None,
-                   remotes: dict[str, Any] | None = None) -> ByteDFA | None:
-    """The minimal DFA of the texts valid under `schema`, or None when none is (a schema like `false`).
+                   remotes: dict[str, Any] | None = None) -> ByteDFA | SchemaGrammar | None:
+    """The language of the texts valid under `schema`: its minimal DFA, a `SchemaGrammar` (Lark grammar
+    text and terminal DFAs, for the CFG matcher) when the schema is recursive, or None when nothing is valid
+    (a schema like `false`). Both have `matches(text)`.
 
     `remotes` maps absolute URIs to schema documents that `$ref` may name (nothing is fetched)."""
     schema = load(schema)
     version = schema_draft(schema, draft)
     lowerer = Lowerer(Index(schema, version, remotes), version)
-    return to_dfa(lowerer.value(lowerer.lower(Located(schema, "$"))).node)
+    node = lowerer.value(lowerer.lower(Located(schema, "$"))).node
+    if has_rule(node) or lowerer.rules:
+        return LarkWriter(lowerer.rules).grammar(node)
+    return to_dfa(node)
 
 
 @lru_cache(maxsize=64)
-def cached_dfa(text: str, draft: int | None) -> ByteDFA:
-    dfa = compile_schema(json.loads(text), draft=draft)
-    if dfa is None:
+def cached_grammar(text: str, draft: int | None) -> ByteDFA | SchemaGrammar:
+    grammar = compile_schema(json.loads(text), draft=draft)
+    if grammar is None:
         raise GrammarError("the JSON schema accepts nothing: no JSON value is valid under it")
-    return dfa
+    return grammar
+
+
+def schema_grammar(schema: dict | bool | str, *, draft: int | None = None) -> ByteDFA | SchemaGrammar:
+    """`compile_schema` for decoding (cached): GrammarError when nothing is valid."""
+    return cached_grammar(json.dumps(load(schema)), draft)
 
 
 def schema_to_dfa(schema: dict | bool | str, *, draft: int | None = None) -> ByteDFA:
-    """The DFA of the texts valid under `schema` (a dict, or its JSON text); GrammarError when none is."""
-    return cached_dfa(json.dumps(load(schema)), draft)
+    """The DFA of the texts valid under `schema` (a dict, or its JSON text); GrammarError when none is, or
+    when the schema is recursive (its language is context-free: use `schema_grammar`)."""
+    grammar = schema_grammar(schema, draft=draft)
+    if isinstance(grammar, SchemaGrammar):
+        raise GrammarError("the JSON schema is recursive: its language is context-free, not an automaton; "
+                           "it compiles to a Lark grammar (schema_grammar, compile_grammar)")
+    return grammar
 
 
 def schema_to_regex(schema: dict | bool | str) -> str:

@@ -50,6 +50,36 @@ class Graph:
         return end
 
 
+@dataclass(frozen=True, eq=False)
+class RuleRef:
+    """A recursive schema's language, by name: a Lark rule (recursive.py). No automaton can hold it, so an
+    intersection, a complement or a DFA of a tree that contains one is refused."""
+
+    name: str
+    path: str
+
+    def emit_into(self, nfa: NFA, start: int) -> int:
+        from decspec.stdlib.grammars.errors import GrammarError
+        raise GrammarError(f"{self.path}: the schema is recursive (a value contains a value of the same schema), "
+                           "and a keyword here needs its language as an automaton (an intersection, a complement, "
+                           "an enum filter): not supported for a recursive schema")
+
+
+def has_rule(node) -> bool:
+    """Whether a tree refers to a recursive rule."""
+    if isinstance(node, RuleRef):
+        return True
+    if isinstance(node, Seq):
+        return any(has_rule(n) for n in node.items)
+    if isinstance(node, Alt):
+        return any(has_rule(n) for n in node.options)
+    if isinstance(node, Repeat):
+        return has_rule(node.item)
+    if isinstance(node, Graph):
+        return any(has_rule(n) for _, n, _ in node.edges)
+    return False
+
+
 def is_empty_tree(node) -> bool:
     """A structural check (no automaton): True only when `node` certainly accepts nothing."""
     if isinstance(node, Chars):

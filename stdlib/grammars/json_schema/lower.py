@@ -15,7 +15,7 @@ from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.json_schema.conj import Conj, conjoin
 from decspec.stdlib.grammars.json_schema.formats import EXACT as EXACT_FORMATS
 from decspec.stdlib.grammars.json_schema.formats import FORMATS, OVER
-from decspec.stdlib.grammars.json_schema.lang import EMPTY, Machine, alt, intersect, is_empty_tree, matches, minus
+from decspec.stdlib.grammars.json_schema.lang import EMPTY, Machine, RuleRef, alt, intersect, is_empty_tree, matches, minus
 from decspec.stdlib.grammars.json_schema.normalize import Normalizer
 from decspec.stdlib.grammars.json_schema.numbers import compare, multiple_of
 from decspec.stdlib.grammars.json_schema.refs import Located
@@ -91,12 +91,14 @@ def texts(value: Any) -> list[str]:
 
 
 class Lowerer(Normalizer):
-    """A schema document's languages, memoized per schema object (recursion is refused, for now)."""
+    """A schema document's languages, memoized per schema object; a recursive one's as Lark rules (`rules`)."""
 
     def __init__(self, index, draft: int):
         super().__init__(index, draft)
         self.lowered: dict[Any, dict[str, Lang]] = {}
         self.lowering: list[Any] = []
+        self.rule_names: dict[Any, str] = {}  # the recursive schemas (a key of lower_all) and their rule names
+        self.rules: dict[str, object] = {}  # rule name (name_type) -> its language
         self.strings: dict[Any, Lang] = {}
 
     # per schema
@@ -106,15 +108,16 @@ class Lowerer(Normalizer):
         return self.lower_all((loc,))
 
     def lower_all(self, locs: tuple[Located, ...]) -> dict[str, Lang]:
-        """{type: Lang} of the conjunction of schemas (one value under all of them)."""
+        """{type: Lang} of the conjunction of schemas (one value under all of them). A schema met again
+        while it is being lowered (a value inside itself) is a `RuleRef` per type, defined in `rules`."""
         key = tuple(id(loc.schema) if isinstance(loc.schema, dict) else loc.schema for loc in locs)
         if key in self.lowered:
             return self.lowered[key]
-        if key in self.lowering:
-            where = locs[0].path
-            raise GrammarError(f"{where}: the schema is recursive (a value contains a value of the same schema): "
-                               "a recursive schema is not a regular language and is not supported yet",
-                               hint="bound the nesting by hand (a copy of the schema per level)")
+        if key in self.lowering:  # a value inside itself: a context-free language, written as a Lark rule
+            if key not in self.rule_names:
+                self.rule_names[key] = f"r{len(self.rule_names)}"
+            name = self.rule_names[key]
+            return {t: Lang(RuleRef(f"{name}_{t}", locs[0].path), None) for t in TYPES}
         self.lowering.append(key)
         try:
             normal = (Conj(),)
@@ -123,6 +126,9 @@ class Lowerer(Normalizer):
             out = self.lower_union(normal)
         finally:
             self.lowering.pop()
+        if key in self.rule_names:
+            for t, lang in out.items():
+                self.rules[f"{self.rule_names[key]}_{t}"] = lang.node
         self.lowered[key] = out
         return out
 

@@ -316,6 +316,14 @@ TREE = {"$defs": {"node": {"type": "object", "properties": {"value": {"type": "i
         "$ref": "#/$defs/node"}
 
 
+def test_dynamic_ref_resolves_in_the_dynamic_scope():
+    generic = {"$id": "https://x.org/list", "type": "array", "items": {"$dynamicRef": "#item"},
+               "$defs": {"default": {"$dynamicAnchor": "item"}}}
+    strings = {"$id": "https://x.org/strings", "$ref": "list", "$defs": {"list": generic, "s": {"$dynamicAnchor": "item", "type": "string"}}}
+    assert accepts(strings, '["a", "b"]') and not accepts(strings, "[1]")
+    assert accepts(generic, "[1]")  # alone, the list's own anchor (anything)
+
+
 def test_recursive_schemas_compile_to_a_lark_grammar():
     grammar = compile_schema(TREE)
     assert isinstance(grammar, SchemaGrammar) and "start:" in grammar.text
@@ -357,7 +365,8 @@ def test_recursive_schema_decodes_through_the_cfg_matcher():
 @pytest.mark.parametrize("schema, message", [
     ({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}},
      "$.properties.tags.uniqueItems: uniqueItems on items that are not drawn from a finite set"),
-    ({"type": "integer", "$dynamicRef": "#a"}, "$: keyword '$dynamicRef' is not supported"),
+    ({"type": "integer", "$recursiveRef": "#"}, "$: keyword '$recursiveRef' is not supported"),
+    ({"type": "integer", "$dynamicRef": "#a"}, "$.$dynamicRef: '#a' names no anchor 'a'"),
     ({"type": "string", "maxLenght": 3}, "keyword 'maxLenght' is not supported"),
     ({"type": "strnig"}, "$.type: unknown type 'strnig'"),
     ({"$ref": "#/$defs/missing", "$defs": {}}, "$.$ref: the JSON pointer '/$defs/missing' names nothing"),
@@ -401,7 +410,7 @@ def test_choice():
 
 def test_keyword_tables():
     assert not set(SUPPORTED) & set(UNSUPPORTED) and not set(SUPPORTED) & set(ANNOTATIONS)
-    assert "uniqueItems" in SUPPORTED and "properties" in SUPPORTED and "$dynamicRef" in UNSUPPORTED
+    assert "uniqueItems" in SUPPORTED and "$dynamicRef" in SUPPORTED and "$recursiveRef" in UNSUPPORTED
 
 
 @pytest.mark.parametrize("module", ["", ".lang", ".strings", ".formats", ".numbers", ".values", ".refs", ".recursive"])

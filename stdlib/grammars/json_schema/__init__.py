@@ -38,7 +38,7 @@ from decspec.stdlib.grammars.json_schema.refs import Index, Located
 from decspec.stdlib.grammars.json_schema.values import ANY_DEPTH, shown
 
 SUPPORTED = tuple(dict.fromkeys([*HANDLERS, *OBJECT_GROUP, *ARRAY_GROUP, *LATER]))
-UNSUPPORTED = ("$dynamicRef", "$recursiveRef", "$recursiveAnchor")
+UNSUPPORTED = ("$recursiveRef", "$recursiveAnchor")
 DRAFTS = {"draft/2020-12": 2020, "draft-07": 7, "draft-06": 7}
 
 __all__ = ["ANNOTATIONS", "ANY_DEPTH", "FORMATS", "SUPPORTED", "UNSUPPORTED", "SchemaGrammar", "choice_to_regex",

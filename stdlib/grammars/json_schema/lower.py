@@ -110,7 +110,7 @@ class Lowerer(Normalizer):
     def lower_all(self, locs: tuple[Located, ...]) -> dict[str, Lang]:
         """{type: Lang} of the conjunction of schemas (one value under all of them). A schema met again
         while it is being lowered (a value inside itself) is a `RuleRef` per type, defined in `rules`."""
-        key = tuple(id(loc.schema) if isinstance(loc.schema, dict) else loc.schema for loc in locs)
+        key = tuple((id(loc.schema), loc.scope) if isinstance(loc.schema, dict) else loc.schema for loc in locs)
         if key in self.lowered:
             return self.lowered[key]
         if key in self.lowering:  # a value inside itself: a context-free language, written as a Lark rule

@@ -43,7 +43,11 @@ class Normalizer:
         node = loc.schema
         for key in keys:
             node = node[key]
-        return Located(node, child_path(loc.path, *keys))
+        return Located(node, child_path(loc.path, *keys), loc.scope)
+
+    def at(self, target: Located, loc: Located) -> Located:
+        """A `$ref`'s target, evaluated in the dynamic scope of the schema that refers to it."""
+        return Located(target.schema, target.path, loc.scope)
 
     def normalize(self, loc: Located) -> tuple[Conj, ...]:
         schema = loc.schema
@@ -53,7 +57,8 @@ class Normalizer:
             return ()
         if not isinstance(schema, dict):
             raise self.fail(loc.path, f"expected a schema (an object, true or false), got {shown(schema)}")
-        key = id(schema)
+        loc = self.index.enter(loc)
+        key = (id(schema), loc.scope)
         if key in self.normal:
             return self.normal[key]
         if key in self.active:
@@ -70,7 +75,7 @@ class Normalizer:
     def keywords(self, loc: Located) -> tuple[Conj, ...]:
         schema, path = loc.schema, loc.path
         if self.draft < 2019 and "$ref" in schema:  # draft 7: "all other properties in a $ref object MUST be ignored"
-            return self.normalize(self.index.resolve(schema["$ref"], self.index.base(schema), path))
+            return self.normalize(self.at(self.index.resolve(schema["$ref"], self.index.base(schema), path), loc))
         for key in schema:
             if self.draft < 2019 and key in ("minContains", "maxContains", "dependentRequired", "dependentSchemas", "$anchor"):
                 raise self.fail(path, f"keyword {shown(key)} is not a draft 7 keyword")
@@ -206,7 +211,11 @@ def h_const(n: Normalizer, loc: Located, value: Any):
 
 
 def h_ref(n: Normalizer, loc: Located, value: Any):
-    return n.normalize(n.index.resolve(value, n.index.base(loc.schema), loc.path))
+    return n.normalize(n.at(n.index.resolve(value, n.index.base(loc.schema), loc.path), loc))
+
+
+def h_dynamic_ref(n: Normalizer, loc: Located, value: Any):
+    return n.normalize(n.at(n.index.resolve_dynamic(value, n.index.base(loc.schema), loc), loc))
 
 
 def h_all_of(n: Normalizer, loc: Located, value: Any):
@@ -331,7 +340,7 @@ def h_property_names(n: Normalizer, loc: Located, value: Any):
 
 
 HANDLERS = {
-    "type": h_type, "enum": h_enum, "const": h_const, "$ref": h_ref, "allOf": h_all_of, "anyOf": h_any_of,
+    "type": h_type, "enum": h_enum, "const": h_const, "$ref": h_ref, "$dynamicRef": h_dynamic_ref, "allOf": h_all_of, "anyOf": h_any_of,
     "oneOf": h_one_of, "not": h_not, "if": h_if, "required": h_required, "dependentRequired": h_dependent_required,
     "dependentSchemas": h_dependent_schemas, "dependencies": h_dependencies, "contains": h_contains,
     "uniqueItems": h_unique, "pattern": h_pattern, "format": h_format, "multipleOf": h_multiple,

@@ -11,6 +11,7 @@ sits in: a JSON pointer (`#/$defs/a~1b`, percent-decoded), an anchor (`#name`), 
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,12 @@ NAMED = ("properties", "patternProperties", "$defs", "definitions", "dependentSc
 
 @dataclass(frozen=True)
 class Located:
-    """A schema and where it is: the JSON path shown in messages."""
+    """A schema and where it is: the JSON path shown in messages, and the dynamic scope it is evaluated in
+    (the schema resources entered on the way, outermost first; kept only for documents with `$dynamicRef`)."""
 
     schema: Any
     path: str
+    scope: tuple[str, ...] = ()
 
 
 def child_path(path: str, *keys) -> str:
@@ -76,6 +79,8 @@ class Index:
         self.remotes = dict(remotes or {})
         self.resources: dict[str, Located] = {}
         self.anchors: dict[str, Located] = {}
+        self.dynamic_anchors: dict[str, Located] = {}  # uri#name of each $dynamicAnchor
+        self.dynamic = "$dynamicRef" in json.dumps([root, self.remotes])  # whether scopes matter
         self.bases: dict[int, str] = {}
         self.paths: dict[int, str] = {}
         self.keep: list[Any] = []  # the walked documents, so the ids above stay theirs
@@ -103,6 +108,8 @@ class Index:
         for key in ("$anchor", "$dynamicAnchor"):
             if isinstance(schema.get(key), str):
                 self.anchors.setdefault(f"{base}#{schema[key]}", Located(schema, path))
+        if isinstance(schema.get("$dynamicAnchor"), str):
+            self.dynamic_anchors.setdefault(f"{base}#{schema['$dynamicAnchor']}", Located(schema, path))
         self.bases[id(schema)] = base
         self.paths[id(schema)] = path
         for sub, sub_path in subschemas(schema, path):
@@ -111,11 +118,31 @@ class Index:
     def base(self, schema: Any) -> str:
         return self.bases.get(id(schema), DEFAULT_BASE)
 
-    def resolve(self, ref: Any, base: str, path: str) -> Located:
+    def enter(self, loc: Located) -> Located:
+        """`loc` with the resource it sits in added to its dynamic scope (once: the outermost counts)."""
+        if not self.dynamic or not isinstance(loc.schema, dict):
+            return loc
+        uri = self.base(loc.schema)
+        return loc if uri in loc.scope else Located(loc.schema, loc.path, (*loc.scope, uri))
+
+    def resolve_dynamic(self, ref: Any, base: str, loc: Located) -> Located:
+        """`$dynamicRef`: as `$ref`, except that a plain-name fragment landing on a `$dynamicAnchor` of that
+        name goes to the outermost resource in the dynamic scope that has one (draft 2020-12, 8.2.3.2)."""
+        target = self.resolve(ref, base, loc.path, "$dynamicRef")
+        fragment = unquote(join(base, ref).partition("#")[2]) if isinstance(ref, str) else ""
+        if fragment and not fragment.startswith("/") and isinstance(target.schema, dict) \
+                and target.schema.get("$dynamicAnchor") == fragment:
+            for uri in loc.scope:
+                found = self.dynamic_anchors.get(f"{uri}#{fragment}")
+                if found is not None:
+                    return found
+        return target
+
+    def resolve(self, ref: Any, base: str, path: str, keyword: str = "$ref") -> Located:
         """The schema `ref` (the value of a `$ref` at `path`) names."""
-        where = f"{path}.$ref"
+        where = f"{path}.{keyword}"
         if not isinstance(ref, str):
-            raise GrammarError(f"{where}: $ref must be a string")
+            raise GrammarError(f"{where}: {keyword} must be a string")
         try:
             uri, _, fragment = join(base, ref).partition("#")
         except GrammarError as e:

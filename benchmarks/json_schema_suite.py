@@ -63,8 +63,10 @@ def reason(file: str, group: str) -> str | None:
     return json.loads(REASONS.read_text()).get(f"{file}: {group}")
 
 
-def run_file(path: Path, draft: int, refs: dict[str, Any]) -> dict:
-    """Run one keyword file: counts, and the cases that were refused or falsely rejected (with the group)."""
+def run_file(path: Path, draft: int, refs: dict[str, Any], check=None) -> dict:
+    """Run one keyword file: counts, and the cases that were refused or falsely rejected (with the group).
+    `check(group, draft, grammar)` is called with each compiled schema (tests/test_json_schema_suite.py
+    samples its texts)."""
     from decspec.stdlib.grammars import GrammarError
     from decspec.stdlib.grammars.json_schema import compile_schema
 
@@ -82,6 +84,8 @@ def run_file(path: Path, draft: int, refs: dict[str, Any]) -> dict:
             continue
         finally:
             row["seconds"] += time.perf_counter() - start
+        if check is not None and dfa is not None:
+            check(group, draft, dfa)
         for test in tests:
             row["run"] += 1
             accepted = dfa is not None and any(dfa.matches(s) for s in serializations(test["data"]))
@@ -100,13 +104,13 @@ def run_file(path: Path, draft: int, refs: dict[str, Any]) -> dict:
     return row
 
 
-def run(drafts=tuple(DRAFTS)) -> dict[str, dict[str, dict]]:
+def run(drafts=tuple(DRAFTS), check=None) -> dict[str, dict[str, dict]]:
     """{draft folder: {keyword file: row}} for the top-level keyword files of each draft."""
     refs = remotes()
     out = {}
     for folder in drafts:
         files = sorted((SUITE / "tests" / folder).glob("*.json"))
-        out[folder] = {p.stem: run_file(p, DRAFTS[folder], refs) for p in files}
+        out[folder] = {p.stem: run_file(p, DRAFTS[folder], refs, check) for p in files}
     return out
 
 

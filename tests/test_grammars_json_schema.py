@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from decspec.stdlib.grammars import (CFGMatcher, GrammarError, choice_to_regex, compile_grammar, compile_regex, schema_to_dfa,
                                      schema_to_regex)
 from decspec.stdlib.grammars.json_schema import ANNOTATIONS, FORMATS, SUPPORTED, UNSUPPORTED, SchemaGrammar, compile_schema
+from decspec.stdlib.grammars.automaton import random_examples
 from decspec.stdlib.grammars.json_schema.formats import EXACT as EXACT_FORMATS
 from decspec.stdlib.grammars.json_schema.formats import OVER as FORMAT_OVER
 
@@ -111,25 +112,7 @@ def dfa_of(name: str):
 
 
 def sample(dfa, rng: random.Random, limit: int = 200) -> bytes:
-    """A random accepted byte string: a random walk that ends by a shortest way to acceptance."""
-    moves = dfa.transitions
-    distance = np.where(dfa.accepting, 0, np.iinfo(np.int64).max // 2)
-    while True:  # how many bytes each state is from acceptance
-        via = np.where(moves >= 0, distance[np.maximum(moves, 0)] + 1, np.iinfo(np.int64).max // 2).min(axis=1)
-        updated = np.minimum(distance, via)
-        if np.array_equal(updated, distance):
-            break
-        distance = updated
-    state, out = dfa.start, bytearray()
-    while True:
-        choices = np.flatnonzero(moves[state] >= 0)
-        if dfa.accepting[state] and (rng.random() < 0.2 or len(out) >= limit or not len(choices)):
-            return bytes(out)
-        if len(out) >= limit:
-            choices = [b for b in choices if distance[moves[state, b]] < distance[state]]
-        byte = int(rng.choice(list(choices)))
-        out.append(byte)
-        state = int(moves[state, byte])
+    return random_examples(dfa, rng, 1, limit)[0]
 
 
 def valid_samples(schema, count: int = 60, seed: int = 0):

@@ -131,6 +131,35 @@ class ByteDFA:
         return b""
 
 
+def random_examples(dfa: ByteDFA, rng, count: int, limit: int = 200, stop: float = 0.2) -> list[bytes]:
+    """`count` random accepted byte strings: random walks (`rng`: a `random.Random`) that stop at an accepting
+    state with probability `stop`, and past `limit` bytes take a shortest way to acceptance."""
+    moves = dfa.transitions
+    src, byte = np.nonzero(moves >= 0)
+    dst = moves[src, byte]
+    distance = np.where(dfa.accepting, 0, -1)  # bytes from acceptance: breadth-first, backwards
+    frontier, d = np.flatnonzero(dfa.accepting), 0
+    while len(frontier):
+        d += 1
+        found = np.unique(src[np.isin(dst, frontier)])
+        frontier = found[distance[found] < 0]
+        distance[frontier] = d
+    out = []
+    for _ in range(count):
+        state, text = dfa.start, bytearray()
+        while True:
+            choices = np.flatnonzero(moves[state] >= 0).tolist()
+            if dfa.accepting[state] and (rng.random() < stop or len(text) >= limit or not choices):
+                break
+            if len(text) >= limit:
+                choices = [b for b in choices if distance[moves[state, b]] < distance[state]]
+            chosen = rng.choice(choices)
+            text.append(chosen)
+            state = int(moves[state, chosen])
+        out.append(bytes(text))
+    return out
+
+
 def determinize(nfa: NFA, start: int) -> ByteDFA | None:
     """Subset construction over byte classes, then trim and minimize; None when the language is empty."""
     cuts = sorted({0, 256} | {x for edges in nfa.edges for lo, hi, _ in edges for x in (lo, hi + 1)})

@@ -24,8 +24,10 @@ from decspec.stdlib.grammars.json_schema.lang import (EMPTY, EPSILON, Graph, alt
                                                       matches, minus, opt, rep, seq, text, to_dfa)
 from decspec.stdlib.grammars.json_schema.lower import NOTHING, SAME, Lang, Lowerer, texts
 from decspec.stdlib.grammars.json_schema.strings import literal_string, pattern_tree, string_of
-from decspec.stdlib.grammars.json_schema.values import COLON, COMMA, STRING, WS, any_value, equal, type_of, universe, value_lang
+from decspec.stdlib.grammars.json_schema.values import (COLON, COMMA, COMPLEMENT_DEPTH, STRING, WS, any_value, equal,
+                                                        type_of, universe, value_lang)
 
+OVER_ANY = any_value(COMPLEMENT_DEPTH - 1)  # an over-approximation need only hold within the complement universe
 MAX_COUNT = 1000  # minItems / maxItems / maxProperties: one state per count
 MAX_SEQUENCES = 4096  # uniqueItems: the distinct-item arrays enumerated
 MAX_PATTERNS = 4  # patternProperties names beside other properties: one key class per subset
@@ -125,7 +127,7 @@ def array_lang(lw: Lowerer, c: Conj) -> Lang:
     node = build(lambda lang: lang.node)
     if all(lang.exact for lang in classes) and all(y.exact and n.exact for y, n, _, _ in checks):
         return Lang(node)
-    return Lang(node, lambda: build(lambda lang: any_value() if lang.over is None else lang.over))
+    return Lang(node, lambda: build(lambda lang: OVER_ANY if lang.over is None else lang.over))
 
 
 def finite_values(lw: Lowerer, refs: tuple, lang: Lang) -> list | None:
@@ -275,9 +277,9 @@ def object_lang(lw: Lowerer, c: Conj) -> Lang:
         for name in declared:
             if name not in c.forbidden:
                 value = item(lw, tuple(refs_for(name)[0])).over
-                pairs.append((seq(literal_string(name), COLON, any_value() if value is None else value), name))
+                pairs.append((seq(literal_string(name), COLON, OVER_ANY if value is None else value), name))
         for key, value in other_properties(lw, c, declared, patterns, [], None):
-            pairs.append((seq(key, COLON, any_value() if value.over is None else value.over), None))
+            pairs.append((seq(key, COLON, OVER_ANY if value.over is None else value.over), None))
         required = frozenset(list(dict.fromkeys(c.required))[:MAX_REQUIRED_OVER])
         groups: dict = {}
         for pair, name in pairs:

@@ -16,7 +16,7 @@ into the JSON texts that write it. Each is exact for its RFC or a documented str
 | `iri`, `iri-reference` | RFC 3987 | as `uri`, `uri-reference` with RFC 3987's Unicode characters; no `IPvFuture` host |
 | `uri-template` | RFC 6570 | exact (level 4; an apostrophe is a literal, as the test suite reads it) |
 | `json-pointer` | RFC 6901 | exact |
-| `relative-json-pointer` | draft-bhutton-relative-json-pointer-00 | exact (with the `+n` / `-n` index manipulation) |
+| `relative-json-pointer` | draft-handrews-relative-json-pointer-01 | exact (without the later draft's `+n` / `-n` index manipulation) |
 | `duration` | RFC 3339 appendix A | exact (ISO 8601 durations: `P1Y2M`, `PT3H`, `P4W`) |
 
     >>> from decspec.stdlib.grammars.regex import compile_regex
@@ -122,7 +122,7 @@ FORMATS = {
     "iri-reference": uri(reference=True, international=True),
     "uri-template": uri_template(),
     "json-pointer": JSON_POINTER,
-    "relative-json-pointer": rf"(?:0|[1-9][0-9]*)(?:[+-][1-9][0-9]*)?(?:#|{JSON_POINTER})",
+    "relative-json-pointer": rf"(?:0|[1-9][0-9]*)(?:#|{JSON_POINTER})",
     "duration": DURATION,
 }
 EXACT = ("date", "ipv4", "ipv6", "uuid", "json-pointer", "relative-json-pointer", "duration", "uri-template")  # exactly their RFC: the others are stricter subsets

@@ -23,6 +23,7 @@ from decspec.stdlib.grammars.json_schema.strings import length, pattern_tree, st
 from decspec.stdlib.grammars.json_schema.values import (BOOLEAN, EXPONENT, INTEGER, INTEGRAL, NULL, NUMBER, STRING,
                                                         TYPES, equal, is_integer, number_texts, type_of, universe,
                                                         value_exact, value_lang, value_over)
+from decspec.stdlib.grammars.json_schema.values import COMPLEMENT_DEPTH
 from decspec.stdlib.grammars.regex import parse_regex
 
 MAX_LENGTH_BOUND = 10_000  # minLength / maxLength: each character is a copy of the JSON character automaton
@@ -34,8 +35,8 @@ SAME = object()  # Lang(node, over=SAME): the language is exact
 
 class Lang:
     """A language of one JSON type. `node` is sound: every text it accepts is valid. `over` is a superset
-    of the valid texts within the type's universe (None: no information, the whole universe); the two are
-    the same object when the language is exact. `over` may be given as a zero-argument function, called
+    of the valid texts within the complement universe (`universe(t, COMPLEMENT_DEPTH)`: complements are
+    taken there; None: no information); the two are the same object when the language is exact. `over` may be given as a zero-argument function, called
     the first time it is needed (only complements need it). `universal`: no constraint on this type."""
 
     __slots__ = ("node", "universal", "_over")
@@ -167,8 +168,9 @@ class Lowerer(Normalizer):
                 out[t] = Lang(universe(t), SAME, True)
             else:
                 over = lang.over
-                node = EMPTY if over is None else minus(universe(t), over)
-                out[t] = Lang(node, node if lang.exact else (lambda lang=lang, t=t: minus(universe(t), lang.node)))
+                node = EMPTY if over is None else minus(universe(t, COMPLEMENT_DEPTH), over)
+                exact = lang.exact and t in SCALARS
+                out[t] = Lang(node, node if exact else (lambda lang=lang, t=t: minus(universe(t), lang.node)))
         return out
 
     def value(self, langs: dict[str, Lang]) -> Lang:
@@ -180,7 +182,7 @@ class Lowerer(Normalizer):
             overs = {t: lang.over for t, lang in langs.items()}
             if all(o is None for o in overs.values()):
                 return None
-            return alt(*(universe(t) if o is None else o for t, o in overs.items()))
+            return alt(*(universe(t, COMPLEMENT_DEPTH) if o is None else o for t, o in overs.items()))
         node = alt(*(lang.node for lang in langs.values()))
         return Lang(node, SAME if all(lang.exact for lang in langs.values()) else over)
 

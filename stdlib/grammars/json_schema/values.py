@@ -25,6 +25,7 @@ from decspec.stdlib.grammars.json_schema.strings import length, literal_string, 
 
 TYPES = ("null", "boolean", "number", "string", "array", "object")  # "integer" is a number restricted
 ANY_DEPTH = 3
+COMPLEMENT_DEPTH = 2  # a complement's containers (`not`, `oneOf`, `if`) hold values at most 1 deep: smaller automata
 WS = opt(text(" "))
 COMMA = seq(WS, text(","), WS)
 COLON = seq(WS, text(":"), WS)
@@ -162,9 +163,9 @@ def any_value(depth: int = ANY_DEPTH):
 
 
 @lru_cache(maxsize=None)
-def universe(kind: str):
-    """Every text of one type (containers with values nested as `any_value` allows)."""
+def universe(kind: str, depth: int = ANY_DEPTH):
+    """Every text of one type (containers with values nested at most `depth` - 1 containers deep)."""
     if kind in ("array", "object"):
-        inner = any_value(ANY_DEPTH - 1)
+        inner = any_value(depth - 1)
         return as_machine(container(inner, STRING if kind == "object" else None))
     return {"null": NULL, "boolean": BOOLEAN, "number": NUMBER, "string": as_machine(STRING)}[kind]

@@ -261,6 +261,23 @@ def test_formats_against_the_test_suite(fmt):
                 assert not strict.matches(value), (fmt, case["description"])
 
 
+@pytest.mark.parametrize("name", ["ecmascript-regex", "non-bmp-regex"])
+def test_patterns_follow_ecma_262(name):
+    """The suite's optional ECMA-262 pattern cases: every one whose schema compiles agrees (`\\cX` and
+    `\\p{...}` are refused)."""
+    run = 0
+    for group in json.loads((FORMAT_SUITE.parent / f"{name}.json").read_text()):
+        try:
+            grammar = compile_schema(group["schema"])
+        except GrammarError:
+            continue
+        for case in group["tests"]:
+            texts = [json.dumps(case["data"], ensure_ascii=False), json.dumps(case["data"])]
+            assert any(grammar.matches(t) for t in texts) == case["valid"], (group["description"], case["description"])
+            run += 1
+    assert run >= 12
+
+
 def test_enum_objects_match_both_spacings():
     schema = {"enum": [{"a": [1, 2]}, [{"b": None}]]}
     for value in schema["enum"]:

@@ -19,9 +19,9 @@ from itertools import combinations
 from typing import Any
 
 from decspec.stdlib.grammars.errors import GrammarError
-from decspec.stdlib.grammars.json_schema.conj import Conj
+from decspec.stdlib.grammars.json_schema.conj import Conj, conjoin
 from decspec.stdlib.grammars.json_schema.lang import (EMPTY, EPSILON, Graph, alt, intersect, is_empty, is_empty_tree,
-                                                      matches, minus, opt, rep, seq, text, to_dfa)
+                                                      matches, minus, seq, text, to_dfa)
 from decspec.stdlib.grammars.json_schema.lower import NOTHING, SAME, Lang, Lowerer, texts
 from decspec.stdlib.grammars.json_schema.strings import literal_string, pattern_tree, string_of
 from decspec.stdlib.grammars.json_schema.values import (COLON, COMMA, COMPLEMENT_DEPTH, STRING, WS, any_value, equal,
@@ -132,7 +132,6 @@ def array_lang(lw: Lowerer, c: Conj) -> Lang:
 
 def finite_values(lw: Lowerer, refs: tuple, lang: Lang) -> list | None:
     """The values an item under `refs` may take, when they are finitely many (else None)."""
-    from decspec.stdlib.grammars.json_schema.conj import conjoin
     normal = (Conj(),)
     for loc in refs:
         normal = conjoin(normal, lw.normalize(loc))

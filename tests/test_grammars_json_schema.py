@@ -379,6 +379,7 @@ def test_recursive_schema_decodes_through_the_cfg_matcher():
     ({"type": "integer", "multipleOf": 0.123456789}, "$.multipleOf: multipleOf 0.123456789 needs an automaton"),
     ({"$ref": "#"}, "applies itself in place"),
     ({"$schema": "http://json-schema.org/draft-04/schema#"}, "$.$schema"),
+    ({"items": {"$schema": "http://json-schema.org/draft-07/schema#"}}, "$.items: an embedded schema in another draft"),
     ("{not json", "not valid JSON"),
 ])
 def test_errors_name_the_json_path(schema, message):

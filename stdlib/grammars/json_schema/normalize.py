@@ -76,6 +76,9 @@ class Normalizer:
         schema, path = loc.schema, loc.path
         if self.draft < 2019 and "$ref" in schema:  # draft 7: "all other properties in a $ref object MUST be ignored"
             return self.normalize(self.at(self.index.resolve(schema["$ref"], self.index.base(schema), path), loc))
+        declared = schema.get("$schema")
+        if declared is not None and schema is not self.index.keep[0] and self.declares_other_draft(declared):
+            raise self.fail(path, f"an embedded schema in another draft ($schema {shown(declared)}) is not supported")
         for key in schema:
             if self.draft < 2019 and key in ("minContains", "maxContains", "dependentRequired", "dependentSchemas", "$anchor"):
                 raise self.fail(path, f"keyword {shown(key)} is not a draft 7 keyword")
@@ -90,6 +93,12 @@ class Normalizer:
                     raise self.fail(path, f"the schema expands to more than {MAX_ALTERNATIVES} alternatives "
                                     "(anyOf, oneOf, if, dependencies combined); simplify it")
         return self.unevaluated(loc, out)
+
+    def declares_other_draft(self, declared: Any) -> bool:
+        """Whether a `$schema` names a known draft other than the one the document is read with."""
+        drafts = {"draft/2020-12": 2020, "draft-07": 7, "draft-06": 7, "draft/2019-09": 2019, "draft-04": 4, "draft-03": 3}
+        named = [d for marker, d in drafts.items() if isinstance(declared, str) and marker in declared]
+        return bool(named) and named[0] != self.draft
 
     # objects and arrays: one source per schema object
 

@@ -70,6 +70,27 @@ def model_pairs(draw, vocab: int | st.SearchStrategy[int] = _ints(2, 5), order: 
     return {"target": target, "draft": draft}
 
 
+@st.composite
+def tied_logits(draw, rows: int | st.SearchStrategy[int] = _ints(1, 4), vocab: int | st.SearchStrategy[int] = _ints(1, 40),
+                masked: bool = True) -> torch.Tensor:
+    """Logits [rows, V] (float32) full of ties and near-ties: values on a coarse grid, some moved a few
+    float32 steps (ulps) off it, and -inf (a token an earlier stage removed) when `masked`.
+
+        >>> tied_logits(rows=2, vocab=5).example().shape
+        torch.Size([2, 5])
+    """
+    R, V = _drawn(draw, rows), _drawn(draw, vocab)
+    grid = st.sampled_from([-4.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0] + ([float("-inf")] if masked else []))
+    ulps = st.sampled_from([0, 0, 0, -2, -1, 1, 2])  # mostly exact ties
+    cells = draw(st.lists(st.tuples(grid, ulps), min_size=R * V, max_size=R * V))
+    x = torch.tensor([v for v, _ in cells], dtype=torch.float32).view(R, V)
+    steps = torch.tensor([n for _, n in cells]).view(R, V).masked_fill(x.isinf(), 0)
+    for _ in range(2):
+        x = torch.where(steps != 0, torch.nextafter(x, steps.sign() * torch.tensor(float("inf"))), x)
+        steps = steps - steps.sign()
+    return x
+
+
 def _scalar(param: registry.Param, cap: int) -> st.SearchStrategy:
     """Values of a number parameter inside its declared bounds: ints up to `cap`, floats on a 0.01 grid (the first
     2.0 of a range wider than 100, temperature's [0, 1e6]: past that every distribution is nearly uniform)."""

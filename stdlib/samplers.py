@@ -57,15 +57,25 @@ def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus: keep the smallest most-likely set whose probability reaches p (always >= 1 token)."""
+    """Nucleus: keep every token whose strictly more likely tokens hold less than p of the mass.
+
+    Ranked by logit, never by rounded probabilities, so a kept token's logit is never below a dropped
+    one's; tokens with equal logits are kept or dropped together (as top_k keeps ties with the k-th),
+    which makes the result independent of token ids. The mass is Hugging Face's `TopPLogitsWarper`
+    formula (the ascending cumulative softmax compared with 1 - p, in at least float32): the kept set
+    is its set closed under ties (docs/language.md, "Samplers: ranking and ties"). At least one token
+    stays (top_p(0) keeps the tied maxima); p >= 1 keeps all.
+
+        >>> top_p(torch.tensor([2.0, 1.0, 1.0, 0.0]), 0.6).tolist()   # masses 0.53, 0.20, 0.20, 0.07
+        [2.0, 1.0, 1.0, -inf]
+    """
     if p >= 1.0:
         return logits
-    probs = torch.softmax(_at_least_f32(logits), dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    mass_before = sorted_probs.cumsum(-1) - sorted_probs  # probability of strictly more likely tokens
-    drop_sorted = (mass_before >= p) & (mass_before > 0)  # the most likely token (mass_before 0) always stays: top_p(0) is greedy
-    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-    return logits.masked_fill(drop, NEG_INF)
+    ascending = _at_least_f32(logits).sort(dim=-1).values  # [..., V]: values only, so no order among ties is read
+    mass_upto = ascending.softmax(-1).cumsum(-1)  # [..., V]: this rank and every less likely one (non-decreasing)
+    n_drop = (mass_upto <= 1 - p).sum(-1, keepdim=True).clamp(max=logits.shape[-1] - 1)  # [..., 1]: a prefix
+    edge = ascending.gather(-1, n_drop)  # [..., 1]: the least likely kept logit
+    return logits.masked_fill(logits < edge, NEG_INF)
 
 
 def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -145,7 +155,9 @@ register(
         "sampler",
         "top_p",
         (Param("p", "float", low=0.0, high=1.0, doc="probability mass to keep"),),
-        "Nucleus sampling (Holtzman et al. 2020): the smallest most-likely set with mass >= p.",
+        "Nucleus sampling (Holtzman et al. 2020): keep each token whose strictly more likely tokens hold less than p of "
+        "the mass: ranked by logit, equal logits kept or dropped together (see [Samplers: ranking and ties]"
+        "(#samplers-ranking-and-ties)); at least one token; p >= 1 keeps all.",
         _NO_CONTRACT,
         cite="Holtzman et al. 2020, The Curious Case of Neural Text Degeneration",
     )

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("torch_mlir.extras.fx_importer", reason="torch-mlir is an optional extra: pip install 'decspec[mlir]'")
 pytest.importorskip("torch_mlir.execution_engine", reason="this torch-mlir wheel has no ExecutionEngine")
@@ -20,12 +22,14 @@ import decspec  # noqa: E402
 from decspec.backends.eager.rules import RULES  # noqa: E402
 from decspec.backends.interpreter import run_graph  # noqa: E402
 from decspec.backends.mlir import MlirExport, lower, trace  # noqa: E402
-from decspec.backends.mlir.export import HOST_OPS  # noqa: E402
+from decspec.backends.mlir.export import HOST_OPS, Traced, decompositions  # noqa: E402
 from decspec.backends.mlir.run import compile_mlir  # noqa: E402
 from decspec.backends.runtime import DRAFT_OPS  # noqa: E402
 from decspec.dsl.diagnostics import DecError  # noqa: E402
 from decspec.stdlib.models.default import random_models  # noqa: E402
 from decspec.stdlib.models.transformer import Transformer, TransformerConfig  # noqa: E402
+from decspec.stdlib.samplers import top_p  # noqa: E402
+from decspec.strategies import tied_logits  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, SEEDS = 4, range(4)
@@ -188,3 +192,36 @@ def test_round_runs_like_torch(executor):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
             else:
                 assert torch.equal(a, b), f"seed {seed}: {name} {a.tolist()} != {b.tolist()}"
+
+
+class _TopP(torch.nn.Module):
+    """samplers.top_p alone, as a module the export takes."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def input_names(self) -> list[str]:
+        return ["logits"]
+
+    def output_names(self) -> list[str]:
+        return ["kept"]
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return top_p(logits, self.p)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_top_p(p: float, shape: tuple[int, int]):
+    module, x = _TopP(p), torch.zeros(shape)
+    program = torch.export.export(module, (x,), strict=False).run_decompositions(decompositions())
+    return compile_mlir(lower(Traced(module, program, (x,), 0.0), "linalg"))
+
+
+@settings(max_examples=40)
+@given(x=tied_logits(rows=8, vocab=24), p=st.sampled_from([0.0, 0.5, 0.9]))
+def test_top_p_runs_like_eager_on_ties(executor, x, p):
+    """The export turns the stable sort into a plain one (decompositions()); top_p reads only the sorted values, so
+    on logits full of ties and near-ties it keeps exactly eager's tokens."""
+    (ours,) = _compiled_top_p(p, tuple(x.shape))(x)
+    assert torch.equal(ours, top_p(x, p))

@@ -21,6 +21,7 @@ MODULES = [
     "decspec.compiler.passes",
     "decspec.compiler.passes.fold_sampler",
     "decspec.stdlib.registry",
+    "decspec.stdlib.samplers",
     "decspec.stdlib.models.table",
     "decspec.stdlib.models.transformer",
 ]

@@ -50,15 +50,21 @@ def test_temperature_zero_is_greedy():
     assert fold_stages((R("temperature", t=0.0),)) == (R("greedy"),)
 
 
-@pytest.mark.parametrize("before", [R("top_k", k=3), R("min_p", p=0.5), R("min_p", p=1.0), R("greedy")])
+@pytest.mark.parametrize("before", [R("top_k", k=3), R("top_p", p=0.5), R("top_p", p=0.0), R("min_p", p=0.5), R("min_p", p=1.0),
+                                    R("greedy")])
 def test_argmax_preserving_stage_before_greedy_is_dropped(before):
     assert fold_stages((before, R("greedy"))) == (R("greedy"),)
 
 
-@pytest.mark.parametrize("before", [R("temperature", t=0.5), R("top_p", p=0.5)])
-def test_stages_argmax_preserving_only_in_exact_arithmetic_stay(before):
-    """Rounding in logits / t or in softmax can make a near-tie a tie: not provably the same."""
+def test_stages_argmax_preserving_only_in_exact_arithmetic_stay():
+    """Rounding in logits / t can make a near-tie a tie: not provably the same."""
+    before = R("temperature", t=0.5)
     assert fold_stages((before, R("greedy"))) == (before, R("greedy"))
+
+
+def test_top_p_zero_is_not_greedy():
+    """top_p(0) keeps every tied maximum; greedy only the first."""
+    assert fold_stages((R("top_p", p=0.0),)) == (R("top_p", p=0.0),)
 
 
 @pytest.mark.parametrize("after", [R("top_k", k=3), R("top_p", p=0.2), R("min_p", p=0.7), R("greedy"), R("temperature", t=0.0)])

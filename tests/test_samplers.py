@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decspec.stdlib.samplers import greedy, min_p, temperature, top_k, top_p
+from decspec.strategies import tied_logits
 
 logit_rows = st.lists(st.floats(-5, 5, allow_nan=False).map(lambda x: round(x, 3)), min_size=1, max_size=8)
 
@@ -24,18 +26,66 @@ def softmax(xs):
 
 @settings(max_examples=200)
 @given(row=logit_rows, p=st.floats(0.0, 1.0))
-def test_top_p_keeps_the_smallest_prefix_reaching_p(row, p):
+def test_top_p_keeps_the_tokens_whose_more_likely_mass_is_below_p(row, p):
     probs = softmax(row)
-    order = sorted(range(len(row)), key=lambda i: (-probs[i], i))  # stable: ties by index
-    keep, mass = [], 0.0
-    for i in order:
-        if keep and mass >= p:
-            break
-        keep.append(i)
-        mass += probs[i]
+    above = [sum(q for j, q in enumerate(probs) if row[j] > row[i]) for i in range(len(row))]  # strictly more likely
     got = kept(top_p(torch.tensor(row, dtype=torch.float64), p))
-    assert sorted(got) == sorted(keep) or abs(mass - p) < 1e-9  # boundary ties are float-rounding dependent
+    near = [i for i, m in enumerate(above) if abs(m - p) < 1e-9]  # rounding decides these
+    assert sorted(set(got) - set(near)) == [i for i, m in enumerate(above) if m < p and i not in near] or p >= 1
     assert got  # never empty
+
+
+P_VALUES = st.sampled_from([0.0, 0.1, 0.25, 1 / 3, 0.5, 2 / 3, 0.75, 0.9, 0.95]) | st.floats(0.0, 1.0, exclude_max=True)
+
+
+@settings(max_examples=300)
+@given(x=tied_logits(), p=P_VALUES | st.just(1.0), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_top_p_ranks_by_logit_and_keeps_ties_together(x, p, dtype):
+    """A kept logit is never below a dropped one (near-ties one ulp apart included), so equal logits share their
+    fate; the result does not depend on token ids (a permuted row gives the permuted result)."""
+    x = x.to(dtype)
+    out = top_p(x, p)
+    keep = out > -math.inf
+    assert torch.equal(out[keep], x[keep])
+    assert (keep | x.isinf().all(-1, keepdim=True)).any(-1).all()  # at least one token (unless all were removed before)
+    lowest_kept = x.masked_fill(~keep, math.inf).amin(-1, keepdim=True)
+    assert torch.equal(keep | x.isinf(), (x >= lowest_kept) | x.isinf())
+    perm = torch.randperm(x.shape[-1], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(top_p(x[:, perm], p), out[:, perm])
+
+
+@settings(max_examples=300)
+@given(x=tied_logits(), p=P_VALUES)
+def test_top_p_is_hugging_face_with_ties_kept_together(x, p):
+    """Hugging Face's TopPLogitsWarper, closed under ties: the same mass formula in float32, so where its nucleus
+    does not split a group of equal logits the two agree exactly; where it does, decspec keeps the whole group
+    (which of the tied tokens HF keeps follows torch.sort's unstable order, docs/language.md "Samplers: ranking
+    and ties"). p = 1 is left out: decspec keeps everything, HF's warper drops zero-probability tokens (its
+    generate does not apply the warper at top_p = 1)."""
+    transformers = pytest.importorskip("transformers")
+    hf_keep = transformers.TopPLogitsWarper(p)(None, x.clone()) > -math.inf
+    keep = top_p(x, p) > -math.inf
+    hf_edge = x.masked_fill(~hf_keep, math.inf).amin(-1, keepdim=True)  # HF's least likely kept logit
+    assert torch.equal(keep, x >= hf_edge)
+    split = (x == hf_edge) & ~hf_keep  # tied with HF's last kept token, yet dropped by HF
+    assert torch.equal(keep[~split.any(-1)], hf_keep[~split.any(-1)])
+
+
+def test_top_p_keeps_a_tie_at_the_nucleus_edge_whole():
+    # masses 0.53, 0.20, 0.20, 0.07: 0.53 < 0.6, so every token tied at 1.0 stays; HF keeps one of them
+    x = torch.tensor([[2.0, 1.0, 1.0, 0.0]])
+    assert kept(top_p(x, 0.6)[0]) == [0, 1, 2]
+    assert kept(top_p(x, 0.5)[0]) == [0]
+
+
+def test_top_p_never_keeps_a_lower_logit_than_it_drops():
+    """0.5 and the float32 just below it round to one probability (3 - x rounds to -2.5 for both); ranked by rounded
+    probability, ties by token id, the lower logit would be kept and the higher one dropped."""
+    lo = torch.nextafter(torch.tensor(0.5), torch.tensor(0.0))
+    x = torch.tensor([[3.0, lo, 0.5]])
+    probs = torch.softmax(x, -1)[0]
+    assert probs[1] == probs[2] and probs[0] < 0.9 < probs[0] + probs[1]
+    assert kept(top_p(x, 0.9)[0]) == [0, 2]
 
 
 @settings(max_examples=200)

@@ -89,7 +89,7 @@ def _require_torch_mlir():
 
 def _sort_stable(x, *, stable=None, dim=-1, descending=False):
     # sort.stable has no lowering; the plain sort's order among exactly tied values may differ
-    # (top_p then keeps a different one of two tied tokens at the nucleus boundary).
+    # (top_p reads only the sorted values; typical_p's order of equally typical tokens may change).
     return torch.ops.aten.sort.default(x, dim, descending)
 
 

@@ -9,10 +9,9 @@ A `logits_transform` left with no stages is removed; its users read its input di
 
 Every rule rewrites stages into ones that compute the very same logits (or the same argmax under a
 following `greedy`) in floating point too, assuming finite logits, as models return. Left out on
-purpose, because they hold only in exact arithmetic: `temperature(t>0) | greedy` and
-`top_p(p) | greedy` (rounding in logits / t, or in softmax, can turn a near-tie into a tie and
-change which token is "first on ties"), `top_p(0)` as greedy for the same reason, and merging two
-temperatures (t1 * t2 rounds). `top_k(k >= V)` folds only when V is a static size.
+purpose, because they hold only in exact arithmetic: `temperature(t>0) | greedy` (rounding in
+logits / t can turn a near-tie into a tie and change which token is "first on ties") and merging two
+temperatures (t1 * t2 rounds). `top_p(0)` is not greedy: it keeps every tied maximum. `top_k(k >= V)` folds only when V is a static size.
 """
 from __future__ import annotations
 
@@ -64,6 +63,8 @@ RULES: list[tuple[tuple[Matcher, ...], Rewrite]] = [
     ((stage("temperature", lambda f, V: f["t"] == 0),), lambda matched: (GREEDY,)),
     # top_k | greedy: the first argmax is >= the k-th largest, so it stays, unchanged; others stay or become -inf
     ((stage("top_k"), stage("greedy")), keep_last),
+    # top_p | greedy: top_p ranks by logit and keeps every logit >= its edge, the largest one always: the first argmax stays
+    ((stage("top_p"), stage("greedy")), keep_last),
     # min_p(p<=1) | greedy: the first argmax has the largest probability m >= p * m, so it stays, unchanged
     ((stage("min_p", lambda f, V: f["p"] <= 1), stage("greedy")), keep_last),
     # greedy | top_k/top_p/min_p/greedy: one finite logit is left; each of these keeps it and only masks -inf ones

@@ -7,7 +7,7 @@ rejected in every serialization tried (the same ones, and ASCII-escaped). Per ke
 false accepts (must be 0), false rejects (each with its reason, from tests/data/json_schema_suite_reasons.json),
 refused (the schema does not compile: its error, at the keyword's JSON path, says why).
 
-    python -m benchmarks.json_schema_suite                 # table for draft 2020-12 and draft 7
+    python -m benchmarks.json_schema_suite                 # table for draft 2020-12, draft 7 and draft 4
     python -m benchmarks.json_schema_suite --write         # also refresh benchmarks/results/json_schema_suite.json
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 SUITE = Path(__file__).resolve().parent.parent / "tests" / "data" / "json-schema-test-suite"
 RESULT = Path(__file__).resolve().parent / "results" / "json_schema_suite.json"
 REASONS = SUITE.parent / "json_schema_suite_reasons.json"  # "file: group" -> why its valid cases are refused
-DRAFTS = {"draft2020-12": 2020, "draft7": 7}
+DRAFTS = {"draft2020-12": 2020, "draft7": 7, "draft4": 4}
 MAX_SERIALIZATIONS = 48
 
 

@@ -378,7 +378,7 @@ def test_recursive_schema_decodes_through_the_cfg_matcher():
     ({"anyOf": []}, "anyOf must be a non-empty list"),
     ({"type": "integer", "multipleOf": 0.123456789}, "$.multipleOf: multipleOf 0.123456789 needs an automaton"),
     ({"$ref": "#"}, "applies itself in place"),
-    ({"$schema": "http://json-schema.org/draft-04/schema#"}, "$.$schema"),
+    ({"$schema": "http://json-schema.org/draft-03/schema#"}, "$.$schema"),
     ({"items": {"$schema": "http://json-schema.org/draft-07/schema#"}}, "$.items: an embedded schema in another draft"),
     ("{not json", "not valid JSON"),
 ])
@@ -413,6 +413,7 @@ def test_keyword_tables():
     assert "uniqueItems" in SUPPORTED and "$dynamicRef" in SUPPORTED and "$recursiveRef" in UNSUPPORTED
 
 
-@pytest.mark.parametrize("module", ["", ".lang", ".strings", ".formats", ".numbers", ".values", ".refs", ".recursive"])
+@pytest.mark.parametrize("module", ["", ".lang", ".strings", ".formats", ".numbers", ".values", ".refs", ".recursive",
+                                    ".draft4"])
 def test_doctests(module):
     assert doctest.testmod(importlib.import_module("decspec.stdlib.grammars.json_schema" + module)).failed == 0

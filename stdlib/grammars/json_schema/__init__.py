@@ -29,6 +29,7 @@ from typing import Any
 
 from decspec.stdlib.grammars.automaton import ByteDFA
 from decspec.stdlib.grammars.errors import GrammarError
+from decspec.stdlib.grammars.json_schema.draft4 import as_draft7
 from decspec.stdlib.grammars.json_schema.formats import FORMATS
 from decspec.stdlib.grammars.json_schema.lang import has_rule, to_dfa, to_regex
 from decspec.stdlib.grammars.json_schema.lower import Lowerer
@@ -39,7 +40,7 @@ from decspec.stdlib.grammars.json_schema.values import ANY_DEPTH, shown
 
 SUPPORTED = tuple(dict.fromkeys([*HANDLERS, *OBJECT_GROUP, *ARRAY_GROUP, *LATER]))
 UNSUPPORTED = ("$recursiveRef", "$recursiveAnchor")
-DRAFTS = {"draft/2020-12": 2020, "draft-07": 7, "draft-06": 7}
+DRAFTS = {"draft/2020-12": 2020, "draft-07": 7, "draft-06": 7, "draft-04": 4}
 
 __all__ = ["ANNOTATIONS", "ANY_DEPTH", "FORMATS", "SUPPORTED", "UNSUPPORTED", "SchemaGrammar", "choice_to_regex",
            "compile_schema", "schema_draft", "schema_grammar", "schema_to_dfa", "schema_to_regex"]
@@ -64,10 +65,10 @@ def load(schema: dict | bool | str) -> Any:
 
 
 def schema_draft(schema: Any, draft: int | None = None) -> int:
-    """The draft a schema is read with: `draft` when given (2020 or 7), else its `$schema`, else 2020-12."""
+    """The draft a schema is read with: `draft` when given (2020, 7 or 4), else its `$schema`, else 2020-12."""
     if draft is not None:
-        if draft not in (2020, 7):
-            raise GrammarError(f"draft {draft} is not supported; drafts 2020 (2020-12) and 7 are")
+        if draft not in (2020, 7, 4):
+            raise GrammarError(f"draft {draft} is not supported; drafts 2020 (2020-12), 7 and 4 are")
         return draft
     declared = schema.get("$schema") if isinstance(schema, dict) else None
     if declared is None:
@@ -75,7 +76,20 @@ def schema_draft(schema: Any, draft: int | None = None) -> int:
     for marker, number in DRAFTS.items():
         if isinstance(declared, str) and marker in declared:
             return number
-    raise GrammarError(f"$.$schema: {shown(declared)} is not a supported draft; drafts 2020-12 and 7 are")
+    raise GrammarError(f"$.$schema: {shown(declared)} is not a supported draft; drafts 2020-12, 7 (and 6) and 4 are")
+
+
+def read(schema: Any, draft: int | None = None, remotes: dict[str, Any] | None = None) -> tuple[Any, int, dict]:
+    """The document, the draft the compiler reads it with and the remotes: a draft 4 document is rewritten as
+    draft 7 (draft4.py), and so are the remotes that declare no other draft (those are refused where reached)."""
+    version, remotes = schema_draft(schema, draft), dict(remotes or {})
+    if version != 4:
+        return schema, version, remotes
+    for uri, doc in remotes.items():
+        declared = doc.get("$schema") if isinstance(doc, dict) else None
+        if declared is None or isinstance(declared, str) and "draft-04" in declared:
+            remotes[uri] = as_draft7(doc)
+    return as_draft7(schema), 7, remotes
 
 
 def compile_schema(schema: dict | bool | str, *, draft: int | None = None,
@@ -85,8 +99,7 @@ def compile_schema(schema: dict | bool | str, *, draft: int | None = None,
     (a schema like `false`). Both have `matches(text)`.
 
     `remotes` maps absolute URIs to schema documents that `$ref` may name (nothing is fetched)."""
-    schema = load(schema)
-    version = schema_draft(schema, draft)
+    schema, version, remotes = read(load(schema), draft, remotes)
     lowerer = Lowerer(Index(schema, version, remotes), version)
     node = lowerer.value(lowerer.lower(Located(schema, "$"))).node
     if has_rule(node) or lowerer.rules:
@@ -120,8 +133,7 @@ def schema_to_dfa(schema: dict | bool | str, *, draft: int | None = None) -> Byt
 def schema_to_regex(schema: dict | bool | str) -> str:
     """The same language as a regex, for the schemas whose language needs no automaton operation (no
     counted containers, intersections or complements: mostly scalars); GrammarError otherwise."""
-    schema = load(schema)
-    version = schema_draft(schema)
+    schema, version, _ = read(load(schema))
     lowerer = Lowerer(Index(schema, version), version)
     regex = to_regex(lowerer.value(lowerer.lower(Located(schema, "$"))).node)
     if regex is None:

@@ -413,6 +413,15 @@ def test_keyword_tables():
     assert "uniqueItems" in SUPPORTED and "$dynamicRef" in SUPPORTED and "$recursiveRef" in UNSUPPORTED
 
 
+def test_editor_and_vendor_annotations_are_annotations():
+    schema = {"type": "string", "maxLength": 2, "markdownDescription": "**a**", "x-taplo": {"hidden": True},
+              "deprecationMessage": "old", "properties": {"x-not-a-keyword": {"type": "null"}}}
+    dfa = schema_to_dfa(schema)
+    assert dfa.matches('"ab"') and not dfa.matches('"abc"')
+    with pytest.raises(GrammarError, match="keyword 'xtaplo' is not supported"):  # no `x-` prefix: a possible typo
+        schema_to_dfa({"type": "string", "xtaplo": 1})
+
+
 @pytest.mark.parametrize("module", ["", ".lang", ".strings", ".formats", ".numbers", ".values", ".refs", ".recursive",
                                     ".draft4"])
 def test_doctests(module):

@@ -23,9 +23,18 @@ MAX_ALTERNATIVES = 256
 ANNOTATIONS = ("title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly",
                "contentEncoding", "contentMediaType", "contentSchema", "$schema", "$id", "$anchor",
                "$dynamicAnchor", "$defs", "definitions", "$vocabulary")
+EDITOR_ANNOTATIONS = ("markdownDescription", "enumDescriptions", "markdownEnumDescriptions", "deprecationMessage",
+                      "errorMessage", "patternErrorMessage", "defaultSnippets", "doNotSuggest", "suggestSortText",
+                      "allowComments", "allowTrailingCommas")  # VS Code's JSON language service; also any `x-...` (vendor)
 OBJECT_GROUP = ("properties", "patternProperties", "additionalProperties")
 ARRAY_GROUP = ("prefixItems", "items", "additionalItems")
 LATER = ("unevaluatedProperties", "unevaluatedItems", "minContains", "maxContains", "then", "else")
+
+
+def is_annotation(key: str) -> bool:
+    """A keyword that says nothing about validity: the spec's annotations, editors' (SchemaStore schemas carry
+    VS Code's `markdownDescription`, ...) and vendor extensions (`x-...`, which no validation keyword spells)."""
+    return key in ANNOTATIONS or key in EDITOR_ANNOTATIONS or key.startswith("x-")
 
 
 class Normalizer:
@@ -82,7 +91,7 @@ class Normalizer:
         for key in schema:
             if self.draft < 2019 and key in ("minContains", "maxContains", "dependentRequired", "dependentSchemas", "$anchor"):
                 raise self.fail(path, f"keyword {shown(key)} is not a draft 7 keyword")
-            if key not in HANDLERS and key not in ANNOTATIONS and key not in OBJECT_GROUP + ARRAY_GROUP + LATER:
+            if key not in HANDLERS and not is_annotation(key) and key not in OBJECT_GROUP + ARRAY_GROUP + LATER:
                 raise self.fail(path, f"keyword {shown(key)} is not supported",
                                 did_you_mean(key, [*HANDLERS, *OBJECT_GROUP, *ARRAY_GROUP, *LATER]))
         out = conjoin(conjoin((TOP,), self.object_source(loc)), self.array_source(loc))

@@ -8,7 +8,9 @@ each paired with the token that followed it (so the last pair is (f_{L-2}, x)), 
 previous verification call (`model_features`; no extra forward), and predicts the feature at L-1,
 whose LM-head distribution is draft 1's q. Draft step s >= 2 appends (predicted feature, d_{s-1})
 to the head's sequence and predicts the next feature (`eagle_logits`). The head attends over the
-last W steps of its sequence (its trained window), recomputed at each step: no KV cache.
+last W steps of its sequence (its trained window). Eagerly, a round runs the window once and then one head
+step per draft, attending the window's kept keys and values (`EagleHead.draft_feature`); compiled code
+recomputes the window at each step.
 
 Each draft is sampled from q through the sampler pipeline (and the grammar mask), and q is what the
 verifier receives, so `rejection` (and `greedy`) stay lossless. The draft loop is the one
@@ -25,6 +27,7 @@ from decspec.compiler.lower import Lowering
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.drafts import chain_draft
 from decspec.stdlib.heads import _as_read_after
+from decspec.stdlib.models.heads import ChainMemo, chain_memo
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 TRAIN_HINT = ("train an EAGLE head on a frozen target with `python -m decspec.stdlib.models.train --out DIR --only eagle` "
@@ -57,7 +60,10 @@ def eagle_logits(model: Any, features: torch.Tensor, ctx_tokens: torch.Tensor, c
         return logits[:, step] if isinstance(step, int) else logits.index_select(1, step.reshape(1)).squeeze(1)
     head = model.draft_head("eagle")
     lm_head = getattr(model, "drafting_head", model.lm_head)  # a draft vocabulary, where the model has one
-    if isinstance(step, int):  # eager: the LM head runs once, on this step's predicted feature
+    if ChainMemo.usable(step):  # eager: extend this round's chain by one step; the LM head runs once, on its feature
+        f = head.draft_feature(features, tokens, valid, drafts, step, model.model.embed_tokens, chain_memo(head))  # [B, C]
+        return lm_head(f).float()  # [B, V]
+    if isinstance(step, int):  # unrolled in a compiled graph
         return head.draft(features, tokens, valid, drafts, step, lm_head, model.model.embed_tokens)  # [B, V]
     feats = head.draft_features(features, tokens, valid, drafts, last, model.model.embed_tokens)  # [B, K, C]
     return lm_head(feats.index_select(1, step.reshape(1)).squeeze(1)).float()

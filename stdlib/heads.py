@@ -24,6 +24,7 @@ import torch
 from decspec.compiler.lower import Lowering
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.drafts import chain_draft
+from decspec.stdlib.models.heads import ChainMemo, chain_memo
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 KINDS = ("medusa", "hydra")
@@ -40,10 +41,18 @@ def head_logits(model: Any, kind: str, hidden: torch.Tensor, last_token: torch.T
     case every head runs and the step's logits are selected, so no shape depends on it.
     """
     if kind == "medusa":
+        if isinstance(step, int) and hasattr(model, "medusa_head"):  # only this step's head (and LM head) runs
+            return model.medusa_head(hidden, step)
         logits = model.medusa(hidden)  # [B, k, V]
         if isinstance(step, int):
             return logits[:, step]
         return logits.index_select(1, step.reshape(1)).squeeze(1)
+    if ChainMemo.usable(step) and hasattr(model, "draft_head"):  # eager: extend the chain this round has built
+        chain = chain_memo(model.draft_head("hydra")).states((hidden, last_token), drafts, step)
+        while len(chain) <= step:  # chain[i]: (z_{i+1}, logits of step i)
+            i = len(chain)
+            chain.append(model.hydra_step(i, chain[-1][0] if chain else hidden, drafts[:, i - 1] if i else last_token))
+        return chain[step][1]
     last = step if isinstance(step, int) else drafts.shape[1] - 1
     state, token, out = hidden, last_token, []
     for i in range(last + 1):  # Hydra: z_{i+1} = f_i(z_i, emb(y)), y = x, d_1, ..., d_i

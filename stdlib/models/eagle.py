@@ -14,7 +14,8 @@ emb and lm_head are the target's, frozen. Drafting starts from the target's real
 context and continues on the head's own predictions: step s appends (f^, d_s) and predicts the next
 feature. The attention window is the last `window` steps (W = 32 here; the paper attends over the
 whole context with a KV cache): training uses the same sliding-window causal mask, so the head never
-sees more than W steps at once, and drafting recomputes the window at each step (no KV cache).
+sees more than W steps at once. Drafting runs the context window once per round and then one step per
+draft over the window's kept keys and values (`draft_feature`; no cache across rounds).
 
     head = EagleHead(hidden_size=256)
     f_next = head(features, embed(tokens))            # [B, T, C], [B, T, C] -> [B, T, C]
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from decspec.stdlib.models.heads import ChainMemo
 from decspec.stdlib.models.transformer import DecoderLayer, TransformerConfig, rope
 
 
@@ -98,6 +100,52 @@ class EagleHead(nn.Module):
                 emb = torch.cat([emb, embed(drafts[:, s])[:, None]], 1)
                 ok = torch.cat([ok, torch.ones_like(ok[:, :1])], 1)
         return torch.stack(out, 1)
+
+    def draft_feature(self, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, drafts: torch.Tensor,
+                      step: int, embed: nn.Module, memo: ChainMemo) -> torch.Tensor:
+        """The predicted feature of draft `step` [B, C] (arguments as draft_features), extending the chain `memo`
+        holds for these inputs: the context window runs once per round (keys and values of its W steps, the
+        output of its last), then each draft step is one new step attending the kept keys and values (the last
+        W, as the sliding window does; RoPE depends only on the offsets). Equal to draft_features[:, step] up
+        to float rounding, at O(W + k) head steps a round instead of O(W k^2)."""
+        chain = memo.states((features, tokens, valid), drafts, step)
+        if not chain:
+            W = self.window
+            chain.append(self._window(features[:, -W:], embed(tokens[:, -W:]), valid[:, -W:]))
+        while len(chain) <= step:
+            chain.append(self._extend(chain[-1], embed(drafts[:, len(chain) - 1])))
+        return chain[step][0]
+
+    def _attend(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The layer's output for the query steps x [B, T, C] (q [B, H, T, D]) over keys k, v [B, Hkv, S, D]; mask [B, 1, T, S]."""
+        a, layer = self.layer.self_attn, self.layer
+        B, T, _ = x.shape
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=a.n_head != a.n_kv)
+        h = x + a.o_proj(y.transpose(1, 2).reshape(B, T, a.n_head * a.d))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _window(self, features: torch.Tensor, token_embeddings: torch.Tensor, valid: torch.Tensor) -> tuple:
+        """Draft 0's state from the context steps [B, T, C] x 2, valid [B, T]: (f^ [B, C], k, v, valid, next position)."""
+        B, T, _ = features.shape
+        x = self.fc(torch.cat([features, token_embeddings], dim=-1))  # [B, T, C]
+        cos, sin = rope(torch.arange(T, device=x.device)[None].expand(B, T), self.inv_freq, x.dtype)
+        q, k, v = self.layer.self_attn.qkv(self.layer.input_layernorm(x), cos, sin)  # [B, H, T, D], [B, Hkv, T, D] x 2
+        self_step = torch.arange(T, device=x.device) == T - 1  # the last step attends itself whether valid or not
+        mask = (valid | self_step)[:, None, None, :]  # [B, 1, 1, T]: T <= W, so the window holds every step
+        f = self._attend(x[:, -1:], q[:, :, -1:], k, v, mask)[:, 0]
+        return f, k, v, valid, T
+
+    def _extend(self, state: tuple, token_embedding: torch.Tensor) -> tuple:
+        """The next draft step's state from the last one and the embedding of the token drafted there [B, C]."""
+        f, k, v, valid, p = state
+        B = f.shape[0]
+        x = self.fc(torch.cat([f, token_embedding], dim=-1))[:, None]  # [B, 1, C]
+        cos, sin = rope(torch.full((B, 1), p, device=x.device), self.inv_freq, x.dtype)
+        q, k1, v1 = self.layer.self_attn.qkv(self.layer.input_layernorm(x), cos, sin)
+        W = self.window
+        k, v = torch.cat([k, k1], 2)[:, :, -W:], torch.cat([v, v1], 2)[:, :, -W:]  # steps p-W+1 .. p
+        valid = torch.cat([valid, torch.ones_like(valid[:, :1])], 1)[:, -W:]
+        return self._attend(x, q, k, v, valid[:, None, None, :])[:, 0], k, v, valid, p + 1
 
     def draft_all(self, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, drafts: torch.Tensor,
                   last: int, lm_head: nn.Module, embed: nn.Module) -> torch.Tensor:

@@ -20,9 +20,55 @@ directory stays a plain Hugging Face Llama checkpoint.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class ChainMemo:
+    """The steps of the draft chain a draft loop is building, so step s extends steps 0..s-1 instead of redoing them.
+
+    A chain draft's step s is a pure function of the round's inputs and drafts[:, :s], and the eager draft loop
+    asks for steps 0, 1, .., k-1 in turn: recomputing the chain at every step costs O(k^2) head passes (and as
+    many LM-head passes). `states(key, drafts, step)` gives the states remembered for these inputs: those of
+    steps 0..n-1 whose drafts equal drafts[:, :n] and whose inputs equal `key` (compared by value with copies
+    kept at step 0), or none; the caller appends the states it computes. `chain_memo(head)` gives each head
+    one per thread, so concurrent calls never see each other's chains; compiled code never uses it (`usable`).
+
+    >>> memo = ChainMemo()
+    >>> key, drafts = (torch.ones(2, 3),), torch.tensor([[5, 6], [7, 8]])
+    >>> memo.states(key, drafts, 0).append("s0"); memo.states(key, drafts, 1).append("s1")
+    >>> memo.states(key, drafts, 1)
+    ['s0', 's1']
+    >>> memo.states(key, torch.tensor([[9, 6], [7, 8]]), 1)   # another draft 0: step 1 is recomputed
+    ['s0']
+    >>> memo.states((torch.zeros(2, 3),), drafts, 0)           # other inputs: everything is
+    []
+    """
+
+    def __init__(self):
+        self.key: tuple[torch.Tensor, ...] | None = None
+        self.chain: list = []
+        self.drafts: list[torch.Tensor] = []  # drafts[i]: the draft column state i + 1 read
+
+    @staticmethod
+    def usable(step) -> bool:
+        return isinstance(step, int) and not torch.compiler.is_compiling()
+
+    def states(self, key: tuple[torch.Tensor, ...], drafts: torch.Tensor, step: int) -> list:
+        same = self.key is not None and len(key) == len(self.key) and all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b) for a, b in zip(key, self.key))
+        n = 1 if same and self.chain else 0
+        if not same:
+            self.key, self.chain, self.drafts = tuple(t.detach().clone() for t in key), [], []
+        while n < len(self.chain) and n <= step and torch.equal(self.drafts[n - 1], drafts[:, n - 1]):
+            n += 1
+        del self.chain[n:], self.drafts[max(n - 1, 0):]
+        self.drafts += [drafts[:, i].clone() for i in range(len(self.drafts), step)]
+        return self.chain
+
 
 
 class MedusaHeads(nn.Module):
@@ -41,6 +87,10 @@ class MedusaHeads(nn.Module):
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [..., C] -> per-head features [..., k, C] (before the LM head)."""
         return torch.stack([hidden + F.silu(block(hidden)) for block in self.blocks], dim=-2)
+
+    def head(self, hidden: torch.Tensor, i: int, lm_head: nn.Module) -> torch.Tensor:
+        """Head i alone: hidden [..., C] -> logits [..., V] (float32), equal to forward(...)[..., i, :]."""
+        return lm_head(hidden + F.silu(self.blocks[i](hidden))).float()
 
     def forward(self, hidden: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """hidden: [..., C] -> logits [..., k, V] (float32)."""
@@ -75,6 +125,19 @@ class HydraHeads(nn.Module):
             state, f = self.step(i, state, emb[..., i, :])
             feats.append(f)
         return lm_head(torch.stack(feats, dim=-2)).float()
+
+
+_local = threading.local()
+
+
+def chain_memo(head: nn.Module) -> ChainMemo:
+    """This thread's ChainMemo for `head` (dropped with the head)."""
+    from weakref import WeakKeyDictionary
+
+    memos = _local.__dict__.setdefault("memos", WeakKeyDictionary())
+    if head not in memos:
+        memos[head] = ChainMemo()
+    return memos[head]
 
 
 HEADS = {"medusa": MedusaHeads, "hydra": HydraHeads}

@@ -405,6 +405,10 @@ class Transformer(nn.Module):
         """Medusa heads on the final hidden state h_t [..., C] -> logits [..., k, V] for tokens t+2 .. t+k+1."""
         return self.draft_head("medusa")(hidden, self.drafting_head)
 
+    def medusa_head(self, hidden: torch.Tensor, i: int) -> torch.Tensor:
+        """Medusa head i alone (0-based): hidden h_t [..., C] -> logits [..., V] for token t+i+2."""
+        return self.draft_head("medusa").head(hidden, i, self.drafting_head)
+
     def hydra_step(self, i: int, state: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hydra head i (0-based). state: z_i [B, C] (z_0 = h_t); token: y_{t+i+1} [B]
         -> (z_{i+1} [B, C], logits [B, V] for token t+i+2)."""

@@ -16,6 +16,7 @@ import argparse
 import itertools
 import json
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,15 @@ def remotes() -> dict[str, Any]:
     root = SUITE / "remotes"
     return {f"http://localhost:1234/{p.relative_to(root).as_posix()}": json.loads(p.read_text())
             for p in sorted(root.rglob("*.json"))}
+
+
+def exact_number(text: str):
+    """A JSON number as the exact decimal JSON Schema means (an int when integral: 1.0 is an integer)."""
+    try:
+        value = Decimal(text)
+    except ArithmeticError:  # an exponent beyond Decimal's range: only unconstrained numbers have one
+        return float(text)
+    return int(value) if abs(value.adjusted()) < 1000 and value == value.to_integral_value() else value
 
 
 def orderings(value: Any) -> list[Any]:

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import json
 import random
-from decimal import Decimal
 
 import pytest
 
-from benchmarks.json_schema_suite import RESULT, remotes, run, summary, totals
+from benchmarks.json_schema_suite import RESULT, exact_number, remotes, run, summary, totals
 from decspec.stdlib.grammars.automaton import ByteDFA, random_examples
 
 SAMPLES = 3  # random texts per compiled schema
-
-
-def exact_number(text: str):
-    """A JSON number as the exact decimal JSON Schema means (an int when integral: 1.0 is an integer)."""
-    try:
-        value = Decimal(text)
-    except ArithmeticError:  # an exponent beyond Decimal's range: only unconstrained numbers have one
-        return float(text)
-    return int(value) if abs(value.adjusted()) < 1000 and value == value.to_integral_value() else value
 
 
 class Oracle:

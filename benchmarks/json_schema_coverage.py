@@ -12,7 +12,7 @@ compiled in a child process under a time limit and classified:
 - refused: a `GrammarError` (what it names decides the category: `REASONS`);
 - error: any other exception, a time-out, or the child dying (memory).
 
-    python -m benchmarks.json_schema_coverage                       # table; all schemas (~15 min on 2 cores)
+    python -m benchmarks.json_schema_coverage                       # table; all schemas (about 25 min on 2 cores)
     python -m benchmarks.json_schema_coverage --write               # also refresh benchmarks/results/json_schema_coverage.json
     python -m benchmarks.json_schema_coverage --only dependabot-2.0.json --verbose
     python -m benchmarks.json_schema_coverage --vendor SCHEMASTORE_GIT_DIR JSONSCHEMABENCH_GIT_DIR   # redo the sample
@@ -120,9 +120,8 @@ def category(message: str) -> str:
 
 
 def sample_texts(grammar, rng: random.Random, count: int) -> list[bytes]:
-    """Random texts of an automaton (random walks), or of a recursive schema's grammar (random walks under
-    the CFG matcher's byte masks, shortest completions past 300 bytes are not known: walks that run long are
-    dropped)."""
+    """Random texts of an automaton (random walks), or of a recursive schema's grammar (random walks under the
+    CFG matcher's byte masks; it knows no shortest completion, so a walk past 400 bytes is dropped)."""
     from decspec.stdlib.grammars.automaton import ByteDFA, random_examples
 
     if isinstance(grammar, ByteDFA):

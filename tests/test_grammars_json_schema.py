@@ -6,7 +6,6 @@ import doctest
 import importlib
 import json
 import random
-from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.json_schema_suite import exact_number
 from decspec.stdlib.grammars import (CFGMatcher, GrammarError, choice_to_regex, compile_grammar, compile_regex, schema_to_dfa,
                                      schema_to_regex)
 from decspec.stdlib.grammars.json_schema import ANNOTATIONS, FORMATS, SUPPORTED, UNSUPPORTED, SchemaGrammar, compile_schema
@@ -285,15 +285,6 @@ def test_enum_objects_match_both_spacings():
     assert not accepts(schema, '{"a": [1]}')
 
 
-def decimal(text: str):
-    """A JSON number as the exact decimal JSON Schema means (an int when integral: 1.0 is an integer)."""
-    try:
-        value = Decimal(text)
-    except ArithmeticError:  # an exponent beyond Decimal's range: only unconstrained numbers have one
-        return float(text)
-    return int(value) if abs(value.adjusted()) < 1000 and value == value.to_integral_value() else value
-
-
 def test_samples_are_valid_json_of_the_schema():
     """Random texts from the automata parse as JSON and validate under jsonschema (when installed), numbers
     read exactly (JSON Schema's numbers are decimals; a float64 parser can round one across a bound)."""
@@ -302,10 +293,10 @@ def test_samples_are_valid_json_of_the_schema():
     for i, schema in enumerate([*SCHEMAS.values(), {"type": "string", "pattern": "^[^a]*$"},
                                 {"not": {"type": "integer"}}, {"type": "array", "contains": {"const": 1}, "maxContains": 2},
                                 {"exclusiveMaximum": 1, "multipleOf": 0.25}]):
-        exact = json.loads(json.dumps(schema), parse_float=decimal)
+        exact = json.loads(json.dumps(schema), parse_float=exact_number)
         dfa, rng = compile_schema(schema), random.Random(i)
         for _ in range(30):
-            value = json.loads(sample(dfa, rng).decode(), parse_float=decimal)
+            value = json.loads(sample(dfa, rng).decode(), parse_float=exact_number)
             jsonschema.validate(value, exact, format_checker=checker)
 
 

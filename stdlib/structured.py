@@ -13,7 +13,6 @@ grammar never load it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,8 @@ def _regular(inst, kind: str, source: Any) -> GrammarSource:
 
 
 def _schema(inst, schema: Any) -> GrammarSource:
-    """Check a JSON Schema without a vocabulary: it compiles, and something is valid under it."""
+    """Check a JSON Schema (its JSON text, or the values) without a vocabulary: it reads as a document the
+    compiler takes (json_schema/document.py), it compiles, and something is valid under it."""
     from decspec.stdlib.grammars import GrammarError
     from decspec.stdlib.grammars.json_schema import schema_grammar
 
@@ -123,12 +123,7 @@ def lower_json_schema(lw, inst) -> GrammarSource:
     inline = schema.lstrip().startswith("{")
     text = schema if inline else _read(inst, schema, "JSON schema file", "a JSON Schema")
     try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as e:  # its message names the position, never the text
-        raise DecError(f"the JSON schema is not valid JSON: {e}" if inline else
-                       f"{schema!r} is not a JSON Schema: it is not JSON ({e})", inst.span) from None
-    try:
-        return _schema(inst, parsed)
+        return _schema(inst, text)  # read by json_schema.load: JSON errors name a position only, never the text
     except DecError as e:
         if inline:
             raise

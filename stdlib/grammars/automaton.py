@@ -15,12 +15,33 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from decspec.stdlib.grammars.errors import GrammarError
+from decspec.stdlib.grammars.errors import TooLarge
 
-MAX_DFA_STATES = 200_000
+# Size limits, each checked as the automaton is built (figures: docs/architecture.md, resource bounds).
+MAX_NFA_STATES = 500_000  # Thompson states: about 320 bytes each in Python lists
+MAX_DFA_STATES = 200_000  # subset-construction states: the [S, 256] int32 table alone is 1 KiB each
+MAX_DFA_CELLS = 4_000_000  # subset-construction states x byte classes: minimization's time and memory grow with it
+MAX_SUBSET_WORK = 10_000_000  # NFA states the subset construction visits, merges and holds (its time and memory)
+SIZE_HINT = ("lower the repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): each repetition is a copy "
+             "of what it repeats, and a repetition inside another multiplies them")
+
+
+def too_large(needs: str, hint: str = SIZE_HINT) -> TooLarge:
+    """The error of an automaton past one of the size limits above: `needs` says what and the limit."""
+    return TooLarge(f"the grammar is too large: its automaton needs {needs}", hint=hint)
+
+
+def dfa_limit(num_classes: int) -> tuple[int, TooLarge]:
+    """The most DFA states a construction over `num_classes` byte classes may build, and the error past it."""
+    if MAX_DFA_STATES * num_classes <= MAX_DFA_CELLS:
+        return MAX_DFA_STATES, too_large(f"more than {MAX_DFA_STATES:,} DFA states (the limit)")
+    limit = MAX_DFA_CELLS // num_classes
+    return limit, too_large(f"more than {limit:,} DFA states over {num_classes} byte classes (the limit: "
+                            f"{MAX_DFA_CELLS:,} states x classes)")
 
 
 def utf8_sequences(lo: int, hi: int) -> list[list[tuple[int, int]]]:
@@ -56,33 +77,54 @@ def utf8_sequences(lo: int, hi: int) -> list[list[tuple[int, int]]]:
     return out
 
 
-class NFA:
-    """States with epsilon moves and byte-range moves; one start (given to `determinize`) and one `accept`."""
+@lru_cache(maxsize=4096)
+def utf8_trie(ranges: tuple[tuple[int, int], ...]) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
+    """The UTF-8 encodings of the code points in `ranges` as a byte trie: (number of inner nodes, edges
+    (from, lo byte, hi byte, to)). Node 0 is the start, -1 the end, inner nodes 1..n; shared byte prefixes
+    share a node.
 
-    def __init__(self):
+    >>> utf8_trie(((0x61, 0x62), (0xE9, 0xE9)))   # 'a'-'b' in one byte, 'é' as C3 A9
+    (1, ((0, 97, 98, -1), (0, 195, 195, 1), (1, 169, 169, -1)))
+    """
+    inner: dict[tuple, int] = {}
+    edges = []
+    for lo, hi in ranges:
+        for seq in utf8_sequences(lo, hi):
+            at = 0
+            for depth, (a, b) in enumerate(seq[:-1]):
+                key = tuple(seq[:depth + 1])
+                if key not in inner:
+                    inner[key] = len(inner) + 1
+                    edges.append((at, a, b, inner[key]))
+                at = inner[key]
+            a, b = seq[-1]
+            edges.append((at, a, b, -1))
+    return len(inner), tuple(edges)
+
+
+class NFA:
+    """States with epsilon moves and byte-range moves; one start (given to `determinize`) and one `accept`.
+    Refuses to grow past `limit` states (`TooLarge`, a GrammarError, as the state past it is asked for)."""
+
+    def __init__(self, limit: int = MAX_NFA_STATES):
         self.eps: list[list[int]] = []
         self.edges: list[list[tuple[int, int, int]]] = []  # (lo byte, hi byte, target)
         self.accept = -1
+        self.limit = limit
 
     def state(self) -> int:
+        if len(self.eps) >= self.limit:
+            raise too_large(f"more than {self.limit:,} NFA states (the limit)")
         self.eps.append([])
         self.edges.append([])
         return len(self.eps) - 1
 
     def chars(self, start: int, ranges, end: int) -> None:
         """Moves from `start` to `end` over the UTF-8 encoding of any code point in `ranges`."""
-        inner: dict[tuple, int] = {}  # shared byte prefixes share states
-        for lo, hi in ranges:
-            for seq in utf8_sequences(lo, hi):
-                at = start
-                for depth, (a, b) in enumerate(seq[:-1]):
-                    key = tuple(seq[:depth + 1])
-                    if key not in inner:
-                        inner[key] = self.state()
-                        self.edges[at].append((a, b, inner[key]))
-                    at = inner[key]
-                a, b = seq[-1]
-                self.edges[at].append((a, b, end))
+        count, edges = utf8_trie(tuple(ranges))
+        node = [start] + [self.state() for _ in range(count)]
+        for a, lo, hi, b in edges:
+            self.edges[node[a]].append((lo, hi, end if b < 0 else node[b]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,6 +213,16 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
     important = [bool(es) or s == nfa.accept for s, es in enumerate(nfa.edges)]
 
     reach: dict[int, frozenset[int]] = {}  # per NFA state: the important states its epsilon moves reach
+    work = 0  # NFA states visited, merged and held so far: the construction's time and memory
+
+    def spend(n: int) -> None:
+        nonlocal work
+        work += n
+        if work > MAX_SUBSET_WORK:
+            raise too_large(f"its subset construction to handle more than {MAX_SUBSET_WORK:,} NFA states (the limit)",
+                            hint="parts that may match the empty string, repeated or in a row (x?x?x?..., "
+                                 "(x{0,m}){0,n}), make every subset large: write such a repetition once (a{0,10000} "
+                                 "for (?:a{0,10}){0,1000}), or " + SIZE_HINT)
 
     def single(state: int) -> frozenset[int]:
         if state not in reach:
@@ -180,22 +232,25 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
                     if t not in seen:
                         seen.add(t)
                         stack.append(t)
+            spend(len(seen))
             reach[state] = frozenset(s for s in seen if important[s])
         return reach[state]
 
     def closure(states) -> frozenset[int]:
         if len(states) == 1:
             return single(states[0])
-        return frozenset().union(*(single(s) for s in states))
+        parts = [single(s) for s in states]
+        spend(sum(map(len, parts)))
+        return frozenset().union(*parts)
 
     ids: dict[frozenset[int], int] = {}
     subsets: list[frozenset[int]] = []
+    max_states, past_limit = dfa_limit(num_classes)
 
     def intern(key: frozenset[int]) -> int:
         if key not in ids:
-            if len(subsets) >= MAX_DFA_STATES:
-                raise GrammarError(f"the grammar is too large: its automaton exceeds {MAX_DFA_STATES} states",
-                                   hint="lower the repeat bounds ({m,n}, maxLength, maxItems)")
+            if len(subsets) >= max_states:
+                raise past_limit
             ids[key] = len(subsets)
             subsets.append(key)
         return ids[key]
@@ -204,6 +259,7 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
     rows = []
     while len(rows) < len(subsets):
         moves: dict[int, list[int]] = {}
+        spend(len(subsets[len(rows)]))
         for s in subsets[len(rows)]:
             for clo, chi, t in edges[s]:
                 for c in range(clo, chi + 1):
@@ -224,7 +280,7 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
         return None
     table, accepting = minimize(*trimmed)
     table, accepting = renumber(table, accepting)
-    return ByteDFA(np.ascontiguousarray(table[:, class_of]).astype(np.int32), accepting, 0)
+    return ByteDFA(table.astype(np.int32)[:, class_of], accepting, 0)  # indexed in int32: no int64 [S, 256] copy
 
 
 def reachable(src: np.ndarray, dst: np.ndarray, n: int, seeds: np.ndarray) -> np.ndarray:
@@ -372,6 +428,8 @@ def product(a: ByteDFA, b: ByteDFA, keep_b: bool) -> ByteDFA | None:
         [True, True, True, False, False]
     """
     nb = b.num_states
+    classes = np.unique(np.vstack([a.transitions, b.transitions]), axis=1).shape[1]  # at most the product's
+    max_states, past_limit = dfa_limit(classes)
     ids = {(a.start, b.start): 0}
     pairs = [(a.start, b.start)]
     rows = []
@@ -385,9 +443,8 @@ def product(a: ByteDFA, b: ByteDFA, keep_b: bool) -> ByteDFA | None:
         for key in np.unique(keys[live]).tolist():
             pair = (key // (nb + 1), key % (nb + 1) - 1)
             if pair not in ids:
-                if len(pairs) >= MAX_DFA_STATES:
-                    raise GrammarError(f"the grammar is too large: its automaton exceeds {MAX_DFA_STATES} states",
-                                       hint="lower the repeat bounds ({m,n}, maxLength, maxItems)")
+                if len(pairs) >= max_states:
+                    raise past_limit
                 ids[pair] = len(pairs)
                 pairs.append(pair)
             row[keys == key] = ids[pair]
@@ -407,7 +464,7 @@ def finish(table: np.ndarray, accepting: np.ndarray) -> ByteDFA | None:
     table, accepting = trimmed
     columns, class_of = np.unique(table, axis=1, return_inverse=True)
     table, accepting = renumber(*minimize(columns, accepting))
-    return ByteDFA(np.ascontiguousarray(table[:, class_of.ravel()]).astype(np.int32), accepting, 0)
+    return ByteDFA(table.astype(np.int32)[:, class_of.ravel()], accepting, 0)
 
 
 def emit_dfa(nfa: NFA, dfa: ByteDFA, start: int) -> int:

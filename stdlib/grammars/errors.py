@@ -18,3 +18,20 @@ class GrammarError(DecError):
     def __init__(self, message: str, hint: str | None = None):
         self.message = message
         super().__init__(message, hint=hint)
+
+
+class TooLarge(GrammarError):
+    """A grammar past one of the automaton's size limits (automaton.py). Raised where the automaton is built,
+    which knows no place; `at(place)` adds the place a caller knows (a JSON Schema's path), once, so the
+    innermost caller's place is the one named.
+
+    >>> str(TooLarge("the grammar is too large").at("$.items").at("$"))
+    'error: $.items: the grammar is too large'
+    """
+
+    def __init__(self, message: str, hint: str | None = None, placed: bool = False):
+        super().__init__(message, hint=hint)
+        self.hint, self.placed = hint, placed
+
+    def at(self, place: str) -> TooLarge:
+        return self if self.placed else TooLarge(f"{place}: {self.message}", self.hint, placed=True)

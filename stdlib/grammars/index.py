@@ -27,6 +27,8 @@ import torch
 from decspec.stdlib.grammars.automaton import ByteDFA, reachable
 from decspec.stdlib.grammars.errors import GrammarError
 
+MAX_MASK_BYTES = 1 << 30  # the packed masks of every DFA state, before pruning: S * ceil(V/32) * 4 bytes
+
 
 @numba.njit(cache=True)
 def token_walk(transitions, data, starts, ends, lcp, ids, vocab_size, eos_id, accepting, states, keep):  # pragma: no cover
@@ -125,9 +127,15 @@ class TokenIndex:
         from which tokens can reach an accepting state (both found once: one graph search each way)."""
         if eos_id is not None and not 0 <= eos_id < len(vocab):
             raise GrammarError(f"eos id {eos_id} is outside the vocabulary of {len(vocab)} tokens")
+        n = dfa.num_states
+        mask_bytes = n * ((len(vocab) + 31) // 32) * 4
+        if mask_bytes > MAX_MASK_BYTES:
+            raise GrammarError(f"the grammar is too large for this vocabulary: its token masks need {mask_bytes:,} bytes "
+                               f"({n:,} states x {len(vocab):,} tokens, a bit each), over the limit of {MAX_MASK_BYTES:,}",
+                               hint="lower the grammar's repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): "
+                                    "its automaton has a state per repetition")
         sorted_vocab = sorted_vocabulary(vocab, eos_id)
         eos = -1 if eos_id is None else eos_id
-        n = dfa.num_states
         everything = np.ones(n, dtype=bool)
         walked, src, dst = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, np.arange(n), everything)
         live = reachable(dst, src, n, np.flatnonzero(dfa.accepting))  # backwards from the accepting states

@@ -10,17 +10,29 @@ escaped punctuation; classes `[a-z0-9_]`, `[^"\\\\]` (with the escapes inside); 
 groups `( )`, `(?: )`, `(?P<name> )`; `|`; `* + ?` (lazy forms too: same language); `{m} {m,} {,n} {m,n}`.
 `\\d \\w \\s` are ASCII (`[0-9]`, `[A-Za-z0-9_]`, `[ \\t\\n\\r\\f\\v]`), as with `re.ASCII`. Backreferences,
 lookaround, anchors and inline flags raise `GrammarError` naming the column.
+
+Sizes are bounded while parsing, before any automaton is built: groups nest at most `MAX_NESTING` deep, a
+`{m,n}` bound is at most `MAX_REPEAT`, and a repetition whose automaton would need more than
+`automaton.MAX_NFA_STATES` states (`nfa_states`: a repetition inside a repetition multiplies) is refused
+at its column:
+
+    >>> compile_regex("(a{1000}){1000}")
+    Traceback (most recent call last):
+    ...
+    decspec.stdlib.grammars.errors.GrammarError: error: regex "(a{1000}){1000}" at column 10: this repetition needs 1,001,001 NFA states (1,000 copies of a part of 1,001), over the limit of 500,000
+      hint: lower the repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): each repetition is a copy of what it repeats, and a repetition inside another multiplies them
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from decspec.dsl.diagnostics import excerpt
-from decspec.stdlib.grammars.automaton import NFA, ByteDFA, determinize
+from decspec.stdlib.grammars.automaton import MAX_NFA_STATES, NFA, SIZE_HINT, ByteDFA, determinize, too_large, utf8_trie
 from decspec.stdlib.grammars.errors import GrammarError
 
 MAX_CODEPOINT = 0x10FFFF
 MAX_REPEAT = 10_000  # the largest {m,n} bound: each repetition is a copy in the automaton
+MAX_NESTING = 100  # groups inside groups: the parser, and every walk over the tree, recurse once per level
 
 Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint, inclusive code point ranges
 
@@ -90,11 +102,13 @@ class Parser:
     def __init__(self, pattern: str):
         self.pattern = pattern
         self.i = 0
+        self.depth = 0  # groups open around self.i
+        self.sizes: dict[int, int] = {}  # nfa_states of the nodes built so far, by id
 
-    def error(self, what: str, at: int | None = None) -> GrammarError:
+    def error(self, what: str, at: int | None = None, hint: str | None = None) -> GrammarError:
         column = (self.i if at is None else at) + 1
         shown = self.pattern if len(self.pattern) <= 80 else self.pattern[max(0, column - 40):column + 40]
-        return GrammarError(f'regex "{excerpt(shown, 80)}" at column {column}: {what}')
+        return GrammarError(f'regex "{excerpt(shown, 80)}" at column {column}: {what}', hint=hint)
 
     def peek(self, k: int = 0) -> str:
         j = self.i + k
@@ -104,6 +118,10 @@ class Parser:
         node = self.alternation()
         if self.i < len(self.pattern):  # only a stray ')' stops the top-level alternation early
             raise self.error("unbalanced ')'; remove it or open a group with '('")
+        states = nfa_states(node, self.sizes) + 1  # + the start state
+        if states > MAX_NFA_STATES:  # no single repetition is too large, but all of them together are
+            raise GrammarError(f'regex "{excerpt(self.pattern, 80)}" needs {states:,} NFA states, over the limit '
+                               f"of {MAX_NFA_STATES:,}", hint=SIZE_HINT)
         return node
 
     def alternation(self):
@@ -117,13 +135,14 @@ class Parser:
         items = []
         while self.peek() not in ("", "|", ")"):
             atom = self.atom()
+            at = self.i
             bounds = self.quantifier()
             if bounds is not None:
                 if self.peek() == "?":  # lazy: the same language under full match
                     self.i += 1
                 if self.peek() in ("*", "+", "?") or self.braces() is not None:
                     raise self.error("multiple repeat; wrap the repeated part in (?: ) first")
-                atom = Repeat(atom, *bounds)
+                atom = self.sized(Repeat(atom, *bounds), at)
             items.append(atom)
         return items[0] if len(items) == 1 else Seq(tuple(items))
 
@@ -143,6 +162,16 @@ class Parser:
             raise self.error(f"repeat bound {max(lo, hi or 0)} is over the limit of {MAX_REPEAT}")
         self.i = end
         return lo, hi
+
+    def sized(self, node: Repeat, at: int) -> Repeat:
+        """`node` (the repetition whose quantifier starts at `at`), refused when its automaton is too large."""
+        states = nfa_states(node, self.sizes)
+        if states > MAX_NFA_STATES:
+            part = nfa_states(node.item, self.sizes)
+            copies = node.min + 1 if node.max is None else node.max
+            raise self.error(f"this repetition needs {states:,} NFA states ({copies:,} copies of a part of {part:,}), "
+                             f"over the limit of {MAX_NFA_STATES:,}", at, hint=SIZE_HINT)
+        return node
 
     def braces(self) -> tuple[int, int | None, int] | None:
         """`{m}`, `{m,}`, `{,n}` or `{m,n}` at self.i as (min, max, end), or None when the `{` is a literal (as in `re`)."""
@@ -177,6 +206,8 @@ class Parser:
     def group(self):
         start = self.i
         self.i += 1
+        if self.depth >= MAX_NESTING:
+            raise self.error(f"groups nest more than {MAX_NESTING} deep (the limit); flatten the pattern", start)
         if self.peek() == "?":
             rest = self.pattern[self.i + 1:self.i + 3]
             if rest.startswith(":"):
@@ -193,7 +224,9 @@ class Parser:
                 raise self.error("backreferences are not supported", start)
             else:
                 raise self.error("inline flags and other (? ) extensions are not supported", start)
+        self.depth += 1
         node = self.alternation()
+        self.depth -= 1
         if self.peek() != ")":
             raise self.error("unclosed group; close it with ')'", start)
         self.i += 1
@@ -278,6 +311,32 @@ def parse_regex(pattern: str):
     return Parser(pattern).parse()
 
 
+def nfa_states(node, sizes: dict[int, int] | None = None) -> int:
+    """How many NFA states `emit` adds for `node`, counted without building them. `sizes` holds the counts of
+    nodes counted before, by id (the nodes must still be alive); a node of another kind counts itself
+    through its `nfa_states(sizes)`.
+
+    >>> nfa_states(parse_regex("(ab|c){3}"))   # 3 copies of (an end; per option an entry and a state a character), an end
+    19
+    """
+    sizes = {} if sizes is None else sizes
+    key = id(node)
+    if key not in sizes:
+        if isinstance(node, Chars):
+            count = 1 + utf8_trie(node.ranges)[0]
+        elif isinstance(node, Seq):
+            count = sum(nfa_states(item, sizes) for item in node.items)
+        elif isinstance(node, Alt):
+            count = 1 + sum(1 + nfa_states(option, sizes) for option in node.options)
+        elif isinstance(node, Repeat):
+            item = nfa_states(node.item, sizes)
+            count = node.min * item + (2 + item if node.max is None else 1 + (node.max - node.min) * item)
+        else:
+            count = node.nfa_states(sizes)
+        sizes[key] = count
+    return sizes[key]
+
+
 def emit(nfa: NFA, node, start: int) -> int:
     """Thompson construction: add `node` to `nfa` from state `start`; return its end state. A node of another
     kind (json_schema's automaton leaves) adds itself through its `emit_into(nfa, start)`."""
@@ -314,8 +373,17 @@ def emit(nfa: NFA, node, start: int) -> int:
     return end
 
 
+def fits(node) -> None:
+    """Refuse a tree whose NFA would pass `MAX_NFA_STATES` (`TooLarge`), counted before anything is built."""
+    states = nfa_states(node) + 1  # + the start state
+    if states > MAX_NFA_STATES:
+        raise too_large(f"{states:,} NFA states, over the limit of {MAX_NFA_STATES:,}")
+
+
 def compile_tree(node) -> ByteDFA | None:
-    """The minimal DFA of a syntax tree (as `parse_regex` gives, or built by hand); None when it accepts nothing."""
+    """The minimal DFA of a syntax tree (as `parse_regex` gives, or built by hand); None when it accepts nothing.
+    A tree too large to build (`fits`) is refused first."""
+    fits(node)
     nfa = NFA()
     start = nfa.state()
     nfa.accept = emit(nfa, node, start)

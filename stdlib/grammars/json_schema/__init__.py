@@ -29,6 +29,7 @@ from typing import Any
 
 from decspec.stdlib.grammars.automaton import ByteDFA
 from decspec.stdlib.grammars.errors import GrammarError
+from decspec.stdlib.grammars.json_schema.document import check_document, parse
 from decspec.stdlib.grammars.json_schema.draft4 import as_draft7
 from decspec.stdlib.grammars.json_schema.formats import FORMATS
 from decspec.stdlib.grammars.json_schema.lang import has_rule, to_dfa, to_regex
@@ -54,11 +55,14 @@ def choice_to_regex(options: list[str]) -> str:
 
 
 def load(schema: dict | bool | str) -> Any:
+    """A schema document, from its JSON text or as Python values, checked (document.py: depth, numbers)."""
     if isinstance(schema, str):
         try:
-            schema = json.loads(schema)
+            schema = parse(schema)
         except json.JSONDecodeError as e:
             raise GrammarError(f"the JSON schema is not valid JSON: {e}") from None
+    else:
+        check_document(schema)
     if not isinstance(schema, (dict, bool)):
         raise GrammarError("$: a JSON schema must be an object (or true / false)")
     return schema
@@ -99,6 +103,8 @@ def compile_schema(schema: dict | bool | str, *, draft: int | None = None,
     (a schema like `false`). Both have `matches(text)`.
 
     `remotes` maps absolute URIs to schema documents that `$ref` may name (nothing is fetched)."""
+    for uri, document in (remotes or {}).items():
+        check_document(document, f"remote {shown(uri)}")
     schema, version, remotes = read(load(schema), draft, remotes)
     lowerer = Lowerer(Index(schema, version, remotes), version)
     node = lowerer.value(lowerer.lower(Located(schema, "$"))).node

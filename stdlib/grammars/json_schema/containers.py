@@ -18,6 +18,7 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Any
 
+from decspec.stdlib.grammars.automaton import MAX_NFA_STATES, too_large
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.json_schema.conj import Conj, conjoin
 from decspec.stdlib.grammars.json_schema.lang import (EMPTY, EPSILON, Graph, alt, intersect, is_empty, is_empty_tree,
@@ -41,19 +42,26 @@ def item(lw: Lowerer, refs: tuple) -> Lang:
     return lw.value(lw.lower_all(tuple(refs)))
 
 
-def counted(c: Conj, key: str, value: int | None) -> None:
+def counted(c: Conj, key: str, value: int | None, source: str | None = None) -> None:
+    """Refuse a count over MAX_COUNT (a state per count) at the path of the schema that gave it (`source`:
+    the keyword that path is recorded under, when not `key`)."""
     if value is not None and value > MAX_COUNT:
-        raise GrammarError(f"{c.paths.get(key, '$')}: {key} {value} is over the limit of {MAX_COUNT}")
+        raise GrammarError(f"{c.paths.get(source or key, '$')}: {key} {value} is over the limit of {MAX_COUNT}")
 
 
 def graph(start, step, final, label) -> Graph:
-    """The Graph reachable from `start`: step(state) -> [(edge language, next state)]."""
+    """The Graph reachable from `start`: step(state) -> [(edge language, next state)]. Each state is at
+    least one NFA state, so past `MAX_NFA_STATES` of them (counts that multiply: items x contains x ...)
+    it is refused as it grows."""
     ids, order, edges = {start: 0}, [start], []
     for state in order:
         for node, nxt in step(state):
             if is_empty_tree(node):
                 continue
             if nxt not in ids:
+                if len(order) >= MAX_NFA_STATES:
+                    raise too_large(f"more than {MAX_NFA_STATES:,} counting states (items, contains matches, "
+                                    "properties: the limit)")
                 ids[nxt] = len(order)
                 order.append(nxt)
             edges.append((ids[state], label(state, node), ids[nxt]))
@@ -72,6 +80,9 @@ def array_lang(lw: Lowerer, c: Conj) -> Lang:
         return NOTHING
     counted(c, "minItems", lo)
     counted(c, "maxItems", hi)
+    for _, low, high in contains:
+        counted(c, "minContains", low, "contains")
+        counted(c, "maxContains", high, "contains")
     width = max((max(len(a.prefix), a.scope) for a in c.arrays), default=0)
 
     def refs_at(i: int) -> tuple:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from decspec.stdlib.grammars.automaton import NFA, ByteDFA, emit_dfa, product
-from decspec.stdlib.grammars.regex import MAX_CODEPOINT, Alt, Chars, Repeat, Seq, compile_tree, emit, normalize
+from decspec.stdlib.grammars.regex import MAX_CODEPOINT, Alt, Chars, Repeat, Seq, compile_tree, emit, nfa_states, normalize
 
 EMPTY = Chars(())  # no string
 EPSILON = Seq(())  # the empty string only
@@ -27,6 +27,9 @@ class Machine:
 
     def emit_into(self, nfa: NFA, start: int) -> int:
         return emit_dfa(nfa, self.dfa, start)
+
+    def nfa_states(self, sizes: dict[int, int]) -> int:
+        return self.dfa.num_states + 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +52,9 @@ class Graph:
             nfa.eps[states[f]].append(end)
         return end
 
+    def nfa_states(self, sizes: dict[int, int]) -> int:
+        return self.num_states + 1 + sum(nfa_states(node, sizes) for _, node, _ in self.edges)
+
 
 @dataclass(frozen=True, eq=False)
 class RuleRef:
@@ -64,19 +70,27 @@ class RuleRef:
                            "and a keyword here needs its language as an automaton (an intersection, a complement, "
                            "an enum filter): not supported for a recursive schema")
 
+    def nfa_states(self, sizes: dict[int, int]) -> int:
+        return 0  # never emitted (emit_into refuses)
 
-def has_rule(node) -> bool:
-    """Whether a tree refers to a recursive rule."""
+
+def has_rule(node, seen: set[int] | None = None) -> bool:
+    """Whether a tree refers to a recursive rule. A subtree shared by several parents is looked at once
+    (`seen`: the ids looked at), so the walk is linear in the tree, not in its expansion."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return False  # looked at already, and found rule-free: a rule would have ended the walk
+    seen.add(id(node))
     if isinstance(node, RuleRef):
         return True
     if isinstance(node, Seq):
-        return any(has_rule(n) for n in node.items)
+        return any(has_rule(n, seen) for n in node.items)
     if isinstance(node, Alt):
-        return any(has_rule(n) for n in node.options)
+        return any(has_rule(n, seen) for n in node.options)
     if isinstance(node, Repeat):
-        return has_rule(node.item)
+        return has_rule(node.item, seen)
     if isinstance(node, Graph):
-        return any(has_rule(n) for _, n, _ in node.edges)
+        return any(has_rule(n, seen) for _, n, _ in node.edges)
     return False
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from decspec.stdlib.grammars.errors import GrammarError
+from decspec.stdlib.grammars.errors import GrammarError, TooLarge
 from decspec.stdlib.grammars.json_schema.conj import Conj, conjoin
 from decspec.stdlib.grammars.json_schema.formats import EXACT as EXACT_FORMATS
 from decspec.stdlib.grammars.json_schema.formats import FORMATS, OVER
@@ -24,7 +24,7 @@ from decspec.stdlib.grammars.json_schema.values import (BOOLEAN, EXPONENT, INTEG
                                                         TYPES, equal, is_integer, number_texts, type_of, universe,
                                                         value_exact, value_lang, value_over)
 from decspec.stdlib.grammars.json_schema.values import COMPLEMENT_DEPTH
-from decspec.stdlib.grammars.regex import parse_regex
+from decspec.stdlib.grammars.regex import fits, parse_regex
 
 MAX_LENGTH_BOUND = 10_000  # minLength / maxLength: each character is a copy of the JSON character automaton
 SCALARS = ("null", "boolean", "number", "string")
@@ -104,6 +104,9 @@ class Lowerer(Normalizer):
 
     # per schema
 
+    def nesting(self) -> int:
+        return len(self.active) + len(self.lowering)
+
     def lower(self, loc: Located) -> dict[str, Lang]:
         """{type: Lang} of one schema."""
         return self.lower_all((loc,))
@@ -119,12 +122,17 @@ class Lowerer(Normalizer):
                 self.rule_names[key] = f"r{len(self.rule_names)}"
             name = self.rule_names[key]
             return {t: Lang(RuleRef(f"{name}_{t}", locs[0].path), None) for t in TYPES}
+        self.deeper(locs[0].path)
         self.lowering.append(key)
         try:
             normal = (Conj(),)
             for loc in locs:
                 normal = conjoin(normal, self.normalize(loc))
             out = self.lower_union(normal)
+            for lang in out.values():
+                fits(lang.node)  # too large already: refused here, at this schema's path, before a parent copies it
+        except TooLarge as e:
+            raise e.at(locs[0].path) from None
         finally:
             self.lowering.pop()
         if key in self.rule_names:

@@ -20,6 +20,7 @@ from decspec.stdlib.grammars.json_schema.strings import check_pattern
 from decspec.stdlib.grammars.json_schema.values import TYPES, shown
 
 MAX_ALTERNATIVES = 256
+MAX_NESTING = 48  # schemas read inside each other (applicators, items, properties, $ref chains): Python's stack
 ANNOTATIONS = ("title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly",
                "contentEncoding", "contentMediaType", "contentSchema", "$schema", "$id", "$anchor",
                "$dynamicAnchor", "$defs", "definitions", "$vocabulary")
@@ -48,6 +49,17 @@ class Normalizer:
     def fail(self, path: str, what: str, hint: str | None = None) -> GrammarError:
         return GrammarError(f"{path}: {what}", hint=hint)
 
+    def nesting(self) -> int:
+        """How many schemas are being read around the next one."""
+        return len(self.active)
+
+    def deeper(self, path: str) -> None:
+        """Refuse to read the schema at `path` inside more than MAX_NESTING others: each level is a few dozen
+        Python frames, and a `$ref` chain can nest deeper than the document does."""
+        if self.nesting() >= MAX_NESTING:
+            raise self.fail(path, f"schemas nest more than {MAX_NESTING} deep here (through $ref, allOf, not, items, "
+                            "properties, ...: the limit); flatten the schema")
+
     def child(self, loc: Located, *keys) -> Located:
         node = loc.schema
         for key in keys:
@@ -73,6 +85,7 @@ class Normalizer:
         if key in self.active:
             raise self.fail(loc.path, "the schema applies itself in place ($ref, allOf, ... with no property or item "
                             "in between): an endless loop, so it is not a valid schema")
+        self.deeper(loc.path)
         self.active.append(key)
         try:
             out = self.keywords(loc)

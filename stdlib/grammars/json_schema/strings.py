@@ -182,6 +182,9 @@ def length(lo: int, hi: int | None):
 class Anchor:
     kind: str  # "^" or "$"
 
+    def nfa_states(self, sizes: dict[int, int]) -> int:
+        return 0  # no state of its own (pattern_tree takes it out)
+
 
 class EcmaParser(Parser):
     """regex.py's parser with ECMA-262 meanings where they differ (see the module doc)."""

@@ -26,7 +26,7 @@ from decspec.stdlib.grammars.json_schema.lang import (EMPTY, EPSILON, Graph, alt
 from decspec.stdlib.grammars.json_schema.lower import NOTHING, SAME, Lang, Lowerer, texts
 from decspec.stdlib.grammars.json_schema.strings import literal_string, pattern_tree, string_of
 from decspec.stdlib.grammars.json_schema.values import (COLON, COMMA, COMPLEMENT_DEPTH, STRING, WS, any_value, equal,
-                                                        type_of, universe, value_lang)
+                                                        shown, type_of, universe, value_lang)
 
 OVER_ANY = any_value(COMPLEMENT_DEPTH - 1)  # an over-approximation need only hold within the complement universe
 MAX_COUNT = 1000  # minItems / maxItems / maxProperties: one state per count
@@ -46,7 +46,7 @@ def counted(c: Conj, key: str, value: int | None, source: str | None = None) -> 
     """Refuse a count over MAX_COUNT (a state per count) at the path of the schema that gave it (`source`:
     the keyword that path is recorded under, when not `key`)."""
     if value is not None and value > MAX_COUNT:
-        raise GrammarError(f"{c.paths.get(source or key, '$')}: {key} {value} is over the limit of {MAX_COUNT}")
+        raise GrammarError(f"{c.paths.get(source or key, '$')}: {key} {shown(value)} is over the limit of {MAX_COUNT}")
 
 
 def graph(start, step, final, label) -> Graph:

@@ -23,7 +23,7 @@ from decspec.stdlib.grammars.json_schema.strings import length, pattern_tree, st
 from decspec.stdlib.grammars.json_schema.values import (BOOLEAN, EXPONENT, INTEGER, INTEGRAL, NULL, NUMBER, STRING,
                                                         TYPES, equal, is_integer, number_texts, type_of, universe,
                                                         value_exact, value_lang, value_over)
-from decspec.stdlib.grammars.json_schema.values import COMPLEMENT_DEPTH
+from decspec.stdlib.grammars.json_schema.values import COMPLEMENT_DEPTH, shown
 from decspec.stdlib.grammars.regex import fits, parse_regex
 
 MAX_LENGTH_BOUND = 10_000  # minLength / maxLength: each character is a copy of the JSON character automaton
@@ -258,7 +258,7 @@ class Lowerer(Normalizer):
             return Lang(STRING, SAME, True)
         for key, value in (("minLength", c.min_length), ("maxLength", c.max_length)):
             if value is not None and value > MAX_LENGTH_BOUND:
-                raise GrammarError(f"{c.paths.get(key, '$')}: {key} {value} is over the limit of {MAX_LENGTH_BOUND} "
+                raise GrammarError(f"{c.paths.get(key, '$')}: {key} {shown(value)} is over the limit of {MAX_LENGTH_BOUND} "
                                    "(each character is a copy of the string automaton)")
         if c.max_length is not None and c.min_length > c.max_length:
             return NOTHING

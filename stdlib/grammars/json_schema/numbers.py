@@ -17,6 +17,7 @@ from decimal import Decimal
 
 import numpy as np
 
+from decspec.dsl.diagnostics import excerpt
 from decspec.stdlib.grammars.automaton import ByteDFA, finish
 from decspec.stdlib.grammars.errors import GrammarError
 
@@ -108,7 +109,9 @@ def multiple_of(m: Decimal, integer: bool) -> ByteDFA:
     levels = max(k, 1)  # fraction digits that matter; past k only zeros may follow
     states = 3 + p * (levels + 2)
     if states > MAX_MULTIPLE_STATES:
-        raise GrammarError(f"multipleOf {m} needs an automaton of {states} states, over the limit of {MAX_MULTIPLE_STATES}")
+        needs = states if states < 10**15 else f"about 2^{states.bit_length() - 1}"  # never a 4,000-digit figure
+        raise GrammarError(f"multipleOf {excerpt(str(m))} needs an automaton of {needs} states, over the limit of "
+                           f"{MAX_MULTIPLE_STATES}")
     # states: 0 start, 1 after '-', 2 after a leading '0'; 3 + r: integer digits with residue r;
     # 3 + p * (1 + j) + r: j fraction digits read (j = 0: right after '.', a digit must follow)
     table = np.full((states, 256), -1, np.int64)

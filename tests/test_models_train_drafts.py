@@ -197,3 +197,99 @@ def test_warm_start_continues_from_the_saved_drafts(trained, tmp_path):
                                   log=lambda _: None)
         cold_state = train_drafts.own_parameters(cold) if kind == "draft" else cold.state_dict()
         assert not all(torch.equal(cold_state[k].float(), saved[k]) for k in saved), kind
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+class _Scripted:
+    """A Generator stand-in: requests are 'please explain item N now' (every third one too short, one a repeat),
+    answers the prompt's length in tokens; records the temperatures asked for."""
+
+    def __init__(self, tok):
+        self.tok, self.calls, self.n = tok, [], 0
+
+    def __call__(self, prompts, *, max_new, temperature, seed):
+        self.calls.append((len(prompts), temperature))
+        if temperature == 1.0:  # writing requests
+            out = []
+            for _ in prompts:
+                self.n += 1
+                text = "hi" if self.n % 3 == 0 else f"please explain item {min(self.n, 7) if self.n < 9 else self.n} now"
+                out.append((self.tok.encode(text), self.n != 5))  # request 5 did not end by itself
+            return out
+        return [(self.tok.encode(" ok") * min(len(p) % 5 + 1, max_new), True) for p in prompts]
+
+
+def test_magpie_keeps_usable_requests_holds_out_every_tenth_and_resumes(tmp_path):
+    from benchmarks.prompts import CHAT
+
+    target = load_transformer(REFERENCE / "target")
+    target.tokenizer.chat_template = CHATML
+    prefix = train_drafts.magpie_prefix(target.tokenizer)
+    assert target.tokenizer.decode(prefix).endswith("user\n") and "\x00" not in target.tokenizer.decode(prefix)
+    gen = _Scripted(target.tokenizer)
+    train_drafts.make_magpie(target, tmp_path, conversations=12, generator=gen, batch=4, max_new=6, log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / train_drafts.MAGPIE_FILE).read_text().splitlines()]
+    requests = [r["request"] for r in rows]
+    assert len(set(requests)) == len(requests) >= 12 and not set(requests) & set(CHAT)
+    assert all(len(q.split()) >= 4 for q in requests) and "please explain item 5 now" not in requests
+    assert {t for _, t in gen.calls if t != 1.0} == {0.0, train_drafts.SAMPLE_TEMPERATURE}
+    for r in rows:  # the answer follows the chat-templated request and ends with the model's EOS
+        assert target.tokenizer.decode(r["prompt"]).endswith(f"{r['request']}<|im_end|>\n<|im_start|>assistant\n")
+        assert r["answer"][-1] == target.eos_token_id
+    data = train_drafts.Data(tmp_path)
+    chat = [s for s in data.seqs if s["kind"] == "chat"]
+    assert len(chat) == 12 and [s["heldout"] for s in chat] == [i % 10 == 0 for i in range(12)]
+    assert [s["greedy"] for s in chat] == [r["temperature"] == 0.0 for r in rows[:12]]
+    first = chat[0]
+    with torch.no_grad():
+        expected = target(first["tokens"][None], target.new_cache(1, len(first["tokens"]))).hidden[0]
+    assert torch.allclose(first["features"].float(), expected, atol=2e-2)  # float16 copies of the target's features
+    calls = len(gen.calls)  # a second run finds everything done
+    train_drafts.make_magpie(target, tmp_path, conversations=12, generator=gen, batch=4, max_new=6, log=lambda m: None)
+    assert len(gen.calls) == calls
+
+
+def test_magpie_gives_up_on_a_model_that_writes_no_requests(tmp_path):
+    target = load_transformer(REFERENCE / "target")
+    target.tokenizer.chat_template = CHATML
+
+    def mute(prompts, **kw):
+        return [([], True) for _ in prompts]
+
+    with pytest.raises(SystemExit, match="no usable request"):
+        train_drafts.make_magpie(target, tmp_path, conversations=3, generator=mute, batch=2, max_new=4, log=lambda m: None)
+
+
+def test_the_server_generator_speaks_llama_cpp_completion(tmp_path):
+    """Generator(server=URL) posts token-id prompts to /completion and reads its tokens and stop type."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            reply = {"tokens": [7, 8][: body["n_predict"]], "stop_type": "eos" if body["prompt"][0] == 1 else "limit"}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gen = train_drafts.Generator(None, f"http://127.0.0.1:{server.server_port}", parallel=2)
+        out = gen([[1, 2], [3]], max_new=2, temperature=0.0, seed=3)
+    finally:
+        server.shutdown()
+    assert out == [([7, 8], True), ([7, 8], False)]
+    assert sorted(b["prompt"] for b in seen) == [[1, 2], [3]] and all(b["temperature"] == 0.0 and b["return_tokens"] for b in seen)

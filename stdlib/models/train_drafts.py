@@ -15,6 +15,10 @@ Stages:
    about standard-library functions), greedily for two thirds of them and at temperature 0.8 for
    the rest, through its own chat template. Its own text is what a draft has to predict. Every
    tenth prompt is held out. The benchmark prompts (benchmarks/prompts.py) are never used.
+   magpie (`--magpie N`): N requests the target writes itself when its chat template is rendered up to
+   a user turn (Magpie, Xu et al. 2024), each answered by the target as above: varied chat that no
+   template list gives. `--server URL` has a llama.cpp server on the target's GGUF write the text
+   (several at once, one thread); the labels are still the in-process target's own features.
 2. code: windows of the Python standard library's source (the held-out modules of train.py held out).
 3. The target's features (its final hidden state after the norm) for every token of 1-2 are stored
    with the tokens in float16 (`features-*.pt` in --work): the heads train on them without running
@@ -191,6 +195,115 @@ def make_code(target: Transformer, work: Path, *, tokens: int, window: int, batc
             log(f"code {b}: {start + len(chunk)}/{len(parts)} windows")
 
 
+MAGPIE_FILE = "magpie.jsonl"
+
+
+def magpie_prefix(tok) -> list[int]:
+    """The chat template rendered up to where a user's message starts (system prompt included): given only
+    this, an instruction-tuned model writes a user's request itself (Magpie, Xu et al. 2024)."""
+    marker = "\x00"
+    text = tok.apply_chat_template([{"role": "user", "content": marker}])
+    return tok.encode_prompt(text[: text.index(marker)])
+
+
+class Generator:
+    """Continues token-id prompts with the target: in process (`answer`), or through a llama.cpp server
+    (`llama-server -m MODEL.gguf`) on the same GGUF weights, which decodes several prompts at once on one
+    thread. The server's text is only what the drafts read; every label they learn is the in-process
+    target's own distribution (its features, computed afterwards over the whole sequence)."""
+
+    def __init__(self, target: Transformer, server: str | None, parallel: int):
+        self.target, self.server, self.parallel = target, server, parallel
+
+    def __call__(self, prompts: list[list[int]], *, max_new: int, temperature: float, seed: int) -> list[tuple[list[int], bool]]:
+        """-> per prompt (the new token ids, whether the model ended them itself with its EOS)."""
+        if self.server is None:
+            seqs = answer(self.target, prompts, max_new=max_new, temperature=temperature,
+                          gen=torch.Generator().manual_seed(seed))
+            out = []
+            for p, (t, _) in zip(prompts, seqs):
+                new = t[len(p):].tolist()
+                ended = bool(new) and new[-1] == self.target.eos_token_id
+                out.append((new[:-1] if ended else new, ended))
+            return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.parallel) as pool:
+            return list(pool.map(lambda a: self._request(a[1], max_new, temperature, seed * 1000 + a[0]), enumerate(prompts)))
+
+    def _request(self, prompt: list[int], max_new: int, temperature: float, seed: int) -> tuple[list[int], bool]:
+        import urllib.request
+
+        body = {"prompt": prompt, "n_predict": max_new, "temperature": temperature, "top_k": 0, "top_p": 1.0,
+                "min_p": 0.0, "seed": seed, "return_tokens": True, "cache_prompt": False}
+        req = urllib.request.Request(f"{self.server.rstrip('/')}/completion", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        for attempt in range(5):  # a busy server may drop a connection: retry, then give up with its error
+            try:
+                with urllib.request.urlopen(req, timeout=600) as r:
+                    d = json.loads(r.read())
+                break
+            except OSError:
+                if attempt == 4:
+                    raise
+                time.sleep(2 ** attempt)
+        return [int(t) for t in d["tokens"]], d.get("stop_type") == "eos" or bool(d.get("stopped_eos"))
+
+
+def make_magpie(target: Transformer, work: Path, *, conversations: int, generator: Generator, batch: int, max_new: int,
+                log) -> None:
+    """magpie.jsonl: `conversations` self-written requests and the target's answers (resumable), then shards
+    chat-magpie-NNNN.pt with the target's features. Requests come from `magpie_prefix` at temperature 1;
+    kept when the model ended them itself, with at least four words, not seen before and not a benchmark
+    prompt. Answers: greedy, every third batch at temperature 0.8. Every tenth conversation is held out."""
+    from benchmarks.prompts import CHAT
+
+    tok = target.tokenizer
+    path = work / MAGPIE_FILE
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    seen = {r["request"] for r in rows} | set(CHAT)
+    prefix = magpie_prefix(tok)
+    b = rows[-1]["batch"] + 1 if rows else 0
+    barren = 0  # batches in a row that kept no request
+    while len(rows) < conversations:
+        if barren == 20:
+            raise SystemExit(f"magpie: 20 batches in a row gave no usable request; is {MAGPIE_FILE}'s model an instruction-tuned one?")
+        t0 = time.perf_counter()
+        asked = generator([prefix] * batch, max_new=96, temperature=1.0, seed=2 * b)
+        requests = []
+        for ids, ended in asked:
+            text = tok.decode(ids).strip()
+            if ended and len(text.split()) >= 4 and text not in seen:
+                seen.add(text)
+                requests.append(text)
+        temperature = SAMPLE_TEMPERATURE if b % SAMPLED_EVERY == SAMPLED_EVERY - 1 else 0.0
+        prompts = [tok.encode_prompt(tok.apply_chat_template([{"role": "user", "content": q}])) for q in requests]
+        answers = generator(prompts, max_new=max_new, temperature=temperature, seed=2 * b + 1) if prompts else []
+        new = [{"batch": b, "request": q, "prompt": p, "answer": a + ([target.eos_token_id] if ended else []),
+                "temperature": temperature} for q, p, (a, ended) in zip(requests, prompts, answers)]
+        with open(path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in new)
+        rows += new
+        barren = 0 if new else barren + 1
+        n = sum(len(r["answer"]) for r in new)
+        log(f"magpie {b}: {len(new)}/{batch} requests kept, {n} answer tokens at T={temperature} "
+            f"({n / (time.perf_counter() - t0):.0f} tok/s), {len(rows)}/{conversations}")
+        b += 1
+    rows = rows[:conversations]
+    shard_size = 32
+    for s, start in enumerate(range(0, len(rows), shard_size)):
+        shard = work / f"chat-magpie-{s:04d}.pt"
+        chunk = rows[start : start + shard_size]
+        if shard.exists() or len(chunk) < shard_size and start + len(chunk) < conversations:
+            continue
+        seqs = [torch.tensor(r["prompt"] + r["answer"], dtype=torch.int32) for r in chunk]
+        feats = [features(target, x.long()[None])[0] for x in seqs]
+        save_atomic({"tokens": seqs, "features": feats, "prompt_lengths": [len(r["prompt"]) for r in chunk],
+                     "heldout": [(start + i) % HELDOUT_EVERY == 0 for i in range(len(chunk))],
+                     "temperature": chunk[0]["temperature"], "temperatures": [r["temperature"] for r in chunk]}, shard)
+        log(f"magpie features: shard {s}, {start + len(chunk)}/{len(rows)} conversations")
+
+
 def save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -211,7 +324,7 @@ class Data:
             for i, (t, f) in enumerate(zip(d["tokens"], d["features"])):
                 self.seqs.append({"tokens": t.long(), "features": f, "prompt_length": d["prompt_lengths"][i],
                                   "heldout": d["heldout"][i], "kind": shard.name.split("-")[0],
-                                  "greedy": d["temperature"] == 0.0})
+                                  "greedy": d.get("temperatures", [d["temperature"]] * (i + 1))[i] == 0.0})
         if not self.seqs:
             raise SystemExit(f"no data in {work}: run the chat and code stages first")
         train = [s for s in self.seqs if not s["heldout"]]
@@ -460,9 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="smollm2-135m-instruct", help="a named model or a model directory (frozen)")
     p.add_argument("--work", type=Path, required=True, help="data, features and checkpoints (resumable; ~1 GB)")
     p.add_argument("--out", type=Path, required=True, help="where the trained drafts go (float16) with train_log.json")
-    p.add_argument("--only", choices=("chat", "code", "vocab", *KINDS), action="append", help="run only these stages (repeatable)")
+    p.add_argument("--only", choices=("chat", "magpie", "code", "vocab", *KINDS), action="append", help="run only these stages (repeatable)")
     p.add_argument("--prompts", type=int, default=720, help="chat instructions answered by the target")
     p.add_argument("--max-new", type=int, default=192, help="longest answer")
+    p.add_argument("--magpie", type=int, default=0, help="self-written chat requests answered by the target (Magpie)")
+    p.add_argument("--server", default=None,
+                   help="URL of a llama.cpp server on the target's GGUF, to write the magpie text faster (else in process)")
+    p.add_argument("--parallel", type=int, default=8, help="requests sent to --server at once")
     p.add_argument("--code-tokens", type=int, default=150_000, help="tokens of standard-library source")
     p.add_argument("--steps", type=int, default=1500, help="training steps of each draft")
     p.add_argument("--batch", type=int, default=8)
@@ -475,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    stages = args.only or ["chat", "code", "vocab", *KINDS]
+    stages = args.only or ["chat", "magpie", "code", "vocab", *KINDS]
     from decspec.stdlib.models.registry import resolve_model
 
     target = resolve_model(args.target).requires_grad_(False).eval()
@@ -488,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if "chat" in stages:
         make_chat(target, args.work, prompts=args.prompts, batch=16, max_new=args.max_new, log=log)
+    if "magpie" in stages and args.magpie:
+        make_magpie(target, args.work, conversations=args.magpie, generator=Generator(target, args.server, args.parallel),
+                    batch=16, max_new=args.max_new, log=log)
     if "code" in stages:
         make_code(target, args.work, tokens=args.code_tokens, window=256, batch=8, log=log)
     kinds = [k for k in KINDS if k in stages]

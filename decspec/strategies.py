@@ -76,8 +76,12 @@ def tied_logits(draw, rows: int | st.SearchStrategy[int] = _ints(1, 4), vocab: i
     """Logits [rows, V] (float32) full of ties and near-ties: values on a coarse grid, some moved a few
     float32 steps (ulps) off it, and -inf (a token an earlier stage removed) when `masked`.
 
-        >>> tied_logits(rows=2, vocab=5).example().shape
-        torch.Size([2, 5])
+        >>> from hypothesis import given, settings
+        >>> @settings(max_examples=5)
+        ... @given(tied_logits(rows=2, vocab=5))
+        ... def check(x):
+        ...     assert x.shape == (2, 5) and x.dtype == torch.float32
+        >>> check()
     """
     R, V = _drawn(draw, rows), _drawn(draw, vocab)
     grid = st.sampled_from([-4.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0] + ([float("-inf")] if masked else []))

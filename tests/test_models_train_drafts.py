@@ -240,7 +240,7 @@ def test_magpie_keeps_usable_requests_holds_out_every_tenth_and_resumes(tmp_path
         assert target.tokenizer.decode(r["prompt"]).endswith(f"{r['request']}<|im_end|>\n<|im_start|>assistant\n")
         assert r["answer"][-1] == target.eos_token_id
     data = train_drafts.Data(tmp_path)
-    chat = [s for s in data.seqs if s["kind"] == "chat"]
+    chat = [s for s in data.seqs if s["kind"] == "magpie"]
     assert len(chat) == 12 and [s["heldout"] for s in chat] == [i % 10 == 0 for i in range(12)]
     assert [s["greedy"] for s in chat] == [r["temperature"] == 0.0 for r in rows[:12]]
     first = chat[0]

@@ -78,6 +78,7 @@ HELDOUT_EVERY = 10
 SAMPLED_EVERY = 3  # every third batch of prompts is answered at temperature 0.8, the rest greedily
 SAMPLE_TEMPERATURE = 0.8
 KINDS = ("eagle", "medusa", "hydra", "draft")
+SPLITS = ("chat", "magpie", "code")  # the kinds of data, each with its held-out part reported apart
 DRAFT_VOCAB = 8192  # tokens the drafts propose from (the most frequent in the training data: FR-Spec)
 
 
@@ -253,7 +254,7 @@ class Generator:
 def make_magpie(target: Transformer, work: Path, *, conversations: int, generator: Generator, batch: int, max_new: int,
                 log) -> None:
     """magpie.jsonl: `conversations` self-written requests and the target's answers (resumable), then shards
-    chat-magpie-NNNN.pt with the target's features. Requests come from `magpie_prefix` at temperature 1;
+    magpie-NNNN.pt with the target's features. Requests come from `magpie_prefix` at temperature 1;
     kept when the model ended them itself, with at least four words, not seen before and not a benchmark
     prompt. Answers: greedy, every third batch at temperature 0.8. Every tenth conversation is held out."""
     from benchmarks.prompts import CHAT
@@ -292,7 +293,7 @@ def make_magpie(target: Transformer, work: Path, *, conversations: int, generato
     rows = rows[:conversations]
     shard_size = 32
     for s, start in enumerate(range(0, len(rows), shard_size)):
-        shard = work / f"chat-magpie-{s:04d}.pt"
+        shard = work / f"magpie-{s:04d}.pt"
         chunk = rows[start : start + shard_size]
         if shard.exists() or len(chunk) < shard_size and start + len(chunk) < conversations:
             continue
@@ -319,7 +320,7 @@ class Data:
 
     def __init__(self, work: Path):
         self.seqs: list[dict] = []
-        for shard in sorted(work.glob("chat-*.pt")) + sorted(work.glob("code-*.pt")):
+        for shard in sorted(work.glob("chat-*.pt")) + sorted(work.glob("magpie-*.pt")) + sorted(work.glob("code-*.pt")):
             d = torch.load(shard, weights_only=True)
             for i, (t, f) in enumerate(zip(d["tokens"], d["features"])):
                 self.seqs.append({"tokens": t.long(), "features": f, "prompt_length": d["prompt_lengths"][i],
@@ -333,7 +334,7 @@ class Data:
 
     def summary(self) -> dict:
         out = {}
-        for kind in ("chat", "code"):
+        for kind in SPLITS:
             for held in (False, True):
                 seqs = [s for s in self.seqs if s["kind"] == kind and s["heldout"] == held]
                 out[f"{kind}_{'heldout' if held else 'train'}"] = {
@@ -422,7 +423,7 @@ def evaluate(kind: str, module, target: Transformer, data: Data, *, lm_head=None
     lm_head, embed = target.lm_head, target.model.embed_tokens
     out = {}
     lm_head = target.lm_head if lm_head is None else lm_head  # what the drafts propose through (a SubsetHead: the draft vocabulary)
-    for name, seqs in (("chat", [s for s in data.seqs if s["heldout"] and s["kind"] == "chat" and s["greedy"]]),
+    for name, seqs in (*((kind, [s for s in data.seqs if s["heldout"] and s["kind"] == kind and s["greedy"]]) for kind in ("chat", "magpie")),
                        ("code", [s for s in data.seqs if s["heldout"] and s["kind"] == "code"])):
         agree_all = []
         for s in seqs:
@@ -475,7 +476,7 @@ def draft_vocabulary(target: Transformer, data: Data, n: int = DRAFT_VOCAB) -> t
     keep = torch.zeros(target.vocab_size, dtype=torch.bool)
     keep[ids] = True
     coverage = {}
-    for kind in ("chat", "code"):
+    for kind in SPLITS:
         held = [s["tokens"][s["prompt_length"]:] for s in data.seqs if s["heldout"] and s["kind"] == kind]
         if held:
             coverage[kind] = keep[torch.cat(held)].double().mean().item()

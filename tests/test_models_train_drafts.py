@@ -225,6 +225,8 @@ class _Scripted:
 def test_magpie_keeps_usable_requests_holds_out_every_tenth_and_resumes(tmp_path):
     from benchmarks.prompts import CHAT
 
+    assert train_drafts.benchmark_prompts() == set(CHAT)
+
     target = load_transformer(REFERENCE / "target")
     target.tokenizer.chat_template = CHATML
     prefix = train_drafts.magpie_prefix(target.tokenizer)

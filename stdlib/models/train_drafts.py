@@ -251,18 +251,30 @@ class Generator:
         return [int(t) for t in d["tokens"]], d.get("stop_type") == "eos" or bool(d.get("stopped_eos"))
 
 
+def benchmark_prompts() -> set[str]:
+    """The benchmark's chat prompts (benchmarks/prompts.py of the checkout this runs from), never trained on;
+    outside a checkout there is no benchmark to keep apart: empty."""
+    import ast
+
+    source = Path(__file__).resolve().parents[2] / "benchmarks" / "prompts.py"
+    if not source.is_file():
+        return set()
+    for node in ast.parse(source.read_text()).body:  # read, not imported: the module is not part of the package
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CHAT" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    raise SystemExit(f"{source} has no CHAT list: the magpie stage cannot keep the benchmark prompts out")
+
+
 def make_magpie(target: Transformer, work: Path, *, conversations: int, generator: Generator, batch: int, max_new: int,
                 log) -> None:
     """magpie.jsonl: `conversations` self-written requests and the target's answers (resumable), then shards
     magpie-NNNN.pt with the target's features. Requests come from `magpie_prefix` at temperature 1;
     kept when the model ended them itself, with at least four words, not seen before and not a benchmark
     prompt. Answers: greedy, every third batch at temperature 0.8. Every tenth conversation is held out."""
-    from benchmarks.prompts import CHAT
-
     tok = target.tokenizer
     path = work / MAGPIE_FILE
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    seen = {r["request"] for r in rows} | set(CHAT)
+    seen = {r["request"] for r in rows} | benchmark_prompts()
     prefix = magpie_prefix(tok)
     b = rows[-1]["batch"] + 1 if rows else 0
     barren = 0  # batches in a row that kept no request

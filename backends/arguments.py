@@ -9,7 +9,9 @@ that names the argument, what it got (type and a short excerpt) and what it take
   strings, valid Unicode: a lone surrogate cannot be encoded), never both in one call;
 - max_new_tokens: a positive integer (numpy integers too; not a bool or a float);
 - seed: None or an integer in [-2**63, 2**64) (a 64-bit seed, signed or not);
-- eos_token_id: None or one token id in [0, vocab).
+- eos_token_id: None, one token id in [0, vocab), or a non-empty list (tuple, set) of them: a row ends at any of them;
+- stop: None, a string, a list of strings (every row), or one such list per row: non-empty, valid Unicode, at most
+  MAX_STOP_STRINGS per row; they need a tokenizer (stop strings are matched in the decoded text).
 
 `context_capacity` bounds the context every call preallocates (the committed tokens and each model's cache,
 one row per prompt): `MAX_POSITIONS` per row for models with no position limit of their own (table models),
@@ -35,6 +37,7 @@ from decspec.dsl.diagnostics import DecError, excerpt
 
 MAX_POSITIONS = 1 << 20  # context positions per row, for models without max_positions (8 MiB per int64 buffer row)
 MAX_CONTEXT = 1 << 24  # context positions over all rows (128 MiB per int64 buffer: the context, each cache's tokens)
+MAX_STOP_STRINGS = 1024  # stop strings per row (each round searches the new text for each of them)
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
@@ -43,7 +46,7 @@ class GenerateArguments:
     prompts: list[list[int]]
     max_new_tokens: int
     seed: int | None
-    eos_token_id: int | None
+    eos_token_id: tuple[int, ...] | None
 
 
 def generate_arguments(input_ids: Any, max_new_tokens: Any, seed: Any, eos_token_id: Any, *, vocab_size: int,
@@ -51,7 +54,7 @@ def generate_arguments(input_ids: Any, max_new_tokens: Any, seed: Any, eos_token
     """Every argument of `Decoder.generate`, checked and normalized. `eos_from` names where eos_token_id
     came from in messages (the target model's own, by default)."""
     return GenerateArguments(prompts(input_ids, vocab_size, tokenizer), positive_int("max_new_tokens", max_new_tokens),
-                             seed_value(seed), token_id(eos_from, eos_token_id, vocab_size))
+                             seed_value(seed), token_ids(eos_from, eos_token_id, vocab_size))
 
 
 def _kind(value: Any) -> str:
@@ -97,6 +100,103 @@ def token_id(name: str, value: Any, vocab_size: int) -> int | None:
     if not 0 <= value < vocab_size:
         raise DecError(f"{name} {int(value)} is outside the model's vocabulary [0, {vocab_size})")
     return int(value)
+
+
+def token_ids(name: str, value: Any, vocab_size: int) -> tuple[int, ...] | None:
+    """None, or the token ids a row ends at: one id or a non-empty list, tuple or set of ids in [0, vocab_size)
+    (eos_token_id; a model's generation_config may name several). Duplicates are dropped, the order kept.
+
+        >>> token_ids("eos_token_id", [2, 0, 2], 8)
+        (2, 0)
+    """
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            raise DecError(f"{name} must be a token id, a list of token ids or None (got {shown(value)}; pass .tolist())")
+        return (token_id(name, value, vocab_size),)
+    if not value:
+        raise DecError(f"{name} is an empty {type(value).__name__}: give at least one token id, or None to generate without one")
+    ids = []
+    for i, v in enumerate(sorted(value) if isinstance(value, (set, frozenset)) and all(map(_is_int, value)) else value):
+        if not _is_int(v):
+            raise DecError(f"{name} must be a token id or a list of token ids; item {i} is {shown(v)}")
+        token_id(name, v, vocab_size)
+        ids.append(int(v))
+    return tuple(dict.fromkeys(ids))
+
+
+def stop_strings(stop: Any, rows: int) -> list[tuple[str, ...]] | None:
+    """None, or per row its stop strings: `stop` is a string, a list of strings (every row), or a list of `rows`
+    such lists (one per row). Each is a non-empty, encodable string; a row ends where its text first contains one.
+
+        >>> stop_strings(["\\n\\n", "###"], 2)
+        [('\\n\\n', '###'), ('\\n\\n', '###')]
+    """
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)):
+        raise DecError(f"stop must be a string, a list of strings or one list per prompt (got {shown(stop)})")
+    per_row = bool(stop) and all(isinstance(s, (list, tuple)) for s in stop)
+    if not per_row and any(isinstance(s, (list, tuple)) for s in stop):
+        raise DecError("stop mixes strings and lists; give a list of strings (for every prompt) or one list of strings per prompt")
+    if per_row and len(stop) != rows:
+        raise DecError(f"stop has {len(stop)} lists of stop strings for {rows} prompt{'s' * (rows != 1)}; give one list per "
+                       "prompt, or one list of strings for all")
+    lists = [list(s) for s in stop] if per_row else [list(stop)] * rows
+    for b, strings in enumerate(lists):
+        where = f"stop[{b}]" if per_row else "stop"
+        if len(strings) > MAX_STOP_STRINGS:
+            raise DecError(f"{where} has {len(strings):,} stop strings; at most {MAX_STOP_STRINGS:,} are taken per prompt")
+        for i, s in enumerate(strings):
+            if not isinstance(s, str):
+                raise DecError(f"{where}[{i}] is {shown(s)}; stop strings are str (a list of them per prompt at most)")
+            if not s:
+                raise DecError(f"{where}[{i}] is an empty string: it would match before any text; drop it")
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DecError(f"{where}[{i}] is not valid Unicode text: character {e.start} is a lone surrogate, which "
+                               "decoded text never contains") from None
+    return [tuple(dict.fromkeys(s)) for s in lists] if any(lists) else None
+
+
+def chat_prompts(messages: Any, tokenizer: Any) -> list[list[int]]:
+    """The prompt ids of `messages`: one conversation (a list of {"role": str, "content": str} dicts) or a list of
+    conversations (one per row), each rendered with the tokenizer's chat template and encoded as Hugging Face
+    `apply_chat_template(..., tokenize=True, add_generation_prompt=True)` does (Tokenizer.encode_chat)."""
+    if tokenizer is None:
+        raise DecError("messages are rendered with the model's chat template, but the target model carries no tokenizer; "
+                       "pass input_ids")
+    if not isinstance(messages, (list, tuple)):
+        raise DecError("messages must be a list of {'role': ..., 'content': ...} dicts (one conversation) or a list of "
+                       f"such lists (one per prompt) (got {shown(messages)})")
+    if not messages:
+        raise DecError("messages is empty: give at least one message, e.g. [{'role': 'user', 'content': 'Hi'}]")
+    batched = all(isinstance(c, (list, tuple)) for c in messages)
+    conversations = list(messages) if batched else [messages]
+    for r, conversation in enumerate(conversations):
+        where = f"messages[{r}]" if batched else "messages"
+        if not conversation:
+            raise DecError(f"{where} is empty: give at least one message, e.g. [{{'role': 'user', 'content': 'Hi'}}]")
+        for i, m in enumerate(conversation):
+            if not isinstance(m, Mapping):
+                raise DecError(f"{where}[{i}] is {shown(m)}, not a message: write {{'role': 'user', 'content': '...'}}")
+            role, content = m.get("role"), m.get("content")
+            if not isinstance(role, str) or not role:
+                raise DecError(f"{where}[{i}] has role {shown(role)}; a message's role is a non-empty string "
+                               "('system', 'user', 'assistant')")
+            if not isinstance(content, str):
+                raise DecError(f"{where}[{i}] ({excerpt(role)}) has content {shown(content)}; a message's content is a string")
+            for name, text in (("role", role), ("content", content)):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise DecError(f"{where}[{i}]'s {name} is not valid Unicode text: character {e.start} is a lone surrogate",
+                                   hint="decode text with errors='replace' or fix its source") from None
+    return [list(tokenizer.encode_chat([dict(m) for m in conversation])) for conversation in conversations]
 
 
 def prompts(input_ids: Any, vocab_size: int, tokenizer: Any = None) -> list[list[int]]:

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from decspec.backends.prefix import PrefixCache
-from decspec.backends.arguments import context_capacity, positive_int, token_id
+from decspec.backends.arguments import context_capacity, positive_int, token_ids
 from decspec.backends.runtime import Interrupted, Result, Stats, normalize_prompts
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.models.protocol import Cache, CacheFull, Model
@@ -117,14 +117,15 @@ def _reorderable(cache: Cache) -> bool:
 
 
 def beam_generate(search: BeamSearch, target: Model, input_ids: Any, *, max_new_tokens: int,
-                  eos_token_id: int | None) -> BeamResult:
+                  eos_token_id: int | Sequence[int] | None) -> BeamResult:
     """Beam search with the target model; see the module docstring for one step.
 
     input_ids: what Decoder.generate takes (a [B, T] tensor, ragged id lists). Prompts may differ in length."""
     start = time.perf_counter()
     V = target.vocab_size
     prompts = normalize_prompts(input_ids, V)
-    max_new_tokens, eos_token_id = positive_int("max_new_tokens", max_new_tokens), token_id("eos_token_id", eos_token_id, V)
+    max_new_tokens, eos = positive_int("max_new_tokens", max_new_tokens), token_ids("eos_token_id", eos_token_id, V)
+    eos_ids = None if eos is None else torch.tensor(eos)
     longest = max(len(p) for p in prompts)
     P, W, G = len(prompts), search.width, max_new_tokens
     K = min(search.candidates, W * V)  # fewer only for a vocabulary of one token
@@ -159,7 +160,7 @@ def beam_generate(search: BeamSearch, target: Model, input_ids: Any, *, max_new_
             seqs = _rows(generated, parent).clone()  # [P, K, G]
             seqs[:, :, t] = token
             ended = torch.ones_like(token, dtype=torch.bool) if t + 1 == G else (
-                token == eos_token_id if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool))
+                torch.isin(token, eos_ids) if eos_ids is not None else torch.zeros_like(token, dtype=torch.bool))
             # only the W best continuations may finish (the other W are there to keep W running); done prompts take none;
             # nor do continuations of a placeholder beam (score NEG: step 0's copies, or too few live ones when V < 2W)
             eligible = ended & (torch.arange(K) < W)[None, :] & ~done[:, None] & (top > NEG / 2)

@@ -2,17 +2,20 @@
 
 The round graph proposes, verifies and commits; this loop owns what lives across rounds: the
 committed context (static buffer, per-row lengths), one PrefixCache per model, the random
-generator, per-row stopping (EOS, max_new_tokens) and the statistics.
+generator, per-row stopping (EOS ids, max_new_tokens, stop strings) and the statistics.
+`rounds` yields what each round committed (a `Commit`, which `Decoder.stream` turns into text);
+`generate` runs it to the end. Every backend runs through this loop.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generator, Sequence
 
 import torch
 
-from decspec.backends.arguments import context_capacity, positive_int, prompts as normalize_prompts, seed_value, token_id
+from decspec.backends.arguments import context_capacity, positive_int, prompts as normalize_prompts, seed_value, token_ids
+from decspec.backends.detokenize import RowText
 from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import run_graph
 from decspec.backends.prefix import PrefixCache
@@ -98,12 +101,26 @@ class Interrupted(KeyboardInterrupt):
 
 @dataclass
 class Result:
-    """tokens: the generated ids of each row (ragged; prompt excluded; an EOS that ended a row is kept).
-    text: the decoded continuations, when the target carries a tokenizer (else None)."""
+    """tokens: the generated ids of each row (ragged; prompt excluded; an EOS that ended a row is kept; a stop string
+    is not, see backends/detokenize.py). text: the decoded continuations, when the target carries a tokenizer (else
+    None). finish_reason: per row "stop" (an EOS id or a stop string) or "length" (max_new_tokens); stopped_by: the
+    EOS id or stop string that stopped it (None for "length"); both None when interrupted."""
 
     tokens: list[list[int]]
     stats: Stats
     text: list[str] | None = None
+    finish_reason: list[str | None] | None = None
+    stopped_by: list[int | str | None] | None = None
+
+
+@dataclass
+class Commit:
+    """What one round committed. tokens: per row the ids it added ([] for rows that had ended); finished: the rows
+    this round ended, each with why: ("stop", the EOS id or the stop string) or ("length", None) at max_new_tokens.
+    A stop string may cut tokens committed in earlier rounds: the row's RowText says what it keeps."""
+
+    tokens: list[list[int]]
+    finished: dict[int, tuple[str, int | str | None]]
 
 
 DRAFT_OPS = ("draft_loop", "ngram_lookup", "recycle_draft", "lookahead_draft", "staged_loop")  # the ops that propose; their `max` is the round's speculation length
@@ -117,28 +134,45 @@ def max_draft_len(graph: Graph) -> int:
     return max(fed, default=0)
 
 
-def generate(
+def generate(graph: Graph, models: dict[str, Model], input_ids: Any, **kwargs: Any) -> Result:
+    """The generation loop run to its end: see `rounds` for the arguments."""
+    loop = rounds(graph, models, input_ids, **kwargs)
+    while True:
+        try:
+            next(loop)
+        except StopIteration as end:
+            return end.value
+
+
+def rounds(
     graph: Graph,
     models: dict[str, Model],
     input_ids: Any,
     *,
     max_new_tokens: int,
     seed: int | None,
-    eos_token_id: int | None,
+    eos_token_id: int | Sequence[int] | None,
     rules: dict,
     backend: str,
     runner: Any = None,
     grammars: dict[str, Any] | None = None,
-) -> Result:
-    """The generation loop. Each round runs the graph through the interpreter with `rules`, or,
-    when the backend generates code, through `runner` (start(models, B, capacity, ctx) once, then
-    runner(ctx, state) per round; see backends/inductor). `grammars`: {slot: Matcher} the grammar ops read."""
+    texts: Sequence[RowText] | None = None,
+) -> Generator[Commit, None, Result]:
+    """The generation loop, one `Commit` yielded per round; returns the Result. Each round runs the graph through
+    the interpreter with `rules`, or, when the backend generates code, through `runner` (start(models, B, capacity,
+    ctx) once, then runner(ctx, state) per round; see backends/inductor). `grammars`: {slot: Matcher} the grammar
+    ops read. eos_token_id: one id or several; a row ends at the first of them (kept). texts: one RowText per row
+    (backends/detokenize.py), fed each round's tokens: a row ends where its text first holds one of its stop
+    strings, and keeps the tokens its RowText says."""
     start = time.perf_counter()
     vocab = next(iter(models.values())).vocab_size
     prompts = normalize_prompts(input_ids, vocab)
     max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
-    seed, eos_token_id = seed_value(seed), token_id("eos_token_id", eos_token_id, vocab)
+    seed, eos = seed_value(seed), token_ids("eos_token_id", eos_token_id, vocab)
+    eos_ids = None if eos is None else torch.tensor(eos)
     B = len(prompts)
+    if texts is not None and len(texts) != B:
+        raise DecError(f"{len(texts)} row texts for {B} prompts")
     lengths = [len(p) for p in prompts]
     # room for the longest row, its new tokens, and a round's drafts plus padding past the end (bounded: arguments.py)
     capacity = context_capacity(B, max(lengths), max_new_tokens, 2 * max_draft_len(graph) + 4, models)
@@ -170,9 +204,10 @@ def generate(
 
     def result() -> Result:  # what the rows hold now: every round so far committed whole (ctx.length moves last)
         stats.wall_time = time.perf_counter() - start
-        stats.new_tokens = [int(ctx.length[b]) - lengths[b] for b in range(B)]
+        ends = [int(ctx.length[b]) if texts is None else lengths[b] + texts[b].kept for b in range(B)]
+        stats.new_tokens = [ends[b] - lengths[b] for b in range(B)]
         stats.model_calls = {r: s.calls for r, s in state.sessions.items()}
-        return Result([ctx.tokens[b, lengths[b] : int(ctx.length[b])].tolist() for b in range(B)], stats)
+        return Result([ctx.tokens[b, lengths[b] : ends[b]].tolist() for b in range(B)], stats)
 
     try:
         while not bool(done.all()):
@@ -196,17 +231,26 @@ def generate(
             take = torch.minimum(accepted + 1, max_new_tokens - produced).masked_fill(done, 0)  # [B]
             N = tokens.shape[1]
             cols = torch.arange(N)
-            if eos_token_id is not None:
-                is_eos = (tokens == eos_token_id) & (cols[None, :] < take[:, None])
+            hit = torch.zeros(B, dtype=torch.bool)
+            if eos_ids is not None:
+                is_eos = torch.isin(tokens, eos_ids) & (cols[None, :] < take[:, None])
                 hit = is_eos.any(1)
                 take = torch.where(hit, is_eos.int().argmax(1) + 1, take)
-                done |= hit
             keep = cols[None, :] < take[:, None]
             pos = (ctx.length[:, None] + cols[None, :]).clamp(max=capacity - 1)
             ctx.tokens.scatter_(1, pos, torch.where(keep, tokens, ctx.tokens.gather(1, pos)))
             ctx.length += take
             produced += take
-            done |= produced >= max_new_tokens
+            ended = active & (hit | (produced >= max_new_tokens))
+            done |= ended
+            new = [row[:t] for row, t in zip(tokens.tolist(), take.tolist())]
+            finished = {b: ("stop", new[b][-1]) if hit[b] else ("length", None) for b in ended.nonzero().flatten().tolist()}
+            for b in active.nonzero().flatten().tolist() if texts is not None else ():
+                stop = texts[b].feed(new[b], last=b in finished)
+                if stop is not None:  # a stop string: it ends the row, whatever else did
+                    finished[b] = ("stop", stop)
+                    done[b] = True
+            yield Commit(new, finished)
     except KeyboardInterrupt:  # Ctrl-C: hand back what was generated, as the exception's `result`
         raise Interrupted(result()) from None
     return result()

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import nullcontext
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from decspec.backends import get_backend
-from decspec.backends.arguments import generate_arguments, shown
-from decspec.backends.runtime import Interrupted, Result, generate as run_generate
+from decspec.backends.arguments import chat_prompts, generate_arguments, shown, stop_strings
+from decspec.backends.runtime import Commit, Interrupted, Result, rounds as run_rounds
 from decspec.compiler.analysis import Verdict, losslessness
 from decspec.compiler.ir import Graph
 from decspec.compiler.lower import lower
@@ -25,7 +25,9 @@ from decspec.compiler.passes import run_pipeline
 from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Spec
 from decspec.stdlib.binding import bind_models
+from decspec.stdlib.models.protocol import eos_token_ids
 from decspec.stdlib.models.tokenizer import Tokenizer, same_vocabulary
+from decspec.stream import Stream, row_texts
 
 
 def _is_model(v: Any) -> bool:
@@ -129,46 +131,100 @@ class Decoder:
         first = self._bound_models().get(self.spec.models[0]) if self.spec.models else None
         return getattr(first, "tokenizer", None)
 
-    def generate(self, input_ids: Any, max_new_tokens: int = 32, seed: int | None = None, eos_token_id: int | None = "default") -> Result:  # type: ignore[assignment]
+    def generate(self, input_ids: Any = None, max_new_tokens: int = 32, seed: int | None = None,
+                 eos_token_id: int | Sequence[int] | None = "default", *, stop: Any = None,  # type: ignore[assignment]
+                 messages: Any = None) -> Result:
         """Generate up to max_new_tokens per row.
 
         input_ids: a [B, T] tensor, a ragged list of id lists, one id list — or, when the target
-        carries a tokenizer, a string or a list of strings (encoded with the tokenizer's BOS first).
-        eos_token_id: stop a row at this token; by default the target's own (None disables).
-        Returns Result(tokens, stats, text); `text` holds the decoded continuations when there is a tokenizer.
-        Every argument is checked before anything is allocated (backends/arguments.py): a wrong type or value
-        is a DecError naming it. Ctrl-C raises `Interrupted` (a KeyboardInterrupt) whose `result` holds the
-        tokens (and text) generated until then.
+        carries a tokenizer, a string or a list of strings (encoded as the model's own tokenizer does: BOS
+        first only if its tokenizer adds one).
+        messages: instead of input_ids, a conversation ([{"role": "user", "content": "Hi"}, ...]) or a list of
+        them (one per row), rendered with the model's chat template and encoded as Hugging Face
+        `apply_chat_template(..., add_generation_prompt=True)` does.
+        eos_token_id: stop a row at this token, or at any of a list of them; by default the target's own (all
+        of its generation_config's EOS ids); None disables.
+        stop: a string or a list of strings (or one list per row): a row ends where its text first contains one,
+        and its text is cut right before it, even when a speculative round went past it; its tokens are the
+        fewest that cover that text (backends/detokenize.py). Needs a tokenizer.
+        Returns Result(tokens, stats, text, finish_reason, stopped_by); `text` holds the decoded continuations
+        when there is a tokenizer. Every argument is checked before anything is allocated
+        (backends/arguments.py): a wrong type or value is a DecError naming it. Ctrl-C raises `Interrupted` (a
+        KeyboardInterrupt) whose `result` holds the tokens (and text) generated until then.
         """
+        stream = self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, texts=stop is not None)
+        tokenizer = self.tokenizer
+        try:
+            result = stream.run()
+        except Interrupted as e:  # Ctrl-C: the text so far travels with the exception
+            if tokenizer is not None:
+                e.result.text = [tokenizer.decode(row) for row in e.result.tokens]
+            raise
+        if tokenizer is not None and stop is None:
+            result.text = [tokenizer.decode(row) for row in result.tokens]
+        return result
+
+    def stream(self, input_ids: Any = None, max_new_tokens: int = 32, seed: int | None = None,
+               eos_token_id: int | Sequence[int] | None = "default", *, stop: Any = None,  # type: ignore[assignment]
+               messages: Any = None) -> Stream:
+        """What `generate` does, as it happens: an iterator of `Delta`s (decspec/stream.py), one per row and round
+        that added something, each with the round's new tokens and the text they complete (never half a
+        character). `stream(...).result` is the Result once the iterator is exhausted; the deltas of a row add up
+        to it. The arguments are generate's, checked before the first round runs.
+
+            for delta in decoder.stream("def fibonacci(n):", max_new_tokens=64, stop=["\\n\\n"]):
+                print(delta.text, end="", flush=True)
+
+        A `search` spec (beam search) has no rounds to stream: its whole answer comes as one delta per row.
+        """
+        return self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, texts=True)
+
+    def _stream(self, input_ids: Any, max_new_tokens: Any, seed: Any, eos_token_id: Any, stop: Any, messages: Any,
+                texts: bool) -> Stream:
+        """The arguments checked, then a Stream over the rounds (not started). texts: follow each row's text
+        (RowText: streaming and stop strings) when the target has a tokenizer."""
         models = self._bound_models()
         tokenizer = self.tokenizer
         target = models[self.spec.models[0]]
         from_model = isinstance(eos_token_id, str) and eos_token_id == "default"  # the sentinel: the target's own
         if from_model:
-            eos_token_id = getattr(target, "eos_token_id", None)
+            eos_token_id = eos_token_ids(target)
+        if messages is not None:
+            if input_ids is not None:
+                raise DecError("give input_ids or messages, not both")
+            input_ids = chat_prompts(messages, tokenizer)
         args = generate_arguments(input_ids, max_new_tokens, seed, eos_token_id, vocab_size=target.vocab_size, tokenizer=tokenizer,
                                   eos_from="the target model's eos_token_id" if from_model else "eos_token_id")
-        try:
-            if self.search is not None:  # deterministic: `seed` is not used
-                from decspec.backends.beam import beam_generate
+        stops = stop_strings(stop, len(args.prompts))
+        if stops is not None and tokenizer is None:
+            raise DecError("stop strings are matched in the decoded text, but the target model carries no tokenizer; "
+                           "end rows at token ids with eos_token_id=[...] instead")
+        if stops is not None and self.search is not None:
+            raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole",
+                           self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
+        rows = row_texts(tokenizer, stops, len(args.prompts)) if texts and tokenizer is not None else None
+        return Stream(self._rounds(models, args, rows), rows)
 
-                result = beam_generate(self.search, models[self.spec.slot("target").arg("name")], args.prompts,
-                                       max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id)
-            else:
-                runner = self._runner()
-                with self._lock if runner is not None and runner.serial else nullcontext():
-                    result = run_generate(
-                        self.graph, models, args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                        eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
-                        grammars=self._bound_grammars(),
-                    )
-        except Interrupted as e:  # Ctrl-C: the text so far travels with the exception
-            if tokenizer is not None:
-                e.result.text = [tokenizer.decode(row) for row in e.result.tokens]
-            raise
-        if tokenizer is not None:
-            result.text = [tokenizer.decode(row) for row in result.tokens]
-        return result
+    def _rounds(self, models: dict[str, Any], args: Any, texts: list | None):
+        """The runtime's rounds (a generator of Commits returning the Result); beam search as one Commit."""
+        if self.search is not None:  # deterministic: `seed` is not used
+            from decspec.backends.beam import beam_generate
+
+            result = beam_generate(self.search, models[self.spec.slot("target").arg("name")], args.prompts,
+                                   max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id)
+            eos = set(args.eos_token_id or ())
+            finished = {b: ("stop", row[-1]) if row and row[-1] in eos else ("length", None) for b, row in enumerate(result.tokens)}
+            for b, row in enumerate(result.tokens) if texts is not None else ():
+                texts[b].feed(row, last=True)
+            yield Commit(result.tokens, finished)
+            return result
+        runner = self._runner()
+        with self._lock if runner is not None and runner.serial else nullcontext():
+            return (yield from run_rounds(
+                self.graph, models, args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
+                grammars=self._bound_grammars(), texts=texts,
+            ))
 
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):
         """The exact distribution of the tokens this decoder generates after one prompt, computed by

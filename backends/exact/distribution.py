@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from decspec.backends.arguments import positive_int, token_id
+from decspec.backends.arguments import positive_int, token_ids
 from decspec.backends.exact.rows import Rows, Run, TooLarge
 from decspec.backends.exact.rules import RULES
 from decspec.backends.interpreter import run_graph
@@ -67,7 +67,7 @@ def exact_distribution(
     max_new_tokens: int,
     *,
     models: Mapping[str, Any] | None = None,
-    eos_token_id: int | None | str = "default",
+    eos_token_id: int | Sequence[int] | None | str = "default",
     max_rows: int = MAX_ROWS,
     grammars: Mapping[str, Any] | None = None,
 ) -> Distribution:
@@ -82,7 +82,7 @@ def exact_distribution(
     graph, models, eos, grammars = _unpack(decoder_or_graph, models, eos_token_id, grammars)
     vocab = next(iter(models.values())).vocab_size
     (prompt,) = normalize_prompts([prompt], vocab)
-    max_new_tokens, eos = positive_int("max_new_tokens", max_new_tokens), token_id("eos_token_id", eos, vocab)
+    max_new_tokens, eos = positive_int("max_new_tokens", max_new_tokens), token_ids("eos_token_id", eos, vocab)
     K = max_draft_len(graph)
     capacity = len(prompt) + max_new_tokens + 2 * K + 4
     per_draw = (K + 2) * (vocab + 4) * EPS
@@ -199,9 +199,9 @@ def _merge(gen, length, done, weight, depth, state=None):
     return gen[first], length[first], done[first], merged_weight, merged_depth, first
 
 
-def _stop(gen, length, tokens, accepted, max_new_tokens: int, eos: int | None):
-    """Per-row stopping, as runtime.generate does it: keep min(accepted + 1, tokens left) new
-    tokens, fewer when an EOS comes first (the EOS is kept and ends the row).
+def _stop(gen, length, tokens, accepted, max_new_tokens: int, eos: tuple[int, ...] | None):
+    """Per-row stopping, as runtime.rounds does it: keep min(accepted + 1, tokens left) new
+    tokens, fewer when an EOS id comes first (the EOS is kept and ends the row).
 
     gen: [R, N], length: [R], tokens: [R, T], accepted: [R] -> (gen [R, N], length [R], done [R])
     """
@@ -209,7 +209,7 @@ def _stop(gen, length, tokens, accepted, max_new_tokens: int, eos: int | None):
     cols = torch.arange(tokens.shape[1])
     done = torch.zeros_like(take, dtype=torch.bool)
     if eos is not None:
-        is_eos = (tokens == eos) & (cols[None, :] < take[:, None])
+        is_eos = torch.isin(tokens, torch.tensor(eos)) & (cols[None, :] < take[:, None])
         done = is_eos.any(1)
         take = torch.where(done, is_eos.int().argmax(1) + 1, take)
     kept = torch.where(cols[None, :] < take[:, None], tokens, -1)  # [R, T]

@@ -158,7 +158,8 @@ class HFModel:
     past_key_values) as a decspec Model. The model is put in eval mode; decoding runs under no_grad.
 
     vocab_size: the LM head's output size; eos_token_id: generation_config's, else config's, else the
-    tokenizer's (the first of a list); max_positions / num_layers: from the config (None if absent);
+    tokenizer's (the first of a list); eos_token_ids: all of generation_config's (else config's) list;
+    max_positions / num_layers: from the config (None if absent);
     tokenizer: a decspec Tokenizer (a transformers tokenizer passed in is wrapped), or None.
 
     >>> import transformers
@@ -195,6 +196,9 @@ class HFModel:
         eos = _first(getattr(generation, "eos_token_id", None))
         eos = eos if eos is not None else _first(getattr(config, "eos_token_id", None))
         self.eos_token_id = eos if eos is not None else getattr(self.tokenizer, "eos_token_id", None)
+        every = getattr(generation, "eos_token_id", None)  # every EOS id: one, or a list
+        every = every if every is not None else getattr(config, "eos_token_id", None)
+        self.eos_token_ids = tuple(int(i) for i in (every if isinstance(every, (list, tuple)) else [] if every is None else [every]))
         self.max_positions = getattr(config, "max_position_embeddings", None)
         self.num_layers = getattr(config, "num_hidden_layers", None)
 

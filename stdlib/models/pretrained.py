@@ -140,11 +140,26 @@ def load_transformer(
         model.tokenizer = Tokenizer.from_dir(path)
         if model.eos_token_id is None:
             model.eos_token_id = model.tokenizer.eos_token_id
+    model.eos_token_ids = generation_eos(path, config)
     if (path / "heads.safetensors").is_file():
         model.heads = load_heads(path, config, dtype=dtype, device=device)
     if (path / "eagle.safetensors").is_file():
         model.heads = {**model.heads, "eagle": load_eagle(path, config, dtype=dtype, device=device)}
     return model
+
+
+def generation_eos(path: Path, config: TransformerConfig) -> tuple[int, ...]:
+    """Every EOS id of a checkpoint, as Hugging Face generate reads them: generation_config.json's eos_token_id (one id
+    or a list), else config.json's (`eos_token_ids`); ids that are not token ids of the vocabulary are refused."""
+    file = path / "generation_config.json"
+    eos = read_json(file).get("eos_token_id") if file.is_file() else None
+    if eos is None:
+        return config.eos_token_ids
+    ids = eos if isinstance(eos, list) else [eos]
+    for v in ids:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < config.vocab_size:
+            raise DecError(f"{file}: eos_token_id {excerpt(repr(eos))} must be a token id in [0, {config.vocab_size}) or a list of them")
+    return tuple(ids)
 
 
 def load_heads(path: Path, config: TransformerConfig, *, dtype: torch.dtype, device: str | torch.device) -> dict[str, torch.nn.Module]:

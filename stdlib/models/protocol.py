@@ -114,7 +114,8 @@ class Model(Protocol):
     """What decspec needs from a model.
 
     vocab_size: number of logits per position.
-    eos_token_id: the end-of-sequence token, or None.
+    eos_token_id: the end-of-sequence token, or None. A model may also have `eos_token_ids`: every id its
+    sequences end at (a generation_config.json may list several); see `eos_token_ids`.
     max_positions: the longest sequence the model supports (None: unbounded).
     num_layers: transformer depth (for early exit / layer skipping), or None.
     """
@@ -136,3 +137,21 @@ class Model(Protocol):
         skip_layers: tuple[int, ...] | None = None,  # layers to skip (self-speculation)
         tree_mask: torch.Tensor | None = None,  # [B, T, T] bool: new token i may attend new token j
     ) -> ModelOutput: ...
+
+
+def eos_token_ids(model: object) -> tuple[int, ...] | None:
+    """The ids a model's sequences end at by default, as Hugging Face `generate` takes them from the
+    generation_config: the model's `eos_token_ids` when it has them and they include its `eos_token_id` (a caller
+    who set eos_token_id to another id, or to None, meant that one), else its one eos_token_id, else None.
+
+    >>> from decspec.stdlib.models.table import TableModel
+    >>> m = TableModel.random(8, 1, seed=0, eos_token_id=2)
+    >>> m.eos_token_ids = (2, 5)
+    >>> eos_token_ids(m), (setattr(m, "eos_token_id", 3), eos_token_ids(m))[1]
+    ((2, 5), (3,))
+    """
+    eos = getattr(model, "eos_token_id", None)
+    if eos is None:
+        return None
+    ids = tuple(getattr(model, "eos_token_ids", None) or ())
+    return tuple(dict.fromkeys(ids)) if eos in ids else (eos,)

@@ -123,6 +123,12 @@ class Tokenizer:
         except Exception as e:  # a template that is not valid for these messages (a TypeError inside Jinja, ...)
             raise DecError(f"the chat template of {self.name or 'the tokenizer'} failed: {type(e).__name__}: {e}") from None
 
+    def encode_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+        """The prompt ids of a conversation, as Hugging Face's `apply_chat_template(messages, tokenize=True)`: the
+        rendered template encoded with no special tokens added (a BOS comes only from the template itself, so a
+        tokenizer whose post-processor adds one does not get two)."""
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt))
+
     def decode(self, ids: list[int]) -> str:
         if self._fast:
             return self.backend.decode(ids, skip_special_tokens=True)

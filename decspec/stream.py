@@ -1,0 +1,117 @@
+"""`Decoder.stream`: the tokens and text of each row as rounds commit them.
+
+    >>> import decspec
+    >>> from decspec.stdlib.models.table import TableModel
+    >>> dec = decspec.compile("specs/speculative.dec", target=TableModel.random(8, 1, seed=0), draft=TableModel.random(8, 1, seed=1))
+    >>> stream = dec.stream([[1, 2, 3]], max_new_tokens=5, seed=0)
+    >>> [t for delta in stream for t in delta.tokens] == stream.result.tokens[0] == dec.generate([[1, 2, 3]], max_new_tokens=5, seed=0).tokens[0]
+    True
+
+A round of a speculative decoder commits several tokens at once; each row's `Delta` carries all of them. With a
+tokenizer, `Delta.text` is the text they complete (backends/detokenize.py): a character split over tokens comes
+whole with the token that completes it, and with stop strings the last characters that may begin one are held
+until they cannot. The deltas of a row add up to its Result: tokens to `result.tokens[row]`, text to
+`result.text[row]`.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Generator, Sequence
+
+from decspec.backends.detokenize import RowText
+from decspec.backends.runtime import Commit, Result
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one round added to one row.
+
+    row: the prompt's index; round: the round (1-based) that committed it; tokens: the new ids; text: the text they
+    complete ("" while a character or a possible stop string is incomplete; None without a tokenizer);
+    finish_reason: None while the row runs, then "stop" (an EOS id or a stop string ended it) or "length"
+    (max_new_tokens); stopped_by: the EOS id or the stop string, when finish_reason is "stop".
+    """
+
+    row: int
+    round: int
+    tokens: list[int]
+    text: str | None
+    finish_reason: str | None = None
+    stopped_by: int | str | None = None
+
+
+class Stream:
+    """An iterator of `Delta`s (rows in order within a round); `result` is the Result once it is exhausted.
+
+    Breaking out of the loop early is allowed: the generation stops there (`close()` does it explicitly). A Ctrl-C
+    inside it raises `decspec.Interrupted`, whose `result` holds the whole rounds so far.
+    """
+
+    def __init__(self, loop: Generator[Commit, None, Result], texts: Sequence[RowText] | None):
+        self._loop = loop
+        self._texts = texts
+        self._pending: deque[Delta] = deque()
+        self._rounds = 0
+        self.finish: dict[int, tuple[str, int | str | None]] = {}
+        self.result: Result | None = None
+        self._closed = False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Delta:
+        while not self._pending:
+            if self.result is not None or self._closed:
+                raise StopIteration
+            try:
+                commit = next(self._loop)
+            except StopIteration as end:
+                self.result = self._finished(end.value)
+                continue
+            self._rounds += 1
+            self._pending.extend(self._deltas(commit))
+        return self._pending.popleft()
+
+    def run(self) -> Result:
+        """Run to the end without making Deltas (what `generate` does) and return the Result."""
+        while self.result is None:
+            try:
+                commit = next(self._loop)
+            except StopIteration as end:
+                self.result = self._finished(end.value)
+            else:
+                self.finish.update(commit.finished)
+        return self.result
+
+    def close(self) -> None:
+        """Stop generating (the rounds not run are never run; `result` stays None)."""
+        self._closed = True
+        self._pending.clear()
+        self._loop.close()
+
+    def _deltas(self, commit: Commit) -> list[Delta]:
+        out = []
+        for b, new in enumerate(commit.tokens):
+            end = commit.finished.get(b)
+            if end is not None:
+                self.finish[b] = end
+            if self._texts is None:
+                tokens, text = new, None
+            else:
+                tokens, text = self._texts[b].release(final=end is not None)
+            if tokens or text or end is not None:
+                out.append(Delta(b, self._rounds, tokens, text, *(end or (None, None))))
+        return out
+
+    def _finished(self, result: Result) -> Result:
+        if self._texts is not None:
+            result.text = [t.text for t in self._texts]
+        result.finish_reason = [self.finish.get(b, (None, None))[0] for b in range(len(result.tokens))]
+        result.stopped_by = [self.finish.get(b, (None, None))[1] for b in range(len(result.tokens))]
+        return result
+
+
+def row_texts(tokenizer: Any, stops: list[tuple[str, ...]] | None, rows: int) -> list[RowText]:
+    """One RowText per row, decoding with the tokenizer, each with its stop strings."""
+    return [RowText(tokenizer.decode, stops[b] if stops else ()) for b in range(rows)]

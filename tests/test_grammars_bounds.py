@@ -1,7 +1,7 @@
 """Grammar size bounds (issue 16, item 5): every automaton a grammar builds is bounded while it is built,
 and refused with the figure, the limit and the fix before it eats the machine.
 
-- a regex's NFA is counted from its syntax tree (`nfa_states`, exact) as the pattern is parsed, so a
+- a regex's NFA is counted from its syntax tree (`nfa_size`, exact) as the pattern is parsed, so a
   repetition that is too large is refused at its column by `decspec check`, before anything is built;
   `NFA` itself refuses to grow past its limit, whoever emits into it;
 - the subset construction counts the NFA states it visits, merges and holds, and its DFA states times byte
@@ -27,12 +27,12 @@ import decspec
 from decspec.cli import main
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.grammars import automaton, index, regex
-from decspec.stdlib.grammars.automaton import MAX_NFA_STATES, NFA, determinize, product
+from decspec.stdlib.grammars.automaton import MAX_NFA_SIZE, NFA, determinize, product
 from decspec.stdlib.grammars.errors import GrammarError, TooLarge
 from decspec.stdlib.grammars.json_schema import compile_schema, schema_grammar
 from decspec.stdlib.grammars.json_schema.document import MAX_DEPTH, check_document, parse
 from decspec.stdlib.grammars.json_schema.normalize import MAX_NESTING
-from decspec.stdlib.grammars.regex import MAX_REPEAT, compile_regex, emit, nfa_states, parse_regex
+from decspec.stdlib.grammars.regex import MAX_REPEAT, compile_regex, emit, nfa_size, parse_regex
 from decspec.stdlib.models.table import TableModel
 
 # --------------------------------------------------------------------------- regex: counted while parsing
@@ -53,25 +53,26 @@ def patterns(draw, depth: int = 3):
 
 @settings(max_examples=150)
 @given(patterns())
-def test_nfa_states_counts_exactly_what_emit_builds(pattern):
+def test_nfa_size_counts_exactly_what_emit_builds(pattern):
     nfa = NFA()
     start = nfa.state()
     emit(nfa, parse_regex(pattern), start)
-    assert len(nfa.eps) == 1 + nfa_states(parse_regex(pattern))
+    moves = sum(map(len, nfa.edges))
+    assert nfa.size == len(nfa.eps) + moves == 1 + nfa_size(parse_regex(pattern))
 
 
 @settings(max_examples=150)
-@given(patterns(), st.integers(1, 60))
+@given(patterns(), st.integers(1, 100))
 def test_the_nfa_refuses_to_grow_past_its_limit_while_it_is_built(pattern, limit):
     nfa = NFA(limit=limit)
-    needed = 1 + nfa_states(parse_regex(pattern))
+    needed = 1 + nfa_size(parse_regex(pattern))
     if needed <= limit:
         emit(nfa, parse_regex(pattern), nfa.state())
-        assert len(nfa.eps) == needed
+        assert nfa.size == needed
     else:
-        with pytest.raises(TooLarge, match=f"more than {limit:,} NFA states"):
+        with pytest.raises(TooLarge, match=f"more than {limit:,} NFA states and moves"):
             emit(nfa, parse_regex(pattern), nfa.state())
-        assert len(nfa.eps) == limit  # not one state past it
+    assert nfa.size == len(nfa.eps) + sum(map(len, nfa.edges)) <= limit  # never one state or move past it
 
 
 @settings(max_examples=200)
@@ -79,25 +80,25 @@ def test_the_nfa_refuses_to_grow_past_its_limit_while_it_is_built(pattern, limit
        lazy=st.sampled_from(["", "?"]))
 def test_a_nested_repetition_too_large_is_refused_at_its_quantifier_before_anything_is_built(inner, m, n, lazy):
     pattern = f"(?:{inner}{{{m}}}){{0,{n}}}{lazy}"
-    part = nfa_states(parse_regex(inner))
+    part = nfa_size(parse_regex(inner))
     inside, outside = m * part + 1, n * (m * part + 1) + 1  # as emit builds them: copies, then an end state
-    if inside > MAX_NFA_STATES:
+    if inside > MAX_NFA_SIZE:
         column, states = pattern.index("{") + 1, inside
-    elif outside > MAX_NFA_STATES:
+    elif outside > MAX_NFA_SIZE:
         column, states = pattern.rindex("{") + 1, outside
     else:
-        assert nfa_states(parse_regex(pattern)) == outside
+        assert nfa_size(parse_regex(pattern)) == outside
         return
     with pytest.raises(GrammarError) as e:
         parse_regex(pattern)
-    assert f"at column {column}: this repetition needs {states:,} NFA states" in e.value.message
-    assert f"over the limit of {MAX_NFA_STATES:,}" in e.value.message
+    assert f"at column {column}: this repetition needs {states:,} NFA states and moves" in e.value.message
+    assert f"over the limit of {MAX_NFA_SIZE:,}" in e.value.message
     assert "lower the repeat bounds" in e.value.diagnostics[0].hint
 
 
 def test_many_repetitions_side_by_side_are_refused_as_a_whole():
-    with pytest.raises(GrammarError, match=r'regex "a\{10000\}a\{10000\}.*" needs 600,061 NFA states, over the limit'):
-        parse_regex("a{10000}" * 60)  # 60 x (10,000 copies + an end) + the start
+    with pytest.raises(GrammarError, match=r'regex "a\{10000\}a\{10000\}.*" needs 1,200,061 NFA states and moves, over'):
+        parse_regex("a{10000}" * 60)  # 60 x (10,000 copies of a state and a move, + an end) + the start
 
 
 def test_groups_nest_at_most_max_nesting_deep():
@@ -111,16 +112,17 @@ def test_groups_nest_at_most_max_nesting_deep():
 
 # --------------------------------------------------------------------------- automata: counted while built
 
-def small_limits(monkeypatch, work=None, cells=None, states=None):
-    for name, value in (("MAX_SUBSET_WORK", work), ("MAX_DFA_CELLS", cells), ("MAX_DFA_STATES", states)):
+def small_limits(monkeypatch, work=None, cells=None, states=None, hopcroft=None):
+    for name, value in (("MAX_SUBSET_WORK", work), ("MAX_DFA_CELLS", cells), ("MAX_DFA_STATES", states),
+                        ("MAX_HOPCROFT_CELLS", hopcroft)):
         if value is not None:
             monkeypatch.setattr(automaton, name, value)
 
 
-def test_nullable_repetitions_are_refused_by_the_subset_construction_s_work(monkeypatch):
+def test_nullable_repetitions_and_counts_after_loops_are_refused_by_the_subset_construction_s_work(monkeypatch):
     small_limits(monkeypatch, work=20_000)
-    for pattern in ("(?:a{0,10}){0,100}", "a?" * 300, "(?:[a-z]?){0,50}(?:[a-z]?){0,50}"):
-        with pytest.raises(TooLarge, match=r"its subset construction to handle more than 20,000 NFA states") as e:
+    for pattern in ("(?:a{0,10}){0,100}", "a?" * 300, "(?:[a-z]?){0,50}(?:[a-z]?){0,50}", ".*a.{10}"):
+        with pytest.raises(TooLarge, match=r"its subset construction to visit more than 20,000 NFA states and moves") as e:
             compile_regex(pattern)
         assert "write such a repetition once (a{0,10000} for (?:a{0,10}){0,1000})" in e.value.diagnostics[0].hint
 
@@ -133,6 +135,14 @@ def test_dfa_states_are_bounded_by_states_times_byte_classes(monkeypatch):
     small_limits(monkeypatch, cells=10**9, states=300)
     with pytest.raises(TooLarge, match=r"more than 300 DFA states \(the limit\)"):
         compile_regex("[ab]*a[ab]{9}")
+
+
+def test_only_a_long_count_is_minimized_by_hopcroft_and_bounded_there(monkeypatch):
+    small_limits(monkeypatch, hopcroft=100)
+    compile_regex("[ab]*a[ab]{6}")  # 128 states: Moore's rounds settle, no Hopcroft
+    with pytest.raises(TooLarge, match=r"needs 51 states over 3 byte classes minimized by Hopcroft's algorithm \(a long "
+                                       r"count, like x\{0,n\}: the limit is 100 states x classes\)"):
+        compile_regex("a{0,50}")  # 51 states (trimmed): more distinctions than Moore's 40 rounds make
 
 
 def test_the_product_construction_is_bounded_as_it_pairs_states(monkeypatch):
@@ -282,7 +292,7 @@ def test_a_schema_s_language_too_large_is_refused_at_the_innermost_path_before_i
     built = []
     determinize = regex.determinize
     monkeypatch.setattr(regex, "determinize", lambda nfa, start: built.append(len(nfa.eps)) or determinize(nfa, start))
-    with pytest.raises(GrammarError, match="over the limit of 500,000") as e:
+    with pytest.raises(GrammarError, match="over the limit of 1,000,000") as e:
         compile_schema(schema)
     where = e.value.message.partition(":")[0]
     assert where == path if path else where.startswith("$.$defs.a")
@@ -294,7 +304,7 @@ def test_counts_are_bounded_alone_and_together(monkeypatch):
 
     with pytest.raises(GrammarError, match=r"\$: minContains 1000000000 is over the limit of 1000"):
         compile_schema({"type": "array", "contains": {"type": "integer"}, "minContains": 10**9})
-    monkeypatch.setattr(containers, "MAX_NFA_STATES", 2_000)
+    monkeypatch.setattr(containers, "MAX_NFA_SIZE", 2_000)
     counts = {"type": "array", "minItems": 100, "contains": {"type": "integer"}, "minContains": 50,
               "allOf": [{"contains": {"type": "string"}, "minContains": 50}]}  # each count small, their product not
     with pytest.raises(TooLarge, match=r"\$: the grammar is too large: its automaton needs more than 2,000 counting states"):
@@ -306,7 +316,7 @@ def test_a_regex_grammar_too_large_is_refused_by_check_at_the_spec_s_position(tm
     spec.write_text('decoder r() {\n    target = model("target")\n    grammar = regex("""(a{10000}){10000}""")\n}\n')
     assert main(["check", str(spec)]) == 1
     err = capsys.readouterr().err
-    assert ('r.dec:3:15: error: regex "(a{10000}){10000}" at column 11: this repetition needs 100,010,001 NFA states '
-            "(10,000 copies of a part of 10,001), over the limit of 500,000") in err
+    assert ('r.dec:3:15: error: regex "(a{10000}){10000}" at column 11: this repetition needs 200,010,001 NFA states '
+            "and moves (10,000 copies of a part of 20,001), over the limit of 1,000,000") in err
     with pytest.raises(DecError, match="r.dec:3:15"):
         decspec.compile(spec, target=TableModel.random(3, 0, seed=0, eos_token_id=2), vocab=[b"a", b"b", None])

@@ -22,10 +22,11 @@ import numpy as np
 from decspec.stdlib.grammars.errors import TooLarge
 
 # Size limits, each checked as the automaton is built (figures: docs/architecture.md, resource bounds).
-MAX_NFA_STATES = 500_000  # Thompson states: about 320 bytes each in Python lists
+MAX_NFA_SIZE = 1_000_000  # Thompson states and byte moves: about 320 and 140 bytes each in Python lists
 MAX_DFA_STATES = 200_000  # subset-construction states: the [S, 256] int32 table alone is 1 KiB each
-MAX_DFA_CELLS = 4_000_000  # subset-construction states x byte classes: minimization's time and memory grow with it
-MAX_SUBSET_WORK = 10_000_000  # NFA states the subset construction visits, merges and holds (its time and memory)
+MAX_DFA_CELLS = 20_000_000  # subset-construction states x byte classes: its table and Moore's rounds grow with it
+MAX_HOPCROFT_CELLS = 12_000_000  # the same for Hopcroft's refinement (counting automata): up to ~150 bytes and ~4 us a cell
+MAX_SUBSET_WORK = 10_000_000  # NFA states the subset construction visits, merges and holds, moves it follows
 SIZE_HINT = ("lower the repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): each repetition is a copy "
              "of what it repeats, and a repetition inside another multiplies them")
 
@@ -104,17 +105,23 @@ def utf8_trie(ranges: tuple[tuple[int, int], ...]) -> tuple[int, tuple[tuple[int
 
 class NFA:
     """States with epsilon moves and byte-range moves; one start (given to `determinize`) and one `accept`.
-    Refuses to grow past `limit` states (`TooLarge`, a GrammarError, as the state past it is asked for)."""
+    `size` counts its states and byte moves; it refuses to grow past `limit` of them (`TooLarge`, a
+    GrammarError, before the state or moves past it are added)."""
 
-    def __init__(self, limit: int = MAX_NFA_STATES):
+    def __init__(self, limit: int | None = None):
         self.eps: list[list[int]] = []
         self.edges: list[list[tuple[int, int, int]]] = []  # (lo byte, hi byte, target)
         self.accept = -1
-        self.limit = limit
+        self.limit = MAX_NFA_SIZE if limit is None else limit
+        self.size = 0
+
+    def grow(self, n: int) -> None:
+        if self.size + n > self.limit:
+            raise too_large(f"more than {self.limit:,} NFA states and moves (the limit)")
+        self.size += n
 
     def state(self) -> int:
-        if len(self.eps) >= self.limit:
-            raise too_large(f"more than {self.limit:,} NFA states (the limit)")
+        self.grow(1)
         self.eps.append([])
         self.edges.append([])
         return len(self.eps) - 1
@@ -123,6 +130,7 @@ class NFA:
         """Moves from `start` to `end` over the UTF-8 encoding of any code point in `ranges`."""
         count, edges = utf8_trie(tuple(ranges))
         node = [start] + [self.state() for _ in range(count)]
+        self.grow(len(edges))
         for a, lo, hi, b in edges:
             self.edges[node[a]].append((lo, hi, end if b < 0 else node[b]))
 
@@ -210,19 +218,20 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
         class_of[a:b] = k
     num_classes = len(cuts) - 1
     edges = [[(int(class_of[lo]), int(class_of[hi]), t) for lo, hi, t in es] for es in nfa.edges]
+    spans = [sum(chi - clo + 1 for clo, chi, _ in es) for es in edges]  # per NFA state: its (class, target) moves
     important = [bool(es) or s == nfa.accept for s, es in enumerate(nfa.edges)]
 
     reach: dict[int, frozenset[int]] = {}  # per NFA state: the important states its epsilon moves reach
-    work = 0  # NFA states visited, merged and held so far: the construction's time and memory
+    work = 0  # NFA states visited, merged and held, and moves followed, so far: the construction's time and memory
 
     def spend(n: int) -> None:
         nonlocal work
         work += n
         if work > MAX_SUBSET_WORK:
-            raise too_large(f"its subset construction to handle more than {MAX_SUBSET_WORK:,} NFA states (the limit)",
-                            hint="parts that may match the empty string, repeated or in a row (x?x?x?..., "
-                                 "(x{0,m}){0,n}), make every subset large: write such a repetition once (a{0,10000} "
-                                 "for (?:a{0,10}){0,1000}), or " + SIZE_HINT)
+            raise too_large(f"its subset construction to visit more than {MAX_SUBSET_WORK:,} NFA states and moves (the "
+                            "limit)", hint="parts that may match the empty string, repeated or in a row (x?x?x?..., "
+                            "(x{0,m}){0,n}), and counts after a loop that overlaps them (.*a.{16}) make the construction "
+                            "large: write such a repetition once (a{0,10000} for (?:a{0,10}){0,1000}), or " + SIZE_HINT)
 
     def single(state: int) -> frozenset[int]:
         if state not in reach:
@@ -259,7 +268,7 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
     rows = []
     while len(rows) < len(subsets):
         moves: dict[int, list[int]] = {}
-        spend(len(subsets[len(rows)]))
+        spend(sum(spans[s] for s in subsets[len(rows)]))  # before following them
         for s in subsets[len(rows)]:
             for clo, chi, t in edges[s]:
                 for c in range(clo, chi + 1):
@@ -349,6 +358,10 @@ def minimize(table: np.ndarray, accepting: np.ndarray):
                 break
             count = new_count
         else:
+            if table.size > MAX_HOPCROFT_CELLS:
+                raise too_large(f"{table.shape[0]:,} states over {table.shape[1]} byte classes minimized by Hopcroft's "
+                                f"algorithm (a long count, like x{{0,n}}: the limit is {MAX_HOPCROFT_CELLS:,} states x "
+                                "classes)")
             block = hopcroft(table, block)
             count = int(block.max()) + 1
         sig = signature(block)
@@ -467,13 +480,8 @@ def finish(table: np.ndarray, accepting: np.ndarray) -> ByteDFA | None:
     return ByteDFA(table.astype(np.int32)[:, class_of.ravel()], accepting, 0)
 
 
-def emit_dfa(nfa: NFA, dfa: ByteDFA, start: int) -> int:
-    """Copy `dfa` into `nfa` from state `start` (its byte moves as ranges); return the copy's end state."""
-    first = len(nfa.eps)
-    for _ in range(dfa.num_states):
-        nfa.state()
-    end = nfa.state()
-    nfa.eps[start].append(first + dfa.start)
+def byte_runs(dfa: ByteDFA) -> tuple[np.ndarray, ...]:
+    """The DFA's moves as byte ranges: (state, lo, hi, target), one per run of equal live moves."""
     table = dfa.transitions
     starts = np.ones(table.shape, dtype=bool)  # where a run of equal moves begins, per state
     starts[:, 1:] = table[:, 1:] != table[:, :-1]
@@ -482,7 +490,19 @@ def emit_dfa(nfa: NFA, dfa: ByteDFA, start: int) -> int:
     hi = np.where(np.append(state[1:] == state[:-1], False), hi, 256) - 1
     target = table[state, lo]
     live = target >= 0
-    for s, a, b, t in zip(state[live].tolist(), lo[live].tolist(), hi[live].tolist(), target[live].tolist()):
+    return state[live], lo[live], hi[live], target[live]
+
+
+def emit_dfa(nfa: NFA, dfa: ByteDFA, start: int) -> int:
+    """Copy `dfa` into `nfa` from state `start` (its byte moves as ranges); return the copy's end state."""
+    first = len(nfa.eps)
+    for _ in range(dfa.num_states):
+        nfa.state()
+    end = nfa.state()
+    nfa.eps[start].append(first + dfa.start)
+    runs = byte_runs(dfa)
+    nfa.grow(len(runs[0]))
+    for s, a, b, t in zip(*(r.tolist() for r in runs)):
         nfa.edges[first + s].append((a, b, first + t))
     for s in np.flatnonzero(dfa.accepting).tolist():
         nfa.eps[first + s].append(end)

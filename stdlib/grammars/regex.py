@@ -13,13 +13,13 @@ lookaround, anchors and inline flags raise `GrammarError` naming the column.
 
 Sizes are bounded while parsing, before any automaton is built: groups nest at most `MAX_NESTING` deep, a
 `{m,n}` bound is at most `MAX_REPEAT`, and a repetition whose automaton would need more than
-`automaton.MAX_NFA_STATES` states (`nfa_states`: a repetition inside a repetition multiplies) is refused
-at its column:
+`automaton.MAX_NFA_SIZE` states and moves (`nfa_size`: a repetition inside a repetition multiplies) is
+refused at its column:
 
-    >>> compile_regex("(a{1000}){1000}")
+    >>> compile_regex("(ab{1000}){1000}")
     Traceback (most recent call last):
     ...
-    decspec.stdlib.grammars.errors.GrammarError: error: regex "(a{1000}){1000}" at column 10: this repetition needs 1,001,001 NFA states (1,000 copies of a part of 1,001), over the limit of 500,000
+    decspec.stdlib.grammars.errors.GrammarError: error: regex "(ab{1000}){1000}" at column 11: this repetition needs 2,003,001 NFA states and moves (1,000 copies of a part of 2,003), over the limit of 1,000,000
       hint: lower the repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): each repetition is a copy of what it repeats, and a repetition inside another multiplies them
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from decspec.dsl.diagnostics import excerpt
-from decspec.stdlib.grammars.automaton import MAX_NFA_STATES, NFA, SIZE_HINT, ByteDFA, determinize, too_large, utf8_trie
+from decspec.stdlib.grammars.automaton import MAX_NFA_SIZE, NFA, SIZE_HINT, ByteDFA, determinize, too_large, utf8_trie
 from decspec.stdlib.grammars.errors import GrammarError
 
 MAX_CODEPOINT = 0x10FFFF
@@ -103,7 +103,7 @@ class Parser:
         self.pattern = pattern
         self.i = 0
         self.depth = 0  # groups open around self.i
-        self.sizes: dict[int, int] = {}  # nfa_states of the nodes built so far, by id
+        self.sizes: dict[int, int] = {}  # nfa_size of the nodes built so far, by id
 
     def error(self, what: str, at: int | None = None, hint: str | None = None) -> GrammarError:
         column = (self.i if at is None else at) + 1
@@ -118,10 +118,10 @@ class Parser:
         node = self.alternation()
         if self.i < len(self.pattern):  # only a stray ')' stops the top-level alternation early
             raise self.error("unbalanced ')'; remove it or open a group with '('")
-        states = nfa_states(node, self.sizes) + 1  # + the start state
-        if states > MAX_NFA_STATES:  # no single repetition is too large, but all of them together are
-            raise GrammarError(f'regex "{excerpt(self.pattern, 80)}" needs {states:,} NFA states, over the limit '
-                               f"of {MAX_NFA_STATES:,}", hint=SIZE_HINT)
+        size = nfa_size(node, self.sizes) + 1  # + the start state
+        if size > MAX_NFA_SIZE:  # no single repetition is too large, but all of them together are
+            raise GrammarError(f'regex "{excerpt(self.pattern, 80)}" needs {size:,} NFA states and moves, over the '
+                               f"limit of {MAX_NFA_SIZE:,}", hint=SIZE_HINT)
         return node
 
     def alternation(self):
@@ -165,12 +165,12 @@ class Parser:
 
     def sized(self, node: Repeat, at: int) -> Repeat:
         """`node` (the repetition whose quantifier starts at `at`), refused when its automaton is too large."""
-        states = nfa_states(node, self.sizes)
-        if states > MAX_NFA_STATES:
-            part = nfa_states(node.item, self.sizes)
+        size = nfa_size(node, self.sizes)
+        if size > MAX_NFA_SIZE:
+            part = nfa_size(node.item, self.sizes)
             copies = node.min + 1 if node.max is None else node.max
-            raise self.error(f"this repetition needs {states:,} NFA states ({copies:,} copies of a part of {part:,}), "
-                             f"over the limit of {MAX_NFA_STATES:,}", at, hint=SIZE_HINT)
+            raise self.error(f"this repetition needs {size:,} NFA states and moves ({copies:,} copies of a part of "
+                             f"{part:,}), over the limit of {MAX_NFA_SIZE:,}", at, hint=SIZE_HINT)
         return node
 
     def braces(self) -> tuple[int, int | None, int] | None:
@@ -311,28 +311,29 @@ def parse_regex(pattern: str):
     return Parser(pattern).parse()
 
 
-def nfa_states(node, sizes: dict[int, int] | None = None) -> int:
-    """How many NFA states `emit` adds for `node`, counted without building them. `sizes` holds the counts of
-    nodes counted before, by id (the nodes must still be alive); a node of another kind counts itself
-    through its `nfa_states(sizes)`.
+def nfa_size(node, sizes: dict[int, int] | None = None) -> int:
+    """How many NFA states and byte moves `emit` adds for `node` (`NFA.size`), counted without building
+    them. `sizes` holds the counts of nodes counted before, by id (the nodes must still be alive); a node of
+    another kind counts itself through its `nfa_size(sizes)`.
 
-    >>> nfa_states(parse_regex("(ab|c){3}"))   # 3 copies of (an end; per option an entry and a state a character), an end
-    19
+    >>> nfa_size(parse_regex("(ab|c){3}"))   # 3 x 9 (an end; per option an entry, a state and a move a character), an end
+    28
     """
     sizes = {} if sizes is None else sizes
     key = id(node)
     if key not in sizes:
         if isinstance(node, Chars):
-            count = 1 + utf8_trie(node.ranges)[0]
+            inner, moves = utf8_trie(node.ranges)
+            count = 1 + inner + len(moves)
         elif isinstance(node, Seq):
-            count = sum(nfa_states(item, sizes) for item in node.items)
+            count = sum(nfa_size(item, sizes) for item in node.items)
         elif isinstance(node, Alt):
-            count = 1 + sum(1 + nfa_states(option, sizes) for option in node.options)
+            count = 1 + sum(1 + nfa_size(option, sizes) for option in node.options)
         elif isinstance(node, Repeat):
-            item = nfa_states(node.item, sizes)
+            item = nfa_size(node.item, sizes)
             count = node.min * item + (2 + item if node.max is None else 1 + (node.max - node.min) * item)
         else:
-            count = node.nfa_states(sizes)
+            count = node.nfa_size(sizes)
         sizes[key] = count
     return sizes[key]
 
@@ -374,10 +375,10 @@ def emit(nfa: NFA, node, start: int) -> int:
 
 
 def fits(node) -> None:
-    """Refuse a tree whose NFA would pass `MAX_NFA_STATES` (`TooLarge`), counted before anything is built."""
-    states = nfa_states(node) + 1  # + the start state
-    if states > MAX_NFA_STATES:
-        raise too_large(f"{states:,} NFA states, over the limit of {MAX_NFA_STATES:,}")
+    """Refuse a tree whose NFA would pass `MAX_NFA_SIZE` (`TooLarge`), counted before anything is built."""
+    size = nfa_size(node) + 1  # + the start state
+    if size > MAX_NFA_SIZE:
+        raise too_large(f"{size:,} NFA states and moves, over the limit of {MAX_NFA_SIZE:,}")
 
 
 def compile_tree(node) -> ByteDFA | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Any
 
-from decspec.stdlib.grammars.automaton import MAX_NFA_STATES, too_large
+from decspec.stdlib.grammars.automaton import MAX_NFA_SIZE, too_large
 from decspec.stdlib.grammars.errors import GrammarError
 from decspec.stdlib.grammars.json_schema.conj import Conj, conjoin
 from decspec.stdlib.grammars.json_schema.lang import (EMPTY, EPSILON, Graph, alt, intersect, is_empty, is_empty_tree,
@@ -51,7 +51,7 @@ def counted(c: Conj, key: str, value: int | None, source: str | None = None) -> 
 
 def graph(start, step, final, label) -> Graph:
     """The Graph reachable from `start`: step(state) -> [(edge language, next state)]. Each state is at
-    least one NFA state, so past `MAX_NFA_STATES` of them (counts that multiply: items x contains x ...)
+    least one NFA state, so past `MAX_NFA_SIZE` of them (counts that multiply: items x contains x ...)
     it is refused as it grows."""
     ids, order, edges = {start: 0}, [start], []
     for state in order:
@@ -59,8 +59,8 @@ def graph(start, step, final, label) -> Graph:
             if is_empty_tree(node):
                 continue
             if nxt not in ids:
-                if len(order) >= MAX_NFA_STATES:
-                    raise too_large(f"more than {MAX_NFA_STATES:,} counting states (items, contains matches, "
+                if len(order) >= MAX_NFA_SIZE:
+                    raise too_large(f"more than {MAX_NFA_SIZE:,} counting states (items, contains matches, "
                                     "properties: the limit)")
                 ids[nxt] = len(order)
                 order.append(nxt)

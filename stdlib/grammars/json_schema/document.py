@@ -51,12 +51,16 @@ def parse(text: str) -> Any:
 
 def read_float(text: str) -> float | Unreadable:
     value = float(text)
-    return value if math.isfinite(value) else Unreadable(f"{excerpt(text)} is beyond the range of a double (it reads as infinity)")
+    if math.isfinite(value):
+        return value
+    return Unreadable(f"{excerpt(text)} is beyond the range of a double (it reads as infinity)")
 
 
 def read_int(text: str) -> int | Unreadable:
     digits = len(text.lstrip("-"))
-    return int(text) if digits <= MAX_DIGITS else Unreadable(f"an integer of {digits:,} digits is over the limit of {MAX_DIGITS:,}")
+    if digits <= MAX_DIGITS:
+        return int(text)
+    return Unreadable(f"an integer of {digits:,} digits is over the limit of {MAX_DIGITS:,}")
 
 
 def too_deep_text(text: str) -> GrammarError:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from decspec.stdlib.grammars.automaton import NFA, ByteDFA, emit_dfa, product
-from decspec.stdlib.grammars.regex import MAX_CODEPOINT, Alt, Chars, Repeat, Seq, compile_tree, emit, nfa_states, normalize
+from decspec.stdlib.grammars.automaton import NFA, ByteDFA, byte_runs, emit_dfa, product
+from decspec.stdlib.grammars.regex import MAX_CODEPOINT, Alt, Chars, Repeat, Seq, compile_tree, emit, nfa_size, normalize
 
 EMPTY = Chars(())  # no string
 EPSILON = Seq(())  # the empty string only
@@ -28,8 +28,10 @@ class Machine:
     def emit_into(self, nfa: NFA, start: int) -> int:
         return emit_dfa(nfa, self.dfa, start)
 
-    def nfa_states(self, sizes: dict[int, int]) -> int:
-        return self.dfa.num_states + 1
+    def nfa_size(self, sizes: dict[int, int]) -> int:
+        if id(self.dfa) not in sizes:  # the same DFA in several Machines: its moves counted once
+            sizes[id(self.dfa)] = self.dfa.num_states + 1 + len(byte_runs(self.dfa)[0])
+        return sizes[id(self.dfa)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,8 +54,8 @@ class Graph:
             nfa.eps[states[f]].append(end)
         return end
 
-    def nfa_states(self, sizes: dict[int, int]) -> int:
-        return self.num_states + 1 + sum(nfa_states(node, sizes) for _, node, _ in self.edges)
+    def nfa_size(self, sizes: dict[int, int]) -> int:
+        return self.num_states + 1 + sum(nfa_size(node, sizes) for _, node, _ in self.edges)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +72,7 @@ class RuleRef:
                            "and a keyword here needs its language as an automaton (an intersection, a complement, "
                            "an enum filter): not supported for a recursive schema")
 
-    def nfa_states(self, sizes: dict[int, int]) -> int:
+    def nfa_size(self, sizes: dict[int, int]) -> int:
         return 0  # never emitted (emit_into refuses)
 
 

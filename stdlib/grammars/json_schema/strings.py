@@ -182,7 +182,7 @@ def length(lo: int, hi: int | None):
 class Anchor:
     kind: str  # "^" or "$"
 
-    def nfa_states(self, sizes: dict[int, int]) -> int:
+    def nfa_size(self, sizes: dict[int, int]) -> int:
         return 0  # no state of its own (pattern_tree takes it out)
 
 

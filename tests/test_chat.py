@@ -66,6 +66,21 @@ def test_chat_ids_are_hugging_faces_with_one_bos(tmp_path):
     assert ours.encode_prompt("x = 1") == theirs("x = 1").input_ids  # plain text: the post-processor's BOS, as HF
 
 
+def test_templates_render_as_in_hugging_face(tmp_path):
+    """The environment's extras: loop controls, tojson keeping non-ASCII, strftime_now, {% generation %} blocks."""
+    transformers = pytest.importorskip("transformers")
+    folder = with_template(tmp_path)
+    template = ("{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}{% endif %}{{ m | tojson }}"
+                "{% generation %}[{{ m['content'] }}]{% endgeneration %}{% if loop.index > 2 %}{% break %}{% endif %}{% endfor %}"
+                "{{ strftime_now('%Y') | length }}")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    conversation = [*CONVERSATION, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "never"}]
+    want = transformers.AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(conversation, tokenize=False)
+    assert Tokenizer.from_dir(folder).apply_chat_template(conversation, add_generation_prompt=False) == want
+    assert "café ☕" in want and "never" not in want
+
+
 def test_smollm2_chat_ids_are_hugging_faces():
     transformers = pytest.importorskip("transformers")
     from decspec.stdlib.models.registry import is_pulled, model_dir

@@ -104,14 +104,8 @@ class Tokenizer:
                                                       and isinstance(m.get("content"), str) for m in messages):
             raise DecError("messages must be a list of {'role': str, 'content': str} dicts")
         from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-        def raise_exception(message):
-            raise TemplateError(message)
-
-        env.globals["raise_exception"] = raise_exception
+        env = _chat_environment()
         token = (lambda i: self.backend.id_to_token(i) if self._fast else self.backend.convert_ids_to_tokens(i))
         try:
             return env.from_string(self.chat_template).render(
@@ -136,6 +130,41 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name or type(self.backend).__name__}, vocab={self.vocab_size})"
+
+
+def _chat_environment():
+    """The Jinja environment chat templates render in, as Hugging Face's: sandboxed, trim_blocks and lstrip_blocks,
+    `{% break %}`/`{% continue %}`, `raise_exception`, `strftime_now`, a `tojson` that keeps non-ASCII text, and
+    `{% generation %}` blocks rendered as their body."""
+    import json
+    from datetime import datetime
+
+    from jinja2 import TemplateError, nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):  # HF marks assistant text with it (to mask it in training); rendering keeps the body
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
+    return env
 
 
 def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 from decspec.stdlib.grammars.errors import TooLarge
 
 # Size limits, each checked as the automaton is built (figures: docs/architecture.md, resource bounds).
-MAX_NFA_SIZE = 1_000_000  # Thompson states and byte moves: about 320 and 140 bytes each in Python lists
+MAX_NFA_SIZE = 2_000_000  # Thompson states and byte moves: about 320 and 140 bytes each in Python lists
 MAX_DFA_STATES = 200_000  # subset-construction states: the [S, 256] int32 table alone is 1 KiB each
 MAX_DFA_CELLS = 20_000_000  # subset-construction states x byte classes: its table and Moore's rounds grow with it
 MAX_HOPCROFT_CELLS = 12_000_000  # the same for Hopcroft's refinement (counting automata): up to ~150 bytes and ~4 us a cell

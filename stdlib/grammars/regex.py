@@ -19,7 +19,7 @@ refused at its column:
     >>> compile_regex("(ab{1000}){1000}")
     Traceback (most recent call last):
     ...
-    decspec.stdlib.grammars.errors.GrammarError: error: regex "(ab{1000}){1000}" at column 11: this repetition needs 2,003,001 NFA states and moves (1,000 copies of a part of 2,003), over the limit of 1,000,000
+    decspec.stdlib.grammars.errors.GrammarError: error: regex "(ab{1000}){1000}" at column 11: this repetition needs 2,003,001 NFA states and moves (1,000 copies of a part of 2,003), over the limit of 2,000,000
       hint: lower the repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): each repetition is a copy of what it repeats, and a repetition inside another multiplies them
 """
 from __future__ import annotations

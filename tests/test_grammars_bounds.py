@@ -61,6 +61,23 @@ def test_nfa_size_counts_exactly_what_emit_builds(pattern):
     assert nfa.size == len(nfa.eps) + moves == 1 + nfa_size(parse_regex(pattern))
 
 
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "items": {"type": "integer", "minimum": 3}, "minItems": 1, "maxItems": 3},  # a Graph
+    {"type": "object", "properties": {"a": {"type": "string", "pattern": "^x+$"}, "b": {"enum": [1, "y", None]}}},
+    {"allOf": [{"type": "string", "maxLength": 4}, {"type": "string", "pattern": "a"}]},  # a Machine: a product
+    {"type": "number", "multipleOf": 0.5, "maximum": 10},
+])
+def test_nfa_size_counts_exactly_what_a_json_schema_s_tree_builds(schema):
+    from decspec.stdlib.grammars.json_schema.lower import Lowerer
+    from decspec.stdlib.grammars.json_schema.refs import Index, Located
+
+    lowerer = Lowerer(Index(schema, 2020), 2020)
+    node = lowerer.value(lowerer.lower(Located(schema, "$"))).node
+    nfa = NFA()
+    emit(nfa, node, nfa.state())
+    assert nfa.size == 1 + nfa_size(node)
+
+
 @settings(max_examples=150)
 @given(patterns(), st.integers(1, 100))
 def test_the_nfa_refuses_to_grow_past_its_limit_while_it_is_built(pattern, limit):

@@ -10,6 +10,10 @@ Moore minimization, and `ByteDFA`, the result every grammar compiles to.
 Unicode character sets become UTF-8 byte-range sequences (`utf8_sequences`), so a DFA state never sits
 "inside" a character from the regex's point of view but may sit inside one from the tokenizer's: a token
 can end halfway through a multi-byte character, and the index follows it byte by byte.
+
+Every construction is bounded as it goes, by the `MAX_*` limits below: the NFA counts its states and moves,
+the subset construction its work and states, the product its pairs, minimization its cells before Hopcroft
+runs. Past one, `TooLarge` says what the automaton needs, the limit and the fix.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from decspec.stdlib.grammars.errors import TooLarge
 MAX_NFA_SIZE = 2_000_000  # Thompson states and byte moves: about 320 and 140 bytes each in Python lists
 MAX_DFA_STATES = 200_000  # subset-construction states: the [S, 256] int32 table alone is 1 KiB each
 MAX_DFA_CELLS = 20_000_000  # subset-construction states x byte classes: its table and Moore's rounds grow with it
-MAX_HOPCROFT_CELLS = 12_000_000  # the same for Hopcroft's refinement (counting automata): up to ~150 bytes and ~4 us a cell
+MAX_HOPCROFT_CELLS = 12_000_000  # the same for Hopcroft's refinement (long counts): up to ~150 bytes, ~4 us a cell
 MAX_SUBSET_WORK = 10_000_000  # NFA states the subset construction visits, merges and holds, moves it follows
 SIZE_HINT = ("lower the repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): each repetition is a copy "
              "of what it repeats, and a repetition inside another multiplies them")

@@ -29,9 +29,7 @@ class Machine:
         return emit_dfa(nfa, self.dfa, start)
 
     def nfa_size(self, sizes: dict[int, int]) -> int:
-        if id(self.dfa) not in sizes:  # the same DFA in several Machines: its moves counted once
-            sizes[id(self.dfa)] = self.dfa.num_states + 1 + len(byte_runs(self.dfa)[0])
-        return sizes[id(self.dfa)]
+        return self.dfa.num_states + 1 + len(byte_runs(self.dfa)[0])  # as emit_dfa copies it: states, an end, moves
 
 
 @dataclass(frozen=True, eq=False)

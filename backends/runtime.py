@@ -45,6 +45,7 @@ class RoundState:
     grammars: dict[str, Any] = field(default_factory=dict)  # grammar slot -> GrammarSession (backends/grammar.py)
     policies: Any = None  # cross-round length policies (backends/speculation_length.py): the length_cap ops read them
     draft_states: Any = None  # cross-round draft state (backends/draft_state.py): recycle_state reads it, recycle_store stages it
+    sampling: dict[str, torch.Tensor] | None = None  # per-row sampler values {PerRow key: [B] float64} (backends/sampling.py)
 
 
 @dataclass
@@ -157,13 +158,15 @@ def rounds(
     runner: Any = None,
     grammars: dict[str, Any] | None = None,
     texts: Sequence[RowText] | None = None,
+    sampling: dict[str, torch.Tensor] | None = None,
 ) -> Generator[Commit, None, Result]:
     """The generation loop, one `Commit` yielded per round; returns the Result. Each round runs the graph through
     the interpreter with `rules`, or, when the backend generates code, through `runner` (start(models, B, capacity,
     ctx) once, then runner(ctx, state) per round; see backends/inductor). `grammars`: {slot: Matcher} the grammar
     ops read. eos_token_id: one id or several; a row ends at the first of them (kept). texts: one RowText per row
     (backends/detokenize.py), fed each round's tokens: a row ends where its text first holds one of its stop
-    strings, and keeps the tokens its RowText says."""
+    strings, and keeps the tokens its RowText says. sampling: per-row sampler values for a graph whose stages hold
+    PerRow parameters ({key: [B] tensor}, backends/sampling.py)."""
     start = time.perf_counter()
     vocab = next(iter(models.values())).vocab_size
     prompts = normalize_prompts(input_ids, vocab)
@@ -190,6 +193,7 @@ def rounds(
         generator.manual_seed(seed)
     seed = seed - 2**64 if seed >= 2**63 else seed  # the same 64 bits as an int64: cross-round policies keep it in a tensor
     state = RoundState({}, generator, B, device, rules, backend)
+    state.sampling = sampling
     state.policies = Policies.start(graph, B, seed)  # the hook of cross-round exit policies: caps before, updates after each round
     state.draft_states = DraftStates.start(graph, models, B)  # the hook of draft sources with cross-round state: staged in, taken after
     state.grammars = {slot: GrammarSession(m, start=ctx.start) for slot, m in (grammars or {}).items()}

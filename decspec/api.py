@@ -56,8 +56,9 @@ class Decoder:
         self.backend = get_backend(backend)
         self.backend_options = dict(backend_options or {})  # e.g. {"compile": True} for the inductor backend
         self._lock = threading.RLock()  # the lazy builds below, and a serial runner's generations
-        self._round_runner = None
+        self._round_runners: dict[bool, Any] = {}  # open graph? -> its runner
         self._round_runner_options: dict = {}
+        self._open: Graph | None = None  # the round with its sampler numbers as inputs (per-call settings), built on first use
         self.verdict: Verdict = losslessness(spec)
         self.search = None  # a `search` slot's plan (stdlib/search.py): generate runs beam search instead of rounds
         if spec.slot("search") is not None:
@@ -115,15 +116,19 @@ class Decoder:
                     )
         return bound
 
-    def _runner(self):
-        """The backend's round runner, for backends that generate code (built once per Decoder)."""
+    def _runner(self, per_call: bool = False):
+        """The backend's round runner, for backends that generate code (built once per Decoder and graph: the spec's, or
+        the open one whose sampler numbers are inputs)."""
         if not hasattr(self.backend, "RoundRunner"):
             return None
         with self._lock:
-            if self._round_runner is None or self._round_runner_options != self.backend_options:
-                self._round_runner = self.backend.RoundRunner(self.graph, **self.backend_options)
+            if self._round_runner_options != self.backend_options:
+                self._round_runners = {}
                 self._round_runner_options = dict(self.backend_options)
-            return self._round_runner
+            if per_call not in self._round_runners:
+                graph = self._open_graph() if per_call else self.graph
+                self._round_runners[per_call] = self.backend.RoundRunner(graph, **self.backend_options)
+            return self._round_runners[per_call]
 
     @property
     def tokenizer(self) -> Tokenizer | None:
@@ -133,7 +138,7 @@ class Decoder:
 
     def generate(self, input_ids: Any = None, max_new_tokens: int = 32, seed: int | None = None,
                  eos_token_id: int | Sequence[int] | None = "default", *, stop: Any = None,  # type: ignore[assignment]
-                 messages: Any = None) -> Result:
+                 messages: Any = None, **sampling: Any) -> Result:
         """Generate up to max_new_tokens per row.
 
         input_ids: a [B, T] tensor, a ragged list of id lists, one id list — or, when the target
@@ -147,12 +152,16 @@ class Decoder:
         stop: a string or a list of strings (or one list per row): a row ends where its text first contains one,
         and its text is cut right before it, even when a speculative round went past it; its tokens are the
         fewest that cover that text (backends/detokenize.py). Needs a tokenizer.
+        **sampling: the numbers of the spec's sampler stages for this call, one for every row or a list of one per
+        row: temperature, top_k, top_p, min_p, typical_p, repetition_penalty, frequency_penalty, presence_penalty
+        (backends/sampling.py). The spec fixes which stages there are; new values never recompile. Eager and
+        inductor backends.
         Returns Result(tokens, stats, text, finish_reason, stopped_by); `text` holds the decoded continuations
         when there is a tokenizer. Every argument is checked before anything is allocated
         (backends/arguments.py): a wrong type or value is a DecError naming it. Ctrl-C raises `Interrupted` (a
         KeyboardInterrupt) whose `result` holds the tokens (and text) generated until then.
         """
-        stream = self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, texts=stop is not None)
+        stream = self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, texts=stop is not None)
         tokenizer = self.tokenizer
         try:
             result = stream.run()
@@ -166,7 +175,7 @@ class Decoder:
 
     def stream(self, input_ids: Any = None, max_new_tokens: int = 32, seed: int | None = None,
                eos_token_id: int | Sequence[int] | None = "default", *, stop: Any = None,  # type: ignore[assignment]
-               messages: Any = None) -> Stream:
+               messages: Any = None, **sampling: Any) -> Stream:
         """What `generate` does, as it happens: an iterator of `Delta`s (decspec/stream.py), one per row and round
         that added something, each with the round's new tokens and the text they complete (never half a
         character). `stream(...).result` is the Result once the iterator is exhausted; the deltas of a row add up
@@ -177,10 +186,10 @@ class Decoder:
 
         A `search` spec (beam search) has no rounds to stream: its whole answer comes as one delta per row.
         """
-        return self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, texts=True)
+        return self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, texts=True)
 
     def _stream(self, input_ids: Any, max_new_tokens: Any, seed: Any, eos_token_id: Any, stop: Any, messages: Any,
-                texts: bool) -> Stream:
+                sampling: Mapping[str, Any], texts: bool) -> Stream:
         """The arguments checked, then a Stream over the rounds (not started). texts: follow each row's text
         (RowText: streaming and stop strings) when the target has a tokenizer."""
         models = self._bound_models()
@@ -202,10 +211,32 @@ class Decoder:
         if stops is not None and self.search is not None:
             raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole",
                            self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
+        settings = self._settings(sampling, len(args.prompts)) if sampling else None
         rows = row_texts(tokenizer, stops, len(args.prompts)) if texts and tokenizer is not None else None
-        return Stream(self._rounds(models, args, rows), rows)
+        return Stream(self._rounds(models, args, rows, settings), rows)
 
-    def _rounds(self, models: dict[str, Any], args: Any, texts: list | None):
+    def _settings(self, sampling: Mapping[str, Any], rows: int) -> dict[str, Any]:
+        """Per-call sampler settings checked -> the per-row values the open graph's rounds read (backends/sampling.py)."""
+        from decspec.backends.sampling import sampler_settings
+
+        if self.search is not None:
+            raise DecError(f"beam search (the `search` slot) does not take per-call sampler settings ({', '.join(sampling)}); "
+                           "its scores are fixed by the spec", self.spec.slot("search").span)
+        if self.backend.NAME not in ("eager", "inductor"):
+            raise DecError(f"per-call sampler settings ({', '.join(sampling)}) run on the eager and inductor backends, not "
+                           f"on {self.backend.NAME}; set them in the spec (decspec.compile(..., {next(iter(sampling))}=...))")
+        return sampler_settings(self.spec, sampling, rows)
+
+    def _open_graph(self) -> Graph:
+        """The round graph with every sampler parameter a per-row input (built once; backends/sampling.py)."""
+        with self._lock:
+            if self._open is None:
+                from decspec.backends.sampling import open_sampler
+
+                self._open = run_pipeline(open_sampler(lower(self.spec)))
+            return self._open
+
+    def _rounds(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None = None):
         """The runtime's rounds (a generator of Commits returning the Result); beam search as one Commit."""
         if self.search is not None:  # deterministic: `seed` is not used
             from decspec.backends.beam import beam_generate
@@ -218,12 +249,13 @@ class Decoder:
                 texts[b].feed(row, last=True)
             yield Commit(result.tokens, finished)
             return result
-        runner = self._runner()
+        graph = self.graph if settings is None else self._open_graph()
+        runner = self._runner(per_call=settings is not None)
         with self._lock if runner is not None and runner.serial else nullcontext():
             return (yield from run_rounds(
-                self.graph, models, args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                graph, models, args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                 eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
-                grammars=self._bound_grammars(), texts=texts,
+                grammars=self._bound_grammars(), texts=texts, sampling=settings,
             ))
 
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):

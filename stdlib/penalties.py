@@ -26,20 +26,22 @@ from decspec.stdlib.registry import Component, Contract, Param, register
 _NO_CONTRACT = Contract(None, "samplers define the target distribution; they are not checked against it")
 
 
-def repetition_penalty(logits: torch.Tensor, counts: torch.Tensor, r: float) -> torch.Tensor:
-    """CTRL / Hugging Face: a token seen before has its logit divided by r when positive, multiplied by r when negative."""
+def repetition_penalty(logits: torch.Tensor, counts: torch.Tensor, r: float | torch.Tensor) -> torch.Tensor:
+    """CTRL / Hugging Face: a token seen before has its logit divided by r when positive, multiplied by r when negative.
+    r, a: a number, or a per-row float64 tensor (samplers.PerRow), cast to the logits' dtype as torch casts a number."""
+    r = r.to(logits.dtype) if isinstance(r, torch.Tensor) else r
     seen = counts > 0
     return torch.where(seen, torch.where(logits > 0, logits / r, logits * r), logits)
 
 
-def frequency_penalty(logits: torch.Tensor, counts: torch.Tensor, a: float) -> torch.Tensor:
+def frequency_penalty(logits: torch.Tensor, counts: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
     """OpenAI: logit - a * count."""
-    return logits - a * counts
+    return logits - (a.to(logits.dtype) if isinstance(a, torch.Tensor) else a) * counts
 
 
-def presence_penalty(logits: torch.Tensor, counts: torch.Tensor, a: float) -> torch.Tensor:
+def presence_penalty(logits: torch.Tensor, counts: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
     """OpenAI: logit - a * [count > 0]."""
-    return logits - a * (counts > 0).to(logits.dtype)
+    return logits - (a.to(logits.dtype) if isinstance(a, torch.Tensor) else a) * (counts > 0).to(logits.dtype)
 
 
 TRANSFORMS = {"repetition_penalty": repetition_penalty, "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty}

@@ -8,7 +8,7 @@ import torch
 from decspec.backends.grammar import grammar_states, masked_logits
 from decspec.backends.interpreter import run_graph
 from decspec.stdlib.penalties import token_counts
-from decspec.stdlib.samplers import apply_pipeline
+from decspec.stdlib.samplers import apply_pipeline, per_row
 
 
 def _dims(state, shape) -> tuple[int, ...]:
@@ -24,7 +24,7 @@ def model_call(state, op, ctx, ext=None, n=None):
 def logits_transform(state, op, logits, ctx=None, ext=None, n=None):
     """The sampler stages; with the context the logits were read after, penalty stages count its tokens
     (ctx ++ ext[:, :n] for [B, V] logits, ctx ++ ext[:, :j] at each position j of [B, N+1, V] logits)."""
-    stages = tuple((r.name, r.fields) for r in op.param("stages"))
+    stages = per_row(tuple((r.name, r.fields) for r in op.param("stages")), getattr(state, "sampling", None), logits)
     counts = None if ctx is None else context_counts(logits, ctx.tokens, ctx.length, ext, n)
     return (apply_pipeline(logits, stages, counts),)
 

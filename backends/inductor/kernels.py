@@ -15,17 +15,19 @@ from decspec.backends import grammar as G
 from decspec.backends.eager import acceptance as A
 from decspec.backends.eager import rules as E
 from decspec.stdlib import recycling
-from decspec.stdlib.samplers import apply_pipeline
+from decspec.stdlib.samplers import apply_pipeline, per_row
 
 
-def logits_transform(logits: torch.Tensor, stages: tuple, ctx_tokens=None, ctx_length=None, ext=None, n=None) -> torch.Tensor:
-    """The sampler stages; penalty stages count the tokens of ctx ++ ext[:, :n] (static shapes: n masks, an int or a 0-d tensor)."""
+def logits_transform(logits: torch.Tensor, stages: tuple, ctx_tokens=None, ctx_length=None, ext=None, n=None,
+                     settings=None) -> torch.Tensor:
+    """The sampler stages; penalty stages count the tokens of ctx ++ ext[:, :n] (static shapes: n masks, an int or a 0-d tensor).
+    settings: {PerRow key: [B] tensor}, the call's per-row sampler values (inputs of the compiled round, not constants)."""
     counts = None if ctx_tokens is None else E.context_counts(logits, ctx_tokens, ctx_length, ext, n)
-    return apply_pipeline(logits, stages, counts)
+    return apply_pipeline(logits, per_row(stages, settings, logits), counts)
 
 
-def sampler_probs(logits: torch.Tensor, stages: tuple, *context) -> torch.Tensor:
-    return softmax(logits_transform(logits, stages, *context))
+def sampler_probs(logits: torch.Tensor, stages: tuple, *context, settings=None) -> torch.Tensor:
+    return softmax(logits_transform(logits, stages, *context, settings=settings))
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from decspec.compiler.ir import Dim, Graph, Op, Value
 from decspec.compiler.text import Record
-from decspec.stdlib.samplers import needs_context
+from decspec.stdlib.samplers import PerRow, needs_context
 
 NAME = "fold_sampler"
 
@@ -30,8 +30,9 @@ Rewrite = Callable[[tuple[Record, ...]], tuple[Record, ...]]  # the matched stag
 
 
 def stage(name: str, when: Callable[[dict[str, Any], Dim], bool] = lambda fields, V: True) -> Matcher:
-    """Match one stage by name and, optionally, a predicate over its fields and V."""
-    return lambda s, V: s.name == name and when(dict(s.fields), V)
+    """Match one stage by name and, optionally, a predicate over its fields and V. A stage whose parameter is given per
+    call (PerRow, backends/sampling.py) is not a constant: it matches nothing."""
+    return lambda s, V: s.name == name and not any(isinstance(v, PerRow) for _, v in s.fields) and when(dict(s.fields), V)
 
 
 def one_of(*names: str) -> Matcher:

@@ -1,0 +1,164 @@
+"""Per-call, per-row sampler settings (issue 17, item 2): `generate(..., temperature=0.7, top_p=[0.9, 1.0])` sets the
+numbers of the spec's sampler stages for one call without recompiling (backends/sampling.py).
+
+- a per-row value computes, bit for bit, what the same constant computes (hypothesis over stages, values, logits);
+- a call with values gives the tokens the spec compiled with those values gives (eager and inductor);
+- a torch.compile'd round takes new values without recompiling (dynamo's counters);
+- what cannot be set says why: unknown names, stages the spec has not got, bad values, the exact backend, beam
+  search, and temperature > 0 on a spec lossless only because it is greedy.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import decspec
+from decspec import DecError
+from decspec.backends.sampling import settable
+from decspec.stdlib.models.default import random_models
+from decspec.stdlib.models.table import TableModel
+from decspec.stdlib.penalties import token_counts
+from decspec.stdlib.samplers import PerRow, apply_pipeline, per_row
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+V = 8
+
+
+def tables():
+    return {"target": TableModel.random(V, 1, seed=0), "draft": TableModel.random(V, 1, seed=1, temperature=2.0)}
+
+
+VALUES = {
+    "temperature": st.one_of(st.just(0.0), st.just(1.0), st.floats(1e-3, 10)),
+    "top_k": st.integers(1, V + 2),
+    "top_p": st.one_of(st.just(0.0), st.just(1.0), st.floats(0, 1)),
+    "min_p": st.one_of(st.just(0.0), st.floats(0, 1)),
+    "typical_p": st.one_of(st.just(1.0), st.floats(0, 1)),
+    "repetition_penalty": st.floats(0.01, 100),
+    "frequency_penalty": st.floats(-2, 2),
+    "presence_penalty": st.floats(-2, 2),
+}
+
+
+@st.composite
+def pipelines_and_rows(draw):
+    names = draw(st.lists(st.sampled_from(sorted(VALUES)), min_size=1, max_size=4))
+    B = draw(st.integers(1, 3))
+    rows = [[draw(VALUES[n]) for n in names] for _ in range(B)]
+    logits = torch.tensor(draw(st.lists(st.lists(st.sampled_from([-3.0, -1.0, 0.0, 0.5, 2.0, 7.0, float("-inf")]), min_size=V, max_size=V),
+                                        min_size=B, max_size=B)))
+    logits[:, 0] = 1.0  # at least one finite logit per row
+    return names, rows, logits
+
+
+@SETTINGS
+@given(pipelines_and_rows())
+def test_a_per_row_value_computes_what_the_constant_does(case):
+    names, rows, logits = case
+    B = logits.shape[0]
+    param = {n: p for n, (p, _) in settable().items()}
+    open_stages = tuple((n, ((param[n], PerRow(f"{n}@{i}", n, 0)),)) for i, n in enumerate(names))
+    values = {f"{n}@{i}": torch.tensor([float(rows[b][i]) for b in range(B)], dtype=torch.float64) for i, n in enumerate(names)}
+    tokens = torch.tensor([[1, 1, 3, 0, 5]] * B)
+    counts = token_counts(tokens, torch.tensor([5 - b for b in range(B)]), vocab=V)
+    got = apply_pipeline(logits, per_row(open_stages, values, logits), counts)
+    for b in range(B):
+        constant = tuple((n, ((param[n], rows[b][i]),)) for i, n in enumerate(names))
+        want = apply_pipeline(logits[b:b + 1], constant, counts[b:b + 1])
+        assert torch.equal(got[b:b + 1], want.to(got.dtype)), (names, rows[b])
+
+
+SPECS = {  # spec, {setting: the spec's parameter that sets the same stage}
+    "specs/speculative.dec": {"temperature": "temperature", "top_p": "top_p"},
+    "specs/penalties.dec": {"repetition_penalty": "repetition", "temperature": "temperature", "typical_p": "mass"},
+    "specs/prompt_lookup.dec": {"temperature": "temperature"},
+}
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("spec", list(SPECS))
+def test_a_call_gives_the_tokens_of_the_spec_compiled_with_its_values(spec, backend):
+    names = SPECS[spec]
+    dec = decspec.compile(spec, models=tables(), backend=backend)
+    prompts = [[1, 2, 1, 2], [3]]
+
+    @settings(max_examples=6, deadline=None)
+    @given(st.fixed_dictionaries({n: VALUES[n] for n in names}), st.integers(0, 2**32))
+    def check(values, seed):
+        compiled = decspec.compile(spec, models=tables(), backend=backend, overrides={names[n]: v for n, v in values.items()})
+        want = compiled.generate(prompts, max_new_tokens=10, seed=seed)
+        got = dec.generate(prompts, max_new_tokens=10, seed=seed, **values)
+        assert got.tokens == want.tokens
+        deltas = list(dec.stream(prompts, max_new_tokens=10, seed=seed, **values))
+        assert [[t for d in deltas if d.row == b for t in d.tokens] for b in range(2)] == want.tokens
+
+    check()
+
+
+def test_settings_per_row():
+    """Row 0 greedy, row 1 hot: row 0 is the greedy decoding of its prompt, whatever row 1 draws."""
+    dec = decspec.compile("specs/speculative.dec", models=tables(), k=3)
+    greedy = decspec.compile("specs/speculative.dec", models=tables(), k=3, temperature=0.0)
+    want = greedy.generate([[1, 2]], max_new_tokens=12, seed=0).tokens[0]
+    for seed in range(3):
+        got = dec.generate([[1, 2], [1, 2]], max_new_tokens=12, seed=seed, temperature=[0.0, 5.0], top_p=[0.5, 1.0])
+        assert got.tokens[0] == want
+    hot = {tuple(dec.generate([[1, 2], [1, 2]], max_new_tokens=12, seed=s, temperature=[0.0, 5.0]).tokens[1]) for s in range(4)}
+    assert len(hot) > 1
+
+
+def test_new_values_do_not_recompile_the_compiled_round():
+    from torch._dynamo.utils import counters
+
+    models = random_models(seed=3)
+    prompts = [[1, 2, 3], [4]]
+    torch._dynamo.reset()
+    counters.clear()
+    dec = decspec.compile("specs/speculative.dec", models=models, k=3, backend="inductor")
+    dec.backend_options = {"compile": True}
+    dec.generate(prompts, max_new_tokens=8, seed=0, temperature=0.7)  # warm-up: compiles once
+    graphs = counters["stats"]["unique_graphs"]
+    last = dec.generate(prompts, max_new_tokens=8, seed=0, temperature=[0.0, 1.5], top_p=[1.0, 0.2])
+    assert counters["stats"]["unique_graphs"] == graphs == 1 and not counters["graph_break"]
+    eager = decspec.compile("specs/speculative.dec", models=models, k=3)
+    assert last.tokens == eager.generate(prompts, max_new_tokens=8, seed=0, temperature=[0.0, 1.5], top_p=[1.0, 0.2]).tokens
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temprature": 0.5}, "unexpected keyword argument 'temprature'\n.*did you mean 'temperature'"),
+    ({"beams": 2}, "per-call sampler settings are"),
+    ({"top_k": 5}, "has no top_k stage to set .*temperature\\(t=0.8\\) \\| top_p\\(p=0.95\\)"),
+    ({"temperature": "hot"}, r"temperature must be a finite number \(got 'hot' \(a str\)\)"),
+    ({"temperature": True}, "temperature must be a finite number"), ({"temperature": math.nan}, "finite number"),
+    ({"temperature": -1.0}, r"temperature=-1.0 is outside temperature's range \[0, 1e\+06\]"),
+    ({"top_p": 1.5}, r"top_p=1.5 is outside"), ({"top_p": [0.5]}, "top_p has 1 values for 2 prompts"),
+    ({"top_p": [0.5, None]}, r"top_p\[1\] must be a finite number \(got None\)"),
+])
+def test_bad_settings_say_what_is_wrong(kwargs, message):
+    dec = decspec.compile("specs/speculative.dec", models=tables())
+    with pytest.raises(DecError, match=message):
+        dec.generate([[1], [2]], max_new_tokens=2, **kwargs)
+    with pytest.raises(DecError, match=message):
+        dec.stream([[1], [2]], max_new_tokens=2, **kwargs)
+
+
+def test_what_cannot_take_settings():
+    top_k = decspec.compile('decoder d() {\n target = model("target")\n sampler = top_k(3)\n}', models={"target": tables()["target"]})
+    with pytest.raises(DecError, match=r"top_k must be an integer \(got 2.5 \(a float\)\)"):
+        top_k.generate([[1]], top_k=2.5)
+    assert len(top_k.generate([[1]], top_k=V + 5, max_new_tokens=3).tokens[0]) == 3
+    with pytest.raises(DecError, match="has no temperature stage"):
+        decspec.compile("specs/speculative_greedy.dec", models=tables()).generate([[1]], temperature=0.5)
+    with pytest.raises(DecError, match="run on the eager and inductor backends, not on exact"):
+        decspec.compile("specs/speculative.dec", models=tables(), backend="exact").generate([[1]], temperature=0.5)
+    with pytest.raises(DecError, match="beam search .* does not take per-call sampler settings"):
+        decspec.compile("specs/beam_search.dec", models={"target": tables()["target"]}).generate([[1]], temperature=0.5)
+    greedy_only = decspec.compile("specs/typical_acceptance.dec", models=tables(), temperature=0.0)
+    assert greedy_only.verdict.lossless
+    with pytest.raises(DecError, match="temperature > 0 would make decoder 'typical_acceptance' lossy: verify = typical"):
+        greedy_only.generate([[1]], temperature=[0.5])
+    greedy_only.generate([[1]], temperature=0.0, max_new_tokens=3)  # staying greedy is fine

@@ -7,7 +7,7 @@ that names the argument, what it got (type and a short excerpt) and what it take
 - prompts: token ids (a [B, T] integer tensor or numpy array, one id list or a list of them, ids any
   integer type but bool, each in [0, vocab)), or text when the target has a tokenizer (a string or a list of
   strings, valid Unicode: a lone surrogate cannot be encoded), never both in one call;
-- max_new_tokens: a positive integer (numpy integers too; not a bool or a float);
+- max_new_tokens: a positive integer (numpy integers too; not a bool or a float), or a list of one per prompt;
 - seed: None or an integer in [-2**63, 2**64) (a 64-bit seed, signed or not);
 - eos_token_id: None, one token id in [0, vocab), or a non-empty list (tuple, set) of them: a row ends at any of them;
 - stop: None, a string, a list of strings (every row), or one such list per row: non-empty, valid Unicode, at most
@@ -44,7 +44,7 @@ _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 @dataclass(frozen=True)
 class GenerateArguments:
     prompts: list[list[int]]
-    max_new_tokens: int
+    max_new_tokens: int | list[int]  # one per row when given so
     seed: int | None
     eos_token_id: tuple[int, ...] | None
 
@@ -53,8 +53,10 @@ def generate_arguments(input_ids: Any, max_new_tokens: Any, seed: Any, eos_token
                        tokenizer: Any = None, eos_from: str = "eos_token_id") -> GenerateArguments:
     """Every argument of `Decoder.generate`, checked and normalized. `eos_from` names where eos_token_id
     came from in messages (the target model's own, by default)."""
-    return GenerateArguments(prompts(input_ids, vocab_size, tokenizer), positive_int("max_new_tokens", max_new_tokens),
-                             seed_value(seed), token_ids(eos_from, eos_token_id, vocab_size))
+    rows = prompts(input_ids, vocab_size, tokenizer)
+    counts = new_token_counts(max_new_tokens, len(rows))
+    return GenerateArguments(rows, counts if isinstance(max_new_tokens, (list, tuple)) else counts[0], seed_value(seed),
+                             token_ids(eos_from, eos_token_id, vocab_size))
 
 
 def _kind(value: Any) -> str:
@@ -70,6 +72,15 @@ def shown(value: Any) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def new_token_counts(value: Any, rows: int) -> list[int]:
+    """max_new_tokens: one positive integer for every row, or a list (tuple) of one per row."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != rows:
+            raise DecError(f"max_new_tokens has {len(value)} counts for {rows} prompt{'s' * (rows != 1)}; give one count, or one per prompt")
+        return [positive_int(f"max_new_tokens[{b}]", v) for b, v in enumerate(value)]
+    return [positive_int("max_new_tokens", value)] * rows
 
 
 def positive_int(name: str, value: Any) -> int:

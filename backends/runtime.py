@@ -14,10 +14,11 @@ from typing import Any, Generator, Sequence
 
 import torch
 
-from decspec.backends.arguments import context_capacity, positive_int, prompts as normalize_prompts, seed_value, token_ids
+from decspec.backends.arguments import context_capacity, new_token_counts, prompts as normalize_prompts, seed_value, token_ids
 from decspec.backends.detokenize import RowText
 from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import run_graph
+from decspec.backends.logprobs import Logprobs
 from decspec.backends.prefix import PrefixCache
 from decspec.backends.speculation_length import Policies
 from decspec.backends.draft_state import DraftStates
@@ -105,13 +106,15 @@ class Result:
     """tokens: the generated ids of each row (ragged; prompt excluded; an EOS that ended a row is kept; a stop string
     is not, see backends/detokenize.py). text: the decoded continuations, when the target carries a tokenizer (else
     None). finish_reason: per row "stop" (an EOS id or a stop string) or "length" (max_new_tokens); stopped_by: the
-    EOS id or stop string that stopped it (None for "length"); both None when interrupted."""
+    EOS id or stop string that stopped it (None for "length"); both None when interrupted. logprobs: per row, each
+    token's log-probability under the target's distribution after the sampler pipeline (generate(logprobs=True))."""
 
     tokens: list[list[int]]
     stats: Stats
     text: list[str] | None = None
     finish_reason: list[str | None] | None = None
     stopped_by: list[int | str | None] | None = None
+    logprobs: list[list[float]] | None = None
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Commit:
 
     tokens: list[list[int]]
     finished: dict[int, tuple[str, int | str | None]]
+    logprobs: list[list[float]] | None = None  # per row, of `tokens` (backends/logprobs.py), when asked for
 
 
 DRAFT_OPS = ("draft_loop", "ngram_lookup", "recycle_draft", "lookahead_draft", "staged_loop")  # the ops that propose; their `max` is the round's speculation length
@@ -150,7 +154,7 @@ def rounds(
     models: dict[str, Model],
     input_ids: Any,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     seed: int | None,
     eos_token_id: int | Sequence[int] | None,
     rules: dict,
@@ -159,6 +163,7 @@ def rounds(
     grammars: dict[str, Any] | None = None,
     texts: Sequence[RowText] | None = None,
     sampling: dict[str, torch.Tensor] | None = None,
+    logprobs: tuple[str, tuple] | None = None,
 ) -> Generator[Commit, None, Result]:
     """The generation loop, one `Commit` yielded per round; returns the Result. Each round runs the graph through
     the interpreter with `rules`, or, when the backend generates code, through `runner` (start(models, B, capacity,
@@ -166,19 +171,21 @@ def rounds(
     ops read. eos_token_id: one id or several; a row ends at the first of them (kept). texts: one RowText per row
     (backends/detokenize.py), fed each round's tokens: a row ends where its text first holds one of its stop
     strings, and keeps the tokens its RowText says. sampling: per-row sampler values for a graph whose stages hold
-    PerRow parameters ({key: [B] tensor}, backends/sampling.py)."""
+    PerRow parameters ({key: [B] tensor}, backends/sampling.py). logprobs: (the target's role, the sampler stages) to
+    score each round's tokens with (backends/logprobs.py). max_new_tokens: one count, or one per row."""
     start = time.perf_counter()
     vocab = next(iter(models.values())).vocab_size
     prompts = normalize_prompts(input_ids, vocab)
-    max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
+    B = len(prompts)
+    limits = new_token_counts(max_new_tokens, B)  # per row
     seed, eos = seed_value(seed), token_ids("eos_token_id", eos_token_id, vocab)
     eos_ids = None if eos is None else torch.tensor(eos)
-    B = len(prompts)
     if texts is not None and len(texts) != B:
         raise DecError(f"{len(texts)} row texts for {B} prompts")
     lengths = [len(p) for p in prompts]
     # room for the longest row, its new tokens, and a round's drafts plus padding past the end (bounded: arguments.py)
-    capacity = context_capacity(B, max(lengths), max_new_tokens, 2 * max_draft_len(graph) + 4, models)
+    capacity = context_capacity(B, max(lengths), max(limits), 2 * max_draft_len(graph) + 4, models)
+    max_new_tokens = torch.tensor(limits)  # [B]; bounded by the capacity check
     device = torch.device("cpu")
     ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device), torch.tensor(lengths, device=device),
                   torch.tensor(lengths, device=device))
@@ -202,6 +209,9 @@ def rounds(
     else:
         state.sessions = runner.start(models, B, capacity, ctx)
 
+    scorer = None if logprobs is None else Logprobs(models[logprobs[0]], B, capacity, logprobs[1], sampling)
+    scores: list[list[float]] = [[] for _ in range(B)]
+
     stats = Stats()
     produced = torch.zeros(B, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
@@ -211,7 +221,10 @@ def rounds(
         ends = [int(ctx.length[b]) if texts is None else lengths[b] + texts[b].kept for b in range(B)]
         stats.new_tokens = [ends[b] - lengths[b] for b in range(B)]
         stats.model_calls = {r: s.calls for r, s in state.sessions.items()}
-        return Result([ctx.tokens[b, lengths[b] : ends[b]].tolist() for b in range(B)], stats)
+        out = Result([ctx.tokens[b, lengths[b] : ends[b]].tolist() for b in range(B)], stats)
+        if scorer is not None:
+            out.logprobs = [scores[b][: ends[b] - lengths[b]] for b in range(B)]
+        return out
 
     try:
         while not bool(done.all()):
@@ -248,13 +261,16 @@ def rounds(
             ended = active & (hit | (produced >= max_new_tokens))
             done |= ended
             new = [row[:t] for row, t in zip(tokens.tolist(), take.tolist())]
+            scored = None if scorer is None else scorer.score(ctx.tokens, ctx.length - take, tokens, take)
+            for b, row in enumerate(scored or ()):
+                scores[b] += row
             finished = {b: ("stop", new[b][-1]) if hit[b] else ("length", None) for b in ended.nonzero().flatten().tolist()}
             for b in active.nonzero().flatten().tolist() if texts is not None else ():
                 stop = texts[b].feed(new[b], last=b in finished)
                 if stop is not None:  # a stop string: it ends the row, whatever else did
                     finished[b] = ("stop", stop)
                     done[b] = True
-            yield Commit(new, finished)
+            yield Commit(new, finished, scored)
     except KeyboardInterrupt:  # Ctrl-C: hand back what was generated, as the exception's `result`
         raise Interrupted(result()) from None
     return result()

@@ -40,15 +40,27 @@ def settable() -> dict[str, tuple[str, Any]]:
     return out
 
 
+def open_stage(i: int, name: str, fields: tuple, stages_of: Mapping[str, tuple[str, Any]]) -> tuple:
+    """The fields of the pipeline's i-th stage with its settable parameter a PerRow (key "stage@position")."""
+    if name not in stages_of:
+        return fields
+    return tuple((k, PerRow(f"{name}@{i}", name, v) if k == stages_of[name][0] else v) for k, v in fields)
+
+
+def pipeline(spec: Any, open: bool) -> tuple:
+    """The spec's sampler stages as apply_pipeline takes them, open (PerRow parameters) or with the spec's constants."""
+    stages_of = settable()
+    return tuple((s.name, open_stage(i, s.name, tuple(s.args), stages_of) if open else tuple(s.args))
+                 for i, s in enumerate(spec.slot("sampler", ())))
+
+
 def open_sampler(graph: Graph) -> Graph:
     """The lowered graph with every settable stage parameter a PerRow (key "stage@position"), in regions too; run it
     through the pass pipeline after this."""
     stages_of = settable()
 
     def stage(i: int, r: Record) -> Record:
-        if r.name not in stages_of:
-            return r
-        return Record(r.name, tuple((k, PerRow(f"{r.name}@{i}", r.name, v) if k == stages_of[r.name][0] else v) for k, v in r.fields))
+        return Record(r.name, open_stage(i, r.name, r.fields, stages_of))
 
     def walk(g: Graph) -> Graph:
         ops = []

@@ -138,7 +138,7 @@ class Decoder:
 
     def generate(self, input_ids: Any = None, max_new_tokens: int = 32, seed: int | None = None,
                  eos_token_id: int | Sequence[int] | None = "default", *, stop: Any = None,  # type: ignore[assignment]
-                 messages: Any = None, **sampling: Any) -> Result:
+                 messages: Any = None, logprobs: bool = False, **sampling: Any) -> Result:
         """Generate up to max_new_tokens per row.
 
         input_ids: a [B, T] tensor, a ragged list of id lists, one id list — or, when the target
@@ -155,13 +155,16 @@ class Decoder:
         **sampling: the numbers of the spec's sampler stages for this call, one for every row or a list of one per
         row: temperature, top_k, top_p, min_p, typical_p, repetition_penalty, frequency_penalty, presence_penalty
         (backends/sampling.py). The spec fixes which stages there are; new values never recompile. Eager and
-        inductor backends.
+        inductor backends. max_new_tokens may be one count per row.
+        logprobs: also return each token's log-probability under the target's distribution after the sampler
+        pipeline (Result.logprobs; one more target forward per round, backends/logprobs.py).
         Returns Result(tokens, stats, text, finish_reason, stopped_by); `text` holds the decoded continuations
         when there is a tokenizer. Every argument is checked before anything is allocated
         (backends/arguments.py): a wrong type or value is a DecError naming it. Ctrl-C raises `Interrupted` (a
         KeyboardInterrupt) whose `result` holds the tokens (and text) generated until then.
         """
-        stream = self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, texts=stop is not None)
+        stream = self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, logprobs,
+                              texts=stop is not None)
         tokenizer = self.tokenizer
         try:
             result = stream.run()
@@ -175,7 +178,7 @@ class Decoder:
 
     def stream(self, input_ids: Any = None, max_new_tokens: int = 32, seed: int | None = None,
                eos_token_id: int | Sequence[int] | None = "default", *, stop: Any = None,  # type: ignore[assignment]
-               messages: Any = None, **sampling: Any) -> Stream:
+               messages: Any = None, logprobs: bool = False, **sampling: Any) -> Stream:
         """What `generate` does, as it happens: an iterator of `Delta`s (decspec/stream.py), one per row and round
         that added something, each with the round's new tokens and the text they complete (never half a
         character). `stream(...).result` is the Result once the iterator is exhausted; the deltas of a row add up
@@ -186,10 +189,10 @@ class Decoder:
 
         A `search` spec (beam search) has no rounds to stream: its whole answer comes as one delta per row.
         """
-        return self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, texts=True)
+        return self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, logprobs, texts=True)
 
     def _stream(self, input_ids: Any, max_new_tokens: Any, seed: Any, eos_token_id: Any, stop: Any, messages: Any,
-                sampling: Mapping[str, Any], texts: bool) -> Stream:
+                sampling: Mapping[str, Any], logprobs: Any, texts: bool) -> Stream:
         """The arguments checked, then a Stream over the rounds (not started). texts: follow each row's text
         (RowText: streaming and stop strings) when the target has a tokenizer."""
         models = self._bound_models()
@@ -212,8 +215,27 @@ class Decoder:
             raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole",
                            self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
+        scoring = self._scoring(logprobs, open=settings is not None)
+        if self.search is not None and isinstance(args.max_new_tokens, list):
+            raise DecError("beam search (the `search` slot) takes one max_new_tokens for every prompt", self.spec.slot("search").span)
         rows = row_texts(tokenizer, stops, len(args.prompts)) if texts and tokenizer is not None else None
-        return Stream(self._rounds(models, args, rows, settings), rows)
+        return Stream(self._rounds(models, args, rows, settings, scoring), rows)
+
+    def _scoring(self, logprobs: Any, open: bool) -> tuple[str, tuple] | None:
+        """logprobs=True: (the target's role, the sampler stages) the runtime scores each round's tokens with."""
+        if not isinstance(logprobs, bool):
+            raise DecError(f"logprobs must be True or False (got {shown(logprobs)})")
+        if not logprobs:
+            return None
+        if self.search is not None:
+            raise DecError("beam search (the `search` slot) does not report logprobs; its result has each hypothesis's score "
+                           "(result.scores)", self.spec.slot("search").span)
+        if self.spec.slot("grammar") is not None:
+            raise DecError("logprobs are not computed under a grammar mask yet: the scorer would miss the mask the target's "
+                           "distribution has", self.spec.slot("grammar").span)
+        from decspec.backends.sampling import pipeline
+
+        return self.spec.models[0], pipeline(self.spec, open)
 
     def _settings(self, sampling: Mapping[str, Any], rows: int) -> dict[str, Any]:
         """Per-call sampler settings checked -> the per-row values the open graph's rounds read (backends/sampling.py)."""
@@ -236,7 +258,8 @@ class Decoder:
                 self._open = run_pipeline(open_sampler(lower(self.spec)))
             return self._open
 
-    def _rounds(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None = None):
+    def _rounds(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None = None,
+                scoring: tuple[str, tuple] | None = None):
         """The runtime's rounds (a generator of Commits returning the Result); beam search as one Commit."""
         if self.search is not None:  # deterministic: `seed` is not used
             from decspec.backends.beam import beam_generate
@@ -255,7 +278,7 @@ class Decoder:
             return (yield from run_rounds(
                 graph, models, args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                 eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
-                grammars=self._bound_grammars(), texts=texts, sampling=settings,
+                grammars=self._bound_grammars(), texts=texts, sampling=settings, logprobs=scoring,
             ))
 
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):

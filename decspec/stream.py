@@ -30,7 +30,8 @@ class Delta:
     row: the prompt's index; round: the round (1-based) that committed it; tokens: the new ids; text: the text they
     complete ("" while a character or a possible stop string is incomplete; None without a tokenizer);
     finish_reason: None while the row runs, then "stop" (an EOS id or a stop string ended it) or "length"
-    (max_new_tokens); stopped_by: the EOS id or the stop string, when finish_reason is "stop".
+    (max_new_tokens); stopped_by: the EOS id or the stop string, when finish_reason is "stop"; logprobs: of `tokens`,
+    with stream(..., logprobs=True).
     """
 
     row: int
@@ -39,6 +40,7 @@ class Delta:
     text: str | None
     finish_reason: str | None = None
     stopped_by: int | str | None = None
+    logprobs: list[float] | None = None
 
 
 class Stream:
@@ -53,6 +55,8 @@ class Stream:
         self._texts = texts
         self._pending: deque[Delta] = deque()
         self._rounds = 0
+        self._scores: dict[int, list[float]] = {}  # row -> logprobs of its tokens so far
+        self._released: dict[int, int] = {}  # row -> tokens released
         self.finish: dict[int, tuple[str, int | str | None]] = {}
         self.result: Result | None = None
         self._closed = False
@@ -100,8 +104,13 @@ class Stream:
                 tokens, text = new, None
             else:
                 tokens, text = self._texts[b].release(final=end is not None)
+            scores = None
+            if commit.logprobs is not None:
+                self._scores.setdefault(b, []).extend(commit.logprobs[b])
+                at = self._released.get(b, 0)
+                scores, self._released[b] = self._scores[b][at:at + len(tokens)], at + len(tokens)
             if tokens or text or end is not None:
-                out.append(Delta(b, self._rounds, tokens, text, *(end or (None, None))))
+                out.append(Delta(b, self._rounds, tokens, text, *(end or (None, None)), scores))
         return out
 
     def _finished(self, result: Result) -> Result:

@@ -15,6 +15,7 @@ MODULES = [
     "decspec.cli",
     "decspec.backends.arguments",
     "decspec.backends.detokenize",
+    "decspec.backends.logprobs",
     "decspec.backends.exact.cells",
     "decspec.backends.exact.distribution",
     "decspec.dsl.diagnostics",

@@ -162,3 +162,72 @@ def test_what_cannot_take_settings():
     with pytest.raises(DecError, match="temperature > 0 would make decoder 'typical_acceptance' lossy: verify = typical"):
         greedy_only.generate([[1]], temperature=[0.5])
     greedy_only.generate([[1]], temperature=0.0, max_new_tokens=3)  # staying greedy is fine
+
+
+# --------------------------------------------------------------------------- logprobs, per-row max_new_tokens
+
+
+def direct_logprobs(target, prompt, row, stages):
+    """log p of each token of `row` under an order-1 table target after `stages` (penalties count all before it)."""
+    from decspec.stdlib.penalties import token_counts
+
+    seq, out = list(prompt) + list(row), []
+    for j, t in enumerate(row):
+        before = seq[:len(prompt) + j]
+        counts = token_counts(torch.tensor([before]), torch.tensor([len(before)]), vocab=V)
+        logits = apply_pipeline(target.logits[before[-1]][None], stages, counts)
+        out.append(float(torch.log_softmax(logits.float(), -1)[0, t]))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["eager", "exact", "inductor"])
+def test_logprobs_are_the_targets_after_the_pipeline(backend):
+    models = tables()
+    dec = decspec.compile("specs/penalties.dec", models=models, k=3, backend=backend)
+    prompts = [[1, 2, 1], [3]]
+    out = dec.generate(prompts, max_new_tokens=[5, 8], seed=4, logprobs=True)
+    assert [len(r) for r in out.tokens] == [5, 8]
+    stages = (("repetition_penalty", (("r", 1.2),)), ("temperature", (("t", 0.8),)), ("typical_p", (("p", 0.95),)))
+    for b in range(2):
+        assert out.logprobs[b] == pytest.approx(direct_logprobs(models["target"], prompts[b], out.tokens[b], stages), abs=1e-5)
+    if backend != "exact":  # per-call settings: eager and inductor
+        hot = dec.generate(prompts, max_new_tokens=6, seed=4, logprobs=True, temperature=[1.5, 0.3], repetition_penalty=2.0)
+        for b, t in enumerate([1.5, 0.3]):
+            mine = (("repetition_penalty", (("r", 2.0),)), ("temperature", (("t", t),)), ("typical_p", (("p", 0.95),)))
+            assert hot.logprobs[b] == pytest.approx(direct_logprobs(models["target"], prompts[b], hot.tokens[b], mine), abs=1e-5)
+
+
+def test_logprobs_stream_with_their_tokens_and_are_cut_with_them():
+    target = TableModel.random(V, 1, seed=2)
+    target.tokenizer = type("Letters", (), {"decode": staticmethod(lambda ids: "".join("abcdefgh"[i] for i in ids)), "name": "letters",
+                                            "chat_template": None})()
+    dec = decspec.compile("specs/speculative.dec", target=target, draft=TableModel.random(V, 1, seed=3), k=3)
+    full = dec.generate([[1]], max_new_tokens=12, seed=1, logprobs=True)
+    stream = dec.stream([[1]], max_new_tokens=12, seed=1, logprobs=True)
+    deltas = list(stream)
+    assert [lp for d in deltas for lp in d.logprobs] == full.logprobs[0] == stream.result.logprobs[0]
+    assert all(len(d.logprobs) == len(d.tokens) for d in deltas)
+    stop = full.text[0][4:6]
+    cut = dec.generate([[1]], max_new_tokens=12, seed=1, logprobs=True, stop=stop)
+    assert cut.logprobs[0] == full.logprobs[0][:len(cut.tokens[0])]
+    greedy = decspec.compile("specs/speculative_greedy.dec", models=tables()).generate([[1]], max_new_tokens=4, logprobs=True)
+    assert greedy.logprobs == [[0.0] * 4]  # a greedy pipeline: the kept token has all the mass
+
+
+def test_what_logprobs_and_per_row_counts_refuse():
+    dec = decspec.compile("specs/speculative.dec", models=tables())
+    with pytest.raises(DecError, match=r"logprobs must be True or False \(got 'yes' \(a str\)\)"):
+        dec.generate([[1]], logprobs="yes")
+    with pytest.raises(DecError, match="does not report logprobs"):
+        decspec.compile("specs/beam_search.dec", models={"target": tables()["target"]}).generate([[1]], logprobs=True)
+    grammar = decspec.compile('decoder g() {\n target = model("target")\n grammar = regex("[ab]+")\n}',
+                              models={"target": TableModel.random(V, 1, seed=0, eos_token_id=V - 1)},
+                              vocab=[bytes([c]) for c in b"abcdefg"] + [None])
+    with pytest.raises(DecError, match="not computed under a grammar mask"):
+        grammar.generate([[1]], logprobs=True)
+    with pytest.raises(DecError, match="max_new_tokens has 1 counts for 2 prompts"):
+        dec.generate([[1], [2]], max_new_tokens=[3])
+    with pytest.raises(DecError, match=r"max_new_tokens\[1\] must be a positive integer \(got 0\)"):
+        dec.generate([[1], [2]], max_new_tokens=[3, 0])
+    with pytest.raises(DecError, match="takes one max_new_tokens for every prompt"):
+        decspec.compile("specs/beam_search.dec", models={"target": tables()["target"]}).generate([[1], [2]], max_new_tokens=[2, 3])

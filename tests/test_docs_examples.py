@@ -20,3 +20,11 @@ def test_testing_md_example_runs(monkeypatch):
     monkeypatch.chdir(ROOT)
     (block,) = [b for b in python_blocks("docs/testing.md") if b not in file_blocks("docs/testing.md").values()]
     exec(compile(block, "docs/testing.md", "exec"), {})
+
+
+def test_embedding_md_examples_run(monkeypatch):
+    """docs/embedding.md's blocks, one after another in one namespace (each builds on the ones before)."""
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    for block in python_blocks("docs/embedding.md"):
+        exec(compile(block, "docs/embedding.md", "exec"), namespace)

@@ -312,3 +312,15 @@ def test_hf_models_keep_every_generation_config_eos_id():
     model.generation_config.eos_token_id = [3, 0]
     wrapped = HFModel(model)
     assert wrapped.eos_token_id == 3 and wrapped.eos_token_ids == (3, 0)
+
+
+def test_decspec_run_streams_and_stops(capsys):
+    from decspec.cli import main
+
+    dec = decspec.compile("specs/speculative.dec")
+    full = dec.generate("def f(x):", max_new_tokens=24, seed=0).text[0]
+    stop = full.strip()[:2]
+    want = dec.generate("def f(x):", max_new_tokens=24, seed=0, stop=stop).text[0]
+    assert main(["run", "specs/speculative.dec", "--prompt", "def f(x):", "--max-new-tokens", "24", "--stop", stop]) == 0
+    out = capsys.readouterr().out
+    assert out.split("\n", 1)[1].startswith("def f(x):" + want + "\n# rounds")

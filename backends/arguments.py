@@ -166,12 +166,17 @@ def stop_strings(stop: Any, rows: int) -> list[tuple[str, ...]] | None:
                 raise DecError(f"{where}[{i}] is {shown(s)}; stop strings are str (a list of them per prompt at most)")
             if not s:
                 raise DecError(f"{where}[{i}] is an empty string: it would match before any text; drop it")
-            try:
-                s.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise DecError(f"{where}[{i}] is not valid Unicode text: character {e.start} is a lone surrogate, which "
-                               "decoded text never contains") from None
+            unicode_text(f"{where}[{i}]", s)
     return [tuple(dict.fromkeys(s)) for s in lists] if any(lists) else None
+
+
+def unicode_text(what: str, text: str) -> None:
+    """Refuse text that cannot be encoded (a lone surrogate: it cannot reach a tokenizer, nor be in decoded text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DecError(f"{what} is not valid Unicode text: {excerpt(repr(text[e.start:e.end]))} at character {e.start} "
+                       "(a lone surrogate) cannot be encoded", hint="decode text with errors='replace' or fix its source") from None
 
 
 def chat_prompts(messages: Any, tokenizer: Any) -> list[list[int]]:
@@ -201,12 +206,8 @@ def chat_prompts(messages: Any, tokenizer: Any) -> list[list[int]]:
                                "('system', 'user', 'assistant')")
             if not isinstance(content, str):
                 raise DecError(f"{where}[{i}] ({excerpt(role)}) has content {shown(content)}; a message's content is a string")
-            for name, text in (("role", role), ("content", content)):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as e:
-                    raise DecError(f"{where}[{i}]'s {name} is not valid Unicode text: character {e.start} is a lone surrogate",
-                                   hint="decode text with errors='replace' or fix its source") from None
+            unicode_text(f"{where}[{i}]'s role", role)
+            unicode_text(f"{where}[{i}]'s content", content)
     return [list(tokenizer.encode_chat([dict(m) for m in conversation])) for conversation in conversations]
 
 
@@ -248,11 +249,7 @@ def _texts(input_ids: Any, tokenizer: Any) -> list[list[int]] | None:
         raise DecError("input_ids holds text, but the target model carries no tokenizer; pass token ids "
                        "([B, T] tensor or lists of ints)")
     for b, text in enumerate(texts):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise DecError(f"prompt {b} is not valid Unicode text: {excerpt(repr(text[e.start:e.end]))} at character {e.start} "
-                           "(a lone surrogate) cannot be encoded", hint="decode text with errors='replace' or fix its source") from None
+        unicode_text(f"prompt {b}", text)
     return [list(tokenizer.encode_prompt(t)) for t in texts]
 
 

@@ -68,25 +68,27 @@ class Stream:
         while not self._pending:
             if self.result is not None or self._closed:
                 raise StopIteration
-            try:
-                commit = next(self._loop)
-            except StopIteration as end:
-                self.result = self._finished(end.value)
-                continue
-            self._rounds += 1
-            self._pending.extend(self._deltas(commit))
+            commit = self._round()
+            if commit is not None:
+                self._pending.extend(self._deltas(commit))
         return self._pending.popleft()
 
     def run(self) -> Result:
         """Run to the end without making Deltas (what `generate` does) and return the Result."""
         while self.result is None:
-            try:
-                commit = next(self._loop)
-            except StopIteration as end:
-                self.result = self._finished(end.value)
-            else:
-                self.finish.update(commit.finished)
+            self._round()
         return self.result
+
+    def _round(self) -> Commit | None:
+        """The next round's Commit (its endings recorded), or None once the loop has returned the Result."""
+        try:
+            commit = next(self._loop)
+        except StopIteration as end:
+            self.result = self._finished(end.value)
+            return None
+        self._rounds += 1
+        self.finish.update(commit.finished)
+        return commit
 
     def close(self) -> None:
         """Stop generating (the rounds not run are never run; `result` stays None)."""
@@ -98,8 +100,6 @@ class Stream:
         out = []
         for b, new in enumerate(commit.tokens):
             end = commit.finished.get(b)
-            if end is not None:
-                self.finish[b] = end
             if self._texts is None:
                 tokens, text = new, None
             else:

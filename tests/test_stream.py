@@ -272,6 +272,7 @@ def test_a_row_ends_at_the_first_of_several_eos_ids():
     target.eos_token_id, target.eos_token_ids = a, (a, b)  # the model's own list is the default
     try:
         assert dec.generate([[2]], max_new_tokens=12).tokens == got.tokens
+        assert all(a not in seq[:-1] and b not in seq[:-1] for seq in dec.distribution([2], 4))  # exact: the same default
         target.eos_token_id = None  # a caller who clears eos_token_id means none
         assert dec.generate([[2]], max_new_tokens=12).tokens[0] == free
     finally:

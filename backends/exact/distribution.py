@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from decspec.backends.arguments import positive_int, token_ids
+from decspec.stdlib.models.protocol import eos_token_ids
 from decspec.backends.exact.rows import Rows, Run, TooLarge
 from decspec.backends.exact.rules import RULES
 from decspec.backends.interpreter import run_graph
@@ -240,6 +241,6 @@ def _unpack(decoder_or_graph: Any, models: Mapping[str, Any] | None, eos: Any,
         first = bound[decoder_or_graph.spec.models[0]]
         if grammars is None:
             grammars = decoder_or_graph._bound_grammars()
-    if eos == "default":
-        eos = getattr(first, "eos_token_id", None)
+    if isinstance(eos, str) and eos == "default":  # the target's own EOS ids, as generate takes them
+        eos = eos_token_ids(first)
     return graph, bound, eos, dict(grammars or {})

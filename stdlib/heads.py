@@ -47,21 +47,16 @@ def head_logits(model: Any, kind: str, hidden: torch.Tensor, last_token: torch.T
         if isinstance(step, int):
             return logits[:, step]
         return logits.index_select(1, step.reshape(1)).squeeze(1)
+    last = step if isinstance(step, int) else drafts.shape[1] - 1
+    chain = []  # chain[i]: (z_{i+1}, logits of step i); Hydra: z_{i+1} = f_i(z_i, emb(y)), y = x, d_1, ..., d_i
     if ChainMemo.usable(step) and hasattr(model, "draft_head"):  # eager: extend the chain this round has built
         chain = chain_memo(model.draft_head("hydra")).states((hidden, last_token), drafts, step)
-        while len(chain) <= step:  # chain[i]: (z_{i+1}, logits of step i)
-            i = len(chain)
-            chain.append(model.hydra_step(i, chain[-1][0] if chain else hidden, drafts[:, i - 1] if i else last_token))
-        return chain[step][1]
-    last = step if isinstance(step, int) else drafts.shape[1] - 1
-    state, token, out = hidden, last_token, []
-    for i in range(last + 1):  # Hydra: z_{i+1} = f_i(z_i, emb(y)), y = x, d_1, ..., d_i
-        state, logits = model.hydra_step(i, state, token)
-        out.append(logits)
-        token = drafts[:, i]
+    while len(chain) <= last:
+        i = len(chain)
+        chain.append(model.hydra_step(i, chain[-1][0] if chain else hidden, drafts[:, i - 1] if i else last_token))
     if isinstance(step, int):
-        return out[step]
-    return torch.stack(out, 1).index_select(1, step.reshape(1)).squeeze(1)
+        return chain[step][1]
+    return torch.stack([logits for _, logits in chain], 1).index_select(1, step.reshape(1)).squeeze(1)
 
 
 def lower_heads(lw: Lowering, inst, ctx):

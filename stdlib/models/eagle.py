@@ -76,11 +76,8 @@ class EagleHead(nn.Module):
         if valid is not None:
             mask = mask & (valid[:, None, :] | torch.eye(T, dtype=torch.bool, device=x.device)[None])
         cos, sin = rope(i[None].expand(B, T), self.inv_freq, x.dtype)  # [B, 1, T, D]
-        a, layer = self.layer.self_attn, self.layer
-        q, k, v = a.qkv(layer.input_layernorm(x), cos, sin)  # [B, H, T, D], [B, Hkv, T, D] x 2
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=a.n_head != a.n_kv)
-        h = x + a.o_proj(y.transpose(1, 2).reshape(B, T, a.n_head * a.d))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        q, k, v = self.layer.self_attn.qkv(self.layer.input_layernorm(x), cos, sin)  # [B, H, T, D], [B, Hkv, T, D] x 2
+        return self._attend(x, q, k, v, mask[:, None])
 
     def draft_features(self, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, drafts: torch.Tensor,
                        last: int, embed: nn.Module) -> torch.Tensor:

@@ -70,7 +70,6 @@ class ChainMemo:
         return self.chain
 
 
-
 class MedusaHeads(nn.Module):
     """k independent residual heads: head i maps h_t to the distribution of token t+i+1 (i = 1..k)."""
 
@@ -86,11 +85,15 @@ class MedusaHeads(nn.Module):
 
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [..., C] -> per-head features [..., k, C] (before the LM head)."""
-        return torch.stack([hidden + F.silu(block(hidden)) for block in self.blocks], dim=-2)
+        return torch.stack([self.feature(hidden, i) for i in range(self.num_heads)], dim=-2)
+
+    def feature(self, hidden: torch.Tensor, i: int) -> torch.Tensor:
+        """Head i's feature: hidden [..., C] -> h + SiLU(W_i h) [..., C]."""
+        return hidden + F.silu(self.blocks[i](hidden))
 
     def head(self, hidden: torch.Tensor, i: int, lm_head: nn.Module) -> torch.Tensor:
         """Head i alone: hidden [..., C] -> logits [..., V] (float32), equal to forward(...)[..., i, :]."""
-        return lm_head(hidden + F.silu(self.blocks[i](hidden))).float()
+        return lm_head(self.feature(hidden, i)).float()
 
     def forward(self, hidden: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """hidden: [..., C] -> logits [..., k, V] (float32)."""

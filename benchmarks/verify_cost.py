@@ -1,13 +1,15 @@
 """What a verification step costs against a one-token step, on a real model, by width and precision.
 
     python -m benchmarks.verify_cost [--model smollm2-135m-instruct] [--widths 1 2 3 5 8 16] [--repeats 5] [--threads 1]
+        [--variants float32 float32-plain bfloat16]
 
 Speculative decoding pays when verifying k+1 tokens costs about what one token costs (a step bound
 by reading the weights). This measures a forward step of `width` tokens after a 59-token prefix, for
-each width and each dtype (float32, the default, and bfloat16), in turns (the order rotates every
-repeat), as the median CPU time of the process (`time.process_time`: on a shared machine, time spent
+each width and each variant (float32 as decspec runs it, with multi-row steps on oneDNN-prepacked
+weights; float32-plain, every step through F.linear on the stored weights, as before prepacking; and
+bfloat16), in turns (the order rotates every repeat), as the median CPU time of the process (`time.process_time`: on a shared machine, time spent
 waiting for a core is not counted; with one thread that is the step's own work) and the median wall
-time, and reports each as a ratio to the one-token step of the same dtype. Writes
+time, and reports each as a ratio to the one-token step of the same variant. Writes
 benchmarks/results/verify_cost.json (or --out).
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"float32": (torch.float32, True), "float32-plain": (torch.float32, False), "bfloat16": (torch.bfloat16, True)}
 
 
 def step_times(model, width: int, n: int = 6) -> tuple[float, float]:
@@ -43,21 +46,24 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--widths", type=int, nargs="+", default=[1, 2, 3, 5, 8, 16])
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "verify_cost.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from decspec.stdlib.models import transformer
     from decspec.stdlib.models.registry import load_named
 
-    models = {d: load_named(args.model, dtype=getattr(torch, d)) for d in args.dtypes}
+    loaded = {dtype: load_named(args.model, dtype=dtype) for dtype in {VARIANTS[v][0] for v in args.variants}}
+    models = {v: loaded[VARIANTS[v][0]] for v in args.variants}
     load = [os.getloadavg()[0]]
-    cells = [(d, w) for d in args.dtypes for w in args.widths]
+    cells = [(d, w) for d in args.variants for w in args.widths]
     cpu: dict = {c: [] for c in cells}
     wall: dict = {c: [] for c in cells}
     for rep in range(args.repeats):
         for d, w in cells[rep % len(cells):] + cells[: rep % len(cells)]:
+            transformer.PREPACK = VARIANTS[d][1]
             c, t = step_times(models[d], w)
             cpu[(d, w)].append(c)
             wall[(d, w)].append(t)
@@ -66,12 +72,12 @@ def main(argv=None) -> None:
     for d, w in cells:
         c, t = statistics.median(cpu[(d, w)]), statistics.median(wall[(d, w)])
         c1, t1 = statistics.median(cpu[(d, 1)]) if (d, 1) in cpu else None, statistics.median(wall[(d, 1)]) if (d, 1) in wall else None
-        rows.append({"dtype": d, "width": w, "cpu_ms": 1e3 * c, "wall_ms": 1e3 * t,
+        rows.append({"variant": d, "dtype": str(VARIANTS[d][0]).removeprefix("torch."), "prepacked": VARIANTS[d][1], "width": w, "cpu_ms": 1e3 * c, "wall_ms": 1e3 * t,
                      "cpu_vs_one_token": c / c1 if c1 else None, "wall_vs_one_token": t / t1 if t1 else None})
     print(f"{args.model}, {args.threads} thread(s), torch {torch.__version__}; load average {load[0]:.2f} -> {load[1]:.2f}")
-    print("| dtype | width | CPU ms | x one token | wall ms | x one token |\n|---|---|---|---|---|---|")
+    print("| variant | width | CPU ms | x one token | wall ms | x one token |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dtype']} | {r['width']} | {r['cpu_ms']:.1f} | {r['cpu_vs_one_token']:.2f} | {r['wall_ms']:.1f} | {r['wall_vs_one_token']:.2f} |")
+        print(f"| {r['variant']} | {r['width']} | {r['cpu_ms']:.1f} | {r['cpu_vs_one_token']:.2f} | {r['wall_ms']:.1f} | {r['wall_vs_one_token']:.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": args.model, "threads": args.threads, "torch": torch.__version__,
                                     "load_average": load, "repeats": args.repeats, "rows": rows}, indent=2) + "\n")

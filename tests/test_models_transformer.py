@@ -335,3 +335,72 @@ def test_prefix_cache_reads_the_same_logits_with_keep():
     assert torch.allclose(with_keep.logits(ctx, length), without.logits(ctx, length), atol=ATOL)
     ext = torch.randint(0, V, (2, 3), generator=torch.Generator().manual_seed(5))
     assert torch.allclose(with_keep.logits(ctx, length, ext, 3), without.logits(ctx, length, ext, 3), atol=ATOL)
+
+
+# Prepacked weights (transformer.prepacked_linear): steps of several rows multiply by a oneDNN-packed copy.
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
+
+
+@needs_onednn
+@SETTINGS
+@given(st.integers(1, 70), st.integers(1, 40), st.integers(1, 9), st.integers(1, 3), st.booleans())
+def test_prepacked_linear_equals_f_linear(n_in, n_out, rows, lead, bias):
+    from decspec.stdlib.models.transformer import Linear, prepacked_linear
+
+    layer = Linear(n_in, n_out, torch.float32, "cpu", bias=bias)
+    gen = torch.Generator().manual_seed(n_in * 100 + n_out)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(n_in, n_out, generator=gen).t())  # column-major, as the model stores it
+        if bias:
+            layer.bias.copy_(torch.randn(n_out, generator=gen))
+    x = torch.randn(lead, rows, n_in, generator=gen)
+    with torch.no_grad():
+        y = prepacked_linear(layer, x)
+        assert (y is None) == (lead * rows == 1)  # one row: the plain weight
+        assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_prepacked_copy_follows_weight_writes_and_stays_out_of_gradients():
+    from decspec.stdlib.models.transformer import Linear
+
+    layer = Linear(8, 5, torch.float32, "cpu")
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        assert torch.allclose(layer(x), x.sum(-1, keepdim=True).expand(4, 5), atol=1e-5)
+        assert "_prepacked" in layer.__dict__ and "_prepacked" not in layer.state_dict()
+        layer.weight.mul_(2.0)  # an in-place write: the packed copy is remade
+        assert torch.allclose(layer(x), 2 * x.sum(-1, keepdim=True).expand(4, 5), atol=1e-5)
+        layer.load_state_dict({"weight": torch.eye(5, 8)})
+        assert torch.allclose(layer(x), x[:, :5], atol=1e-6)
+    layer.weight.requires_grad_(True)  # training: the plain weight, so gradients flow
+    layer(x).sum().backward()
+    assert torch.allclose(layer.weight.grad, x.sum(0).expand(5, 8))
+
+
+def test_prepack_can_be_switched_off(monkeypatch):
+    from decspec.stdlib.models import transformer
+
+    monkeypatch.setattr(transformer, "PREPACK", False)
+    layer = transformer.Linear(8, 5, torch.float32, "cpu")
+    with torch.no_grad():
+        layer.weight.fill_(0.5)
+        assert transformer.prepacked_linear(layer, torch.ones(3, 8)) is None
+        assert torch.equal(layer(torch.ones(3, 8)), torch.full((3, 5), 4.0))
+    assert "_prepacked" not in layer.__dict__
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype, rows, packed", [(torch.bfloat16, 1, True), (torch.bfloat16, 3, True), (torch.float16, 3, False)])
+def test_prepacked_linear_dtypes(dtype, rows, packed):
+    from decspec.stdlib.models.transformer import Linear, prepacked_linear
+
+    layer = Linear(24, 16, dtype, "cpu")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(rows, 24, generator=gen).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(16, 24, generator=gen))
+        y = prepacked_linear(layer, x)
+        assert (y is not None) == packed
+        assert torch.allclose(layer(x).float(), F.linear(x.float(), layer.weight.float()), atol=0.1, rtol=0.02)

@@ -36,6 +36,8 @@ Parameters are frozen (requires_grad=False): decspec decodes with this model. Ca
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,13 +117,69 @@ def rope(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) ->
 
 class Linear(nn.Linear):
     """nn.Linear (no bias unless asked) whose parameters are left uninitialized: `Transformer.random` or a
-    loaded state dict fills them."""
+    loaded state dict fills them.
+
+    On the CPU, float32 steps of several tokens (a verification, a prefill, a batch) and every bfloat16
+    step multiply by a copy of the weight prepacked for oneDNN (`prepacked_linear`); a float32 one-token
+    step, anything with gradients, and code under torch.compile (inductor packs its own) use the plain
+    weight.
+    """
 
     def __init__(self, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device | str, bias: bool = False):
         super().__init__(n_in, n_out, bias=bias, dtype=dtype, device=device)
 
     def reset_parameters(self) -> None:
         pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = prepacked_linear(self, x)
+        return F.linear(x, self.weight, self.bias) if y is None else y
+
+
+PREPACK = os.environ.get("DECSPEC_PREPACK", "1") != "0"  # DECSPEC_PREPACK=0: never keep prepacked copies
+PREPACK_ROWS = {torch.float32: 2, torch.bfloat16: 1}  # the fewest rows a prepacked copy serves, by dtype (none for others)
+
+
+def prepacked_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
+    """x @ W.T + b through a oneDNN-prepacked copy of W on the CPU, for float32 steps of two or more rows
+    and every bfloat16 step; None where it does not apply (a float32 row, gradients, compiling, another
+    device or dtype, no oneDNN, or DECSPEC_PREPACK=0). The copy is made on first use and remade when W changes (another tensor, or
+    an in-place write); it costs one more copy of the weights.
+
+    Why: on the 2-core machine the BLAS multiplies a few rows by a weight at about one row's speed
+    each, while one oneDNN packed kernel serves them together: SmolLM2's 30 layers and LM head take
+    83 ms for 5 rows plain and 28 ms packed (one row: 34 ms plain, 36 ms packed), so verifying k+1 = 5
+    tokens costs about one plain step instead of two and a half (benchmarks/verify_cost.py). In
+    bfloat16 the packed kernel also wins at one row (24 ms against 37 ms plain). Two rows are padded to
+    three (oneDNN's two-row kernel is slower than its three-row one here). Results equal F.linear's up
+    to float rounding (the order of the sums differs).
+    """
+    w = layer.weight
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (w.dtype not in PREPACK_ROWS or rows < PREPACK_ROWS[w.dtype] or not PREPACK or x.device.type != "cpu" or x.dtype != w.dtype
+            or torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+            or not torch.backends.mkldnn.is_available()):
+        return None
+    key = weight_key(w)
+    pack = layer.__dict__.get("_prepacked")
+    if pack is None or pack[0] != key:
+        with torch.no_grad():
+            pack = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8))
+        layer.__dict__["_prepacked"] = pack  # outside the state dict and parameters
+    x2 = x.reshape(rows, x.shape[-1])
+    if rows == 2:
+        x2 = torch.cat([x2, x2[:1]])
+    y = torch.ops.mkldnn._linear_pointwise(x2, pack[1], layer.bias, "none", [], "")
+    return y[:rows].reshape(*x.shape[:-1], y.shape[-1])
+
+
+def weight_key(w: torch.Tensor) -> tuple:
+    """What identifies a weight's values cheaply: its storage, shape and in-place write count."""
+    try:
+        version = w._version
+    except RuntimeError:  # an inference tensor keeps no version counter (and cannot be written in place)
+        version = -1
+    return w.data_ptr(), tuple(w.shape), tuple(w.stride()), version
 
 
 def column_major(model: nn.Module) -> None:

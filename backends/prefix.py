@@ -14,14 +14,22 @@ from decspec.backends.tree_cache import settle
 from decspec.stdlib.models.protocol import Cache, Model
 
 
+def hidden_roles(graph) -> set[str]:
+    """The model roles whose hidden states the graph's draft heads read (model_hidden, model_features)."""
+    return {op.param("model") for op in graph.walk() if op.name in ("model_hidden", "model_features")}
+
+
 class PrefixCache:
-    def __init__(self, model: Model, batch: int, capacity: int):
+    """record_hidden: keep every fed position's hidden state from the first forward on (for a role that
+    `hidden_roles` names); otherwise the first `hidden` call turns recording on and re-feeds the context."""
+
+    def __init__(self, model: Model, batch: int, capacity: int, *, record_hidden: bool = False):
         self.model = model
         self.cache: Cache = model.new_cache(batch, capacity)
         self.tokens_fed = 0  # total tokens fed to the model (a cost statistic)
         self.calls = 0
         self.tree = None  # a token tree the last call fed (backends/tree_cache.py), settled by the next call
-        self.record_hidden = False  # set by the first `hidden` call: from then on every forward's hidden states are kept
+        self.record_hidden = record_hidden  # else set by the first `hidden` call: from then on every forward's hidden states are kept
         self.hiddens: torch.Tensor | None = None  # [B, S, C] final hidden state at each position fed, while recording
 
     def logits(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, ext: torch.Tensor | None = None, n: int | None = None, *, last: bool = True) -> torch.Tensor:
@@ -53,7 +61,7 @@ class PrefixCache:
         feed_pos = (start[:, None] + torch.arange(T, device=device)).clamp(max=W - 1)  # [B, T]
         feed = seq.gather(1, feed_pos)
         kw = {}
-        if last and not self.record_hidden and getattr(self.model, "logits_keep", False):
+        if last and getattr(self.model, "logits_keep", False):  # (hidden states still come for every position fed)
             kw["keep"] = T - int(count.min()) + 1  # only the positions read below: a prefill skips the head over the prompt
         result = self.model.forward(feed, cache, n_valid=count, **kw)
         out = result.logits  # [B, T, V], or [B, keep, V]: position T - keep + j at j

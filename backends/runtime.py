@@ -19,7 +19,7 @@ from decspec.backends.detokenize import RowText
 from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import run_graph
 from decspec.backends.logprobs import Logprobs
-from decspec.backends.prefix import PrefixCache
+from decspec.backends.prefix import PrefixCache, hidden_roles
 from decspec.backends.speculation_length import Policies
 from decspec.backends.draft_state import DraftStates
 from decspec.compiler.ir import Graph
@@ -205,7 +205,8 @@ def rounds(
     state.draft_states = DraftStates.start(graph, models, B)  # the hook of draft sources with cross-round state: staged in, taken after
     state.grammars = {slot: GrammarSession(m, start=ctx.start) for slot, m in (grammars or {}).items()}
     if runner is None:
-        state.sessions = {r: PrefixCache(m, B, capacity) for r, m in models.items()}
+        hidden = hidden_roles(graph)  # recorded from the prefill on: no second prefill when the first draft reads them
+        state.sessions = {r: PrefixCache(m, B, capacity, record_hidden=r in hidden) for r, m in models.items()}
     else:
         state.sessions = runner.start(models, B, capacity, ctx)
 

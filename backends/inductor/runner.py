@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from decspec.backends.draft_state import staged_key
+from decspec.backends.prefix import hidden_roles
 from decspec.backends.inductor import codegen
 from decspec.backends.inductor.static import StaticSession
 from decspec.compiler.ir import Graph
@@ -41,7 +42,7 @@ class RoundRunner:
         self.serial = compile
 
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
-        hidden = {op.param("model") for op in self.graph.walk() if op.name in ("model_hidden", "model_features")}  # roles whose heads draft
+        hidden = hidden_roles(self.graph)  # roles whose heads draft
         sessions = {role: StaticSession(m, batch, capacity, keep_hidden=role in hidden) for role, m in models.items()}
         for s in sessions.values():
             s.prefill(ctx.tokens, ctx.length)

@@ -404,3 +404,29 @@ def test_prepacked_linear_dtypes(dtype, rows, packed):
         y = prepacked_linear(layer, x)
         assert (y is not None) == packed
         assert torch.allclose(layer(x).float(), F.linear(x.float(), layer.weight.float()), atol=0.1, rtol=0.02)
+
+
+@needs_onednn
+def test_prepacked_copies_stay_within_the_byte_budget(monkeypatch):
+    import gc
+
+    from decspec.stdlib.models import transformer
+
+    gc.collect()
+    base = transformer.PackBudget.held
+    monkeypatch.setattr(transformer, "PREPACK_BYTES", base + 3 * 8 * 5 * 4)  # room for three 8x5 float32 copies
+    layers = [transformer.Linear(8, 5, torch.float32, "cpu") for _ in range(4)]
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.fill_(0.25)
+            assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-6)  # packed or not, the same result
+        assert ["_prepacked" in layer.__dict__ for layer in layers] == [True, True, True, False]
+        layers[0].weight.add_(1.0)  # a repack gives the old copy's bytes back first
+        assert torch.allclose(layers[0](x), F.linear(x, layers[0].weight), atol=1e-5)
+        assert transformer.PackBudget.held == base + 3 * 160
+        del layers[1]
+        gc.collect()  # a collected layer gives its bytes back: the fourth now gets a copy
+        assert transformer.PackBudget.held == base + 2 * 160
+        layers[-1](x)
+        assert "_prepacked" in layers[-1].__dict__ and transformer.PackBudget.held == base + 3 * 160

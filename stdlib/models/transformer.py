@@ -37,6 +37,8 @@ Parameters are frozen (requires_grad=False): decspec decodes with this model. Ca
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -138,13 +140,43 @@ class Linear(nn.Linear):
 
 PREPACK = os.environ.get("DECSPEC_PREPACK", "1") != "0"  # DECSPEC_PREPACK=0: never keep prepacked copies
 PREPACK_ROWS = {torch.float32: 2, torch.bfloat16: 1}  # the fewest rows a prepacked copy serves, by dtype (none for others)
+PREPACK_BYTES = int(os.environ.get("DECSPEC_PREPACK_BYTES", 4 << 30))  # at most this much held in prepacked copies per process
+
+
+class PackBudget:
+    """The bytes held in prepacked copies by live layers: a layer whose copy would pass PREPACK_BYTES keeps
+    the plain weight (a large model is packed up to the budget, the rest runs as before)."""
+
+    lock = threading.Lock()
+    held = 0
+
+    @classmethod
+    def take(cls, layer: nn.Module, nbytes: int) -> bool:
+        """Room for the layer's new copy of nbytes (its old copy, if any, is dropped either way)."""
+        state = layer.__dict__
+        with cls.lock:
+            old = state.pop("_prepacked", None)
+            cls.held -= old[2] if old is not None else 0
+            if cls.held + nbytes > PREPACK_BYTES:
+                return False
+            cls.held += nbytes
+            if "_prepack_finalizer" not in state:  # the copy's bytes are given back when the layer is collected
+                state["_prepack_finalizer"] = weakref.finalize(layer, cls.give, state)
+            return True
+
+    @classmethod
+    def give(cls, state: dict) -> None:
+        with cls.lock:
+            pack = state.pop("_prepacked", None)
+            cls.held -= pack[2] if pack is not None else 0
 
 
 def prepacked_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     """x @ W.T + b through a oneDNN-prepacked copy of W on the CPU, for float32 steps of two or more rows
     and every bfloat16 step; None where it does not apply (a float32 row, gradients, compiling, another
-    device or dtype, no oneDNN, or DECSPEC_PREPACK=0). The copy is made on first use and remade when W changes (another tensor, or
-    an in-place write); it costs one more copy of the weights.
+    device or dtype, no oneDNN, DECSPEC_PREPACK=0, or the copy would pass the process's budget of
+    DECSPEC_PREPACK_BYTES, default 4 GiB: PackBudget). The copy is made on first use and remade when W
+    changes (another tensor, or an in-place write); it costs one more copy of the weights.
 
     Why: on the 2-core machine the BLAS multiplies a few rows by a weight at about one row's speed
     each, while one oneDNN packed kernel serves them together: SmolLM2's 30 layers and LM head take
@@ -163,8 +195,11 @@ def prepacked_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     key = weight_key(w)
     pack = layer.__dict__.get("_prepacked")
     if pack is None or pack[0] != key:
+        nbytes = w.numel() * w.element_size()
+        if not PackBudget.take(layer, nbytes):
+            return None
         with torch.no_grad():
-            pack = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8))
+            pack = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8), nbytes)
         layer.__dict__["_prepacked"] = pack  # outside the state dict and parameters
     x2 = x.reshape(rows, x.shape[-1])
     if rows == 2:

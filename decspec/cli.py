@@ -205,9 +205,10 @@ def _run(args) -> int:
     streamed = args.batch == 1 and isinstance(prompt, str) and decoder.search is None  # one row of text: printed as it comes
     try:
         if streamed:
+            stream = decoder.stream(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)  # arguments checked here
             if not args.chat:
                 print(prompt, end="", flush=True)
-            result = _print_stream(decoder.stream(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop))
+            result = _print_stream(stream)
         else:
             result = decoder.generate(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
     except Interrupted as e:  # Ctrl-C: what was generated, then one line

@@ -90,3 +90,9 @@ def test_run_on_another_backend(capsys):
     assert "tokens per round" in capsys.readouterr().out
     assert main(["run", "specs/speculative_greedy.dec", "--compile"]) == 1
     assert "--compile needs --backend inductor" in capsys.readouterr().err
+
+
+def test_a_refused_argument_prints_no_prompt_before_its_error(capsys):
+    assert main(["run", "specs/autoregressive.dec", "--prompt", "PROMPT-TEXT", "--seed", str(2**64)]) == 1
+    out, err = capsys.readouterr()
+    assert "PROMPT-TEXT" not in out and "error: seed must be an integer" in err

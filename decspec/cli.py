@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import codecs
 import os
 import re
@@ -205,10 +206,8 @@ def _run(args) -> int:
     streamed = args.batch == 1 and isinstance(prompt, str) and decoder.search is None  # one row of text: printed as it comes
     try:
         if streamed:
-            stream = decoder.stream(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)  # arguments checked here
-            if not args.chat:
-                print(prompt, end="", flush=True)
-            result = _print_stream(stream)
+            stream = decoder.stream(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
+            result = _print_stream(stream, "" if args.chat else prompt)
         else:
             result = decoder.generate(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
     except Interrupted as e:  # Ctrl-C: what was generated, then one line
@@ -244,9 +243,13 @@ def _round_stats(s) -> str:
             f"{s.tokens_per_second:.1f} tokens/s")
 
 
-def _print_stream(stream):
-    """Print one row's text as its rounds commit it; then a newline. Returns the stream's Result."""
-    for delta in stream:
+def _print_stream(stream, prefix: str = ""):
+    """Print `prefix` once the first round has run (what a call refuses, it refuses there, before anything is
+    printed), then one row's text as its rounds commit it; then a newline. Returns the stream's Result."""
+    deltas = iter(stream)
+    first = next(deltas, None)
+    print(prefix, end="", flush=True)
+    for delta in () if first is None else itertools.chain([first], deltas):
         print(delta.text, end="", flush=True)
     print(flush=True)
     return stream.result

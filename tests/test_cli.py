@@ -1,6 +1,7 @@
 """The decspec CLI: check, ir, run; errors are diagnostics with exit code 1, never tracebacks."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -92,7 +93,9 @@ def test_run_on_another_backend(capsys):
     assert "--compile needs --backend inductor" in capsys.readouterr().err
 
 
-def test_a_refused_argument_prints_no_prompt_before_its_error(capsys):
-    assert main(["run", "specs/autoregressive.dec", "--prompt", "PROMPT-TEXT", "--seed", str(2**64)]) == 1
+@pytest.mark.parametrize("args, message", [(["--seed", str(2**64)], "seed must be an integer"),
+                                           (["--max-new-tokens", str(10**11)], "the longest prompt .* exceeds the 512 positions")])
+def test_a_refused_argument_prints_no_prompt_before_its_error(args, message, capsys):
+    assert main(["run", "specs/autoregressive.dec", "--prompt", "PROMPT-TEXT", *args]) == 1
     out, err = capsys.readouterr()
-    assert "PROMPT-TEXT" not in out and "error: seed must be an integer" in err
+    assert "PROMPT-TEXT" not in out and re.search(f"error: {message}", err)

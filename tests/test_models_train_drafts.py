@@ -193,10 +193,35 @@ def test_warm_start_continues_from_the_saved_drafts(trained, tmp_path):
         state = train_drafts.own_parameters(module) if kind == "draft" else module.state_dict()
         assert set(saved) == set(state), kind
         assert all(torch.equal(state[k].float(), saved[k]) for k in saved), kind
+        assert module.warm_started, kind
+        (tmp_path / f"{kind}.ckpt").unlink(missing_ok=True)
         cold = train_drafts.train(kind, target, data, tmp_path, steps=0, batch=1, length=8, lr=1e-3, save_every=1,
                                   log=lambda _: None)
         cold_state = train_drafts.own_parameters(cold) if kind == "draft" else cold.state_dict()
         assert not all(torch.equal(cold_state[k].float(), saved[k]) for k in saved), kind
+        assert not cold.warm_started, kind
+
+
+def test_a_warm_started_run_records_the_training_it_continued(trained, tmp_path, capsys):
+    """train_log.json keeps the lineage: the continued weights' steps, rate and data, also across a resume."""
+    work, out, _, args = trained
+    out2 = tmp_path / "out"
+    import shutil
+
+    shutil.copytree(out, out2)
+    before = json.loads((out2 / "train_log.json").read_text())["eagle"]
+    run = [*args, "--only", "eagle", "--warm-start"]
+    run[run.index("--out") + 1], run[run.index("--work") + 1] = str(out2), str(tmp_path / "work")
+    shutil.copytree(work, tmp_path / "work", ignore=shutil.ignore_patterns("*.ckpt"))
+    run[run.index("--steps") + 1] = "2"
+    assert train_drafts.main(run) == 0
+    entry = json.loads((out2 / "train_log.json").read_text())["eagle"]
+    assert entry["continued_from"] == {k: before[k] for k in ("steps", "batch", "length", "lr", "data") if k in before}
+    assert entry["data"] == json.loads((out2 / "train_log.json").read_text())["data"]
+    run[run.index("--steps") + 1] = "3"  # resumed from its own checkpoint: still a continuation of the same weights
+    assert train_drafts.main(run) == 0
+    again = json.loads((out2 / "train_log.json").read_text())["eagle"]
+    assert again["continued_from"]["steps"] == 2 and again["continued_from"]["continued_from"] == entry["continued_from"]
 
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -518,6 +518,7 @@ def train(kind: str, target: Transformer, data: Data, work: Path, *, steps: int,
     starts from the weights saved in that folder (the shipped drafts: a new session continues training them)."""
     module = module_for(kind, target)
     warm = saved_weights(kind, warm_start) if warm_start is not None and not (work / f"{kind}.ckpt").exists() else None
+    warmed = warm is not None  # whether this training continues saved weights (kept in the checkpoint across resumes)
     if warm is not None:
         module.load_state_dict(warm, strict=kind != "draft")
         log(f"{kind}: starting from the weights in {warm_start}")
@@ -533,6 +534,7 @@ def train(kind: str, target: Transformer, data: Data, work: Path, *, steps: int,
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         first = state["step"]
+        warmed = state.get("warm_started", False)
         log(f"{kind}: resuming at step {first}/{steps}")
     t0 = time.perf_counter()
     for step in range(first, steps):
@@ -546,11 +548,12 @@ def train(kind: str, target: Transformer, data: Data, work: Path, *, steps: int,
         opt.step()
         if (step + 1) % save_every == 0 or step + 1 == steps:
             state = {"module": own_parameters(module) if kind == "draft" else module.state_dict(), "opt": opt.state_dict(),
-                     "gen": gen.get_state(), "step": step + 1}
+                     "gen": gen.get_state(), "step": step + 1, "warm_started": warmed}
             save_atomic(state, ckpt)
         if step % 25 == 0 or step + 1 == steps:
             log(f"{kind} step {step}/{steps} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{(step + 1 - first) / (time.perf_counter() - t0):.2f} steps/s")
+    module.warm_started = warmed
     return module.requires_grad_(False).eval()
 
 
@@ -650,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"steps": args.steps, "batch": args.batch, "length": args.length, "lr": args.lr,
                  "params": sum(v.numel() for v in (own_parameters(module) if kind == "draft" else module.state_dict()).values()),
                  "heldout": evaluate(kind, module, target, data, lm_head=lm_head), "seconds_this_run": round(time.perf_counter() - t0)}
+        entry["data"] = record["data"]  # what this run trained on (a kind not retrained keeps its own)
+        if module.warm_started and isinstance(record.get(kind), dict):
+            prev = record[kind]  # the weights it continued: their own training, as recorded
+            entry["continued_from"] = {k: prev[k] for k in ("steps", "batch", "length", "lr", "data", "continued_from") if k in prev}
         save(kind, module, args.out, entry)
         record[kind] = entry
         log_path.write_text(json.dumps(record, indent=2) + "\n")

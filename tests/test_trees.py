@@ -271,8 +271,8 @@ def test_target_feeds_only_the_bonus_and_the_tree_each_round():
     original = runtime.PrefixCache
 
     class Spy(original):
-        def __init__(self, model, batch, capacity):
-            super().__init__(model, batch, capacity)
+        def __init__(self, model, batch, capacity, **kw):
+            super().__init__(model, batch, capacity, **kw)
             sessions[len(sessions)] = self
 
     runtime.PrefixCache = Spy

@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import codecs
+import itertools
 import os
 import re
 import sys

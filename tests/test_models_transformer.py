@@ -430,3 +430,29 @@ def test_prepacked_copies_stay_within_the_byte_budget(monkeypatch):
         assert transformer.PackBudget.held == base + 2 * 160
         layers[-1](x)
         assert "_prepacked" in layers[-1].__dict__ and transformer.PackBudget.held == base + 3 * 160
+
+
+@needs_onednn
+def test_threads_meeting_a_layer_s_first_multi_row_step_make_one_copy():
+    import threading
+
+    from decspec.stdlib.models import transformer
+
+    layer = transformer.Linear(64, 48, torch.float32, "cpu")
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(48, 64, generator=torch.Generator().manual_seed(2)))
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
+    base, start, outs = transformer.PackBudget.held, threading.Barrier(8), []
+
+    def call():
+        start.wait()
+        with torch.no_grad():
+            outs.append(layer(x))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert transformer.PackBudget.held == base + 48 * 64 * 4  # counted once, however many threads packed together
+    assert all(torch.allclose(y, F.linear(x, layer.weight), atol=1e-5) for y in outs) and len(outs) == 8

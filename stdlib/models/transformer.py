@@ -151,18 +151,26 @@ class PackBudget:
     held = 0
 
     @classmethod
-    def take(cls, layer: nn.Module, nbytes: int) -> bool:
-        """Room for the layer's new copy of nbytes (its old copy, if any, is dropped either way)."""
-        state = layer.__dict__
+    def pack(cls, layer: nn.Module, key: tuple) -> tuple | None:
+        """The layer's copy for the weight `key` names: (key, packed, bytes), made now unless another thread just
+        made it, or None when it would pass the budget. Its old copy is dropped either way. Under the lock, so
+        threads that meet a layer's first multi-row step together make one copy and count it once."""
+        state, w = layer.__dict__, layer.weight
         with cls.lock:
-            old = state.pop("_prepacked", None)
+            old = state.get("_prepacked")
+            if old is not None and old[0] == key:
+                return old
+            state.pop("_prepacked", None)
             cls.held -= old[2] if old is not None else 0
+            nbytes = w.numel() * w.element_size()
             if cls.held + nbytes > PREPACK_BYTES:
-                return False
+                return None
+            with torch.no_grad():
+                state["_prepacked"] = pack = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8), nbytes)
             cls.held += nbytes
             if "_prepack_finalizer" not in state:  # the copy's bytes are given back when the layer is collected
                 state["_prepack_finalizer"] = weakref.finalize(layer, cls.give, state)
-            return True
+            return pack
 
     @classmethod
     def give(cls, state: dict) -> None:
@@ -193,14 +201,11 @@ def prepacked_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
             or not torch.backends.mkldnn.is_available()):
         return None
     key = weight_key(w)
-    pack = layer.__dict__.get("_prepacked")
+    pack = layer.__dict__.get("_prepacked")  # (key, packed, bytes): outside the state dict and parameters
     if pack is None or pack[0] != key:
-        nbytes = w.numel() * w.element_size()
-        if not PackBudget.take(layer, nbytes):
+        pack = PackBudget.pack(layer, key)
+        if pack is None:
             return None
-        with torch.no_grad():
-            pack = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8), nbytes)
-        layer.__dict__["_prepacked"] = pack  # outside the state dict and parameters
     x2 = x.reshape(rows, x.shape[-1])
     if rows == 2:
         x2 = torch.cat([x2, x2[:1]])

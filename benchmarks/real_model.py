@@ -20,6 +20,10 @@ Rows, per workload × temperature × batch:
 - drafts trained for the model and shipped with decspec (stdlib/models/train_drafts.py), where it has them:
   `specs/eagle.dec`, `specs/medusa.dec`, `specs/hydra.dec` on its heads, `specs/speculative.dec` with its draft
   model, and HF assisted generation with that draft as the assistant (batch 1: HF's limit);
+- with --int4, the model quantized (stdlib/models/quant.py: 4-bit projections, 8-bit LM head, bfloat16
+  arithmetic in the matmuls): autoregressive, prompt lookup (earliest), EAGLE and Hydra on it; their "own
+  autoregressive" is the quantized one, and their "= HF greedy" column shows how far its greedy text
+  follows the float32 model's (it is another arithmetic, as llama.cpp's is);
 - llama.cpp (when `DECSPEC_LLAMA_CPP` names its build's bin directory): llama-bench generation speed
   on the original GGUF (quantized weights, so not the same arithmetic), batch 1, temperature 0 only.
 
@@ -115,6 +119,27 @@ def rows_for(args, model, hf, T: float, B: int) -> list[tuple[str, dict, object]
                        {"method": "prompt lookup earliest", "impl": "decspec inductor", "k": lk, "c": 0.0},
                        lambda: decspec_run("prompt_lookup.dec", models, {"k": lk, "ngram": 2, "temperature": T, "earliest": "true"},
                                            B, "inductor")))
+    qmodel = getattr(args, "qmodel", None)
+    if qmodel is not None:  # the same model quantized (stdlib/models/quant.py): another arithmetic, its own AR as baseline
+        qm = {"target": qmodel}
+        out += [
+            ("decspec autoregressive (int4)", {"method": "autoregressive", "impl": "decspec int4"},
+             lambda: decspec_run("autoregressive.dec", qm, sampling, B)),
+            ("decspec prompt lookup, earliest (int4)", {"method": "prompt lookup earliest", "impl": "decspec int4", "k": lk, "c": 0.0},
+             lambda: decspec_run("prompt_lookup.dec", qm, {"k": lk, "ngram": 2, "temperature": T, "earliest": "true"}, B)),
+        ]
+        if args.inductor and B == 1:
+            out += [
+                ("decspec autoregressive (int4, inductor)", {"method": "autoregressive", "impl": "decspec int4 inductor"},
+                 lambda: decspec_run("autoregressive.dec", qm, sampling, B, "inductor")),
+                ("decspec prompt lookup, earliest (int4, inductor)",
+                 {"method": "prompt lookup earliest", "impl": "decspec int4 inductor", "k": lk, "c": 0.0},
+                 lambda: decspec_run("prompt_lookup.dec", qm, {"k": lk, "ngram": 2, "temperature": T, "earliest": "true"}, B, "inductor")),
+            ]
+        for kind in ("eagle", "hydra"):
+            if kind in qmodel.heads:
+                out.append((f"decspec {kind} (int4)", {"method": kind, "impl": "decspec int4", "k": k},
+                            lambda kind=kind: decspec_run(f"{kind}.dec", qm, {"k": k, "temperature": T}, B)))
     if args.hf_early_exit and B == 1:
         out.append((f"HF early exit {args.exit_layer}", {"method": "early exit", "impl": "HF", "k": k},
                     lambda: hf_runner(hf, B, {"assistant_early_exit": args.exit_layer, "num_assistant_tokens": k,
@@ -212,6 +237,10 @@ def measure_config(args, model, hf, workload: str, ids: list[list[int]], T: floa
         if T == 0 and reference is not None and "tokens" in r:
             same = [a == b for a, b in zip(r["tokens"], reference)]
             r["same_as_hf_greedy"] = sum(same) / len(same)
+            prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in zip(r["tokens"], reference)]
+            r["hf_greedy_prefix"] = statistics.mean(prefix)  # tokens before the first that differs from HF greedy
+            if not all(same):
+                r["note"] = (r.get("note", "") + f" equals HF greedy for the first {r['hf_greedy_prefix']:.0f} tokens on average").strip()
     for r in rows:
         log(line(r))
     return rows
@@ -313,6 +342,7 @@ def main(argv=None) -> None:
     ap.add_argument("--exit-layer", type=int, default=None, help="early-exit layer (default: 3/4 of the depth)")
     ap.add_argument("--inductor", action="store_true", help="add torch.compile'd rows at batch 1 (about a minute of compiling each on CPU)")
     ap.add_argument("--hf-early-exit", action="store_true", help="add HF assistant_early_exit at batch 1")
+    ap.add_argument("--int4", action="store_true", help="add rows on the model quantized to int4 (stdlib/models/quant.py)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_model.json")
     ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "real_model.md")
     args = ap.parse_args(argv)
@@ -322,6 +352,7 @@ def main(argv=None) -> None:
 
     path = pull(args.model)
     model = load_named(args.model)
+    args.qmodel = load_named(args.model, quantize="int4") if args.int4 else None
     L = model.num_layers
     args.skip = args.skip or ([5, 17, 25] if args.model == "smollm2-135m-instruct" else list(range(L // 4, L - L // 4, 2)))
     args.exit_layer = args.exit_layer or (3 * L) // 4

@@ -274,13 +274,14 @@ def convert_gguf(path: str | Path, out: str | Path) -> Path:
     return out
 
 
-def load_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+              quantize: str | None = None):
     """A GGUF file -> the built-in Transformer with its tokenizer (converted through a temporary directory)."""
     import tempfile
 
     from decspec.stdlib.models.pretrained import load_transformer
 
     with tempfile.TemporaryDirectory(prefix="decspec-gguf-") as tmp:
-        model = load_transformer(convert_gguf(path, tmp), dtype=dtype, device=device)
+        model = load_transformer(convert_gguf(path, tmp), dtype=dtype, device=device, quantize=quantize)
     model.name = str(path)
     return model

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from decspec.stdlib.models.quant import quantized_linear
+
 
 class ChainMemo:
     """The steps of the draft chain a draft loop is building, so step s extends steps 0..s-1 instead of redoing them.
@@ -168,6 +170,8 @@ class SubsetHead(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach()[self.ids].clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sub = F.linear(x, self.weight, self.bias)  # [..., N]
+        sub = quantized_linear(self, x)  # a quantized model's 8-bit rows (stdlib/models/quant.py), else float
+        if sub is None:
+            sub = F.linear(x, self.weight, self.bias)  # [..., N]
         out = torch.full((*x.shape[:-1], self.vocab_size), float("-inf"), dtype=sub.dtype, device=sub.device)
         return out.index_copy(-1, self.ids, sub)  # [..., V]

@@ -95,13 +95,19 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_transformer(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", tokenizer: bool = True
+    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", tokenizer: bool = True,
+    quantize: str | None = None,
 ) -> Transformer:
     """A Llama-family checkpoint directory (model_type llama, qwen2, qwen3 or mistral) -> decspec's Transformer
     (weights cast to `dtype`), with its tokenizer and draft heads. config.json is checked before any tensor is
     allocated: its values (transformer_config.check_values), then the names and shapes it implies against the
-    safetensors headers; a config with huge or negative sizes, or one that does not describe its weights, allocates nothing."""
+    safetensors headers; a config with huge or negative sizes, or one that does not describe its weights, allocates nothing.
+    quantize: "int4" runs the weights quantized (stdlib/models/quant.py; not the float32 model's arithmetic)."""
     path = Path(path)
+    if quantize is not None:
+        from decspec.stdlib.models.quant import check_scheme
+
+        check_scheme(quantize)
     raw = read_config(path)
     if raw.get("model_type") not in (None, *MODEL_TYPES):
         raise DecError(
@@ -145,6 +151,10 @@ def load_transformer(
         model.heads = load_heads(path, config, dtype=dtype, device=device)
     if (path / "eagle.safetensors").is_file():
         model.heads = {**model.heads, "eagle": load_eagle(path, config, dtype=dtype, device=device)}
+    if quantize is not None:
+        from decspec.stdlib.models.quant import quantize as quantize_model
+
+        quantize_model(model, quantize)
     return model
 
 
@@ -270,7 +280,8 @@ def load_shared_draft(path: Path, target: Transformer) -> Transformer:
     return draft.requires_grad_(False).eval()
 
 
-def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               quantize: str | None = None):
     """A local model directory -> the built-in Transformer for the checkpoints it runs exactly (llama, qwen2, qwen3,
     mistral, with a config it supports and safetensors weights), the HF adapter for anything else."""
     raw = read_config(path)
@@ -283,7 +294,10 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: 
         except (TypeError, ValueError):  # a broken config.json: load_transformer's DecError names the fix
             builtin = True
         if builtin:
-            return load_transformer(path, dtype=dtype, device=device)
+            return load_transformer(path, dtype=dtype, device=device, quantize=quantize)
+    if quantize is not None:
+        raise DecError(f"{path}: quantize={quantize!r} runs on decspec's built-in transformer (Llama, Qwen2/3, Mistral), "
+                       "and this checkpoint loads through transformers", hint="drop the quantization for this model")
     from decspec.stdlib.models.hf import HFModel
 
     return HFModel.from_pretrained(path, dtype=dtype, device=device)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decspec.stdlib.models.protocol import Cache, ModelOutput
+from decspec.stdlib.models.quant import quantized_linear
 from decspec.stdlib.models.transformer_config import TransformerConfig
 
 
@@ -124,7 +125,7 @@ class Linear(nn.Linear):
     On the CPU, float32 steps of several tokens (a verification, a prefill, a batch) and every bfloat16
     step multiply by a copy of the weight prepacked for oneDNN (`prepacked_linear`); a float32 one-token
     step, anything with gradients, and code under torch.compile (inductor packs its own) use the plain
-    weight.
+    weight. A layer quantized by stdlib/models/quant.py multiplies by its int4 planes instead.
     """
 
     def __init__(self, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device | str, bias: bool = False):
@@ -134,7 +135,9 @@ class Linear(nn.Linear):
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = prepacked_linear(self, x)
+        y = quantized_linear(self, x)
+        if y is None:
+            y = prepacked_linear(self, x)
         return F.linear(x, self.weight, self.bias) if y is None else y
 
 
@@ -479,6 +482,7 @@ class Transformer(nn.Module):
         return ModelOutput(logits, hidden)
 
     draft_lm_head: nn.Module | None = None  # set by set_draft_vocabulary
+    quantization: str | None = None  # "int4" once stdlib/models/quant.py's quantize ran
 
     def set_draft_vocabulary(self, ids: torch.Tensor | None) -> None:
         """Make the model's draft heads (and drafts sharing its LM head) propose only the token ids `ids` [N]
@@ -487,6 +491,10 @@ class Transformer(nn.Module):
         from decspec.stdlib.models.heads import SubsetHead
 
         self.__dict__["draft_lm_head"] = None if ids is None else SubsetHead(self.lm_head, ids)
+        if ids is not None and self.quantization is not None:  # its rows of a quantized LM head, quantized alike
+            from decspec.stdlib.models.quant import quantize_layer
+
+            quantize_layer(self.draft_lm_head, "int8")
 
     @property
     def drafting_head(self) -> nn.Module:

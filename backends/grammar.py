@@ -28,6 +28,7 @@ class GrammarSession:
         self.states: torch.Tensor | None = None  # [B, C+1] states[:, j]: after tokens[:, :j]; -1 after a refused token
         self.length: torch.Tensor | None = None  # [B] how much of each row's sequence is valid
         self.steps = 0  # tokens walked (a cost statistic)
+        self.forced: dict[int, int] = {}  # state -> the token the grammar forces there (-1: none): forced_drafts' memo
 
     def walk(self, seq: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """States along each row's sequence: seq [B, W], length [B] -> [B, W+1] (column j: after seq[:, :j];
@@ -93,3 +94,79 @@ def masked_logits(matcher, logits: torch.Tensor, states: torch.Tensor) -> torch.
         allowed = torch.cat([allowed, allowed.new_zeros(allowed.shape[0], V - Vm)], 1)
     allowed = (allowed | (flat < 0)[:, None]).view(*states.shape, V).to(logits.device)
     return logits.masked_fill(~allowed, float("-inf"))
+
+
+FORCED_CHAIN = 64  # a state allowing more tokens than this forces none (their bytes are not compared)
+PLAIN_EXCLUDES = (32, 9, 10, 13, 92)  # bytes that make a token not plain: whitespace and the backslash
+LOOKUP_WINDOW = 1024  # forced_drafts looks up n-grams in each row's last this many tokens
+
+
+def forced_token(session: GrammarSession, state: int, plain: bool) -> int:
+    """The token the grammar forces in `state`, or -1: among the allowed tokens (EOS aside; with `plain`, only
+    those without whitespace or a backslash when there are any), the only one, or the longest where every one
+    is a prefix of it (`"`, `"n`, `"name`, `"name":` after `{` when the key must be `name`: jump-forward, as
+    SGLang's compressed FSM; a tokenizer writes forced text in the fewest tokens). None in an accepting state
+    (the row may end there), where more than FORCED_CHAIN tokens are allowed, or where they diverge. Memoized."""
+    memo = session.forced.get((state, plain))
+    if memo is not None:
+        return memo
+    m = session.matcher
+    out = -1
+    if state >= 0 and not m.is_accepting(state):
+        allowed = m.allowed(state)
+        if len(allowed) <= FORCED_CHAIN + 1:
+            words = {int(t): m.token_list[int(t)] for t in allowed if int(t) != m.eos_id}
+            if plain:
+                words = {t: w for t, w in words.items() if not any(c in w for c in PLAIN_EXCLUDES)} or words
+            if words:
+                longest = max(words, key=lambda t: (len(words[t]), -t))
+                if all(words[longest].startswith(w) for w in words.values()):
+                    out = longest
+    session.forced[(state, plain)] = out
+    return out
+
+
+def lookup_next(seq: list[int], ngram: int) -> int:
+    """The token that followed the latest earlier occurrence of seq's last n tokens (n = ngram .. 1), or -1."""
+    L = len(seq)
+    for n in range(min(ngram, L - 1), 0, -1):
+        tail = seq[L - n:]
+        for j in range(L - n - 1, max(L - LOOKUP_WINDOW, 0) - 1, -1):
+            if seq[j:j + n] == tail:
+                return seq[j + n]
+    return -1
+
+
+def forced_drafts(session: GrammarSession, tokens: torch.Tensor, length: torch.Tensor, start: torch.Tensor,
+                  k: int, ngram: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to k drafts after each row's context, each from the grammar's state after the ones before:
+    1. the token the grammar forces (forced_token over every allowed token);
+    2. else, with ngram >= 1, the token that followed the latest earlier occurrence of the row's last `ngram`
+       (.. 1) tokens, if the grammar allows it: the row's own habits where the grammar leaves a choice (a space
+       after `:`, the next key of a list of objects);
+    3. else the forced token among the plain tokens (no whitespace, no backslash): the compact spelling;
+    and the row stops at the first step none of these gives (in a state where the grammar may end, only 2
+    applies). -> drafts [B, k] (0 past the count), count [B]."""
+    states = grammar_states(session, tokens, length, start).tolist()  # [B]: after the committed tokens
+    B = len(states)
+    drafts = torch.zeros(B, k, dtype=torch.long)
+    count = torch.zeros(B, dtype=torch.long)
+    m = session.matcher
+    rows, lengths = tokens.cpu(), length.cpu().tolist()
+    for b, s in enumerate(states):
+        seq = rows[b, max(lengths[b] - LOOKUP_WINDOW, 0): lengths[b]].tolist() if ngram else []
+        for i in range(k):
+            t = forced_token(session, s, plain=False)
+            if t < 0 and ngram:
+                t = lookup_next(seq, ngram)
+                if t >= 0 and (t == m.eos_id or not m.is_allowed(s, t)):
+                    t = -1
+            if t < 0:
+                t = forced_token(session, s, plain=True)
+            if t < 0:
+                break
+            drafts[b, i] = t
+            count[b] = i + 1
+            seq.append(t)
+            s = int(m.next_state([s], [t])[0])
+    return drafts.to(tokens.device), count.to(tokens.device)

@@ -45,6 +45,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -185,6 +186,8 @@ def cost_ratios(args, model, prompt_len: int, B: int) -> dict:
 def measure_config(args, model, hf, workload: str, ids: list[list[int]], T: float, B: int, reference: list | None, log) -> list[dict]:
     rows, runs = [], []
     for name, fields, make in rows_for(args, model, hf, T, B):
+        if args.rows and not (name == "HF generate" or any(re.search(r, name) for r in args.rows)):
+            continue
         row = {"workload": workload, "temperature": T, "batch": B, "row": name, **fields}
         rows.append(row)
         if isinstance(make, str):
@@ -342,6 +345,8 @@ def main(argv=None) -> None:
     ap.add_argument("--exit-layer", type=int, default=None, help="early-exit layer (default: 3/4 of the depth)")
     ap.add_argument("--inductor", action="store_true", help="add torch.compile'd rows at batch 1 (about a minute of compiling each on CPU)")
     ap.add_argument("--hf-early-exit", action="store_true", help="add HF assistant_early_exit at batch 1")
+    ap.add_argument("--rows", nargs="+", default=None, metavar="REGEX",
+                    help="only the rows whose name matches one of these (HF generate always runs: the ratios' base)")
     ap.add_argument("--int4", action="store_true", help="add rows on the model quantized to int4 (stdlib/models/quant.py)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_model.json")
     ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "real_model.md")

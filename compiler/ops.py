@@ -193,6 +193,15 @@ def _ngram_lookup(p, ins):
     return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
 
 
+def _grammar_forced(p, ins):
+    _expect(isinstance(p.get("max"), int) and p["max"] >= 1, "grammar_forced max must be a positive int")
+    _expect(isinstance(p.get("grammar"), str), "grammar_forced grammar must name a grammar slot")
+    _expect(isinstance(p.get("ngram"), int) and p["ngram"] >= 0, "grammar_forced ngram must be an int >= 0")
+    _expect(isinstance(p.get("vocab"), str), "grammar_forced vocab must name a model role")
+    _expect(len(ins) == 1 and ins[0] == CTX, "grammar_forced takes the context")
+    return [_t("tok", "B", p["max"]), _t("f32", "B", p["max"], "V"), _t("i64", "B")]
+
+
 def _recycle_state(p, ins):
     _expect(not ins, "recycle_state takes no inputs")
     _expect(isinstance(p.get("candidates"), int) and p["candidates"] >= 1, "recycle_state candidates must be a positive int")
@@ -387,6 +396,10 @@ OPS: dict[str, OpDef] = {
               "(fewer where ctx ends; none without a match): tokens d [B,K], their distributions q [B,K,V], one-hot on each d_i "
               "(zero rows past the count), and the count [B]. V is the vocabulary of the model role `vocab`, read from the "
               "bound model at run time, as model_call's V is; q is still made as a tensor so every verifier takes it unchanged"),
+        OpDef("grammar_forced", "pure", _grammar_forced, "the up to max tokens the grammar forces after each row's generated tokens, "
+              "one after another (the only allowed token, or the longest where every allowed token is a prefix of it: "
+              "backends/grammar.py forced_drafts): tokens d [B,K], q [B,K,V] one-hot on each d_i (zero rows past the count), "
+              "the count [B]; V from the model role `vocab`, as ngram_lookup's"),
         OpDef("recycle_state", "pure", _recycle_state, "token recycling's adjacency matrix going into the round, per row: M[t] holds "
               "the `candidates` tokens the target scored highest the last time it read token t (-1: not read yet). Carried "
               "across rounds by the runtime (backends/draft_state.py), an input of the round like length_cap's cap"),

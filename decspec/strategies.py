@@ -194,7 +194,7 @@ def compositions(draw, k: st.SearchStrategy[int] = _ints(1, 3), max_stages: int 
     pipeline = tuple((n, tuple(a.items())) for n, a in draw(sampler_pipelines(max_stages)))
     names = verifiers or [n for n in registry.names("verifier") if lossy or registry.lookup("verifier", n).contract.lossless is not False]
     takes_trees = [n for n in names if registry.lookup("verifier", n).trees]  # a token tree needs a verifier that takes one
-    draft = draw(st.sampled_from([d for d in registry.components("draft") if takes_trees or not d.trees]))
+    draft = draw(st.sampled_from([d for d in registry.components("draft") if (takes_trees or not d.trees) and not d.needs_grammar]))
     verifier = registry.lookup("verifier", draw(st.sampled_from(takes_trees if draft.trees else names)))
     if draft.trees:  # penalty stages read the tokens before each position, which a token tree does not give them yet
         from decspec.stdlib.samplers import needs_context

@@ -90,3 +90,37 @@ register(
         cite="Saxena 2023, prompt lookup decoding",
     )
 )
+
+
+def lower_forced(lw: Lowering, inst, ctx):
+    """Grammar-forced drafts: the tokens the spec's grammar forces after the context, one-hot q. No draft model."""
+    if lw.grammar is None:
+        raise DecError("`forced` drafts the tokens the grammar forces, but this spec has no grammar", inst.span,
+                       hint="add a grammar slot (grammar = json_schema(\"schema.json\"), regex(...), ...) or use another draft source")
+    refuse_stop(lw, "forced", "remove `stop`; forced drafts end where the grammar stops forcing")
+    target = lw.role(lw.spec.slot("target"))
+    tokens, probs, count = lw.b.emit("grammar_forced", [ctx], max=inst.arg("max"), ngram=inst.arg("ngram"), grammar="grammar", vocab=target)
+    return Proposal(tokens, probs, count, inst.arg("max"))
+
+
+register(
+    Component(
+        "draft",
+        "forced",
+        (Param("max", "int", default=8, low=1, high=64, doc="most tokens drafted per round"),
+         Param("ngram", "int", default=3, low=0, high=16, doc="where the grammar leaves a choice, look up the row's last `ngram` "
+               "(.. 1) tokens in its earlier text and draft what followed if the grammar allows it; 0: off")),
+        "Grammar-forced drafts (jump-forward): each draft is the token the spec's grammar forces in the state after the "
+        "context and the drafts before it — the only token it allows, or, where every allowed token is a prefix of the "
+        "longest (`\"`, `\"n`, `\"name` when the key must be `name`), the longest; where the grammar leaves a choice, the "
+        "token a lookup of the row's last `ngram` tokens finds (its own habits: a space after `:`), else the forced token "
+        "among the plain ones (no whitespace or escape). Drafting stops where none applies (where the grammar may end, only "
+        "the lookup goes on) or at `max`. The target verifies them like any draft, so a guess the model would not make costs a rejection, never a "
+        "wrong token. Needs a grammar; no draft model.",
+        Contract(True, "each draft token comes with its draft distribution q, one-hot on the token (a function of the context), "
+                       "which the verifier receives"),
+        lower_forced,
+        cite="SGLang's compressed finite-state machine (jump-forward decoding), Zheng et al. 2024",
+        needs_grammar=True,
+    )
+)

@@ -85,6 +85,8 @@ class Component:
     trees: bool = False
     # a draft statistic's range (low, high), both finite: a threshold `when` compares it with must lie in it
     values: tuple[float, float] | None = None
+    # a draft source that reads the spec's grammar (`forced`): it lowers only in a spec with a grammar slot
+    needs_grammar: bool = False
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

@@ -87,6 +87,8 @@ def conformance_specs() -> list[Spec]:
         ahead = inst(registry.lookup("draft", "lookahead"), window=3, ngram=2, pool=2)  # Jacobi window and n-gram pool, no model
         out.append(Spec("lookahead", (), (slots[0], slots[1], ("propose", ahead), slots[4]), SOURCE))
         out.append(Spec("grammar", (), slots + (("grammar", GRAMMAR),), SOURCE))  # masks on target and draft
+        forced = inst(registry.lookup("draft", "forced"), max=3)  # the tokens the grammar forces, no model
+        out.append(Spec("forced", (), (slots[0], slots[1], ("propose", forced), slots[4], ("grammar", GRAMMAR)), SOURCE))
     out.append(Spec("ar_grammar", (), (("target", model("target")), ("grammar", GRAMMAR)), SOURCE))
     for kind in ("medusa", "hydra"):  # draft heads on the target (model_hidden, head_logits), with an exit policy
         heads = inst(registry.lookup("draft", "heads"), model=model("target"), kind=kind, max=3)

@@ -78,7 +78,7 @@ def assert_in_language(kind: str, rows: list[list[int]]) -> None:
 
 
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
-@pytest.mark.parametrize("propose", [None, "autoregressive(draft, max = k)", "lookup(ngram = 2, max = k)"])
+@pytest.mark.parametrize("propose", [None, "autoregressive(draft, max = k)", "lookup(ngram = 2, max = k)", "forced(max = k)"])
 @pytest.mark.parametrize("kind", sorted(GRAMMARS))
 def test_outputs_belong_to_the_grammar(kind, propose, backend):
     models = tables(seed=len(kind))
@@ -111,6 +111,8 @@ def test_the_shipped_json_spec_prints_json_that_matches_its_schema():
     ("autoregressive(draft, max = k)", "rejection", 3),
     ("lookup(ngram = 1, max = k)", "rejection", 3),
     ("autoregressive(draft, max = k)", "greedy", 2),
+    ("forced(max = k)", "rejection", 3),
+    ("forced(max = k, ngram = 0)", "rejection", 3),
 ])
 def test_exactly_the_grammar_masked_target(propose, verify, k):
     v = 5  # a, b, c, {, and the EOS

@@ -104,7 +104,7 @@ def specs(draw, propose: bool | None = None) -> Spec:
         slots.append(("sampler", pipeline))
     if propose if propose is not None else draw(st.booleans()):
         k = draw(st.integers(1, 8))
-        draft = draw(st.sampled_from(registry.components("draft")))
+        draft = draw(st.sampled_from([d for d in registry.components("draft") if not d.needs_grammar]))  # forced: in the grammar tests
         modelless = not any(p.type == "model" for p in draft.params)  # lookup, recycle, lookahead: no draft model, so no exit policy
         if draft.name == "lookup":
             ngram = draw(st.integers(1, 16))

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from decspec.backends.grammar import grammar_states, masked_logits
+from decspec.backends.grammar import forced_drafts, grammar_states, masked_logits
 from decspec.backends.interpreter import run_graph
 from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline, per_row
@@ -18,7 +18,23 @@ def _dims(state, shape) -> tuple[int, ...]:
 def model_call(state, op, ctx, ext=None, n=None):
     session = state.sessions[op.param("model")]
     n = None if n is None else int(n)
+    width = getattr(ext, DRAFTED, None)
+    if width is not None and n is None and not op.param("last") and width < ext.shape[1]:
+        # drafts whose source says how many columns hold drafts in any row: the target reads only those, and the
+        # positions past them (which every verifier leaves unread: they are past each row's count) get zeros
+        logits = session.logits(ctx.tokens, ctx.length, ext, width, last=False)  # [B, width+1, V]
+        return (torch.cat([logits, logits.new_zeros(logits.shape[0], ext.shape[1] - width, logits.shape[2])], 1),)
     return (session.logits(ctx.tokens, ctx.length, ext, n, last=op.param("last")),)
+
+
+DRAFTED = "_decspec_drafted"  # an attribute of a variable-count source's drafts tensor: the largest count of the batch
+
+
+def mark_drafted(drafts: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Tag drafts [B, K] with max(count), so a verifying model_call reads only the columns that hold drafts
+    (prompt lookup and forced drafts often propose far fewer than their `max`)."""
+    setattr(drafts, DRAFTED, int(count.max()) if count.numel() else 0)
+    return drafts
 
 
 def logits_transform(state, op, logits, ctx=None, ext=None, n=None):
@@ -196,7 +212,7 @@ def ngram_lookup(state, op, ctx):
     drafts, count = lookup_drafts(ctx.tokens, ctx.length, op.param("max"), op.param("ngram"), op.param("min_ngram"),
                                   op.param("earliest", False))
     vocab = state.sessions[op.param("vocab")].model.vocab_size
-    return drafts, one_hot_drafts(drafts, count, vocab), count
+    return mark_drafted(drafts, count), one_hot_drafts(drafts, count, vocab), count
 
 
 def grammar_state(state, op, ctx, ext=None, n=None):
@@ -204,6 +220,15 @@ def grammar_state(state, op, ctx, ext=None, n=None):
     session = state.grammars[op.param("grammar")]
     start = ctx.start if ctx.start is not None else session.start
     return (grammar_states(session, ctx.tokens, ctx.length, start, ext, n, last=op.param("last", True)),)
+
+
+def grammar_forced(state, op, ctx):
+    """Drafts the grammar forces after each row's context (backends/grammar.py forced_drafts); q one-hot."""
+    session = state.grammars[op.param("grammar")]
+    start = ctx.start if ctx.start is not None else session.start
+    drafts, count = forced_drafts(session, ctx.tokens, ctx.length, start, op.param("max"), op.param("ngram"))
+    vocab = state.sessions[op.param("vocab")].model.vocab_size
+    return mark_drafted(drafts, count), one_hot_drafts(drafts, count, vocab), count
 
 
 def grammar_mask(state, op, logits, states):
@@ -277,6 +302,7 @@ RULES = {
     "mul": mul,
     "predict_accept": predict_accept,
     "ngram_lookup": ngram_lookup,
+    "grammar_forced": grammar_forced,
     "grammar_state": grammar_state,
     "grammar_mask": grammar_mask,
     "rejection_accept": rejection_accept,

@@ -108,7 +108,7 @@ def windows(graph: Graph) -> dict[str, int]:
 
 
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
-           "grammar_state", "grammar_mask", "length_cap", "predict_accept", "recycle_state", "recycle_store")
+           "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", "recycle_state", "recycle_store")
 
 
 PARAM_KERNELS = ("typical_accept", "topk_accept")
@@ -254,6 +254,9 @@ class Emitter:
             n = step if len(ins) == 3 else (op.inputs[1].type.shape[1] if len(ins) > 1 else 0)
             session = f"m[{grammar_key(p('grammar'))!r}]"
             self.line(f"{outs[0]} = K.grammar_state({session}, ctx_tokens, ctx_length, {ext}, {n}, {p('last', True)!r}){where}")
+        elif op.name == "grammar_forced":  # on the host, from the grammar's session
+            self.line(f"{', '.join(outs)} = K.grammar_forced(m[{grammar_key(p('grammar'))!r}], ctx_tokens, ctx_length, {p('max')}, {p('ngram')}, "
+                      f"m[{p('vocab')!r}].model.vocab_size){where}")
         elif op.name == "grammar_mask":
             self.line(f"{outs[0]} = K.grammar_mask(m[{grammar_key(p('grammar'))!r}], {ins[0]}, {ins[1]}){where}")
         elif op.name == "recycle_state":  # carried on the host between rounds (backends/draft_state.py): an input tensor [B, V, C]

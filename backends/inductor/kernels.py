@@ -116,6 +116,13 @@ def grammar_state(session, ctx_tokens, ctx_length, ext, n, last: bool) -> torch.
 
 
 @torch.compiler.disable
+def grammar_forced(session, ctx_tokens, ctx_length, k: int, ngram: int, vocab: int):
+    """Drafts the grammar forces after each row's context, on the host (a graph break when compiled). -> d, q, count"""
+    drafts, count = G.forced_drafts(session, ctx_tokens, ctx_length, session.start, k, ngram)
+    return drafts, E.one_hot_drafts(drafts, count, vocab), count
+
+
+@torch.compiler.disable
 def grammar_mask(session, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """Refused tokens -> -inf (the mask is built on the host; a graph break when compiled)."""
     return G.masked_logits(session.matcher, logits, states)

@@ -1,0 +1,73 @@
+"""Grammar-forced drafts (`forced`, backends/grammar.py forced_drafts): which tokens are drafted, and that the
+drafts never change the output (the exact check is in test_grammar_decoding.py; greedy on the shipped pair here)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import decspec
+from decspec.backends.grammar import GrammarSession, forced_drafts, forced_token
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.grammars import compile_grammar
+
+VOCAB = [b"n", b"na", b"name", b"name:", b" ", b"x", b"nap", b"y", None]
+EOS = len(VOCAB) - 1
+PROMPT_END = 3  # rows below: a 3-token prompt, then the generated tokens the grammar reads
+
+
+def session(pattern: str = "name: ?(x|y)") -> GrammarSession:
+    return GrammarSession(compile_grammar("regex", pattern, VOCAB, eos_id=EOS, cache=False))
+
+
+def drafts(s: GrammarSession, rows: list[list[int]], k: int = 4, ngram: int = 3) -> list[list[int]]:
+    width = max(map(len, rows))
+    tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    d, count = forced_drafts(s, tokens, torch.tensor([len(r) for r in rows]), torch.full((len(rows),), PROMPT_END), k, ngram)
+    return [row[:n] for row, n in zip(d.tolist(), count.tolist())]
+
+
+def test_the_longest_token_of_a_prefix_chain_is_forced_and_choices_are_not():
+    s = session()
+    assert VOCAB[forced_token(s, s.matcher.start, plain=False)] == b"name:"  # n, na, name, name: all allowed
+    after = s.matcher.next_state([s.matcher.start], [3])[0]
+    assert forced_token(s, after, plain=False) == -1  # " ", "x", "y": a choice
+    assert forced_token(s, after, plain=True) == -1  # "x" or "y" still
+    s2 = session("name: ?x")
+    after = s2.matcher.next_state([s2.matcher.start], [3])[0]
+    assert forced_token(s2, after, plain=False) == -1 and VOCAB[forced_token(s2, after, plain=True)] == b"x"  # the compact spelling
+
+
+def test_forced_drafts_follow_the_grammar_then_the_row_s_own_habits():
+    s = session("name: ?x")
+    assert drafts(s, [[6, 6, 6]], ngram=0) == [[3, 5]]  # "name:" then "x" (compact); the grammar then accepts
+    # a row that wrote "name: x" before (in its prompt) drafts the space after "name:" again
+    s = session("(name: ?x)+")
+    assert drafts(s, [[3, 4, 5, 3]], ngram=3, k=2) == [[4, 5]]
+    assert drafts(s, [[3, 4, 5, 3]], ngram=3) == [[4, 5, 3, 4]]  # past "x" the grammar may end: only the habit goes on
+    assert drafts(s, [[3, 4, 5, 3]], ngram=0) == [[5]]
+    assert drafts(s, [[6, 6, 6], [3, 4, 5, 3]], k=1, ngram=3) == [[3], [4]]  # rows apart, max respected
+
+
+def test_nothing_is_drafted_where_the_grammar_may_end():
+    s = session("x|xy")
+    assert drafts(s, [[6, 6, 6, 5]]) == [[]]  # after "x": EOS or "y"
+
+
+def test_forced_needs_a_grammar():
+    with pytest.raises(DecError, match="no grammar"):
+        decspec.compile('decoder d {\n target = model("target")\n propose = forced(max = 4)\n verify = rejection\n}\n')
+
+
+def test_the_shipped_spec_gives_the_constrained_target_s_greedy_tokens():
+    from decspec.stdlib.models.pretrained import reference_models
+
+    models = {"target": reference_models()["target"]}
+    schema = decspec.__file__.rsplit("/", 2)[0] + "/specs/schemas/person.json"
+    plain = decspec.compile(f'decoder d {{\n target = model("target")\n sampler = greedy\n grammar = json_schema("{schema}")\n}}\n',
+                            models=models)
+    forced = decspec.compile("specs/json_forced.dec", models=models)
+    prompts = ["person = ", "user = ", "record = "]
+    a = plain.generate(prompts, max_new_tokens=40, eos_token_id=None)
+    b = forced.generate(prompts, max_new_tokens=40, eos_token_id=None)
+    assert [list(map(int, r)) for r in a.tokens] == [list(map(int, r)) for r in b.tokens]
+    assert b.stats.mean_accepted > 0.3  # the keys and punctuation come as accepted drafts

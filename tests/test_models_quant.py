@@ -139,6 +139,16 @@ def test_bad_schemes_and_models_are_refused():
         quantize(torch.nn.Linear(32, 32))
     with pytest.raises(DecError, match="int3"):
         quantize(Transformer.random(CFG, seed=0), ["int3"])
+    with pytest.raises(DecError, match="multiple of 32"):
+        quantize(Transformer.random(TransformerConfig(vocab_size=80, hidden_size=48, intermediate_size=72, num_hidden_layers=1,
+                                                      num_attention_heads=4, num_key_value_heads=2), seed=0))
+
+
+def test_quantizing_twice_changes_nothing():
+    model = quantize(Transformer.random(CFG, seed=4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quantize(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_cli_runs_a_quantized_target_and_refuses_quantizing_the_default_pair(capsys):

@@ -163,9 +163,12 @@ def quantize(model: nn.Module, scheme: str = "int4") -> nn.Module:
                        hint="load the model with decspec.stdlib.models.pretrained.load_transformer (or a named model / .gguf file)")
     if model.device.type != "cpu":
         raise DecError(f"quantize {scheme!r} runs on the CPU (PyTorch's int4 CPU kernel); this model is on {model.device}")
-    for module in model.model.layers.modules():
-        if isinstance(module, Linear):
-            quantize_layer(module, "int4")
+    layers = [m for m in model.model.layers.modules() if isinstance(m, Linear)]
+    if not any(quantizable(m) for m in layers):
+        raise DecError(f"quantize {scheme!r} needs projections whose input size is a multiple of {GROUP} (the group size); this "
+                       f"model's hidden size is {model.config.hidden_size}", hint="run this model unquantized")
+    for module in layers:
+        quantize_layer(module, "int4")
     quantize_layer(model.lm_head, "int8")
     sub = model.draft_lm_head
     if sub is not None:  # drafts propose through rows of the LM head: take its new values, as 8-bit groups too

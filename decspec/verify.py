@@ -12,6 +12,7 @@ that shows it, and whether that agrees with the analysis.
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -39,19 +40,22 @@ class TableConfig:
     draft_temperature: float  # other roles' tables are flatter (> 1) or sharper (< 1) than the target's
     prompt: tuple[int, ...]
     max_new_tokens: int
+    eos: int | None = None  # the EOS id of every table (a grammar spec's: the last id of its vocabulary)
 
     @classmethod
-    def random(cls, rng: random.Random, roles: tuple[str, ...], max_new_tokens: int, vocab: tuple[int, int] = (2, 5)) -> "TableConfig":
+    def random(cls, rng: random.Random, roles: tuple[str, ...], max_new_tokens: int, vocab: tuple[int, int] = (2, 5),
+               eos: int | None = None) -> "TableConfig":
         V = rng.randint(*vocab)
         prompt = tuple(rng.randrange(V) for _ in range(rng.randint(1, 2)))
         seeds = tuple((role, rng.randrange(10**6)) for role in roles)
-        return cls(V, rng.randint(0, 1), seeds, rng.choice([0.5, 1.0, 2.0]), prompt, max_new_tokens)
+        return cls(V, rng.randint(0, 1), seeds, rng.choice([0.5, 1.0, 2.0]), prompt, max_new_tokens, eos)
 
     def models(self) -> dict[str, LayeredTableModel]:
         (target, seed), *others = self.seeds
         # LayeredTableModel: TableModel.random's tables, with layers and draft heads for the specs that derive drafts from the target
-        out = {target: LayeredTableModel.random(self.vocab, self.order, seed)}
-        out.update((role, LayeredTableModel.random(self.vocab, self.order, s, temperature=self.draft_temperature)) for role, s in others)
+        out = {target: LayeredTableModel.random(self.vocab, self.order, seed, eos_token_id=self.eos)}
+        out.update((role, LayeredTableModel.random(self.vocab, self.order, s, temperature=self.draft_temperature, eos_token_id=self.eos))
+                   for role, s in others)
         return out
 
     def __str__(self) -> str:
@@ -141,18 +145,16 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
                        hint="`decspec check` gives its verdict; tests/test_beam_search.py compares it with Hugging Face's "
                             "generate(num_beams=...) token for token")
     graph = run_pipeline(lower(checked))
-    if checked.slot("grammar") is not None:
-        raise DecError("decspec verify does not take grammar specs yet: its random 2..5-token tables cannot spell most grammars",
-                       checked.slot("grammar").span,
-                       hint="compile it on tables you design, decspec.compile(spec, models=..., vocab=[...]), and pass the "
-                            "Decoder to decspec.testing.assert_lossless (see tests/test_grammar_decoding.py)")
+    spelling = grammar_vocabulary(checked, random.Random(seed)) if checked.slot("grammar") is not None else None
+    if spelling is not None:  # tables over the bytes the grammar's own strings use (and the EOS, last)
+        vocab = (len(spelling), len(spelling))
     roles = (checked.slot("target").arg("name"),) + tuple(r for r in checked.models if r != checked.slot("target").arg("name"))
     report = VerifyReport(str(spec) if "\n" not in str(spec) else "<spec>", checked, losslessness(checked))
     rng = random.Random(seed)
     smallest = (float("inf"), "", "")  # the configuration too large by the least: (rows, configuration, why)
     for _ in range(configs):
-        cfg = TableConfig.random(rng, roles, max_new_tokens, vocab)
-        dec = Decoder(checked, graph, cfg.models())
+        cfg = TableConfig.random(rng, roles, max_new_tokens, vocab, eos=None if spelling is None else len(spelling) - 1)
+        dec = Decoder(checked, graph, cfg.models(), vocab=spelling)
         try:
             got = exact_distribution(dec, cfg.prompt, cfg.max_new_tokens, max_rows=max_rows)
         except TooLarge as e:
@@ -166,6 +168,43 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
                        f"the smallest ({smallest[1]}): {smallest[2]}", hint=_smaller(spec, checked, overrides, decoder, max_new_tokens))
     report.seconds = time.perf_counter() - start
     return report
+
+
+GRAMMAR_TOKENS = 12  # at most this many byte tokens (and the EOS) in a grammar spec's tables
+
+
+def grammar_vocabulary(spec: Spec, rng: random.Random) -> list[bytes | None]:
+    """A small vocabulary that can spell a regular grammar: the distinct bytes of a shortest accepted string and of
+    a few random ones (up to GRAMMAR_TOKENS; the shortest string's bytes first), two of its two-byte pieces (so
+    tokens span several bytes, as a real vocabulary's do: forced drafts jump over them), and the EOS last.
+    Context-free grammars (lark, json, recursive schemas) are refused: their strings are not enumerated here."""
+    from decspec.stdlib.grammars import GrammarError, compile_regex, grammar_regex
+    from decspec.stdlib.grammars.automaton import ByteDFA, random_examples
+    from decspec.stdlib.grammars.compile import load as load_schema, schema_grammar
+    from decspec.stdlib.structured import grammar_source
+
+    inst = spec.slot("grammar")
+    src = grammar_source(inst)
+    try:
+        if src.kind == "json_schema":
+            dfa = schema_grammar(json.dumps(load_schema(src.source)))
+        elif src.kind in ("lark", "json"):
+            dfa = None
+        else:
+            dfa = compile_regex(grammar_regex(src.kind, src.source))
+    except GrammarError as e:
+        raise DecError(str(e), inst.span) from None
+    if not isinstance(dfa, ByteDFA):
+        raise DecError(f"decspec verify checks grammar specs on byte tables spelled from the grammar's strings, which a "
+                       f"context-free grammar ('{inst.name}') does not give it yet", inst.span,
+                       hint="compile it on tables you design, decspec.compile(spec, models=..., vocab=[...]), and pass the "
+                            "Decoder to decspec.testing.assert_lossless (see tests/test_grammar_decoding.py)")
+    shortest = dfa.shortest_example()
+    own = list(dict.fromkeys(shortest))  # every one is needed to spell it
+    order = list(dict.fromkeys(own + list(b"".join(random_examples(dfa, rng, 4, limit=16)))))[:max(GRAMMAR_TOKENS, len(own))]
+    pieces = list(dict.fromkeys(shortest[i:i + 2] for i in range(len(shortest) - 1)))
+    vocab: list[bytes | None] = [bytes([b]) for b in order] + [p for p in pieces if p[0] in order and p[1] in order][:2]
+    return vocab + [None]
 
 
 def _smaller(source: Any, spec: Spec, overrides: Mapping[str, Any] | None, decoder: str | None, max_new_tokens: int) -> str:

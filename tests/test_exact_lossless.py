@@ -20,7 +20,7 @@ from decspec.testing import assert_lossless, broken_verifier, exact_distribution
 
 ROOT = Path(__file__).resolve().parent.parent
 # grammar specs need a vocabulary the grammar can spell, which 2..5-token tables lack: their exact checks are in
-# tests/test_grammar_decoding.py; search specs (beam search) are deterministic, with no distribution to compare: their
+# tests/test_grammar_decoding.py and, through decspec verify's spelled tables, tests/test_grammar_forced.py; search specs (beam search) are deterministic, with no distribution to compare: their
 # reference is Hugging Face's generate(num_beams=...), in tests/test_beam_search.py
 SPECS = [p for p in sorted((ROOT / "specs").glob("*.dec")) if load(p).slot("grammar") is None and load(p).slot("search") is None]
 NEW_TOKENS = 3

@@ -71,3 +71,31 @@ def test_the_shipped_spec_gives_the_constrained_target_s_greedy_tokens():
     b = forced.generate(prompts, max_new_tokens=40, eos_token_id=None)
     assert [list(map(int, r)) for r in a.tokens] == [list(map(int, r)) for r in b.tokens]
     assert b.stats.mean_accepted > 0.3  # the keys and punctuation come as accepted drafts
+
+
+@pytest.mark.parametrize("spec", ["specs/json_forced.dec", "specs/regex.dec", "specs/choice.dec", "specs/json_schema.dec"])
+def test_decspec_verify_checks_grammar_specs_exactly(spec):
+    """`decspec verify` spells a grammar spec's tables from the grammar's own strings (bytes, a few two-byte tokens, EOS)."""
+    from decspec.verify import verify_spec
+
+    report = verify_spec(spec, overrides={"k": 3} if "json" in spec else None, configs=3)
+    assert report.checked and report.observed_lossless and report.exit_code == 0
+    assert all(c.eos == c.vocab - 1 for c, _, _ in report.checked)
+
+
+def test_decspec_verify_catches_a_broken_verifier_under_a_grammar():
+    from decspec.testing import broken_verifier
+    from decspec.verify import verify_spec
+
+    text = open("specs/json_forced.dec").read().replace("verify  = rejection", "verify  = accept_all")
+    text = text.replace('"schemas/person.json"', '"specs/schemas/person.json"')
+    with broken_verifier() as name:
+        report = verify_spec(text.replace("accept_all", name), configs=4, max_new_tokens=4)
+    assert not report.observed_lossless and report.exit_code == 1  # forced drafts the target would not take, all accepted
+
+
+def test_decspec_verify_refuses_context_free_grammars_clearly():
+    from decspec.verify import verify_spec
+
+    with pytest.raises(DecError, match="context-free"):
+        verify_spec('decoder d {\n target = model("target")\n grammar = json\n}\n')

@@ -118,11 +118,11 @@ def test_cache_hits_disk_and_rebuilds_corrupt_files(tmp_path, monkeypatch):
     CACHE.clear()
     again = compile_grammar("regex", r"[12]+(?:,[12]+)*", vocab, eos_id=0)
     assert CACHE.stats["disk"] == before["disk"] + 1 and again is not first
-    assert np.array_equal(again.words, first.words) and again.next_state([0], [3]).tolist() == first.next_state([0], [3]).tolist()
+    assert np.array_equal(again.complete().words, first.complete().words) and again.next_state([0], [3]).tolist() == first.next_state([0], [3]).tolist()
     files[0].write_bytes(b"not an npz file")
     CACHE.clear()
     rebuilt = compile_grammar("regex", r"[12]+(?:,[12]+)*", vocab, eos_id=0)
-    assert CACHE.stats["built"] == before["built"] + 2 and np.array_equal(rebuilt.words, first.words)
+    assert CACHE.stats["built"] == before["built"] + 2 and np.array_equal(rebuilt.complete().words, first.words)
     compile_grammar("regex", r"[12]+(?:,[12]+)*", vocab, eos_id=None)  # another EOS: another entry
     compile_grammar("choice", ["1", "2"], vocab, eos_id=0)
     assert len(list(tmp_path.glob("*.npz"))) == 3
@@ -139,3 +139,27 @@ def test_token_bytes():
     assert decode_token("Ċ", "byte_level") == b"\n"
     with pytest.raises(GrammarError, match="unknown grammar kind"):
         compile_grammar("ebnf", "start: x", [b"x"], eos_id=None)
+
+
+LAZY_PATTERNS = [r"(ab|c)+b?", r'\{"name":"[A-Z][a-z]{1,5}"(,"age":[0-9]{1,3})?\}', r"[0-9]{1,3}(\.[0-9]+)?", r"(x y|z)*q",
+                 r"(true|false|null)", r'"([^"\\]|\\["\\n])*"', r"[a-f0-9]{8}-[a-f0-9]{4}"]
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.sampled_from(LAZY_PATTERNS), st.lists(st.binary(min_size=2, max_size=4), max_size=30), st.booleans())
+def test_a_lazy_index_walks_the_rows_the_full_build_gives(pattern, extra, eos):
+    """With every byte a token, rows walked on first use equal the full build's, state for state; without, the build
+    is the full one (pruning may then drop states)."""
+    vocab = [bytes([b]) for b in range(256)] + extra + [None]
+    eos_id = len(vocab) - 1 if eos else None
+    dfa = compile_regex(pattern)
+    full, lazy = TokenIndex.build(dfa, vocab, eos_id, lazy=False), TokenIndex.build(dfa, vocab, eos_id)
+    assert lazy.pending is not None and full.num_states == lazy.num_states
+    state, order = 0, list(range(full.num_states))
+    for s in order[::-1]:  # in any order, one row at a time
+        assert torch.equal(lazy.mask([s]), full.mask([s])) and lazy.is_accepting(s) == full.is_accepting(s)
+    assert lazy.pending is None and np.array_equal(lazy.words, full.words)
+    for t in range(len(vocab)):  # next states agree too
+        assert lazy.next_state([state], [t]).tolist() == full.next_state([state], [t]).tolist()
+    no_a = [bytes([b]) for b in range(256) if b != ord("a")] + [b"ab", None]  # "a" only inside "ab": the full build (it may prune)
+    assert TokenIndex.build(compile_regex(r"(ab|c)+"), no_a, None).pending is None

@@ -20,6 +20,9 @@ The build walks the vocabulary sorted by bytes, so a prefix shared by several to
 """
 from __future__ import annotations
 
+import os
+import threading
+
 import numba
 import numpy as np
 import torch
@@ -105,11 +108,53 @@ def sorted_vocabulary(vocab: list[bytes | None], eos_id: int | None):
     return data, starts, ends, lcp, np.array(ids, dtype=np.int64)
 
 
+class VocabularyArrays:
+    """What an index needs from a vocabulary, made once per vocabulary and EOS id (the last few are kept, compared
+    token for token): the token bytes concatenated with their offsets (special tokens and the EOS empty), one
+    `bytes` per token, and the walkable tokens sorted for `token_walk` (made on first use). Like XGrammar's
+    TokenizerInfo, this is per-tokenizer work, not per-grammar work: at 32k tokens about 60 ms."""
+
+    _memo: list = []  # [(vocab copy, eos_id, arrays)], most recent last
+    _lock = threading.Lock()
+    KEEP = 4
+
+    def __init__(self, vocab: list[bytes | None], eos_id: int | None):
+        clean = [b"" if t is None or i == eos_id else bytes(t) for i, t in enumerate(vocab)]
+        self.offsets = np.concatenate([[0], np.cumsum([len(t) for t in clean])]).astype(np.int64)
+        self.data = np.frombuffer(b"".join(clean), dtype=np.uint8).copy()
+        self.token_list = clean
+        self.singles = {t[0] for t in clean if len(t) == 1}
+        self.eos_id = eos_id
+        self._sorted = None
+
+    @property
+    def sorted(self):
+        with self._lock:
+            if self._sorted is None:
+                self._sorted = sorted_vocabulary(self.token_list, self.eos_id)
+            return self._sorted
+
+    @classmethod
+    def of(cls, vocab: list[bytes | None], eos_id: int | None) -> "VocabularyArrays":
+        vocab = list(vocab)
+        with cls._lock:
+            for i, (v, e, arrays) in enumerate(cls._memo):
+                if e == eos_id and len(v) == len(vocab) and v == vocab:
+                    cls._memo.append(cls._memo.pop(i))
+                    return arrays
+        arrays = cls(vocab, eos_id)
+        with cls._lock:
+            cls._memo.append((vocab, eos_id, arrays))
+            del cls._memo[:-cls.KEEP]
+        return arrays
+
+
 class TokenIndex:
     """Allowed tokens and next states per grammar state; state 0 is the start. Build with `TokenIndex.build`."""
 
     def __init__(self, words: np.ndarray, accepting: np.ndarray, dfa_of: np.ndarray, transitions: np.ndarray,
-                 token_data: np.ndarray, token_offsets: np.ndarray, eos_id: int | None):
+                 token_data: np.ndarray, token_offsets: np.ndarray, eos_id: int | None, pending: np.ndarray | None = None,
+                 vocabulary: VocabularyArrays | None = None):
         self.words = words  # uint32 [S, ceil(V/32)]: bit t%32 of word t//32 is set when token t is allowed
         self.accepting = accepting  # bool [S]
         self.dfa_of = dfa_of  # int32 [S]: the byte DFA state behind each grammar state
@@ -119,12 +164,52 @@ class TokenIndex:
         self.vocab_size = len(token_offsets) - 1
         self.index_of = np.full(transitions.shape[0], -1, dtype=np.int64)
         self.index_of[dfa_of] = np.arange(len(dfa_of))
-        self.token_list = [bytes(token_data[a:b]) for a, b in zip(token_offsets[:-1], token_offsets[1:])]
+        self.token_list = vocabulary.token_list if vocabulary is not None else [
+            bytes(token_data[a:b]) for a, b in zip(token_offsets[:-1], token_offsets[1:])]
+        # rows not walked yet (a lazy index: `build` with every byte a token); filled on first use, under the lock
+        self.pending = pending if pending is not None and pending.any() else None
+        self._walk_lock = threading.Lock()
+        self._vocabulary = vocabulary  # its sorted vocabulary fills rows (made here when loaded without one)
+
+    def _fill(self, states) -> None:
+        """Walk the vocabulary from the pending ones of `states` (grammar states): their rows of `words`."""
+        with self._walk_lock:
+            todo = np.unique(np.asarray(states, dtype=np.int64))
+            todo = todo[self.pending[todo]] if todo.size else todo
+            if not todo.size:
+                return
+            if self._vocabulary is None:
+                self._vocabulary = VocabularyArrays.of(self.token_list, self.eos_id)
+            eos = -1 if self.eos_id is None else self.eos_id
+            accepting = np.zeros(self.transitions.shape[0], dtype=bool)
+            accepting[self.dfa_of] = self.accepting
+            keep = np.ones(self.transitions.shape[0], dtype=bool)
+            rows, _, _ = token_walk(self.transitions, *self._vocabulary.sorted, self.vocab_size, eos, accepting, self.dfa_of[todo], keep)
+            self.words[todo] = rows
+            self.pending[todo] = False
+            if not self.pending.any():
+                self.pending = None
+
+    def complete(self) -> TokenIndex:
+        """Walk every pending row now (a lazy index becomes a full one) -> self."""
+        if self.pending is not None:
+            self._fill(np.flatnonzero(self.pending))
+        return self
+
+    def _ready(self, states) -> None:
+        if self.pending is not None:
+            self._fill(states)
 
     @classmethod
-    def build(cls, dfa: ByteDFA, vocab: list[bytes | None], eos_id: int | None) -> TokenIndex:
+    def build(cls, dfa: ByteDFA, vocab: list[bytes | None], eos_id: int | None, lazy: bool | None = None) -> TokenIndex:
         """Walk every token from every DFA state, then keep the states that tokens reach from the start and
-        from which tokens can reach an accepting state (both found once: one graph search each way)."""
+        from which tokens can reach an accepting state (both found once: one graph search each way).
+
+        lazy (default: when it is exact): walk a state's tokens only when it is first asked about (`_fill`), as
+        llguidance computes masks while decoding. Exact when every byte the DFA reads is a token by itself
+        (byte-level BPE vocabularies): the DFA is trimmed, so every state is then reachable and can finish
+        by single-byte tokens, nothing is pruned, and each state's row is what the full walk gives it. The
+        time to a first mask is then the DFA's construction and one state's walk. DECSPEC_LAZY_INDEX=0 turns it off."""
         if eos_id is not None and not 0 <= eos_id < len(vocab):
             raise GrammarError(f"eos id {eos_id} is outside the vocabulary of {len(vocab)} tokens")
         n = dfa.num_states
@@ -134,7 +219,18 @@ class TokenIndex:
                                f"({n:,} states x {len(vocab):,} tokens, a bit each), over the limit of {MAX_MASK_BYTES:,}",
                                hint="lower the grammar's repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): "
                                     "its automaton has a state per repetition")
-        sorted_vocab = sorted_vocabulary(vocab, eos_id)
+        arrays = VocabularyArrays.of(vocab, eos_id)
+        data, offsets = arrays.data, arrays.offsets
+        if lazy is None and os.environ.get("DECSPEC_LAZY_INDEX") == "0":  # every mask precomputed at build time
+            lazy = False
+        if lazy is None:
+            used = np.flatnonzero((dfa.transitions >= 0).any(0))
+            lazy = all(int(b) in arrays.singles for b in used)
+        if lazy:
+            words = np.zeros((n, (len(vocab) + 31) // 32), dtype=np.uint32)
+            return cls(words, dfa.accepting.copy(), np.arange(n, dtype=np.int32), dfa.transitions, data, offsets, eos_id,
+                       pending=np.ones(n, dtype=bool), vocabulary=arrays)
+        sorted_vocab = arrays.sorted
         eos = -1 if eos_id is None else eos_id
         everything = np.ones(n, dtype=bool)
         walked, src, dst = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, np.arange(n), everything)
@@ -152,10 +248,8 @@ class TokenIndex:
         if again.size:
             rewalked, _, _ = token_walk(dfa.transitions, *sorted_vocab, len(vocab), eos, dfa.accepting, states[again], kept)
             words[again] = rewalked
-        clean = [b"" if t is None or i == eos_id else t for i, t in enumerate(vocab)]
-        offsets = np.concatenate([[0], np.cumsum([len(t) for t in clean])]).astype(np.int64)
-        data = np.frombuffer(b"".join(clean), dtype=np.uint8).copy()
-        return cls(words, dfa.accepting[states].copy(), states.astype(np.int32), dfa.transitions, data, offsets, eos_id)
+        return cls(words, dfa.accepting[states].copy(), states.astype(np.int32), dfa.transitions, data, offsets, eos_id,
+                   vocabulary=arrays)
 
     @property
     def num_states(self) -> int:
@@ -171,17 +265,21 @@ class TokenIndex:
         """bool [B, V]: the tokens allowed in each of `states` (int [B], tensor or array)."""
         if (isinstance(states, (list, tuple)) and len(states) == 1 and isinstance(states[0], (int, np.integer))
                 and 0 <= states[0] < len(self.accepting)):
+            self._ready([int(states[0])])
             rows = self.words[int(states[0]):int(states[0]) + 1]  # batch 1 from a list: no index array to build
         else:
             states = np.asarray(states.cpu() if isinstance(states, torch.Tensor) else states, dtype=np.int64).reshape(-1)
             if states.size and (states.min() < 0 or states.max() >= self.num_states):
                 raise ValueError(f"grammar states must be in [0, {self.num_states}), got {states.tolist()}")
+            self._ready(states)
             rows = self.words[states]
         bits = np.unpackbits(rows.view(np.uint8), axis=-1, count=self.vocab_size, bitorder="little")
         out = torch.from_numpy(bits).view(torch.bool)  # [B, V]
         return out if device is None else out.to(device)
 
     def is_allowed(self, state: int, token: int) -> bool:
+        if self.pending is not None and 0 <= state < self.num_states:
+            self._ready([state])
         return bool(0 <= state < self.num_states and 0 <= token < self.vocab_size
                     and (int(self.words[state, token >> 5]) >> (token & 31)) & 1)
 
@@ -209,6 +307,7 @@ class TokenIndex:
 
     def allowed(self, state: int) -> np.ndarray:
         """The token ids allowed in `state`, ascending (EOS included when it is accepting)."""
+        self._ready([state])
         bits = np.unpackbits(self.words[state].view(np.uint8), bitorder="little")[:self.vocab_size]
         return np.flatnonzero(bits)
 
@@ -216,7 +315,8 @@ class TokenIndex:
         return bool(self.accepting[state])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"words": self.words, "accepting": self.accepting, "dfa_of": self.dfa_of, "transitions": self.transitions,
+        pending = np.zeros(self.num_states, dtype=bool) if self.pending is None else self.pending.copy()
+        return {"pending": pending, "words": self.words, "accepting": self.accepting, "dfa_of": self.dfa_of, "transitions": self.transitions,
                 "token_data": self.token_data, "token_offsets": self.token_offsets,
                 "eos_id": np.array(-1 if self.eos_id is None else self.eos_id, dtype=np.int64)}
 
@@ -231,10 +331,13 @@ class TokenIndex:
                 and a["transitions"].max(initial=-1) < d)
         if not fits:
             raise ValueError("token index arrays do not fit together")
+        pending = np.asarray(arrays["pending"]).astype(bool) if "pending" in arrays else None  # rows a lazy index had not walked
+        if pending is not None and pending.shape != (n,):
+            raise ValueError("token index arrays do not fit together")
         eos = int(a["eos_id"])
         return cls(a["words"].astype(np.uint32), a["accepting"].astype(bool), a["dfa_of"].astype(np.int32),
                    a["transitions"].astype(np.int32), a["token_data"].astype(np.uint8), a["token_offsets"].astype(np.int64),
-                   None if eos < 0 else eos)
+                   None if eos < 0 else eos, pending=pending)
 
     def __repr__(self) -> str:
         return f"TokenIndex(states={self.num_states}, vocab={self.vocab_size})"

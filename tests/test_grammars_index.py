@@ -163,3 +163,15 @@ def test_a_lazy_index_walks_the_rows_the_full_build_gives(pattern, extra, eos):
         assert lazy.next_state([state], [t]).tolist() == full.next_state([state], [t]).tolist()
     no_a = [bytes([b]) for b in range(256) if b != ord("a")] + [b"ab", None]  # "a" only inside "ab": the full build (it may prune)
     assert TokenIndex.build(compile_regex(r"(ab|c)+"), no_a, None).pending is None
+
+
+def test_threads_fill_a_lazy_index_alike():
+    from concurrent.futures import ThreadPoolExecutor
+
+    vocab = [bytes([b]) for b in range(256)] + [b"ab", b"abc", None]
+    dfa = compile_regex(r'\{"name":"[A-Z][a-z]{1,5}"(,"age":[0-9]{1,3})?\}')
+    full, lazy = TokenIndex.build(dfa, vocab, len(vocab) - 1, lazy=False), TokenIndex.build(dfa, vocab, len(vocab) - 1)
+    states = list(range(full.num_states)) * 4
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda s: lazy.mask([s]), states))
+    assert all(torch.equal(g, full.mask([s])) for g, s in zip(got, states)) and lazy.pending is None

@@ -174,6 +174,8 @@ class TokenIndex:
     def _fill(self, states) -> None:
         """Walk the vocabulary from the pending ones of `states` (grammar states): their rows of `words`."""
         with self._walk_lock:
+            if self.pending is None:  # another thread walked the last ones
+                return
             todo = np.unique(np.asarray(states, dtype=np.int64))
             todo = todo[self.pending[todo]] if todo.size else todo
             if not todo.size:

@@ -157,9 +157,14 @@ def test_dfa_states_are_bounded_by_states_times_byte_classes(monkeypatch):
 def test_only_a_long_count_is_minimized_by_hopcroft_and_bounded_there(monkeypatch):
     small_limits(monkeypatch, hopcroft=100)
     compile_regex("[ab]*a[ab]{6}")  # 128 states: Moore's rounds settle, no Hopcroft
-    with pytest.raises(TooLarge, match=r"needs 51 states over 3 byte classes minimized by Hopcroft's algorithm \(a long "
+    with pytest.raises(TooLarge, match=r"needs 301 states over 3 byte classes minimized by Hopcroft's algorithm \(a long "
                                        r"count, like x\{0,n\}: the limit is 100 states x classes\)"):
-        compile_regex("a{0,50}")  # 51 states (trimmed): more distinctions than Moore's 40 rounds make
+        compile_regex("a{0,300}")  # 301 states (trimmed): more distinctions than Moore's 256 rounds make
+
+
+def test_hopcroft_finishes_what_moore_s_rounds_leave():
+    dfa = compile_regex("a{0,300}")  # Moore's 256 rounds do not settle it
+    assert dfa.num_states == 301 and dfa.matches("a" * 300) and not dfa.matches("a" * 301)
 
 
 def test_the_product_construction_is_bounded_as_it_pairs_states(monkeypatch):

@@ -43,7 +43,7 @@ from lark.parsers.lalr_analysis import Shift
 from decspec.dsl.diagnostics import excerpt
 from decspec.dsl.files import UnreadableFile, read_text
 from decspec.stdlib.grammars.errors import GrammarError
-from decspec.stdlib.grammars.index import sorted_vocabulary
+from decspec.stdlib.grammars.index import VocabularyArrays
 from decspec.stdlib.grammars.regex import compile_regex
 
 JSON_GRAMMAR = Path(__file__).with_name("json.lark").read_text()
@@ -315,8 +315,9 @@ class CFGMatcher:
         # bitmask of the bytes that continue each DFA state: the bytes a lexeme ending there forbids next
         self.onward = [[sum(1 << b for b in np.flatnonzero(row >= 0).tolist()) for row in d.transitions] for d in dfas]
         self.vocab_size, self.eos_id, self.start = len(vocab), eos_id, 0
-        self.walkable = sorted_vocabulary(vocab, eos_id)
-        self.token_list = [b"" if t is None or i == eos_id else bytes(t) for i, t in enumerate(vocab)]
+        arrays = VocabularyArrays.of(vocab, eos_id)  # made once per vocabulary (index.py), shared with token indexes
+        self.walkable = arrays.sorted
+        self.token_list = arrays.token_list
         self.configs: list[frozenset] = []
         self.ids: dict[frozenset, int] = {}
         self.accepting: list[bool] = []

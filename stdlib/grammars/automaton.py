@@ -342,14 +342,17 @@ def minimize(table: np.ndarray, accepting: np.ndarray):
     """
     multipliers = np.random.default_rng(0).integers(1, 2**63, size=table.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
 
+    moves, safe = table >= 0, np.maximum(table, 0)  # the same every round
+
     def signature(block):
-        return np.column_stack([block, np.where(table >= 0, block[np.maximum(table, 0)], -1)])
+        return np.column_stack([block, np.where(moves, block[safe], -1)])
 
     def refine(block, exact):
-        sig = signature(block)
         if exact:
-            return np.unique(sig, axis=0, return_inverse=True)[1].ravel()
-        hashed = ((sig + 1).astype(np.uint64) * multipliers).sum(axis=1)  # wraps mod 2**64
+            return np.unique(signature(block), axis=0, return_inverse=True)[1].ravel()
+        after = block[safe] + 1  # [n, k] the block after each move, +1 (0: no move)
+        after[~moves] = 0
+        hashed = after.view(np.uint64) @ multipliers[1:] + (block + 1).view(np.uint64) * multipliers[0]  # wraps mod 2**64
         return np.unique(hashed, return_inverse=True)[1].ravel()
 
     for exact in (False, True):

@@ -28,7 +28,7 @@ class GrammarSession:
         self.states: torch.Tensor | None = None  # [B, C+1] states[:, j]: after tokens[:, :j]; -1 after a refused token
         self.length: torch.Tensor | None = None  # [B] how much of each row's sequence is valid
         self.steps = 0  # tokens walked (a cost statistic)
-        self.forced: dict[int, int] = {}  # state -> the token the grammar forces there (-1: none): forced_drafts' memo
+        self.forced: dict[tuple[int, bool], int] = {}  # (state, plain) -> the token forced there (-1: none): forced_token's memo
 
     def walk(self, seq: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """States along each row's sequence: seq [B, W], length [B] -> [B, W+1] (column j: after seq[:, :j];

@@ -12,7 +12,6 @@ that shows it, and whether that agrees with the analysis.
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -178,20 +177,15 @@ def grammar_vocabulary(spec: Spec, rng: random.Random) -> list[bytes | None]:
     a few random ones (up to GRAMMAR_TOKENS; the shortest string's bytes first), two of its two-byte pieces (so
     tokens span several bytes, as a real vocabulary's do: forced drafts jump over them), and the EOS last.
     Context-free grammars (lark, json, recursive schemas) are refused: their strings are not enumerated here."""
-    from decspec.stdlib.grammars import GrammarError, compile_regex, grammar_regex
+    from decspec.stdlib.grammars import GrammarError
     from decspec.stdlib.grammars.automaton import ByteDFA, random_examples
-    from decspec.stdlib.grammars.compile import load as load_schema, schema_grammar
+    from decspec.stdlib.grammars.compile import grammar_automaton
     from decspec.stdlib.structured import grammar_source
 
     inst = spec.slot("grammar")
     src = grammar_source(inst)
     try:
-        if src.kind == "json_schema":
-            dfa = schema_grammar(json.dumps(load_schema(src.source)))
-        elif src.kind in ("lark", "json"):
-            dfa = None
-        else:
-            dfa = compile_regex(grammar_regex(src.kind, src.source))
+        dfa = grammar_automaton(src.kind, src.source)
     except GrammarError as e:
         raise DecError(str(e), inst.span) from None
     if not isinstance(dfa, ByteDFA):

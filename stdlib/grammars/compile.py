@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from decspec.stdlib.grammars.automaton import ByteDFA
 from decspec.stdlib.grammars.cache import CACHE, cache_key, vocab_hash
 from decspec.stdlib.grammars.cfg import JSON_GRAMMAR, CFGMatcher
 from decspec.stdlib.grammars.errors import GrammarError
@@ -36,6 +37,16 @@ def grammar_regex(kind: str, source: Any) -> str:
     if kind in CONTEXT_FREE:
         raise GrammarError(f"a {kind} grammar is context-free: it has no regex")
     raise GrammarError(f"unknown grammar kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def grammar_automaton(kind: str, source: Any) -> ByteDFA | SchemaGrammar | None:
+    """The automaton a grammar's token index is built from: the byte DFA of a regex, a choice or a JSON Schema (a
+    SchemaGrammar for a recursive schema), or None for a context-free kind (a CFGMatcher needs none)."""
+    if kind in CONTEXT_FREE:
+        return None
+    if kind == "json_schema":
+        return schema_grammar(json.dumps(load(source)))
+    return compile_regex(grammar_regex(kind, source))
 
 
 def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = None, *,
@@ -71,7 +82,7 @@ def compile_grammar(kind: str, source: Any, vocab: Any, eos_id: int | None = Non
         build = lambda: TokenIndex.build(grammar, tokens, eos_id)  # noqa: E731
     else:
         text = json.dumps(grammar_regex(kind, source))
-        build = lambda: TokenIndex.build(compile_regex(json.loads(text)), tokens, eos_id)  # noqa: E731
+        build = lambda: TokenIndex.build(grammar_automaton(kind, source), tokens, eos_id)  # noqa: E731
     if not cache:
         return build()
     key = cache_key(kind, text, vocab_hash(tokens), eos_id)

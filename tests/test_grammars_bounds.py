@@ -129,9 +129,8 @@ def test_groups_nest_at_most_max_nesting_deep():
 
 # --------------------------------------------------------------------------- automata: counted while built
 
-def small_limits(monkeypatch, work=None, cells=None, states=None, hopcroft=None):
-    for name, value in (("MAX_SUBSET_WORK", work), ("MAX_DFA_CELLS", cells), ("MAX_DFA_STATES", states),
-                        ("MAX_HOPCROFT_CELLS", hopcroft)):
+def small_limits(monkeypatch, work=None, cells=None, states=None):
+    for name, value in (("MAX_SUBSET_WORK", work), ("MAX_DFA_CELLS", cells), ("MAX_DFA_STATES", states)):
         if value is not None:
             monkeypatch.setattr(automaton, name, value)
 
@@ -154,16 +153,8 @@ def test_dfa_states_are_bounded_by_states_times_byte_classes(monkeypatch):
         compile_regex("[ab]*a[ab]{9}")
 
 
-def test_only_a_long_count_is_minimized_by_hopcroft_and_bounded_there(monkeypatch):
-    small_limits(monkeypatch, hopcroft=100)
-    compile_regex("[ab]*a[ab]{6}")  # 128 states: Moore's rounds settle, no Hopcroft
-    with pytest.raises(TooLarge, match=r"needs 301 states over 3 byte classes minimized by Hopcroft's algorithm \(a long "
-                                       r"count, like x\{0,n\}: the limit is 100 states x classes\)"):
-        compile_regex("a{0,300}")  # 301 states (trimmed): more distinctions than Moore's 256 rounds make
-
-
-def test_hopcroft_finishes_what_moore_s_rounds_leave():
-    dfa = compile_regex("a{0,300}")  # Moore's 256 rounds do not settle it
+def test_a_long_count_is_minimized():
+    dfa = compile_regex("a{0,300}")  # as many Moore rounds as it counts: Hopcroft's algorithm, O(m log n)
     assert dfa.num_states == 301 and dfa.matches("a" * 300) and not dfa.matches("a" * 301)
 
 

@@ -1,5 +1,5 @@
 """Byte automata: a Thompson NFA over byte ranges, subset construction to a DFA, dead-state removal and
-Moore minimization, and `ByteDFA`, the result every grammar compiles to.
+Hopcroft minimization (their loops: kernels.py), and `ByteDFA`, the result every grammar compiles to.
 
     >>> nfa = NFA(); start = nfa.state(); nfa.accept = nfa.state()
     >>> nfa.chars(start, ((0xE9, 0xE9),), nfa.accept)   # 'é' is the two bytes C3 A9
@@ -12,24 +12,25 @@ Unicode character sets become UTF-8 byte-range sequences (`utf8_sequences`), so 
 can end halfway through a multi-byte character, and the index follows it byte by byte.
 
 Every construction is bounded as it goes, by the `MAX_*` limits below: the NFA counts its states and moves,
-the subset construction its work and states, the product its pairs, minimization its cells before Hopcroft
-runs. Past one, `TooLarge` says what the automaton needs, the limit and the fix.
+the subset construction its work and states, the product its pairs (minimization is O(m log n) over
+what they let through). Past one, `TooLarge` says what the automaton needs, the limit and the fix.
 """
 from __future__ import annotations
 
 from collections import deque
+from itertools import chain
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from decspec.stdlib.grammars import kernels
 from decspec.stdlib.grammars.errors import TooLarge
 
 # Size limits, each checked as the automaton is built (figures: docs/architecture.md, resource bounds).
 MAX_NFA_SIZE = 2_000_000  # Thompson states and byte moves: about 320 and 140 bytes each in Python lists
 MAX_DFA_STATES = 200_000  # subset-construction states: the [S, 256] int32 table alone is 1 KiB each
-MAX_DFA_CELLS = 20_000_000  # subset-construction states x byte classes: its table and Moore's rounds grow with it
-MAX_HOPCROFT_CELLS = 12_000_000  # the same for Hopcroft's refinement (long counts): up to ~150 bytes, ~4 us a cell
+MAX_DFA_CELLS = 20_000_000  # subset-construction states x byte classes: its table and Hopcroft's arrays (~21 bytes a cell) grow with it
 MAX_SUBSET_WORK = 10_000_000  # NFA states the subset construction visits, merges and holds, moves it follows
 SIZE_HINT = ("lower the repeat bounds ({m,n}, minLength/maxLength, minItems/maxItems): each repetition is a copy "
              "of what it repeats, and a repetition inside another multiplies them")
@@ -221,78 +222,29 @@ def determinize(nfa: NFA, start: int) -> ByteDFA | None:
     for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
         class_of[a:b] = k
     num_classes = len(cuts) - 1
-    edges = [[(int(class_of[lo]), int(class_of[hi]), t) for lo, hi, t in es] for es in nfa.edges]
-    spans = [sum(chi - clo + 1 for clo, chi, _ in es) for es in edges]  # per NFA state: its (class, target) moves
-    important = [bool(es) or s == nfa.accept for s, es in enumerate(nfa.edges)]
-
-    reach: dict[int, frozenset[int]] = {}  # per NFA state: the important states its epsilon moves reach
-    work = 0  # NFA states visited, merged and held, and moves followed, so far: the construction's time and memory
-
-    def spend(n: int) -> None:
-        nonlocal work
-        work += n
-        if work > MAX_SUBSET_WORK:
-            raise too_large(f"its subset construction to visit more than {MAX_SUBSET_WORK:,} NFA states and moves (the "
-                            "limit)", hint="parts that may match the empty string, repeated or in a row (x?x?x?..., "
-                            "(x{0,m}){0,n}), and counts after a loop that overlaps them (.*a.{16}) make the construction "
-                            "large: write such a repetition once (a{0,10000} for (?:a{0,10}){0,1000}), or " + SIZE_HINT)
-
-    def single(state: int) -> frozenset[int]:
-        if state not in reach:
-            seen, stack = {state}, [state]
-            while stack:
-                for t in nfa.eps[stack.pop()]:
-                    if t not in seen:
-                        seen.add(t)
-                        stack.append(t)
-            spend(len(seen))
-            reach[state] = frozenset(s for s in seen if important[s])
-        return reach[state]
-
-    def closure(states) -> frozenset[int]:
-        if len(states) == 1:
-            return single(states[0])
-        parts = [single(s) for s in states]
-        spend(sum(map(len, parts)))
-        return frozenset().union(*parts)
-
-    ids: dict[frozenset[int], int] = {}
-    subsets: list[frozenset[int]] = []
+    eps_ptr = np.cumsum([0] + [len(e) for e in nfa.eps], dtype=np.int64)
+    eps_dst = np.fromiter(chain.from_iterable(nfa.eps), dtype=np.int64, count=int(eps_ptr[-1]))
+    edge_ptr = np.cumsum([0] + [len(e) for e in nfa.edges], dtype=np.int64)
+    moves = np.fromiter(chain.from_iterable(chain.from_iterable(nfa.edges)), dtype=np.int64,
+                        count=3 * int(edge_ptr[-1])).reshape(-1, 3)  # (lo byte, hi byte, target)
+    important = (np.diff(edge_ptr) > 0)
+    if nfa.accept >= 0:
+        important[nfa.accept] = True
     max_states, past_limit = dfa_limit(num_classes)
-
-    def intern(key: frozenset[int]) -> int:
-        if key not in ids:
-            if len(subsets) >= max_states:
-                raise past_limit
-            ids[key] = len(subsets)
-            subsets.append(key)
-        return ids[key]
-
-    intern(closure([start]))
-    rows = []
-    while len(rows) < len(subsets):
-        moves: dict[int, list[int]] = {}
-        spend(sum(spans[s] for s in subsets[len(rows)]))  # before following them
-        for s in subsets[len(rows)]:
-            for clo, chi, t in edges[s]:
-                for c in range(clo, chi + 1):
-                    moves.setdefault(c, []).append(t)
-        row = [-1] * num_classes
-        seen: dict[tuple[int, ...], int] = {}
-        for c, targets in moves.items():
-            key = tuple(sorted(set(targets)))
-            if key not in seen:
-                subset = closure(key)
-                seen[key] = intern(subset) if subset else -1
-            row[c] = seen[key]
-        rows.append(row)
-    table = np.array(rows, dtype=np.int64).reshape(len(rows), num_classes)
-    accepting = np.array([nfa.accept in s for s in subsets], dtype=bool)
+    status, table, accepting, _ = kernels.subset_construction(
+        eps_ptr, eps_dst, edge_ptr, class_of[moves[:, 0]], class_of[moves[:, 1]], np.ascontiguousarray(moves[:, 2]),
+        important, nfa.accept, start, num_classes, max_states, MAX_SUBSET_WORK)
+    if status == kernels.TOO_MANY_STATES:
+        raise past_limit
+    if status == kernels.TOO_MUCH_WORK:
+        raise too_large(f"its subset construction to visit more than {MAX_SUBSET_WORK:,} NFA states and moves (the "
+                        "limit)", hint="parts that may match the empty string, repeated or in a row (x?x?x?..., "
+                        "(x{0,m}){0,n}), and counts after a loop that overlaps them (.*a.{16}) make the construction "
+                        "large: write such a repetition once (a{0,10000} for (?:a{0,10}){0,1000}), or " + SIZE_HINT)
     trimmed = trim(table, accepting, 0)
     if trimmed is None:
         return None
-    table, accepting = minimize(*trimmed)
-    table, accepting = renumber(table, accepting)
+    table, accepting = renumber(*minimize(*trimmed))
     return ByteDFA(table.astype(np.int32)[:, class_of], accepting, 0)  # indexed in int32: no int64 [S, 256] copy
 
 
@@ -315,11 +267,7 @@ def reachable(src: np.ndarray, dst: np.ndarray, n: int, seeds: np.ndarray) -> np
 
 def trim(table: np.ndarray, accepting: np.ndarray, start: int):
     """Drop the states that cannot reach an accepting state (moves into them become -1); None if `start` is one."""
-    n = table.shape[0]
-    src = np.repeat(np.arange(n), table.shape[1])
-    dst = table.ravel()
-    keep = dst >= 0
-    live = reachable(dst[keep], src[keep], n, np.flatnonzero(accepting))  # backwards from the accepting states
+    live = kernels.live_states(np.ascontiguousarray(table, dtype=np.int64), accepting)
     if not live[start]:
         return None
     new_id = np.cumsum(live) - 1
@@ -329,52 +277,13 @@ def trim(table: np.ndarray, accepting: np.ndarray, start: int):
     return kept, accepting[live]
 
 
-MOORE_ROUNDS = 256  # then Hopcroft: a counting automaton (`.{0,1000}`) needs as many Moore rounds as it counts; a vectorized round costs about a hundredth of what Hopcroft spends per state and class in Python (the `large` benchmark schema: 60 rounds, 175 ms, against 783 ms after 40 rounds and Hopcroft)
-
-
 def minimize(table: np.ndarray, accepting: np.ndarray):
-    """Merge the states no input distinguishes. Moore's refinement (vectorized rounds: each numbers the
-    distinct rows of (own block, block of each move's target), compared by a 64-bit hash) for up to
-    MOORE_ROUNDS rounds, then Hopcroft's algorithm from that partition when it has not settled. The final
-    partition is checked exactly; a hash collision (never seen) redoes it exactly.
-
-    Returns the merged table (start state first) and its accepting flags.
-    """
-    multipliers = np.random.default_rng(0).integers(1, 2**63, size=table.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
-
-    moves, safe = table >= 0, np.maximum(table, 0)  # the same every round
-
-    def signature(block):
-        return np.column_stack([block, np.where(moves, block[safe], -1)])
-
-    def refine(block, exact):
-        if exact:
-            return np.unique(signature(block), axis=0, return_inverse=True)[1].ravel()
-        after = block[safe] + 1  # [n, k] the block after each move, +1 (0: no move)
-        after[~moves] = 0
-        hashed = after.view(np.uint64) @ multipliers[1:] + (block + 1).view(np.uint64) * multipliers[0]  # wraps mod 2**64
-        return np.unique(hashed, return_inverse=True)[1].ravel()
-
-    for exact in (False, True):
-        block = accepting.astype(np.int64)
-        count = len(np.unique(block))
-        for _ in range(MOORE_ROUNDS):
-            block = refine(block, exact)
-            new_count = int(block.max()) + 1
-            if new_count == count:
-                break
-            count = new_count
-        else:
-            if table.size > MAX_HOPCROFT_CELLS:
-                raise too_large(f"{table.shape[0]:,} states over {table.shape[1]} byte classes minimized by Hopcroft's "
-                                f"algorithm (a long count, like x{{0,n}}: the limit is {MAX_HOPCROFT_CELLS:,} states x "
-                                "classes)")
-            block = hopcroft(table, block)
-            count = int(block.max()) + 1
-        sig = signature(block)
-        first = np.unique(block, return_index=True)[1]  # the smallest state of each block
-        if exact or (np.array_equal(sig, sig[first[block]]) and np.array_equal(accepting, accepting[first[block]])):
-            break
+    """Merge the states no input distinguishes (Hopcroft's algorithm, kernels.hopcroft) in a trimmed table.
+    Returns the merged table (start state first) and its accepting flags."""
+    block = kernels.hopcroft(np.ascontiguousarray(table, dtype=np.int64), accepting)
+    block = np.unique(block, return_inverse=True)[1].ravel()  # dense ids
+    count = int(block.max()) + 1
+    first = np.unique(block, return_index=True)[1]  # the smallest state of each block
     merged = table[first]
     merged = np.where(merged >= 0, block[np.maximum(merged, 0)], -1)
     perm = np.arange(count)  # new id i holds old block perm[i]: the start's block goes first
@@ -384,54 +293,9 @@ def minimize(table: np.ndarray, accepting: np.ndarray):
     return np.where(merged >= 0, inverse[np.maximum(merged, 0)], -1), accepting[first][perm]
 
 
-def hopcroft(table: np.ndarray, block: np.ndarray) -> np.ndarray:
-    """Hopcroft's refinement of the partition `block` (coarser than the final one), O(k n log n): every
-    (block, byte class) is a splitter; a block its preimage cuts is split, the smaller half queued."""
-    n, k = table.shape
-    full = np.vstack([np.where(table >= 0, table, n), np.full((1, k), n, dtype=table.dtype)])
-    preimage = []  # per class: the sources sorted by target, and where each target's sources start
-    for c in range(k):
-        order = np.argsort(full[:, c], kind="stable")
-        preimage.append((order, np.searchsorted(full[order, c], np.arange(n + 2)).tolist()))
-    block_of = block.tolist() + [int(block.max()) + 1]  # the sink is a block of its own
-    blocks: list[set] = [set() for _ in range(block_of[-1] + 1)]
-    for s, b in enumerate(block_of):
-        blocks[b].add(s)
-    work = {(b, c) for b in range(len(blocks)) for c in range(k)}
-    while work:
-        splitter, c = work.pop()
-        order, starts = preimage[c]
-        cut: dict[int, list[int]] = {}
-        for t in blocks[splitter]:
-            if starts[t] < starts[t + 1]:
-                for s in order[starts[t]:starts[t + 1]].tolist():
-                    cut.setdefault(block_of[s], []).append(s)
-        for y, inside in cut.items():
-            if len(inside) == len(blocks[y]):
-                continue
-            moved = set(inside)
-            blocks[y] -= moved
-            if len(moved) > len(blocks[y]):  # keep the smaller half as the new block
-                moved, blocks[y] = blocks[y], moved
-            new = len(blocks)
-            blocks.append(moved)
-            for s in moved:
-                block_of[s] = new
-            for d in range(k):
-                work.add((new, d) if (y, d) in work or len(moved) <= len(blocks[y]) else (y, d))
-    labels = np.array(block_of[:n], dtype=np.int64)
-    return np.unique(labels, return_inverse=True)[1].ravel()
-
-
 def renumber(table: np.ndarray, accepting: np.ndarray):
     """Breadth-first numbering from the start (state 0), moves in byte order: a canonical state order."""
-    rows = table.tolist()
-    order, seen = [0], {0}
-    for s in order:
-        for t in rows[s]:
-            if t >= 0 and t not in seen:
-                seen.add(t)
-                order.append(t)
+    order = kernels.bfs_order(np.ascontiguousarray(table, dtype=np.int64))
     inverse = np.full(table.shape[0], -1, dtype=np.int64)
     inverse[order] = np.arange(len(order))
     out = table[order]

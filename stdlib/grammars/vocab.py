@@ -70,6 +70,8 @@ def token_bytes(tokenizer: Any) -> list[bytes | None]:
     """The bytes of every token id (None for special tokens) of a decspec `Tokenizer`, a `tokenizers.Tokenizer`,
     a transformers fast tokenizer, or a ready list of bytes (returned as a copy)."""
     if isinstance(tokenizer, (list, tuple)):
+        if set(map(type, tokenizer)) <= {bytes, type(None)}:  # already bytes: a plain copy (32k tokens: 0.3 ms, not 5)
+            return list(tokenizer)
         return [None if t is None else bytes(t) for t in tokenizer]
     backend = getattr(tokenizer, "backend", tokenizer)  # decspec's Tokenizer wraps the real one
     backend = getattr(backend, "backend_tokenizer", backend)  # transformers fast -> tokenizers

@@ -79,6 +79,14 @@ class DraftStates:
             raise RuntimeError(f"the round did not store the draft state(s) {sorted(missing)}")
         self.entries, self.staged = {k: tuple(align(x) for x in v) for k, v in self.staged.items()}, {}
 
+    def restart(self, rows: torch.Tensor, fresh: "DraftStates") -> None:
+        """The given rows take their state from `fresh` (a new generation's start): a row admitted anew."""
+        for key, values in self.entries.items():
+            mask = torch.zeros(values[0].shape[0], dtype=torch.bool)
+            mask[rows] = True
+            self.entries[key] = tuple(torch.where(mask.to(v.device).view(-1, *[1] * (v.dim() - 1)), f.to(v), v)
+                                      for v, f in zip(values, fresh.entries[key]))
+
     def select(self, rows: torch.Tensor) -> "DraftStates":
         """The states of the given rows (rows [R] index the current batch)."""
         return DraftStates({k: tuple(x[rows] for x in v) for k, v in self.entries.items()})

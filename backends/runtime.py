@@ -173,105 +173,173 @@ def rounds(
     strings, and keeps the tokens its RowText says. sampling: per-row sampler values for a graph whose stages hold
     PerRow parameters ({key: [B] tensor}, backends/sampling.py). logprobs: (the target's role, the sampler stages) to
     score each round's tokens with (backends/logprobs.py). max_new_tokens: one count, or one per row."""
-    start = time.perf_counter()
     vocab = next(iter(models.values())).vocab_size
     prompts = normalize_prompts(input_ids, vocab)
-    B = len(prompts)
-    limits = new_token_counts(max_new_tokens, B)  # per row
-    seed, eos = seed_value(seed), token_ids("eos_token_id", eos_token_id, vocab)
-    eos_ids = None if eos is None else torch.tensor(eos)
-    if texts is not None and len(texts) != B:
-        raise DecError(f"{len(texts)} row texts for {B} prompts")
-    lengths = [len(p) for p in prompts]
+    limits = new_token_counts(max_new_tokens, len(prompts))  # per row
+    if texts is not None and len(texts) != len(prompts):
+        raise DecError(f"{len(texts)} row texts for {len(prompts)} prompts")
     # room for the longest row, its new tokens, and a round's drafts plus padding past the end (bounded: arguments.py)
-    capacity = context_capacity(B, max(lengths), max(limits), 2 * max_draft_len(graph) + 4, models)
-    max_new_tokens = torch.tensor(limits)  # [B]; bounded by the capacity check
-    device = torch.device("cpu")
-    ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device), torch.tensor(lengths, device=device),
-                  torch.tensor(lengths, device=device))
-    for b, p in enumerate(prompts):
-        ctx.tokens[b, : len(p)] = torch.tensor(p)
-    # each call draws from its own generator: concurrent calls (threads) never interleave draws, and an
-    # unseeded call takes a fresh seed without touching torch's global generator
-    generator = torch.Generator(device=device)
-    if seed is None:
-        seed = generator.seed()
-    else:
-        generator.manual_seed(seed)
-    seed = seed - 2**64 if seed >= 2**63 else seed  # the same 64 bits as an int64: cross-round policies keep it in a tensor
-    state = RoundState({}, generator, B, device, rules, backend)
-    state.sampling = sampling
-    state.policies = Policies.start(graph, B, seed)  # the hook of cross-round exit policies: caps before, updates after each round
-    state.draft_states = DraftStates.start(graph, models, B)  # the hook of draft sources with cross-round state: staged in, taken after
-    state.grammars = {slot: GrammarSession(m, start=ctx.start) for slot, m in (grammars or {}).items()}
-    if runner is None:
-        hidden = hidden_roles(graph)  # recorded from the prefill on: no second prefill when the first draft reads them
-        state.sessions = {r: PrefixCache(m, B, capacity, record_hidden=r in hidden) for r, m in models.items()}
-    else:
-        state.sessions = runner.start(models, B, capacity, ctx)
+    capacity = context_capacity(len(prompts), max(map(len, prompts)), max(limits), draft_room(graph), models)
+    batch = Batch(graph, models, prompts, limits, capacity=capacity, seed=seed_value(seed),
+                  eos=token_ids("eos_token_id", eos_token_id, vocab), rules=rules, backend=backend, runner=runner,
+                  grammars=grammars, texts=texts, sampling=sampling, logprobs=logprobs)
+    try:
+        while not batch.finished:
+            yield batch.step()
+    except KeyboardInterrupt:  # Ctrl-C: hand back what was generated, as the exception's `result`
+        raise Interrupted(batch.result()) from None
+    return batch.result()
 
-    scorer = None if logprobs is None else Logprobs(models[logprobs[0]], B, capacity, logprobs[1], sampling)
-    scores: list[list[float]] = [[] for _ in range(B)]
 
-    stats = Stats()
-    produced = torch.zeros(B, dtype=torch.long)
-    done = torch.zeros(B, dtype=torch.bool)
+def draft_room(graph: Graph) -> int:
+    """Context positions a round may write past a row's length: its drafts, and padding."""
+    return 2 * max_draft_len(graph) + 4
 
-    def result() -> Result:  # what the rows hold now: every round so far committed whole (ctx.length moves last)
-        stats.wall_time = time.perf_counter() - start
-        ends = [int(ctx.length[b]) if texts is None else lengths[b] + texts[b].kept for b in range(B)]
+
+class Batch:
+    """One generation across rounds: the committed context (static [B, capacity] buffer, per-row lengths), one
+    PrefixCache per model (or the runner's sessions), the random generator, per-row stopping (EOS ids,
+    max_new_tokens, stop strings), cross-round policies and draft states, and the statistics. `step()` runs one
+    round and commits it. `admit(b, ...)` puts a new prompt into a row that has finished, between rounds
+    (continuous batching, decspec/serve.py): its caches follow by themselves, since a PrefixCache feeds whatever
+    differs from what it holds (a prompt that shares a prefix with the row's last one reuses it)."""
+
+    def __init__(self, graph: Graph, models: dict[str, Model], prompts: list[list[int]], limits: list[int], *,
+                 capacity: int, seed: int | None, eos: list[int] | None, rules: dict, backend: str, runner: Any = None,
+                 grammars: dict[str, Any] | None = None, texts: Sequence[RowText] | None = None,
+                 sampling: dict[str, torch.Tensor] | None = None, logprobs: tuple[str, tuple] | None = None):
+        self.started = time.perf_counter()
+        self.graph, self.models, self.capacity = graph, models, capacity
+        B = len(prompts)
+        self.eos_ids = None if eos is None else torch.tensor(eos)
+        self.texts = None if texts is None else list(texts)
+        self.lengths = [len(p) for p in prompts]
+        self.max_new_tokens = torch.tensor(limits)  # [B]; bounded by the capacity check
+        device = torch.device("cpu")
+        ctx = self.ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device),
+                                 torch.tensor(self.lengths, device=device), torch.tensor(self.lengths, device=device))
+        for b, p in enumerate(prompts):
+            ctx.tokens[b, : len(p)] = torch.tensor(p)
+        # each call draws from its own generator: concurrent calls (threads) never interleave draws, and an
+        # unseeded call takes a fresh seed without touching torch's global generator
+        generator = torch.Generator(device=device)
+        if seed is None:
+            seed = generator.seed()
+        else:
+            generator.manual_seed(seed)
+        self.seed = seed - 2**64 if seed >= 2**63 else seed  # the same 64 bits as an int64: cross-round policies keep it in a tensor
+        state = self.state = RoundState({}, generator, B, device, rules, backend)
+        state.sampling = sampling
+        state.policies = Policies.start(graph, B, self.seed)  # the hook of cross-round exit policies: caps before, updates after each round
+        state.draft_states = DraftStates.start(graph, models, B)  # the hook of draft sources with cross-round state: staged in, taken after
+        state.grammars = {slot: GrammarSession(m, start=ctx.start) for slot, m in (grammars or {}).items()}
+        self.runner = runner
+        if runner is None:
+            hidden = hidden_roles(graph)  # recorded from the prefill on: no second prefill when the first draft reads them
+            state.sessions = {r: PrefixCache(m, B, capacity, record_hidden=r in hidden) for r, m in models.items()}
+        else:
+            state.sessions = runner.start(models, B, capacity, ctx)
+        self.scorer = None if logprobs is None else Logprobs(models[logprobs[0]], B, capacity, logprobs[1], sampling)
+        self.scores: list[list[float]] = [[] for _ in range(B)]
+        self.stats = Stats()
+        self.produced = torch.zeros(B, dtype=torch.long)
+        self.done = torch.zeros(B, dtype=torch.bool)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.done.all())
+
+    def result(self) -> Result:
+        """What the rows hold now: every round so far committed whole (ctx.length moves last)."""
+        ctx, lengths, stats = self.ctx, self.lengths, self.stats
+        stats.wall_time = time.perf_counter() - self.started
+        B = len(lengths)
+        ends = [int(ctx.length[b]) if self.texts is None else lengths[b] + self.texts[b].kept for b in range(B)]
         stats.new_tokens = [ends[b] - lengths[b] for b in range(B)]
-        stats.model_calls = {r: s.calls for r, s in state.sessions.items()}
+        stats.model_calls = {r: s.calls for r, s in self.state.sessions.items()}
         out = Result([ctx.tokens[b, lengths[b] : ends[b]].tolist() for b in range(B)], stats)
-        if scorer is not None:
-            out.logprobs = [scores[b][: ends[b] - lengths[b]] for b in range(B)]
+        if self.scorer is not None:
+            out.logprobs = [self.scores[b][: ends[b] - lengths[b]] for b in range(B)]
         return out
 
-    try:
-        while not bool(done.all()):
-            state.committed = None
-            try:
-                if runner is None:
-                    run_graph(graph, [ctx], state, rules, backend)
-                else:
-                    runner(ctx, state)
-            except CacheFull as e:
-                raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
-            tokens, accepted, drafted = state.committed  # [B, N], [B], [B]
-            active = ~done
-            stats.rounds += 1
-            stats.accepted.append(accepted[active].tolist())
-            stats.drafted.append(drafted[active].tolist())
-            if state.policies:
-                state.policies.update(accepted.cpu(), drafted.cpu(), active)
-            if state.draft_states:
-                state.draft_states.update(active)
-            take = torch.minimum(accepted + 1, max_new_tokens - produced).masked_fill(done, 0)  # [B]
-            N = tokens.shape[1]
-            cols = torch.arange(N)
-            hit = torch.zeros(B, dtype=torch.bool)
-            if eos_ids is not None:
-                is_eos = torch.isin(tokens, eos_ids) & (cols[None, :] < take[:, None])
-                hit = is_eos.any(1)
-                take = torch.where(hit, is_eos.int().argmax(1) + 1, take)
-            keep = cols[None, :] < take[:, None]
-            pos = (ctx.length[:, None] + cols[None, :]).clamp(max=capacity - 1)
-            ctx.tokens.scatter_(1, pos, torch.where(keep, tokens, ctx.tokens.gather(1, pos)))
-            ctx.length += take
-            produced += take
-            ended = active & (hit | (produced >= max_new_tokens))
-            done |= ended
-            new = [row[:t] for row, t in zip(tokens.tolist(), take.tolist())]
-            scored = None if scorer is None else scorer.score(ctx.tokens, ctx.length - take, tokens, take)
-            for b, row in enumerate(scored or ()):
-                scores[b] += row
-            finished = {b: ("stop", new[b][-1]) if hit[b] else ("length", None) for b in ended.nonzero().flatten().tolist()}
-            for b in active.nonzero().flatten().tolist() if texts is not None else ():
-                stop = texts[b].feed(new[b], last=b in finished)
-                if stop is not None:  # a stop string: it ends the row, whatever else did
-                    finished[b] = ("stop", stop)
-                    done[b] = True
-            yield Commit(new, finished, scored)
-    except KeyboardInterrupt:  # Ctrl-C: hand back what was generated, as the exception's `result`
-        raise Interrupted(result()) from None
-    return result()
+    def admit(self, b: int, prompt: list[int], limit: int, text: RowText | None = None,
+              sampling: dict[str, float] | None = None) -> None:
+        """Row b, which has finished, starts over with `prompt` and up to `limit` new tokens (its stop strings in
+        `text` when the batch follows text; its sampler values {PerRow key: value} when the round has them). Its
+        cross-round policy and draft state start afresh; the random generator goes on."""
+        if not self.done[b]:
+            raise ValueError(f"row {b} is still generating")
+        if len(prompt) + limit + draft_room(self.graph) > self.capacity:
+            raise DecError(f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({limit}) does not fit the "
+                           f"{self.capacity - draft_room(self.graph)} positions a row holds; shorten the prompt or lower "
+                           "max_new_tokens")
+        if (text is None) != (self.texts is None):
+            raise ValueError("a row's text is given exactly when the batch follows text")
+        ctx, n = self.ctx, len(prompt)
+        ctx.tokens[b, :n] = torch.tensor(prompt, dtype=torch.long)
+        ctx.length[b] = ctx.start[b] = n
+        self.lengths[b] = n
+        self.max_new_tokens[b], self.produced[b] = limit, 0
+        if self.texts is not None:
+            self.texts[b] = text
+        self.scores[b] = []
+        for key, value in (sampling or {}).items():
+            self.state.sampling[key][b] = value
+        rows = torch.tensor([b])
+        if self.state.policies:
+            self.state.policies.restart(rows, Policies.start(self.graph, len(self.lengths), self.seed))
+        if self.state.draft_states:
+            self.state.draft_states.restart(rows, DraftStates.start(self.graph, self.models, len(self.lengths)))
+        self.done[b] = False
+
+    def release(self, b: int) -> None:
+        """Row b ends now (a cancelled request): its slot is free for `admit` after this round."""
+        self.done[b] = True
+
+    def step(self) -> Commit:
+        """Run one round over every row and commit what the rows that are still generating accepted."""
+        ctx, state, stats, done = self.ctx, self.state, self.stats, self.done
+        state.committed = None
+        try:
+            if self.runner is None:
+                run_graph(self.graph, [ctx], state, state.rules, state.backend)
+            else:
+                self.runner(ctx, state)
+        except CacheFull as e:
+            raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
+        tokens, accepted, drafted = state.committed  # [B, N], [B], [B]
+        B = tokens.shape[0]
+        active = ~done
+        stats.rounds += 1
+        stats.accepted.append(accepted[active].tolist())
+        stats.drafted.append(drafted[active].tolist())
+        if state.policies:
+            state.policies.update(accepted.cpu(), drafted.cpu(), active)
+        if state.draft_states:
+            state.draft_states.update(active)
+        take = torch.minimum(accepted + 1, self.max_new_tokens - self.produced).masked_fill(done, 0)  # [B]
+        N = tokens.shape[1]
+        cols = torch.arange(N)
+        hit = torch.zeros(B, dtype=torch.bool)
+        if self.eos_ids is not None:
+            is_eos = torch.isin(tokens, self.eos_ids) & (cols[None, :] < take[:, None])
+            hit = is_eos.any(1)
+            take = torch.where(hit, is_eos.int().argmax(1) + 1, take)
+        keep = cols[None, :] < take[:, None]
+        pos = (ctx.length[:, None] + cols[None, :]).clamp(max=self.capacity - 1)
+        ctx.tokens.scatter_(1, pos, torch.where(keep, tokens, ctx.tokens.gather(1, pos)))
+        ctx.length += take
+        self.produced += take
+        ended = active & (hit | (self.produced >= self.max_new_tokens))
+        done |= ended
+        new = [row[:t] for row, t in zip(tokens.tolist(), take.tolist())]
+        scored = None if self.scorer is None else self.scorer.score(ctx.tokens, ctx.length - take, tokens, take)
+        for b, row in enumerate(scored or ()):
+            self.scores[b] += row
+        finished = {b: ("stop", new[b][-1]) if hit[b] else ("length", None) for b in ended.nonzero().flatten().tolist()}
+        for b in active.nonzero().flatten().tolist() if self.texts is not None else ():
+            stop = self.texts[b].feed(new[b], last=b in finished)
+            if stop is not None:  # a stop string: it ends the row, whatever else did
+                finished[b] = ("stop", stop)
+                done[b] = True
+        return Commit(new, finished, scored)

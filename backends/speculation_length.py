@@ -67,6 +67,15 @@ class Policies:
                 new = {n: torch.where(active.view(-1, *[1] * (v.dim() - 1)), v, state[n]) for n, v in new.items()}
             self.entries[key] = (policy, new)
 
+    def restart(self, rows: torch.Tensor, fresh: "Policies") -> None:
+        """The given rows take their state from `fresh` (a new generation's start): a row admitted anew."""
+        for key, (policy, state) in self.entries.items():
+            new = fresh.entries[key][1]
+            mask = torch.zeros(next(iter(state.values())).shape[0], dtype=torch.bool)
+            mask[rows] = True
+            self.entries[key] = (policy, {n: torch.where(mask.view(-1, *[1] * (v.dim() - 1)), new[n].to(v), v)
+                                          for n, v in state.items()})
+
     def select(self, rows: torch.Tensor) -> "Policies":
         """The states of the given rows (rows [R] index the current batch)."""
         return Policies({k: (p, {n: v[rows] for n, v in s.items()}) for k, (p, s) in self.entries.items()})

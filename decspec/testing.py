@@ -12,8 +12,8 @@
 - assertions: `assert_lossless` (exact where it can, else chi-square at a stated false-alarm
   rate), `assert_greedy_equivalent`;
 - `verify_spec`: the check behind `decspec verify FILE.dec`;
-- hypothesis strategies (decspec.strategies): `distributions`, `table_models`, `model_pairs`,
-  `sampler_pipelines`, `conditions`, `compositions`, `specs`;
+- hypothesis strategies (decspec.strategies, imported on first use; hypothesis is the `testing` extra):
+  `distributions`, `table_models`, `model_pairs`, `sampler_pipelines`, `conditions`, `compositions`, `specs`;
 - `broken_verifier`: a mutant verifier, to show that a check has teeth.
 
 The pytest plugin `decspec.pytest_plugin` adds fixtures and `.dec` collection on top.
@@ -29,12 +29,24 @@ import torch
 
 from decspec.backends.exact import Distribution, TooLarge, exact_distribution
 from decspec.backends.exact.distribution import MAX_ROWS
-from decspec.strategies import Composition, compositions, conditions, distributions, model_pairs, sampler_pipelines, specs, table_models
 from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline
 from decspec.verify import TableConfig, VerifyReport, verify_spec
 
 Pipeline = Sequence[tuple[str, dict]]
+STRATEGIES = ("Composition", "compositions", "conditions", "distributions", "model_pairs", "sampler_pipelines", "specs",
+              "table_models")  # from decspec.strategies, imported on first use: only they need hypothesis
+
+
+def __getattr__(name: str) -> Any:
+    if name in STRATEGIES:
+        try:
+            from decspec import strategies
+        except ImportError as e:
+            raise ImportError(f"decspec.testing.{name} is a hypothesis strategy: pip install 'decspec[testing]' "
+                              "(hypothesis)") from e
+        return getattr(strategies, name)
+    raise AttributeError(f"module 'decspec.testing' has no attribute {name!r}")
 
 __all__ = [
     "Composition", "Distribution", "LosslessCheck", "TableConfig", "TooLarge", "VerifyReport", "assert_greedy_equivalent",

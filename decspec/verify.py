@@ -122,6 +122,11 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+
+class NotVerifiable(DecError):
+    """A spec the exact check does not apply to (deterministic, or a context-free grammar): `decspec verify` says
+    why; the pytest plugin skips it with that reason."""
+
 def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decoder: str | None = None, configs: int = 8,
                 seed: int = 0, max_new_tokens: int = 3, tol: float = 1e-12, max_rows: int = MAX_ROWS,
                 vocab: tuple[int, int] = (2, 5)) -> VerifyReport:
@@ -139,7 +144,7 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
     start = time.perf_counter()
     checked = load(spec, overrides=overrides, decoder=decoder)
     if checked.slot("search") is not None:
-        raise DecError(f"decoder '{checked.name}' is deterministic (beam search): it does not sample from the target, so there "
+        raise NotVerifiable(f"decoder '{checked.name}' is deterministic (beam search): it does not sample from the target, so there "
                        "is no distribution to compare with the target's", checked.slot("search").span,
                        hint="`decspec check` gives its verdict; tests/test_beam_search.py compares it with Hugging Face's "
                             "generate(num_beams=...) token for token")
@@ -189,7 +194,7 @@ def grammar_vocabulary(spec: Spec, rng: random.Random) -> list[bytes | None]:
     except GrammarError as e:
         raise DecError(str(e), inst.span) from None
     if not isinstance(dfa, ByteDFA):
-        raise DecError(f"decspec verify checks grammar specs on byte tables spelled from the grammar's strings, which a "
+        raise NotVerifiable(f"decspec verify checks grammar specs on byte tables spelled from the grammar's strings, which a "
                        f"context-free grammar ('{inst.name}') does not give it yet", inst.span,
                        hint="compile it on tables you design, decspec.compile(spec, models=..., vocab=[...]), and pass the "
                             "Decoder to decspec.testing.assert_lossless (see tests/test_grammar_decoding.py)")

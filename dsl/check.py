@@ -18,6 +18,7 @@ as one DecError; unused model bindings become warnings on the Spec.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -51,7 +52,7 @@ def load(source_or_path: str | os.PathLike | Source, overrides: Mapping[str, Any
     elif isinstance(source_or_path, str) and ("{" in source_or_path or "\n" in source_or_path):
         source, base_dir = Source(source_or_path), Path.cwd()
     else:
-        path = Path(os.fspath(source_or_path))
+        path = spec_path(source_or_path)
         text = _read_text(path, f"cannot read spec file {str(path)!r}", None)
         source, base_dir = Source(text, str(path), quotable=0), path.parent  # quotable once it parses as .dec
     try:
@@ -184,6 +185,41 @@ class _Imports:
 
 def _file_key(path: Path) -> str:
     return str(path.resolve())
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "specs"  # the example specs (the package decspec.specs)
+
+
+def shipped_specs() -> list[str]:
+    """The names of the example specs that ship with decspec (`decspec run speculative`)."""
+    folder = _shipped_folder()
+    return sorted(p.stem for p in folder.glob("*.dec")) if folder is not None else []
+
+
+def _shipped_folder() -> Path | None:
+    try:
+        from importlib.resources import files
+
+        folder = Path(str(files("decspec.specs")))
+    except (ImportError, ModuleNotFoundError, TypeError):
+        folder = SHIPPED
+    return folder if folder.is_dir() else None
+
+
+def spec_path(given: str | os.PathLike) -> Path:
+    """A spec's file: the path given, or, when no such file exists and it is a bare name (`speculative`,
+    `speculative.dec`), the example spec of that name that ships with decspec. A name that is neither is a
+    DecError listing the shipped names."""
+    path = Path(os.fspath(given))
+    name = path.stem if path.suffix == ".dec" else path.name
+    if len(path.parts) != 1 or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or path.exists():
+        return path  # a path: read as it is (and refused as unreadable there)
+    folder = _shipped_folder()
+    if folder is not None and (folder / f"{name}.dec").is_file():
+        return folder / f"{name}.dec"
+    names = shipped_specs()
+    raise DecError(f"no spec file {str(path)!r}, and no shipped spec named {name!r}",
+                   hint=did_you_mean(name, names) or (f"shipped specs: {', '.join(names)}" if names else None))
 
 
 def _read_text(path: Path, what: str, span: Span | None) -> str:

@@ -136,6 +136,18 @@ def test_fixtures(table_models, assert_lossless):
     result.stdout.fnmatch_lines(["*verdict: NOT lossless*"])
 
 
+def test_the_installed_plugin_needs_no_conftest_and_skips_what_verify_cannot_check(pytester):
+    """The pytest11 entry point registers the plugin; a deterministic spec and a context-free grammar are skipped with
+    the reason, not failed."""
+    shutil.copy(ROOT / "specs/speculative.dec", pytester.path / "good.dec")
+    shutil.copy(ROOT / "specs/beam_search.dec", pytester.path / "beam_search.dec")
+    (pytester.path / "any_json.dec").write_text('decoder any_json() {\n    target = model("target")\n    grammar = json\n}\n')
+    result = pytester.runpytest_inprocess("--decspec-verify", "--decspec-configs", "2", "-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*context-free grammar ('json')*"])
+    result.stdout.fnmatch_lines(["*is deterministic (beam search)*"])
+
+
 def test_the_worked_example_in_the_docs_runs(pytester):
     blocks = file_blocks("docs/testing.md")
     assert set(blocks) == {"conftest.py", "test_my_decoder.py"}
@@ -143,3 +155,27 @@ def test_the_worked_example_in_the_docs_runs(pytester):
         (pytester.path / name).write_text(text)
     shutil.copytree(ROOT / "specs", pytester.path / "specs")
     pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+def test_decoding_and_verify_need_no_hypothesis():
+    """hypothesis is the `testing` extra: compiling, generating, `decspec verify` and decspec.testing's checks run
+    without it; only the strategies ask for it, by name."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["hypothesis"] = None  # as if not installed
+import decspec, decspec.testing
+from decspec.cli import main
+decspec.compile("specs/speculative.dec").generate([[1, 2]], max_new_tokens=2, seed=0)
+assert main(["verify", "specs/speculative.dec", "--configs", "1"]) == 0
+try:
+    decspec.testing.table_models
+except ImportError as e:
+    assert "pip install 'decspec[testing]'" in str(e)
+else:
+    raise AssertionError("the strategies imported without hypothesis")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]

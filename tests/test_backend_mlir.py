@@ -158,7 +158,7 @@ def test_cli_writes_a_module(tmp_path, capsys):
 
     out = tmp_path / "verify.mlir"
     spec = os.path.join(ROOT, "specs", "speculative.dec")
-    assert main(["emit", spec, "--target", "mlir", "--part", "verify", "--dialect", "linalg", "-o", str(out)]) == 0
+    assert main(["emit", spec, "--format", "mlir", "--part", "verify", "--dialect", "linalg", "-o", str(out)]) == 0
     text = out.read_text()
     assert "func.func @verify" in text and "linalg.generic" in text
     opt_parses(text, tmp_path)

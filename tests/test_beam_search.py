@@ -352,7 +352,7 @@ def test_other_backends_refuse_with_the_line(backend):
 
 def test_the_mlir_export_refuses_with_the_line(capsys):
     pytest.importorskip("torch_mlir")
-    assert main(["emit", str(SPEC), "--target", "mlir"]) == 1
+    assert main(["emit", str(SPEC), "--format", "mlir"]) == 1
     err = capsys.readouterr().err
     assert "cannot export the `search` slot to MLIR" in err and "beam_search.dec:11:" in err
 

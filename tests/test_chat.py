@@ -161,5 +161,6 @@ def test_run_chat_errors(tmp_path, capsys):
     assert main(["run", "specs/autoregressive.dec", "--target", str(folder), "--chat", "--batch", "2"]) == 1
     assert "drop --batch" in capsys.readouterr().err
     assert main(["run", "specs/autoregressive.dec", "--target", str(folder), "--chat", "--prompt", "Hi", "--max-new-tokens", "3"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("# decoder") and out[-1].startswith("# rounds")
+    out, err = capsys.readouterr()
+    assert out.strip() and "#" not in out  # the reply on stdout, the header and stats on stderr
+    assert err.splitlines()[0].startswith("# decoder") and err.splitlines()[-1].startswith("# rounds")

@@ -1,6 +1,6 @@
 """Round graph -> readable Python: the function the inductor backend compiles.
 
-    source = emit_python(graph)      # what `decspec emit FILE.dec --target python` prints
+    source = emit_python(graph)      # what `decspec emit FILE.dec --format python` prints
     fn = build_round(graph)          # the function itself: fn(ctx_tokens, ctx_length, u, m) -> (tokens, accepted, drafted)
 
 Every generated function has static shapes: every model call feeds a window fixed by the graph

@@ -1,7 +1,7 @@
 """Export a round to MLIR through torch-mlir's FX importer.
 
     export = export_mlir("specs/speculative.dec", dialect="linalg")    # models: random ones, or the decoder's
-    export.text            # the module's text (what `decspec emit FILE.dec --target mlir` writes)
+    export.text            # the module's text (what `decspec emit FILE.dec --format mlir` writes)
     export.module          # torch_mlir.ir.Module
 
 The pipeline: torch.export of a pure module (round.py) at fixed shapes -> the rewrites in

@@ -263,10 +263,12 @@ class Batch:
         return out
 
     def admit(self, b: int, prompt: list[int], limit: int, text: RowText | None = None,
-              sampling: dict[str, float] | None = None) -> None:
+              sampling: dict[str, float] | None = None, start: int | None = None) -> None:
         """Row b, which has finished, starts over with `prompt` and up to `limit` new tokens (its stop strings in
         `text` when the batch follows text; its sampler values {PerRow key: value} when the round has them). Its
-        cross-round policy and draft state start afresh; the random generator goes on."""
+        cross-round policy and draft state start afresh; the random generator goes on. `start`: where the row's
+        generated tokens begin (default: after the prompt), for a row that moves over from another batch with the
+        tokens it generated there (what penalties count and a grammar constrains)."""
         if not self.done[b]:
             raise ValueError(f"row {b} is still generating")
         if len(prompt) + limit + draft_room(self.graph) > self.capacity:
@@ -277,7 +279,8 @@ class Batch:
             raise ValueError("a row's text is given exactly when the batch follows text")
         ctx, n = self.ctx, len(prompt)
         ctx.tokens[b, :n] = torch.tensor(prompt, dtype=torch.long)
-        ctx.length[b] = ctx.start[b] = n
+        ctx.length[b] = n
+        ctx.start[b] = n if start is None else start
         self.lengths[b] = n
         self.max_new_tokens[b], self.produced[b] = limit, 0
         if self.texts is not None:

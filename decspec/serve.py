@@ -106,20 +106,17 @@ class Engine:
         target = models[decoder.spec.models[0]]
         from decspec.backends.sampling import sampler_settings
 
-        self.defaults = sampler_settings(decoder.spec, {}, slots)  # the spec's own sampler numbers, per row
-        graph = decoder._open_graph() if self.defaults else decoder.graph
+        self.defaults = sampler_settings(decoder.spec, {}, 1)  # the spec's own sampler numbers
+        self.graph = decoder._open_graph() if self.defaults else decoder.graph
+        self.models = models
         limit = min([m.max_positions for m in models.values() if getattr(m, "max_positions", None)] or [context])
         self.context = min(context, limit)
-        self.capacity = -(-(self.context + draft_room(graph)) // 128) * 128
+        self.capacity = -(-(self.context + draft_room(self.graph)) // 128) * 128
         self.slots = slots
         self.eos = eos_token_ids(target)
-        self.batch = Batch(graph, models, [[0]] * slots, [1] * slots, capacity=self.capacity, seed=None,
-                           eos=None if self.eos is None else list(self.eos), rules=decoder.backend.RULES,
-                           backend=decoder.backend.NAME, grammars=decoder._bound_grammars(),
-                           texts=[RowText(self.tokenizer.decode) for _ in range(slots)],
-                           sampling={k: v.clone() for k, v in self.defaults.items()} or None)
-        self.batch.done[:] = True  # every row free
-        self.rows: list[Request | None] = [None] * slots
+        self.batch = self._new_batch(1)
+        self.rows: list[Request | None] = [None]
+        self.widths: list[int] = []  # the batch widths the engine has run at, in order (a change: a rebuild)
         self.waiting: deque[Request] = deque()
         self.wakeup = threading.Condition()
         self.closed = False
@@ -183,15 +180,46 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ the loop
 
+    def _new_batch(self, width: int) -> Batch:
+        """An empty batch of `width` rows (every row free)."""
+        batch = Batch(self.graph, self.models, [[0]] * width, [1] * width, capacity=self.capacity, seed=None,
+                      eos=None if self.eos is None else list(self.eos), rules=self.decoder.backend.RULES,
+                      backend=self.decoder.backend.NAME, grammars=self.decoder._bound_grammars(),
+                      texts=[RowText(self.tokenizer.decode) for _ in range(width)],
+                      sampling={k: v.repeat(width) for k, v in self.defaults.items()} or None)
+        batch.done[:] = True
+        return batch
+
+    def _resize(self) -> None:
+        """Keep the batch as wide as the requests need, within `slots`: every row runs every round, so a free row
+        costs a row's step. The width is the power of two that holds the running and waiting requests; it grows
+        when they do not fit and shrinks when they fill a quarter of it. The running requests move over with their
+        whole context (their caches are refilled in the next round, one prefill) and keep their text state."""
+        demand = self.active + len(self.waiting)
+        width = min(self.slots, 1 << max(0, demand - 1).bit_length())
+        current = len(self.rows)
+        if width == current or (width < current and width * 4 > current):  # shrink once they fit a quarter of it
+            return
+        old, batch = self.batch, self._new_batch(width)
+        rows: list[Request | None] = [None] * width
+        for i, (b, request) in enumerate((b, r) for b, r in enumerate(self.rows) if r is not None):
+            length, start = int(old.ctx.length[b]), int(old.ctx.start[b])
+            remaining = int(old.max_new_tokens[b] - old.produced[b])
+            batch.admit(i, old.ctx.tokens[b, :length].tolist(), remaining, old.texts[b], request.sampling, start=start)
+            rows[i] = request
+        self.batch, self.rows = batch, rows
+        self.widths.append(width)
+
     def _admit(self) -> None:
-        batch = self.batch
         for b, request in enumerate(self.rows):
             if request is not None and request.cancelled:
-                batch.release(b)
+                self.batch.release(b)
                 self.rows[b] = None
         with self.wakeup:
             while not self.closed and not self.waiting and not any(r is not None for r in self.rows):
                 self.wakeup.wait()
+            self._resize()
+            batch = self.batch
             free = [b for b, r in enumerate(self.rows) if r is None]
             while free and self.waiting:
                 request = self.waiting.popleft()
@@ -236,7 +264,7 @@ class Engine:
         with self.wakeup:
             failed = [r for r in self.rows if r is not None] + list(self.waiting)
             self.waiting.clear()
-        self.rows = [None] * self.slots
+        self.rows = [None] * len(self.rows)
         self.batch.done[:] = True
         for request in failed:
             request.finish_reason = "error"

@@ -86,6 +86,25 @@ def test_requests_joining_a_running_batch_get_what_generate_gives_each(decoder):
         engine.close()
 
 
+def test_the_batch_grows_and_shrinks_with_the_requests(decoder):
+    """A lone request runs in a batch of one; more requests widen it (the running row moves over with its context),
+    and it narrows again once they are done; every text is what generate gives its prompt alone."""
+    engine = Engine(decoder, slots=8, context=256)
+    try:
+        first = engine.submit(engine.encode(PROMPTS[0]), 40, sampling={"temperature": 0})
+        events = iter(first)
+        head = next(events)
+        assert len(engine.rows) == 1  # alone: no idle rows ride along
+        others = [engine.submit(engine.encode(p), 6, sampling={"temperature": 0}) for p in PROMPTS[1:]]
+        texts = ["".join(e.text for e in r) for r in others]
+        texts.insert(0, head.text + "".join(e.text for e in events))
+        assert 4 in engine.widths and engine.widths[-1] == 1, engine.widths
+        assert texts == [decoder.generate([p], max_new_tokens=40 if i == 0 else 6, temperature=0).text[0]
+                         for i, p in enumerate(PROMPTS)]
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("spec", ["bandit", "token_recycling", "lookahead", "prompt_lookup", "json_forced"])
 def test_rows_with_cross_round_state_start_afresh_when_admitted(spec):
     """Length policies (bandit), draft states (token recycling, lookahead), lookup and a grammar walk: a request that

@@ -300,7 +300,7 @@ def _run_json(decoder, inputs, prompt, stop, args) -> int:
     return 0
 
 
-DEFAULT_PROMPT = "def fibonacci(n):"
+DEFAULT_PROMPT = "class Stack:"  # what the shipped toy models continue sensibly (a greedy "class Stack:" repeats colons)
 
 
 def _header(decoder, args) -> str:

@@ -213,6 +213,11 @@ def spec_path(given: str | os.PathLike) -> Path:
     path = Path(os.fspath(given))
     name = path.stem if path.suffix == ".dec" else path.name
     if len(path.parts) != 1 or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or path.exists():
+        folder = _shipped_folder()
+        if (folder is not None and path.suffix == ".dec" and path.parent.name == "specs" and not path.exists()
+                and (folder / path.name).is_file()):
+            raise DecError(f"no spec file {str(path)!r} here (the shipped specs are in the checkout's specs/ folder)",
+                           hint=f"the shipped spec is addressable by name from anywhere: {path.stem}")
         return path  # a path: read as it is (and refused as unreadable there)
     folder = _shipped_folder()
     if folder is not None and (folder / f"{name}.dec").is_file():

@@ -43,7 +43,7 @@ def test_run_on_the_shipped_models(spec, capsys):
     assert main(["run", spec, "--max-new-tokens", "6", "--batch", "2"]) == 0
     out, err = capsys.readouterr()
     assert "mean accepted tokens per round" in err and "tokens/s" in err  # stats on stderr, text on stdout
-    assert out.count("def fibonacci(n):") == 2 and "#" not in out.replace("# ---", "")  # the prompt, then its continuation, per row
+    assert out.count("class Stack:") == 2 and "#" not in out.replace("# ---", "")  # the prompt, then its continuation, per row
 
 
 def test_run_a_beam_search_spec(capsys):
@@ -128,6 +128,7 @@ def test_version_json_prompt_file_threads_and_overrides_anywhere(tmp_path, capsy
     (["run", "speculative", "--prompt-file", "/no/such/file"], "cannot read the prompt file"),
     (["run", "speculative", "--threads", "0"], "--threads must be at least 1"),
     (["run", "speculatve"], "did you mean 'speculative'"),
+    (["run", "elsewhere/specs/speculative.dec"], "addressable by name from anywhere: speculative"),
     (["emit", "speculative", "--target", "mlir"], "the output is chosen by --format"),
 ])
 def test_conventions_refuse_with_one_line(argv, message, capsys):

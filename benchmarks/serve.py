@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import threading
 import time
@@ -33,26 +32,6 @@ from benchmarks.prompts import CHAT
 def percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
-
-
-def start_server(decoder, slots: int, context: int):
-    from decspec.serve import serve
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    started, holder = threading.Event(), {}
-
-    def ready(server):
-        holder["server"] = server
-        started.set()
-
-    thread = threading.Thread(target=serve, args=(decoder,), daemon=True,
-                              kwargs=dict(slots=slots, context=context, name="bench", sockets=[sock], ready=ready))
-    thread.start()
-    if not started.wait(120):
-        raise SystemExit("the server did not start")
-    return f"http://127.0.0.1:{port}/v1", holder, thread
 
 
 def run_level(url: str, prompts: list[str], clients: int, max_tokens: int, chat: bool) -> dict:
@@ -142,7 +121,10 @@ def main() -> None:
     decoder = decspec.compile(args.spec, models=models)
     chat = decoder.tokenizer.chat_template is not None  # else (the reference pair) the question as a plain prompt
     prompts = [CHAT[i % len(CHAT)] for i in range(args.requests)]
-    url, holder, thread = start_server(decoder, args.slots, args.context)
+    from decspec.serve import Background
+
+    server = Background(decoder, slots=args.slots, context=args.context, name="bench")
+    url = server.url + "/v1"
     rows = ["sequential"] + [f"{c} clients" for c in args.clients]
     run_level(url, prompts[:2], 2, 4, chat)  # warm-up: the server's first rounds, the client's imports
     run_sequential(decoder, prompts[:1], 4, chat)
@@ -159,8 +141,7 @@ def main() -> None:
             print(f"repeat {rep + 1} {row:>12}: {out['tokens_per_s']:6.1f} tok/s, TTFT p50 {1e3 * out['ttft_p50_s']:7.0f} ms "
                   f"p99 {1e3 * out['ttft_p99_s']:7.0f} ms, {out['tokens']} tokens, {len(out['errors'])} errors", flush=True)
     loads.append(os.getloadavg()[0])
-    holder["server"].should_exit = True
-    thread.join(30)
+    server.stop()
     base = statistics.median(r["tokens_per_s"] for r in results["sequential"])
     table = []
     for row in rows:

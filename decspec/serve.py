@@ -515,6 +515,44 @@ def serve(decoder: Any, *, host: str = "127.0.0.1", port: int = 8000, slots: int
         engine.close()
 
 
+class Background:
+    """A server running in a thread of this process on a free port of 127.0.0.1 (tests, benchmarks, notebooks):
+    `url` is its base (`http://127.0.0.1:PORT`); `stop()` ends it.
+
+        with Background(decoder, slots=4) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    """
+
+    def __init__(self, decoder: Any, *, timeout: float = 120, **options: Any):
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        started, self._server = threading.Event(), None
+
+        def ready(server: Any) -> None:
+            self._server = server
+            started.set()
+
+        self._thread = threading.Thread(target=serve, args=(decoder,), kwargs=dict(options, sockets=[sock], ready=ready),
+                                        daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise DecError(f"the server did not start within {timeout:g} s")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(30)
+
+    def __enter__(self) -> "Background":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 def _when_started(server: Any, ready: Callable[[Any], None]) -> None:
     while not server.started:
         time.sleep(0.01)

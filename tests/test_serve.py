@@ -3,7 +3,6 @@ client on 127.0.0.1 (concurrent streams, cancellation, malformed and oversize re
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -37,24 +36,10 @@ def decoder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(decoder):
     """A server on a free port of 127.0.0.1 (3 slots), for the whole module."""
-    from decspec.serve import serve
+    from decspec.serve import Background
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    started, holder = threading.Event(), {}
-
-    def ready(s):
-        holder["server"] = s
-        started.set()
-
-    thread = threading.Thread(target=serve, args=(decoder,), daemon=True,
-                              kwargs=dict(slots=3, context=256, name="spec", sockets=[sock], ready=ready))
-    thread.start()
-    assert started.wait(60), "the server did not start"
-    yield f"http://127.0.0.1:{port}"
-    holder["server"].should_exit = True
-    thread.join(30)
+    with Background(decoder, slots=3, context=256, name="spec") as running:
+        yield running.url
 
 
 def client(url):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from decspec.dsl.diagnostics import DecError, excerpt
+from decspec.progress import progress
 
 MAGIC = b"GGUF"
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # GGUF general.architecture -> HF model_type
@@ -155,7 +156,7 @@ def hf_state(reader, config: dict[str, Any], file: Path) -> dict[str, torch.Tens
 
     state: dict[str, torch.Tensor] = {}
     permute = config["model_type"] == "llama"  # convert_hf_to_gguf permutes q/k for the llama architecture only
-    for t in reader.tensors:
+    for t in progress(reader.tensors, f"dequantizing {file.name}", unit="tensor"):
         name = t.name
         if name in GLOBAL_TENSORS:
             hf = GLOBAL_TENSORS[name]

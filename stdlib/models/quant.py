@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from decspec.dsl.diagnostics import DecError
+from decspec.progress import progress
 
 GROUP = 32  # input features per scale: llama.cpp's Q4_1 and Q8_0 block size
 SCHEMES = ("int4",)
@@ -167,7 +168,7 @@ def quantize(model: nn.Module, scheme: str = "int4") -> nn.Module:
     if not any(quantizable(m) for m in layers):
         raise DecError(f"quantize {scheme!r} needs projections whose input size is a multiple of {GROUP} (the group size); this "
                        f"model's hidden size is {model.config.hidden_size}", hint="run this model unquantized")
-    for module in layers:
+    for module in progress(layers, f"quantizing to {scheme}", unit="layer"):
         quantize_layer(module, "int4")
     quantize_layer(model.lm_head, "int8")
     sub = model.draft_lm_head

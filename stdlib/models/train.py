@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from decspec.progress import progress
 from decspec.stdlib.models.eagle import EagleHead
 from decspec.stdlib.models.heads import HydraHeads, MedusaHeads
 from decspec.stdlib.models.pretrained import load_transformer
@@ -226,7 +227,7 @@ def fit(name: str, loss_fn, params, train: torch.Tensor, *, steps: int, batch: i
     params = [p for p in params if p.requires_grad]
     opt = optimizer(params, lr)
     t0, seen = time.perf_counter(), 0
-    for step in range(steps):
+    for step in progress(range(steps), "training", unit="step"):
         for group in opt.param_groups:
             group["lr"] = schedule(step, steps, lr, warmup=min(100, steps // 10 + 1))
         chunk = windows(train, batch, SEQ_LEN + 1 + NUM_HEADS, gen)

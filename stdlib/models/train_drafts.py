@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from decspec.progress import progress
 from decspec.stdlib.models.eagle import EagleHead
 from decspec.stdlib.models.heads import HydraHeads, MedusaHeads
 from decspec.stdlib.models.heads import SubsetHead
@@ -537,7 +538,7 @@ def train(kind: str, target: Transformer, data: Data, work: Path, *, steps: int,
         warmed = state.get("warm_started", False)
         log(f"{kind}: resuming at step {first}/{steps}")
     t0 = time.perf_counter()
-    for step in range(first, steps):
+    for step in progress(range(first, steps), "training drafts", unit="step"):
         for group in opt.param_groups:
             group["lr"] = schedule(step, steps, lr, warmup=min(100, steps // 10 + 1))
         with torch.autocast("cpu", dtype=torch.bfloat16):

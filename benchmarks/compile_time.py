@@ -1,14 +1,14 @@
 """Front-end cost: parse + check + lower + passes for every spec in specs/ (issue 4: under 50 ms each),
 and the torch.compile cost of the inductor backend with a cold and a warm compile cache.
 
-    python -m benchmarks.compile_time [--repeats 20] [--torch-compile]
+    python -m benchmarks.compile_time [--repeats 20] [--torch-compile] [--out PATH] [--write]
 
 "first" is the first spec compiled in a fresh process, which also builds the Lark parser;
 "warm" is the median of --repeats later compilations. With --torch-compile, fresh processes each
 time the first `generate` of `specs/speculative.dec` on the shipped models (inductor backend,
 compiled): three processes sharing one new TORCHINDUCTOR_CACHE_DIR (the first fills PyTorch's FX
 graph and AOTAutograd caches, the next two reuse them), then one with those caches switched off.
-Writes benchmarks/results/compile_time.json.
+Prints the times; writes them as JSON only to --out PATH, or with --write to benchmarks/results/compile_time.json.
 """
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.output import add_output_args, outputs, write_text
+
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "compile_time.json"
 
 
 def front_end(path: Path) -> None:
@@ -68,7 +71,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile with a cold and a warm cache")
+    add_output_args(ap, OUT)
     args = ap.parse_args()
+    out, _ = outputs(args, OUT)
     specs = sorted((ROOT / "specs").glob("*.dec"))
     t0 = time.perf_counter()
     import decspec.compiler.lower, decspec.compiler.passes, decspec.dsl.check  # noqa: E401, F401  (imports torch)
@@ -92,9 +97,8 @@ def main() -> None:
     result = {"import_ms": 1000 * imports, "first_ms": 1000 * first, "rows": rows}
     if args.torch_compile:
         result["torch_compile"] = torch_compile_cache()
-    out = ROOT / "benchmarks" / "results" / "compile_time.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    if out:
+        write_text(out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

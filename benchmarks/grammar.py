@@ -1,7 +1,9 @@
 """Grammar engines side by side (issue 7): decspec's token index against XGrammar, llguidance and outlines-core.
 
-    python -m benchmarks.grammar                      # everything: 2 vocabularies x 5 grammars x 4 engines
+    python -m benchmarks.grammar                      # everything: 2 vocabularies x 5 grammars x 4 engines, printed
     python -m benchmarks.grammar --vocab 4k --grammar flat --reps 5
+    python -m benchmarks.grammar --write              # and the committed JSON and doc section (or --out PATH, --doc PATH)
+    python -m benchmarks.grammar --render             # rewrite those from the saved JSON, no runs
 
 For each vocabulary (the shipped 4096-token BPE, and a 32,000-token BPE trained the same way on the same
 standard-library corpus, `benchmarks/data/tokenizer32k/`), each grammar (the JSON Schemas in
@@ -20,8 +22,8 @@ worker process (`--worker`, killed after `--timeout` seconds):
 
 Whitespace is set as close to ours (at most one space, `[ ]?`, around structural characters) as each
 engine allows: llguidance and outlines-core take the pattern `[ ]?` itself; XGrammar takes
-`max_whitespace_cnt=1`, i.e. one of space, tab or newline. Writes `benchmarks/results/grammar.json` and the
-results section of `docs/grammar_benchmarks.md`.
+`max_whitespace_cnt=1`, i.e. one of space, tab or newline. Prints the tables; writes `benchmarks/results/grammar.json`
+and the results section of `docs/grammar_benchmarks.md` only with --write (or --out / --doc PATH).
 """
 from __future__ import annotations
 
@@ -40,9 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.output import add_output_args, outputs, write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "grammar.json"
+DOC = ROOT / "docs" / "grammar_benchmarks.md"
 SCHEMAS = ("flat", "nested", "formats", "large")
 GRAMMARS = (*SCHEMAS, "json")
 VOCABS = ("4k", "32k")
@@ -425,16 +430,18 @@ def main() -> None:
     ap.add_argument("--builds", type=int, default=5, help="cold builds (fewer when they pass 20 s)")
     ap.add_argument("--runs", type=int, default=3, help="whole grids; every time reported is the median over them")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per worker")
-    ap.add_argument("--no-write", action="store_true", help="print only")
-    ap.add_argument("--render", action="store_true", help="rewrite the doc's results section from the saved JSON, no runs")
-    ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "VOCAB", "GRAMMAR"), help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite the JSON and the doc's results section from the saved JSON, no runs (implies --write)")
+    ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "VOCAB", "GRAMMAR"), help=argparse.SUPPRESS)  # --out: its JSON
+    add_output_args(ap, RESULTS, DOC, "--doc")
     args = ap.parse_args()
     if args.render:
+        args.write = True
+        out, doc = outputs(args, RESULTS, DOC)
         report = json.loads(RESULTS.read_text())
         report["ratios"] = target_ratios(report["rows"])
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        write_doc(markdown(report))
+        write_text(out, json.dumps(report, indent=2) + "\n")
+        write_doc(markdown(report), doc)
         return
     if args.worker:
         worker(*args.worker, args.reps, args.builds, args.out)
@@ -467,9 +474,11 @@ def main() -> None:
               "versions": versions(), "reps": args.reps, "runs": args.runs, "minutes": (time.time() - t_start) / 60,
               "natural_forms": {e: ENGINE_CLASSES[e].form for e in ENGINES}, "rows": rows, "ratios": ratios}
     print(markdown(report))
-    if not args.no_write:
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        write_doc(markdown(report))
+    out, doc = outputs(args, RESULTS, DOC)
+    if out:
+        write_text(out, json.dumps(report, indent=2) + "\n")
+    if doc:
+        write_doc(markdown(report), doc)
 
 
 TIMES = ("setup_s", "first_build_s", "build_s", "build_cpu_s", "first_mask_s", "warm_disk_s", "warm_memory_s")
@@ -605,13 +614,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(results: str) -> None:
-    """Replace the generated section of docs/grammar_benchmarks.md (the rest of the file is hand-written)."""
-    doc = ROOT / "docs" / "grammar_benchmarks.md"
+def write_doc(results: str, doc: Path = DOC) -> None:
+    """Replace the generated section of `doc` (docs/grammar_benchmarks.md: the rest of the file is hand-written)."""
     text = doc.read_text() if doc.is_file() else f"# Grammar engines side by side\n\n{DOC_START}\n{DOC_END}\n"
     head, _, rest = text.partition(DOC_START)
     _, _, tail = rest.partition(DOC_END)
-    doc.write_text(f"{head}{DOC_START}\n{results}\n{DOC_END}{tail}")
+    write_text(doc, f"{head}{DOC_START}\n{results}\n{DOC_END}{tail}")
 
 
 if __name__ == "__main__":

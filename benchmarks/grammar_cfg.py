@@ -1,12 +1,13 @@
 """Lark CFG matcher cost (issue 7): the JSON grammar over the shipped 4096-token vocabulary.
 
-    python -m benchmarks.grammar_cfg [--tokens 200] [--seeds 3]
+    python -m benchmarks.grammar_cfg [--tokens 200] [--seeds 3] [--out PATH] [--write]
 
 Two walks, each on a fresh matcher (nothing cached yet, the numba kernel already loaded):
   * greedy: `--tokens` steps of argmax over random logits under the mask, EOS left out (seeds 0..--seeds-1);
   * document: the tokenizer's own tokens of a nested JSON document, fed in order (teacher forcing).
 Each step times `mask([state])` and `next_state`; a mask call is "first visit" when its state had no
-cached mask yet (the vocabulary walk runs) and "cached" otherwise. Writes benchmarks/results/grammar_cfg.json.
+cached mask yet (the vocabulary walk runs) and "cached" otherwise. Prints the times; writes them as JSON only
+to --out PATH, or with --write to benchmarks/results/grammar_cfg.json.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.output import add_output_args, outputs, write_text
+
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "grammar_cfg.json"
 DOCUMENT = {
     "name": "decspec", "version": [0, 1, 0], "ok": True, "ratio": -0.125e-3, "owner": None,
     "tags": ["grammar", "lark", "json", "caf\u00e9 \"quoted\"\n"],
@@ -61,7 +65,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=3)
+    add_output_args(ap, OUT)
     args = ap.parse_args()
+    out, _ = outputs(args, OUT)
     from decspec.stdlib.grammars import JSON_GRAMMAR, CFGMatcher, token_bytes
     from decspec.stdlib.models.pretrained import REFERENCE
     from decspec.stdlib.models.tokenizer import Tokenizer
@@ -98,11 +104,10 @@ def main() -> None:
             if m["count"]:
                 print(f"  {key:16s} n={m['count']:4d}  mean {m['mean_us']:8.1f} us  p50 {m['p50_us']:8.1f} us  "
                       f"p99 {m['p99_us']:8.1f} us  max {m['max_us']:8.1f} us")
-    out = ROOT / "benchmarks" / "results" / "grammar_cfg.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"grammar": "json (stdlib/grammars/json.lark)", "vocab_size": len(vocab), "tokens": args.tokens,
-                               "warmup_s": warmup_s, "build_s": build_s, "machine": platform.processor() or platform.machine(),
-                               "rows": rows}, indent=2) + "\n")
+    if out:
+        write_text(out, json.dumps({"grammar": "json (stdlib/grammars/json.lark)", "vocab_size": len(vocab), "tokens": args.tokens,
+                                    "warmup_s": warmup_s, "build_s": build_s, "machine": platform.processor() or platform.machine(),
+                                    "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Grammar-constrained decoding with and without speculation, side by side, in one run.
 
     python -m benchmarks.grammar_decode [--model NAME] [--prompts 8] [--new-tokens 64] [--k 4] [--forced-k 16]
-        [--repeats 2] [--threads 1] [--backend eager]
+        [--repeats 2] [--threads 1] [--backend eager] [--out PATH] [--write]
 
 Decodes the prompts one at a time, greedily, under the JSON Schema of specs/schemas/person.json, with:
 - the target alone (constrained autoregressive: the baseline);
@@ -16,7 +16,8 @@ Timing is interleaved: after one untimed warm-up of every row (which builds or l
 repeat runs every row once, in an order rotated by the repeat; the median is reported, with the load average.
 Every constrained row must give the constrained target's greedy tokens (asserted). Reports tokens/s, the ratio
 to the constrained target alone, mean accepted drafts per round, and how many rows ended in JSON that parses
-and has the required keys. Writes benchmarks/results/grammar_decode[-MODEL].json.
+and has the required keys. Writes the results as JSON only to --out PATH, or with --write to
+benchmarks/results/grammar_decode[-MODEL].json.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 
 import decspec
+from benchmarks.output import OPTIONS, add_output_args, outputs, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "specs" / "schemas" / "person.json"
@@ -72,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--backend", default="eager")
+    add_output_args(ap, "benchmarks/results/grammar_decode[-MODEL].json")
     args = ap.parse_args(argv)
+    name = "grammar_decode" + (f"-{args.model}" if args.model else "")
+    out, _ = outputs(args, ROOT / "benchmarks" / "results" / f"{name}.json")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.model is None:
@@ -130,13 +135,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['mean_accepted']:>15.2f} {r['valid_json']:>8}/{len(calls)}")
     print("sample:", constrained[-1]["text"][0])
     print(f"load average {load[0]:.2f} at start, {load[1]:.2f} at end")
-    name = "grammar_decode" + (f"-{args.model}" if args.model else "")
-    out_path = ROOT / "benchmarks" / "results" / f"{name}.json"
-    out_path.write_text(json.dumps({"args": vars(args), "schema": str(SCHEMA.relative_to(ROOT)), "calls": calls,
+    if out:
+        write_text(out, json.dumps({"args": {k: v for k, v in vars(args).items() if k not in OPTIONS},
+                                    "schema": str(SCHEMA.relative_to(ROOT)), "calls": calls,
                                     "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                                     "load_average": load,
                                     "rows": [{k: v for k, v in r.items() if k != "tokens"} for r in rows]}, indent=1) + "\n")
-    print(f"wrote {out_path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

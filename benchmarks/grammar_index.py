@@ -1,12 +1,12 @@
 """Grammar index cost (issue 7): build time, per-call mask()/next_state() time and memory for a JSON schema
 with 5 properties, over the shipped 4096-token vocabulary and over a synthetic 32k one.
 
-    python -m benchmarks.grammar_index [--calls 1000]
+    python -m benchmarks.grammar_index [--calls 1000] [--out PATH] [--write]
 
 Builds bypass the disk cache (`cache=False`). "jit load" is the first index build in the process, which
 loads (or compiles) the numba kernel. The 32k vocabulary is the shipped one plus 28k tokens made by
 joining two random shipped tokens (BPE-like merges), so it shows how size scales, not a real tokenizer.
-Writes benchmarks/results/grammar_index.json.
+Prints the figures; writes them as JSON only to --out PATH, or with --write to benchmarks/results/grammar_index.json.
 """
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.output import add_output_args, outputs, write_text
+
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "grammar_index.json"
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -92,7 +95,9 @@ def synthetic_vocab(base: list, size: int) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=1000)
+    add_output_args(ap, OUT)
     args = ap.parse_args()
+    out, _ = outputs(args, OUT)
     from decspec.stdlib.grammars import compile_regex, token_bytes
     from decspec.stdlib.grammars.index import TokenIndex
     from decspec.stdlib.models.pretrained import REFERENCE
@@ -114,10 +119,9 @@ def main() -> None:
         for key in ("mask_batch1", "next_state_batch1"):
             m = r[key]
             print(f"  {key}: mean {m['mean_us']:.1f} us, p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us, max {m['max_us']:.0f} us over {args.calls} calls")
-    out = ROOT / "benchmarks" / "results" / "grammar_index.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"schema": SCHEMA, "calls": args.calls, "jit_load_s": jit_s, "machine": platform.processor()
-                               or platform.machine(), "rows": rows}, indent=2) + "\n")
+    if out:
+        write_text(out, json.dumps({"schema": SCHEMA, "calls": args.calls, "jit_load_s": jit_s, "machine": platform.processor()
+                                    or platform.machine(), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Statistical losslessness figures: chi-square p-values and TV distances of sampled output
 against the exact target distribution, for each verifier, over fixed random configurations.
 
-    python -m benchmarks.lossless [--configs 20] [--samples 4000]
+    python -m benchmarks.lossless [--configs 20] [--samples 4000] [--out PATH] [--write]
 
-Prints a table and writes benchmarks/results/lossless.json. `accept_all` is a deliberately broken
-verifier (it accepts every draft): it must be rejected, which shows the check has teeth.
+Prints a table; writes the figures as JSON only to --out PATH, or with --write to benchmarks/results/lossless.json.
+`accept_all` is a deliberately broken verifier (it accepts every draft): it must be rejected, which shows the check
+has teeth.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import statistics
 from pathlib import Path
 
 import decspec
+from benchmarks.output import add_output_args, outputs, write_text
 from decspec.stdlib.models.table import TableModel
 from decspec.testing import broken_verifier, chi_square, pipeline_text, sequence_distribution, total_variation
 
 NEW_TOKENS = 3
+OUT = Path(__file__).parent / "results" / "lossless.json"
 
 
 def config(rng: random.Random) -> dict:
@@ -51,7 +54,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", type=int, default=20)
     ap.add_argument("--samples", type=int, default=4000)
+    add_output_args(ap, OUT)
     args = ap.parse_args()
+    out, _ = outputs(args, OUT)
     rng = random.Random(0)
     configs = [config(rng) for _ in range(args.configs)]
     rows = []
@@ -62,10 +67,8 @@ def main() -> None:
         ps, tvs = [r["p"] for r in res], [r["tv"] for r in res]
         rows.append({"verifier": verifier, "results": res})
         print(f"{verifier:<11} {len(res):>7} {min(ps):>10.3g} {statistics.median(ps):>9.3f} {sum(p < 1e-6 for p in ps):>13} {statistics.mean(tvs):>8.4f} {max(tvs):>7.4f}")
-    out = Path(__file__).parent / "results" / "lossless.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"samples": args.samples, "new_tokens": NEW_TOKENS, "configs": configs, "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    if out:
+        write_text(out, json.dumps({"samples": args.samples, "new_tokens": NEW_TOKENS, "configs": configs, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

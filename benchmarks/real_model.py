@@ -2,6 +2,7 @@
 
     python -m benchmarks.real_model [--model smollm2-135m-instruct] [--workloads chat code] [--batch 1 4]
         [--temperatures 0 1] [--prompts 4] [--new-tokens 64] [--repeats 3] [--threads 2] [--k 4] [--lookup-k 10]
+        [--out PATH] [--markdown PATH] [--write]
 
 The model is a named model (decspec pull NAME), loaded into decspec's built-in transformer and, for
 the peers, into `transformers` from the same converted directory (the same float32 weights).
@@ -37,7 +38,8 @@ accepted drafts per round, acceptance rate α, the draft/target cost ratio c (on
 (1 - α^(k+1)) / ((1 - α)(k c + 1)), and at temperature 0 the share of prompts whose tokens equal
 HF greedy decoding at batch 1, token for token.
 
-Writes benchmarks/results/real_model.json and docs/real_model.md.
+Prints each row as it is measured; writes the JSON and the page only where --out / --markdown say, or with
+--write to benchmarks/results/real_model.json and docs/real_model.md.
 """
 from __future__ import annotations
 
@@ -54,10 +56,12 @@ from pathlib import Path
 import torch
 
 import decspec
+from benchmarks.output import add_output_args, outputs, write_text
 from benchmarks.prompts import WORKLOADS
 from benchmarks.speed import decoder_runner, forward_time, hf_runner, ideal_speedup, machine
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT, DOC = ROOT / "benchmarks" / "results" / "real_model.json", ROOT / "docs" / "real_model.md"
 SPECS = ROOT / "specs"
 
 
@@ -348,9 +352,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", nargs="+", default=None, metavar="REGEX",
                     help="only the rows whose name matches one of these (HF generate always runs: the ratios' base)")
     ap.add_argument("--int4", action="store_true", help="add rows on the model quantized to int4 (stdlib/models/quant.py)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_model.json")
-    ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "real_model.md")
+    add_output_args(ap, OUT, DOC)
     args = ap.parse_args(argv)
+    out, doc = outputs(args, OUT, DOC)
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     from decspec.stdlib.models.registry import gguf_path, load_named, pull
@@ -385,10 +389,10 @@ def main(argv=None) -> None:
             "skip": args.skip, "exit_layer": args.exit_layer,
             "load_average": {"start": list(start_load), "end": list(os.getloadavg())}, "total_seconds": time.perf_counter() - t0,
             "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
-    args.markdown.write_text(markdown(data))
-    print(f"wrote {args.out} and {args.markdown}")
+    if out:
+        write_text(out, json.dumps(data, indent=1) + "\n")
+    if doc:
+        write_text(doc, markdown(data))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Unrolled, masked draft loop vs host-controlled loop over a compiled step (the draft_schedule pass).
 
-    python -m benchmarks.schedule [--k 4 8] [--prompts 8] [--new-tokens 48] [--repeats 3] [--batch 1]
+    python -m benchmarks.schedule [--k 4 8] [--prompts 8] [--new-tokens 48] [--repeats 3] [--batch 1] [--out PATH] [--write]
 
 Decodes the held-out prompts with `specs/speculative_greedy.dec` (greedy drafts, stop when the
 draft's own probability of its token falls under `confidence`), the inductor backend compiled,
 once per schedule, side by side in one run. An exit policy makes the unrolled loop run masked steps
 after every row has stopped; the host loop pays one `alive.any()` sync per step instead. Reports
 tokens/s (median of `--repeats` after a warm-up that compiles), mean drafts per round and the
-draft steps run per round, and which schedule the pass picks. Writes benchmarks/results/schedule.json.
+draft steps run per round, and which schedule the pass picks. Writes the results as JSON only to --out PATH,
+or with --write to benchmarks/results/schedule.json.
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ import torch
 
 import decspec
 from benchmarks.acceptance import heldout_prompts
+from benchmarks.output import OPTIONS, add_output_args, outputs, write_text
 from decspec.backends.inductor.codegen import schedule as loop_schedule
 from decspec.stdlib.models.pretrained import reference_models
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "speculative_greedy.dec"
+OUT = ROOT / "benchmarks" / "results" / "schedule.json"
 
 
 def measure(dec, prompts: list[list[int]], batch: int, new_tokens: int, repeats: int) -> dict:
@@ -61,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
+    add_output_args(ap, OUT)
     args = ap.parse_args(argv)
+    out_path, _ = outputs(args, OUT)
     torch.manual_seed(0)
     models = reference_models()
     tok = models["target"].tokenizer
@@ -83,10 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"{r['k']:>3} {r['schedule']:>9} {r['tokens_per_s']:>9.1f} {r['mean_drafted']:>13.2f} {r['draft_steps_per_round']:>18.2f} "
               f"{r['host_over_unrolled']:>14.2f} {'*' if r['picked_by_pass'] else ''}")
-    out_path = ROOT / "benchmarks" / "results" / "schedule.json"
-    out_path.write_text(json.dumps({"args": vars(args), "machine": platform.machine(), "torch": torch.__version__,
-                                    "threads": torch.get_num_threads(), "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out_path.relative_to(ROOT)}")
+    if out_path:
+        write_text(out_path, json.dumps({"args": {k: v for k, v in vars(args).items() if k not in OPTIONS}, "machine": platform.machine(),
+                                         "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

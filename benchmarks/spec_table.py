@@ -2,7 +2,7 @@
 
     python -m benchmarks.spec_table [--backend eager|inductor] [--prompts 4] [--new-tokens 48] [--repeats 1]
                                     [--batch 1] [--threads 1] [--temperatures 0 1] [--specs NAME ...] [--target NAME]
-                                    [--out benchmarks/results/spec_table.json] [--markdown docs/spec_table.md]
+                                    [--out PATH] [--markdown PATH] [--write]
 
 The specs are whatever `specs/*.dec` holds when it runs. Each is compiled with `decspec.compile` on the
 shipped pair (`reference_models()`: roles "target" and "draft"; early-exit views and draft heads come
@@ -24,7 +24,9 @@ With `--target NAME` (a named real model, `decspec pull`), the specs run on that
 "target"; specs that need a separate draft model or trained heads get a row saying so) on chat prompts
 (benchmarks/prompts.py), and the files are spec_table_NAME.json / .md.
 
-Writes benchmarks/results/spec_table.json and docs/spec_table.md.
+Prints the table; writes the JSON (and, with matplotlib, a plot of the speedups next to it) and the page only
+where --out / --markdown say, or with --write to benchmarks/results/spec_table[_TARGET].json and
+docs/spec_table[_TARGET].md.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import torch
 
 import decspec
 from benchmarks.acceptance import heldout_prompts
+from benchmarks.output import add_output_args, outputs, write_text
 from benchmarks.speed import SPECS, _fmt, chunks, decoder_runner, machine
 from decspec.compiler.analysis import pipeline_text
 from decspec.dsl.check import load
@@ -320,7 +323,8 @@ def plot(data: dict, path: Path) -> bool:
 def command_line(args: argparse.Namespace) -> str:
     cmd = (f"python -m benchmarks.spec_table --backend {args.backend} --prompts {args.prompts} --new-tokens {args.new_tokens} "
            f"--repeats {args.repeats} --batch {args.batch} --threads {args.threads} --temperatures {' '.join(f'{t:g}' for t in args.temperatures)}")
-    return cmd + (f" --specs {' '.join(args.specs)}" if args.specs else "") + (f" --target {args.target}" if args.target else "")
+    return (cmd + (f" --specs {' '.join(args.specs)}" if args.specs else "") + (f" --target {args.target}" if args.target else "")
+            + (" --write" if args.write else ""))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -335,8 +339,7 @@ def parser() -> argparse.ArgumentParser:
                     help="torch threads (default 1: on a shared, loaded CPU two threads per process can run 20x slower)")
     ap.add_argument("--specs", nargs="+", metavar="NAME", help="a subset of specs/ (file stems); default: all")
     ap.add_argument("--target", help="a named real model (decspec models) instead of the shipped pair")
-    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/spec_table[_TARGET].json")
-    ap.add_argument("--markdown", type=Path, default=None, help="default docs/spec_table[_TARGET].md")
+    add_output_args(ap, "benchmarks/results/spec_table[_TARGET].json", "docs/spec_table[_TARGET].md")
     return ap
 
 
@@ -352,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from decspec.stdlib.models.pretrained import reference_models
 
     suffix = f"_{args.target}" if args.target else ""
-    args.out = args.out or ROOT / "benchmarks" / "results" / f"spec_table{suffix}.json"
-    args.markdown = args.markdown or ROOT / "docs" / f"spec_table{suffix}.md"
+    args.out, args.markdown = outputs(args, ROOT / "benchmarks" / "results" / f"spec_table{suffix}.json",
+                                      ROOT / "docs" / f"spec_table{suffix}.md")
     if args.target:
         from benchmarks.prompts import chat_prompts
         from decspec.stdlib.models.registry import resolve_model
@@ -370,16 +373,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
         "torch": torch.__version__, "load_average": {"start": list(start_load), "end": list(os.getloadavg())},
         "specs": [p.stem for p in specs], "total_seconds": time.perf_counter() - t0, "rows": rows,
-        "json": str(args.out.relative_to(ROOT)) if args.out.is_relative_to(ROOT) else str(args.out),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    data["plot"] = plot(data, args.out.with_suffix(".png"))
-    args.markdown.write_text(render_markdown(data))
+    if args.out:
+        data["json"] = str(args.out.relative_to(ROOT)) if args.out.is_relative_to(ROOT) else str(args.out)
+        write_text(args.out, json.dumps(data, indent=1) + "\n")
+        data["plot"] = plot(data, args.out.with_suffix(".png"))
+    if args.markdown:
+        write_text(args.markdown, render_markdown(data))
     print("\n" + console_table(rows))
-    print(f"\n{len(specs)} specs × {len(args.temperatures)} temperatures in {data['total_seconds']:.0f} s; "
-          f"wrote {args.out} and {args.markdown}")
+    print(f"\n{len(specs)} specs × {len(args.temperatures)} temperatures in {data['total_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

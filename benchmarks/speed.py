@@ -1,6 +1,7 @@
 """Decoding speed of decspec against Hugging Face `generate`, on the shipped weights (issue 4, first version).
 
     python -m benchmarks.speed [--new-tokens 64] [--prompts 8] [--batch 1 8] [--temperatures 0] [--repeats 3] [--k 4] [--layer 3]
+        [--out PATH] [--doc PATH] [--write]
 
 Prompts are the held-out standard-library prompts of benchmarks/acceptance.py. At each batch size B
 the prompts run in ceil(prompts / B) calls of B rows (HF pads on the left); tokens/s is all new
@@ -27,7 +28,8 @@ autoregressive, and draft steps of 1 token; compiled forward_at for inductor row
 standalone shapes. At temperature 0 each row's tokens are compared with HF greedy autoregressive at
 batch 1 (fraction of prompts identical).
 
-Writes benchmarks/results/speed.json, docs/benchmarks.md and (with matplotlib) benchmarks/results/speed.png.
+Prints the table; writes the JSON (and, with matplotlib, a plot next to it) and the page only where --out / --doc
+say, or with --write to benchmarks/results/speed.json (speed.png) and docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -43,11 +45,13 @@ import torch
 
 import decspec
 from benchmarks.acceptance import heldout_prompts
+from benchmarks.output import add_output_args, outputs, write_text
 from decspec.stdlib.models.pretrained import REFERENCE, reference_models
 from decspec.stdlib.models.skip_search import ideal_speedup  # Leviathan et al.'s formula, one definition
 from decspec.stdlib.models.views import EarlyExit
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT, DOC = ROOT / "benchmarks" / "results" / "speed.json", ROOT / "docs" / "benchmarks.md"
 SPECS = ROOT / "specs"
 
 
@@ -386,20 +390,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--layer", type=int, default=3, help="early-exit layer L for self-speculation")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    add_output_args(ap, OUT, DOC, "--doc")
     args = ap.parse_args()
+    out, doc = outputs(args, OUT, DOC)
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     data = measure(args)
     data["total_seconds"] = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=2) + "\n")
-    png = args.out.with_suffix(".png")
-    plotted = plot(data, png)
+    plotted = None  # no JSON written: no plot either
+    if out:
+        write_text(out, json.dumps(data, indent=2) + "\n")
+        plotted = plot(data, out.with_suffix(".png"))
     command = (f"python -m benchmarks.speed --prompts {args.prompts} --new-tokens {args.new_tokens} --batch {' '.join(map(str, args.batch))} "
-               f"--temperatures {' '.join(f'{t:g}' for t in args.temperatures)} --repeats {args.repeats} --k {args.k} --layer {args.layer}")
-    args.doc.write_text(
+               f"--temperatures {' '.join(f'{t:g}' for t in args.temperatures)} --repeats {args.repeats} --k {args.k} --layer {args.layer}"
+               + " --write" * args.write)
+    page = (
         "# Speed benchmark\n\n"
         "For every spec in `specs/` side by side (accepted tokens per round, speedup over autoregressive decoding, equality with greedy decoding, at temperatures 0 and 1), see [the spec table](spec_table.md) (`python -m benchmarks.spec_table`).\n\n"
         f"Decoding speed of decspec and Hugging Face `generate` on the shipped reference models (target: 6 layers, hidden 256; "
@@ -408,7 +413,8 @@ def main() -> None:
         "after an untimed warm-up (which also compiles the inductor rows). At batch B the prompts run as ceil(prompts / B) calls of B rows.\n\n"
         f"Machine: {data['machine']}. Total run: {data['total_seconds']:.0f} s.\n\n"
         f"Produced by `{command}` (JSON: `benchmarks/results/speed.json`"
-        + ("; plot: `benchmarks/results/speed.png`" if plotted else "; no plot: matplotlib is not installed") + ").\n\n"
+        + ("; plot: `benchmarks/results/speed.png`" if plotted else "; no plot: matplotlib is not installed" if plotted is False else "")
+        + ").\n\n"
         "Columns: *accepted / round* = drafted tokens accepted per round; *α* = accepted / drafted; *speedup* = tokens/s over the same "
         "implementation's autoregressive row (HF prompt lookup: over HF autoregressive); *× HF* = tokens/s over HF's same method; "
         "*c* = time of one draft forward of 1 token / one target forward of k+1 tokens (at that batch size); *ideal speedup* = "
@@ -418,8 +424,10 @@ def main() -> None:
         "when autoregressive, draft steps of 1 token; the compiled step for inductor rows), an estimate; *same tokens* = fraction of prompts "
         "whose tokens equal HF greedy autoregressive at batch 1 (temperature 0 only).\n\n" + table(data) + "\n"
     )
+    if doc:
+        write_text(doc, page)
     print("\n" + table(data))
-    if not plotted:
+    if plotted is False:
         print("(matplotlib not installed: no plot)")
 
 

@@ -1,7 +1,7 @@
 """What a verification step costs against a one-token step, on a real model, by width and precision.
 
     python -m benchmarks.verify_cost [--model smollm2-135m-instruct] [--widths 1 2 3 5 8 16] [--repeats 5] [--threads 1]
-        [--variants float32 float32-plain bfloat16]
+        [--variants float32 float32-plain bfloat16] [--out PATH] [--write]
 
 Speculative decoding pays when verifying k+1 tokens costs about what one token costs (a step bound
 by reading the weights). This measures a forward step of `width` tokens after a 59-token prefix, for
@@ -9,8 +9,8 @@ each width and each variant (float32 as decspec runs it, with multi-row steps on
 weights; float32-plain, every step through F.linear on the stored weights, as before prepacking; and
 bfloat16), in turns (the order rotates every repeat), as the median CPU time of the process (`time.process_time`: on a shared machine, time spent
 waiting for a core is not counted; with one thread that is the step's own work) and the median wall
-time, and reports each as a ratio to the one-token step of the same variant. Writes
-benchmarks/results/verify_cost.json (or --out).
+time, and reports each as a ratio to the one-token step of the same variant. Prints the table; writes it as
+JSON only to --out PATH, or with --write to benchmarks/results/verify_cost.json.
 """
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.output import add_output_args, outputs, write_text
+
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "verify_cost.json"
 VARIANTS = {"float32": (torch.float32, True), "float32-plain": (torch.float32, False), "bfloat16": (torch.bfloat16, True)}
 
 
@@ -49,8 +52,9 @@ def main(argv=None) -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "verify_cost.json")
+    add_output_args(ap, OUT)
     args = ap.parse_args(argv)
+    out, _ = outputs(args, OUT)
     torch.set_num_threads(args.threads)
     from decspec.stdlib.models import transformer
     from decspec.stdlib.models.registry import load_named
@@ -78,8 +82,8 @@ def main(argv=None) -> None:
     print("| variant | width | CPU ms | x one token | wall ms | x one token |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['width']} | {r['cpu_ms']:.1f} | {r['cpu_vs_one_token']:.2f} | {r['wall_ms']:.1f} | {r['wall_vs_one_token']:.2f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": args.model, "threads": args.threads, "torch": torch.__version__,
+    if out:
+        write_text(out, json.dumps({"model": args.model, "threads": args.threads, "torch": torch.__version__,
                                     "load_average": load, "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
 
 

@@ -1,12 +1,14 @@
 """Row-major against column-major projection weights in the built-in transformer, interleaved.
 
     python -m benchmarks.weight_layout [--model smollm2-135m-instruct] [--widths 1 5 11] [--repeats 6] [--threads 2]
+        [--out PATH] [--write]
 
 The built-in Transformer stores every projection weight [out, in] column-major (stdlib/models/
 transformer.py `column_major`): same values, only strides differ. This measures forward steps per
 second of one model in each layout, for steps of `width` tokens after a 59-token prefix (1: plain
 decoding; k+1: a verification), in turns (the order flips every repeat), and checks the logits are
-identical. Writes benchmarks/results/weight_layout.json.
+identical. Prints the figures; writes them as JSON only to --out PATH, or with --write to
+benchmarks/results/weight_layout.json.
 """
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.output import add_output_args, outputs, write_text
+
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "weight_layout.json"
 
 
 def steps_per_second(model, width: int, n: int = 12) -> float:
@@ -38,8 +43,9 @@ def main(argv=None) -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[1, 5, 11])
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "weight_layout.json")
+    add_output_args(ap, OUT)
     args = ap.parse_args(argv)
+    out, _ = outputs(args, OUT)
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     from decspec.stdlib.models.pretrained import load_transformer
@@ -68,7 +74,8 @@ def main(argv=None) -> None:
         rows.append({"width": w, "row_major_steps_per_s": r, "column_major_steps_per_s": c, "ratio": c / r})
         print(f"width {w:>2}: row-major {r:5.1f} steps/s, column-major {c:5.1f} steps/s, ratio {c / r:.2f}")
     print(f"logits identical: {same}; load average {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}")
-    args.out.write_text(json.dumps({"command": "python -m benchmarks.weight_layout " + " ".join(argv or []), "model": args.model,
+    if out:
+        write_text(out, json.dumps({"command": "python -m benchmarks.weight_layout " + " ".join(argv or []), "model": args.model,
                                     "threads": args.threads, "repeats": args.repeats, "identical_logits": same,
                                     "load_average": [load0[0], os.getloadavg()[0]], "rows": rows}, indent=1) + "\n")
 

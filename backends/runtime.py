@@ -128,7 +128,7 @@ class Commit:
     logprobs: list[list[float]] | None = None  # per row, of `tokens` (backends/logprobs.py), when asked for
 
 
-DRAFT_OPS = ("draft_loop", "ngram_lookup", "grammar_forced", "recycle_draft", "lookahead_draft", "staged_loop")  # the ops that propose; their `max` is the round's speculation length
+DRAFT_OPS = ("draft_loop", "ngram_lookup", "grammar_forced", "recycle_draft", "lookahead_draft", "staged_loop", "forced_then")  # the ops that propose; their `max` is the round's speculation length
 
 
 def max_draft_len(graph: Graph) -> int:

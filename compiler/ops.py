@@ -502,6 +502,29 @@ def _staged_body(p, region):
             f"staged_loop body must yield (tok[B,N], f32[B,N,V], i64[B]), got ({', '.join(map(str, out))})")
 
 
+def _forced_then(p, ins):
+    k = p.get("max")
+    _expect(isinstance(k, int) and k >= 1, "forced_then max must be a positive int")
+    ok = (len(ins) == 4 and ins[0] == CTX and ins[1].dtype == "tok" and len(ins[1].shape) == 2 and ins[3] == _t("i64", "B")
+          and ins[2] == _t("f32", "B", ins[1].shape[1], "V"))
+    _expect(ok, "forced_then takes (ctx, the forced drafts tok[B,K], their distributions f32[B,K,V], their counts i64[B])")
+    return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
+
+
+def _forced_then_body(p, region):
+    got = [v.type for v in region.inputs]
+    _expect(got == [CTX], f"forced_then body must take (ctx), got ({', '.join(map(str, got))})")
+    out = [v.type for v in region.outputs]
+    ok = len(out) == 3 and out[0].dtype == "tok" and len(out[0].shape) == 2 and out[2] == _t("i64", "B")
+    _expect(ok and out[1] == _t("f32", "B", out[0].shape[1], "V"),
+            f"forced_then body must yield (tok[B,N], f32[B,N,V], i64[B]), got ({', '.join(map(str, out))})")
+
+
+OPS["forced_then"] = OpDef(  # grammar-forced drafts, then another draft source after them (stdlib/drafts.py forced_then)
+    "forced_then", "pure", _forced_then, "the forced drafts (ins 1-3: tokens, one-hot q, count), then the body's drafts over ctx ++ "
+    "forced[:count] (per row), appended after each row's forced ones: (tokens [B,max], q [B,max,V], count [B])", has_region=True,
+    region_rule=_forced_then_body)
+
 OPS["staged_loop"] = OpDef(  # staged drafting (stdlib/staged.py)
     "staged_loop", "pure", _staged_loop, "staged drafting: run the body, an inner speculative round over ctx ++ drafts[:count] "
     "(per row), until every row has max drafts; the body yields (tokens [B,N], their distributions [B,N,V], n [B]) and "

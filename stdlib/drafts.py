@@ -124,3 +124,56 @@ register(
         needs_grammar=True,
     )
 )
+
+
+THEN = ("autoregressive", "lookup")  # the draft sources forced_then runs after the forced tokens
+
+
+def lower_forced_then(lw: Lowering, inst, ctx):
+    """The forced drafts, then `then`'s drafts over ctx ++ the forced ones, in one round:
+
+        f, qf, nf = grammar_forced[max=K](ctx)
+        d, q, n = forced_then[max=K+M](ctx, f, qf, nf) ^then(ctx') { <then's draft source over ctx'> }
+
+    where ctx' is each row's context followed by its forced drafts; the draft model (or lookup) sees them as context, so it
+    spends no step on a token the grammar forces."""
+    if lw.grammar is None:
+        raise DecError("`forced_then` drafts the tokens the grammar forces first, but this spec has no grammar", inst.span,
+                       hint="add a grammar slot (grammar = json_schema(\"schema.json\"), regex(...), ...) or use another draft source")
+    then = inst.arg("then")
+    if then.name not in THEN:  # a chain over the extended context: no target features, no tree, no state across rounds
+        raise DecError(f"forced_then's `then` must be {' or '.join(THEN)}, found '{then.name}'", then.span,
+                       hint="use autoregressive(draft, max = 4) or lookup(...) after the forced tokens")
+    target = lw.role(lw.spec.slot("target"))
+    k = inst.arg("max")
+    forced = lw.b.emit("grammar_forced", [ctx], max=k, ngram=inst.arg("ngram"), grammar="grammar", vocab=target)
+    outer = lw.nested("then")
+    inner_ctx = lw.b.input(CTX)  # ctx ++ the row's forced drafts
+    with lw.b.located(then.span, then.name):
+        proposal: Proposal = then.component.lower(lw, then, inner_ctx)
+    body = lw.b.build((proposal.tokens, proposal.probs, proposal.count))
+    lw.restore(outer)
+    total = k + proposal.max
+    tokens, probs, count = lw.b.emit("forced_then", [ctx, *forced], region=body, max=total)
+    return Proposal(tokens, probs, count, total)
+
+
+register(
+    Component(
+        "draft",
+        "forced_then",
+        (Param("then", "draft", doc="the draft source after the forced tokens: autoregressive(model, ...) or lookup(...)"),
+         Param("max", "int", default=8, low=1, high=64, doc="most forced tokens drafted per round (then's own max comes after)"),
+         Param("ngram", "int", default=0, low=0, high=16, doc="as forced's: where the grammar leaves a choice, draft the row's "
+               "habit by lookup before handing over; 0 (the default): hand over at once")),
+        "Grammar-forced drafts, then another draft source's: the tokens the grammar forces after the context (as `forced`), "
+        "and after them, where the grammar leaves a choice, the drafts of `then` over the context followed by the forced "
+        "tokens, all verified in one target call. The draft model spends no step on forced tokens: it reads them as "
+        "context. Needs a grammar.",
+        Contract(True, "each forced token comes with q one-hot on it (a function of the context), and each of `then`'s "
+                       "with the distribution it was drawn from given the tokens before it; the verifier receives them all"),
+        lower_forced_then,
+        cite="SGLang's jump-forward decoding (Zheng et al. 2024) composed with speculative sampling (Leviathan et al. 2023)",
+        needs_grammar=True,
+    )
+)

@@ -89,6 +89,9 @@ def conformance_specs() -> list[Spec]:
         out.append(Spec("grammar", (), slots + (("grammar", GRAMMAR),), SOURCE))  # masks on target and draft
         forced = inst(registry.lookup("draft", "forced"), max=3)  # the tokens the grammar forces, no model
         out.append(Spec("forced", (), (slots[0], slots[1], ("propose", forced), slots[4], ("grammar", GRAMMAR)), SOURCE))
+        then = inst(registry.lookup("draft", "autoregressive"), model=model("draft"), max=2)
+        chained = inst(registry.lookup("draft", "forced_then"), then=then, max=3)  # forced_then: a draft loop over ctx ++ forced
+        out.append(Spec("forced_then", (), (slots[0], slots[1], ("propose", chained), slots[4], ("grammar", GRAMMAR)), SOURCE))
     out.append(Spec("ar_grammar", (), (("target", model("target")), ("grammar", GRAMMAR)), SOURCE))
     for kind in ("medusa", "hydra"):  # draft heads on the target (model_hidden, head_logits), with an exit policy
         heads = inst(registry.lookup("draft", "heads"), model=model("target"), kind=kind, max=3)

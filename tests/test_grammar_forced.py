@@ -74,7 +74,7 @@ def test_the_shipped_spec_gives_the_constrained_target_s_greedy_tokens():
 
 
 @pytest.mark.parametrize("spec", ["specs/json_forced.dec", "specs/regex.dec", "specs/choice.dec", "specs/json_schema.dec"])
-def test_decspec_verify_checks_grammar_specs_exactly(spec):
+def test_decspec_verify_checks_grammar_specs_exactly(spec):  # json_forced_draft: below, at a temperature > 0
     """`decspec verify` spells a grammar spec's tables from the grammar's own strings (bytes, a few two-byte tokens, EOS)."""
     from decspec.verify import verify_spec
 
@@ -99,3 +99,59 @@ def test_decspec_verify_refuses_context_free_grammars_clearly():
 
     with pytest.raises(DecError, match="context-free"):
         verify_spec('decoder d {\n target = model("target")\n grammar = json\n}\n')
+
+
+# --------------------------------------------------------------------------- forced tokens, then a draft model's
+
+def test_forced_then_a_draft_model_is_exactly_lossless_when_sampling():
+    """The forced drafts (q one-hot) and the draft model's after them (over the context followed by the forced ones),
+    verified in one round: the exact distribution equals the grammar-constrained target's, at temperature 0.7."""
+    from decspec.verify import verify_spec
+
+    report = verify_spec("specs/json_forced_draft.dec", overrides={"k": 3, "m": 2, "temperature": 0.7}, configs=3)
+    assert report.checked and report.observed_lossless and report.exit_code == 0
+
+
+def test_forced_then_with_a_broken_verifier_is_caught():
+    from decspec.testing import broken_verifier
+    from decspec.verify import verify_spec
+
+    text = open("specs/json_forced_draft.dec").read().replace("verify  = rejection", "verify  = accept_all")
+    text = text.replace('"schemas/person.json"', '"specs/schemas/person.json"')
+    with broken_verifier() as name:
+        report = verify_spec(text.replace("accept_all", name), overrides={"k": 3, "m": 2, "temperature": 0.7}, configs=3,
+                             max_new_tokens=3)
+    assert not report.observed_lossless and report.exit_code == 1
+
+
+def test_forced_then_gives_the_constrained_target_s_greedy_tokens_and_more_per_round():
+    from decspec.stdlib.models.pretrained import reference_models
+
+    models = reference_models()
+    schema = decspec.__file__.rsplit("/", 2)[0] + "/specs/schemas/person.json"
+    plain = decspec.compile(f'decoder d {{\n target = model("target")\n sampler = greedy\n grammar = json_schema("{schema}")\n}}\n',
+                            models={"target": models["target"]})
+    chained = decspec.compile("specs/json_forced_draft.dec", models=models)
+    draft_only = decspec.compile(open("specs/json_forced_draft.dec").read().replace(
+        "forced_then(autoregressive(draft, max = m), max = k)", "autoregressive(draft, max = m)").replace(
+        '"schemas/person.json"', f'"{schema}"'), models=models)
+    prompts = ["person = ", "user = "]
+    want = plain.generate(prompts, max_new_tokens=40, eos_token_id=None).tokens
+    got = chained.generate(prompts, max_new_tokens=40, eos_token_id=None)
+    assert got.tokens == want == draft_only.generate(prompts, max_new_tokens=40, eos_token_id=None).tokens
+    alone = draft_only.generate(prompts, max_new_tokens=40, eos_token_id=None)
+    assert got.stats.mean_accepted > alone.stats.mean_accepted  # forced tokens come on top of the draft's m, for free
+
+
+@pytest.mark.parametrize("spec, message", [
+    ('propose = forced_then(autoregressive(draft, max = 2), max = 4)', "no grammar"),
+    ('propose = forced_then(forced(max = 2), max = 4)\n grammar = regex("[a-z]+")', "`then` must be autoregressive or lookup"),
+])
+def test_forced_then_refuses_what_it_cannot_run(spec, message):
+    with pytest.raises(DecError, match=message):
+        decspec.compile(f'decoder d {{\n target = model("target")\n draft = model("draft")\n {spec}\n verify = rejection\n}}\n')
+
+
+def test_forced_then_is_refused_by_the_code_generator_with_the_reason():
+    with pytest.raises(DecError, match="forced drafts followed by another draft source"):
+        decspec.compile("specs/json_forced_draft.dec", backend="inductor").generate("x = ", max_new_tokens=2)

@@ -1,4 +1,5 @@
-"""The rule of staged drafting (stdlib/staged.py): `staged_loop`, for the eager and exact backends alike.
+"""The rules of staged drafting (stdlib/staged.py: `staged_loop`) and of forced drafts followed by another draft source
+(stdlib/drafts.py: `forced_then`), for the eager and exact backends alike.
 
 Each step runs the body, one inner speculative round, over each row's context followed by the drafts it
 has so far, and appends the n + 1 tokens the round produced (with the first-stage draft's distribution
@@ -47,4 +48,26 @@ def staged_loop(state, op, ctx):
     return drafts, probs, count
 
 
-RULES = {"staged_loop": staged_loop}
+def forced_then(state, op, ctx, forced, forced_q, forced_n):
+    """The forced drafts, then the body's over ctx ++ forced[:forced_n]: -> drafts [B, max], q [B, max, V], count [B]."""
+    from decspec.backends.eager.rules import mark_drafted
+
+    align = getattr(state, "align", lambda x: x)  # the exact backend's rows split inside the body
+    tokens, q, n = run_graph(op.region, [extended(ctx, forced, forced_n)], state, state.rules, state.backend)
+    forced, forced_q, forced_n, tokens, q, n = (align(x) for x in (forced, forced_q, forced_n, tokens, q, n))
+    B, K1 = forced.shape
+    K = op.param("max")
+    drafts = torch.zeros(B, K, dtype=torch.long, device=forced.device)
+    probs = q.new_zeros(B, K, q.shape[-1])
+    drafts[:, :K1], probs[:, :K1] = forced, forced_q.to(q)
+    rows = torch.arange(B, device=forced.device)
+    for j in range(tokens.shape[1]):  # the body's token j goes right after the row's forced ones
+        put = j < n
+        at = (forced_n + j).clamp(max=K - 1)
+        drafts[rows, at] = torch.where(put, tokens[:, j], drafts[rows, at])
+        probs[rows, at] = torch.where(put[:, None], q[:, j], probs[rows, at])
+    count = forced_n + n
+    return mark_drafted(drafts, count), probs, count
+
+
+RULES = {"staged_loop": staged_loop, "forced_then": forced_then}

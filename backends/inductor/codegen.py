@@ -135,6 +135,8 @@ NOT_YET.update(dict.fromkeys(
     "a draft source chosen per context (dynamic_exit) would need one static model step per candidate view and the arm as "
     "a round input; it runs on the eager and exact backends only for now",
 ))
+NOT_YET["forced_then"] = ("forced drafts followed by another draft source extend the context inside the round, per row; they run "
+                          "on the eager backend (forced(...) alone runs here)")
 NOT_YET["staged_loop"] = ("staged drafting nests an inner speculative round in the draft loop, with per-row progress; it runs on "
                           "the eager and exact backends only for now")
 

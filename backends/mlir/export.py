@@ -66,6 +66,7 @@ HOST_OPS.update(dict.fromkeys(  # not emitted by the inductor code generator yet
     ("draft_arm", "model_select"),
     "a draft source chosen per context (dynamic_exit) picks its view on the host between rounds, and the inductor code "
     "generator does not emit it yet"))
+HOST_OPS["forced_then"] = "forced drafts followed by another draft source are not emitted by the inductor code generator yet, whose round the export traces"
 HOST_OPS["staged_loop"] = "staged drafting is not emitted by the inductor code generator yet, whose round the export traces"
 
 

@@ -8,6 +8,8 @@ Decodes the prompts one at a time, greedily, under the JSON Schema of specs/sche
 - speculative decoding with a draft model (k = --k), the grammar masking the target and the draft alike;
 - grammar-forced drafts (`forced(max = --forced-k)`, specs/json_forced.dec): the tokens the grammar forces,
   and where it leaves a choice, what the row's own earlier text suggests; no draft model;
+- both (`forced_then(autoregressive(draft, max = --k), max = --forced-k)`, specs/json_forced_draft.dec): the forced
+  tokens, then the draft model's over the context followed by them, in one round;
 and the first two without the grammar (what the mask costs). Models: the shipped pair (default; prompts like
 `person = `), or a named real model (--model smollm2-135m-instruct: chat requests for a person as JSON through
 its chat template; its shipped draft model for the speculative row).
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     draft = f'autoregressive(model("draft"), max = {args.k})' if "draft" in models else None
     variants = [("target only", True, None), (f"draft model, k = {args.k}", True, draft),
                 (f"forced, max = {args.forced_k}", True, f"forced(max = {args.forced_k})"),
+                (f"forced then draft", True, draft and f"forced_then({draft}, max = {args.forced_k})"),
                 ("target only", False, None), (f"draft model, k = {args.k}", False, draft)]
     rows = []
     for name, grammar, propose in variants:

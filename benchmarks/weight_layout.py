@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def main(argv=None) -> None:
         print(f"width {w:>2}: row-major {r:5.1f} steps/s, column-major {c:5.1f} steps/s, ratio {c / r:.2f}")
     print(f"logits identical: {same}; load average {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}")
     if out:
-        write_text(out, json.dumps({"command": "python -m benchmarks.weight_layout " + " ".join(argv or []), "model": args.model,
+        write_text(out, json.dumps({"command": "python -m benchmarks.weight_layout " + " ".join(sys.argv[1:] if argv is None else argv), "model": args.model,
                                     "threads": args.threads, "repeats": args.repeats, "identical_logits": same,
                                     "load_average": [load0[0], os.getloadavg()[0]], "rows": rows}, indent=1) + "\n")
 

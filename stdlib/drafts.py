@@ -164,8 +164,8 @@ register(
         "forced_then",
         (Param("then", "draft", doc="the draft source after the forced tokens: autoregressive(model, ...) or lookup(...)"),
          Param("max", "int", default=8, low=1, high=64, doc="most forced tokens drafted per round (then's own max comes after)"),
-         Param("ngram", "int", default=0, low=0, high=16, doc="as forced's: where the grammar leaves a choice, draft the row's "
-               "habit by lookup before handing over; 0 (the default): hand over at once")),
+         Param("ngram", "int", default=3, low=0, high=16, doc="as forced's: where the grammar leaves a choice, draft the row's "
+               "habit by lookup before handing over (its spacing, say); 0: hand over at once")),
         "Grammar-forced drafts, then another draft source's: the tokens the grammar forces after the context (as `forced`), "
         "and after them, where the grammar leaves a choice, the drafts of `then` over the context followed by the forced "
         "tokens, all verified in one target call. The draft model spends no step on forced tokens: it reads them as "

@@ -503,6 +503,18 @@ def serve(decoder: Any, *, host: str = "127.0.0.1", port: int = 8000, slots: int
         import uvicorn
     except ImportError as e:
         raise DecError("decspec serve needs starlette and uvicorn: pip install 'decspec[serve]'") from e
+    if sockets is None:  # bound here, so a taken port is a clear refusal before the model work starts
+        import socket
+
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            raise DecError(f"cannot listen on {host}:{port}: {e.strerror or e}", hint="check --host, pick another --port, or "
+                           "stop what is using it") from None
+        sockets = [sock]
     engine = Engine(decoder, slots=slots, context=context)
     app = create_app(engine, name or decoder.spec.name)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")

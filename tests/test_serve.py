@@ -257,3 +257,16 @@ def test_chat_requests_are_checked_too(server):
     assert code == 400 and "'messages' is required" in reply["error"]["message"]
     code, reply = post(server, "/v1/nothing", "{}")
     assert code == 404 and reply["error"]["type"] == "not_found_error"
+
+
+def test_a_taken_port_is_a_clear_refusal(decoder):
+    import socket
+
+    from decspec.serve import serve
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    with pytest.raises(DecError, match=f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}"):
+        serve(decoder, port=taken.getsockname()[1])
+    taken.close()

@@ -1,7 +1,6 @@
 """decspec/progress.py: bars on a terminal only (or DECSPEC_PROGRESS=1), never in pipes, logs or tests."""
 from __future__ import annotations
 
-import copy
 import io
 
 import pytest
@@ -26,11 +25,13 @@ def test_bars_show_on_a_terminal_unless_turned_off(setting, tty, shown, monkeypa
 
 
 def test_quantizing_shows_a_bar(monkeypatch):
-    from decspec.stdlib.models.pretrained import reference_models
     from decspec.stdlib.models.quant import quantize
+    from decspec.stdlib.models.transformer import Transformer, TransformerConfig
 
+    config = TransformerConfig(vocab_size=80, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, max_position_embeddings=128)
     monkeypatch.setenv("DECSPEC_PROGRESS", "1")
     err = io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
-    quantize(copy.deepcopy(reference_models()["target"]))
+    quantize(Transformer.random(config, seed=0))
     assert "decspec: quantizing to int4" in err.getvalue()

@@ -493,13 +493,18 @@ def _staged_loop(p, ins):
     return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
 
 
-def _staged_body(p, region):
-    got = [v.type for v in region.inputs]
-    _expect(got == [CTX], f"staged_loop body must take (ctx), got ({', '.join(map(str, got))})")
-    out = [v.type for v in region.outputs]
-    ok = len(out) == 3 and out[0].dtype == "tok" and len(out[0].shape) == 2 and out[2] == _t("i64", "B")
-    _expect(ok and out[1] == _t("f32", "B", out[0].shape[1], "V"),
-            f"staged_loop body must yield (tok[B,N], f32[B,N,V], i64[B]), got ({', '.join(map(str, out))})")
+def _drafting_body(name: str):
+    """The region rule of an op whose body drafts over an extended context: (ctx) -> (tok[B,N], f32[B,N,V], i64[B])."""
+
+    def rule(p, region):
+        got = [v.type for v in region.inputs]
+        _expect(got == [CTX], f"{name} body must take (ctx), got ({', '.join(map(str, got))})")
+        out = [v.type for v in region.outputs]
+        ok = len(out) == 3 and out[0].dtype == "tok" and len(out[0].shape) == 2 and out[2] == _t("i64", "B")
+        _expect(ok and out[1] == _t("f32", "B", out[0].shape[1], "V"),
+                f"{name} body must yield (tok[B,N], f32[B,N,V], i64[B]), got ({', '.join(map(str, out))})")
+
+    return rule
 
 
 def _forced_then(p, ins):
@@ -511,21 +516,12 @@ def _forced_then(p, ins):
     return [_t("tok", "B", k), _t("f32", "B", k, "V"), _t("i64", "B")]
 
 
-def _forced_then_body(p, region):
-    got = [v.type for v in region.inputs]
-    _expect(got == [CTX], f"forced_then body must take (ctx), got ({', '.join(map(str, got))})")
-    out = [v.type for v in region.outputs]
-    ok = len(out) == 3 and out[0].dtype == "tok" and len(out[0].shape) == 2 and out[2] == _t("i64", "B")
-    _expect(ok and out[1] == _t("f32", "B", out[0].shape[1], "V"),
-            f"forced_then body must yield (tok[B,N], f32[B,N,V], i64[B]), got ({', '.join(map(str, out))})")
-
-
 OPS["forced_then"] = OpDef(  # grammar-forced drafts, then another draft source after them (stdlib/drafts.py forced_then)
     "forced_then", "pure", _forced_then, "the forced drafts (ins 1-3: tokens, one-hot q, count), then the body's drafts over ctx ++ "
     "forced[:count] (per row), appended after each row's forced ones: (tokens [B,max], q [B,max,V], count [B])", has_region=True,
-    region_rule=_forced_then_body)
+    region_rule=_drafting_body("forced_then"))
 
 OPS["staged_loop"] = OpDef(  # staged drafting (stdlib/staged.py)
     "staged_loop", "pure", _staged_loop, "staged drafting: run the body, an inner speculative round over ctx ++ drafts[:count] "
     "(per row), until every row has max drafts; the body yields (tokens [B,N], their distributions [B,N,V], n [B]) and "
-    "tokens[:, :n+1] with their distributions are appended to each row's drafts (cut at max)", has_region=True, region_rule=_staged_body)
+    "tokens[:, :n+1] with their distributions are appended to each row's drafts (cut at max)", has_region=True, region_rule=_drafting_body("staged_loop"))

@@ -173,3 +173,15 @@ def test_rules_keep_the_eager_signatures():
 
     for name, rule in RULES.items():
         assert inspect.signature(rule) == inspect.signature(eager.RULES[name]), name
+
+
+def test_a_draw_over_too_many_combinations_is_refused_before_it_is_built():
+    """`sample` over several positions at once has V^positions cells per row: counted first, refused past the bound
+    (a greedy verifier at temperature 1 with 21 positions of 23 tokens asked for 190 GB before)."""
+    from decspec.backends.exact.cells import MAX_CELLS, sample
+    from decspec.backends.exact.rows import TooLarge
+
+    with pytest.raises(TooLarge, match=f"more than {MAX_CELLS:,} cells in one draw"):
+        sample(torch.full((1, 21, 23), 1 / 23, dtype=torch.float64))
+    u, prob = sample(torch.full((2, 3, 4), 0.25, dtype=torch.float64))  # 4^3 cells per row: built
+    assert u.shape == (2, 64, 3) and torch.allclose(prob.sum(1), torch.ones(2, dtype=torch.float64))

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+MAX_CELLS = 8_000_000  # rows x cells of one draw, before the cells of zero measure are dropped (the rows limit is 2,000,000)
+
 
 def sample(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`sample(probs, u)` draws, at every element, the token whose interval [cdf_{v-1}, cdf_v)
@@ -28,6 +30,13 @@ def sample(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     probs: [R, *E, V] -> u: [R, V^|E|, *E], prob: [R, V^|E|]
     """
     R, V = probs.shape[0], probs.shape[-1]
+    elements = probs[0, ..., 0].numel() if R else 1
+    if R * V ** elements > MAX_CELLS:  # every combination of V tokens at each element: counted before any is built
+        from decspec.backends.exact.rows import TooLarge
+
+        raise TooLarge(f"the exact distribution needs more than {MAX_CELLS:,} cells in one draw ({R:,} rows x {V} tokens at "
+                       f"each of {elements} positions)", hint="use a smaller vocabulary, speculation length or max_new_tokens",
+                       rows=R * V ** elements, limit=MAX_CELLS)
     cdf = probs.cumsum(-1)
     total = cdf[..., -1:]
     mid = ((cdf - probs / 2) / total).reshape(R, -1, V)  # [R, E, V]: the middle of each token's interval

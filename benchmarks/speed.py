@@ -406,6 +406,8 @@ def main() -> None:
                + " --write" * args.write)
     page = (
         "# Speed benchmark\n\n"
+        "**On a real model** (SmolLM2-135M-Instruct, next to Hugging Face `generate` and llama.cpp on the same weights): "
+        "[real-model benchmarks](real_model.md) (`python -m benchmarks.real_model`). This page is the shipped 6-layer toy pair.\n\n"
         "For every spec in `specs/` side by side (accepted tokens per round, speedup over autoregressive decoding, equality with greedy decoding, at temperatures 0 and 1), see [the spec table](spec_table.md) (`python -m benchmarks.spec_table`).\n\n"
         f"Decoding speed of decspec and Hugging Face `generate` on the shipped reference models (target: 6 layers, hidden 256; "
         f"draft: 1 layer), float32, {data['prompts']} held-out standard-library prompts, {args.new_tokens} new tokens each (no EOS stop), "

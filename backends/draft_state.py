@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from decspec.backends.speculation_length import where_rows
 from decspec.compiler.ir import Graph, Op
 from decspec.compiler.text import format_params
 from decspec.stdlib import lookahead, recycling
@@ -67,8 +68,7 @@ class DraftStates:
         """After a round: each active row takes the state its round staged (finished rows keep theirs)."""
         for key, new in self.staged.items():
             if active is not None:
-                new = tuple(torch.where(active.to(n.device).view(-1, *[1] * (n.dim() - 1)), n.to(o.device), o)
-                            for n, o in zip(new, self.entries[key]))
+                new = tuple(where_rows(active, n, o) for n, o in zip(new, self.entries[key]))
             self.entries[key] = new
         self.staged = {}
 
@@ -80,12 +80,9 @@ class DraftStates:
         self.entries, self.staged = {k: tuple(align(x) for x in v) for k, v in self.staged.items()}, {}
 
     def restart(self, rows: torch.Tensor, fresh: "DraftStates") -> None:
-        """The given rows take their state from `fresh` (a new generation's start): a row admitted anew."""
+        """The rows set in rows [B] (bool) take their state from `fresh` (a new generation's start): rows admitted anew."""
         for key, values in self.entries.items():
-            mask = torch.zeros(values[0].shape[0], dtype=torch.bool)
-            mask[rows] = True
-            self.entries[key] = tuple(torch.where(mask.to(v.device).view(-1, *[1] * (v.dim() - 1)), f.to(v), v)
-                                      for v, f in zip(values, fresh.entries[key]))
+            self.entries[key] = tuple(where_rows(rows, f, v) for v, f in zip(values, fresh.entries[key]))
 
     def select(self, rows: torch.Tensor) -> "DraftStates":
         """The states of the given rows (rows [R] index the current batch)."""

@@ -288,7 +288,7 @@ class Batch:
         self.scores[b] = []
         for key, value in (sampling or {}).items():
             self.state.sampling[key][b] = value
-        rows = torch.tensor([b])
+        rows = torch.arange(len(self.lengths)) == b
         if self.state.policies:
             self.state.policies.restart(rows, Policies.start(self.graph, len(self.lengths), self.seed))
         if self.state.draft_states:

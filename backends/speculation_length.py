@@ -34,6 +34,11 @@ def cap_ops(graph: Graph) -> Iterator[Op]:
     return (op for op in graph.walk() if op.name in ("length_cap", "draft_arm"))  # draft_arm: a per-row draft source (stdlib/dynamic_exit.py)
 
 
+def where_rows(rows: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per-row state [B, ...]: `new` in the rows where rows [B] (bool) is set, `old` elsewhere (on old's device)."""
+    return torch.where(rows.to(old.device).view(-1, *[1] * (old.dim() - 1)), new.to(old.device), old)
+
+
 class Policies:
     """{cap_key: (length policy, per-row state)} for one generation."""
 
@@ -64,17 +69,13 @@ class Policies:
         for key, (policy, state) in self.entries.items():
             new = policy.update(state, accepted, drafted)
             if active is not None:
-                new = {n: torch.where(active.view(-1, *[1] * (v.dim() - 1)), v, state[n]) for n, v in new.items()}
+                new = {n: where_rows(active, v, state[n]) for n, v in new.items()}
             self.entries[key] = (policy, new)
 
     def restart(self, rows: torch.Tensor, fresh: "Policies") -> None:
-        """The given rows take their state from `fresh` (a new generation's start): a row admitted anew."""
+        """The rows set in rows [B] (bool) take their state from `fresh` (a new generation's start): rows admitted anew."""
         for key, (policy, state) in self.entries.items():
-            new = fresh.entries[key][1]
-            mask = torch.zeros(next(iter(state.values())).shape[0], dtype=torch.bool)
-            mask[rows] = True
-            self.entries[key] = (policy, {n: torch.where(mask.view(-1, *[1] * (v.dim() - 1)), new[n].to(v), v)
-                                          for n, v in state.items()})
+            self.entries[key] = (policy, {n: where_rows(rows, fresh.entries[key][1][n], v) for n, v in state.items()})
 
     def select(self, rows: torch.Tensor) -> "Policies":
         """The states of the given rows (rows [R] index the current batch)."""

@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from decspec.backends.arguments import chat_prompts, shown, stop_strings, unicode_text
+from decspec.backends.arguments import chat_prompts, context_capacity, prompts, shown, stop_strings
 from decspec.backends.detokenize import RowText
 from decspec.backends.runtime import Batch, draft_room
 from decspec.dsl.diagnostics import DecError
@@ -111,7 +111,8 @@ class Engine:
         self.models = models
         limit = min([m.max_positions for m in models.values() if getattr(m, "max_positions", None)] or [context])
         self.context = min(context, limit)
-        self.capacity = -(-(self.context + draft_room(self.graph)) // 128) * 128
+        # positions per row, bounded as generate's are (the most rows the batch can grow to, at this context)
+        self.capacity = context_capacity(slots, 0, self.context, draft_room(self.graph), models, what="--context")
         self.slots = slots
         self.eos = eos_token_ids(target)
         self.batch = self._new_batch(1)
@@ -137,15 +138,8 @@ class Engine:
         """A prompt's ids: text (encoded as the model's tokenizer does), a list of ids, or a chat conversation."""
         if messages is not None:
             return chat_prompts(messages, self.tokenizer)[0]
-        if isinstance(prompt, str):
-            unicode_text("the prompt", prompt)
-            return list(self.tokenizer.encode_prompt(prompt))  # BOS first when the model's tokenizer adds one
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            vocab = self.batch.models[self.decoder.spec.models[0]].vocab_size
-            bad = next((t for t in prompt if not 0 <= t < vocab), None)
-            if bad is not None:
-                raise DecError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
-            return list(prompt)
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt):  # checked and encoded as generate's are
+            return prompts([prompt], self.models[self.decoder.spec.models[0]].vocab_size, self.tokenizer)[0]
         raise DecError(f"the prompt must be a string or a non-empty list of token ids (got {shown(prompt)})")
 
     def submit(self, prompt: list[int], max_new_tokens: int, stop: Any = None, sampling: dict[str, Any] | None = None,
@@ -216,7 +210,7 @@ class Engine:
                 self.batch.release(b)
                 self.rows[b] = None
         with self.wakeup:
-            while not self.closed and not self.waiting and not any(r is not None for r in self.rows):
+            while not self.closed and not self.waiting and not self.active:
                 self.wakeup.wait()
             self._resize()
             batch = self.batch

@@ -166,7 +166,7 @@ def test_the_engine_refuses_what_it_cannot_serve(decoder):
             engine.submit([1, 2], 0)
         with pytest.raises(DecError, match="unexpected keyword argument 'temprature'"):
             engine.submit([1, 2], 3, sampling={"temprature": 0.5})
-        with pytest.raises(DecError, match="outside the vocabulary"):
+        with pytest.raises(DecError, match="token id 1000000000 outside the model's vocabulary"):
             engine.encode([1, 10**9])
     finally:
         engine.close()
@@ -239,7 +239,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     ('{"prompt": "x", "max_tokens": 4, "model": "gpt-4"}', 404, "the model 'gpt-4' does not exist"),
     ('{"max_tokens": 4}', 400, "'prompt' is required"),
     ('{"prompt": "\\ud800", "max_tokens": 4}', 400, "not valid Unicode text"),
-    ('{"prompt": [1, 99999], "max_tokens": 4}', 400, "token id 99999 is outside the vocabulary"),
+    ('{"prompt": [1, 99999], "max_tokens": 4}', 400, "token id 99999 outside the model's vocabulary"),
     ('{"prompt": "x", "max_tokens": 4, "stop": 5}', 400, "stop must be a string"),
     ('{"prompt": "x", "max_tokens": 4, "top_k": 5}', 400, "has no top_k stage"),
     ('{"prompt": 7, "max_tokens": 4}', 400, "the prompt must be a string or a non-empty list of token ids"),

@@ -187,9 +187,6 @@ def _file_key(path: Path) -> str:
     return str(path.resolve())
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "specs"  # the example specs (the package decspec.specs)
-
-
 def shipped_specs() -> list[str]:
     """The names of the example specs that ship with decspec (`decspec run speculative`)."""
     folder = _shipped_folder()
@@ -197,12 +194,10 @@ def shipped_specs() -> list[str]:
 
 
 def _shipped_folder() -> Path | None:
-    try:
-        from importlib.resources import files
+    """The folder of the package decspec.specs (the checkout's specs/ in an editable install)."""
+    from importlib.resources import files
 
-        folder = Path(str(files("decspec.specs")))
-    except (ImportError, ModuleNotFoundError, TypeError):
-        folder = SHIPPED
+    folder = Path(str(files("decspec.specs")))
     return folder if folder.is_dir() else None
 
 

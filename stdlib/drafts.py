@@ -92,14 +92,20 @@ register(
 )
 
 
+def forced_drafts(lw: Lowering, inst, ctx) -> tuple:
+    """The `grammar_forced` op of `forced` and `forced_then` -> (tokens, one-hot q, count); a spec without a grammar is
+    refused at the draft source."""
+    if lw.grammar is None:
+        raise DecError(f"`{inst.name}` drafts the tokens the grammar forces, but this spec has no grammar", inst.span,
+                       hint="add a grammar slot (grammar = json_schema(\"schema.json\"), regex(...), ...) or use another draft source")
+    target = lw.role(lw.spec.slot("target"))  # q's vocabulary
+    return lw.b.emit("grammar_forced", [ctx], max=inst.arg("max"), ngram=inst.arg("ngram"), grammar="grammar", vocab=target)
+
+
 def lower_forced(lw: Lowering, inst, ctx):
     """Grammar-forced drafts: the tokens the spec's grammar forces after the context, one-hot q. No draft model."""
-    if lw.grammar is None:
-        raise DecError("`forced` drafts the tokens the grammar forces, but this spec has no grammar", inst.span,
-                       hint="add a grammar slot (grammar = json_schema(\"schema.json\"), regex(...), ...) or use another draft source")
+    tokens, probs, count = forced_drafts(lw, inst, ctx)
     refuse_stop(lw, "forced", "remove `stop`; forced drafts end where the grammar stops forcing")
-    target = lw.role(lw.spec.slot("target"))
-    tokens, probs, count = lw.b.emit("grammar_forced", [ctx], max=inst.arg("max"), ngram=inst.arg("ngram"), grammar="grammar", vocab=target)
     return Proposal(tokens, probs, count, inst.arg("max"))
 
 
@@ -137,16 +143,12 @@ def lower_forced_then(lw: Lowering, inst, ctx):
 
     where ctx' is each row's context followed by its forced drafts; the draft model (or lookup) sees them as context, so it
     spends no step on a token the grammar forces."""
-    if lw.grammar is None:
-        raise DecError("`forced_then` drafts the tokens the grammar forces first, but this spec has no grammar", inst.span,
-                       hint="add a grammar slot (grammar = json_schema(\"schema.json\"), regex(...), ...) or use another draft source")
+    forced = forced_drafts(lw, inst, ctx)
     then = inst.arg("then")
     if then.name not in THEN:  # a chain over the extended context: no target features, no tree, no state across rounds
         raise DecError(f"forced_then's `then` must be {' or '.join(THEN)}, found '{then.name}'", then.span,
                        hint="use autoregressive(draft, max = 4) or lookup(...) after the forced tokens")
-    target = lw.role(lw.spec.slot("target"))
     k = inst.arg("max")
-    forced = lw.b.emit("grammar_forced", [ctx], max=k, ngram=inst.arg("ngram"), grammar="grammar", vocab=target)
     outer = lw.nested("then")
     inner_ctx = lw.b.input(CTX)  # ctx ++ the row's forced drafts
     with lw.b.located(then.span, then.name):

@@ -76,8 +76,7 @@ def run_level(url: str, prompts: list[str], clients: int, max_tokens: int, chat:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "tokens": sum(tokens), "tokens_per_s": sum(tokens) / wall, "ttft_p50_s": percentile(ttft, 0.5),
-            "ttft_p99_s": percentile(ttft, 0.99), "errors": errors}
+    return summary(wall, sum(tokens), ttft, errors)
 
 
 def run_sequential(decoder, prompts: list[str], max_tokens: int, chat: bool) -> dict:
@@ -93,8 +92,13 @@ def run_sequential(decoder, prompts: list[str], max_tokens: int, chat: bool) -> 
         tokens += len(stream.result.tokens[0])
         ttft.append(first if first is not None else time.perf_counter() - start)
     wall = time.perf_counter() - t0
+    return summary(wall, tokens, ttft, [])
+
+
+def summary(wall: float, tokens: int, ttft: list[float], errors: list[str]) -> dict:
+    """One row's figures: throughput over the whole level, and the spread of its times to first token."""
     return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall, "ttft_p50_s": percentile(ttft, 0.5),
-            "ttft_p99_s": percentile(ttft, 0.99), "errors": []}
+            "ttft_p99_s": percentile(ttft, 0.99), "errors": errors}
 
 
 def main() -> None:

@@ -64,7 +64,6 @@ class Request:
     emit: Callable[[Event], None] | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     cancelled: bool = False
-    submitted: float = field(default_factory=time.perf_counter)
     completion_tokens: int = 0
     finish_reason: str | None = None
 
@@ -117,7 +116,7 @@ class Engine:
         self.eos = eos_token_ids(target)
         self.batch = self._new_batch(1)
         self.rows: list[Request | None] = [None]
-        self.widths: list[int] = []  # the batch widths the engine has run at, in order (a change: a rebuild)
+        self.widths: list[int] = []  # the batch widths the engine has run at, in order (a change: a rebuild; the last 1,000)
         self.waiting: deque[Request] = deque()
         self.wakeup = threading.Condition()
         self.closed = False
@@ -203,6 +202,7 @@ class Engine:
             rows[i] = request
         self.batch, self.rows = batch, rows
         self.widths.append(width)
+        del self.widths[:-1_000]
 
     def _admit(self) -> None:
         for b, request in enumerate(self.rows):

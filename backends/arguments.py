@@ -8,7 +8,8 @@ that names the argument, what it got (type and a short excerpt) and what it take
   integer type but bool, each in [0, vocab)), or text when the target has a tokenizer (a string or a list of
   strings, valid Unicode: a lone surrogate cannot be encoded), never both in one call;
 - max_new_tokens: a positive integer (numpy integers too; not a bool or a float), or a list of one per prompt;
-- seed: None or an integer in [-2**63, 2**64) (a 64-bit seed, signed or not);
+- seed: None or an integer in [-2**63, 2**64) (a 64-bit seed, signed or not; the batch's one generator), or a list
+  of one such seed (or None) per prompt: each row then draws from a stream of its own (backends/draws.py);
 - eos_token_id: None, one token id in [0, vocab), or a non-empty list (tuple, set) of them: a row ends at any of them;
 - stop: None, a string, a list of strings (every row), or one such list per row: non-empty, valid Unicode, at most
   MAX_STOP_STRINGS per row; they need a tokenizer (stop strings are matched in the decoded text).
@@ -45,7 +46,7 @@ _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 class GenerateArguments:
     prompts: list[list[int]]
     max_new_tokens: int | list[int]  # one per row when given so
-    seed: int | None
+    seed: int | None | tuple[int | None, ...]  # one per row when given so
     eos_token_id: tuple[int, ...] | None
 
 
@@ -55,7 +56,9 @@ def generate_arguments(input_ids: Any, max_new_tokens: Any, seed: Any, eos_token
     came from in messages (the target model's own, by default)."""
     rows = prompts(input_ids, vocab_size, tokenizer)
     counts = new_token_counts(max_new_tokens, len(rows))
-    return GenerateArguments(rows, counts if isinstance(max_new_tokens, (list, tuple)) else counts[0], seed_value(seed),
+    batch_seed, row_seeds = seeds(seed, len(rows))
+    return GenerateArguments(rows, counts if isinstance(max_new_tokens, (list, tuple)) else counts[0],
+                             batch_seed if row_seeds is None else row_seeds,
                              token_ids(eos_from, eos_token_id, vocab_size))
 
 
@@ -99,6 +102,25 @@ def seed_value(value: Any) -> int | None:
     if not _is_int(value) or not -2**63 <= value < 2**64:
         raise DecError(f"seed must be an integer in [-2**63, 2**64) (64 bits, signed or not) or None (got {shown(value)})")
     return int(value)
+
+
+def seeds(value: Any, rows: int) -> tuple[int | None, tuple[int | None, ...] | None]:
+    """(the batch's seed, None) for one seed or None; (None, one seed or None per row) for a list of them."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return seed_value(value), None
+    if len(value) != rows:
+        raise DecError(f"seed is a list of {len(value)} seeds for {rows} prompt{'s' * (rows != 1)}: give one per prompt "
+                       "(None for a row without its own), or one integer for the whole batch")
+    out = []
+    for i, s in enumerate(value):
+        try:
+            out.append(seed_value(s))
+        except DecError:
+            raise DecError(f"seed {i} must be an integer in [-2**63, 2**64) (64 bits, signed or not) or None "
+                           f"(got {shown(s)})") from None
+    return None, tuple(out)
 
 
 def token_id(name: str, value: Any, vocab_size: int) -> int | None:

@@ -14,8 +14,9 @@ from typing import Any, Generator, Sequence
 
 import torch
 
-from decspec.backends.arguments import context_capacity, new_token_counts, prompts as normalize_prompts, seed_value, token_ids
+from decspec.backends.arguments import context_capacity, new_token_counts, prompts as normalize_prompts, seeds, token_ids
 from decspec.backends.detokenize import RowText
+from decspec.backends.draws import RowDraws
 from decspec.backends.grammar import GrammarSession
 from decspec.backends.interpreter import run_graph
 from decspec.backends.logprobs import Logprobs
@@ -47,6 +48,7 @@ class RoundState:
     policies: Any = None  # cross-round length policies (backends/speculation_length.py): the length_cap ops read them
     draft_states: Any = None  # cross-round draft state (backends/draft_state.py): recycle_state reads it, recycle_store stages it
     sampling: dict[str, torch.Tensor] | None = None  # per-row sampler values {PerRow key: [B] float64} (backends/sampling.py)
+    draws: Any = None  # rows with seeds of their own (backends/draws.py RowDraws); the uniform draws read it
 
 
 @dataclass
@@ -107,7 +109,8 @@ class Result:
     is not, see backends/detokenize.py). text: the decoded continuations, when the target carries a tokenizer (else
     None). finish_reason: per row "stop" (an EOS id or a stop string) or "length" (max_new_tokens); stopped_by: the
     EOS id or stop string that stopped it (None for "length"); both None when interrupted. logprobs: per row, each
-    token's log-probability under the target's distribution after the sampler pipeline (generate(logprobs=True))."""
+    token's log-probability under the target's distribution after the sampler pipeline (generate(logprobs=True));
+    top_logprobs: per row and token, the most likely (id, log p), best first (generate(top_logprobs=n))."""
 
     tokens: list[list[int]]
     stats: Stats
@@ -115,6 +118,7 @@ class Result:
     finish_reason: list[str | None] | None = None
     stopped_by: list[int | str | None] | None = None
     logprobs: list[list[float]] | None = None
+    top_logprobs: list[list[list[tuple[int, float]]]] | None = None
 
 
 @dataclass
@@ -126,6 +130,7 @@ class Commit:
     tokens: list[list[int]]
     finished: dict[int, tuple[str, int | str | None]]
     logprobs: list[list[float]] | None = None  # per row, of `tokens` (backends/logprobs.py), when asked for
+    top: list[list[list[tuple[int, float]]]] | None = None  # per row and token, the most likely (id, log p): top_logprobs
 
 
 DRAFT_OPS = ("draft_loop", "ngram_lookup", "grammar_forced", "recycle_draft", "lookahead_draft", "staged_loop", "forced_then")  # the ops that propose; their `max` is the round's speculation length
@@ -155,7 +160,7 @@ def rounds(
     input_ids: Any,
     *,
     max_new_tokens: int | Sequence[int],
-    seed: int | None,
+    seed: int | None | Sequence[int | None],
     eos_token_id: int | Sequence[int] | None,
     rules: dict,
     backend: str,
@@ -164,6 +169,7 @@ def rounds(
     texts: Sequence[RowText] | None = None,
     sampling: dict[str, torch.Tensor] | None = None,
     logprobs: tuple[str, tuple] | None = None,
+    top_logprobs: int = 0,
 ) -> Generator[Commit, None, Result]:
     """The generation loop, one `Commit` yielded per round; returns the Result. Each round runs the graph through
     the interpreter with `rules`, or, when the backend generates code, through `runner` (start(models, B, capacity,
@@ -172,7 +178,8 @@ def rounds(
     (backends/detokenize.py), fed each round's tokens: a row ends where its text first holds one of its stop
     strings, and keeps the tokens its RowText says. sampling: per-row sampler values for a graph whose stages hold
     PerRow parameters ({key: [B] tensor}, backends/sampling.py). logprobs: (the target's role, the sampler stages) to
-    score each round's tokens with (backends/logprobs.py). max_new_tokens: one count, or one per row."""
+    score each round's tokens with (backends/logprobs.py), with `top_logprobs` alternatives. max_new_tokens: one count, or one per row. seed: the
+    batch generator's, or one per row (each row its own stream, backends/draws.py)."""
     vocab = next(iter(models.values())).vocab_size
     prompts = normalize_prompts(input_ids, vocab)
     limits = new_token_counts(max_new_tokens, len(prompts))  # per row
@@ -180,9 +187,11 @@ def rounds(
         raise DecError(f"{len(texts)} row texts for {len(prompts)} prompts")
     # room for the longest row, its new tokens, and a round's drafts plus padding past the end (bounded: arguments.py)
     capacity = context_capacity(len(prompts), max(map(len, prompts)), max(limits), draft_room(graph), models)
-    batch = Batch(graph, models, prompts, limits, capacity=capacity, seed=seed_value(seed),
+    batch_seed, row_seeds = seeds(seed, len(prompts))
+    batch = Batch(graph, models, prompts, limits, capacity=capacity, seed=batch_seed, row_seeds=row_seeds,
                   eos=token_ids("eos_token_id", eos_token_id, vocab), rules=rules, backend=backend, runner=runner,
                   grammars=grammars, texts=texts, sampling=sampling, logprobs=logprobs)
+    batch.top[:] = top_logprobs
     try:
         while not batch.finished:
             yield batch.step()
@@ -207,7 +216,8 @@ class Batch:
     def __init__(self, graph: Graph, models: dict[str, Model], prompts: list[list[int]], limits: list[int], *,
                  capacity: int, seed: int | None, eos: list[int] | None, rules: dict, backend: str, runner: Any = None,
                  grammars: dict[str, Any] | None = None, texts: Sequence[RowText] | None = None,
-                 sampling: dict[str, torch.Tensor] | None = None, logprobs: tuple[str, tuple] | None = None):
+                 sampling: dict[str, torch.Tensor] | None = None, logprobs: tuple[str, tuple] | None = None,
+                 row_seeds: Sequence[int | None] | None = None):
         self.started = time.perf_counter()
         self.graph, self.models, self.capacity = graph, models, capacity
         B = len(prompts)
@@ -233,14 +243,21 @@ class Batch:
         state.policies = Policies.start(graph, B, self.seed)  # the hook of cross-round exit policies: caps before, updates after each round
         state.draft_states = DraftStates.start(graph, models, B)  # the hook of draft sources with cross-round state: staged in, taken after
         state.grammars = {slot: GrammarSession(m, start=ctx.start) for slot, m in (grammars or {}).items()}
+        state.draws = RowDraws(B, graph)
+        for b, row_seed in enumerate(row_seeds or ()):
+            self.seed_row(b, row_seed)
         self.runner = runner
         if runner is None:
             hidden = hidden_roles(graph)  # recorded from the prefill on: no second prefill when the first draft reads them
             state.sessions = {r: PrefixCache(m, B, capacity, record_hidden=r in hidden) for r, m in models.items()}
         else:
             state.sessions = runner.start(models, B, capacity, ctx)
-        self.scorer = None if logprobs is None else Logprobs(models[logprobs[0]], B, capacity, logprobs[1], sampling)
+        grammar = next(iter((grammars or {}).values()), None)
+        self.scorer = None if logprobs is None else Logprobs(models[logprobs[0]], B, capacity, logprobs[1], sampling, grammar)
         self.scores: list[list[float]] = [[] for _ in range(B)]
+        self.tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(B)]
+        self.scored = torch.ones(B, dtype=torch.bool)  # the rows whose tokens the scorer scores (admit: the request's choice)
+        self.top = torch.zeros(B, dtype=torch.long)  # per row, how many most likely tokens to report beside each (admit)
         self.stats = Stats()
         self.produced = torch.zeros(B, dtype=torch.long)
         self.done = torch.zeros(B, dtype=torch.bool)
@@ -260,15 +277,29 @@ class Batch:
         out = Result([ctx.tokens[b, lengths[b] : ends[b]].tolist() for b in range(B)], stats)
         if self.scorer is not None:
             out.logprobs = [self.scores[b][: ends[b] - lengths[b]] for b in range(B)]
+            if bool(self.top.any()):
+                out.top_logprobs = [self.tops[b][: ends[b] - lengths[b]] for b in range(B)]
         return out
 
+    def seed_row(self, b: int, seed: int | None) -> None:
+        """Row b draws from a stream of its own seeded `seed` (backends/draws.py; None: the batch's generator), and
+        its cross-round policies start from that seed."""
+        self.state.draws.seed(b, seed)
+        if seed is not None and self.state.policies:
+            signed = seed - 2**64 if seed >= 2**63 else seed
+            rows = torch.arange(len(self.lengths)) == b
+            self.state.policies.restart(rows, Policies.start(self.graph, len(self.lengths), signed))
+
     def admit(self, b: int, prompt: list[int], limit: int, text: RowText | None = None,
-              sampling: dict[str, float] | None = None, start: int | None = None) -> None:
+              sampling: dict[str, float] | None = None, start: int | None = None, seed: int | None = None,
+              logprobs: bool = False, top_logprobs: int = 0) -> None:
         """Row b, which has finished, starts over with `prompt` and up to `limit` new tokens (its stop strings in
         `text` when the batch follows text; its sampler values {PerRow key: value} when the round has them). Its
         cross-round policy and draft state start afresh; the random generator goes on. `start`: where the row's
         generated tokens begin (default: after the prompt), for a row that moves over from another batch with the
-        tokens it generated there (what penalties count and a grammar constrains)."""
+        tokens it generated there (what penalties count and a grammar constrains). `seed`: the row's own random
+        stream (seed_row), so its tokens do not depend on the other rows; None: the batch's generator. `logprobs`:
+        score its tokens (the batch has a scorer), with its `top_logprobs` most likely tokens beside each."""
         if not self.done[b]:
             raise ValueError(f"row {b} is still generating")
         if len(prompt) + limit + draft_room(self.graph) > self.capacity:
@@ -277,6 +308,8 @@ class Batch:
                            "max_new_tokens")
         if (text is None) != (self.texts is None):
             raise ValueError("a row's text is given exactly when the batch follows text")
+        if (logprobs or top_logprobs) and self.scorer is None:
+            raise ValueError("this batch has no scorer: build it with logprobs=")
         ctx, n = self.ctx, len(prompt)
         ctx.tokens[b, :n] = torch.tensor(prompt, dtype=torch.long)
         ctx.length[b] = n
@@ -285,7 +318,8 @@ class Batch:
         self.max_new_tokens[b], self.produced[b] = limit, 0
         if self.texts is not None:
             self.texts[b] = text
-        self.scores[b] = []
+        self.scores[b], self.tops[b] = [], []
+        self.scored[b], self.top[b] = bool(logprobs or top_logprobs), int(top_logprobs)
         for key, value in (sampling or {}).items():
             self.state.sampling[key][b] = value
         rows = torch.arange(len(self.lengths)) == b
@@ -293,6 +327,7 @@ class Batch:
             self.state.policies.restart(rows, Policies.start(self.graph, len(self.lengths), self.seed))
         if self.state.draft_states:
             self.state.draft_states.restart(rows, DraftStates.start(self.graph, self.models, len(self.lengths)))
+        self.seed_row(b, seed)
         self.done[b] = False
 
     def release(self, b: int) -> None:
@@ -303,6 +338,7 @@ class Batch:
         """Run one round over every row and commit what the rows that are still generating accepted."""
         ctx, state, stats, done = self.ctx, self.state, self.stats, self.done
         state.committed = None
+        state.draws.next_round(~done)
         try:
             if self.runner is None:
                 run_graph(self.graph, [ctx], state, state.rules, state.backend)
@@ -336,13 +372,18 @@ class Batch:
         ended = active & (hit | (self.produced >= self.max_new_tokens))
         done |= ended
         new = [row[:t] for row, t in zip(tokens.tolist(), take.tolist())]
-        scored = None if self.scorer is None else self.scorer.score(ctx.tokens, ctx.length - take, tokens, take)
+        scored = top = None
+        if self.scorer is not None:
+            scored = self.scorer.score(ctx.tokens, ctx.length - take, tokens, take * self.scored, ctx.start, self.top)
+            top = self.scorer.top if bool(self.top.any()) else None
         for b, row in enumerate(scored or ()):
             self.scores[b] += row
+        for b, row in enumerate(top or ()):
+            self.tops[b] += row
         finished = {b: ("stop", new[b][-1]) if hit[b] else ("length", None) for b in ended.nonzero().flatten().tolist()}
         for b in active.nonzero().flatten().tolist() if self.texts is not None else ():
             stop = self.texts[b].feed(new[b], last=b in finished)
             if stop is not None:  # a stop string: it ends the row, whatever else did
                 finished[b] = ("stop", stop)
                 done[b] = True
-        return Commit(new, finished, scored)
+        return Commit(new, finished, scored, top)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from decspec.backends import get_backend
 from decspec.backends.arguments import chat_prompts, generate_arguments, shown, stop_strings
+from decspec.backends.logprobs import MAX_TOP_LOGPROBS
 from decspec.backends.runtime import Commit, Interrupted, Result, rounds as run_rounds
 from decspec.compiler.analysis import Verdict, losslessness
 from decspec.compiler.ir import Graph
@@ -136,9 +137,9 @@ class Decoder:
         first = self._bound_models().get(self.spec.models[0]) if self.spec.models else None
         return getattr(first, "tokenizer", None)
 
-    def generate(self, input_ids: Any = None, max_new_tokens: int = 32, seed: int | None = None,
+    def generate(self, input_ids: Any = None, max_new_tokens: int = 32, seed: Any = None,
                  eos_token_id: int | Sequence[int] | None = "default", *, stop: Any = None,  # type: ignore[assignment]
-                 messages: Any = None, logprobs: bool = False, **sampling: Any) -> Result:
+                 messages: Any = None, logprobs: bool = False, top_logprobs: int = 0, **sampling: Any) -> Result:
         """Generate up to max_new_tokens per row.
 
         input_ids: a [B, T] tensor, a ragged list of id lists, one id list — or, when the target
@@ -147,6 +148,9 @@ class Decoder:
         messages: instead of input_ids, a conversation ([{"role": "user", "content": "Hi"}, ...]) or a list of
         them (one per row), rendered with the model's chat template and encoded as Hugging Face
         `apply_chat_template(..., add_generation_prompt=True)` does.
+        seed: one integer seeds the call's generator (all rows draw from it); a list of one seed (or None) per
+        prompt gives each seeded row a stream of its own (backends/draws.py), so its tokens do not depend on the
+        other rows of the call (what decspec serve does with a request's `seed`).
         eos_token_id: stop a row at this token, or at any of a list of them; by default the target's own (all
         of its generation_config's EOS ids); None disables.
         stop: a string or a list of strings (or one list per row): a row ends where its text first contains one,
@@ -157,13 +161,15 @@ class Decoder:
         (backends/sampling.py). The spec fixes which stages there are; new values never recompile. Eager and
         inductor backends. max_new_tokens may be one count per row.
         logprobs: also return each token's log-probability under the target's distribution after the sampler
-        pipeline (Result.logprobs; one more target forward per round, backends/logprobs.py).
+        pipeline (Result.logprobs; one more target forward per round, backends/logprobs.py), masked by the grammar
+        first when the spec has one. top_logprobs: also the that many most likely tokens at each position, as
+        (id, log p) best first (Result.top_logprobs; OpenAI's top_logprobs), at most MAX_TOP_LOGPROBS.
         Returns Result(tokens, stats, text, finish_reason, stopped_by); `text` holds the decoded continuations
         when there is a tokenizer. Every argument is checked before anything is allocated
         (backends/arguments.py): a wrong type or value is a DecError naming it. Ctrl-C raises `Interrupted` (a
         KeyboardInterrupt) whose `result` holds the tokens (and text) generated until then.
         """
-        stream = self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, logprobs,
+        stream = self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, (logprobs, top_logprobs),
                               texts=stop is not None)
         tokenizer = self.tokenizer
         try:
@@ -176,9 +182,9 @@ class Decoder:
             result.text = [tokenizer.decode(row) for row in result.tokens]
         return result
 
-    def stream(self, input_ids: Any = None, max_new_tokens: int = 32, seed: int | None = None,
+    def stream(self, input_ids: Any = None, max_new_tokens: int = 32, seed: Any = None,
                eos_token_id: int | Sequence[int] | None = "default", *, stop: Any = None,  # type: ignore[assignment]
-               messages: Any = None, logprobs: bool = False, **sampling: Any) -> Stream:
+               messages: Any = None, logprobs: bool = False, top_logprobs: int = 0, **sampling: Any) -> Stream:
         """What `generate` does, as it happens: an iterator of `Delta`s (decspec/stream.py), one per row and round
         that added something, each with the round's new tokens and the text they complete (never half a
         character). `stream(...).result` is the Result once the iterator is exhausted; the deltas of a row add up
@@ -189,7 +195,8 @@ class Decoder:
 
         A `search` spec (beam search) has no rounds to stream: its whole answer comes as one delta per row.
         """
-        return self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, logprobs, texts=True)
+        return self._stream(input_ids, max_new_tokens, seed, eos_token_id, stop, messages, sampling, (logprobs, top_logprobs),
+                            texts=True)
 
     def _stream(self, input_ids: Any, max_new_tokens: Any, seed: Any, eos_token_id: Any, stop: Any, messages: Any,
                 sampling: Mapping[str, Any], logprobs: Any, texts: bool) -> Stream:
@@ -215,11 +222,14 @@ class Decoder:
             raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole",
                            self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
-        scoring = self._scoring(logprobs, open=settings is not None)
+        logprobs, top = logprobs
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise DecError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (got {shown(top)})")
+        scoring = self._scoring(logprobs or top > 0, open=settings is not None)
         if self.search is not None and isinstance(args.max_new_tokens, list):
             raise DecError("beam search (the `search` slot) takes one max_new_tokens for every prompt", self.spec.slot("search").span)
         rows = row_texts(tokenizer, stops, len(args.prompts)) if texts and tokenizer is not None else None
-        return Stream(self._rounds(models, args, rows, settings, scoring), rows)
+        return Stream(self._rounds(models, args, rows, settings, scoring, top), rows)
 
     def _scoring(self, logprobs: Any, open: bool) -> tuple[str, tuple] | None:
         """logprobs=True: (the target's role, the sampler stages) the runtime scores each round's tokens with."""
@@ -230,9 +240,6 @@ class Decoder:
         if self.search is not None:
             raise DecError("beam search (the `search` slot) does not report logprobs; its result has each hypothesis's score "
                            "(result.scores)", self.spec.slot("search").span)
-        if self.spec.slot("grammar") is not None:
-            raise DecError("logprobs are not computed under a grammar mask yet: the scorer would miss the mask the target's "
-                           "distribution has", self.spec.slot("grammar").span)
         from decspec.backends.sampling import pipeline
 
         return self.spec.models[0], pipeline(self.spec, open)
@@ -259,7 +266,7 @@ class Decoder:
             return self._open
 
     def _rounds(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None = None,
-                scoring: tuple[str, tuple] | None = None):
+                scoring: tuple[str, tuple] | None = None, top_logprobs: int = 0):
         """The runtime's rounds (a generator of Commits returning the Result); beam search as one Commit."""
         if self.search is not None:  # deterministic: `seed` is not used
             from decspec.backends.beam import beam_generate
@@ -278,7 +285,7 @@ class Decoder:
             return (yield from run_rounds(
                 graph, models, args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                 eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
-                grammars=self._bound_grammars(), texts=texts, sampling=settings, logprobs=scoring,
+                grammars=self._bound_grammars(), texts=texts, sampling=settings, logprobs=scoring, top_logprobs=top_logprobs,
             ))
 
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):

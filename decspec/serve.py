@@ -14,13 +14,18 @@ waits for another to finish; only a full batch makes a request queue.
 `create_app(engine, name)` is the HTTP side (Starlette, `pip install decspec[serve]`): `/v1/completions`,
 `/v1/chat/completions` (`stream: true` as server-sent events), `/v1/models`, `/health`. Every malformed request
 gets a JSON error (OpenAI's shape: {"error": {"message", "type", "param", "code"}}) naming the field, never a
-traceback; a request the decoder cannot honour (a `seed`, `n` > 1, a setting the spec has no stage for) is
-refused, not served otherwise.
+traceback; a request the decoder cannot honour (`n` > 1, a setting the spec has no stage for) is refused, not
+served otherwise.
 
-What is shared: one random generator for the whole batch (so a request's `seed` is refused: rows share the
-draws), and the rounds: a row that has ended still rides along (a one-token step per model call) until a new
-request takes its slot. Not done: the inductor and MLIR backends (serve runs eager rounds), logprobs, chunked
-prefill (a long prompt is fed whole in one round, which that round's other rows wait for).
+A request's `seed` gives its row a random stream of its own (backends/draws.py): its text is the same whichever
+requests share the batch, and the same as `Decoder.generate(prompt, seed=[seed])`. `logprobs` (completions: the
+number of most likely tokens; chat: `logprobs` and `top_logprobs`) are the target's, after the sampler pipeline
+and the grammar mask (backends/logprobs.py): one more target forward per round, over the rows that asked.
+
+What is shared: one random generator for the unseeded rows, and the rounds: a row that has ended still rides along
+(a one-token step per model call) until a new request takes its slot. Not done: the inductor and MLIR backends
+(serve runs eager rounds), chunked prefill (a long prompt is fed whole in one round, which that round's other rows
+wait for).
 """
 from __future__ import annotations
 
@@ -34,8 +39,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from decspec.backends.arguments import chat_prompts, context_capacity, prompts, shown, stop_strings
+from decspec.backends.arguments import chat_prompts, context_capacity, prompts, seed_value, shown, stop_strings
 from decspec.backends.detokenize import RowText
+from decspec.backends.logprobs import MAX_TOP_LOGPROBS
 from decspec.backends.runtime import Batch, draft_room
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.models.protocol import eos_token_ids
@@ -50,6 +56,8 @@ class Event:
     text: str
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: list[float] | None = None  # of `tokens`, when the request asked
+    top: list[list[tuple[int, float]]] | None = None  # per token, the most likely (id, log p), when it asked for them
 
 
 @dataclass
@@ -62,10 +70,15 @@ class Request:
     stop: tuple[str, ...] = ()
     sampling: dict[str, float] = field(default_factory=dict)  # {PerRow key: value}, every key of the batch's
     emit: Callable[[Event], None] | None = None
+    seed: int | None = None  # its own random stream (backends/draws.py); None: the batch's generator
+    logprobs: bool = False
+    top_logprobs: int = 0
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     cancelled: bool = False
     completion_tokens: int = 0
     finish_reason: str | None = None
+    scores: list[float] = field(default_factory=list)  # logprobs committed and not yet released with their tokens
+    tops: list[list[tuple[int, float]]] = field(default_factory=list)
 
     def __post_init__(self):
         if self.emit is None:
@@ -107,6 +120,8 @@ class Engine:
 
         self.defaults = sampler_settings(decoder.spec, {}, 1)  # the spec's own sampler numbers
         self.graph = decoder._open_graph() if self.defaults else decoder.graph
+        self.scoring = decoder._scoring(True, open=bool(self.defaults))  # rows that ask are scored (backends/logprobs.py)
+        self.pieces: list[tuple[str, bytes]] | None = None  # token id -> (text, bytes), built when logprobs first need it
         self.models = models
         limit = min([m.max_positions for m in models.values() if getattr(m, "max_positions", None)] or [context])
         self.context = min(context, limit)
@@ -141,9 +156,23 @@ class Engine:
             return prompts([prompt], self.models[self.decoder.spec.models[0]].vocab_size, self.tokenizer)[0]
         raise DecError(f"the prompt must be a string or a non-empty list of token ids (got {shown(prompt)})")
 
+    def piece(self, token: int) -> tuple[str, bytes]:
+        """A token's text and bytes, as logprobs show it (a token that ends inside a UTF-8 character shows U+FFFD;
+        its bytes are exact; a special token shows its name)."""
+        if self.pieces is None:
+            from decspec.stdlib.grammars.vocab import token_bytes
+
+            backend = getattr(self.tokenizer, "backend", self.tokenizer)
+            name = getattr(backend, "id_to_token", lambda i: None)
+            self.pieces = [(b.decode("utf-8", errors="replace"), b) if b is not None else
+                           ((name(i) or ""), (name(i) or "").encode()) for i, b in enumerate(token_bytes(self.tokenizer))]
+        return self.pieces[token] if 0 <= token < len(self.pieces) else ("", b"")
+
     def submit(self, prompt: list[int], max_new_tokens: int, stop: Any = None, sampling: dict[str, Any] | None = None,
-               emit: Callable[[Event], None] | None = None) -> Request:
-        """Queue a prompt (ids); checked here, so a bad request fails before it waits (DecError)."""
+               emit: Callable[[Event], None] | None = None, seed: int | None = None, logprobs: bool = False,
+               top_logprobs: int = 0) -> Request:
+        """Queue a prompt (ids); checked here, so a bad request fails before it waits (DecError). `seed`: the
+        request's own random stream; `logprobs`: its tokens' log-probabilities, with `top_logprobs` alternatives."""
         if self.closed or not self.thread.is_alive():
             raise DecError("the engine is shut down")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -154,7 +183,15 @@ class Engine:
             raise DecError(f"the prompt ({len(prompt)} tokens) plus max_tokens ({max_new_tokens}) exceeds the server's "
                            f"context of {self.context} tokens; shorten the prompt or lower max_tokens")
         stops = stop_strings(stop, 1)
-        request = Request(list(prompt), max_new_tokens, stops[0] if stops else (), self.sampling(sampling or {}), emit)
+        seed = seed_value(seed)
+        if not isinstance(logprobs, bool):
+            raise DecError(f"logprobs must be true or false (got {shown(logprobs)})")
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise DecError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (got {shown(top_logprobs)})")
+        if (logprobs or top_logprobs) and self.scoring is None:
+            raise DecError("this decoder does not report logprobs")
+        request = Request(list(prompt), max_new_tokens, stops[0] if stops else (), self.sampling(sampling or {}), emit,
+                          seed, logprobs or top_logprobs > 0, top_logprobs)
         with self.wakeup:
             self.waiting.append(request)
             self.wakeup.notify()
@@ -179,7 +216,7 @@ class Engine:
                       eos=None if self.eos is None else list(self.eos), rules=self.decoder.backend.RULES,
                       backend=self.decoder.backend.NAME, grammars=self.decoder._bound_grammars(),
                       texts=[RowText(self.tokenizer.decode) for _ in range(width)],
-                      sampling={k: v.repeat(width) for k, v in self.defaults.items()} or None)
+                      sampling={k: v.repeat(width) for k, v in self.defaults.items()} or None, logprobs=self.scoring)
         batch.done[:] = True
         return batch
 
@@ -198,7 +235,9 @@ class Engine:
         for i, (b, request) in enumerate((b, r) for b, r in enumerate(self.rows) if r is not None):
             length, start = int(old.ctx.length[b]), int(old.ctx.start[b])
             remaining = int(old.max_new_tokens[b] - old.produced[b])
-            batch.admit(i, old.ctx.tokens[b, :length].tolist(), remaining, old.texts[b], request.sampling, start=start)
+            batch.admit(i, old.ctx.tokens[b, :length].tolist(), remaining, old.texts[b], request.sampling, start=start,
+                        seed=request.seed, logprobs=request.logprobs, top_logprobs=request.top_logprobs)
+            batch.state.draws.carry(i, old.state.draws, b)  # a seeded row goes on with its stream, not from its start
             rows[i] = request
         self.batch, self.rows = batch, rows
         self.widths.append(width)
@@ -221,7 +260,8 @@ class Engine:
                     continue
                 b = free.pop(0)
                 batch.admit(b, request.prompt, request.max_new_tokens, RowText(self.tokenizer.decode, request.stop),
-                            request.sampling)
+                            request.sampling, seed=request.seed, logprobs=request.logprobs,
+                            top_logprobs=request.top_logprobs)
                 self.rows[b] = request
 
     def _loop(self) -> None:
@@ -246,11 +286,18 @@ class Engine:
                 end = commit.finished.get(b)
                 tokens, text = self.batch.texts[b].release(final=end is not None)
                 request.completion_tokens += len(tokens)
+                scores = tops = None
+                if request.logprobs:  # released with their tokens (a stop string's cut drops the rest with them)
+                    request.scores += commit.logprobs[b]
+                    scores, request.scores[:] = request.scores[:len(tokens)], request.scores[len(tokens):]
+                    if request.top_logprobs:
+                        request.tops += commit.top[b]
+                        tops, request.tops[:] = request.tops[:len(tokens)], request.tops[len(tokens):]
                 if end is not None:
                     self.rows[b] = None
                 if tokens or text or end is not None:
                     request.finish_reason = end[0] if end else None
-                    self._emit(request, Event(tokens, text, request.finish_reason))
+                    self._emit(request, Event(tokens, text, request.finish_reason, logprobs=scores, top=tops))
         self._fail("the server is shutting down")
 
     def _fail(self, message: str) -> None:
@@ -304,11 +351,7 @@ def request_settings(engine: Engine, body: dict, kind: str) -> dict[str, Any]:
         raise BadRequest(f"unknown field '{unknown[0]}' (this server takes: {', '.join(sorted(FIELDS[kind]))})", unknown[0])
     for name, allowed, why in (("n", (None, 1), "one choice per request"), ("best_of", (None, 1), "one choice per request"),
                                ("echo", (None, False), "the prompt is not echoed"),
-                               ("suffix", (None,), "no insertion mode"),
-                               ("logprobs", (None, False, 0), "logprobs are not served yet"),
-                               ("top_logprobs", (None, 0), "logprobs are not served yet"),
-                               ("seed", (None,), "rows of a continuous batch share one random generator, so a request "
-                                                 "cannot have its own seed")):
+                               ("suffix", (None,), "no insertion mode")):
         value = body.get(name)
         if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
             raise BadRequest(f"'{name}' = {json.dumps(value)[:100]} is not supported here: {why}", name)
@@ -336,7 +379,52 @@ def request_settings(engine: Engine, body: dict, kind: str) -> dict[str, Any]:
         if name not in stages and (value == NEUTRAL.get(name) or (name == "temperature" and value == 0 and not stages)):
             continue  # asks for what the spec does anyway
         sampling[name] = int(value) if name == "top_k" and float(value).is_integer() else value
-    return {"max_new_tokens": max_tokens, "stop": body.get("stop"), "sampling": sampling}
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
+        raise BadRequest(f"'seed' must be an integer in [-2**63, 2**64) (got {shown(seed)})", "seed")
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if kind == "chat":  # logprobs: true|false, top_logprobs: 0..20 alternatives (with logprobs)
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise BadRequest(f"'logprobs' must be true or false (got {shown(logprobs)})", "logprobs")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
+            raise BadRequest(f"'top_logprobs' must be an integer in [0, {MAX_TOP_LOGPROBS}] (got {shown(top)})", "top_logprobs")
+        if top and not logprobs:
+            raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        wants, top = bool(logprobs), top or 0
+    else:  # logprobs: None, or how many alternatives beside each token (0..20)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
+            raise BadRequest(f"'logprobs' must be an integer in [0, {MAX_TOP_LOGPROBS}] (got {shown(logprobs)})", "logprobs")
+        wants, top = logprobs is not None, logprobs or 0
+    if wants and engine.scoring is None:
+        raise BadRequest("this decoder does not report logprobs", "logprobs")
+    return {"max_new_tokens": max_tokens, "stop": body.get("stop"), "sampling": sampling, "seed": seed,
+            "logprobs": wants, "top_logprobs": top}
+
+
+class LogprobsShape:
+    """A request's logprobs in OpenAI's shapes: chat's {"content": [{token, logprob, bytes, top_logprobs}]}, and
+    completions' {tokens, token_logprobs, top_logprobs, text_offset} (offsets counted over the tokens' text)."""
+
+    def __init__(self, engine: Engine, kind: str, top: int):
+        self.engine, self.kind, self.top, self.offset = engine, kind, top, 0
+
+    def __call__(self, events: list[Event]) -> dict | None:
+        tokens = [t for e in events for t in e.tokens]
+        scores = [lp for e in events for lp in (e.logprobs or [])]
+        tops = [alt for e in events for alt in (e.top or [])] or [[] for _ in tokens]
+        piece = self.engine.piece
+        if self.kind == "chat":
+            entry = lambda t, lp: {"token": piece(t)[0], "logprob": lp, "bytes": list(piece(t)[1])}  # noqa: E731
+            return {"content": [entry(t, lp) | {"top_logprobs": [entry(a, alp) for a, alp in alts]}
+                                for t, lp, alts in zip(tokens, scores, tops)], "refusal": None}
+        offsets = []
+        for t in tokens:
+            offsets.append(self.offset)
+            self.offset += len(piece(t)[0])
+        top = [{piece(a)[0]: alp for a, alp in alts} for alts in tops] if self.top else None
+        return {"tokens": [piece(t)[0] for t in tokens], "token_logprobs": scores, "top_logprobs": top,
+                "text_offset": offsets}
 
 
 def create_app(engine: Engine, name: str):
@@ -402,7 +490,8 @@ def create_app(engine: Engine, name: str):
             events: asyncio.Queue[Event] = asyncio.Queue()
             limit = settings["max_new_tokens"] or max(1, engine.context - len(prompt))  # chat: to the end of the context
             handle = engine.submit(prompt, limit, settings["stop"], settings["sampling"],
-                                   emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+                                   emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+                                   seed=settings["seed"], logprobs=settings["logprobs"], top_logprobs=settings["top_logprobs"])
         except BadRequest as e:
             return error(e)
         except DecError as e:
@@ -412,12 +501,15 @@ def create_app(engine: Engine, name: str):
         usage = lambda: {"prompt_tokens": len(prompt), "completion_tokens": handle.completion_tokens,  # noqa: E731
                          "total_tokens": len(prompt) + handle.completion_tokens}
 
-        def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
+        shape = LogprobsShape(engine, kind, settings["top_logprobs"]) if settings["logprobs"] else None
+
+        def chunk(text: str | None, finish: str | None, first: bool = False, scored: list[Event] = ()) -> dict:
+            logprobs = shape(list(scored)) if shape is not None and not first else None
             if kind == "chat":
                 delta = ({"role": "assistant", "content": ""} if first else {}) | ({"content": text} if text else {})
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
                 return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name, "choices": [choice]}
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
             return {"id": ident, "object": "text_completion", "created": created, "model": name, "choices": [choice]}
 
         if body.get("stream"):
@@ -433,7 +525,7 @@ def create_app(engine: Engine, name: str):
                             yield f"data: {json.dumps({'error': {'message': event.error, 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
                             break
                         if event.text or event.finish_reason is not None:
-                            yield f"data: {json.dumps(chunk(event.text, event.finish_reason))}\n\n"
+                            yield f"data: {json.dumps(chunk(event.text, event.finish_reason, scored=[event]))}\n\n"
                         if event.finish_reason is not None:
                             if include_usage:
                                 yield f"data: {json.dumps(chunk(None, None) | {'choices': [], 'usage': usage()})}\n\n"
@@ -443,24 +535,25 @@ def create_app(engine: Engine, name: str):
                     handle.cancel()
 
             return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        parts = []
+        received = []
         try:
             while True:
                 event = await events.get()
                 if event.error is not None:
                     return error(BadRequest(event.error, status=500, kind="server_error"))
-                parts.append(event.text)
+                received.append(event)
                 if event.finish_reason is not None:
                     break
         finally:
             handle.cancel()
-        text = "".join(parts)
+        text = "".join(e.text for e in received)
+        logprobs = None if shape is None else shape(received)
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                       "finish_reason": handle.finish_reason}
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": handle.finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": handle.finish_reason}
             obj = "text_completion"
         return JSONResponse({"id": ident, "object": obj, "created": created, "model": name, "choices": [choice],
                              "usage": usage()})

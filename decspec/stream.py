@@ -31,7 +31,7 @@ class Delta:
     complete ("" while a character or a possible stop string is incomplete; None without a tokenizer);
     finish_reason: None while the row runs, then "stop" (an EOS id or a stop string ended it) or "length"
     (max_new_tokens); stopped_by: the EOS id or the stop string, when finish_reason is "stop"; logprobs: of `tokens`,
-    with stream(..., logprobs=True).
+    with stream(..., logprobs=True); top_logprobs: per token its alternatives (id, log p), with stream(..., top_logprobs=n).
     """
 
     row: int
@@ -41,6 +41,7 @@ class Delta:
     finish_reason: str | None = None
     stopped_by: int | str | None = None
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 class Stream:
@@ -56,6 +57,7 @@ class Stream:
         self._pending: deque[Delta] = deque()
         self._rounds = 0
         self._scores: dict[int, list[float]] = {}  # row -> logprobs of its tokens so far
+        self._tops: dict[int, list[list[tuple[int, float]]]] = {}  # row -> top_logprobs of its tokens so far
         self._released: dict[int, int] = {}  # row -> tokens released
         self.finish: dict[int, tuple[str, int | str | None]] = {}
         self.result: Result | None = None
@@ -104,13 +106,16 @@ class Stream:
                 tokens, text = new, None
             else:
                 tokens, text = self._texts[b].release(final=end is not None)
-            scores = None
+            scores = tops = None
             if commit.logprobs is not None:
                 self._scores.setdefault(b, []).extend(commit.logprobs[b])
                 at = self._released.get(b, 0)
                 scores, self._released[b] = self._scores[b][at:at + len(tokens)], at + len(tokens)
+                if commit.top is not None:
+                    self._tops.setdefault(b, []).extend(commit.top[b])
+                    tops = self._tops[b][at:at + len(tokens)]
             if tokens or text or end is not None:
-                out.append(Delta(b, self._rounds, tokens, text, *(end or (None, None)), scores))
+                out.append(Delta(b, self._rounds, tokens, text, *(end or (None, None)), scores, tops))
         return out
 
     def _finished(self, result: Result) -> Result:

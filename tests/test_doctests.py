@@ -16,6 +16,7 @@ MODULES = [
     "decspec.backends.arguments",
     "decspec.backends.detokenize",
     "decspec.backends.logprobs",
+    "decspec.backends.draws",
     "decspec.backends.exact.cells",
     "decspec.backends.exact.distribution",
     "decspec.dsl.diagnostics",

@@ -214,20 +214,74 @@ def test_logprobs_stream_with_their_tokens_and_are_cut_with_them():
     assert greedy.logprobs == [[0.0] * 4]  # a greedy pipeline: the kept token has all the mass
 
 
+GRAMMAR = 'decoder g() {\n target = model("target")\n draft = model("draft")\n grammar = regex("[ab]+c?")\n' \
+          ' propose = autoregressive(draft, max = 2)\n verify = rejection\n}'
+
+
+def test_logprobs_under_a_grammar_multiply_to_the_exact_probability_of_the_sequence():
+    """Under a grammar the target is masked before the sampler: the logprobs of a generated sequence sum to the log of
+    the probability the exact backend computes for it (a speculative decoder, so the draft's drafts are in play)."""
+    models = {"target": TableModel.random(V, 1, seed=0, eos_token_id=V - 1),
+              "draft": TableModel.random(V, 1, seed=1, eos_token_id=V - 1)}
+    vocab = [bytes([c]) for c in b"abcdefg"] + [None]
+    dist = decspec.compile(GRAMMAR, models=models, vocab=vocab, backend="exact").distribution([1], 4)
+    dec = decspec.compile(GRAMMAR, models=models, vocab=vocab)
+    for seed in range(6):
+        out = dec.generate([[1], [1]], max_new_tokens=4, seed=seed, logprobs=True)
+        for tokens, scores in zip(out.tokens, out.logprobs):
+            assert len(scores) == len(tokens) and math.exp(sum(scores)) == pytest.approx(dist[tuple(tokens)], rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_a_row_with_its_own_seed_draws_the_same_whatever_rows_share_its_call(backend):
+    """generate(seed=[...]): each seeded row draws from its own stream (backends/draws.py), so its tokens are the same
+    alone, in another slot beside other rows, and beside a row with another seed; rows without a seed differ."""
+    dec = decspec.compile("specs/speculative.dec", models=tables(), k=3, backend=backend)
+    alone = dec.generate([[1]], max_new_tokens=16, seed=[5]).tokens[0]
+    crowded = dec.generate([[3, 4], [2], [1]], max_new_tokens=16, seed=[None, 9, 5]).tokens
+    assert crowded[2] == alone
+    assert dec.generate([[1], [1]], max_new_tokens=16, seed=[5, 5]).tokens == [alone, alone]
+    unseeded = {tuple(dec.generate([[1]], max_new_tokens=16, seed=[None]).tokens[0]) for _ in range(4)}
+    assert len(unseeded) > 1
+    with pytest.raises(DecError, match="seed is a list of 1 seeds for 2 prompts"):
+        dec.generate([[1], [2]], seed=[1])
+    with pytest.raises(DecError, match=r"seed 1 must be an integer in \[-2\*\*63, 2\*\*64\)"):
+        dec.generate([[1], [2]], seed=[1, 2.5])
+
+
 def test_what_logprobs_and_per_row_counts_refuse():
     dec = decspec.compile("specs/speculative.dec", models=tables())
     with pytest.raises(DecError, match=r"logprobs must be True or False \(got 'yes' \(a str\)\)"):
         dec.generate([[1]], logprobs="yes")
     with pytest.raises(DecError, match="does not report logprobs"):
         decspec.compile("specs/beam_search.dec", models={"target": tables()["target"]}).generate([[1]], logprobs=True)
-    grammar = decspec.compile('decoder g() {\n target = model("target")\n grammar = regex("[ab]+")\n}',
-                              models={"target": TableModel.random(V, 1, seed=0, eos_token_id=V - 1)},
-                              vocab=[bytes([c]) for c in b"abcdefg"] + [None])
-    with pytest.raises(DecError, match="not computed under a grammar mask"):
-        grammar.generate([[1]], logprobs=True)
     with pytest.raises(DecError, match="max_new_tokens has 1 counts for 2 prompts"):
         dec.generate([[1], [2]], max_new_tokens=[3])
     with pytest.raises(DecError, match=r"max_new_tokens\[1\] must be a positive integer \(got 0\)"):
         dec.generate([[1], [2]], max_new_tokens=[3, 0])
     with pytest.raises(DecError, match="takes one max_new_tokens for every prompt"):
         decspec.compile("specs/beam_search.dec", models={"target": tables()["target"]}).generate([[1], [2]], max_new_tokens=[2, 3])
+
+
+def test_top_logprobs_are_the_most_likely_tokens_after_the_pipeline():
+    """top_logprobs=n: at each position the n most likely tokens under the target after the pipeline, best first,
+    computed here from the table; streamed deltas carry their tokens' entries; n past the vocabulary gives all of it."""
+    models = tables()
+    dec = decspec.compile("specs/penalties.dec", models=models, k=3)
+    stages = (("repetition_penalty", (("r", 1.2),)), ("temperature", (("t", 0.8),)), ("typical_p", (("p", 0.95),)))
+    out = dec.generate([[1, 2]], max_new_tokens=6, seed=2, top_logprobs=3)
+    assert out.logprobs is not None and len(out.top_logprobs[0]) == 6
+    seq = [1, 2] + out.tokens[0]
+    for j, alts in enumerate(out.top_logprobs[0]):
+        before = seq[:2 + j]
+        counts = token_counts(torch.tensor([before]), torch.tensor([len(before)]), vocab=V)
+        logp = torch.log_softmax(apply_pipeline(models["target"].logits[before[-1]][None], stages, counts).float(), -1)[0]
+        best = logp.topk(3)
+        finite = [(i, v) for i, v in zip(best.indices.tolist(), best.values.tolist()) if v > -math.inf]
+        assert [a for a, _ in alts] == [i for i, _ in finite] and [v for _, v in alts] == pytest.approx([v for _, v in finite], abs=1e-5)
+    deltas = list(dec.stream([[1, 2]], max_new_tokens=6, seed=2, top_logprobs=3))
+    assert [a for d in deltas for a in d.top_logprobs] == out.top_logprobs[0]
+    assert all(len(a) <= V for a in dec.generate([[1]], max_new_tokens=3, top_logprobs=20).top_logprobs[0])
+    assert dec.generate([[1]], max_new_tokens=3).top_logprobs is None
+    with pytest.raises(DecError, match=r"top_logprobs must be an integer in \[0, 20\] \(got 21 \(an int\)\)"):
+        dec.generate([[1]], top_logprobs=21)

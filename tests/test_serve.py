@@ -145,6 +145,65 @@ def test_stop_strings_and_settings_are_per_request(decoder):
         engine.close()
 
 
+def test_a_seeded_request_draws_the_same_whatever_shares_its_batch(decoder):
+    """A request's seed is its row's own stream (backends/draws.py): sampled alone, beside unseeded and other seeded
+    requests (in another slot, the batch widened under it), it gives one text, the one generate gives that seed."""
+    prompt = "def add(a, b):"
+    alone_call = decoder.generate([prompt], max_new_tokens=24, seed=[12345], temperature=1.0).text[0]
+    engine = Engine(decoder, slots=4, context=256)
+    try:
+        alone = "".join(e.text for e in engine.submit(engine.encode(prompt), 24, sampling={"temperature": 1.0}, seed=12345))
+        events, others, done = [], [], threading.Event()
+
+        def heard(event):  # on the engine's thread: after its first round alone, the others widen the batch under it
+            if not events:
+                others.extend(engine.submit(engine.encode(p), 30, sampling={"temperature": 1.0}, seed=s)
+                              for p, s in zip(PROMPTS[1:], (None, 7, None)))
+            events.append(event)
+            if event.finish_reason is not None:
+                done.set()
+
+        engine.submit(engine.encode(prompt), 24, sampling={"temperature": 1.0}, seed=12345, emit=heard)
+        assert done.wait(120)
+        text = "".join(e.text for e in events)
+        assert all(sum(len(e.tokens) for e in r) == 30 for r in others)
+        assert max(engine.rows_per_round) == 4 and engine.widths[0] == 4  # it shared rounds, moved from a batch of 1
+        assert text == alone == alone_call
+        unseeded = {"".join(e.text for e in engine.submit(engine.encode(prompt), 24, sampling={"temperature": 1.0}))
+                    for _ in range(3)}
+        assert len(unseeded) > 1  # without a seed a request samples afresh: the equalities above are not by chance
+        with pytest.raises(DecError, match="seed must be an integer"):
+            engine.submit([1, 2], 3, seed="x")
+    finally:
+        engine.close()
+
+
+def test_logprobs_are_released_with_their_tokens(decoder):
+    """A request's logprobs are the ones generate reports for its tokens (the target's, after the sampler), one per
+    released token, in every event, with its top alternatives best first; a request that did not ask gets none."""
+    engine = Engine(decoder, slots=2, context=256)
+    try:
+        prompt = "class Stack:"
+        asked = engine.submit(engine.encode(prompt), 20, sampling={"temperature": 0.8}, seed=3, logprobs=True,
+                              top_logprobs=3)
+        plain = engine.submit(engine.encode("import os\n"), 20, sampling={"temperature": 0.8})
+        events = list(asked)
+        assert all(e.logprobs is None for e in plain)
+        assert all(len(e.logprobs) == len(e.tokens) == len(e.top) for e in events)
+        tokens = [t for e in events for t in e.tokens]
+        scores = [lp for e in events for lp in e.logprobs]
+        expected = decoder.generate([prompt], max_new_tokens=20, seed=[3], temperature=0.8, logprobs=True)
+        assert tokens == expected.tokens[0] and scores == pytest.approx(expected.logprobs[0], abs=1e-5)
+        for t, lp, alts in zip(tokens, scores, (a for e in events for a in e.top)):
+            values = [v for _, v in alts]
+            assert len(alts) == 3 and values == sorted(values, reverse=True) and lp <= values[0] + 1e-6
+            assert t not in [a for a, _ in alts] or dict(alts)[t] == pytest.approx(lp, abs=1e-5)
+        with pytest.raises(DecError, match=r"top_logprobs must be an integer in \[0, 20\]"):
+            engine.submit([1, 2], 3, logprobs=True, top_logprobs=21)
+    finally:
+        engine.close()
+
+
 def test_a_cancelled_request_frees_its_row(decoder):
     engine = Engine(decoder, slots=1, context=256)
     try:
@@ -197,6 +256,28 @@ def test_chat_streams_as_server_sent_events(server, decoder):
     assert chunks[-1].usage.completion_tokens == 16
 
 
+def test_chat_logprobs_and_a_seed_through_the_openai_client(server, decoder):
+    """`seed`, `logprobs` and `top_logprobs` in OpenAI's shapes, parsed by the stock client: streamed chunks carry
+    their tokens' entries, and together they are the unstreamed reply's, which are generate's for that seed."""
+    messages = [{"role": "user", "content": "Write a stack class."}]
+    c = client(server)
+    kwargs = dict(model="spec", messages=messages, max_tokens=12, temperature=1.0, seed=99, logprobs=True, top_logprobs=2)
+    whole = c.chat.completions.create(**kwargs)
+    chunks = [ch for ch in c.chat.completions.create(**kwargs, stream=True) if ch.choices and ch.choices[0].logprobs]
+    entries = whole.choices[0].logprobs.content
+    assert [e.token for ch in chunks for e in ch.choices[0].logprobs.content] == [e.token for e in entries]
+    expected = decoder.generate(messages=messages, max_new_tokens=12, temperature=1.0, seed=[99], logprobs=True)
+    assert whole.choices[0].message.content == expected.text[0]
+    assert [e.logprob for e in entries] == pytest.approx(expected.logprobs[0], abs=1e-4)
+    assert b"".join(bytes(e.bytes) for e in entries).decode() == expected.text[0]
+    assert all(len(e.top_logprobs) == 2 for e in entries)
+    out = c.completions.create(model="spec", prompt="import os\n", max_tokens=6, temperature=0, logprobs=1)
+    lp = out.choices[0].logprobs
+    assert "".join(lp.tokens) == out.choices[0].text and len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    assert all(v == pytest.approx(0.0, abs=1e-6) for v in lp.token_logprobs)  # greedy: all the mass on the kept token
+
+
 def test_concurrent_streaming_clients_share_rounds(server, decoder):
     results: dict[int, str] = {}
 
@@ -232,7 +313,10 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     ('{"prompt": "x", "max_tokens": 4, "frobnicate": 1}', 400, "unknown field 'frobnicate'"),
     ('{"prompt": "x", "max_tokens": -1}', 400, "'max_tokens' must be an integer >= 1"),
     ('{"prompt": "x", "max_tokens": 4, "n": 2}', 400, "'n' = 2 is not supported"),
-    ('{"prompt": "x", "max_tokens": 4, "seed": 1}', 400, "cannot have its own seed"),
+    ('{"prompt": "x", "max_tokens": 4, "seed": 1.5}', 400, "'seed' must be an integer in [-2**63, 2**64)"),
+    ('{"prompt": "x", "max_tokens": 4, "seed": 18446744073709551616}', 400, "'seed' must be an integer"),
+    ('{"prompt": "x", "max_tokens": 4, "logprobs": true}', 400, "'logprobs' must be an integer in [0, 20]"),
+    ('{"prompt": "x", "max_tokens": 4, "logprobs": 21}', 400, "'logprobs' must be an integer in [0, 20]"),
     ('{"prompt": "x", "max_tokens": 4, "temperature": "hot"}', 400, "'temperature' must be a number"),
     ('{"prompt": "x", "max_tokens": 4, "temperature": -1}', 400, "outside temperature's range"),
     ('{"prompt": "x", "max_tokens": 4, "stream": "yes"}', 400, "'stream' must be true or false"),

@@ -61,7 +61,9 @@ def sampler_probs(state, op, logits, *context):
 
 
 def uniform(state, op):
-    return (torch.rand(_dims(state, op.param("shape")), generator=state.generator, device=state.device),)
+    u = torch.rand(_dims(state, op.param("shape")), generator=state.generator, device=state.device)
+    draws = getattr(state, "draws", None)  # rows with seeds of their own (backends/draws.py)
+    return (draws.fill(u, draws.op_key(op)) if draws else u,)
 
 
 def sample_tokens(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,9 @@ class RoundRunner:
     def __call__(self, ctx, state) -> None:
         # [B, U], drawn block by block in the eager backend's order: the same seed gives the same tokens as eager
         # (for loops that run to max; an exit policy makes eager skip the draws of steps it does not run)
-        u = torch.cat([torch.rand(state.batch, w, generator=state.generator, device=state.device) for w in self.blocks], 1) \
+        draws = getattr(state, "draws", None)  # rows with seeds of their own (backends/draws.py): block i is their draw i
+        blocks = [torch.rand(state.batch, w, generator=state.generator, device=state.device) for w in self.blocks]
+        u = torch.cat([draws.fill(x, i) for i, x in enumerate(blocks)] if draws else blocks, 1) \
             if self.blocks else torch.empty(state.batch, 0, device=state.device)
         m = state.sessions  # this generation's own caches (start)
         if state.grammars:  # grammar sessions sit beside the models' (codegen.grammar_key)

@@ -106,8 +106,6 @@ def seed_value(value: Any) -> int | None:
 
 def seeds(value: Any, rows: int) -> tuple[int | None, tuple[int | None, ...] | None]:
     """(the batch's seed, None) for one seed or None; (None, one seed or None per row) for a list of them."""
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        value = value.tolist()
     if not isinstance(value, (list, tuple)):
         return seed_value(value), None
     if len(value) != rows:

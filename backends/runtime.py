@@ -261,6 +261,8 @@ class Batch:
         self.stats = Stats()
         self.produced = torch.zeros(B, dtype=torch.long)
         self.done = torch.zeros(B, dtype=torch.bool)
+        self.prefill = torch.zeros(B, dtype=torch.long)  # per row: its prompt's length while it is fed chunk by chunk (admit)
+        self.chunk = torch.zeros(B, dtype=torch.long)  # per row: positions of its prompt fed per round while it is
 
     @property
     def finished(self) -> bool:
@@ -292,14 +294,16 @@ class Batch:
 
     def admit(self, b: int, prompt: list[int], limit: int, text: RowText | None = None,
               sampling: dict[str, float] | None = None, start: int | None = None, seed: int | None = None,
-              logprobs: bool = False, top_logprobs: int = 0) -> None:
+              logprobs: bool = False, top_logprobs: int = 0, chunk: int | None = None) -> None:
         """Row b, which has finished, starts over with `prompt` and up to `limit` new tokens (its stop strings in
         `text` when the batch follows text; its sampler values {PerRow key: value} when the round has them). Its
         cross-round policy and draft state start afresh; the random generator goes on. `start`: where the row's
         generated tokens begin (default: after the prompt), for a row that moves over from another batch with the
         tokens it generated there (what penalties count and a grammar constrains). `seed`: the row's own random
         stream (seed_row), so its tokens do not depend on the other rows; None: the batch's generator. `logprobs`:
-        score its tokens (the batch has a scorer), with its `top_logprobs` most likely tokens beside each."""
+        score its tokens (the batch has a scorer), with its `top_logprobs` most likely tokens beside each. `chunk`:
+        a prompt longer than this is fed `chunk` positions a round (chunked prefill: the other rows' rounds stay
+        short while it is); the row generates from the round that feeds its last chunk on, as if fed whole."""
         if not self.done[b]:
             raise ValueError(f"row {b} is still generating")
         if len(prompt) + limit + draft_room(self.graph) > self.capacity:
@@ -314,6 +318,10 @@ class Batch:
         ctx.tokens[b, :n] = torch.tensor(prompt, dtype=torch.long)
         ctx.length[b] = n
         ctx.start[b] = n if start is None else start
+        first = n if chunk is None or n <= chunk or ctx.start[b] != n else chunk  # a moved row with tokens: fed whole
+        self.prefill[b], self.chunk[b] = (n, chunk) if first < n else (0, 0)
+        if first < n:  # the rounds until its last chunk read a context that ends early, and commit nothing for it
+            ctx.length[b] = ctx.start[b] = first
         self.lengths[b] = n
         self.max_new_tokens[b], self.produced[b] = limit, 0
         if self.texts is not None:
@@ -328,16 +336,37 @@ class Batch:
         if self.state.draft_states:
             self.state.draft_states.restart(rows, DraftStates.start(self.graph, self.models, len(self.lengths)))
         self.seed_row(b, seed)
-        self.done[b] = False
+        self.done[b] = bool(self.prefill[b])  # a row still being fed rides along, as a finished row does
 
     def release(self, b: int) -> None:
         """Row b ends now (a cancelled request): its slot is free for `admit` after this round."""
         self.done[b] = True
+        self.prefill[b] = 0
+
+    def feeding(self, b: int) -> bool:
+        """Whether row b's prompt is still being fed (chunked prefill: admit's `chunk`)."""
+        return bool(self.prefill[b])
+
+    def prompt_of(self, b: int) -> list[int]:
+        """Row b's whole context: its prompt and what it generated (the whole prompt while it is still being fed)."""
+        return self.ctx.tokens[b, : int(self.prefill[b]) or int(self.ctx.length[b])].tolist()
+
+    def _feed(self) -> None:
+        """Chunked prefill, before a round: each row being fed reads `chunk` more of its prompt; the one whose prompt
+        is then whole generates from this round on (its generated tokens start after it)."""
+        ctx, rows = self.ctx, self.prefill > 0
+        ctx.length[rows] = torch.minimum(ctx.length + self.chunk, self.prefill)[rows]
+        ctx.start[rows] = ctx.length[rows]  # nothing generated yet (what penalties count and a grammar constrains)
+        whole = rows & (ctx.length == self.prefill)
+        self.done[whole] = False
+        self.prefill[whole] = 0
 
     def step(self) -> Commit:
         """Run one round over every row and commit what the rows that are still generating accepted."""
         ctx, state, stats, done = self.ctx, self.state, self.stats, self.done
         state.committed = None
+        if bool(self.prefill.any()):
+            self._feed()
         state.draws.next_round(~done)
         try:
             if self.runner is None:

@@ -23,9 +23,9 @@ number of most likely tokens; chat: `logprobs` and `top_logprobs`) are the targe
 and the grammar mask (backends/logprobs.py): one more target forward per round, over the rows that asked.
 
 What is shared: one random generator for the unseeded rows, and the rounds: a row that has ended still rides along
-(a one-token step per model call) until a new request takes its slot. Not done: the inductor and MLIR backends
-(serve runs eager rounds), chunked prefill (a long prompt is fed whole in one round, which that round's other rows
-wait for).
+(a one-token step per model call) until a new request takes its slot. A prompt longer than `prefill_chunk` is fed
+that many positions a round (chunked prefill, Batch.admit), so the running rows' rounds stay short meanwhile.
+Not done: the inductor and MLIR backends (serve runs eager rounds).
 """
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ class Engine:
     """Continuous batching over a compiled Decoder: `slots` rows of `context` positions each (prompt + new
     tokens); see the module docstring."""
 
-    def __init__(self, decoder: Any, slots: int = 4, context: int = 2048):
-        for name, value, low in (("slots", slots, 1), ("context", context, 16)):
+    def __init__(self, decoder: Any, slots: int = 4, context: int = 2048, prefill_chunk: int = 512):
+        for name, value, low in (("slots", slots, 1), ("context", context, 16), ("prefill_chunk", prefill_chunk, 16)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DecError(f"{name} must be an integer >= {low} (got {shown(value)})")
         if decoder.search is not None:
@@ -128,6 +128,7 @@ class Engine:
         # positions per row, bounded as generate's are (the most rows the batch can grow to, at this context)
         self.capacity = context_capacity(slots, 0, self.context, draft_room(self.graph), models, what="--context")
         self.slots = slots
+        self.prefill_chunk = prefill_chunk  # a longer prompt is fed this many positions a round (Batch.admit's chunk)
         self.eos = eos_token_ids(target)
         self.batch = self._new_batch(1)
         self.rows: list[Request | None] = [None]
@@ -233,10 +234,11 @@ class Engine:
         old, batch = self.batch, self._new_batch(width)
         rows: list[Request | None] = [None] * width
         for i, (b, request) in enumerate((b, r) for b, r in enumerate(self.rows) if r is not None):
-            length, start = int(old.ctx.length[b]), int(old.ctx.start[b])
+            feeding = old.feeding(b)  # a prompt still being fed starts over in the new batch, chunk by chunk
             remaining = int(old.max_new_tokens[b] - old.produced[b])
-            batch.admit(i, old.ctx.tokens[b, :length].tolist(), remaining, old.texts[b], request.sampling, start=start,
-                        seed=request.seed, logprobs=request.logprobs, top_logprobs=request.top_logprobs)
+            batch.admit(i, old.prompt_of(b), remaining, old.texts[b], request.sampling,
+                        start=None if feeding else int(old.ctx.start[b]), seed=request.seed, logprobs=request.logprobs,
+                        top_logprobs=request.top_logprobs, chunk=self.prefill_chunk if feeding else None)
             batch.state.draws.carry(i, old.state.draws, b)  # a seeded row goes on with its stream, not from its start
             rows[i] = request
         self.batch, self.rows = batch, rows
@@ -261,7 +263,7 @@ class Engine:
                 b = free.pop(0)
                 batch.admit(b, request.prompt, request.max_new_tokens, RowText(self.tokenizer.decode, request.stop),
                             request.sampling, seed=request.seed, logprobs=request.logprobs,
-                            top_logprobs=request.top_logprobs)
+                            top_logprobs=request.top_logprobs, chunk=self.prefill_chunk)
                 self.rows[b] = request
 
     def _loop(self) -> None:
@@ -583,7 +585,7 @@ def create_app(engine: Engine, name: str):
 
 
 def serve(decoder: Any, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 4, context: int = 2048,
-          name: str | None = None, sockets: list | None = None, ready: Callable[[Any], None] | None = None) -> None:
+          prefill_chunk: int = 512, name: str | None = None, sockets: list | None = None, ready: Callable[[Any], None] | None = None) -> None:
     """Run the server until interrupted (uvicorn). `sockets`: already bound sockets (tests bind port 0); `ready`
     is called with the uvicorn Server once it listens."""
     try:
@@ -602,7 +604,7 @@ def serve(decoder: Any, *, host: str = "127.0.0.1", port: int = 8000, slots: int
             raise DecError(f"cannot listen on {host}:{port}: {e.strerror or e}", hint="check --host, pick another --port, or "
                            "stop what is using it") from None
         sockets = [sock]
-    engine = Engine(decoder, slots=slots, context=context)
+    engine = Engine(decoder, slots=slots, context=context, prefill_chunk=prefill_chunk)
     app = create_app(engine, name or decoder.spec.name)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)

@@ -64,7 +64,9 @@ def not_an_int():
 BAD = {
     "max_new_tokens": st.one_of(not_an_int().filter(lambda v: v is not None and not (isinstance(v, list) and len(v) == 1 and v[0] > 0)),
                                 st.integers(max_value=0)),  # a list: one count per prompt
-    "seed": st.one_of(not_an_int().filter(lambda v: v is not None), st.integers(min_value=2**64), st.integers(max_value=-2**63 - 1)),
+    "seed": st.one_of(not_an_int().filter(lambda v: v is not None and not (isinstance(v, list) and len(v) == 1)),  # a list: one per prompt
+                      st.integers(min_value=2**64), st.integers(max_value=-2**63 - 1),
+                      st.lists(st.one_of(st.integers(min_value=2**64), st.floats()), min_size=1, max_size=1)),
     "eos_token_id": st.one_of(not_an_int().filter(lambda v: v is not None and not (isinstance(v, str) and v == "default")
                                                   and not (isinstance(v, list) and v)),  # a list of ids is several EOS ids
                               st.integers(max_value=-1),

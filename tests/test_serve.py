@@ -204,6 +204,45 @@ def test_logprobs_are_released_with_their_tokens(decoder):
         engine.close()
 
 
+def test_a_long_prompt_is_fed_chunk_by_chunk_beside_the_running_rows(decoder, monkeypatch):
+    """Chunked prefill: a prompt longer than prefill_chunk is fed that many positions a round, and its row generates
+    from the round that feeds the last chunk, as if fed whole: greedy and seeded texts are generate's. A batch that
+    widens while it is being fed (three requests arrive) moves it over, and it is fed again from the start there."""
+    from decspec.backends.runtime import Batch
+
+    fed, others = [], []
+    feed = Batch._feed
+
+    def spy(batch):
+        before = batch.ctx.length.clone()
+        feed(batch)
+        fed.append((batch.ctx.length - before).max().item())
+        if len(fed) == 1 and engine.slots == 4:  # on the engine's thread, while the long prompt is being fed
+            others.extend(engine.submit(engine.encode(p), 8, sampling={"temperature": 0}) for p in PROMPTS[1:])
+
+    monkeypatch.setattr(Batch, "_feed", spy)
+    long = "def add(a, b):\n    return a + b\n" * 6  # 79 tokens
+    expected = decoder.generate([long], max_new_tokens=16, temperature=0).text[0]
+    seeded = decoder.generate([long], max_new_tokens=16, temperature=1.0, seed=[4]).text[0]
+    engine = Engine(decoder, slots=2, context=256, prefill_chunk=16)
+    try:
+        assert "".join(e.text for e in engine.submit(engine.encode(long), 16, sampling={"temperature": 0})) == expected
+        assert len(fed) == 4 and max(fed) == 16  # 79 positions: 16 at admission, then 16 a round (the last 15)
+        assert "".join(e.text for e in engine.submit(engine.encode(long), 16, sampling={"temperature": 1.0}, seed=4)) == seeded
+    finally:
+        engine.close()
+    fed.clear()
+    engine = Engine(decoder, slots=4, context=256, prefill_chunk=16)
+    try:
+        assert "".join(e.text for e in engine.submit(engine.encode(long), 16, sampling={"temperature": 0})) == expected
+        assert engine.widths[0] == 4 and len(fed) > 4  # it moved while being fed, and was fed again from the start
+        assert ["".join(e.text for e in r) for r in others] == decoder.generate(PROMPTS[1:], max_new_tokens=8, temperature=0).text
+    finally:
+        engine.close()
+    with pytest.raises(DecError, match="prefill_chunk must be an integer >= 16"):
+        Engine(decoder, prefill_chunk=8)
+
+
 def test_a_cancelled_request_frees_its_row(decoder):
     engine = Engine(decoder, slots=1, context=256)
     try:

@@ -8,6 +8,7 @@ generator, per-row stopping (EOS ids, max_new_tokens, stop strings) and the stat
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Generator, Sequence
@@ -57,7 +58,8 @@ class Stats:
 
     rounds: rounds run. accepted: per round, the drafted tokens accepted in each row that was
     still generating (rows already finished are left out). drafted: same shape, tokens drafted.
-    new_tokens: tokens generated per row. wall_time: seconds for the whole call.
+    new_tokens: tokens generated per row. wall_time: seconds for the whole call. compile_time: the part of it
+    torch.compile spent compiling (dynamo and inductor, in this call's rounds); tokens_per_second leaves it out.
     """
 
     rounds: int = 0
@@ -66,6 +68,7 @@ class Stats:
     new_tokens: list[int] = field(default_factory=list)
     wall_time: float = 0.0
     model_calls: dict[str, int] = field(default_factory=dict)
+    compile_time: float = 0.0
 
     @property
     def mean_accepted(self) -> float:
@@ -84,14 +87,21 @@ class Stats:
         return sum(a for r in self.accepted for a in r) / drafted if drafted else 0.0
 
     @property
+    def generation_time(self) -> float:
+        """Seconds spent generating: the call's, less what compiling took."""
+        return max(0.0, self.wall_time - self.compile_time)
+
+    @property
     def tokens_per_second(self) -> float:
-        return sum(self.new_tokens) / self.wall_time if self.wall_time > 0 else 0.0
+        """New tokens over generation_time (compiling left out: a cold compiled call is not slow decoding)."""
+        return sum(self.new_tokens) / self.generation_time if self.generation_time > 0 else 0.0
 
     def summary(self) -> str:
         return (
             f"rounds={self.rounds} new_tokens={sum(self.new_tokens)} "
             f"mean_accepted={self.mean_accepted:.2f} tokens/round={self.mean_tokens_per_round:.2f} "
             f"acceptance={self.acceptance_rate:.2f} time={self.wall_time:.3f}s tokens/s={self.tokens_per_second:.1f}"
+            + (f" compile={self.compile_time:.1f}s" if self.compile_time else "")
         )
 
 
@@ -198,6 +208,14 @@ def rounds(
     except KeyboardInterrupt:  # Ctrl-C: hand back what was generated, as the exception's `result`
         raise Interrupted(batch.result()) from None
     return batch.result()
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process so far (dynamo's own account: its
+    `_compile.compile_inner` timings); 0 when dynamo was never loaded."""
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    times = getattr(dynamo, "compilation_time_metrics", {}) if dynamo is not None else {}
+    return float(sum(times.get("_compile.compile_inner", ())))
 
 
 def draft_room(graph: Graph) -> int:
@@ -372,7 +390,9 @@ class Batch:
             if self.runner is None:
                 run_graph(self.graph, [ctx], state, state.rules, state.backend)
             else:
+                before = compile_seconds()
                 self.runner(ctx, state)
+                stats.compile_time += compile_seconds() - before
         except CacheFull as e:
             raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
         tokens, accepted, drafted = state.committed  # [B, N], [B], [B]

@@ -74,9 +74,12 @@ def test_model_calls_are_counted(models):
     assert stats.model_calls == {"target": stats.rounds + 1, "draft": 3 * stats.rounds + 1}  # + the prefill
 
 
-def test_compiled_round_never_recompiles(models):
-    """An exit policy changes the speculation length every round; the compiled round keeps one graph."""
+def test_compiled_round_never_recompiles(models, monkeypatch, capsys):
+    """An exit policy changes the speculation length every round; the compiled round keeps one graph. Its first call
+    says it is compiling (decspec/progress.py), and its compile time is accounted apart from generating."""
     from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("DECSPEC_PROGRESS", "1")
 
     torch._dynamo.reset()
     counters.clear()
@@ -85,11 +88,16 @@ def test_compiled_round_never_recompiles(models):
     dec = decspec.compile("specs/speculative_greedy.dec", models=models, k=3, confidence=0.004, backend="inductor")
     dec.backend_options = {"compile": True}
     first = dec.generate(PROMPTS, max_new_tokens=12, seed=0)  # warm-up: compiles once
+    assert capsys.readouterr().err.count("decspec: compiling the round with torch.compile (batch 3, capacity 128): ") == 1
     graphs = counters["stats"]["unique_graphs"]
     others = [[5, 6], [7, 8, 9, 10, 11], [12, 13, 14]]  # same batch size, other lengths: same (bucketed) shapes
     second = dec.generate(others, max_new_tokens=16, seed=1)
+    assert "compiling" not in capsys.readouterr().err
     assert counters["stats"]["unique_graphs"] == graphs == 1
     assert not counters["graph_break"]
+    # the compile is the first call's, accounted apart: tokens/s counts generating only, the second call compiles nothing
+    assert 0 < first.stats.compile_time < first.stats.wall_time and second.stats.compile_time == 0
+    assert first.stats.tokens_per_second == pytest.approx(sum(first.stats.new_tokens) / first.stats.generation_time)
     assert first.tokens == eager.generate(PROMPTS, max_new_tokens=12, seed=0).tokens
     assert second.tokens == eager.generate(others, max_new_tokens=16, seed=1).tokens
     drafted = {d for row in first.stats.drafted + second.stats.drafted for d in row}

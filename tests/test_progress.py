@@ -35,3 +35,25 @@ def test_quantizing_shows_a_bar(monkeypatch):
     monkeypatch.setattr("sys.stderr", err)
     quantize(Transformer.random(config, seed=0))
     assert "decspec: quantizing to int4" in err.getvalue()
+
+
+def test_a_compiling_round_shows_a_ticking_status_line_then_its_time(monkeypatch):
+    """A status line ticks while a step runs, then says how long it took; off the terminal nothing is shown (the
+    compiled round's first call uses it: tests/test_backend_inductor.py)."""
+    import time
+
+    from decspec.progress import status
+
+    monkeypatch.setenv("DECSPEC_PROGRESS", "1")
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    with status("compiling the round"):
+        time.sleep(1.2)
+    lines = err.getvalue().split("\r")
+    assert "decspec: compiling the round 1 s" in lines and lines[-1].startswith("\033[Kdecspec: compiling the round: 1.")
+    monkeypatch.setenv("DECSPEC_PROGRESS", "0")
+    quiet = io.StringIO()
+    monkeypatch.setattr("sys.stderr", quiet)
+    with status("compiling the round"):
+        pass
+    assert quiet.getvalue() == ""

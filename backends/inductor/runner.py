@@ -40,7 +40,7 @@ class RoundRunner:
                 self.namespace[name] = torch.compile(self.namespace[name], mode=mode, dynamic=False)
         self.fn = self.namespace["round_fn"]
         self.serial = compile
-
+        self.shapes: set[tuple[int, ...]] = set()  # the (batch, capacity) shapes compiled so far: a new one compiles
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
         hidden = hidden_roles(self.graph)  # roles whose heads draft
         sessions = {role: StaticSession(m, batch, capacity, keep_hidden=role in hidden) for role, m in models.items()}
@@ -64,7 +64,16 @@ class RoundRunner:
             m = {**m, codegen.SETTINGS_KEY: state.sampling}
         if state.draft_states:  # cross-round draft state [B, ...] in (codegen: recycle_state), the round's new value back (recycle_store)
             m = {**m, **{key: tuple(x.to(state.device) for x in v) for key, v in state.draft_states.entries.items()}}
-        tokens, accepted, drafted, steps = self.fn(ctx.tokens, ctx.length, u, m)
+        shape = tuple(ctx.tokens.shape)
+        if self.serial and shape not in self.shapes:  # its first call compiles (minutes on a CPU): say so while it does
+            from decspec.progress import status
+
+            with status(f"compiling the round with torch.compile (batch {shape[0]}, capacity {shape[1]})"):
+                out = self.fn(ctx.tokens, ctx.length, u, m)
+            self.shapes.add(shape)
+        else:
+            out = self.fn(ctx.tokens, ctx.length, u, m)
+        tokens, accepted, drafted, steps = out
         for key in state.draft_states.entries if state.draft_states else ():
             state.draft_states.staged[key] = m[staged_key(key)]
         state.committed = (tokens, accepted, drafted)

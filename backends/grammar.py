@@ -12,6 +12,9 @@ a round are forgotten with nothing to undo, and a round costs one `next_state` p
 """
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import torch
 
 from decspec.backends.interpreter import BackendError
@@ -170,3 +173,116 @@ def forced_drafts(session: GrammarSession, tokens: torch.Tensor, length: torch.T
             seq.append(t)
             s = int(m.next_state([s], [t])[0])
     return drafts.to(tokens.device), count.to(tokens.device)
+
+
+# ---------------------------------------------------------------------------------------------- on the device
+
+TABLE_BYTES = 256 * 2**20  # a grammar whose tables would hold more stays on the host (its masks a graph break)
+
+
+class GrammarTable:
+    """A regular grammar's token index (stdlib/grammars/index.py TokenIndex) as tensors on the model's device, so a
+    compiled round masks and advances grammar states with gathers, without leaving the graph (issue 18, item 2):
+
+    - mask: the packed rows (`words` int32 [S+1, ceil(V/32)], XGrammar-style bitmasks), gathered by state and
+      unpacked with shifts; row S is the dead state (-1: after a refused draft), which refuses nothing, as
+      `masked_logits` leaves such rows;
+    - next state: the token's bytes (`token_bytes` uint8 [V, L], `token_length` [V]) walked through the byte DFA
+      (`transitions` [D+1, 256], its last row an absorbing dead state) from the state's DFA state, L gathers, then
+      mapped back to a grammar state (`index_of`); EOS keeps the state, a refused token gives -1 — what
+      `TokenIndex.next_state` computes on the host.
+
+    The host still walks each row's committed tokens, once per round (`grammar_states`, one step per new token);
+    the round's drafts are walked on the device. Matchers with no finite table (the Lark CFG matcher: its states
+    are parser stacks interned as they come) have none: their ops stay on the host.
+    """
+
+    def __init__(self, index, device: torch.device):
+        import numpy as np
+
+        if index.pending is not None:  # a lazy index: every row walked now, once
+            index._ready(np.arange(index.num_states))
+        S, D = index.num_states, index.transitions.shape[0]
+        words = np.concatenate([index.words, np.full((1, index.words.shape[1]), 0xFFFFFFFF, dtype=index.words.dtype)])
+        self.words = torch.from_numpy(words.view(np.int32).copy()).to(device)  # [S+1, W]
+        self.dfa_of = torch.from_numpy(np.append(index.dfa_of.astype(np.int64), D)).to(device)  # [S+1]
+        transitions = np.concatenate([index.transitions.astype(np.int64), np.full((1, 256), D, dtype=np.int64)])
+        transitions[transitions < 0] = D
+        self.transitions = torch.from_numpy(transitions).to(device)  # [D+1, 256]
+        self.index_of = torch.from_numpy(np.append(index.index_of, -1)).to(device)  # [D+1]
+        tokens = [t or b"" for t in index.token_list]
+        L = max(1, max(map(len, tokens), default=1))
+        data = np.zeros((len(tokens), L), dtype=np.int64)
+        for i, t in enumerate(tokens):
+            data[i, : len(t)] = np.frombuffer(t, dtype=np.uint8)
+        self.token_bytes = torch.from_numpy(data).to(device)  # [V, L]
+        self.token_length = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=device)  # [V]
+        self.dead, self.vocab_size, self.eos_id = S, index.vocab_size, -1 if index.eos_id is None else index.eos_id
+        self.width = L
+
+    @staticmethod
+    def size(index) -> int:
+        """Bytes the tables of `index` would hold."""
+        L = max((len(t or b"") for t in index.token_list), default=1)
+        return (index.num_states + 1) * index.words.shape[1] * 4 + (index.transitions.shape[0] + 1) * 256 * 8 \
+            + index.vocab_size * (L + 1) * 8
+
+    def allowed(self, states: torch.Tensor) -> torch.Tensor:
+        """bool [..., V]: what `states` [...] allow (a dead state -1: everything)."""
+        rows = self.words[torch.where(states < 0, self.dead, states)]  # [..., W]
+        bits = (rows[..., None] >> torch.arange(32, device=rows.device, dtype=rows.dtype)) & 1  # [..., W, 32]
+        return bits.flatten(-2)[..., : self.vocab_size].bool()
+
+    def next_state(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The state after each token ([...] each): -1 where the token is refused (or the state is dead)."""
+        live = torch.where(states < 0, self.dead, states)
+        tokens = tokens.clamp(0, self.vocab_size - 1)
+        ok = ((self.words[live, tokens >> 5] >> (tokens & 31)) & 1).bool() & (states >= 0)
+        d = self.dfa_of[live]
+        data, length = self.token_bytes[tokens], self.token_length[tokens]  # [..., L], [...]
+        for j in range(self.width):
+            d = torch.where(j < length, self.transitions[d, data[..., j]], d)
+        out = torch.where(tokens == self.eos_id, states, self.index_of[d])
+        return torch.where(ok, out, torch.full_like(out, -1))
+
+    def states(self, start: torch.Tensor, ext: torch.Tensor | None, n: Any, last: bool) -> torch.Tensor:
+        """grammar_states' result from the state after the committed tokens (`start` [B]): after ext[:, :n] ([B],
+        last) or at every position 0..n ([B, n+1]); n an int, or a 0-d tensor (the host draft loop's step)."""
+        if ext is None or ext.shape[1] == 0:
+            return start if last else start[:, None]
+        walked = [start]
+        for j in range(ext.shape[1] if isinstance(n, torch.Tensor) else int(n)):  # a tensor n: every column, then the one
+            walked.append(self.next_state(walked[-1], ext[:, j]))
+        states = torch.stack(walked, 1)  # [B, N+1]
+        if not last:
+            return states[:, : int(n) + 1]
+        if isinstance(n, torch.Tensor):
+            return states.gather(1, n.reshape(1, 1).expand(states.shape[0], 1).long()).squeeze(1)
+        return states[:, -1]
+
+    def masked(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """logits [..., V] with what `states` refuse set to -inf (masked_logits on the device)."""
+        allowed = self.allowed(states)
+        V = logits.shape[-1]
+        if allowed.shape[-1] < V:  # ids past the grammar's vocabulary are never allowed (a dead state's row aside)
+            pad = (states < 0)[..., None].expand(*states.shape, V - allowed.shape[-1])
+            allowed = torch.cat([allowed, pad], -1)
+        return logits.masked_fill(~allowed[..., :V], float("-inf"))
+
+
+def device_table(matcher, device: torch.device) -> GrammarTable | None:
+    """The matcher's GrammarTable on `device` (made once per matcher and device), or None when it has no finite
+    table (a CFG matcher) or its tables would exceed TABLE_BYTES."""
+    from decspec.stdlib.grammars.index import TokenIndex
+
+    if not isinstance(matcher, TokenIndex) or GrammarTable.size(matcher) > TABLE_BYTES:
+        return None
+    with _TABLES_LOCK:
+        tables = matcher.__dict__.setdefault("_device_tables", {})
+        key = str(device)
+        if key not in tables:
+            tables[key] = GrammarTable(matcher, device)
+        return tables[key]
+
+
+_TABLES_LOCK = threading.Lock()

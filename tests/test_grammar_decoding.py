@@ -189,6 +189,34 @@ def test_inductor_equals_eager_on_a_transformer():
         assert re.fullmatch(r"(abc|d)+e{0,3}", spelled) if row[-1] == 3 else compile_regex(r"(abc|d)+e{0,3}").walk(spelled.encode()) >= 0
 
 
+@pytest.mark.parametrize("verify, sampler", [("greedy", "greedy"), ("rejection", "temperature(1.0)")])
+def test_a_compiled_grammar_round_is_one_graph_with_the_eager_tokens(verify, sampler):
+    """Issue 18, item 2: a regular grammar's masks and states are tables on the device (backends/grammar.py
+    GrammarTable), so the torch.compile'd round has no graph break around the mask: one graph, no recompile on a
+    second call, and the eager backend's tokens (greedy, and sampled for the same seed); the host path
+    (device_grammars=False) gives the same tokens."""
+    from torch._dynamo.utils import counters
+
+    models = random_models(seed=2)
+    for m in models.values():
+        m.eos_token_id = 3
+    vocab = [bytes([97 + i % 26]) * (1 + i % 3) for i in range(512)]  # letters, one to three bytes a token
+    vocab[3] = None
+    text = spec('regex("""(abc|d)+e{0,3}""")', sampler=sampler, verify=verify)
+    prompts = [[5, 6, 7, 8], [9], [10, 11]]
+    eager = [decspec.compile(text, models=models, vocab=vocab, k=3).generate(prompts, max_new_tokens=10, seed=s).tokens
+             for s in (0, 1)]
+    torch._dynamo.reset()
+    counters.clear()
+    dec = decspec.compile(text, models=models, vocab=vocab, k=3, backend="inductor")
+    dec.backend_options = {"compile": True}
+    assert [dec.generate(prompts, max_new_tokens=10, seed=s).tokens for s in (0, 1)] == eager
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    host = decspec.compile(text, models=models, vocab=vocab, k=3, backend="inductor")
+    host.backend_options = {"device_grammars": False}
+    assert host.generate(prompts, max_new_tokens=10, seed=0).tokens == eager[0]
+
+
 # --------------------------------------------------------------------------- the ops and the passes
 
 

@@ -118,7 +118,8 @@ SETTINGS_KEY = "sampling"  # m[SETTINGS_KEY]: {PerRow key: [B] tensor}, a call's
 
 
 def grammar_key(slot: str) -> str:
-    """Where a round finds a grammar's session in `m` (beside the models' sessions)."""
+    """Where a round finds a grammar's session in `m` (beside the models' sessions); with `:table` its device table
+    (None: the host walks it), with `:start` the state after each row's committed tokens (runner.py)."""
     return f"grammar:{slot}"
 
 
@@ -254,13 +255,15 @@ class Emitter:
         elif op.name == "grammar_state":  # on the host (a graph break when compiled): reads the context as model_call does
             ext = ins[1] if len(ins) > 1 else "None"
             n = step if len(ins) == 3 else (op.inputs[1].type.shape[1] if len(ins) > 1 else 0)
-            session = f"m[{grammar_key(p('grammar'))!r}]"
-            self.line(f"{outs[0]} = K.grammar_state({session}, ctx_tokens, ctx_length, {ext}, {n}, {p('last', True)!r}){where}")
+            key = grammar_key(p('grammar'))
+            self.line(f"{outs[0]} = K.grammar_state(m[{key!r}], m.get({key + ':table'!r}), m.get({key + ':start'!r}), "
+                      f"ctx_tokens, ctx_length, {ext}, {n}, {p('last', True)!r}){where}")
         elif op.name == "grammar_forced":  # on the host, from the grammar's session
             self.line(f"{', '.join(outs)} = K.grammar_forced(m[{grammar_key(p('grammar'))!r}], ctx_tokens, ctx_length, {p('max')}, {p('ngram')}, "
                       f"m[{p('vocab')!r}].model.vocab_size){where}")
         elif op.name == "grammar_mask":
-            self.line(f"{outs[0]} = K.grammar_mask(m[{grammar_key(p('grammar'))!r}], {ins[0]}, {ins[1]}){where}")
+            key = grammar_key(p('grammar'))
+            self.line(f"{outs[0]} = K.grammar_mask(m[{key!r}], m.get({key + ':table'!r}), {ins[0]}, {ins[1]}){where}")
         elif op.name == "recycle_state":  # carried on the host between rounds (backends/draft_state.py): an input tensor [B, V, C]
             self.line(f"{', '.join(outs)}, = m[{state_key(op)!r}]{where}")
         elif op.name == "recycle_store":  # handed back to the runner, which stages it for the next round

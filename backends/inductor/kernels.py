@@ -108,10 +108,18 @@ def eagle_logits(model, features, ctx_tokens, ctx_length, drafts, step) -> torch
     return draft_eagle_logits(model, features, ctx_tokens, ctx_length, drafts, step)
 
 
+def grammar_state(session, table, start, ctx_tokens, ctx_length, ext, n, last: bool) -> torch.Tensor:
+    """The grammar state after each row's generated tokens ++ ext[:, :n] -> [B] or [B, n+1]: on the device from the
+    state after the committed tokens (`start`, walked by the runner once per round) when the grammar has a table
+    (backends/grammar.py GrammarTable: regular grammars), else on the host (a graph break when compiled)."""
+    if table is not None:
+        return table.states(start, ext, n, last)
+    return grammar_state_host(session, ctx_tokens, ctx_length, ext, n, last)
+
+
 @torch.compiler.disable
-def grammar_state(session, ctx_tokens, ctx_length, ext, n, last: bool) -> torch.Tensor:
-    """The grammar state after each row's generated tokens ++ ext[:, :n], on the host: a graph break when the
-    round is compiled (the matcher walks bytes in Python and numba). -> [B] or [B, n+1]"""
+def grammar_state_host(session, ctx_tokens, ctx_length, ext, n, last: bool) -> torch.Tensor:
+    """grammar_state walked by the matcher (bytes in Python and numba): a graph break when the round is compiled."""
     return G.grammar_states(session, ctx_tokens, ctx_length, session.start, ext, n, last)
 
 
@@ -122,9 +130,16 @@ def grammar_forced(session, ctx_tokens, ctx_length, k: int, ngram: int, vocab: i
     return drafts, E.one_hot_drafts(drafts, count, vocab), count
 
 
+def grammar_mask(session, table, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """Refused tokens -> -inf: the packed mask rows gathered on the device when the grammar has a table, else
+    built on the host (a graph break when compiled)."""
+    if table is not None:
+        return table.masked(logits, states)
+    return grammar_mask_host(session, logits, states)
+
+
 @torch.compiler.disable
-def grammar_mask(session, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """Refused tokens -> -inf (the mask is built on the host; a graph break when compiled)."""
+def grammar_mask_host(session, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     return G.masked_logits(session.matcher, logits, states)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from decspec.backends.draft_state import staged_key
+from decspec.backends.grammar import device_table, grammar_states
 from decspec.backends.prefix import hidden_roles
 from decspec.backends.inductor import codegen
 from decspec.backends.inductor.static import StaticSession
@@ -25,7 +26,8 @@ class RoundRunner:
     Decoder runs a compiled runner's generations one at a time; the uncompiled round is plain Python.
     """
 
-    def __init__(self, graph: Graph, *, compile: bool = False, mode: str | None = None, schedule: str | None = None):
+    def __init__(self, graph: Graph, *, compile: bool = False, mode: str | None = None, schedule: str | None = None,
+                 device_grammars: bool = True):
         if schedule is not None:  # override the draft_schedule pass's choice ("unrolled" | "host")
             graph = draft_schedule(graph, force=schedule)
         self.namespace, self.source = codegen.build_round(graph)
@@ -40,6 +42,7 @@ class RoundRunner:
                 self.namespace[name] = torch.compile(self.namespace[name], mode=mode, dynamic=False)
         self.fn = self.namespace["round_fn"]
         self.serial = compile
+        self.device_grammars = device_grammars  # regular grammars' masks and states on the device (False: on the host)
         self.shapes: set[tuple[int, ...]] = set()  # the (batch, capacity) shapes compiled so far: a new one compiles
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
         hidden = hidden_roles(self.graph)  # roles whose heads draft
@@ -56,8 +59,14 @@ class RoundRunner:
         u = torch.cat([draws.fill(x, i) for i, x in enumerate(blocks)] if draws else blocks, 1) \
             if self.blocks else torch.empty(state.batch, 0, device=state.device)
         m = state.sessions  # this generation's own caches (start)
-        if state.grammars:  # grammar sessions sit beside the models' (codegen.grammar_key)
+        if state.grammars:  # grammar sessions sit beside the models' (codegen.grammar_key), with their device tables
             m = {**m, **{codegen.grammar_key(slot): g for slot, g in state.grammars.items()}}
+            for slot, session in state.grammars.items():
+                table = device_table(session.matcher, state.device) if self.device_grammars else None
+                if table is not None:  # the host walks the committed tokens (once a round); the device, the drafts
+                    key = codegen.grammar_key(slot)
+                    m[key + ":table"] = table
+                    m[key + ":start"] = grammar_states(session, ctx.tokens, ctx.length, session.start).to(state.device)
         if state.policies:  # this round's length caps [B], chosen on the host: inputs of a fixed shape (codegen.cap_key)
             m = {**m, **{key: cap.to(state.device) for key, cap in state.policies.caps().items()}}
         if getattr(state, "sampling", None):  # the call's per-row sampler values [B]: inputs, so new values never recompile

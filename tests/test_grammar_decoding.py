@@ -189,6 +189,27 @@ def test_inductor_equals_eager_on_a_transformer():
         assert re.fullmatch(r"(abc|d)+e{0,3}", spelled) if row[-1] == 3 else compile_regex(r"(abc|d)+e{0,3}").walk(spelled.encode()) >= 0
 
 
+@pytest.mark.parametrize("kind, source", [("regex", r"(ab|c)+b?"), ("json_schema", json.dumps(SCHEMA)),
+                                          ("choice", ["ab", "abc", "cab"]), ("regex", r"[a-c ]{0,5}(true|false)")])
+def test_the_device_table_computes_what_the_matcher_does(kind, source):
+    """GrammarTable (the tensors a compiled round reads) against the matcher it was made from, on every state
+    (and the dead state -1) and every token: next states, and masked logits (wider than the grammar's vocabulary)."""
+    from decspec.backends.grammar import device_table
+
+    m = compile_grammar(kind, source, VOCAB, eos_id=EOS, cache=False)
+    table = device_table(m, torch.device("cpu"))
+    states = torch.arange(-1, m.num_states).repeat_interleave(V)
+    tokens = torch.arange(V).repeat(m.num_states + 1)
+    host = torch.tensor([-1 if st < 0 else int(m.next_state([st], [t])[0]) for st, t in zip(states.tolist(), tokens.tolist())])
+    assert torch.equal(table.next_state(states, tokens), host) and bool((host >= 0).any())
+    logits = torch.randn(len(states), V + 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(table.masked(logits, states), masked_logits(m, logits, states))
+    walk = torch.tensor([[0, 1, 2, 2, 0]])  # "abcca": states along it from the start, as the session walks them
+    start = torch.tensor([m.start])
+    expected = GrammarSession(m).walk(walk, torch.tensor([5]))
+    assert torch.equal(table.states(start, walk, 5, last=False), expected) and table.states(start, walk, 3, last=True) == expected[0, 3]
+
+
 @pytest.mark.parametrize("verify, sampler", [("greedy", "greedy"), ("rejection", "temperature(1.0)")])
 def test_a_compiled_grammar_round_is_one_graph_with_the_eager_tokens(verify, sampler):
     """Issue 18, item 2: a regular grammar's masks and states are tables on the device (backends/grammar.py

@@ -28,18 +28,30 @@ from functools import lru_cache
 import torch
 
 
-@lru_cache(maxsize=256)
+def traced_once(fn):
+    """lru_cache for eager calls; under torch.compile the plain function, which dynamo traces (once per graph) instead
+    of warning that it ignores the cache wrapper."""
+    cached = lru_cache(maxsize=256)(fn)
+
+    def call(parents):
+        return fn(parents) if torch.compiler.is_compiling() else cached(parents)
+
+    call.__doc__, call.__name__, call.cache_info = fn.__doc__, fn.__name__, cached.cache_info
+    return call
+
+
+@traced_once
 def children_table(parents: tuple[int, ...]) -> torch.Tensor:
     """children[pos] = the node indices whose parent is position pos, in order, padded with -1. -> [M+1, W]"""
     M = len(parents)
     kids: list[list[int]] = [[] for _ in range(M + 1)]
     for i, pos in enumerate(parents):
         kids[pos].append(i)
-    W = max((len(k) for k in kids), default=0) or 1
+    W = max([1] + [len(k) for k in kids])  # no `default=`: dynamo traces this in compiled tree kernels
     return torch.tensor([k + [-1] * (W - len(k)) for k in kids], dtype=torch.long)
 
 
-@lru_cache(maxsize=256)
+@traced_once
 def ancestors(parents: tuple[int, ...]) -> torch.Tensor:
     """anc[i, j]: node j is a proper ancestor of node i. -> [M, M] bool"""
     M = len(parents)

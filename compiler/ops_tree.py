@@ -43,7 +43,7 @@ def tree_depths(parents) -> tuple[int, ...]:
 
 
 def tree_depth(parents) -> int:
-    return max(tree_depths(parents), default=0)
+    return max((0, *tree_depths(parents)))  # no `default=`: dynamo traces this in compiled tree kernels
 
 
 def _parents(p) -> tuple[int, ...]:

@@ -234,9 +234,3 @@ def test_bad_params_name_the_call(args, message):
     with pytest.raises(DecError, match=message) as info:
         lower(load(spec(args=args)))
     assert info.value.diagnostics[0].span.line == 5
-
-
-def test_inductor_says_not_yet_naming_the_op_and_line():
-    dec = decspec.compile(DYNAMIC, models=tables(4, 0), backend="inductor")
-    with pytest.raises(DecError, match=r"cannot emit op 'tree_call' yet \(from spec line 13\)"):
-        dec.generate([[1]], max_new_tokens=4)

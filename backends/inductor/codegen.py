@@ -60,7 +60,7 @@ def model_calls(graph: Graph) -> tuple[dict[str, int], dict[str, int]]:
     outside: dict[str, int] = {}
     per_step: dict[str, int] = {}
     for op in graph.ops:
-        if op.name == "model_call":
+        if op.name in ("model_call", "tree_call"):
             outside[op.param("model")] = outside.get(op.param("model"), 0) + 1
         if op.region is not None:
             for inner in op.region.walk():
@@ -90,12 +90,19 @@ def schedule(graph: Graph) -> str | None:
 
 
 def windows(graph: Graph) -> dict[str, int]:
-    """How many context positions each model's first call in a round re-feeds: 1 + K - f (static.py)."""
+    """How many context positions each model's first call in a round re-feeds: 1 + K - f (static.py). A token tree
+    commits up to its depth (K; the commit's width - 1) and feeds none of it as context (f = 0): its nodes sit past
+    the context in the cache, and the next round feeds the committed path again."""
     K = max((op.param("max", 0) for op in graph.walk() if op.name in DRAFT_OPS), default=0)
+    commit = next((op for op in graph.ops if op.name == "commit"), None)
+    if commit is not None and any(op.name == "tree_call" for op in graph.walk()):
+        K = max(K, int(commit.inputs[0].type.shape[1]) - 1)
     fed: dict[str, int] = {}
 
     def visit(g: Graph, in_loop: int) -> None:
         for op in g.ops:
+            if op.name == "tree_call":
+                fed.setdefault(op.param("model"), 0)
             if op.name == "model_call":
                 n = 0 if len(op.inputs) < 2 else (in_loop - 1 if len(op.inputs) == 3 else op.inputs[1].type.shape[1])
                 role = op.param("model")
@@ -108,10 +115,12 @@ def windows(graph: Graph) -> dict[str, int]:
 
 
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
-           "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", "recycle_state", "recycle_store")
+           "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", "recycle_state", "recycle_store",
+           "tree_call")
 
 
-PARAM_KERNELS = ("typical_accept", "topk_accept")
+PARAM_KERNELS = ("typical_accept", "topk_accept", "repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match",
+                 "tree_rejection", "tree_splice", "tree_expand")  # the tree ops: eager rules as kernels (kernels.TREE_OPS)
 
 
 SETTINGS_KEY = "sampling"  # m[SETTINGS_KEY]: {PerRow key: [B] tensor}, a call's per-row sampler values (runner.py)
@@ -126,10 +135,10 @@ def grammar_key(slot: str) -> str:
 # Ops the code generator does not emit yet, and why (listed in docs/backends.md): a round using one
 # fails with a DecError naming the op and its .dec line.
 NOT_YET = dict.fromkeys(
-    ("tree_call", "repeat", "tree_topk", "sample_distinct", "head_level", "tree_build", "tree_match", "tree_rejection",
-     "tree_splice", "tree_expand"),
-    "token trees run on the eager and exact backends only for now: the static-window model step (static.py) has no tree "
-    "attention or path commit yet (the tree's shape is static, so it can be emitted with static shapes later)",
+    ("head_level",),
+    "Medusa head trees read the target's hidden state at the last committed token, which a tree verification leaves "
+    "among the tree's nodes (the static sessions re-feed the committed path only in the next round's first call); they "
+    "run on the eager and exact backends only for now",
 )
 NOT_YET.update(dict.fromkeys(
     ("draft_arm", "model_select"),
@@ -210,6 +219,14 @@ class Emitter:
             hi = n
             sl = f"[:, {-1}]" if p("last", True) else f"[:, {hi - lo - 1 - n}:]"
             self.line(f"{outs[0]} = m[{role!r}].feed(ctx_tokens, ctx_length, {ext}, {lo}, {hi}){sl}{where}")
+        elif op.name == "tree_call":  # a token tree in one static block (static.py feed_tree)
+            role = p("model")
+            parents = p("parents")
+            levels, shape = (ins[1:], repr(tuple(parents))) if parents is not None else (ins[1:-1], ins[-1])
+            tree = f"torch.cat([{', '.join(levels)}], 1)" if len(levels) > 1 else (levels[0] if levels else "None")
+            self.first_call.add(role)
+            self.line(f"{outs[0]} = m[{role!r}].feed_tree(ctx_tokens, ctx_length, {tree}, {shape}, {p('first', 0)}, "
+                      f"{self.windows[role]}){where}")
         elif op.name == "uniform":
             shape = [int(d) for d in p("shape")[1:]]
             width = math.prod(shape)

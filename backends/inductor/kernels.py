@@ -143,6 +143,35 @@ def grammar_mask_host(session, logits: torch.Tensor, states: torch.Tensor) -> to
     return G.masked_logits(session.matcher, logits, states)
 
 
+class _Params:
+    """An op's params as an eager rule reads them (op.param(name)), for the rules called as kernels."""
+
+    def __init__(self, **params):
+        self.params = params
+
+    def param(self, name: str, default=None):
+        return self.params.get(name, default)
+
+
+def _tree_kernel(name: str):
+    """The eager tree rule `name` as a kernel: inputs positionally, the op's params as keywords."""
+    from decspec.backends.eager import tree as T
+
+    rule = T.RULES[name]
+
+    def kernel(*ins, **params):
+        out = rule(None, _Params(**params), *ins)
+        return out[0] if len(out) == 1 else out
+
+    kernel.__name__ = name
+    return kernel
+
+
+TREE_OPS = ("repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match", "tree_rejection", "tree_splice", "tree_expand")
+for _name in TREE_OPS:
+    globals()[_name] = _tree_kernel(_name)
+
+
 def rejection_accept(p, q, d, drafted, u) -> torch.Tensor:
     return E.rejection_accept(None, None, p, q, d, drafted, u)[0]
 

@@ -77,6 +77,52 @@ class StaticSession:
         idx = (torch.arange(T, device=pos.device)[None, :] - shift).clamp(0, T - 1)  # [B, T]
         return logits.gather(1, idx[..., None].expand(B, T, logits.shape[-1]))
 
+    def feed_tree(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: torch.Tensor | None, parents,
+                  first: int, w: int) -> torch.Tensor:
+        """`tree_call` with static shapes: logits at positions first..M of the token tree `tokens` [B, M] under ctx
+        (position 0 after ctx, i+1 after ctx ++ node i's root path). -> [B, M+1-first, V]
+
+        One block of T = w + M entries: the context's last w positions (fewer for a row with a shorter context:
+        it starts at 0), then the M nodes, under a tree mask (the chain causal, a node attending the chain and its
+        ancestors; its RoPE position is its depth past the context). parents: node i's parent position, a tuple
+        (a static tree) or [B, M] (a dynamic tree). The nodes land in the cache past the context, and the next
+        round's first call re-feeds its window over them (w = 1 + the tree's depth: codegen.windows), so no path
+        needs moving: what the round committed is fed again as context.
+        """
+        from decspec.backends.tree_cache import ancestors, ancestors_rows
+
+        dev = ctx_tokens.device
+        B = ctx_tokens.shape[0]
+        M = 0 if tokens is None else tokens.shape[1]
+        T = w + M
+        start = (ctx_length - w).clamp(min=0)  # [B]
+        chain = ctx_length - start  # [B] context positions each row feeds (w, or all of a shorter context)
+        j = torch.arange(T, device=dev)[None, :]
+        is_chain = j < chain[:, None]  # [B, T]
+        fed = ctx_tokens.gather(1, (start[:, None] + j).clamp(max=ctx_tokens.shape[1] - 1))
+        mask = is_chain[:, :, None] & is_chain[:, None, :] & (j[:, :, None] >= j[:, None, :])  # the chain is causal
+        if M:
+            node = j - chain[:, None]
+            is_node = (node >= 0) & (node < M)
+            node = node.clamp(0, M - 1)
+            fed = torch.where(is_chain, fed, torch.where(is_node, tokens.gather(1, node), torch.zeros_like(fed)))
+            if isinstance(parents, torch.Tensor):  # a dynamic tree: each row its own ancestors
+                rows = torch.arange(B, device=dev)[:, None, None]
+                anc = ancestors_rows(parents)[rows, node[:, :, None], node[:, None, :]]
+            else:
+                anc = ancestors(tuple(parents)).to(dev)[node[:, :, None], node[:, None, :]]
+            mask = mask | (is_node[:, :, None] & is_chain[:, None, :]) | (is_node[:, :, None] & is_node[:, None, :] & anc)
+        else:
+            fed = torch.where(is_chain, fed, torch.zeros_like(fed))
+        if self._static:
+            out = self.model.forward_at(fed, self.cache, start, tree_mask=mask)
+        else:
+            self.cache.rollback(start)
+            out = self.model.forward(fed, self.cache, tree_mask=mask)
+        self.keep(out, start, T)
+        idx = chain[:, None] - 1 + first + torch.arange(M + 1 - first, device=dev)[None, :]  # [B, M+1-first]
+        return out.logits.gather(1, idx[..., None].expand(-1, -1, out.logits.shape[-1]))
+
     def feed_step(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, ext: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """feed(ctx_tokens, ctx_length, ext, i - 1, i) for a step number i >= 1 held in a 0-d tensor:
         feeds ext[:, i - 1] at position L + i - 1. -> logits [B, 1, V]"""

@@ -451,17 +451,18 @@ class Transformer(nn.Module):
 
     def forward_at(
         self, tokens: torch.Tensor, cache: KVCache, start: torch.Tensor, *, exit_layer: int | None = None,
-        skip_layers: tuple[int, ...] | None = None,
+        skip_layers: tuple[int, ...] | None = None, tree_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Roll row b back to start[b] and run tokens [B, T] there; then cache.length = start + T.
 
         The static-shape form of `forward` for compiled code: no host synchronization, no room
         check (the caller guarantees start + T <= capacity), every one of the T tokens counted.
+        tree_mask [B, T, T]: as forward's (a token tree in the block, its RoPE positions by depth).
         """
         layers = self.layers_to_run(exit_layer, skip_layers)
         slots = start[:, None] + torch.arange(tokens.shape[1], device=tokens.device)[None, :]  # [B, T]
         cache.tokens.scatter_(1, slots, tokens)
-        out = self._run(tokens, cache, slots, layers, None, None)
+        out = self._run(tokens, cache, slots, layers, tree_mask, None)
         cache.length.copy_(start + tokens.shape[1])
         return out
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import decspec
+from decspec.backends.runtime import Stats
 from decspec import DecError
 from decspec.stdlib.models.default import random_models
 from decspec.stdlib.models.table import TableModel
@@ -84,7 +85,9 @@ def test_stats(tables):
     assert 0.0 <= s.mean_accepted <= 3.0  # no assertion on wall_time / tokens_per_second: timings belong in benchmarks
     assert s.new_tokens == [12] * 4
     plain = decspec.compile("specs/autoregressive.dec", target=target).generate([[1]], max_new_tokens=5)
-    assert plain.stats.rounds == 5 and plain.stats.mean_accepted == 0.0
+    assert plain.stats.rounds == 5 and plain.stats.mean_accepted == 0.0 and plain.stats.compile_time == 0  # nothing compiled
+    made = Stats(new_tokens=[30, 10], wall_time=5.0, compile_time=3.0)  # set by hand, not measured
+    assert made.generation_time == 2.0 and "tokens/s=20.0 compile=3.0s" in made.summary()  # compiling left out of tokens/s
 
 
 @pytest.mark.parametrize(

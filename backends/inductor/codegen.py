@@ -116,7 +116,7 @@ def windows(graph: Graph) -> dict[str, int]:
 
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
            "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", "recycle_state", "recycle_store",
-           "tree_call")
+           "tree_call", "head_level", "tree_splice")
 
 
 PARAM_KERNELS = ("typical_accept", "topk_accept", "repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match",
@@ -134,12 +134,7 @@ def grammar_key(slot: str) -> str:
 
 # Ops the code generator does not emit yet, and why (listed in docs/backends.md): a round using one
 # fails with a DecError naming the op and its .dec line.
-NOT_YET = dict.fromkeys(
-    ("head_level",),
-    "Medusa head trees read the target's hidden state at the last committed token, which a tree verification leaves "
-    "among the tree's nodes (the static sessions re-feed the committed path only in the next round's first call); they "
-    "run on the eager and exact backends only for now",
-)
+NOT_YET: dict[str, str] = {}
 NOT_YET.update(dict.fromkeys(
     ("draft_arm", "model_select"),
     "a draft source chosen per context (dynamic_exit) would need one static model step per candidate view and the arm as "
@@ -153,7 +148,7 @@ NOT_YET["staged_loop"] = ("staged drafting nests an inner speculative round in t
 
 NOT_YET.update(dict.fromkeys(
     ("recycle_tree",),
-    "token trees run on the eager and exact backends only for now (see tree_call)",
+    "token recycling's tree (its tree built from the adjacency matrix) runs on the eager and exact backends only for now",
 ))
 NOT_YET.update(dict.fromkeys(
     ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
@@ -174,6 +169,8 @@ class Emitter:
         self.consts: list[str] = []
         self.names: dict[Value, str] = {}
         self.windows = windows(graph)
+        self.tree_roles = {op.param("model") for op in graph.walk() if op.name == "tree_call"}  # roles verifying trees
+        self.hidden_roles = {op.param("model") for op in graph.walk() if op.name in ("model_hidden", "model_features")}
         self.first_call: set[str] = set()
         self.u_col = 0
         self.indent = 1
@@ -227,6 +224,12 @@ class Emitter:
             self.first_call.add(role)
             self.line(f"{outs[0]} = m[{role!r}].feed_tree(ctx_tokens, ctx_length, {tree}, {shape}, {p('first', 0)}, "
                       f"{self.windows[role]}){where}")
+        elif op.name == "head_level":
+            self.line(f"{outs[0]} = K.head_level(m[{p('model')!r}].model, {ins[0]}, {p('depth')}){where}")
+        elif op.name == "tree_splice":  # the accepted path: roles whose heads read hidden states keep the path's (static.py)
+            for role in sorted(self.tree_roles & self.hidden_roles):
+                self.line(f"m[{role!r}].keep_path(ctx_length, {ins[1]}, {ins[2]})")
+            self.line(f"{outs[0]} = K.tree_splice({ins[0]}, {ins[1]}, {ins[2]}, {ins[3]}){where}")
         elif op.name == "uniform":
             shape = [int(d) for d in p("shape")[1:]]
             width = math.prod(shape)
@@ -253,7 +256,7 @@ class Emitter:
         elif op.name == "predict_accept":  # a predictor registered in Python, called by name
             self.line(f"{outs[0]} = K.predict_accept({p('predictor')!r}, {', '.join(ins)}){where}")
         elif op.name == "model_hidden":  # h at L-2, kept by the role's static session from its last forward (static.py)
-            if self.windows.get(p("model")) != 1:
+            if self.windows.get(p("model")) != 1 and p("model") not in self.tree_roles:
                 raise DecError(f"the inductor backend reads model '{p('model')}''s hidden state from its previous verification call, "
                                "so that model must verify every draft (draft heads on the target)"
                                + (f" (op 'model_hidden', spec line {op.meta.line})" if op.meta.line else ""), hint="use backend='eager'")

@@ -81,6 +81,11 @@ def recycle_update(adj: torch.Tensor, ctx_tokens: torch.Tensor, ctx_length: torc
     return recycling.update(adj, ctx_tokens, ctx_length, d, count, logits)
 
 
+def head_level(model, hidden: torch.Tensor, depth: int) -> torch.Tensor:
+    """Medusa head `depth`'s logits, one level of a head tree (the eager rule). hidden: [B, C] -> [B, 1, V]"""
+    return model.medusa(hidden)[:, depth, None]
+
+
 def model_hidden(session, ctx_length: torch.Tensor) -> torch.Tensor:
     """h at position L-2 of each row, from the static session's kept hidden states (zeros for one-token rows). -> [B, C]"""
     return session.hidden_at(ctx_length)

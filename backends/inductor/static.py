@@ -123,6 +123,22 @@ class StaticSession:
         idx = chain[:, None] - 1 + first + torch.arange(M + 1 - first, device=dev)[None, :]  # [B, M+1-first]
         return out.logits.gather(1, idx[..., None].expand(-1, -1, out.logits.shape[-1]))
 
+    def keep_path(self, ctx_length: torch.Tensor, path: torch.Tensor, n: torch.Tensor) -> None:
+        """After a tree verification, the kept hidden states of the accepted path [B, D] (n [B] of it) move from
+        their nodes' slots (node c sat at slot L + c: feed_tree) to the path's positions L .. L + n - 1, so that
+        `hidden_at` reads the last accepted token's next round, as after a chain (the K/V need no move: the next
+        round's window re-feeds the path)."""
+        if not self.keep_hidden or self.hiddens is None or path.shape[1] == 0:
+            return
+        C = self.hiddens.shape[-1]
+        d = torch.arange(path.shape[1], device=path.device)[None, :]  # [1, D]
+        src = (ctx_length[:, None] + path).clamp(max=self.cache.capacity - 1)  # [B, D]
+        dst = (ctx_length[:, None] + d).clamp(max=self.cache.capacity - 1)
+        moved = self.hiddens.gather(1, src[..., None].expand(-1, -1, C))  # read every source before writing
+        old = self.hiddens.gather(1, dst[..., None].expand(-1, -1, C))
+        keep = (d < n[:, None])[..., None]
+        self.hiddens.scatter_(1, dst[..., None].expand(-1, -1, C), torch.where(keep, moved, old))
+
     def feed_step(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, ext: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """feed(ctx_tokens, ctx_length, ext, i - 1, i) for a step number i >= 1 held in a 0-d tensor:
         feeds ext[:, i - 1] at position L + i - 1. -> logits [B, 1, V]"""

@@ -56,10 +56,6 @@ HOST_OPS.update(dict.fromkeys(
     ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
     "lookahead decoding's window and n-gram pool are carried on the host between rounds (backends/draft_state.py), and "
     "the inductor code generator, whose round the export traces, does not emit its ops yet"))
-HOST_OPS.update(dict.fromkeys(  # not host ops, but not exportable yet either: the round is traced from the inductor codegen
-    ("tree_call", "repeat", "tree_topk", "sample_distinct", "head_level", "tree_build", "tree_match", "tree_rejection",
-     "tree_splice", "tree_expand"),
-    "token trees are not emitted by the inductor code generator yet (docs/backends.md), and the export traces its round"))
 
 
 HOST_OPS.update(dict.fromkeys(  # not emitted by the inductor code generator yet, whose round the export traces

@@ -45,11 +45,14 @@ def _anchor(fn) -> None:
         annotate_fn({"decspec": "round"})(fn)
 
 
+MODEL_CALLS = ("model_call", "tree_call")  # their logits are inputs of the verify part
+
+
 def model_roles(graph: Graph) -> dict[str, Op]:
-    """{role: its first model_call} for every role the round calls (the draft loop's body included)."""
+    """{role: its first model_call (or tree_call)} for every role the round calls (the draft loop's body included)."""
     roles: dict[str, Op] = {}
     for op in graph.walk():
-        if op.name == "model_call":
+        if op.name in ("model_call", "tree_call"):
             roles.setdefault(op.param("model"), op)
     return roles
 
@@ -162,7 +165,7 @@ def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
     inputs: list[tuple[str, Op, int]] = []
     seen: dict[str, int] = {}
     for op in graph.ops:
-        if op.name == "model_call":
+        if op.name in MODEL_CALLS:
             role = op.param("model")
             seen[role] = seen.get(role, 0) + 1
             name = f"{role}_logits" + (str(seen[role]) if seen[role] > 1 else "")
@@ -172,7 +175,7 @@ def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
             for i, (v, name) in enumerate(zip(op.outputs, ("drafts", "q", "drafted"))):
                 env[v] = name
                 inputs.append((name, op, i))
-    rest = [op for op in graph.ops if op.name != "model_call" and op.name not in DRAFT_OPS]
+    rest = [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS]
 
     def body():
         for op in rest:
@@ -202,7 +205,7 @@ class VerifyModule(torch.nn.Module):
         self.verify_fn = namespace["verify"]
         _anchor(self.verify_fn)
         self.batch, self.vocab = batch, vocab
-        rest = [op for op in graph.ops if op.name != "model_call" and op.name not in DRAFT_OPS]
+        rest = [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS]
         self.width = sum(math.prod(int(d) for d in op.param("shape")[1:]) for op in rest if op.name == "uniform")
 
     def shape(self, op: Op, i: int) -> tuple[int, ...]:

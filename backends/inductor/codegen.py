@@ -103,10 +103,11 @@ def windows(graph: Graph) -> dict[str, int]:
         for op in g.ops:
             if op.name == "tree_call":
                 fed.setdefault(op.param("model"), 0)
-            if op.name == "model_call":
-                n = 0 if len(op.inputs) < 2 else (in_loop - 1 if len(op.inputs) == 3 else op.inputs[1].type.shape[1])
-                role = op.param("model")
-                fed[role] = max(fed.get(role, 0), int(n))
+            if op.name in ("model_call", "model_select"):  # model_select: each of its views, as a model_call
+                inputs = op.inputs[1:] if op.name == "model_select" else op.inputs
+                n = 0 if len(inputs) < 2 else (in_loop - 1 if len(inputs) == 3 else inputs[1].type.shape[1])
+                for role in (op.param("models") if op.name == "model_select" else (op.param("model"),)):
+                    fed[role] = max(fed.get(role, 0), int(n))
             if op.region is not None:
                 visit(op.region, op.param("max"))
 
@@ -116,7 +117,7 @@ def windows(graph: Graph) -> dict[str, int]:
 
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
            "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", "recycle_state", "recycle_store",
-           "tree_call", "head_level", "tree_splice")
+           "tree_call", "head_level", "tree_splice", "draft_arm", "model_select")
 
 
 PARAM_KERNELS = ("typical_accept", "topk_accept", "repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match",
@@ -135,11 +136,6 @@ def grammar_key(slot: str) -> str:
 # Ops the code generator does not emit yet, and why (listed in docs/backends.md): a round using one
 # fails with a DecError naming the op and its .dec line.
 NOT_YET: dict[str, str] = {}
-NOT_YET.update(dict.fromkeys(
-    ("draft_arm", "model_select"),
-    "a draft source chosen per context (dynamic_exit) would need one static model step per candidate view and the arm as "
-    "a round input; it runs on the eager and exact backends only for now",
-))
 NOT_YET["forced_then"] = ("forced drafts followed by another draft source extend the context inside the round, per row; they run "
                           "on the eager backend (forced(...) alone runs here)")
 NOT_YET["staged_loop"] = ("staged drafting nests an inner speculative round in the draft loop, with per-row progress; it runs on "
@@ -199,23 +195,13 @@ class Emitter:
             env[v] = self.name(v)
         where = f"  # {op.name}" + (f" (line {op.meta.line})" if op.meta.line else "")
         p = op.param
-        if op.name == "model_call" and isinstance(step, str):  # a host-loop step: i is a tensor, one new position
-            if not p("last", True) or len(ins) != 3 or p("model") not in self.first_call:
-                raise DecError("the host-controlled draft loop expects its body's model call to read the last drafted position"
-                               + (f" (spec line {op.meta.line})" if op.meta.line else ""))
-            self.line(f"{outs[0]} = m[{p('model')!r}].feed_step(ctx_tokens, ctx_length, {ins[1]}, {step})[:, -1]{where}")
-        elif op.name == "model_call":
-            role = p("model")
-            ext = ins[1] if len(ins) > 1 else "None"
-            n = step if len(ins) == 3 else (op.inputs[1].type.shape[1] if len(ins) > 1 else 0)
-            if step is not None and len(ins) == 3 and role in self.first_call:
-                lo = n - 1  # earlier steps fed everything up to ext[:, n-1)
-            else:
-                lo = -self.windows[role]
-                self.first_call.add(role)
-            hi = n
-            sl = f"[:, {-1}]" if p("last", True) else f"[:, {hi - lo - 1 - n}:]"
-            self.line(f"{outs[0]} = m[{role!r}].feed(ctx_tokens, ctx_length, {ext}, {lo}, {hi}){sl}{where}")
+        if op.name == "model_call":
+            self.line(f"{outs[0]} = {self.feed(p('model'), op, op.inputs, ins, step)}{where}")
+        elif op.name == "draft_arm":  # each row's view, chosen on the host before the round (backends/speculation_length.py)
+            self.line(f"{outs[0]} = m[{cap_key(op)!r}]{where}")
+        elif op.name == "model_select":  # masked arms: every view is called over the batch, each row keeps its own's
+            views = [self.feed(role, op, op.inputs[1:], ins[1:], step) for role in p("models")]
+            self.line(f"{outs[0]} = K.select_rows({ins[0]}, [{', '.join(views)}]){where}")
         elif op.name == "tree_call":  # a token tree in one static block (static.py feed_tree)
             role = p("model")
             parents = p("parents")
@@ -313,6 +299,25 @@ class Emitter:
                 raise DecError(f"the inductor backend cannot emit op '{op.name}' yet{line}: {NOT_YET[op.name]}",
                                hint="use backend='eager' (or 'exact')")
             raise DecError(f"the inductor backend cannot emit op '{op.name}'{line}")
+
+    def feed(self, role: str, op: Op, values: tuple, ins: list[str], step: int | str | None) -> str:
+        """The expression of a model call of `role` over (ctx[, ext, n]) `values` / their names `ins`: the static
+        window on the role's first call in a round, then only the new positions (static.py)."""
+        if isinstance(step, str):  # a host-loop step: i is a tensor, one new position
+            if not op.param("last", True) or len(ins) != 3 or role not in self.first_call:
+                raise DecError("the host-controlled draft loop expects its body's model call to read the last drafted position"
+                               + (f" (spec line {op.meta.line})" if op.meta.line else ""))
+            return f"m[{role!r}].feed_step(ctx_tokens, ctx_length, {ins[1]}, {step})[:, -1]"
+        ext = ins[1] if len(ins) > 1 else "None"
+        n = step if len(ins) == 3 else (values[1].type.shape[1] if len(ins) > 1 else 0)
+        if step is not None and len(ins) == 3 and role in self.first_call:
+            lo = n - 1  # earlier steps fed everything up to ext[:, n-1)
+        else:
+            lo = -self.windows[role]
+            self.first_call.add(role)
+        hi = n
+        sl = f"[:, {-1}]" if op.param("last", True) else f"[:, {hi - lo - 1 - n}:]"
+        return f"m[{role!r}].feed(ctx_tokens, ctx_length, {ext}, {lo}, {hi}){sl}"
 
     def emit_draft_loop(self, op: Op, ins: list[str], outs: list[str], where: str) -> None:
         k = op.param("max")

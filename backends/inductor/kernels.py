@@ -81,6 +81,14 @@ def recycle_update(adj: torch.Tensor, ctx_tokens: torch.Tensor, ctx_length: torc
     return recycling.update(adj, ctx_tokens, ctx_length, d, count, logits)
 
 
+def select_rows(arm: torch.Tensor, logits: list) -> torch.Tensor:
+    """Row b's logits from logits[arm[b]] (model_select's masked arms: each view was called over the batch)."""
+    out = logits[0]
+    for a in range(1, len(logits)):
+        out = torch.where((arm == a).view(-1, *[1] * (out.dim() - 1)), logits[a], out)
+    return out
+
+
 def head_level(model, hidden: torch.Tensor, depth: int) -> torch.Tensor:
     """Medusa head `depth`'s logits, one level of a head tree (the eager rule). hidden: [B, C] -> [B, 1, V]"""
     return model.medusa(hidden)[:, depth, None]

@@ -28,7 +28,7 @@ class RoundRunner:
     """
 
     def __init__(self, graph: Graph, *, compile: bool = False, mode: str | None = None, schedule: str | None = None,
-                 device_grammars: bool = True):
+                 device_grammars: bool = True, dynamo_backend: str = "inductor"):
         if schedule is not None:  # override the draft_schedule pass's choice ("unrolled" | "host")
             graph = draft_schedule(graph, force=schedule)
         self.namespace, self.source = codegen.build_round(graph)
@@ -40,7 +40,7 @@ class RoundRunner:
         compiled = ("draft_first", "draft_next", "verify") if self.schedule == "host" else ("round_fn",)
         if compile:
             for name in compiled:
-                self.namespace[name] = torch.compile(self.namespace[name], mode=mode, dynamic=False)
+                self.namespace[name] = torch.compile(self.namespace[name], mode=mode, dynamic=False, backend=dynamo_backend)
         self.fn = self.namespace["round_fn"]
         self.serial = compile
         self.device_grammars = device_grammars  # regular grammars' masks and states on the device (False: on the host)

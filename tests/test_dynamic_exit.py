@@ -224,12 +224,17 @@ def test_the_inductor_round_plays_the_same_arms_as_eager():
     """Issue 18, item 3: the arm is a round input (chosen on the host between rounds, as a length cap) and
     model_select calls every view over the batch, each row keeping its own's (masked arms, kernels.select_rows): the
     eager tokens and acceptances, greedy and sampled, on the shipped target (rows play different arms over rounds)."""
+    same_on_inductor_as_eager(SPEC)
+
+
+def same_on_inductor_as_eager(spec) -> None:
+    """`spec` on the shipped target, eager and inductor: the same tokens and acceptances, greedy and sampled."""
     from decspec.stdlib.models.pretrained import reference_models
 
     target = reference_models()["target"]
     prompts = ["def add(a, b):", "class Stack:", "import os\n"]
     for temperature, seed in ((0.0, 0), (1.0, 3)):
-        eager = decspec.compile(SPEC, target=target, temperature=temperature).generate(prompts, max_new_tokens=24, seed=seed)
-        emitted = decspec.compile(SPEC, target=target, temperature=temperature, backend="inductor").generate(
+        eager = decspec.compile(spec, target=target, temperature=temperature).generate(prompts, max_new_tokens=24, seed=seed)
+        emitted = decspec.compile(spec, target=target, temperature=temperature, backend="inductor").generate(
             prompts, max_new_tokens=24, seed=seed)
         assert emitted.tokens == eager.tokens and emitted.stats.accepted == eager.stats.accepted

@@ -213,15 +213,9 @@ def test_a_model_that_cannot_skip_layers_is_a_diagnostic():
 
 def test_the_inductor_round_plays_the_same_skip_sets_as_eager():
     """As tests/test_dynamic_exit.py: masked arms over the skip-set views give the eager tokens and acceptances."""
-    from decspec.stdlib.models.pretrained import reference_models
+    from test_dynamic_exit import same_on_inductor_as_eager
 
-    target = reference_models()["target"]
-    prompts = ["def add(a, b):", "class Stack:", "import os\n"]
-    for temperature, seed in ((0.0, 0), (1.0, 3)):
-        eager = decspec.compile(SPEC, target=target, temperature=temperature).generate(prompts, max_new_tokens=24, seed=seed)
-        emitted = decspec.compile(SPEC, target=target, temperature=temperature, backend="inductor").generate(
-            prompts, max_new_tokens=24, seed=seed)
-        assert emitted.tokens == eager.tokens and emitted.stats.accepted == eager.stats.accepted
+    same_on_inductor_as_eager(SPEC)
 
 
 def test_the_module_examples_run():

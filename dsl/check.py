@@ -201,24 +201,34 @@ def _shipped_folder() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def _exists(path: Path, test: str = "exists") -> bool:
+    """path.exists() (or another test: "is_file"), False where the OS refuses to look (a name too long, a NUL byte):
+    such a "path" is no file."""
+    try:
+        return getattr(path, test)()
+    except (OSError, ValueError):
+        return False
+
+
 def spec_path(given: str | os.PathLike) -> Path:
     """A spec's file: the path given, or, when no such file exists and it is a bare name (`speculative`,
     `speculative.dec`), the example spec of that name that ships with decspec. A name that is neither is a
     DecError listing the shipped names."""
     path = Path(os.fspath(given))
     name = path.stem if path.suffix == ".dec" else path.name
-    if len(path.parts) != 1 or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or path.exists():
+    if len(path.parts) != 1 or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or _exists(path):
         folder = _shipped_folder()
-        if (folder is not None and path.suffix == ".dec" and path.parent.name == "specs" and not path.exists()
-                and (folder / path.name).is_file()):
+        if (folder is not None and path.suffix == ".dec" and path.parent.name == "specs" and not _exists(path)
+                and _exists(folder / path.name, "is_file")):
             raise DecError(f"no spec file {str(path)!r} here (the shipped specs are in the checkout's specs/ folder)",
                            hint=f"the shipped spec is addressable by name from anywhere: {path.stem}")
         return path  # a path: read as it is (and refused as unreadable there)
     folder = _shipped_folder()
-    if folder is not None and (folder / f"{name}.dec").is_file():
+    if folder is not None and _exists(folder / f"{name}.dec", "is_file"):
         return folder / f"{name}.dec"
     names = shipped_specs()
-    raise DecError(f"no spec file {str(path)!r}, and no shipped spec named {name!r}",
+    shown_path = str(path) if len(str(path)) <= 120 else str(path)[:100] + f"... ({len(str(path))} characters)"
+    raise DecError(f"no spec file {shown_path!r}, and no shipped spec named {name[:100]!r}",
                    hint=did_you_mean(name, names) or (f"shipped specs: {', '.join(names)}" if names else None))
 
 

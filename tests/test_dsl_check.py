@@ -532,3 +532,14 @@ def test_any_arithmetic(expr):
         assert all(d.span is not None for d in e.diagnostics)
     else:
         assert isinstance(spec.slot("sampler")[0].arg("k"), int)
+
+
+@pytest.mark.parametrize("given", ["x" * 5000, "x" * 300 + ".dec", "a\x00b", "/" * 5000])
+def test_text_that_is_neither_a_spec_nor_a_readable_path_is_a_diagnostic(given):
+    """A string compile cannot take as .dec text is a path or a shipped spec's name: one too long for the OS, or with
+    a NUL byte, is a DecError (said briefly), never the OSError or ValueError the file system raises."""
+    import decspec
+
+    with pytest.raises(DecError) as info:
+        decspec.compile(given)
+    assert "x" * 150 not in str(info.value) and "/" * 150 not in str(info.value)  # the input said briefly

@@ -63,7 +63,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 import decspec
-from benchmarks.output import OPTIONS, add_output_args, outputs, write_text
+from benchmarks.output import OPTIONS, add_output_args, markdown_rows, outputs, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -458,9 +458,7 @@ def table_rows(rows: Sequence[dict]) -> list[list[str]]:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    body = ["| " + " | ".join(COLUMN_NAMES) + " |", "|" + "---|" * len(COLUMN_NAMES)]
-    body += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in table_rows(rows)]
-    return "\n".join(body)
+    return markdown_rows(list(COLUMN_NAMES), table_rows(rows))
 
 
 def console_table(rows: Sequence[dict]) -> str:

@@ -36,3 +36,10 @@ def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(f"wrote {_shown(path)}")
+
+
+def markdown_rows(columns: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: the header `columns`, then `rows` of cells (a `|` inside a cell escaped)."""
+    body = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    body += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows]
+    return "\n".join(body)

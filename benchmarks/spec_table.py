@@ -44,7 +44,7 @@ import torch
 
 import decspec
 from benchmarks.acceptance import heldout_prompts
-from benchmarks.output import add_output_args, outputs, write_text
+from benchmarks.output import add_output_args, markdown_rows, outputs, write_text
 from benchmarks.speed import SPECS, _fmt, chunks, decoder_runner, machine
 from decspec.compiler.analysis import pipeline_text
 from decspec.dsl.check import load
@@ -235,9 +235,7 @@ def table_rows(rows: Sequence[dict]) -> list[list[str]]:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    body = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    body += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in table_rows(rows)]
-    return "\n".join(body)
+    return markdown_rows(list(COLUMNS), table_rows(rows))
 
 
 def console_table(rows: Sequence[dict]) -> str:

@@ -212,10 +212,10 @@ class GrammarTable:
         self.index_of = torch.from_numpy(np.append(index.index_of, -1)).to(device)  # [D+1]
         tokens = [t or b"" for t in index.token_list]
         L = max(1, max(map(len, tokens), default=1))
-        data = np.zeros((len(tokens), L), dtype=np.int64)
+        data = np.zeros((len(tokens), L), dtype=np.uint8)
         for i, t in enumerate(tokens):
             data[i, : len(t)] = np.frombuffer(t, dtype=np.uint8)
-        self.token_bytes = torch.from_numpy(data).to(device)  # [V, L]
+        self.token_bytes = torch.from_numpy(data).to(device)  # [V, L] uint8 (a byte is widened where it indexes)
         self.token_length = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=device)  # [V]
         self.dead, self.vocab_size, self.eos_id = S, index.vocab_size, -1 if index.eos_id is None else index.eos_id
         self.width = L
@@ -225,7 +225,7 @@ class GrammarTable:
         """Bytes the tables of `index` would hold."""
         L = max((len(t or b"") for t in index.token_list), default=1)
         return (index.num_states + 1) * index.words.shape[1] * 4 + (index.transitions.shape[0] + 1) * 256 * 8 \
-            + index.vocab_size * (L + 1) * 8
+            + index.vocab_size * (L + 8)
 
     def allowed(self, states: torch.Tensor) -> torch.Tensor:
         """bool [..., V]: what `states` [...] allow (a dead state -1: everything)."""
@@ -241,7 +241,7 @@ class GrammarTable:
         d = self.dfa_of[live]
         data, length = self.token_bytes[tokens], self.token_length[tokens]  # [..., L], [...]
         for j in range(self.width):
-            d = torch.where(j < length, self.transitions[d, data[..., j]], d)
+            d = torch.where(j < length, self.transitions[d, data[..., j].long()], d)
         out = torch.where(tokens == self.eos_id, states, self.index_of[d])
         return torch.where(ok, out, torch.full_like(out, -1))
 

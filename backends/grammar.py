@@ -217,6 +217,8 @@ class GrammarTable:
             data[i, : len(t)] = np.frombuffer(t, dtype=np.uint8)
         self.token_bytes = torch.from_numpy(data).to(device)  # [V, L] uint8 (a byte is widened where it indexes)
         self.token_length = torch.tensor([len(t) for t in tokens], dtype=torch.long, device=device)  # [V]
+        # bit b of an int32 word (bit 31 is the sign): masks are tested with `&`, not shifts (torch-mlir has no shift)
+        self.bits = torch.tensor([1 << b for b in range(31)] + [-(1 << 31)], dtype=torch.int32, device=device)
         self.dead, self.vocab_size, self.eos_id = S, index.vocab_size, -1 if index.eos_id is None else index.eos_id
         self.width = L
 
@@ -230,14 +232,15 @@ class GrammarTable:
     def allowed(self, states: torch.Tensor) -> torch.Tensor:
         """bool [..., V]: what `states` [...] allow (a dead state -1: everything)."""
         rows = self.words[torch.where(states < 0, self.dead, states)]  # [..., W]
-        bits = (rows[..., None] >> torch.arange(32, device=rows.device, dtype=rows.dtype)) & 1  # [..., W, 32]
-        return bits.flatten(-2)[..., : self.vocab_size].bool()
+        bits = (rows[..., None] & self.bits) != 0  # [..., W, 32]: token 32w + b is bit b of word w
+        return bits.flatten(-2)[..., : self.vocab_size]
 
     def next_state(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The state after each token ([...] each): -1 where the token is refused (or the state is dead)."""
         live = torch.where(states < 0, self.dead, states)
         tokens = tokens.clamp(0, self.vocab_size - 1)
-        ok = ((self.words[live, tokens >> 5] >> (tokens & 31)) & 1).bool() & (states >= 0)
+        word = self.words[live, torch.div(tokens, 32, rounding_mode="floor")]
+        ok = ((word & self.bits[tokens % 32]) != 0) & (states >= 0)
         d = self.dfa_of[live]
         data, length = self.token_bytes[tokens], self.token_length[tokens]  # [..., L], [...]
         for j in range(self.width):

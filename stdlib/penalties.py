@@ -31,17 +31,25 @@ def repetition_penalty(logits: torch.Tensor, counts: torch.Tensor, r: float | to
     r, a: a number, or a per-row float64 tensor (samplers.PerRow), cast to the logits' dtype as torch casts a number."""
     r = r.to(logits.dtype) if isinstance(r, torch.Tensor) else r
     seen = counts > 0
-    return torch.where(seen, torch.where(logits > 0, logits / r, logits * r), logits)
+    return _finite(torch.where(seen, torch.where(logits > 0, logits / r, logits * r), logits), logits)
 
 
 def frequency_penalty(logits: torch.Tensor, counts: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
     """OpenAI: logit - a * count."""
-    return logits - (a.to(logits.dtype) if isinstance(a, torch.Tensor) else a) * counts
+    return _finite(logits - (a.to(logits.dtype) if isinstance(a, torch.Tensor) else a) * counts, logits)
 
 
 def presence_penalty(logits: torch.Tensor, counts: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
     """OpenAI: logit - a * [count > 0]."""
-    return logits - (a.to(logits.dtype) if isinstance(a, torch.Tensor) else a) * (counts > 0).to(logits.dtype)
+    return _finite(logits - (a.to(logits.dtype) if isinstance(a, torch.Tensor) else a) * (counts > 0).to(logits.dtype), logits)
+
+
+def _finite(out: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """A finite logit stays finite: a penalty that overflows the dtype (float16's 65504, after repeated penalties)
+    saturates at its largest value instead of becoming inf, which softmax would turn into NaN. -inf (a masked token)
+    stays -inf."""
+    big = torch.finfo(out.dtype).max
+    return torch.where(torch.isfinite(logits), out.clamp(-big, big), out)
 
 
 TRANSFORMS = {"repetition_penalty": repetition_penalty, "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty}

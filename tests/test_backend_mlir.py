@@ -38,10 +38,16 @@ def _host_op(spec: str):
 SPECS = [s for s in ALL_SPECS if _host_op(s) is None]
 
 
-def _reads_context_after_proposal(spec: str) -> bool:
-    """Penalty samplers on the target read the context in the verify part, which takes no context (docs/backends.md)."""
+def _context_op(spec: str):
+    """The first op after the proposal that reads the context, which the verify part does not take (docs/backends.md):
+    a penalty sampler on the target, or a grammar's state at the verified positions. None when there is none."""
     graph = decspec.compile(os.path.join(ROOT, "specs", f"{spec}.dec")).graph
-    return any(op.name in ("logits_transform", "sampler_probs") and len(op.inputs) > 1 for op in graph.ops)
+    return next((op for op in graph.ops if (op.name in ("logits_transform", "sampler_probs") and len(op.inputs) > 1)
+                 or op.name == "grammar_state"), None)
+
+
+def _reads_context_after_proposal(spec: str) -> bool:
+    return _context_op(spec) is not None
 
 
 CONTEXT_SPECS = [s for s in SPECS if _reads_context_after_proposal(s)]
@@ -57,9 +63,18 @@ UNSUPPORTED = {  # dialect -> the torch-mlir op its lowering lacks, for the spec
 }
 
 
+LETTERS = [None if i == 3 else bytes([i]) if i < 256 else bytes([97 + i % 26]) * 2 for i in range(512)]  # 3: EOS
+
+
 @functools.lru_cache(maxsize=None)
 def traced(spec: str, part: str):
-    return trace(os.path.join(ROOT, "specs", f"{spec}.dec"), part, models=random_models(0), capacity=64)
+    path = os.path.join(ROOT, "specs", f"{spec}.dec")
+    models = random_models(0)
+    if decspec.compile(path).spec.slot("grammar") is None:
+        return trace(path, part, models=models, capacity=64)
+    for m in models.values():  # a grammar binds over the target's vocabulary as bytes, and needs an EOS
+        m.eos_token_id = 3
+    return trace(decspec.compile(path, models=models, vocab=LETTERS), part, capacity=64)
 
 
 def reparse(text: str) -> str:
@@ -100,7 +115,7 @@ def test_round_exports_with_static_caches(spec, dialect, tmp_path):
     # the caches are explicit: each one's state comes in and goes out
     signature = export.text.split("func.func @round(", 1)[1].split(") ->", 1)[0]
     assert signature.count("%arg") == len(export.input_names)  # weights and buffers are constants, not arguments
-    caches = [n for n in export.input_names if "." in n]
+    caches = [n for n in export.input_names if "." in n and not n.startswith("grammar.")]  # a grammar's start: in only
     assert caches and export.output_names[3:] == caches
     if dialect == "torch":
         assert "!torch.vtensor<[1,64],si64>" in export.text  # the context buffer: static [B, S]
@@ -121,6 +136,29 @@ def test_round_module_is_the_generated_round():
     assert torch.equal(again[0], tokens) and torch.equal(again[1], accepted)
     assert 0 <= int(accepted) <= int(drafted) <= 5 and tokens.shape == (1, 6)
     assert any(not torch.equal(a, b) for a, b in zip(cache, args[3:]))  # the round wrote the caches
+
+
+def test_a_grammar_round_exports_its_tables_and_keeps_to_the_grammar():
+    """A regular grammar's round exports with its tables as constants and the state after the committed tokens as an
+    input (`grammar.grammar.start`); what the exported function commits is a walk the grammar allows, from there."""
+    models = random_models(2)
+    for m in models.values():
+        m.eos_token_id = 3
+    vocab = [bytes([97 + i % 26]) * (1 + i % 3) for i in range(512)]
+    vocab[3] = None
+    text = 'decoder g(k: int = 3) {\n target = model("target")\n draft = model("draft")\n sampler = temperature(1.0)\n' \
+           ' propose = autoregressive(draft, max = k)\n verify = rejection\n grammar = regex("""(abc|d)+e{0,3}""")\n}'
+    dec = decspec.compile(text, models=models, vocab=vocab)
+    matcher = dec._bound_grammars()["grammar"]
+    module = RoundModule(dec.graph, models, batch=2, capacity=64, grammars=dec._bound_grammars())
+    assert module.input_names()[-1] == "grammar.grammar.start"
+    for seed in range(4):
+        tokens, accepted, drafted, *_ = module(*module.example_inputs(seed=seed))
+        for row, n in zip(tokens.tolist(), accepted.tolist()):
+            state = matcher.start
+            for t in row[: n + 1]:
+                state = int(matcher.next_state([state], [t])[0])
+                assert state >= 0, (seed, row)
 
 
 def test_verify_module_matches_eager_rules():
@@ -192,7 +230,8 @@ def test_host_ops_name_the_op_and_the_spec_line(spec):
 
 @pytest.mark.parametrize("spec", CONTEXT_SPECS or [pytest.param(None, marks=pytest.mark.skip(reason="no penalty spec"))])
 def test_verify_part_with_a_penalty_names_the_op_and_the_spec_line(spec):
-    with pytest.raises(DecError, match=r"op 'sampler_probs' reads the context \(spec line \d+:\d+\)"):
+    op = _context_op(spec)
+    with pytest.raises(DecError, match=rf"op '{op.name}' reads the context \(spec line {op.meta.line}:{op.meta.col}\)"):
         export_mlir(os.path.join(ROOT, "specs", f"{spec}.dec"), part="verify")
 
 

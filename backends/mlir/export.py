@@ -38,8 +38,8 @@ PARTS = ("round", "verify")
 EXAMPLE_LENGTH = 16  # tokens of context per row in the inputs a round is traced with
 # ops that run on the host, outside the tensor graph: nothing to export
 HOST_OPS = {
-    "grammar_state": "a grammar's automaton runs on the host (numba token index), outside the tensor graph",
-    "grammar_mask": "a grammar's token mask is read from the host automaton's state",
+    "grammar_forced": "forced drafts walk the grammar's allowed tokens' bytes on the host (SGLang-style jump-forward), outside the "
+                      "tensor graph",
     "length_cap": "a cross-round length policy chooses the cap on the host between rounds (not yet an input of the exported function)",
     "model_hidden": "draft heads read the hidden states a model's previous forwards kept beside its cache, which the export "
                     "does not pass as a function input yet",
@@ -168,7 +168,8 @@ def build_module(decoder, part: str, batch: int, capacity: int) -> torch.nn.Modu
     from decspec.backends.mlir.round import RoundModule, VerifyModule
 
     if part == "round":
-        return RoundModule(decoder.graph, decoder._bound_models(), batch=batch, capacity=capacity)
+        grammars = decoder._bound_grammars() if decoder.spec.slot("grammar") is not None else {}
+        return RoundModule(decoder.graph, decoder._bound_models(), batch=batch, capacity=capacity, grammars=grammars)
     models = decoder.models or {}
     vocab = next((m.vocab_size for m in models.values()), 512)
     return VerifyModule(decoder.graph, batch=batch, vocab=vocab)

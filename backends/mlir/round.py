@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from decspec.backends.grammar import device_table
 from decspec.backends.inductor import codegen
 from decspec.backends.inductor.static import StaticSession
 from decspec.backends.runtime import DRAFT_OPS
@@ -75,7 +76,8 @@ class RoundModule(torch.nn.Module):
     >>> tokens, accepted, drafted, *cache = module(*module.example_inputs())     # doctest: +SKIP
     """
 
-    def __init__(self, graph: Graph, models: dict[str, Any], *, batch: int = 1, capacity: int = 128):
+    def __init__(self, graph: Graph, models: dict[str, Any], *, batch: int = 1, capacity: int = 128,
+                 grammars: dict[str, Any] | None = None):
         super().__init__()
         self.graph = draft_schedule(graph, force="unrolled")  # one graph, no host loop
         namespace, self.source = codegen.build_round(self.graph)
@@ -95,9 +97,25 @@ class RoundModule(torch.nn.Module):
         self.sessions = {r: StaticSession(models[r], batch, capacity) for r in self.models}
         # each cache's state: every tensor it holds, by attribute name ("k.3": layer 3 of a per-layer tuple)
         self.state_names = {r: state_names(self.sessions[r].cache) for r in self.roles}
+        # a regular grammar's tables (backends/grammar.py GrammarTable) are buffers, constants of the function, and the
+        # state after each row's committed tokens an input "grammar.SLOT.start" [B]; a CFG matcher has no table
+        self.grammars: dict[str, Any] = {}
+        self.grammar_starts: dict[str, int] = {}
+        for slot, matcher in (grammars or {}).items():
+            table = device_table(matcher, torch.device("cpu"))
+            if table is None:
+                op = next(op for op in self.graph.walk() if op.name == "grammar_state")
+                raise DecError(f"cannot export op 'grammar_state'{where(op)}: grammar '{slot}' has no finite table (a "
+                               "context-free grammar's states are parser stacks, walked on the host) or its tables are "
+                               "too large", hint="a regular grammar (regex, json_schema, choice) exports")
+            self.grammars[slot] = table
+            self.grammar_starts[slot] = int(matcher.start)
+            for name in TABLE_TENSORS:
+                self.register_buffer(f"grammar_{slot}_{name}", getattr(table, name), persistent=False)
 
     def input_names(self) -> list[str]:
-        return ["ctx_tokens", "ctx_length", "u", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r])]
+        return ["ctx_tokens", "ctx_length", "u", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r]),
+                *(f"grammar.{slot}.start" for slot in self.grammars)]
 
     def output_names(self) -> list[str]:
         return ["tokens", "accepted", "drafted", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r])]
@@ -110,11 +128,21 @@ class RoundModule(torch.nn.Module):
         ctx_length = torch.full((self.batch,), length, dtype=torch.long)
         u = torch.rand(self.batch, self.width, generator=g)
         state = [get_state(self.sessions[r].cache, n).clone() for r in self.roles for n in self.state_names[r]]
-        return (ctx_tokens, ctx_length, u, *state)
+        starts = [torch.full((self.batch,), self.grammar_starts[slot], dtype=torch.long) for slot in self.grammars]
+        return (ctx_tokens, ctx_length, u, *state, *starts)
 
     def forward(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, u: torch.Tensor, *state: torch.Tensor):
-        it = iter(state)
         m = {}
+        for slot, table in self.grammars.items():  # the table over this module's buffers; no host session
+            view = copy.copy(table)
+            for name in TABLE_TENSORS:
+                setattr(view, name, getattr(self, f"grammar_{slot}_{name}"))
+            key = codegen.grammar_key(slot)
+            m[key], m[key + ":table"] = None, view
+        starts = list(state[len(state) - len(self.grammars):]) if self.grammars else []
+        it = iter(state[: len(state) - len(self.grammars)])
+        for slot, start in zip(self.grammars, starts):
+            m[codegen.grammar_key(slot) + ":start"] = start
         for role, model in self.models.items():
             session = copy.copy(self.sessions[role])  # a fresh view: the session's cache holds this call's tensors
             session.model = model
@@ -125,6 +153,9 @@ class RoundModule(torch.nn.Module):
             m[role] = session
         tokens, accepted, drafted, _steps = self.round_fn(ctx_tokens, ctx_length, u, m)
         return (tokens, accepted, drafted, *(get_state(m[r].cache, n) for r in self.roles for n in self.state_names[r]))
+
+
+TABLE_TENSORS = ("words", "dfa_of", "transitions", "index_of", "token_bytes", "token_length", "bits")  # GrammarTable's
 
 
 def state_names(cache) -> list[str]:

@@ -550,7 +550,9 @@ def render_markdown(data: dict) -> str:
         f"Produced by `{data['command']}` on {data['date']} (JSON: `{data.get('json', 'benchmarks/results/backend_matrix.json')}`). "
         f"Machine: {data['machine']}"
         + (f"; load average {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end (1 min; the CPU is shared)" if load else "")
-        + f"; torch-mlir {data.get('torch_mlir') or 'not installed'}. {_code_text(data)}Total run: {data['total_seconds']:.0f} s.\n",
+        + f"; torch-mlir {data.get('torch_mlir') or 'not installed'}. {_code_text(data)}Total run: {data['total_seconds']:.0f} s."
+        + (f" Rows measured again, with the same options, at commit {data['rerun']['commit']} (code that changed after the "
+           f"run began): {', '.join(data['rerun']['specs'])}." if data.get("rerun") else "") + "\n",
         f"**Summary:** {summary_line(s)}\n",
         "## How to read it\n",
         "One row per spec in `specs/`, on tiny random models (`random_models(seed=0)`: a 4-layer target and a 1-layer draft over "

@@ -49,7 +49,8 @@ def _finite(out: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     saturates at its largest value instead of becoming inf, which softmax would turn into NaN. -inf (a masked token)
     stays -inf."""
     big = torch.finfo(out.dtype).max
-    return torch.where(torch.isfinite(logits), out.clamp(-big, big), out)
+    finite = logits.abs() < float("inf")  # not torch.isfinite: torch-mlir has no linalg lowering of it
+    return torch.where(finite, out.clamp(-big, big), out)
 
 
 TRANSFORMS = {"repetition_penalty": repetition_penalty, "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty}

@@ -157,6 +157,34 @@ def _depth(parents: tuple[int, ...]) -> int:
     return tree_depth(parents)
 
 
+def tree_block(ctx_tokens: torch.Tensor, start: torch.Tensor, chain: torch.Tensor, tokens: torch.Tensor | None, parents,
+               T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of T entries that feeds a token tree: each row's `chain` [B] context tokens from position start [B],
+    then the M nodes of `tokens` [B, M] (None: none), then padding. -> feed [B, T], tree mask [B, T, T]: the chain is
+    causal, a node attends the whole chain and its ancestors (parents: a tuple, or a dynamic tree's [B, M]); padding
+    attends only itself (the model adds the diagonal). Shared by the PrefixCache (tree_logits) and the static
+    sessions (backends/inductor/static.py), with static shapes: T is an int."""
+    dev = ctx_tokens.device
+    M = 0 if tokens is None else tokens.shape[1]
+    j = torch.arange(T, device=dev)[None, :]  # [1, T] block index
+    is_chain = j < chain[:, None]  # [B, T]
+    fed = ctx_tokens.gather(1, (start[:, None] + j).clamp(max=ctx_tokens.shape[1] - 1))
+    mask = is_chain[:, :, None] & is_chain[:, None, :] & (j[:, :, None] >= j[:, None, :])  # [B, T, T]: the chain is causal
+    if not M:
+        return torch.where(is_chain, fed, torch.zeros_like(fed)), mask
+    node = j - chain[:, None]  # [B, T] node index of each block entry
+    is_node = (node >= 0) & (node < M)
+    node = node.clamp(0, M - 1)
+    feed = torch.where(is_chain, fed, torch.where(is_node, tokens.gather(1, node), torch.zeros_like(fed)))  # [B, T]
+    if isinstance(parents, torch.Tensor):  # a dynamic tree (parents [B, M]): each row its own mask
+        rows = torch.arange(tokens.shape[0], device=dev)[:, None, None]
+        anc = ancestors_rows(parents)[rows, node[:, :, None], node[:, None, :]]  # [B, T, T]
+    else:
+        anc = ancestors(tuple(parents)).to(dev)[node[:, :, None], node[:, None, :]]  # [B, T, T]
+    mask = mask | (is_node[:, :, None] & is_chain[:, None, :])  # every node attends the whole chain
+    return feed, mask | (is_node[:, :, None] & is_node[:, None, :] & anc)  # and its ancestors
+
+
 def tree_logits(pc, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: torch.Tensor | None,
                 parents: tuple[int, ...], first: int = 0) -> torch.Tensor:
     """Logits at positions first..M of the tree `tokens` [B, M] (parents: node i's parent position)
@@ -166,7 +194,7 @@ def tree_logits(pc, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: 
     if pc.tree is not None:
         settle(pc, ctx_tokens, ctx_length)
     dev = ctx_tokens.device
-    B, M = tokens.shape
+    M = tokens.shape[1]
     cache = pc.cache
     W = int(ctx_length.max())
     held = torch.minimum(cache.length, ctx_length)
@@ -176,22 +204,7 @@ def tree_logits(pc, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: 
     start = torch.minimum(lcp, ctx_length - 1 if first == 0 else ctx_length)  # the root's logits need ctx's last token fed
     cache.rollback(start)
     chain = ctx_length - start  # [B] ctx tokens each row feeds before the tree
-    T = int(chain.max()) + M
-    j = torch.arange(T, device=dev)[None, :]  # [1, T] block index
-    is_chain = j < chain[:, None]  # [B, T]
-    node = j - chain[:, None]  # [B, T] node index of each block entry
-    is_node = (node >= 0) & (node < M)
-    node = node.clamp(0, M - 1)
-    fed = ctx_tokens.gather(1, (start[:, None] + j).clamp(max=ctx_tokens.shape[1] - 1))
-    feed = torch.where(is_chain, fed, torch.where(is_node, tokens.gather(1, node), 0))  # [B, T]
-    if isinstance(parents, torch.Tensor):  # a dynamic tree (parents [B, M]): each row its own mask
-        rows = torch.arange(B, device=dev)[:, None, None]
-        anc = ancestors_rows(parents)[rows, node[:, :, None], node[:, None, :]]  # [B, T, T]
-    else:
-        anc = ancestors(tuple(parents)).to(dev)[node[:, :, None], node[:, None, :]]  # [B, T, T]
-    mask = is_chain[:, :, None] & is_chain[:, None, :] & (j[:, :, None] >= j[:, None, :])  # [B, T, T]: the chain is causal
-    mask |= is_node[:, :, None] & is_chain[:, None, :]  # every node attends the whole chain
-    mask |= is_node[:, :, None] & is_node[:, None, :] & anc  # and its ancestors
+    feed, mask = tree_block(ctx_tokens, start, chain, tokens, parents, int(chain.max()) + M)
     result = pc.model.forward(feed, cache, n_valid=chain + M, tree_mask=mask)
     out = result.logits  # [B, T, V]
     unrecorded = None
@@ -200,7 +213,7 @@ def tree_logits(pc, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, tokens: 
     elif pc.record_hidden:  # as PrefixCache.logits: block entry j sits at slot start + j (node i at ctx_length + i)
         if pc.hiddens is None:
             pc.hiddens = result.hidden.new_zeros(cache.batch, cache.capacity, result.hidden.shape[-1])
-        slots = (start[:, None] + j).clamp(max=cache.capacity - 1)  # [B, T]
+        slots = (start[:, None] + torch.arange(feed.shape[1], device=dev)[None, :]).clamp(max=cache.capacity - 1)  # [B, T]
         pc.hiddens.scatter_(1, slots[..., None].expand(-1, -1, pc.hiddens.shape[-1]), result.hidden.to(pc.hiddens))
     pc.calls += 1
     pc.tokens_fed += int((chain + M).sum())

@@ -89,31 +89,14 @@ class StaticSession:
         round's first call re-feeds its window over them (w = 1 + the tree's depth: codegen.windows), so no path
         needs moving: what the round committed is fed again as context.
         """
-        from decspec.backends.tree_cache import ancestors, ancestors_rows
+        from decspec.backends.tree_cache import tree_block
 
         dev = ctx_tokens.device
-        B = ctx_tokens.shape[0]
         M = 0 if tokens is None else tokens.shape[1]
         T = w + M
         start = (ctx_length - w).clamp(min=0)  # [B]
         chain = ctx_length - start  # [B] context positions each row feeds (w, or all of a shorter context)
-        j = torch.arange(T, device=dev)[None, :]
-        is_chain = j < chain[:, None]  # [B, T]
-        fed = ctx_tokens.gather(1, (start[:, None] + j).clamp(max=ctx_tokens.shape[1] - 1))
-        mask = is_chain[:, :, None] & is_chain[:, None, :] & (j[:, :, None] >= j[:, None, :])  # the chain is causal
-        if M:
-            node = j - chain[:, None]
-            is_node = (node >= 0) & (node < M)
-            node = node.clamp(0, M - 1)
-            fed = torch.where(is_chain, fed, torch.where(is_node, tokens.gather(1, node), torch.zeros_like(fed)))
-            if isinstance(parents, torch.Tensor):  # a dynamic tree: each row its own ancestors
-                rows = torch.arange(B, device=dev)[:, None, None]
-                anc = ancestors_rows(parents)[rows, node[:, :, None], node[:, None, :]]
-            else:
-                anc = ancestors(tuple(parents)).to(dev)[node[:, :, None], node[:, None, :]]
-            mask = mask | (is_node[:, :, None] & is_chain[:, None, :]) | (is_node[:, :, None] & is_node[:, None, :] & anc)
-        else:
-            fed = torch.where(is_chain, fed, torch.zeros_like(fed))
+        fed, mask = tree_block(ctx_tokens, start, chain, tokens, parents, T)
         if self._static:
             out = self.model.forward_at(fed, self.cache, start, tree_mask=mask)
         else:

@@ -1,9 +1,7 @@
 """Eager rules of a draft source chosen per context (stdlib/dynamic_exit.py): `draft_arm`, `model_select`."""
 from __future__ import annotations
 
-import torch
-
-from decspec.backends.speculation_length import cap_key
+from decspec.backends.speculation_length import cap_key, where_rows
 
 
 def draft_arm(state, op):
@@ -12,11 +10,17 @@ def draft_arm(state, op):
     policies = getattr(state, "policies", None)
     if policies is None:
         raise RuntimeError("draft_arm needs the generation loop's cross-round policies (backends/runtime.py)")
+    set_view_costs(policies, op, state.sessions)
+    return (policies.cap(op).to(state.device),)
+
+
+def set_view_costs(policies, op, sessions) -> None:
+    """Give draft_arm's policy its views' costs (each view's layers / the model's), once, from the bound sessions
+    (a PrefixCache or a static session: both hold `.model`). The inductor runner calls it before a round's caps."""
     policy, _ = policies.entries[cap_key(op)]
     if getattr(policy, "costs", ()) is None:
-        depth = state.sessions[op.param("model")].model.num_layers
-        policy.costs = tuple(state.sessions[v].model.num_layers / depth for v in op.param("views"))
-    return (policies.cap(op).to(state.device),)
+        depth = sessions[op.param("model")].model.num_layers
+        policy.costs = tuple(sessions[v].model.num_layers / depth for v in op.param("views"))
 
 
 def model_select(state, op, arm, ctx, ext=None, n=None):
@@ -27,8 +31,7 @@ def model_select(state, op, arm, ctx, ext=None, n=None):
     for a in sorted(set(arm.tolist())):
         session = state.sessions[op.param("models")[a]]
         logits = session.logits(ctx.tokens, ctx.length, ext, n, last=op.param("last"))
-        rows = (arm == a).view(-1, *[1] * (logits.dim() - 1))
-        out = logits if out is None else torch.where(rows, logits, out)
+        out = logits if out is None else where_rows(arm == a, logits, out)
     return (out,)
 
 

@@ -14,6 +14,7 @@ import torch
 from decspec.backends import grammar as G
 from decspec.backends.eager import acceptance as A
 from decspec.backends.eager import rules as E
+from decspec.backends.speculation_length import where_rows
 from decspec.stdlib import recycling
 from decspec.stdlib.samplers import apply_pipeline, per_row
 
@@ -85,7 +86,7 @@ def select_rows(arm: torch.Tensor, logits: list) -> torch.Tensor:
     """Row b's logits from logits[arm[b]] (model_select's masked arms: each view was called over the batch)."""
     out = logits[0]
     for a in range(1, len(logits)):
-        out = torch.where((arm == a).view(-1, *[1] * (out.dim() - 1)), logits[a], out)
+        out = where_rows(arm == a, logits[a], out)
     return out
 
 

@@ -5,7 +5,7 @@ import torch
 
 from decspec.backends.draft_state import staged_key
 from decspec.backends.grammar import device_table, grammar_states
-from decspec.backends.speculation_length import cap_key
+from decspec.backends.eager.dynamic_exit import set_view_costs
 from decspec.backends.prefix import hidden_roles
 from decspec.backends.inductor import codegen
 from decspec.backends.inductor.static import StaticSession
@@ -70,10 +70,7 @@ class RoundRunner:
                     m[key + ":table"] = table
                     m[key + ":start"] = grammar_states(session, ctx.tokens, ctx.length, session.start).to(state.device)
         for op in self.arm_ops:  # a per-row view policy needs its views' costs (layers / the target's), set once
-            policy = state.policies.entries[cap_key(op)][0]
-            if getattr(policy, "costs", ()) is None:
-                depth = state.sessions[op.param("model")].model.num_layers
-                policy.costs = tuple(state.sessions[v].model.num_layers / depth for v in op.param("views"))
+            set_view_costs(state.policies, op, state.sessions)
         if state.policies:  # this round's length caps [B], chosen on the host: inputs of a fixed shape (codegen.cap_key)
             m = {**m, **{key: cap.to(state.device) for key, cap in state.policies.caps().items()}}
         if getattr(state, "sampling", None):  # the call's per-row sampler values [B]: inputs, so new values never recompile

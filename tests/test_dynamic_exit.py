@@ -227,6 +227,17 @@ def test_the_inductor_round_plays_the_same_arms_as_eager():
     same_on_inductor_as_eager(SPEC)
 
 
+def test_the_inductor_round_counts_every_view_it_calls():
+    """Masked arms call every view in every draft step; the stats say so (codegen.called_roles), where eager's count
+    only the views some row chose."""
+    from decspec.stdlib.models.pretrained import reference_models
+
+    stats = decspec.compile(SPEC, target=reference_models()["target"], backend="inductor").generate(
+        ["def f(x):"], max_new_tokens=12).stats
+    views = [r for r in stats.model_calls if r != "target"]
+    assert len(views) == 3 and all(stats.model_calls[v] == 4 * stats.rounds + 1 for v in views)  # k = 4 steps, + prefill
+
+
 def same_on_inductor_as_eager(spec) -> None:
     """`spec` on the shipped target, eager and inductor: the same tokens and acceptances, greedy and sampled."""
     from decspec.stdlib.models.pretrained import reference_models

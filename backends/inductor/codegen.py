@@ -60,13 +60,21 @@ def model_calls(graph: Graph) -> tuple[dict[str, int], dict[str, int]]:
     outside: dict[str, int] = {}
     per_step: dict[str, int] = {}
     for op in graph.ops:
-        if op.name in ("model_call", "tree_call"):
-            outside[op.param("model")] = outside.get(op.param("model"), 0) + 1
+        for role in called_roles(op):
+            outside[role] = outside.get(role, 0) + 1
         if op.region is not None:
             for inner in op.region.walk():
-                if inner.name == "model_call":
-                    per_step[inner.param("model")] = per_step.get(inner.param("model"), 0) + 1
+                for role in called_roles(inner):
+                    per_step[role] = per_step.get(role, 0) + 1
     return outside, per_step
+
+
+def called_roles(op: Op) -> tuple[str, ...]:
+    """The models an op calls in the generated round: a model_call's or tree_call's one, every view of a
+    model_select (masked arms: each is called over the batch)."""
+    if op.name in ("model_call", "tree_call"):
+        return (op.param("model"),)
+    return tuple(op.param("models")) if op.name == "model_select" else ()
 
 
 def calls_per_round(graph: Graph, steps: int | None = None) -> dict[str, int]:

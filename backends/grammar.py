@@ -185,7 +185,7 @@ class GrammarTable:
     compiled round masks and advances grammar states with gathers, without leaving the graph (issue 18, item 2):
 
     - mask: the packed rows (`words` int32 [S+1, ceil(V/32)], XGrammar-style bitmasks), gathered by state and
-      unpacked with shifts; row S is the dead state (-1: after a refused draft), which refuses nothing, as
+      unpacked with `&` against each bit (`bits`; torch-mlir has no shift); row S is the dead state (-1: after a refused draft), which refuses nothing, as
       `masked_logits` leaves such rows;
     - next state: the token's bytes (`token_bytes` uint8 [V, L], `token_length` [V]) walked through the byte DFA
       (`transitions` [D+1, 256], its last row an absorbing dead state) from the state's DFA state, L gathers, then

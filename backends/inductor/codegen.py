@@ -128,8 +128,9 @@ SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compar
            "tree_call", "head_level", "tree_splice", "draft_arm", "model_select")
 
 
-PARAM_KERNELS = ("typical_accept", "topk_accept", "repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match",
-                 "tree_rejection", "tree_splice", "tree_expand")  # the tree ops: eager rules as kernels (kernels.TREE_OPS)
+TREE_KERNELS = ("repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match", "tree_rejection", "tree_splice",
+                "tree_expand")  # the tree ops whose eager rules are kernels as they are (kernels.py)
+PARAM_KERNELS = ("typical_accept", "topk_accept", *TREE_KERNELS)
 
 
 SETTINGS_KEY = "sampling"  # m[SETTINGS_KEY]: {PerRow key: [B] tensor}, a call's per-row sampler values (runner.py)

@@ -14,6 +14,7 @@ import torch
 from decspec.backends import grammar as G
 from decspec.backends.eager import acceptance as A
 from decspec.backends.eager import rules as E
+from decspec.backends.inductor.codegen import TREE_KERNELS
 from decspec.backends.speculation_length import where_rows
 from decspec.stdlib import recycling
 from decspec.stdlib.samplers import apply_pipeline, per_row
@@ -181,8 +182,7 @@ def _tree_kernel(name: str):
     return kernel
 
 
-TREE_OPS = ("repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match", "tree_rejection", "tree_splice", "tree_expand")
-for _name in TREE_OPS:
+for _name in TREE_KERNELS:
     globals()[_name] = _tree_kernel(_name)
 
 

@@ -121,6 +121,19 @@ def seeds(value: Any, rows: int) -> tuple[int | None, tuple[int | None, ...] | N
     return None, tuple(out)
 
 
+MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's chat limit)
+
+
+def logprobs_request(logprobs: Any, top_logprobs: Any) -> tuple[bool, int]:
+    """generate's and a served request's `logprobs` (True or False) and `top_logprobs` (an integer in
+    [0, MAX_TOP_LOGPROBS]) checked -> (whether to score, how many alternatives); alternatives imply scoring."""
+    if not isinstance(logprobs, bool):
+        raise DecError(f"logprobs must be True or False (got {shown(logprobs)})")
+    if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise DecError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (got {shown(top_logprobs)})")
+    return logprobs or top_logprobs > 0, top_logprobs
+
+
 def token_id(name: str, value: Any, vocab_size: int) -> int | None:
     """None, or one token id in [0, vocab_size) (eos_token_id)."""
     if value is None:

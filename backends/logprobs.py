@@ -29,9 +29,6 @@ from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline, per_row
 
 
-MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's chat limit)
-
-
 class Logprobs:
     """One generation's scorer. stages: ((name, ((param, value), ...)), ...), PerRow values resolved from `settings`."""
 

@@ -210,6 +210,11 @@ def rounds(
     return batch.result()
 
 
+def signed64(seed: int) -> int:
+    """A 64-bit seed (signed or not) as the int64 with the same bits."""
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
 def compile_seconds() -> float:
     """Seconds torch.compile has spent compiling in this process so far (dynamo's own account: its
     `_compile.compile_inner` timings); 0 when dynamo was never loaded."""
@@ -255,7 +260,7 @@ class Batch:
             seed = generator.seed()
         else:
             generator.manual_seed(seed)
-        self.seed = seed - 2**64 if seed >= 2**63 else seed  # the same 64 bits as an int64: cross-round policies keep it in a tensor
+        self.seed = signed64(seed)  # cross-round policies keep it in a tensor
         state = self.state = RoundState({}, generator, B, device, rules, backend)
         state.sampling = sampling
         state.policies = Policies.start(graph, B, self.seed)  # the hook of cross-round exit policies: caps before, updates after each round
@@ -306,9 +311,8 @@ class Batch:
         its cross-round policies start from that seed."""
         self.state.draws.seed(b, seed)
         if seed is not None and self.state.policies:
-            signed = seed - 2**64 if seed >= 2**63 else seed
             rows = torch.arange(len(self.lengths)) == b
-            self.state.policies.restart(rows, Policies.start(self.graph, len(self.lengths), signed))
+            self.state.policies.restart(rows, Policies.start(self.graph, len(self.lengths), signed64(seed)))
 
     def admit(self, b: int, prompt: list[int], limit: int, text: RowText | None = None,
               sampling: dict[str, float] | None = None, start: int | None = None, seed: int | None = None,

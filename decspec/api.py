@@ -16,8 +16,7 @@ from contextlib import nullcontext
 from typing import Any, Mapping, Sequence
 
 from decspec.backends import get_backend
-from decspec.backends.arguments import chat_prompts, generate_arguments, shown, stop_strings
-from decspec.backends.logprobs import MAX_TOP_LOGPROBS
+from decspec.backends.arguments import chat_prompts, generate_arguments, logprobs_request, shown, stop_strings
 from decspec.backends.runtime import Commit, Interrupted, Result, rounds as run_rounds
 from decspec.compiler.analysis import Verdict, losslessness
 from decspec.compiler.ir import Graph
@@ -163,7 +162,7 @@ class Decoder:
         logprobs: also return each token's log-probability under the target's distribution after the sampler
         pipeline (Result.logprobs; one more target forward per round, backends/logprobs.py), masked by the grammar
         first when the spec has one. top_logprobs: also the that many most likely tokens at each position, as
-        (id, log p) best first (Result.top_logprobs; OpenAI's top_logprobs), at most MAX_TOP_LOGPROBS.
+        (id, log p) best first (Result.top_logprobs; OpenAI's top_logprobs), at most 20 (arguments.MAX_TOP_LOGPROBS).
         Returns Result(tokens, stats, text, finish_reason, stopped_by); `text` holds the decoded continuations
         when there is a tokenizer. Every argument is checked before anything is allocated
         (backends/arguments.py): a wrong type or value is a DecError naming it. Ctrl-C raises `Interrupted` (a
@@ -222,19 +221,16 @@ class Decoder:
             raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole",
                            self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
-        logprobs, top = logprobs
-        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
-            raise DecError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (got {shown(top)})")
-        scoring = self._scoring(logprobs or top > 0, open=settings is not None)
+        logprobs, top = logprobs_request(*logprobs)
+        scoring = self._scoring(logprobs, open=settings is not None)
         if self.search is not None and isinstance(args.max_new_tokens, list):
             raise DecError("beam search (the `search` slot) takes one max_new_tokens for every prompt", self.spec.slot("search").span)
         rows = row_texts(tokenizer, stops, len(args.prompts)) if texts and tokenizer is not None else None
         return Stream(self._rounds(models, args, rows, settings, scoring, top), rows)
 
     def _scoring(self, logprobs: Any, open: bool) -> tuple[str, tuple] | None:
-        """logprobs=True: (the target's role, the sampler stages) the runtime scores each round's tokens with."""
-        if not isinstance(logprobs, bool):
-            raise DecError(f"logprobs must be True or False (got {shown(logprobs)})")
+        """logprobs=True (checked: logprobs_request): (the target's role, the sampler stages) the runtime scores each
+        round's tokens with."""
         if not logprobs:
             return None
         if self.search is not None:

@@ -39,9 +39,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from decspec.backends.arguments import chat_prompts, context_capacity, prompts, seed_value, shown, stop_strings
+from decspec.backends.arguments import (MAX_TOP_LOGPROBS, chat_prompts, context_capacity, logprobs_request, prompts,
+                                        seed_value, shown, stop_strings)
 from decspec.backends.detokenize import RowText
-from decspec.backends.logprobs import MAX_TOP_LOGPROBS
 from decspec.backends.runtime import Batch, draft_room
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.models.protocol import eos_token_ids
@@ -185,14 +185,11 @@ class Engine:
                            f"context of {self.context} tokens; shorten the prompt or lower max_tokens")
         stops = stop_strings(stop, 1)
         seed = seed_value(seed)
-        if not isinstance(logprobs, bool):
-            raise DecError(f"logprobs must be true or false (got {shown(logprobs)})")
-        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
-            raise DecError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (got {shown(top_logprobs)})")
-        if (logprobs or top_logprobs) and self.scoring is None:
+        logprobs, top_logprobs = logprobs_request(logprobs, top_logprobs)
+        if logprobs and self.scoring is None:
             raise DecError("this decoder does not report logprobs")
         request = Request(list(prompt), max_new_tokens, stops[0] if stops else (), self.sampling(sampling or {}), emit,
-                          seed, logprobs or top_logprobs > 0, top_logprobs)
+                          seed, logprobs, top_logprobs)
         with self.wakeup:
             self.waiting.append(request)
             self.wakeup.notify()
@@ -381,9 +378,10 @@ def request_settings(engine: Engine, body: dict, kind: str) -> dict[str, Any]:
         if name not in stages and (value == NEUTRAL.get(name) or (name == "temperature" and value == 0 and not stages)):
             continue  # asks for what the spec does anyway
         sampling[name] = int(value) if name == "top_k" and float(value).is_integer() else value
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
-        raise BadRequest(f"'seed' must be an integer in [-2**63, 2**64) (got {shown(seed)})", "seed")
+    try:
+        seed = seed_value(body.get("seed"))
+    except DecError:
+        raise BadRequest(f"'seed' must be an integer in [-2**63, 2**64) (got {shown(body.get('seed'))})", "seed") from None
     logprobs, top = body.get("logprobs"), body.get("top_logprobs")
     if kind == "chat":  # logprobs: true|false, top_logprobs: 0..20 alternatives (with logprobs)
         if logprobs is not None and not isinstance(logprobs, bool):

@@ -168,8 +168,8 @@ def build_module(decoder, part: str, batch: int, capacity: int) -> torch.nn.Modu
     from decspec.backends.mlir.round import RoundModule, VerifyModule
 
     if part == "round":
-        grammars = decoder._bound_grammars() if decoder.spec.slot("grammar") is not None else {}
-        return RoundModule(decoder.graph, decoder._bound_models(), batch=batch, capacity=capacity, grammars=grammars)
+        return RoundModule(decoder.graph, decoder._bound_models(), batch=batch, capacity=capacity,
+                           grammars=decoder._bound_grammars())  # {} without a grammar
     models = decoder.models or {}
     vocab = next((m.vocab_size for m in models.values()), 512)
     return VerifyModule(decoder.graph, batch=batch, vocab=vocab)

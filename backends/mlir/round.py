@@ -53,7 +53,7 @@ def model_roles(graph: Graph) -> dict[str, Op]:
     """{role: its first model_call (or tree_call)} for every role the round calls (the draft loop's body included)."""
     roles: dict[str, Op] = {}
     for op in graph.walk():
-        if op.name in ("model_call", "tree_call"):
+        if op.name in MODEL_CALLS:
             roles.setdefault(op.param("model"), op)
     return roles
 
@@ -139,9 +139,9 @@ class RoundModule(torch.nn.Module):
                 setattr(view, name, getattr(self, f"grammar_{slot}_{name}"))
             key = codegen.grammar_key(slot)
             m[key], m[key + ":table"] = None, view
-        starts = list(state[len(state) - len(self.grammars):]) if self.grammars else []
-        it = iter(state[: len(state) - len(self.grammars)])
-        for slot, start in zip(self.grammars, starts):
+        caches = len(state) - len(self.grammars)  # the caches' tensors, then each grammar's start state
+        it = iter(state[:caches])
+        for slot, start in zip(self.grammars, state[caches:]):
             m[codegen.grammar_key(slot) + ":start"] = start
         for role, model in self.models.items():
             session = copy.copy(self.sessions[role])  # a fresh view: the session's cache holds this call's tensors

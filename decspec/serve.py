@@ -44,6 +44,7 @@ from decspec.backends.arguments import (MAX_TOP_LOGPROBS, chat_prompts, context_
 from decspec.backends.detokenize import RowText
 from decspec.backends.runtime import Batch, draft_room
 from decspec.dsl.diagnostics import DecError
+from decspec.stream import HeldScores
 from decspec.stdlib.models.protocol import eos_token_ids
 
 
@@ -77,8 +78,7 @@ class Request:
     cancelled: bool = False
     completion_tokens: int = 0
     finish_reason: str | None = None
-    scores: list[float] = field(default_factory=list)  # logprobs committed and not yet released with their tokens
-    tops: list[list[tuple[int, float]]] = field(default_factory=list)
+    held: HeldScores = field(default_factory=HeldScores)  # logprobs committed and not yet released with their tokens
 
     def __post_init__(self):
         if self.emit is None:
@@ -287,11 +287,8 @@ class Engine:
                 request.completion_tokens += len(tokens)
                 scores = tops = None
                 if request.logprobs:  # released with their tokens (a stop string's cut drops the rest with them)
-                    request.scores += commit.logprobs[b]
-                    scores, request.scores[:] = request.scores[:len(tokens)], request.scores[len(tokens):]
-                    if request.top_logprobs:
-                        request.tops += commit.top[b]
-                        tops, request.tops[:] = request.tops[:len(tokens)], request.tops[len(tokens):]
+                    scores, tops = request.held.release(commit.logprobs[b], commit.top[b] if request.top_logprobs else None,
+                                                        len(tokens))
                 if end is not None:
                     self.rows[b] = None
                 if tokens or text or end is not None:

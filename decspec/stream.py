@@ -44,6 +44,26 @@ class Delta:
     top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
+class HeldScores:
+    """One row's logprobs (and their alternatives) as rounds commit them, handed out with the tokens a RowText
+    releases: a token held back (an incomplete character, a possible stop string) keeps its score back too, and one
+    a stop string cuts is never released. Used by Stream and by decspec serve's engine."""
+
+    def __init__(self):
+        self.scores: list[float] = []
+        self.tops: list[list[tuple[int, float]]] = []
+
+    def release(self, scores: list[float], tops: list | None, n: int) -> tuple[list[float], list | None]:
+        """Hold a round's `scores` (and `tops`, or None when not asked for), then hand out the first `n` held."""
+        self.scores += scores
+        out, self.scores = self.scores[:n], self.scores[n:]
+        if tops is None:
+            return out, None
+        self.tops += tops
+        alts, self.tops = self.tops[:n], self.tops[n:]
+        return out, alts
+
+
 class Stream:
     """An iterator of `Delta`s (rows in order within a round); `result` is the Result once it is exhausted.
 
@@ -56,9 +76,7 @@ class Stream:
         self._texts = texts
         self._pending: deque[Delta] = deque()
         self._rounds = 0
-        self._scores: dict[int, list[float]] = {}  # row -> logprobs of its tokens so far
-        self._tops: dict[int, list[list[tuple[int, float]]]] = {}  # row -> top_logprobs of its tokens so far
-        self._released: dict[int, int] = {}  # row -> tokens released
+        self._held: dict[int, HeldScores] = {}  # row -> its logprobs not released yet
         self.finish: dict[int, tuple[str, int | str | None]] = {}
         self.result: Result | None = None
         self._closed = False
@@ -108,12 +126,8 @@ class Stream:
                 tokens, text = self._texts[b].release(final=end is not None)
             scores = tops = None
             if commit.logprobs is not None:
-                self._scores.setdefault(b, []).extend(commit.logprobs[b])
-                at = self._released.get(b, 0)
-                scores, self._released[b] = self._scores[b][at:at + len(tokens)], at + len(tokens)
-                if commit.top is not None:
-                    self._tops.setdefault(b, []).extend(commit.top[b])
-                    tops = self._tops[b][at:at + len(tokens)]
+                scores, tops = self._held.setdefault(b, HeldScores()).release(
+                    commit.logprobs[b], None if commit.top is None else commit.top[b], len(tokens))
             if tokens or text or end is not None:
                 out.append(Delta(b, self._rounds, tokens, text, *(end or (None, None)), scores, tops))
         return out

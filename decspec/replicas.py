@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from decspec.backends.arguments import shown
 from decspec.dsl.diagnostics import DecError
+from decspec.serve import at_least, listen
 
 HEADER = "x-decspec-replica"  # the response header naming the replica that served a request
 NEEDS_RAY = "decspec serve --replicas needs Ray Serve: pip install 'decspec[replicas]'"
@@ -46,17 +46,13 @@ def _ray():
     return ray, serve
 
 
-def _count(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise DecError(f"{name} must be an integer >= {low} (got {shown(value)})")
-    return value
 
 
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return os.cpuat_least() or 1
 
 
 def compile_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,16 +120,9 @@ def precheck(spec: str, options: Mapping[str, Any]) -> Any:
 
 def _port(host: str, port: int) -> int:
     """Check that host:port can be listened on (port 0: pick a free one) -> the port. Ray's proxy binds it later."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise DecError(f"port must be 0..65535 (got {shown(port)})")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = listen(host, port)
     try:
-        sock.bind((host, port))
         return sock.getsockname()[1]
-    except (OSError, OverflowError) as e:
-        raise DecError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}",
-                       hint="check --host, pick another --port, or stop what is using it") from None
     finally:
         sock.close()
 
@@ -223,13 +212,13 @@ class Replicas:
     def __init__(self, spec: str | os.PathLike, *, replicas: int = 2, slots: int = 4, context: int = 2048,
                  host: str = "127.0.0.1", port: int = 8000, threads: int | None = None, name: str | None = None,
                  prefill_chunk: int | None = None, **options: Any):
-        _count("replicas", replicas, 1)
-        engine = {"slots": _count("slots", slots, 1), "context": _count("context", context, 16)}
+        at_least("replicas", replicas, 1)
+        engine = {"slots": at_least("slots", slots, 1), "context": at_least("context", context, 16)}
         if prefill_chunk is not None:  # else the Engine's default
-            engine["prefill_chunk"] = _count("prefill_chunk", prefill_chunk, 16)
+            engine["prefill_chunk"] = at_least("prefill_chunk", prefill_chunk, 16)
         if threads is None:
             threads = max(1, _cores() // replicas)
-        _count("threads", threads, 1)
+        at_least("threads", threads, 1)
         if name is not None and (not isinstance(name, str) or not name):
             raise DecError(f"name must be a non-empty string (got {shown(name)})")
         if not isinstance(spec, (str, os.PathLike)):

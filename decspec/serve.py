@@ -102,8 +102,7 @@ class Engine:
 
     def __init__(self, decoder: Any, slots: int = 4, context: int = 2048, prefill_chunk: int = 512):
         for name, value, low in (("slots", slots, 1), ("context", context, 16), ("prefill_chunk", prefill_chunk, 16)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise DecError(f"{name} must be an integer >= {low} (got {shown(value)})")
+            at_least(name, value, low)
         if decoder.search is not None:
             raise DecError("serve runs decoders with rounds; beam search (the `search` slot) has none to batch",
                            decoder.spec.slot("search").span)
@@ -588,17 +587,7 @@ def serve(decoder: Any, *, host: str = "127.0.0.1", port: int = 8000, slots: int
     except ImportError as e:
         raise DecError("decspec serve needs starlette and uvicorn: pip install 'decspec[serve]'") from e
     if sockets is None:  # bound here, so a taken port is a clear refusal before the model work starts
-        import socket
-
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            sock.close()
-            raise DecError(f"cannot listen on {host}:{port}: {e.strerror or e}", hint="check --host, pick another --port, or "
-                           "stop what is using it") from None
-        sockets = [sock]
+        sockets = [listen(host, port)]
     engine = Engine(decoder, slots=slots, context=context, prefill_chunk=prefill_chunk)
     app = create_app(engine, name or decoder.spec.name)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
@@ -609,6 +598,31 @@ def serve(decoder: Any, *, host: str = "127.0.0.1", port: int = 8000, slots: int
         server.run(sockets=sockets)
     finally:
         engine.close()
+
+
+def at_least(name: str, value: Any, low: int) -> int:
+    """A count setting checked: an integer (not a bool) >= low, else a DecError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DecError(f"{name} must be an integer >= {low} (got {shown(value)})")
+    return value
+
+
+def listen(host: str, port: int):
+    """A socket bound to host:port (port 0: a free one), so that a taken port or a bad host is a clear refusal before
+    any model work starts (the serving stack listens on it, or, for Ray's proxy, binds it again after it is closed)."""
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise DecError(f"port must be 0..65535 (got {shown(port)})")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        raise DecError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}",
+                       hint="check --host, pick another --port, or stop what is using it") from None
+    return sock
 
 
 class Background:

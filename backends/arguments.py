@@ -340,3 +340,28 @@ def context_capacity(rows: int, longest: int, max_new_tokens: int, extra: int, m
                        f"context and each model's cache); the limit is {MAX_CONTEXT:,}",
                        hint=f"generate fewer rows at a time or lower {what}")
     return capacity
+
+
+def models_device(models: Mapping[str, Any]) -> torch.device:
+    """The device the models run on; they must share it (a DecError names them otherwise)."""
+    devices = {role: model_device(m) for role, m in models.items()}
+    if len(set(devices.values())) > 1:
+        raise DecError("the models are on different devices (" + ", ".join(f"{r}: {d}" for r, d in devices.items())
+                       + "); a decoder runs on one device", hint="move every model to the same device, e.g. model.to('cuda')")
+    return next(iter(devices.values()), torch.device("cpu"))
+
+
+def model_device(model: Any) -> torch.device:
+    """A model's device: its `device`, else its first parameter's or buffer's (a module), else the model it views
+    (`.model`), else its logits table's; the CPU when it holds no tensor."""
+    device = getattr(model, "device", None)
+    if isinstance(device, (torch.device, str)):
+        return torch.device(device)
+    if isinstance(model, torch.nn.Module):
+        for t in (*model.parameters(), *model.buffers()):
+            return t.device
+    inner = getattr(model, "model", None)
+    if inner is not None and inner is not model:
+        return model_device(inner)
+    table = getattr(model, "logits", None)
+    return table.device if isinstance(table, torch.Tensor) else torch.device("cpu")

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from decspec.backends.arguments import models_device
 from decspec.backends.speculation_length import where_rows
 from decspec.compiler.ir import Graph, Op
 from decspec.compiler.text import format_params
@@ -53,7 +54,8 @@ class DraftStates:
             if op.name in INITIAL:
                 params = {k: v for k, v in op.params if k != "vocab"}
                 entries[state_key(op)] = INITIAL[op.name](batch, models[op.param("vocab")].vocab_size, **params)
-        return cls(entries)
+        device = models_device(models)  # kept where the rounds read and write them
+        return cls({k: tuple(x.to(device) for x in v) for k, v in entries.items()})
 
     def __bool__(self) -> bool:
         return bool(self.entries)

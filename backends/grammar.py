@@ -73,7 +73,7 @@ def grammar_states(session: GrammarSession, tokens: torch.Tensor, length: torch.
     tokens: [B, S], length/start: [B], ext: [B, N]."""
     device = tokens.device
     n = 0 if ext is None else (ext.shape[1] if n is None else int(n))
-    gen = (length - start).cpu()  # [B] generated tokens per row
+    gen = length.cpu() - start.cpu()  # [B] generated tokens per row
     W = int(gen.max()) + n
     cols = torch.arange(W)
     seq = tokens.cpu().gather(1, (start.cpu()[:, None] + cols[None, :]).clamp(max=tokens.shape[1] - 1))  # [B, W]

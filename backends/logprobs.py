@@ -45,12 +45,15 @@ class Logprobs:
         (one count, or one per row [B]) self.top holds each position's most likely (token, log p), best first.
         `start` [B]: where each row's generated tokens begin (what a grammar constrains)."""
         B = tokens.shape[0]
+        dev = ctx_tokens.device  # the target's: the round's tokens and counts move there
+        tokens, take, before = tokens.to(dev), take.to(dev), before.to(dev)
+        start = None if start is None else start.to(dev)
         n = int(take.max()) if B else 0
         tops = torch.as_tensor(top).expand(B) if B else torch.zeros(0, dtype=torch.long)
         self.top = [[] for _ in range(B)]
         if n == 0:
             return [[] for _ in range(B)]
-        ext = tokens[:, :n].masked_fill(torch.arange(n)[None, :] >= take[:, None], 0)  # [B, n]; padding past a row's tokens
+        ext = tokens[:, :n].masked_fill(torch.arange(n, device=dev)[None, :] >= take[:, None], 0)  # [B, n]; padding past a row's tokens
         logits = self.session.logits(ctx_tokens, before, ext, last=False)  # [B, n+1, V]: after ctx ++ ext[:, :j]
         if self.grammar is not None:
             if start is None:

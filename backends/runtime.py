@@ -8,6 +8,7 @@ generator, per-row stopping (EOS ids, max_new_tokens, stop strings) and the stat
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Generator, Sequence
 
 import torch
 
-from decspec.backends.arguments import context_capacity, new_token_counts, prompts as normalize_prompts, seeds, token_ids
+from decspec.backends.arguments import context_capacity, models_device, new_token_counts, prompts as normalize_prompts, seeds, token_ids
 from decspec.backends.detokenize import RowText
 from decspec.backends.draws import RowDraws
 from decspec.backends.grammar import GrammarSession
@@ -223,6 +224,19 @@ def compile_seconds() -> float:
     return float(sum(times.get("_compile.compile_inner", ())))
 
 
+def host(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors on the CPU, copied in one transfer when they are on another device (a round's one sync)."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return tensors
+    flat = torch.cat([t.reshape(t.shape[0], -1).to(torch.long) for t in tensors], 1).cpu()
+    out, at = [], 0
+    for t in tensors:
+        w = math.prod(t.shape[1:])
+        out.append(flat[:, at:at + w].reshape(t.shape).to(t.dtype))
+        at += w
+    return tuple(out)
+
+
 def draft_room(graph: Graph) -> int:
     """Context positions a round may write past a row's length: its drafts, and padding."""
     return 2 * max_draft_len(graph) + 4
@@ -248,11 +262,14 @@ class Batch:
         self.texts = None if texts is None else list(texts)
         self.lengths = [len(p) for p in prompts]
         self.max_new_tokens = torch.tensor(limits)  # [B]; bounded by the capacity check
-        device = torch.device("cpu")
-        ctx = self.ctx = Context(torch.zeros(B, capacity, dtype=torch.long, device=device),
-                                 torch.tensor(self.lengths, device=device), torch.tensor(self.lengths, device=device))
+        # the committed context: kept on the host (stopping, text, grammars read it), and mirrored on the models'
+        # device for the rounds (the same tensors when that is the CPU); `step` updates both from one read
+        ctx = self.ctx = Context(torch.zeros(B, capacity, dtype=torch.long), torch.tensor(self.lengths),
+                                 torch.tensor(self.lengths))
         for b, p in enumerate(prompts):
             ctx.tokens[b, : len(p)] = torch.tensor(p)
+        device = models_device(models)
+        self.dev = ctx if device.type == "cpu" else Context(*(x.to(device) for x in (ctx.tokens, ctx.length, ctx.start)))
         # each call draws from its own generator: concurrent calls (threads) never interleave draws, and an
         # unseeded call takes a fresh seed without touching torch's global generator
         generator = torch.Generator(device=device)
@@ -274,7 +291,7 @@ class Batch:
             hidden = hidden_roles(graph)  # recorded from the prefill on: no second prefill when the first draft reads them
             state.sessions = {r: PrefixCache(m, B, capacity, record_hidden=r in hidden) for r, m in models.items()}
         else:
-            state.sessions = runner.start(models, B, capacity, ctx)
+            state.sessions = runner.start(models, B, capacity, self.dev)
         grammar = next(iter((grammars or {}).values()), None)
         self.scorer = None if logprobs is None else Logprobs(models[logprobs[0]], B, capacity, logprobs[1], sampling, grammar)
         self.scores: list[list[float]] = [[] for _ in range(B)]
@@ -359,6 +376,7 @@ class Batch:
             self.state.draft_states.restart(rows, DraftStates.start(self.graph, self.models, len(self.lengths)))
         self.seed_row(b, seed)
         self.done[b] = bool(self.prefill[b])  # a row still being fed rides along, as a finished row does
+        self._mirror(rows=b)
 
     def release(self, b: int) -> None:
         """Row b ends now (a cancelled request): its slot is free for `admit` after this round."""
@@ -382,6 +400,17 @@ class Batch:
         whole = rows & (ctx.length == self.prefill)
         self.done[whole] = False
         self.prefill[whole] = 0
+        self._mirror()
+
+    def _mirror(self, rows: int | None = None) -> None:
+        """Copy the host's context to the device's: its lengths, and row `rows`'s tokens (admit) when given."""
+        ctx, dev = self.ctx, self.dev
+        if dev is ctx:
+            return
+        if rows is not None:
+            dev.tokens[rows].copy_(ctx.tokens[rows], non_blocking=True)
+        dev.length.copy_(ctx.length, non_blocking=True)
+        dev.start.copy_(ctx.start, non_blocking=True)
 
     def step(self) -> Commit:
         """Run one round over every row and commit what the rows that are still generating accepted."""
@@ -392,14 +421,14 @@ class Batch:
         state.draws.next_round(~done)
         try:
             if self.runner is None:
-                run_graph(self.graph, [ctx], state, state.rules, state.backend)
+                run_graph(self.graph, [self.dev], state, state.rules, state.backend)
             else:
                 before = compile_seconds()
-                self.runner(ctx, state)
+                self.runner(self.dev, state)
                 stats.compile_time += compile_seconds() - before
         except CacheFull as e:
             raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
-        tokens, accepted, drafted = state.committed  # [B, N], [B], [B]
+        tokens, accepted, drafted = host(*state.committed)  # [B, N], [B], [B]: the round's one read of the device
         B = tokens.shape[0]
         active = ~done
         stats.rounds += 1
@@ -420,14 +449,18 @@ class Batch:
         keep = cols[None, :] < take[:, None]
         pos = (ctx.length[:, None] + cols[None, :]).clamp(max=self.capacity - 1)
         ctx.tokens.scatter_(1, pos, torch.where(keep, tokens, ctx.tokens.gather(1, pos)))
+        if self.dev is not ctx:  # the same commit on the device's copy
+            self.dev.tokens.scatter_(1, pos.to(self.dev.tokens.device), ctx.tokens.gather(1, pos).to(self.dev.tokens.device))
         ctx.length += take
+        self._mirror()
         self.produced += take
         ended = active & (hit | (self.produced >= self.max_new_tokens))
         done |= ended
         new = [row[:t] for row, t in zip(tokens.tolist(), take.tolist())]
         scored = top = None
         if self.scorer is not None:
-            scored = self.scorer.score(ctx.tokens, ctx.length - take, tokens, take * self.scored, ctx.start, self.top)
+            scored = self.scorer.score(self.dev.tokens, self.dev.length - take.to(self.dev.length.device), tokens,
+                                       take * self.scored, self.dev.start, self.top)
             top = self.scorer.top if bool(self.top.any()) else None
         for b, row in enumerate(scored or ()):
             self.scores[b] += row

@@ -55,6 +55,7 @@ class Decoder:
         self.models = dict(models)
         self.backend = get_backend(backend)
         self.backend_options = dict(backend_options or {})  # e.g. {"compile": True} for the inductor backend
+        backend_option_names(self.backend, self.backend_options)
         self._lock = threading.RLock()  # the lazy builds below, and a serial runner's generations
         self._round_runners: dict[bool, Any] = {}  # open graph? -> its runner
         self._round_runner_options: dict = {}
@@ -121,6 +122,7 @@ class Decoder:
         the open one whose sampler numbers are inputs)."""
         if not hasattr(self.backend, "RoundRunner"):
             return None
+        backend_option_names(self.backend, self.backend_options)  # set after construction too (dec.backend_options = ...)
         with self._lock:
             if self._round_runner_options != self.backend_options:
                 self._round_runners = {}
@@ -304,6 +306,7 @@ def compile(
     models: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     vocab: Any = None,
+    backend_options: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Decoder:
     """Compile a .dec file (path) or spec text into a Decoder.
@@ -313,6 +316,7 @@ def compile(
     With no models at all, the shipped reference pair (`reference_models()`) binds "target" and "draft".
     A spec with a `grammar` slot compiles its grammar over the target's tokenizer, or over `vocab` (one
     bytes or None per token id, e.g. `[b"a", b"b", b"{", b"}", None]` for a table model) when given.
+    `backend_options`: the backend's options, e.g. `{"compile": True}` for the inductor backend (docs/backends.md).
     """
     if not isinstance(spec, (str, os.PathLike)):
         raise DecError(f"spec must be a .dec file's path or spec text (got {shown(spec)})")
@@ -339,7 +343,20 @@ def compile(
                                f"{MODEL_PROTOCOL}") from None
         raise
     graph = run_pipeline(lower(checked)) if checked.slot("search") is None else None  # beam search has no round graph
-    return Decoder(checked, graph, models, backend, vocab=vocab)
+    return Decoder(checked, graph, models, backend, vocab=vocab, backend_options=_mapping("backend_options", backend_options))
+
+
+def backend_option_names(backend: Any, options: Mapping[str, Any]) -> None:
+    """A DecError naming an option the backend does not take (the inductor backend's are its RoundRunner's keywords)."""
+    import inspect
+
+    runner = getattr(backend, "RoundRunner", None)
+    known = [] if runner is None else [p for p in inspect.signature(runner).parameters if p != "graph"]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        takes = f"takes {', '.join(map(repr, known))}" if known else "takes no options"
+        raise DecError(f"backend_options: the {backend.NAME} backend has no option {unknown[0]!r}; it {takes}",
+                       hint="see docs/backends.md")
 
 
 MODEL_PROTOCOL = "a model has forward, new_cache and vocab_size (stdlib/models/protocol.py)"

@@ -81,7 +81,7 @@ class Finished:
         keep = merged.topk(W, dim=1).indices  # [P, W], best first
         self.score = merged.gather(1, keep)
         self.tokens = _rows(torch.cat([self.tokens, tokens], 1), keep)
-        self.length = torch.cat([self.length, torch.full_like(score, length, dtype=torch.long)], 1).gather(1, keep)
+        self.length = torch.cat([self.length, torch.zeros_like(score, dtype=torch.long) + length], 1).gather(1, keep)
         self.full = torch.cat([self.full, eligible], 1).gather(1, keep)
 
 
@@ -90,13 +90,13 @@ def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
 
 
-def length_normalized(score: torch.Tensor, length: int, length_penalty: float) -> torch.Tensor:
+def length_normalized(score: torch.Tensor, length: int | torch.Tensor, length_penalty: float) -> torch.Tensor:
     """A finished hypothesis' rank: cumulative log-probability / generated_length ** length_penalty (float64:
-    finite over the allowed range, length_penalty in [-10, 10])."""
-    return score.double() / (float(length) ** length_penalty)
+    finite over the allowed range, length_penalty in [-10, 10]). length: an int, or a 0-d tensor (a compiled step)."""
+    return score.double() / torch.as_tensor(length, dtype=torch.float64, device=score.device) ** length_penalty
 
 
-def done_after_step(search: BeamSearch, finished: Finished, best_running: torch.Tensor, generated: int,
+def done_after_step(search: BeamSearch, finished: Finished, best_running: torch.Tensor, generated: int | torch.Tensor,
                     max_new_tokens: int) -> torch.Tensor:
     """Which prompts can no longer improve their finished set after a step that left `generated` tokens. -> [P] bool
 
@@ -116,70 +116,143 @@ def _reorderable(cache: Cache) -> bool:
     return type(cache) is Cache or type(cache).reorder is not Cache.reorder
 
 
+@dataclass
+class Beams:
+    """The running hypotheses of P prompts, W each. ctx [P*W, S]: row p*W + j holds prompt p ++ hypothesis j's tokens;
+    length [P*W]; running [P, W] cumulative log-probabilities (NEG: a placeholder); generated [P, W, G] their tokens;
+    finished (Finished); done [P] prompts that take no more finished hypotheses; rows [P*W]: the row each hypothesis
+    continued in the last step (what the caches are reordered by)."""
+
+    ctx: torch.Tensor
+    length: torch.Tensor
+    running: torch.Tensor
+    generated: torch.Tensor
+    finished: Finished
+    done: torch.Tensor
+    rows: torch.Tensor
+
+    @classmethod
+    def start(cls, prompts: list[list[int]], W: int, G: int, capacity: int, device: torch.device) -> "Beams":
+        P = len(prompts)
+        ctx = torch.zeros(P * W, capacity, dtype=torch.long)
+        for p, row in enumerate(prompts):
+            ctx[p * W:(p + 1) * W, :len(row)] = torch.tensor(row)
+        length = torch.tensor([len(row) for row in prompts]).repeat_interleave(W)  # [P*W]
+        running = torch.full((P, W), NEG)
+        running[:, 0] = 0.0  # step 0: every hypothesis is the prompt; only the first one's continuations count
+        fin = Finished.empty(P, W, G)
+        return cls(ctx.to(device), length.to(device), running.to(device), torch.zeros(P, W, G, dtype=torch.long, device=device),
+                   Finished(*(x.to(device) for x in (fin.tokens, fin.length, fin.score, fin.full))),
+                   torch.zeros(P, dtype=torch.bool, device=device), torch.arange(P * W, device=device))
+
+    def flat(self) -> tuple[torch.Tensor, ...]:
+        f = self.finished
+        return (self.ctx, self.length, self.running, self.generated, f.tokens, f.length, f.score, f.full, self.done, self.rows)
+
+    @classmethod
+    def of(cls, flat: tuple[torch.Tensor, ...]) -> "Beams":
+        ctx, length, running, generated, ft, fl, fs, ff, done, rows = flat
+        return cls(ctx, length, running, generated, Finished(ft, fl, fs, ff), done, rows)
+
+
+def step(search: BeamSearch, logits: torch.Tensor, beams: Beams, t: torch.Tensor, G: int,
+         eos_ids: torch.Tensor | None) -> Beams:
+    """One step of beam search (the module docstring) from the running hypotheses' next-token logits [P*W, V]; t: the
+    step (a 0-d tensor, so a compiled step is one graph for every t). Pure tensor code: the eager loop and the
+    compiled step (beam_step) both run it. -> the new Beams (its `rows`: the caches' reorder)."""
+    P, W = beams.running.shape
+    V = logits.shape[-1]
+    K = min(search.candidates, W * V)  # fewer only for a vocabulary of one token
+    dev = logits.device
+    logp = torch.log_softmax(logits.float(), -1)
+    if search.stages:
+        logp = apply_pipeline(logp, search.stages, token_counts(beams.ctx, beams.length, vocab=V))
+    total = (logp.view(P, W, V) + beams.running[:, :, None]).view(P, W * V)
+    top, index = total.topk(K, dim=1)  # [P, K], best first
+    parent, token = index // V, index % V
+    seqs = _rows(beams.generated, parent).index_copy(2, t.reshape(1), token[:, :, None])  # [P, K, G]: step t's token added
+    ended = (t + 1 == G) | (torch.isin(token, eos_ids) if eos_ids is not None else torch.zeros_like(token, dtype=torch.bool))
+    # only the W best continuations may finish (the other W are there to keep W running); done prompts take none;
+    # nor do continuations of a placeholder beam (score NEG: step 0's copies, or too few live ones when V < 2W)
+    eligible = ended & (torch.arange(K, device=dev) < W)[None, :] & ~beams.done[:, None] & (top > NEG / 2)
+    f = beams.finished
+    finished = Finished(f.tokens, f.length, f.score, f.full)
+    finished.add(seqs, t + 1, length_normalized(top, t + 1, search.length_penalty), eligible)
+    keep = (top + ended.float() * NEG).topk(W, dim=1).indices  # [P, W]: the best unfinished continuations
+    running = top.gather(1, keep) + ended.gather(1, keep).float() * NEG
+    rows = ((torch.arange(P, device=dev) * W)[:, None] + parent.gather(1, keep)).view(-1)  # [P*W] the row each continues
+    ctx = beams.ctx.index_select(0, rows).scatter(1, beams.length[:, None], token.gather(1, keep).view(-1, 1))
+    done = beams.done | done_after_step(search, finished, running[:, 0], t + 1, G)
+    return Beams(ctx, beams.length + 1, running, _rows(seqs, keep), finished, done, rows)
+
+
+def beam_step(session, flat: tuple[torch.Tensor, ...], t: torch.Tensor, search: BeamSearch, G: int,
+              eos_ids: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """One step with static shapes, what the inductor backend compiles (one graph for every step): feed each
+    hypothesis' last token (StaticSession: position L - 1, window 1), `step`, then reorder the cache's rows to the
+    kept hypotheses' parents, in place. flat: Beams.flat(). -> the new Beams.flat()"""
+    beams = Beams.of(flat)
+    logits = session.feed(beams.ctx, beams.length, None, -1, 0)[:, -1]  # [P*W, V]
+    beams = step(search, logits, beams, t, G, eos_ids)
+    session.cache.reorder(beams.rows)
+    return beams.flat()
+
+
 def beam_generate(search: BeamSearch, target: Model, input_ids: Any, *, max_new_tokens: int,
-                  eos_token_id: int | Sequence[int] | None) -> BeamResult:
+                  eos_token_id: int | Sequence[int] | None, static: bool = False, compile: bool = False,
+                  mode: str | None = None, dynamo_backend: str = "inductor") -> BeamResult:
     """Beam search with the target model; see the module docstring for one step.
 
-    input_ids: what Decoder.generate takes (a [B, T] tensor, ragged id lists). Prompts may differ in length."""
+    input_ids: what Decoder.generate takes (a [B, T] tensor, ragged id lists). Prompts may differ in length.
+    static: the inductor backend's step (beam_step: a static cache, one fed position per hypothesis, the reorder in the
+    step), torch.compile'd with `compile` (mode, dynamo_backend: its options); else the eager loop over a PrefixCache."""
+    from decspec.backends.arguments import models_device
+    from decspec.backends.runtime import compile_seconds
+
     start = time.perf_counter()
     V = target.vocab_size
     prompts = normalize_prompts(input_ids, V)
     max_new_tokens, eos = positive_int("max_new_tokens", max_new_tokens), token_ids("eos_token_id", eos_token_id, V)
-    eos_ids = None if eos is None else torch.tensor(eos)
+    device = models_device({"target": target})
+    eos_ids = None if eos is None else torch.tensor(eos, device=device)
     longest = max(len(p) for p in prompts)
     P, W, G = len(prompts), search.width, max_new_tokens
-    K = min(search.candidates, W * V)  # fewer only for a vocabulary of one token
     capacity = context_capacity(P * W, longest, G, 4, {"target": target})  # bounded before allocating (arguments.py)
-    session = PrefixCache(target, P * W, capacity)
-    reorder = _reorderable(session.cache)
-
-    ctx = torch.zeros(P * W, capacity, dtype=torch.long)  # row p*W + j: prompt p ++ hypothesis j's tokens
-    for p, row in enumerate(prompts):
-        ctx[p * W:(p + 1) * W, :len(row)] = torch.tensor(row)
-    length = torch.tensor([len(row) for row in prompts]).repeat_interleave(W)  # [P*W]
-    running = torch.full((P, W), NEG)
-    running[:, 0] = 0.0  # step 0: every hypothesis is the prompt; only the first one's continuations count
-    generated = torch.zeros(P, W, G, dtype=torch.long)
-    finished = Finished.empty(P, W, G)
-    done = torch.zeros(P, dtype=torch.bool)
-    base = (torch.arange(P) * W)[:, None]  # [P, 1] first row of each prompt
+    beams = Beams.start(prompts, W, G, capacity, device)
     stats = Stats()
+    if static:
+        from decspec.backends.inductor.static import StaticSession
+
+        session = StaticSession(target, P * W, capacity)
+        session.prefill(beams.ctx, beams.length)
+        if not _reorderable(session.cache):
+            raise DecError(f"{type(target).__name__}'s cache does not reorder its rows (Cache.reorder), which beam search "
+                           "needs on the inductor backend", hint="use backend='eager'")
+        fn = torch.compile(beam_step, dynamic=False, mode=mode, backend=dynamo_backend) if compile else beam_step
+    else:
+        session = PrefixCache(target, P * W, capacity)
+        reorder = _reorderable(session.cache)
     steps = 0  # steps completed: every running hypothesis holds this many tokens
     try:
         for t in range(G):
             try:
-                logits = session.logits(ctx, length).float()  # [P*W, V]
+                if static:
+                    before = compile_seconds()
+                    beams = Beams.of(fn(session, beams.flat(), torch.tensor(t, device=device), search, G, eos_ids))
+                    stats.compile_time += compile_seconds() - before
+                    session.calls += 1
+                else:
+                    beams = step(search, session.logits(beams.ctx, beams.length).float(), beams, torch.tensor(t), G, eos_ids)
+                    if reorder:
+                        session.cache.reorder(beams.rows)
             except CacheFull as e:
                 raise DecError(f"the KV cache is full ({e}); lower max_new_tokens or shorten the prompt") from None
-            logp = torch.log_softmax(logits, -1)
-            if search.stages:
-                logp = apply_pipeline(logp, search.stages, token_counts(ctx, length, vocab=V))
-            total = (logp.view(P, W, V) + running[:, :, None]).view(P, W * V)
-            top, index = total.topk(K, dim=1)  # [P, K], best first
-            parent, token = index // V, index % V
-            seqs = _rows(generated, parent).clone()  # [P, K, G]
-            seqs[:, :, t] = token
-            ended = torch.ones_like(token, dtype=torch.bool) if t + 1 == G else (
-                torch.isin(token, eos_ids) if eos_ids is not None else torch.zeros_like(token, dtype=torch.bool))
-            # only the W best continuations may finish (the other W are there to keep W running); done prompts take none;
-            # nor do continuations of a placeholder beam (score NEG: step 0's copies, or too few live ones when V < 2W)
-            eligible = ended & (torch.arange(K) < W)[None, :] & ~done[:, None] & (top > NEG / 2)
-            finished.add(seqs, t + 1, length_normalized(top, t + 1, search.length_penalty), eligible)
-            keep = (top + ended.float() * NEG).topk(W, dim=1).indices  # [P, W]: the best unfinished continuations
-            running = top.gather(1, keep) + ended.gather(1, keep).float() * NEG
-            generated = _rows(seqs, keep)
-            rows = (base + parent.gather(1, keep)).view(-1)  # [P*W] the row each kept hypothesis continues
-            if reorder:
-                session.cache.reorder(rows)
-            ctx = ctx.index_select(0, rows)
-            ctx[torch.arange(P * W), length] = token.gather(1, keep).view(-1)
-            length = length + 1
             stats.rounds += 1
-            done |= done_after_step(search, finished, running[:, 0], t + 1, G)
             steps = t + 1
-            if bool(done.all()):
+            if bool(beams.done.all()):  # the step's one read of the device
                 break
     except KeyboardInterrupt:  # Ctrl-C: each prompt's best finished hypothesis if it is done, else its best running one
+        finished, done, generated = beams.finished, beams.done.cpu(), beams.generated.cpu()
         best = [finished.tokens[p, 0, :int(finished.length[p, 0])].tolist() if bool(done[p]) and bool(finished.full[p, 0])
                 else generated[p, 0, :steps].tolist() for p in range(P)]
         stats.wall_time = time.perf_counter() - start
@@ -187,8 +260,10 @@ def beam_generate(search: BeamSearch, target: Model, input_ids: Any, *, max_new_
         raise Interrupted(Result(best, stats)) from None
     stats.wall_time = time.perf_counter() - start
     stats.model_calls = {"target": session.calls}
-    beams = [[finished.tokens[p, j, :int(finished.length[p, j])].tolist() for j in range(W) if finished.full[p, j]]
-             for p in range(P)]
-    stats.new_tokens = [len(b[0]) for b in beams]
+    finished = Finished(*(x.cpu() for x in (beams.finished.tokens, beams.finished.length, beams.finished.score,
+                                             beams.finished.full)))
+    hyps = [[finished.tokens[p, j, :int(finished.length[p, j])].tolist() for j in range(W) if finished.full[p, j]]
+            for p in range(P)]
+    stats.new_tokens = [len(b[0]) for b in hyps]
     scores = [[float(finished.score[p, j]) for j in range(W) if finished.full[p, j]] for p in range(P)]
-    return BeamResult([b[0] for b in beams], stats, beams=beams, scores=scores)
+    return BeamResult([b[0] for b in hyps], stats, beams=hyps, scores=scores)

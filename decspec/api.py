@@ -66,10 +66,10 @@ class Decoder:
             from decspec.stdlib.search import plan
 
             self.search = plan(spec)
-            if self.backend.NAME != "eager":
-                raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search has no round graph "
-                               "to compile; it runs on the host over the model protocol", spec.slot("search").span,
-                               hint='compile it with backend="eager"')
+            if self.backend.NAME not in ("eager", "inductor"):
+                raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search runs its steps on "
+                               "the eager backend, or as a compiled step on the inductor backend", spec.slot("search").span,
+                               hint='compile it with backend="eager" or "inductor"')
         self.vocab = vocab  # the grammar's vocabulary as bytes, for targets without a tokenizer
         self._grammars: dict[str, Any] | None = None
         if spec.slot("grammar") is not None and spec.slot("target").arg("name") in self.models:
@@ -269,8 +269,14 @@ class Decoder:
         if self.search is not None:  # deterministic: `seed` is not used
             from decspec.backends.beam import beam_generate
 
-            result = beam_generate(self.search, models[self.spec.slot("target").arg("name")], args.prompts,
-                                   max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id)
+            options = self.backend_options if self.backend.NAME == "inductor" else {}
+            if set(options) - {"compile", "mode", "dynamo_backend"}:
+                raise DecError(f"beam search on the inductor backend takes the options 'compile', 'mode' and 'dynamo_backend' "
+                               f"(got {sorted(options)})", self.spec.slot("search").span)
+            with self._lock if options.get("compile") else nullcontext():  # a compiled step: one call at a time
+                result = beam_generate(self.search, models[self.spec.slot("target").arg("name")], args.prompts,
+                                       max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id,
+                                       static=self.backend.NAME == "inductor", **options)
             eos = set(args.eos_token_id or ())
             finished = {b: ("stop", row[-1]) if row and row[-1] in eos else ("length", None) for b, row in enumerate(result.tokens)}
             for b, row in enumerate(result.tokens) if texts is not None else ():

@@ -297,12 +297,13 @@ PROMPTS = ["def fibonacci(n):", "import os\n", "class Foo:\n    def"]  # 3 diffe
     (4, -0.5, False, NEWLINE, 1.0, 3),
     (4, 1.0, False, 0, 1.3, 1),          # one prompt: HF would also penalize the padding of a ragged batch
 ], ids=lambda v: str(v))
-def test_matches_transformers_beam_search(shipped, width, length_penalty, early_stopping, eos, repetition, n_prompts):
+def test_matches_transformers_beam_search(shipped, width, length_penalty, early_stopping, eos, repetition, n_prompts,
+                                          backend="eager"):
     hf, target = shipped
     prompts = [target.tokenizer.encode_prompt(t) for t in PROMPTS[:n_prompts]]
     G = 10
     dec = decspec.compile(SPEC, target=target, width=width, length_penalty=length_penalty,
-                          early_stopping=str(early_stopping).lower(), repetition=repetition)
+                          early_stopping=str(early_stopping).lower(), repetition=repetition, backend=backend)
     ours = dec.generate(prompts, max_new_tokens=G, eos_token_id=eos)
     theirs, scores = hf_beams(hf, prompts, width, G, length_penalty, early_stopping, eos, repetition)
     assert ours.beams == theirs
@@ -312,6 +313,42 @@ def test_matches_transformers_beam_search(shipped, width, length_penalty, early_
         assert torch.allclose(torch.tensor(ours.scores), torch.tensor(scores), atol=1e-4)
     if eos == NEWLINE:  # the configuration exercises finishing: some hypothesis ended at the EOS before max_new_tokens
         assert any(len(b) < G and b[-1] == eos for beams in ours.beams for b in beams)
+
+
+@pytest.mark.parametrize("width, length_penalty, early_stopping, eos, repetition, n_prompts", [
+    (4, 1.0, False, NEWLINE, 1.0, 3),
+    (3, 1.0, True, NEWLINE, 1.0, 3),
+    (4, 1.0, False, 0, 1.3, 1),
+], ids=lambda v: str(v))
+def test_the_inductor_step_matches_transformers_beam_search(shipped, width, length_penalty, early_stopping, eos, repetition,
+                                                            n_prompts):
+    """The inductor backend's static step (beam_step: a static cache, the reorder inside the step), uncompiled."""
+    test_matches_transformers_beam_search(shipped, width, length_penalty, early_stopping, eos, repetition, n_prompts,
+                                          backend="inductor")
+
+
+def test_the_compiled_step_is_one_graph_for_every_step_and_prompt_length():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    models = random_models(0)
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
+    eager = decspec.compile(SPEC, models=models, repetition=1.3).generate(prompts, max_new_tokens=8)
+    torch._dynamo.reset()
+    counters.clear()
+    dec = decspec.compile(SPEC, models=models, repetition=1.3, backend="inductor",
+                          backend_options={"compile": True, "dynamo_backend": "eager"})
+    out = dec.generate(prompts, max_new_tokens=8)
+    assert out.beams == eager.beams and out.stats.rounds == eager.stats.rounds == 8
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    dec.generate([[1, 2], [3, 4, 5, 6, 7, 8, 9]], max_new_tokens=8)  # other prompt lengths, same capacity bucket
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_beam_search_takes_only_the_step_options():
+    dec = decspec.compile(SPEC, models=random_models(0), backend="inductor", backend_options={"schedule": "host"})
+    with pytest.raises(DecError, match="beam search on the inductor backend takes the options 'compile'"):
+        dec.generate([[1, 2]], max_new_tokens=2)
 
 
 # --- errors and what the tools say ------------------------------------------------------------------
@@ -342,12 +379,11 @@ def test_early_stopping_must_be_a_known_value():
         plan(load(beam_text(2, early_stopping="maybe")))
 
 
-@pytest.mark.parametrize("backend", ["inductor", "exact"])
-def test_other_backends_refuse_with_the_line(backend):
+def test_the_exact_backend_refuses_with_the_line():
     with pytest.raises(DecError) as e:
-        decspec.compile(SPEC, backend=backend)
+        decspec.compile(SPEC, backend="exact")
     text = str(e.value)
-    assert f"the {backend} backend cannot run the `search` slot" in text and "beam_search.dec:11:" in text and 'backend="eager"' in text
+    assert "the exact backend cannot run the `search` slot" in text and "beam_search.dec:11:" in text and 'backend="eager"' in text
 
 
 def test_the_mlir_export_refuses_with_the_line(capsys):

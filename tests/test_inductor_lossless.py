@@ -1,0 +1,176 @@
+"""Sampled specs on the inductor backend pass the losslessness check they pass on eager.
+
+The exact checks (tests/test_exact_lossless.py, `decspec verify`) compute the distribution of the round graph, which
+is what the eager backend samples. The inductor backend runs generated code instead, and gives eager's tokens for the
+same seed only while no exit policy stops a draft loop early (eager then skips the draws of the steps it does not
+run). So here every spec in specs/ that the inductor backend can emit runs its generated round (uncompiled; a
+compiled round computes the same code) on small table models (decspec verify's `TableConfig`; a spelled vocabulary
+for grammar specs), one prompt repeated SAMPLES times in one batched generate (each row draws its own uniforms), and
+the 3-token continuations are compared by a chi-square test, failing at p < P_FAIL, with the target's distribution
+(`assert_lossless(..., backend="inductor")`), or for a spec declared lossy with the exact backend's distribution of
+the same decoder (`assert_matches_exact`). Specs that are greedy by default (temperature 0) run at temperature 1;
+`sampler = greedy` specs stay greedy (every row must be greedy decoding). Beam search is deterministic and has no
+round graph; specs using ops in codegen.NOT_YET are skipped with the op's name and join once it is emitted.
+
+False alarms: for a correct backend each check fails with probability about P_FAIL = 1e-6 (the chi-square
+approximation, with bins expected fewer than 5 times pooled); the seeds are fixed, so the suite is deterministic,
+and with fresh seeds its ~60 checks would together raise a false alarm with probability below 1e-4. Teeth: a
+verifier that accepts every draft, and inductor kernels mutated to accept every draft or to resample from p instead
+of the residual after a rejection, fail the same check on inductor while the eager backend still passes.
+"""
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import decspec
+from decspec.backends.inductor import kernels
+from decspec.backends.inductor.codegen import NOT_YET
+from decspec.compiler.analysis import losslessness
+from decspec.compiler.lower import lower
+from decspec.compiler.passes import run_pipeline
+from decspec.dsl.check import load
+from decspec.stdlib.models.heads import MedusaHeads
+from decspec.stdlib.models.transformer import Transformer, TransformerConfig
+from decspec.testing import assert_lossless, assert_matches_exact, broken_verifier, target_distribution
+from decspec.verify import TableConfig, grammar_vocabulary
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = [p for p in sorted((ROOT / "specs").glob("*.dec")) if load(p).slot("search") is None]  # beam search: deterministic
+SAMPLES = 4000  # at most; 64 per outcome of the reference distribution, at least 1000 (a grammar leaves few outcomes)
+P_FAIL = 1e-6
+NEW_TOKENS = 3
+CONFIGS = ["V4", "V3-eos"]  # bigram tables, other roles flatter (temperature 2): V = 4, prompt [1]; V = 3, prompt [0, 2], EOS 2
+
+
+def sampled(path: Path) -> dict:
+    """A spec that is greedy by default (temperature 0) sampled at temperature 1; the others as they are."""
+    return {"temperature": 1.0} if dict(load(path).params).get("temperature") == 0.0 else {}
+
+
+@functools.cache
+def op_names(path: Path) -> frozenset[str]:
+    """The ops of a spec's round graph, as sampled here."""
+    return frozenset(op.name for op in run_pipeline(lower(load(path, overrides=sampled(path)))).walk())
+
+
+def not_emitted(path: Path) -> list[str]:
+    return sorted(op_names(path) & set(NOT_YET))
+
+
+def table_config(path: Path, config: str) -> tuple[TableConfig, list | None]:
+    """The tables of one configuration (the target's seed 0, the other roles' 1, 2, ...), and a grammar spec's vocabulary:
+    bytes spelled from the grammar's strings, the EOS last (as decspec verify builds it)."""
+    spec = load(path)
+    target = spec.slot("target").arg("name")
+    seeds = tuple((role, i) for i, role in enumerate((target,) + tuple(r for r in spec.models if r != target)))
+    if spec.slot("grammar") is not None:
+        vocab = grammar_vocabulary(spec, random.Random(CONFIGS.index(config)))
+        return TableConfig(len(vocab), 1, seeds, 2.0, (0,), NEW_TOKENS, eos=len(vocab) - 1), vocab
+    if config == "V4":
+        return TableConfig(4, 1, seeds, 2.0, (1,), NEW_TOKENS), None
+    return TableConfig(3, 1, seeds, 2.0, (0, 2), NEW_TOKENS, eos=2), None
+
+
+def reads_hidden_through_trees(path: Path) -> bool:
+    """Head trees (medusa_tree) keep the target's hidden states of a tree-masked forward, which table models do not
+    return (LayeredTableModel.forward): they run on a tiny transformer with random Medusa heads instead."""
+    return {"tree_call", "head_level"} <= op_names(path)
+
+
+def tiny_transformer_with_heads(seed: int = 0) -> Transformer:
+    config = TransformerConfig(vocab_size=5, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3)
+    model = Transformer.random(config, seed)
+    heads = MedusaHeads(config.hidden_size, 4).requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    for p in heads.parameters():  # Medusa's own init is the identity: random heads draft something other than the target
+        p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model.heads = {"medusa": heads}
+    return model
+
+
+def check_on_inductor(path: Path, config: str):
+    """The sampled check of one spec on one configuration, on the inductor backend. -> LosslessCheck"""
+    if reads_hidden_through_trees(path):
+        if config != CONFIGS[0]:
+            pytest.skip("one configuration (a tiny transformer) for head trees")
+        dec = decspec.compile(path, models={"target": tiny_transformer_with_heads()}, overrides=sampled(path), backend="inductor")
+        prompt = (1, 2)
+    else:
+        cfg, vocab = table_config(path, config)
+        dec = decspec.compile(path, models=cfg.models(), overrides=sampled(path), vocab=vocab, backend="inductor")
+        prompt = cfg.prompt
+    assert dec.backend.NAME == "inductor"
+    samples = min(SAMPLES, max(1000, 64 * len(target_distribution(dec, prompt, NEW_TOKENS))))
+    check = assert_lossless if dec.verdict.lossless else assert_matches_exact
+    return check(dec, prompt=prompt, max_new_tokens=NEW_TOKENS, samples=samples, p_fail=P_FAIL)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_sampled_spec_on_inductor_follows_the_target(path, config):
+    missing = not_emitted(path)
+    if missing:
+        pytest.skip(f"the inductor backend does not emit {', '.join(missing)} yet (codegen.NOT_YET)")
+    check = check_on_inductor(path, config)
+    assert check.method == "statistical" and check.p >= P_FAIL
+
+
+def test_every_shipped_sampling_spec_is_checked():
+    """The selection is not empty by accident: the specs with exit policies, trees, grammars and the lossy one run."""
+    checked = {p.stem for p in SPECS if not not_emitted(p)}
+    assert {"speculative", "entropy_exit", "predicted_exit", "bandit", "specinfer_tree", "medusa_tree", "json_schema",
+            "typical_acceptance"} <= checked
+    assert not losslessness(load(ROOT / "specs/typical_acceptance.dec")).lossless
+
+
+# --------------------------------------------------------------------------- the check has teeth
+
+
+def with_verifier(name: str) -> str:
+    return (ROOT / "specs" / "speculative.dec").read_text().replace("verify  = rejection", f"verify  = {name}")
+
+
+def test_a_broken_verifier_fails_the_check_on_inductor():
+    cfg, _ = table_config(ROOT / "specs/speculative.dec", "V4")
+    with broken_verifier("accept_all"):
+        with pytest.raises(AssertionError, match=r"on the inductor backend does not sample from the target: chi-square p="):
+            assert_lossless(with_verifier("accept_all"), models=cfg.models(), k=2, backend="inductor", samples=SAMPLES)
+
+
+def accept_every_draft(p, q, d, drafted, u):
+    return drafted.clone()
+
+
+def resample_from_p(p, q, n, drafted, residual=kernels.rejection_residual):
+    return residual(p, torch.zeros_like(q), n, drafted)  # max(p - 0, 0) = p: the residual forgotten
+
+
+@pytest.mark.parametrize("mutant", [accept_every_draft, resample_from_p], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("spec", ["speculative", "entropy_exit"])
+def test_a_mutated_inductor_kernel_fails_the_check_and_eager_does_not(monkeypatch, spec, mutant):
+    """The generated round calls the kernels through the module (`K.rejection_accept`), the eager and exact backends the
+    eager rules: a mutant there changes the inductor backend alone. entropy_exit: an exit policy stops the draft loop."""
+    path = ROOT / "specs" / f"{spec}.dec"
+    name = "rejection_accept" if mutant is accept_every_draft else "rejection_residual"
+    monkeypatch.setattr(kernels, name, mutant)
+    with pytest.raises(AssertionError, match="on the inductor backend does not sample from the target"):
+        check_on_inductor(path, "V4")
+    cfg, _ = table_config(path, "V4")
+    assert assert_lossless(path, models=cfg.models(), prompt=cfg.prompt).method == "exact"  # eager's graph, untouched
+
+
+def test_the_backend_option():
+    cfg, _ = table_config(ROOT / "specs/speculative.dec", "V4")
+    dec = decspec.compile(ROOT / "specs/speculative.dec", models=cfg.models(), k=2)
+    with pytest.raises(ValueError, match="does not run the inductor backend's generated round"):
+        assert_lossless(dec, method="exact", backend="inductor")
+    assert assert_lossless(dec).method == "exact"  # eager: the exact backend computes what it samples
+    assert assert_lossless(dec, backend="inductor", samples=1000).method == "statistical"  # rebuilt on inductor, sampled
+    on_inductor = decspec.compile(ROOT / "specs/speculative.dec", models=cfg.models(), k=2, backend="inductor")
+    assert assert_lossless(on_inductor, samples=1000).method == "statistical"  # auto: the generated round is sampled

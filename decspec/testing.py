@@ -229,7 +229,7 @@ class LosslessCheck:
 
 def assert_lossless(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = None, prompt: Sequence[int] = (1,),
                     max_new_tokens: int = 3, method: str = "auto", tol: float = 1e-12, p_fail: float = 1e-6,
-                    samples: int = 4000, seed: int = 0, max_rows: int = MAX_ROWS, backend: str | None = None,
+                    samples: int = 4000, seed: int | Sequence[int] = 0, max_rows: int = MAX_ROWS, backend: str | None = None,
                     **overrides: Any) -> LosslessCheck:
     """Assert that a decoder samples the n tokens after `prompt` from the target's distribution
     (after the sampler pipeline), and return how that was decided.
@@ -241,6 +241,9 @@ def assert_lossless(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = 
     chi-square test against the target's distribution; a lossless decoder fails it with probability
     `p_fail` (the false-alarm rate). method="auto": exact, unless the exact distribution needs more
     than `max_rows` rows, or the samples come from generated code.
+
+    seed: generate's, for the statistical samples: one integer (the batch's generator), or a list of
+    `samples` seeds (every row a stream of its own, backends/draws.py).
 
     backend: where the statistical samples come from: None, the decoder's own (a spec: eager);
     "inductor", the generated round (a spec is compiled for it, a Decoder rebuilt on it with the same
@@ -276,7 +279,7 @@ def assert_lossless(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = 
 
 
 def assert_matches_exact(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = None, prompt: Sequence[int] = (1,),
-                         max_new_tokens: int = 3, p_fail: float = 1e-6, samples: int = 4000, seed: int = 0,
+                         max_new_tokens: int = 3, p_fail: float = 1e-6, samples: int = 4000, seed: int | Sequence[int] = 0,
                          max_rows: int = MAX_ROWS, backend: str | None = None, **overrides: Any) -> LosslessCheck:
     """Assert that a backend samples the distribution the exact backend computes for the same decoder:
     the target's for a lossless decoder, and for a lossy one (`verify = typical`) the distribution its
@@ -292,7 +295,7 @@ def assert_matches_exact(decoder_or_spec: Any, *, models: Mapping[str, Any] | No
 
 
 def _sampled_check(dec: Any, expected: Mapping[tuple[int, ...], float], reference: str, prompt: Sequence[int],
-                   max_new_tokens: int, p_fail: float, samples: int, seed: int) -> LosslessCheck:
+                   max_new_tokens: int, p_fail: float, samples: int, seed: int | Sequence[int]) -> LosslessCheck:
     """`samples` continuations of `prompt` from one batched generate (each row its own uniforms) against `expected`."""
     out = dec.generate([list(prompt)] * samples, max_new_tokens=max_new_tokens, seed=seed)
     _, p = chi_square(out.tokens, expected)

@@ -6,7 +6,8 @@ same seed only while no exit policy stops a draft loop early (eager then skips t
 run). So here every spec in specs/ that the inductor backend can emit runs its generated round (uncompiled; a
 compiled round computes the same code) on small table models (decspec verify's `TableConfig`; a spelled vocabulary
 for grammar specs; head trees, which read hidden states of tree-masked forwards, on a tiny transformer), one prompt
-repeated 1,000-4,000 times in one batched generate (each row draws its own uniforms), and the 3-token continuations are compared by a chi-square test, failing at p < P_FAIL, with the target's distribution
+repeated 1,000-4,000 times in one batched generate (each row draws its own uniforms: from the batch's generator, or
+in the second configuration from a seed of its own, as decspec serve's seeded requests do), and the 3-token continuations are compared by a chi-square test, failing at p < P_FAIL, with the target's distribution
 (`assert_lossless(..., backend="inductor")`), or for a spec declared lossy with the exact backend's distribution of
 the same decoder (`assert_matches_exact`). Specs that are greedy by default (temperature 0) run at temperature 1;
 `sampler = greedy` specs stay greedy (every row must be greedy decoding). Beam search is deterministic and has no
@@ -47,7 +48,9 @@ SPECS = [p for p in sorted((ROOT / "specs").glob("*.dec")) if load(p).slot("sear
 SAMPLES = 4000  # at most; 64 per outcome of the reference distribution, at least 1000 (a grammar leaves few outcomes)
 P_FAIL = 1e-6
 NEW_TOKENS = 3
-CONFIGS = ["V4", "V3-eos"]  # bigram tables, other roles flatter (temperature 2): V = 4, prompt [1]; V = 3, prompt [0, 2], EOS 2
+# bigram tables, other roles flatter (temperature 2): V = 4, prompt [1], the batch drawing from one generator (seed 0);
+# V = 3, prompt [0, 2], EOS 2, each row with a seed of its own (generate(seed=[...]): backends/draws.py, keyed by block)
+CONFIGS = ["V4", "V3-eos-row-seeds"]
 
 
 def sampled(path: Path) -> dict:
@@ -66,13 +69,14 @@ def not_emitted(path: Path) -> list[str]:
 
 
 def table_config(path: Path, config: str) -> tuple[TableConfig, list | None]:
-    """The tables of one configuration (the target's seed 0, the other roles' 1, 2, ...), and a grammar spec's vocabulary:
-    bytes spelled from the grammar's strings, the EOS last (as decspec verify builds it)."""
+    """The tables of one configuration (configuration c: the target's seed 10c, the other roles' 10c + 1, 10c + 2, ...), and
+    a grammar spec's vocabulary: bytes spelled from the grammar's strings, the EOS last (as decspec verify builds it)."""
     spec = load(path)
     target = spec.slot("target").arg("name")
-    seeds = tuple((role, i) for i, role in enumerate((target,) + tuple(r for r in spec.models if r != target)))
+    c = CONFIGS.index(config)
+    seeds = tuple((role, 10 * c + i) for i, role in enumerate((target,) + tuple(r for r in spec.models if r != target)))
     if spec.slot("grammar") is not None:
-        vocab = grammar_vocabulary(spec, random.Random(CONFIGS.index(config)))
+        vocab = grammar_vocabulary(spec, random.Random(c))
         return TableConfig(len(vocab), 1, seeds, 2.0, (0,), NEW_TOKENS, eos=len(vocab) - 1), vocab
     if config == "V4":
         return TableConfig(4, 1, seeds, 2.0, (1,), NEW_TOKENS), None
@@ -110,8 +114,9 @@ def check_on(path: Path, config: str, backend: str = "inductor"):
         prompt = cfg.prompt
     assert dec.backend.NAME == backend
     samples = min(SAMPLES, max(1000, 64 * len(target_distribution(dec, prompt, NEW_TOKENS))))
+    seed = list(range(samples)) if config.endswith("row-seeds") else 0
     check = assert_lossless if dec.verdict.lossless else assert_matches_exact
-    return check(dec, prompt=prompt, max_new_tokens=NEW_TOKENS, samples=samples, p_fail=P_FAIL)
+    return check(dec, prompt=prompt, max_new_tokens=NEW_TOKENS, samples=samples, p_fail=P_FAIL, seed=seed)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

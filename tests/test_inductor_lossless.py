@@ -129,7 +129,7 @@ def test_sampled_spec_on_inductor_follows_the_target(path, config):
     assert check.method == "statistical" and check.p >= P_FAIL
 
 
-def test_every_shipped_sampling_spec_is_checked():
+def test_the_checked_specs_include_exit_policies_trees_grammars_and_a_lossy_one():
     """The selection is not empty by accident: the specs with exit policies, trees, grammars and the lossy one run."""
     checked = {p.stem for p in SPECS if not not_emitted(p)}
     assert {"speculative", "entropy_exit", "predicted_exit", "bandit", "specinfer_tree", "medusa_tree", "json_schema",

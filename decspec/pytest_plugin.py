@@ -5,7 +5,7 @@ conftest.py: `pytest_plugins = ["decspec.pytest_plugin"]`.)
 Fixtures (session-scoped, so hypothesis tests can use them):
 
 - `assert_lossless`: decspec.testing.assert_lossless with the run's settings (--decspec-method,
-  --decspec-samples, --decspec-p-fail);
+  --decspec-samples, --decspec-p-fail, --decspec-backend: `inductor` samples the generated round);
 - `assert_greedy_equivalent`: decspec.testing.assert_greedy_equivalent;
 - `table_models`: a factory of fixed random table models, `table_models(vocab=4, order=1, seed=0)`
   -> {"target": ..., "draft": ...}.
@@ -32,18 +32,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--decspec-method", default="auto", choices=["auto", "exact", "statistical"], help="how assert_lossless decides (default: auto)")
     group.addoption("--decspec-samples", type=int, default=4000, help="samples for statistical lossless checks (default: 4000)")
     group.addoption("--decspec-p-fail", type=float, default=1e-6, help="false-alarm rate of statistical checks (default: 1e-6)")
+    group.addoption("--decspec-backend", default=None, choices=["eager", "exact", "inductor"],
+                    help="the backend assert_lossless samples (default: the decoder's own; a spec's: eager); inductor: "
+                         "its generated round, checked statistically")
     group.addoption("--decspec-verify", action="store_true", help="collect .dec files as exact losslessness checks")
     group.addoption("--decspec-configs", type=int, default=4, help="random configurations per .dec file (default: 4)")
 
 
 @pytest.fixture(scope="session")
 def assert_lossless(pytestconfig: pytest.Config):
-    """assert_lossless(decoder_or_spec, ...) with --decspec-method/--decspec-samples/--decspec-p-fail as defaults."""
+    """assert_lossless(decoder_or_spec, ...) with --decspec-method/--decspec-samples/--decspec-p-fail/--decspec-backend as
+    defaults."""
     return functools.partial(
         testing.assert_lossless,
         method=pytestconfig.getoption("decspec_method"),
         samples=pytestconfig.getoption("decspec_samples"),
         p_fail=pytestconfig.getoption("decspec_p_fail"),
+        backend=pytestconfig.getoption("decspec_backend"),
     )
 
 

@@ -10,7 +10,8 @@
   `sequence_distribution` (the same for a TableModel), `tv_distance`;
 - statistics: `chi_square`, `total_variation`, `assert_samples_match`;
 - assertions: `assert_lossless` (exact where it can, else chi-square at a stated false-alarm
-  rate), `assert_greedy_equivalent`;
+  rate; `backend="inductor"` samples the generated round), `assert_matches_exact` (a backend's samples
+  against the exact backend's distribution, lossy decoders included), `assert_greedy_equivalent`;
 - `verify_spec`: the check behind `decspec verify FILE.dec`;
 - hypothesis strategies (decspec.strategies, imported on first use; hypothesis is the `testing` extra):
   `distributions`, `table_models`, `model_pairs`, `sampler_pipelines`, `conditions`, `compositions`, `specs`;
@@ -50,7 +51,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Composition", "Distribution", "LosslessCheck", "TableConfig", "TooLarge", "VerifyReport", "assert_greedy_equivalent",
-    "assert_lossless", "assert_samples_match", "broken_verifier", "chi_square", "compositions", "conditions", "distributions",
+    "assert_lossless", "assert_matches_exact", "assert_samples_match", "broken_verifier", "chi_square", "compositions", "conditions", "distributions",
     "exact_distribution", "greedy_tokens", "model_pairs", "pipeline_text", "sampler_pipelines", "sequence_distribution",
     "specs", "stages", "table_models", "target_distribution", "total_variation", "tv_distance", "verify_spec",
 ]
@@ -187,15 +188,26 @@ def assert_samples_match(samples: Sequence[Sequence[int]], expected: dict[tuple[
         raise AssertionError(f"samples do not follow the expected distribution: chi-square p={p:.3g} < {p_fail:g}, TV={total_variation(samples, expected):.4f}")
 
 
-def _as_decoder(decoder_or_spec: Any, models: Mapping[str, Any] | None, overrides: dict) -> Any:
-    """A Decoder as is, or a spec (path or text) compiled with `models` and parameter `overrides`."""
+# the backends that interpret the round graph with the eager rules, which the exact backend's cells are checked
+# against: the exact method checks what they sample. A backend that generates code (inductor) is checked by sampling it.
+INTERPRETERS = ("eager", "exact")
+
+
+def _as_decoder(decoder_or_spec: Any, models: Mapping[str, Any] | None, overrides: dict, backend: str | None = None) -> Any:
+    """A Decoder as is, or a spec (path or text) compiled with `models` and parameter `overrides`; on `backend` when
+    given (a Decoder on another backend is rebuilt there: the same spec, graph, models and vocabulary)."""
     if hasattr(decoder_or_spec, "spec") and hasattr(decoder_or_spec, "graph"):
         if models or overrides:
             raise TypeError("pass models and parameters to decspec.compile, or pass a spec instead of a Decoder")
-        return decoder_or_spec
+        dec = decoder_or_spec
+        if backend is None or backend == dec.backend.NAME:
+            return dec
+        from decspec.api import Decoder
+
+        return Decoder(dec.spec, dec.graph, dec.models, backend, vocab=dec.vocab)
     import decspec
 
-    return decspec.compile(decoder_or_spec, models=models, overrides=overrides)
+    return decspec.compile(decoder_or_spec, models=models, overrides=overrides, backend=backend or "eager")
 
 
 def _worst(got: Mapping, expected: Mapping, n: int = 3) -> str:
@@ -217,24 +229,41 @@ class LosslessCheck:
 
 def assert_lossless(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = None, prompt: Sequence[int] = (1,),
                     max_new_tokens: int = 3, method: str = "auto", tol: float = 1e-12, p_fail: float = 1e-6,
-                    samples: int = 4000, seed: int = 0, max_rows: int = MAX_ROWS, **overrides: Any) -> LosslessCheck:
+                    samples: int = 4000, seed: int | Sequence[int] = 0, max_rows: int = MAX_ROWS, backend: str | None = None,
+                    **overrides: Any) -> LosslessCheck:
     """Assert that a decoder samples the n tokens after `prompt` from the target's distribution
     (after the sampler pipeline), and return how that was decided.
 
     method="exact": the exact backend's distribution must be within `tol` (total variation, or the
-    computation's own float64 error bound if larger) of the target's. method="statistical":
-    `samples` continuations from the decoder's own backend must pass a chi-square test against the
-    target's distribution; a lossless decoder fails it with probability `p_fail` (the false-alarm
-    rate). method="auto": exact, unless the exact distribution needs more than `max_rows` rows.
+    computation's own float64 error bound if larger) of the target's. That is the distribution of the
+    round graph, which the eager backend samples. method="statistical": `samples` continuations (one
+    batched generate of the prompt repeated, every row drawing its own uniforms) must pass a
+    chi-square test against the target's distribution; a lossless decoder fails it with probability
+    `p_fail` (the false-alarm rate). method="auto": exact, unless the exact distribution needs more
+    than `max_rows` rows, or the samples come from generated code.
+
+    seed: generate's, for the statistical samples: one integer (the batch's generator), or a list of
+    `samples` seeds (every row a stream of its own, backends/draws.py).
+
+    backend: where the statistical samples come from: None, the decoder's own (a spec: eager);
+    "inductor", the generated round (a spec is compiled for it, a Decoder rebuilt on it with the same
+    models). The exact method does not run a generated round, so on inductor "auto" means
+    statistical and "exact" is refused. A Decoder compiled with backend_options={"compile": True}
+    samples its compiled round.
 
         assert_lossless("specs/speculative.dec", models={"target": t, "draft": d}, k=3)
         assert_lossless(decoder, prompt=[5, 2], max_new_tokens=4, method="statistical")
+        assert_lossless("specs/entropy_exit.dec", models={"target": t, "draft": d}, backend="inductor")
     """
     if method not in ("auto", "exact", "statistical"):
         raise ValueError(f"method must be 'auto', 'exact' or 'statistical', not {method!r}")
-    dec = _as_decoder(decoder_or_spec, models, overrides)
+    dec = _as_decoder(decoder_or_spec, models, overrides, backend)
+    generated = dec.backend.NAME not in INTERPRETERS
+    if method == "exact" and generated:
+        raise ValueError(f"method='exact' computes the round graph's distribution on the exact backend; it does not run the "
+                         f"{dec.backend.NAME} backend's generated round: use method='statistical' (or 'auto') to sample it")
     expected = target_distribution(dec, prompt, max_new_tokens)
-    if method != "statistical":
+    if method == "exact" or (method == "auto" and not generated):
         try:
             got = exact_distribution(dec, prompt, max_new_tokens, max_rows=max_rows)
         except TooLarge:
@@ -246,12 +275,35 @@ def assert_lossless(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = 
                 raise AssertionError(f"decoder '{dec.spec.name}' is not lossless: exact TV distance to the target {tv:.3g} > {threshold:.3g} "
                                      f"(prompt {list(prompt)}, {max_new_tokens} new tokens); largest differences: {_worst(got, expected)}")
             return LosslessCheck("exact", tv, tol=threshold)
+    return _sampled_check(dec, expected, "the target", prompt, max_new_tokens, p_fail, samples, seed)
+
+
+def assert_matches_exact(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = None, prompt: Sequence[int] = (1,),
+                         max_new_tokens: int = 3, p_fail: float = 1e-6, samples: int = 4000, seed: int | Sequence[int] = 0,
+                         max_rows: int = MAX_ROWS, backend: str | None = None, **overrides: Any) -> LosslessCheck:
+    """Assert that a backend samples the distribution the exact backend computes for the same decoder:
+    the target's for a lossless decoder, and for a lossy one (`verify = typical`) the distribution its
+    components declare, which `assert_lossless` would reject. A chi-square test of `samples`
+    continuations from `backend` (None: the decoder's own) at false-alarm rate `p_fail`; raises
+    TooLarge when the exact distribution needs more than `max_rows` rows.
+
+        assert_matches_exact("specs/typical_acceptance.dec", models={"target": t, "draft": d}, backend="inductor")
+    """
+    dec = _as_decoder(decoder_or_spec, models, overrides, backend)
+    expected = exact_distribution(dec, prompt, max_new_tokens, max_rows=max_rows)
+    return _sampled_check(dec, expected, "the exact backend's distribution", prompt, max_new_tokens, p_fail, samples, seed)
+
+
+def _sampled_check(dec: Any, expected: Mapping[tuple[int, ...], float], reference: str, prompt: Sequence[int],
+                   max_new_tokens: int, p_fail: float, samples: int, seed: int | Sequence[int]) -> LosslessCheck:
+    """`samples` continuations of `prompt` from one batched generate (each row its own uniforms) against `expected`."""
     out = dec.generate([list(prompt)] * samples, max_new_tokens=max_new_tokens, seed=seed)
     _, p = chi_square(out.tokens, expected)
     tv = total_variation(out.tokens, expected)
     if p < p_fail:
-        raise AssertionError(f"decoder '{dec.spec.name}' does not sample from the target: chi-square p={p:.3g} < {p_fail:g} "
-                             f"(the false-alarm rate), TV of {samples} samples {tv:.4f} (prompt {list(prompt)}, {max_new_tokens} new tokens)")
+        raise AssertionError(f"decoder '{dec.spec.name}' on the {dec.backend.NAME} backend does not sample from {reference}: "
+                             f"chi-square p={p:.3g} < {p_fail:g} (the false-alarm rate), TV of {samples} samples {tv:.4f} "
+                             f"(prompt {list(prompt)}, {max_new_tokens} new tokens)")
     return LosslessCheck("statistical", tv, p=p, p_fail=p_fail)
 
 
@@ -271,14 +323,15 @@ def greedy_tokens(model: Any, prompt: Sequence[int], n: int, eos_token_id: int |
 def assert_greedy_equivalent(decoder_or_spec: Any, *, models: Mapping[str, Any] | None = None,
                              prompts: Sequence[Sequence[int]] = ((1,),), max_new_tokens: int = 8,
                              eos_token_id: int | None | str = "default", exact: bool = True, seed: int = 0,
-                             max_rows: int = MAX_ROWS, **overrides: Any) -> None:
+                             max_rows: int = MAX_ROWS, backend: str | None = None, **overrides: Any) -> None:
     """Assert that a decoder reproduces greedy decoding of its target token for token, on a
-    (ragged) batch of prompts. With `exact`, also that the decoder is deterministic: its exact
-    output distribution is a point mass on the greedy tokens (skipped when too large).
+    (ragged) batch of prompts, generating on `backend` (None: the decoder's own; a spec: eager). With
+    `exact`, also that the decoder is deterministic: its exact output distribution is a point mass on
+    the greedy tokens (skipped when too large).
 
         assert_greedy_equivalent("specs/speculative_greedy.dec", models=models, prompts=[[1], [2, 3]])
     """
-    dec = _as_decoder(decoder_or_spec, models, overrides)
+    dec = _as_decoder(decoder_or_spec, models, overrides, backend)
     target = dec._bound_models()[dec.spec.slot("target").arg("name")]
     eos = getattr(target, "eos_token_id", None) if eos_token_id == "default" else eos_token_id
     expected = [greedy_tokens(target, p, max_new_tokens, eos) for p in prompts]

@@ -128,6 +128,8 @@ def test_fixtures(table_models, assert_lossless):
     assert assert_lossless("{ROOT}/specs/speculative.dec", models=models, k=2, samples=1000).method == "statistical"
 ''')
     pytester.runpytest_inprocess("--decspec-method", "statistical").assert_outcomes(passed=1)
+    pytester.runpytest_inprocess("--decspec-backend", "inductor").assert_outcomes(passed=1)  # auto samples the generated round
+    pytester.runpytest_inprocess().assert_outcomes(failed=1)  # auto on eager: exact
     shutil.copy(ROOT / "specs/speculative.dec", pytester.path / "good.dec")
     (pytester.path / "broken.dec").write_text((ROOT / "specs/speculative.dec").read_text().replace("verify  = rejection", "verify  = accept_all"))
     with broken_verifier("accept_all"):

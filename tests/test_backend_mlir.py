@@ -19,7 +19,7 @@ from torch_mlir.dialects import torch as torch_d  # noqa: E402
 
 import decspec  # noqa: E402
 from decspec.backends.mlir import DIALECTS, export_mlir, lower, trace  # noqa: E402
-from decspec.backends.mlir.export import HOST_OPS  # noqa: E402
+from decspec.backends.mlir.export import HOST_OPS, ROUND_INPUTS  # noqa: E402
 from decspec.backends.mlir.round import MODEL_CALLS, RoundModule, VerifyModule  # noqa: E402
 from decspec.dsl.diagnostics import DecError  # noqa: E402
 from decspec.stdlib.models.default import random_models  # noqa: E402
@@ -50,8 +50,16 @@ def _reads_context_after_proposal(spec: str) -> bool:
     return _context_op(spec) is not None
 
 
+def _round_input(spec: str) -> bool:
+    """Whether the round reads what the host chooses or carries between rounds (length caps, draft arms, draft states,
+    kept hidden states): inputs of the whole round only (test_round_inputs_* below)."""
+    graph = decspec.compile(os.path.join(ROOT, "specs", f"{spec}.dec")).graph
+    return any(op.name in ROUND_INPUTS for op in graph.walk())
+
+
 CONTEXT_SPECS = [s for s in SPECS if _reads_context_after_proposal(s)]
-VERIFY_SPECS = [s for s in SPECS if s not in CONTEXT_SPECS]
+VERIFY_SPECS = [s for s in SPECS if s not in CONTEXT_SPECS and not _round_input(s)]
+ROUND_SPECS = [s for s in SPECS if not _round_input(s)]  # the others: test_round_inputs_* (their models need heads)
 HOST_SPECS = [s for s in ALL_SPECS if _host_op(s) is not None]
 
 # What torch-mlir lowers, measured (docs/backends.md, "mlir"): every part of every spec reaches the
@@ -108,7 +116,7 @@ def test_verify_part_exports_and_reparses(spec, dialect, tmp_path):
 
 
 @pytest.mark.parametrize("dialect", SUPPORTED)
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec", ROUND_SPECS)
 def test_round_exports_with_static_caches(spec, dialect, tmp_path):
     export = lower(traced(spec, "round"), dialect)
     assert "func.func @round" in export.text
@@ -159,6 +167,105 @@ def test_a_grammar_round_exports_its_tables_and_keeps_to_the_grammar():
             for t in row[: n + 1]:
                 state = int(matcher.next_state([state], [t])[0])
                 assert state >= 0, (seed, row)
+
+
+def _round_module(spec: str, capacity: int = 64):
+    from benchmarks.backend_matrix import tiny_models  # random_models with Medusa, Hydra and EAGLE heads on the target
+
+    models = tiny_models(0)
+    dec = decspec.compile(os.path.join(ROOT, "specs", f"{spec}.dec"), models=models)
+    return RoundModule(dec.graph, dec._bound_models(), batch=2, capacity=capacity)
+
+
+def _named(module, values, names=None):
+    return dict(zip(names or module.input_names(), values))
+
+
+def test_round_inputs_a_length_cap_caps_the_draft():
+    """bandit: the cross-round policy's cap is an input [B]; the round drafts no further than it."""
+    module = _round_module("bandit")
+    key, = module.caps
+    args = list(module.example_inputs(seed=3))
+    at = module.input_names().index(key)
+    for cap in (1, 2, 8):
+        args[at] = torch.tensor([cap, 1])
+        tokens, accepted, drafted, *_ = module(*args)
+        assert int(drafted[0]) <= cap and int(drafted[1]) <= 1
+    args[at] = torch.tensor([8, 8])
+    assert int(module(*args)[2].max()) > 2  # with room the random draft goes on (no exit policy stops it early here)
+
+
+def test_round_inputs_a_draft_arm_picks_each_rows_view():
+    """dynamic_exit: the per-row view is an input [B]. With the caches prefilled, row 1's drafts change with its view,
+    and its deepest view (exit 4 of the 4-layer target: the target itself) has every greedy draft accepted; row 0,
+    whose view stays 0, commits the same tokens throughout."""
+    module = _round_module("dynamic_exit")
+    ctx = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(1))
+    length = torch.tensor([16, 16])
+    for role in module.roles:
+        module.sessions[role].prefill(ctx, length)
+    args = list(module.example_inputs(seed=1))
+    args[0], args[1] = ctx, length
+    key, = module.caps
+    at = module.input_names().index(key)
+    results = []
+    for arm in range(3):
+        args[at] = torch.tensor([0, arm])
+        tokens, accepted, drafted, *_ = module(*args)
+        results.append((tokens.tolist(), accepted.tolist()))
+    assert results[0][0][0] == results[1][0][0] == results[2][0][0]
+    assert len({str(r[0][1]) for r in results}) == 3
+    assert results[2][1][1] == 4 and results[0][1][1] < 4
+
+
+def test_round_inputs_a_draft_state_goes_in_and_its_update_comes_out():
+    """token_recycling: the adjacency matrix is an input and the round's update of it an output, so a host carries it."""
+    module = _round_module("token_recycling")
+    key, = module.draft_states
+    names, outs = module.input_names(), module.output_names()
+    args = list(module.example_inputs(seed=2))
+    result = module(*args)
+    old, new = args[names.index(f"{key}.0")], result[outs.index(f"{key}.0")]
+    assert old.shape == new.shape and not torch.equal(old, new)  # the round stored the target's top tokens
+    assert int(result[2].max()) == 0  # an empty matrix proposes nothing
+    args[names.index(f"{key}.0")] = new  # carried into the next round: the matrix now proposes drafts
+    assert int(module(*args)[2].max()) > 0
+
+
+def test_round_inputs_kept_hidden_states_go_in_and_come_out():
+    """medusa: the target's kept hidden states are an input and an output: the heads read them, the verification writes them."""
+    module = _round_module("medusa")
+    names, outs = module.input_names(), module.output_names()
+    args = list(module.example_inputs(seed=4))
+    h = names.index("target.hiddens")
+    result = module(*args)
+    new = result[outs.index("target.hiddens")]
+    assert new.shape == args[h].shape and new.abs().sum() > 0  # the round's forwards wrote hidden states
+    base = module(*args)[0]
+    args[h] = torch.randn(args[h].shape, generator=torch.Generator().manual_seed(0)) * 10
+    assert not torch.equal(module(*args)[0], base)  # the heads draft from the hidden states that came in
+
+
+@pytest.mark.parametrize("spec", ["bandit", "medusa", "token_recycling"])
+def test_round_inputs_export_to_torch(spec):
+    module = _round_module(spec, capacity=64)
+    from decspec.backends.mlir.export import Traced, decompositions
+
+    args = module.example_inputs()
+    with torch.no_grad():
+        program = torch.export.export(module, args, strict=False).run_decompositions(decompositions())
+    export = lower(Traced(module, program, args, 0.0), "torch")
+    signature = export.text.split("func.func @round(", 1)[1].split(") ->", 1)[0]
+    assert signature.count("%arg") == len(export.input_names)
+    carried = {"bandit": [], "medusa": ["target.hiddens"], "token_recycling": [f"{key}.0" for key in module.draft_states]}[spec]
+    assert export.output_names[len(export.output_names) - len(carried):] == carried  # what a host carries comes out
+
+
+@pytest.mark.parametrize("spec", ["bandit", "medusa"])
+def test_round_inputs_refuse_the_verify_part(spec):
+    with pytest.raises(DecError, match=r"as part 'verify'.*an input of the whole round's function only"):
+        _ = trace(os.path.join(ROOT, "specs", f"{spec}.dec"), "verify", models=__import__("benchmarks.backend_matrix",
+                  fromlist=["tiny_models"]).tiny_models(0), capacity=64)
 
 
 def test_verify_module_matches_eager_rules():

@@ -40,38 +40,35 @@ EXAMPLE_LENGTH = 16  # tokens of context per row in the inputs a round is traced
 HOST_OPS = {
     "grammar_forced": "forced drafts walk the grammar's allowed tokens' bytes on the host (SGLang-style jump-forward), outside the "
                       "tensor graph",
-    "length_cap": "a cross-round length policy chooses the cap on the host between rounds (not yet an input of the exported function)",
-    "model_hidden": "draft heads read the hidden states a model's previous forwards kept beside its cache, which the export "
-                    "does not pass as a function input yet",
-    "model_features": "an EAGLE head reads the features a model's previous forwards kept beside its cache, which the export "
-                      "does not pass as a function input yet",
 }
-
-
-HOST_OPS.update(dict.fromkeys(
-    ("recycle_state", "recycle_draft", "recycle_tree", "recycle_update", "recycle_store"),
-    "token recycling's matrix is carried on the host between rounds (backends/draft_state.py), and the exported function "
-    "has no input or output for it yet"))
 HOST_OPS.update(dict.fromkeys(
     ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
     "lookahead decoding's window and n-gram pool are carried on the host between rounds (backends/draft_state.py), and "
     "the inductor code generator, whose round the export traces, does not emit its ops yet"))
-
-
-HOST_OPS.update(dict.fromkeys(  # not emitted by the inductor code generator yet, whose round the export traces
-    ("draft_arm", "model_select"),
-    "a draft source chosen per context (dynamic_exit) picks its view on the host between rounds, as a length cap: the "
-    "choice is not yet an input of the exported function"))
 HOST_OPS["forced_then"] = "forced drafts followed by another draft source are not emitted by the inductor code generator yet, whose round the export traces"
 HOST_OPS["staged_loop"] = "staged drafting is not emitted by the inductor code generator yet, whose round the export traces"
+# what the host chooses or carries between rounds: inputs (and outputs) of the exported round (round.py RoundModule),
+# not of the verify part, which starts after the proposal
+ROUND_INPUTS = {
+    "length_cap": "a cross-round length policy's cap is chosen on the host between rounds",
+    "draft_arm": "a per-row draft view is chosen on the host between rounds",
+    "model_select": "a per-row draft view is chosen on the host between rounds",
+    "model_hidden": "draft heads read the hidden states a model's previous forwards kept beside its cache",
+    "model_features": "an EAGLE head reads the features a model's previous forwards kept beside its cache",
+    **dict.fromkeys(("recycle_state", "recycle_draft", "recycle_tree", "recycle_update", "recycle_store"),
+                    "token recycling's matrix is carried on the host between rounds"),
+}
 
 
-def check_exportable(graph) -> None:
-    """Raise DecError naming the first op the export cannot carry, and its .dec line."""
+def check_exportable(graph, part: str = "round") -> None:
+    """Raise DecError naming the first op the export (of `part`) cannot carry, and its .dec line."""
     for op in graph.walk():
+        line = f" (spec line {op.meta.line}:{op.meta.col})" if op.meta.line else ""
         if op.name in HOST_OPS:
-            line = f" (spec line {op.meta.line}:{op.meta.col})" if op.meta.line else ""
             raise DecError(f"cannot export op '{op.name}'{line} to MLIR: {HOST_OPS[op.name]}")
+        if part != "round" and op.name in ROUND_INPUTS:
+            raise DecError(f"cannot export op '{op.name}'{line} to MLIR as part '{part}': {ROUND_INPUTS[op.name]}, an input of "
+                           "the whole round's function only", hint="export part='round'")
 
 
 def _require_torch_mlir():
@@ -200,7 +197,7 @@ def trace(decoder_or_spec, part: str = "round", *, batch: int = 1, capacity: int
     if decoder.graph is None:  # a `search` spec: beam search runs on the host (backends/beam.py)
         raise DecError("cannot export the `search` slot to MLIR: beam search has no round graph, it runs on the host",
                        decoder.spec.slot("search").span, hint='run it with decspec.compile(spec, backend="eager")')
-    check_exportable(decoder.graph)
+    check_exportable(decoder.graph, part)
     need = EXAMPLE_LENGTH + 2 * max_draft_len(decoder.graph) + 4  # the traced context, a round's drafts and padding
     if part == "round" and capacity < need:
         raise DecError(f"capacity {capacity} is too small for this round: it needs at least {need} positions (a traced "

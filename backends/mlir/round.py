@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 
+from decspec.backends.draft_state import INITIAL, staged_key, state_key
 from decspec.backends.grammar import device_table
+from decspec.backends.prefix import hidden_roles
+from decspec.backends.speculation_length import cap_key, cap_ops
 from decspec.backends.inductor import codegen
 from decspec.backends.inductor.static import StaticSession
 from decspec.backends.runtime import DRAFT_OPS
@@ -49,12 +52,16 @@ def _anchor(fn) -> None:
 MODEL_CALLS = ("model_call", "tree_call")  # their logits are inputs of the verify part
 
 
-def model_roles(graph: Graph) -> dict[str, Op]:
-    """{role: its first model_call (or tree_call)} for every role the round calls (the draft loop's body included)."""
+def model_roles(graph: Graph, views: bool = False) -> dict[str, Op]:
+    """{role: its first model_call (or tree_call)} for every role the round calls (the draft loop's body included);
+    with `views`, also each view a model_select calls (masked arms: every view runs over the batch)."""
     roles: dict[str, Op] = {}
     for op in graph.walk():
         if op.name in MODEL_CALLS:
             roles.setdefault(op.param("model"), op)
+        if views and op.name == "model_select":
+            for role in op.param("models"):
+                roles.setdefault(role, op)
     return roles
 
 
@@ -85,7 +92,7 @@ class RoundModule(torch.nn.Module):
         _anchor(self.round_fn)
         self.batch, self.capacity = batch, capacity
         self.width = codegen.uniform_width(self.graph)
-        calls = model_roles(self.graph)
+        calls = model_roles(self.graph, views=True)
         vocab_roles = [op.param("vocab") for op in self.graph.walk() if op.name == "ngram_lookup"]
         for role in [*calls, *vocab_roles]:
             if role not in models:
@@ -94,7 +101,15 @@ class RoundModule(torch.nn.Module):
             _exportable(role, models[role], op)
         self.roles = list(calls)  # the roles with a cache, in the order of their state tensors
         self.models = torch.nn.ModuleDict({r: models[r] for r in dict.fromkeys([*calls, *vocab_roles])})
-        self.sessions = {r: StaticSession(models[r], batch, capacity) for r in self.models}
+        hidden = hidden_roles(self.graph)  # roles whose kept hidden states draft heads read: an input and an output
+        self.sessions = {r: StaticSession(models[r], batch, capacity, keep_hidden=r in hidden) for r in self.models}
+        self.hidden = {r: _hidden_size(models[r], r) for r in self.models if r in hidden}
+        # what the host chooses or carries between rounds, here inputs: each length cap / draft arm [B] (codegen reads
+        # m[cap_key]); each cross-round draft state (m[state_key]), whose new value (m[staged_key]) is an output too
+        self.caps = {cap_key(op): op.param("max") if op.name == "length_cap" else 0 for op in cap_ops(self.graph)}
+        self.draft_states = {state_key(op): INITIAL[op.name](batch, models[op.param("vocab")].vocab_size,
+                                                            **{k: v for k, v in op.params if k != "vocab"})
+                             for op in self.graph.walk() if op.name in INITIAL}
         # each cache's state: every tensor it holds, by attribute name ("k.3": layer 3 of a per-layer tuple)
         self.state_names = {r: state_names(self.sessions[r].cache) for r in self.roles}
         # a regular grammar's tables (backends/grammar.py GrammarTable) are buffers, constants of the function, and the
@@ -115,10 +130,17 @@ class RoundModule(torch.nn.Module):
 
     def input_names(self) -> list[str]:
         return ["ctx_tokens", "ctx_length", "u", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r]),
-                *(f"grammar.{slot}.start" for slot in self.grammars)]
+                *(f"grammar.{slot}.start" for slot in self.grammars), *self.carried_names()]
 
     def output_names(self) -> list[str]:
-        return ["tokens", "accepted", "drafted", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r])]
+        return ["tokens", "accepted", "drafted", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r]),
+                *self.carried_names(caps=False)]
+
+    def carried_names(self, caps: bool = True) -> list[str]:
+        """The inputs (and, without the caps, outputs) beside the caches: length caps and draft arms, cross-round draft
+        states, kept hidden states."""
+        return [*(self.caps if caps else ()), *(f"{key}.{i}" for key, v in self.draft_states.items() for i in range(len(v))),
+                *(f"{r}.hiddens" for r in self.hidden)]
 
     def example_inputs(self, seed: int = 0, length: int = 16) -> tuple[torch.Tensor, ...]:
         """Inputs of the fixed shapes: a random context of `length` tokens per row, uniforms, empty caches."""
@@ -129,7 +151,10 @@ class RoundModule(torch.nn.Module):
         u = torch.rand(self.batch, self.width, generator=g)
         state = [get_state(self.sessions[r].cache, n).clone() for r in self.roles for n in self.state_names[r]]
         starts = [torch.full((self.batch,), self.grammar_starts[slot], dtype=torch.long) for slot in self.grammars]
-        return (ctx_tokens, ctx_length, u, *state, *starts)
+        caps = [torch.full((self.batch,), value, dtype=torch.long) for value in self.caps.values()]
+        carried = [x.clone() for v in self.draft_states.values() for x in v]
+        hiddens = [torch.zeros(self.batch, self.capacity, c, dtype=self.models[r].dtype) for r, c in self.hidden.items()]
+        return (ctx_tokens, ctx_length, u, *state, *starts, *caps, *carried, *hiddens)
 
     def forward(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, u: torch.Tensor, *state: torch.Tensor):
         m = {}
@@ -139,10 +164,16 @@ class RoundModule(torch.nn.Module):
                 setattr(view, name, getattr(self, f"grammar_{slot}_{name}"))
             key = codegen.grammar_key(slot)
             m[key], m[key + ":table"] = None, view
-        caches = len(state) - len(self.grammars)  # the caches' tensors, then each grammar's start state
-        it = iter(state[:caches])
-        for slot, start in zip(self.grammars, state[caches:]):
-            m[codegen.grammar_key(slot) + ":start"] = start
+        it = iter(state)  # the caches' tensors, each grammar's start state, the caps, draft states, hidden states
+        caches = [next(it) for r in self.roles for _ in self.state_names[r]]
+        for slot in self.grammars:
+            m[codegen.grammar_key(slot) + ":start"] = next(it)
+        for key in self.caps:
+            m[key] = next(it)
+        for key, value in self.draft_states.items():
+            m[key] = tuple(next(it) for _ in value)
+        hiddens = {r: next(it).clone() for r in self.hidden}
+        it = iter(caches)
         for role, model in self.models.items():
             session = copy.copy(self.sessions[role])  # a fresh view: the session's cache holds this call's tensors
             session.model = model
@@ -150,9 +181,22 @@ class RoundModule(torch.nn.Module):
                 session.cache = copy.copy(session.cache)
                 for name in self.state_names[role]:
                     set_state(session.cache, name, next(it).clone())  # functional: the inputs are never written
+            if role in hiddens:
+                session.hiddens = hiddens[role]
             m[role] = session
         tokens, accepted, drafted, _steps = self.round_fn(ctx_tokens, ctx_length, u, m)
-        return (tokens, accepted, drafted, *(get_state(m[r].cache, n) for r in self.roles for n in self.state_names[r]))
+        return (tokens, accepted, drafted, *(get_state(m[r].cache, n) for r in self.roles for n in self.state_names[r]),
+                *(x for key in self.draft_states for x in m[staged_key(key)]), *(m[r].hiddens for r in self.hidden))
+
+
+def _hidden_size(model: Any, role: str) -> int:
+    """The width of the hidden states a role keeps for its draft heads (its config's hidden_size, or its viewed model's)."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
+    size = getattr(config, "hidden_size", None)
+    if not isinstance(size, int):
+        raise DecError(f"cannot export the hidden states model '{role}' keeps for its draft heads: a "
+                       f"{type(model).__name__} has no config.hidden_size")
+    return size
 
 
 TABLE_TENSORS = ("words", "dfa_of", "transitions", "index_of", "token_bytes", "token_length", "bits")  # GrammarTable's

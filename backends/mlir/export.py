@@ -55,7 +55,7 @@ HOST_OPS.update(dict.fromkeys(
 HOST_OPS.update(dict.fromkeys(
     ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
     "lookahead decoding's window and n-gram pool are carried on the host between rounds (backends/draft_state.py), and "
-    "the inductor code generator, whose round the export traces, does not emit its ops yet"))
+    "the exported function has no input or output for them yet"))
 
 
 HOST_OPS.update(dict.fromkeys(  # not emitted by the inductor code generator yet, whose round the export traces

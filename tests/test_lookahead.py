@@ -4,7 +4,8 @@ The pool insertion, the Jacobi step with its diagonal n-grams (against a plain-P
 and the drafts on hand-made states; greedy equivalence on table models and on the shipped target;
 exact losslessness when sampling, with a verifier that accepts everything caught (so worlds did
 carry their pools and draft from them); the inductor backend against eager (the same tokens, one compiled
-graph, a cache never read past what the static windows re-feed); the mlir refusal; the checker's diagnostics.
+graph, a cache never read past what the static windows re-feed); the exported round's state in and out; the
+checker's diagnostics.
 """
 from __future__ import annotations
 
@@ -243,13 +244,31 @@ def test_compiled_round_is_one_graph_and_never_recompiles():
     assert second.tokens == eager.generate(others, max_new_tokens=16, seed=1).tokens
 
 
-def test_mlir_export_refuses_with_the_op_and_its_line():
-    from decspec.backends.mlir.export import check_exportable
+def test_the_exported_round_takes_and_returns_the_window_and_the_pool():
+    """The MLIR export's round (RoundModule: the generated round as a pure function) has the draft state as inputs and
+    outputs after the caches: called round after round with its outputs fed back, it gives eager's tokens and eager's
+    acceptances round by round (with the first state fed to every round, the pool each round collects alone drafts
+    later: 0 0 0 2 ... here instead of 0 0 2 2 ...). The export itself: tests/test_backend_mlir.py."""
+    from decspec.backends.mlir.round import RoundModule
 
-    target = TableModel.random(3, 1, seed=0)
-    line = next(i for i, text in enumerate(open(SPEC).read().splitlines(), 1) if "propose = lookahead" in text)
-    with pytest.raises(DecError, match=rf"cannot export op 'lookahead_state' \(spec line {line}:15\).*carried on the host"):
-        check_exportable(decspec.compile(SPEC, target=target).graph)
+    models = transformer()
+    dec = decspec.compile(SPEC, models=models, window=4, ngram=3)
+    prompt, new = PROMPTS[0], 16
+    want = dec.generate([prompt], max_new_tokens=new, seed=0)
+    module = RoundModule(dec.graph, models, batch=1, capacity=64)
+    assert module.input_names()[-2:] == module.output_names()[-2:] == ["draft_state.lookahead.0", "draft_state.lookahead.1"]
+    ctx, length = torch.zeros(1, 64, dtype=torch.long), torch.tensor([len(prompt)])
+    ctx[0, : len(prompt)] = torch.tensor(prompt)
+    module.sessions["target"].prefill(ctx, length)
+    _, _, u, *state = module.example_inputs()  # the caches after the prefill, a generation's first draft state
+    got, accepted = [], []
+    while len(got) < new:
+        tokens, n, _, *state = module(ctx, length, u, *state)
+        step = tokens[0, : int(n) + 1]
+        ctx[0, int(length) : int(length) + len(step)] = step
+        length, got, accepted = length + len(step), got + step.tolist(), accepted + [int(n)]
+    assert got[:new] == want.tokens[0]
+    assert accepted == [row for (row,) in want.stats.accepted] and sum(accepted) > 0  # stats: per round, per row
 
 
 def spec_text(propose: str, extra: str = "") -> str:

@@ -48,14 +48,7 @@ HOST_OPS = {
 }
 
 
-HOST_OPS.update(dict.fromkeys(
-    ("recycle_state", "recycle_draft", "recycle_tree", "recycle_update", "recycle_store"),
-    "token recycling's matrix is carried on the host between rounds (backends/draft_state.py), and the exported function "
-    "has no input or output for it yet"))
-HOST_OPS.update(dict.fromkeys(
-    ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
-    "lookahead decoding's window and n-gram pool are carried on the host between rounds (backends/draft_state.py), and "
-    "the exported function has no input or output for them yet"))
+HOST_OPS["recycle_tree"] = "token recycling's tree is not emitted by the inductor code generator yet, whose round the export traces"
 
 
 HOST_OPS.update(dict.fromkeys(  # not emitted by the inductor code generator yet, whose round the export traces

@@ -5,9 +5,12 @@ the one the inductor backend compiles, not a second implementation:
 
 - `RoundModule`: the whole round, draft loop unrolled (`schedule="unrolled"`), model calls through
   `StaticSession` with each model's static cache made explicit: every tensor the cache holds
-  (K/V buffers, token history, lengths) is an input, cloned, updated by the round and returned.
+  (K/V buffers, token history, lengths) is an input, cloned, updated by the round and returned. A draft
+  source's cross-round state (token recycling's matrix, lookahead's window and pool: codegen.STATE_OPS)
+  comes in and goes out the same way, after the caches.
 
-      forward(ctx_tokens [B, S], ctx_length [B], u [B, U], *cache) -> (tokens [B, N], accepted [B], drafted [B], *new cache)
+      forward(ctx_tokens [B, S], ctx_length [B], u [B, U], *cache, *draft_state)
+          -> (tokens [B, N], accepted [B], drafted [B], *new cache, *new draft_state)
 
 - `VerifyModule`: what follows the proposal and the model calls, given their results: sampler
   pipeline, verification, acceptance, residual sampling and the commit. No model.
@@ -22,6 +25,7 @@ from typing import Any
 
 import torch
 
+from decspec.backends.draft_state import INITIAL, RULES as DRAFT_STATE_RULES, staged_key, state_key
 from decspec.backends.grammar import device_table
 from decspec.backends.inductor import codegen
 from decspec.backends.inductor.static import StaticSession
@@ -86,13 +90,17 @@ class RoundModule(torch.nn.Module):
         self.batch, self.capacity = batch, capacity
         self.width = codegen.uniform_width(self.graph)
         calls = model_roles(self.graph)
-        vocab_roles = [op.param("vocab") for op in self.graph.walk() if op.name == "ngram_lookup"]
+        vocab_roles = [op.param("vocab") for op in self.graph.walk() if op.param("vocab") is not None]  # V of drafts, states
         for role in [*calls, *vocab_roles]:
             if role not in models:
                 raise DecError(f"cannot export: decoder needs a '{role}' model and none is bound")
         for role, op in calls.items():
             _exportable(role, models[role], op)
         self.roles = list(calls)  # the roles with a cache, in the order of their state tensors
+        # each cross-round draft state (backends/draft_state.py): its key in the round's m, and its initial tensors
+        self.draft_states = {state_key(op): INITIAL[op.name](batch, models[op.param("vocab")].vocab_size,
+                                                             **{k: v for k, v in op.params if k != "vocab"})
+                             for op in self.graph.walk() if op.name in codegen.STATE_OPS}
         self.models = torch.nn.ModuleDict({r: models[r] for r in dict.fromkeys([*calls, *vocab_roles])})
         self.sessions = {r: StaticSession(models[r], batch, capacity) for r in self.models}
         # each cache's state: every tensor it holds, by attribute name ("k.3": layer 3 of a per-layer tuple)
@@ -113,23 +121,30 @@ class RoundModule(torch.nn.Module):
             for name in TABLE_TENSORS:
                 self.register_buffer(f"grammar_{slot}_{name}", getattr(table, name), persistent=False)
 
+    def draft_state_names(self) -> list[str]:
+        """"draft_state.NAME.i": tensor i of the state of draft source NAME (lookahead: 0 the levels, 1 the pool)."""
+        return [f"draft_state.{key.split(':', 1)[0]}.{i}" for key, init in self.draft_states.items() for i in range(len(init))]
+
     def input_names(self) -> list[str]:
         return ["ctx_tokens", "ctx_length", "u", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r]),
-                *(f"grammar.{slot}.start" for slot in self.grammars)]
+                *self.draft_state_names(), *(f"grammar.{slot}.start" for slot in self.grammars)]
 
     def output_names(self) -> list[str]:
-        return ["tokens", "accepted", "drafted", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r])]
+        return ["tokens", "accepted", "drafted", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r]),
+                *self.draft_state_names()]
 
     def example_inputs(self, seed: int = 0, length: int = 16) -> tuple[torch.Tensor, ...]:
-        """Inputs of the fixed shapes: a random context of `length` tokens per row, uniforms, empty caches."""
+        """Inputs of the fixed shapes: a random context of `length` tokens per row, uniforms, empty caches, the draft
+        states a generation starts from."""
         g = torch.Generator().manual_seed(seed)
         vocab = next(iter(self.models.values())).vocab_size
         ctx_tokens = torch.randint(0, vocab, (self.batch, self.capacity), generator=g)
         ctx_length = torch.full((self.batch,), length, dtype=torch.long)
         u = torch.rand(self.batch, self.width, generator=g)
         state = [get_state(self.sessions[r].cache, n).clone() for r in self.roles for n in self.state_names[r]]
+        drafts = [x.clone() for init in self.draft_states.values() for x in init]
         starts = [torch.full((self.batch,), self.grammar_starts[slot], dtype=torch.long) for slot in self.grammars]
-        return (ctx_tokens, ctx_length, u, *state, *starts)
+        return (ctx_tokens, ctx_length, u, *state, *drafts, *starts)
 
     def forward(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, u: torch.Tensor, *state: torch.Tensor):
         m = {}
@@ -139,10 +154,13 @@ class RoundModule(torch.nn.Module):
                 setattr(view, name, getattr(self, f"grammar_{slot}_{name}"))
             key = codegen.grammar_key(slot)
             m[key], m[key + ":table"] = None, view
-        caches = len(state) - len(self.grammars)  # the caches' tensors, then each grammar's start state
-        it = iter(state[:caches])
-        for slot, start in zip(self.grammars, state[caches:]):
-            m[codegen.grammar_key(slot) + ":start"] = start
+        it = iter(state)  # the caches' tensors, then the draft states', then each grammar's start state
+        caches = [next(it) for r in self.roles for _ in self.state_names[r]]
+        for key, init in self.draft_states.items():
+            m[key] = tuple(next(it) for _ in init)  # read, never written: the round hands back new tensors
+        for slot in self.grammars:
+            m[codegen.grammar_key(slot) + ":start"] = next(it)
+        it = iter(caches)
         for role, model in self.models.items():
             session = copy.copy(self.sessions[role])  # a fresh view: the session's cache holds this call's tensors
             session.model = model
@@ -152,7 +170,8 @@ class RoundModule(torch.nn.Module):
                     set_state(session.cache, name, next(it).clone())  # functional: the inputs are never written
             m[role] = session
         tokens, accepted, drafted, _steps = self.round_fn(ctx_tokens, ctx_length, u, m)
-        return (tokens, accepted, drafted, *(get_state(m[r].cache, n) for r in self.roles for n in self.state_names[r]))
+        return (tokens, accepted, drafted, *(get_state(m[r].cache, n) for r in self.roles for n in self.state_names[r]),
+                *(x for key in self.draft_states for x in m[staged_key(key)]))
 
 
 TABLE_TENSORS = ("words", "dfa_of", "transitions", "index_of", "token_bytes", "token_length", "bits")  # GrammarTable's
@@ -185,6 +204,12 @@ def set_state(cache, name: str, tensor: torch.Tensor) -> None:
     setattr(cache, attr, tuple(items))
 
 
+def verified_ops(graph: Graph) -> list[Op]:
+    """The round's ops after the proposal and the model calls: not the calls, the draft ops, nor the ops that read and
+    update a draft source's cross-round state (backends/draft_state.py: part of the proposal, whatever their order)."""
+    return [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS and op.name not in DRAFT_STATE_RULES]
+
+
 def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
     """The round after its proposal and model calls, as the source of `verify(...)`.
 
@@ -195,8 +220,10 @@ def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
     env: dict = {}
     inputs: list[tuple[str, Op, int]] = []
     seen: dict[str, int] = {}
+    rest = verified_ops(graph)
+    read = {v for op in rest for v in op.inputs}
     for op in graph.ops:
-        if op.name in MODEL_CALLS:
+        if op.name in MODEL_CALLS and op.outputs[0] in read:  # not a call only the proposal reads (lookahead's branch)
             role = op.param("model")
             seen[role] = seen.get(role, 0) + 1
             name = f"{role}_logits" + (str(seen[role]) if seen[role] > 1 else "")
@@ -206,7 +233,6 @@ def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
             for i, (v, name) in enumerate(zip(op.outputs, ("drafts", "q", "drafted"))):
                 env[v] = name
                 inputs.append((name, op, i))
-    rest = [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS]
 
     def body():
         for op in rest:
@@ -236,7 +262,7 @@ class VerifyModule(torch.nn.Module):
         self.verify_fn = namespace["verify"]
         _anchor(self.verify_fn)
         self.batch, self.vocab = batch, vocab
-        rest = [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS]
+        rest = verified_ops(graph)
         self.width = sum(math.prod(int(d) for d in op.param("shape")[1:]) for op in rest if op.name == "uniform")
 
     def shape(self, op: Op, i: int) -> tuple[int, ...]:

@@ -122,7 +122,8 @@ class RoundModule(torch.nn.Module):
                 self.register_buffer(f"grammar_{slot}_{name}", getattr(table, name), persistent=False)
 
     def draft_state_names(self) -> list[str]:
-        """"draft_state.NAME.i": tensor i of the state of draft source NAME (lookahead: 0 the levels, 1 the pool)."""
+        """The draft states' input (and output) names: tensor i of draft source NAME's state is "draft_state.NAME.i"
+        (lookahead: 0 its levels, 1 its pool; recycle: 0 its matrix)."""
         return [f"draft_state.{key.split(':', 1)[0]}.{i}" for key, init in self.draft_states.items() for i in range(len(init))]
 
     def input_names(self) -> list[str]:
@@ -154,20 +155,19 @@ class RoundModule(torch.nn.Module):
                 setattr(view, name, getattr(self, f"grammar_{slot}_{name}"))
             key = codegen.grammar_key(slot)
             m[key], m[key + ":table"] = None, view
-        it = iter(state)  # the caches' tensors, then the draft states', then each grammar's start state
-        caches = [next(it) for r in self.roles for _ in self.state_names[r]]
+        rest = iter(state)  # the caches' tensors, then the draft states', then each grammar's start state
+        caches = iter([next(rest) for r in self.roles for _ in self.state_names[r]])
         for key, init in self.draft_states.items():
-            m[key] = tuple(next(it) for _ in init)  # read, never written: the round hands back new tensors
+            m[key] = tuple(next(rest) for _ in init)  # read, never written: the round hands back new tensors
         for slot in self.grammars:
-            m[codegen.grammar_key(slot) + ":start"] = next(it)
-        it = iter(caches)
+            m[codegen.grammar_key(slot) + ":start"] = next(rest)
         for role, model in self.models.items():
             session = copy.copy(self.sessions[role])  # a fresh view: the session's cache holds this call's tensors
             session.model = model
             if role in self.state_names:
                 session.cache = copy.copy(session.cache)
                 for name in self.state_names[role]:
-                    set_state(session.cache, name, next(it).clone())  # functional: the inputs are never written
+                    set_state(session.cache, name, next(caches).clone())  # functional: the inputs are never written
             m[role] = session
         tokens, accepted, drafted, _steps = self.round_fn(ctx_tokens, ctx_length, u, m)
         return (tokens, accepted, drafted, *(get_state(m[r].cache, n) for r in self.roles for n in self.state_names[r]),

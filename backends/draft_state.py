@@ -1,4 +1,4 @@
-"""The runtime hook of draft sources that keep state across rounds (token recycling's matrix).
+"""The runtime hook of draft sources that keep state across rounds (token recycling's matrix, lookahead's window and pool).
 
 A round graph whose draft source learns from the target holds a state op, `recycle_state[...]()`
 or `lookahead_state[...]()` (the state going into the round, per row: one or more tensors [B, ...]),

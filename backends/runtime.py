@@ -48,7 +48,7 @@ class RoundState:
     committed: tuple | None = None
     grammars: dict[str, Any] = field(default_factory=dict)  # grammar slot -> GrammarSession (backends/grammar.py)
     policies: Any = None  # cross-round length policies (backends/speculation_length.py): the length_cap ops read them
-    draft_states: Any = None  # cross-round draft state (backends/draft_state.py): recycle_state reads it, recycle_store stages it
+    draft_states: Any = None  # cross-round draft state (backends/draft_state.py): recycle_state / lookahead_state read it, the stores stage it
     sampling: dict[str, torch.Tensor] | None = None  # per-row sampler values {PerRow key: [B] float64} (backends/sampling.py)
     draws: Any = None  # rows with seeds of their own (backends/draws.py RowDraws); the uniform draws read it
 

@@ -63,17 +63,20 @@ def guess(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, levels: torch.Tens
 
 def insert(pool: torch.Tensor, first: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
     """Put each row's n-gram (first, cont...) at the front of pool[first] (moved there if present; the
-    oldest falls off). pool [B,V,G,N-1], first [B], cont [B,N-1] -> pool' (a new tensor)"""
-    B, _, G, _ = pool.shape
-    rows = torch.arange(B, device=pool.device)
-    cur = pool[rows, first]  # [B, G, N-1]
-    other = ~(cur == cont[:, None, :]).all(-1)  # [B, G]: the entries that stay (a copy of cont moves to the front)
-    order = torch.sort((~other).long(), dim=1, stable=True).indices  # the staying entries first, in their order
-    rest = cur.gather(1, order[..., None].expand_as(cur))
-    rest = torch.where(other.gather(1, order)[..., None], rest, EMPTY)
-    out = pool.clone()
-    out[rows, first] = torch.cat([cont[:, None, :], rest[:, : G - 1]], 1)
-    return out
+    oldest falls off). pool [B,V,G,N-1], first [B], cont [B,N-1] -> pool' (a new tensor)
+
+    No sort and no indexed assignment: the staying entries' new slots are a running count, and the row
+    goes back with one scatter (static shapes, a stable order, what torch.compile and torch-mlir lower)."""
+    B, _, G, M = pool.shape
+    index = first[:, None, None, None].expand(B, 1, G, M)
+    cur = pool.gather(1, index)[:, 0]  # [B, G, M]: pool[first]
+    stay = ~(cur == cont[:, None, :]).all(-1)  # [B, G]: the entries that stay (a copy of cont moves to the front)
+    slot = stay.long().cumsum(1)  # [B, G]: a staying entry's slot, after cont at 0, in its order (>= G: it falls off)
+    to = (torch.arange(G, device=pool.device)[None, :, None] == slot[:, None, :]) & stay[:, None, :]  # [B, G to, G from]
+    moved = (to[..., None] * cur[:, None]).sum(2)  # [B, G, M]: each slot's one source, if any
+    row = torch.where(to.any(-1)[..., None], moved, EMPTY)
+    row = torch.cat([cont[:, None, :], row[:, 1:]], 1)
+    return pool.scatter(1, index, row[:, None])
 
 
 def collect(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, levels: torch.Tensor, pool: torch.Tensor,

@@ -20,7 +20,7 @@ from torch_mlir.dialects import torch as torch_d  # noqa: E402
 import decspec  # noqa: E402
 from decspec.backends.mlir import DIALECTS, export_mlir, lower, trace  # noqa: E402
 from decspec.backends.mlir.export import HOST_OPS, ROUND_INPUTS  # noqa: E402
-from decspec.backends.mlir.round import MODEL_CALLS, RoundModule, VerifyModule  # noqa: E402
+from decspec.backends.mlir.round import MODEL_CALLS, RoundModule, VerifyModule, verified_ops  # noqa: E402
 from decspec.dsl.diagnostics import DecError  # noqa: E402
 from decspec.stdlib.models.default import random_models  # noqa: E402
 
@@ -221,14 +221,14 @@ def test_round_inputs_a_draft_arm_picks_each_rows_view():
 def test_round_inputs_a_draft_state_goes_in_and_its_update_comes_out():
     """token_recycling: the adjacency matrix is an input and the round's update of it an output, so a host carries it."""
     module = _round_module("token_recycling")
-    key, = module.draft_states
+    name, = module.draft_state_names()
     names, outs = module.input_names(), module.output_names()
     args = list(module.example_inputs(seed=2))
     result = module(*args)
-    old, new = args[names.index(f"{key}.0")], result[outs.index(f"{key}.0")]
+    old, new = args[names.index(name)], result[outs.index(name)]
     assert old.shape == new.shape and not torch.equal(old, new)  # the round stored the target's top tokens
     assert int(result[2].max()) == 0  # an empty matrix proposes nothing
-    args[names.index(f"{key}.0")] = new  # carried into the next round: the matrix now proposes drafts
+    args[names.index(name)] = new  # carried into the next round: the matrix now proposes drafts
     assert int(module(*args)[2].max()) > 0
 
 
@@ -257,7 +257,7 @@ def test_round_inputs_export_to_torch(spec):
     export = lower(Traced(module, program, args, 0.0), "torch")
     signature = export.text.split("func.func @round(", 1)[1].split(") ->", 1)[0]
     assert signature.count("%arg") == len(export.input_names)
-    carried = {"bandit": [], "medusa": ["target.hiddens"], "token_recycling": [f"{key}.0" for key in module.draft_states]}[spec]
+    carried = {"bandit": [], "medusa": ["target.hiddens"], "token_recycling": module.draft_state_names()}[spec]
     assert export.output_names[len(export.output_names) - len(carried):] == carried  # what a host carries comes out
 
 
@@ -274,7 +274,6 @@ def test_verify_module_matches_eager_rules():
 
     from decspec.backends.eager.rules import RULES
     from decspec.backends.interpreter import run_graph
-    from decspec.backends.runtime import DRAFT_OPS
 
     for spec in VERIFY_SPECS:
         dec = decspec.compile(os.path.join(ROOT, "specs", f"{spec}.dec"))
@@ -282,7 +281,7 @@ def test_verify_module_matches_eager_rules():
         for seed in range(3):
             args = module.example_inputs(seed)
             ours = module(*args)
-            rest = [op for op in dec.graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS]
+            rest = verified_ops(dec.graph)  # the proposal's ops (draft states included) are the module's inputs
             env = {op.outputs[i]: a for (_, op, i), a in zip(module.inputs, args)}
             col, u = 0, args[-1]
             for op in rest:

@@ -24,8 +24,7 @@ from decspec.backends.interpreter import run_graph  # noqa: E402
 from decspec.backends.mlir import MlirExport, lower, trace  # noqa: E402
 from decspec.backends.mlir.export import HOST_OPS, Traced, decompositions  # noqa: E402
 from decspec.backends.mlir.run import compile_mlir  # noqa: E402
-from decspec.backends.mlir.round import MODEL_CALLS  # noqa: E402
-from decspec.backends.runtime import DRAFT_OPS  # noqa: E402
+from decspec.backends.mlir.round import verified_ops  # noqa: E402
 from decspec.dsl.diagnostics import DecError  # noqa: E402
 from decspec.stdlib.models.default import random_models  # noqa: E402
 from decspec.stdlib.models.transformer import Transformer, TransformerConfig  # noqa: E402
@@ -107,7 +106,7 @@ def eager_verify(module, args) -> tuple[torch.Tensor, ...]:
     """What the eager interpreter's rules commit given the verify part's inputs (the same uniform
     columns as the generated code reads), as in tests/test_backend_mlir.py."""
     graph = module.graph
-    rest = [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS]
+    rest = verified_ops(graph)  # the proposal's ops (draft states included) are the module's inputs
     env = {op.outputs[i]: a for (_, op, i), a in zip(module.inputs, args)}
     col, u = 0, args[-1]
     for op in rest:

@@ -283,11 +283,21 @@ def test_inductor_equals_eager_and_compiles_to_one_graph():
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # the matrix is an input, not a graph break
 
 
-def test_mlir_export_names_the_op_and_the_line():
+def test_mlir_export_carries_the_matrix_and_refuses_the_tree():
+    """The exported round (RoundModule) takes the matrix as an input after the caches and returns the round's new one;
+    the tree form is refused naming `recycle_tree` and its line (the inductor generator does not emit it)."""
     from decspec.backends.mlir.export import check_exportable
+    from decspec.backends.mlir.round import RoundModule
+    from decspec.stdlib.models.default import random_models
 
-    dec = decspec.compile(SPEC, target=TableModel.random(3, 1, seed=0))
-    line = next(i for i, text in enumerate(open(SPEC).read().splitlines(), 1) if "propose = recycle" in text)
-    check_exportable(dec.graph, "round")  # the matrix is an input and an output of the round (tests/test_backend_mlir.py)
-    with pytest.raises(DecError, match=rf"cannot export op 'recycle_state' \(spec line {line}:15\) to MLIR as part 'verify'.*carried"):
-        check_exportable(dec.graph, "verify")
+    models = {"target": random_models(seed=3)["target"]}
+    dec = decspec.compile(SPEC, models=models, k=3)
+    check_exportable(dec.graph)
+    module = RoundModule(dec.graph, models, batch=1, capacity=64)
+    assert module.input_names()[-1] == module.output_names()[-1] == "draft_state.recycle.0"
+    args = module.example_inputs()
+    adj = module(*args)[-1]
+    assert adj.shape == args[-1].shape == (1, 512, 8) and not torch.equal(adj, args[-1])  # the round learned
+    tree = decspec.compile(spec_text("recycle(widths = [2, 1])"), target=TableModel.random(3, 1, seed=0))
+    with pytest.raises(DecError, match=r"cannot export op 'recycle_tree' \(spec line 3:15\)"):
+        check_exportable(tree.graph)

@@ -97,15 +97,31 @@ def schedule(graph: Graph) -> str | None:
     return None if loop is None else loop.param("schedule", "unrolled")
 
 
+GUESSES = ("lookahead_guess",)  # ops whose tokens a model call feeds past the context though the round never commits them
+
+
 def windows(graph: Graph) -> dict[str, int]:
-    """How many context positions each model's first call in a round re-feeds: 1 + K - f (static.py). A token tree
-    commits up to its depth (K; the commit's width - 1) and feeds none of it as context (f = 0): its nodes sit past
-    the context in the cache, and the next round feeds the committed path again."""
+    """How many context positions each model's calls in a round re-feed: w = 1 + K - f (static.py), K the round's
+    speculation length and f the drafted tokens the role's calls leave in its cache.
+
+    f is the most drafted tokens any of the role's calls feeds (a draft model in the loop feeds K - 1 of them, the
+    verifying target all K), read in the round's order, where a call over guessed tokens (`GUESSES`: lookahead's
+    window) resets it to 0: such a call writes tokens the round never commits at the positions L.. where the drafts
+    go, so only the calls after it count. Lookahead's round calls the target over ctx ++ guess (W tokens), then over
+    ctx ++ drafts (K = N-1 <= W - 1 tokens): the second call rewrites L .. L+K-1 with the drafts, so the accepted ones
+    hold at the next round (f = K, w = 1), and the guessed tokens left at L+K .. L+W-1 lie at or past L'-1 (the next
+    round's length L' <= L+K+1): its first call feeds L'-1 .. L'+W-1, overwriting them before it attends them. Every
+    call outside the draft loop re-feeds its window, so the verification call re-feeds position L-1 (correct after
+    the guessed call) and attends only positions before it, which the guessed call left as they were.
+
+    A token tree commits up to its depth (K; the commit's width - 1) and feeds none of it as context (f = 0): its nodes
+    sit past the context in the cache, and the next round feeds the committed path again."""
     K = max((op.param("max", 0) for op in graph.walk() if op.name in DRAFT_OPS), default=0)
     commit = next((op for op in graph.ops if op.name == "commit"), None)
     if commit is not None and any(op.name == "tree_call" for op in graph.walk()):
         K = max(K, int(commit.inputs[0].type.shape[1]) - 1)
     fed: dict[str, int] = {}
+    guesses = {v for op in graph.walk() if op.name in GUESSES for v in op.outputs}
 
     def visit(g: Graph, in_loop: int) -> None:
         for op in g.ops:
@@ -115,7 +131,8 @@ def windows(graph: Graph) -> dict[str, int]:
                 inputs = op.inputs[1:] if op.name == "model_select" else op.inputs
                 n = 0 if len(inputs) < 2 else (in_loop - 1 if len(inputs) == 3 else inputs[1].type.shape[1])
                 for role in (op.param("models") if op.name == "model_select" else (op.param("model"),)):
-                    fed[role] = max(fed.get(role, 0), int(n))
+                    guessed = len(inputs) > 1 and inputs[1] in guesses
+                    fed[role] = 0 if guessed else max(fed.get(role, 0), int(n))
             if op.region is not None:
                 visit(op.region, op.param("max"))
 
@@ -123,8 +140,10 @@ def windows(graph: Graph) -> dict[str, int]:
     return {role: 1 + K - f for role, f in fed.items()}
 
 
+STATE_OPS = ("recycle_state", "lookahead_state")  # a draft source's cross-round state going into the round (runner.py)
+STORE_OPS = ("recycle_store", "lookahead_store")  # and its value after the round
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
-           "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", "recycle_state", "recycle_store",
+           "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", *STATE_OPS, *STORE_OPS,
            "tree_call", "head_level", "tree_splice", "draft_arm", "model_select")
 
 
@@ -154,11 +173,6 @@ NOT_YET["staged_loop"] = ("staged drafting nests an inner speculative round in t
 NOT_YET.update(dict.fromkeys(
     ("recycle_tree",),
     "token recycling's tree (its tree built from the adjacency matrix) runs on the eager and exact backends only for now",
-))
-NOT_YET.update(dict.fromkeys(
-    ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
-    "lookahead decoding runs on the eager and exact backends only for now: its lookahead branch is a second target call "
-    "over a guessed window, which the static sessions (static.py) do not size yet",
 ))
 
 
@@ -279,15 +293,22 @@ class Emitter:
         elif op.name == "grammar_mask":
             key = grammar_key(p('grammar'))
             self.line(f"{outs[0]} = K.grammar_mask(m[{key!r}], m.get({key + ':table'!r}), {ins[0]}, {ins[1]}){where}")
-        elif op.name == "recycle_state":  # carried on the host between rounds (backends/draft_state.py): an input tensor [B, V, C]
+        elif op.name in STATE_OPS:  # carried on the host between rounds (backends/draft_state.py): input tensors [B, ...]
             self.line(f"{', '.join(outs)}, = m[{state_key(op)!r}]{where}")
-        elif op.name == "recycle_store":  # handed back to the runner, which stages it for the next round
+        elif op.name in STORE_OPS:  # handed back to the runner, which stages them for the next round
             self.line(f"m[{staged_key(state_key(op))!r}] = ({', '.join(ins)},){where}")
         elif op.name == "recycle_draft":
             self.line(f"{', '.join(outs)} = K.recycle_draft(ctx_tokens, ctx_length, {ins[1]}, {p('max')}, "
                       f"m[{p('vocab')!r}].model.vocab_size){where}")
         elif op.name == "recycle_update":
             self.line(f"{outs[0]} = K.recycle_update({ins[0]}, ctx_tokens, ctx_length, {', '.join(ins[2:])}){where}")
+        elif op.name == "lookahead_guess":  # the newest Jacobi iterate [B, W], fed after the context (windows: a guess)
+            self.line(f"{outs[0]} = K.lookahead_guess(ctx_tokens, ctx_length, {ins[1]}){where}")
+        elif op.name == "lookahead_collect":
+            self.line(f"{', '.join(outs)} = K.lookahead_collect(ctx_tokens, ctx_length, {', '.join(ins[1:])}){where}")
+        elif op.name == "lookahead_draft":
+            self.line(f"{', '.join(outs)} = K.lookahead_draft(ctx_tokens, ctx_length, {ins[1]}, {p('max')}, "
+                      f"m[{p('vocab')!r}].model.vocab_size){where}")
         elif op.name == "ngram_lookup":  # the context's tokens, and V from the bound model
             args = f"{p('max')}, {p('ngram')}, {p('min_ngram')}, m[{p('vocab')!r}].model.vocab_size, {bool(op.param('earliest', False))}"
             self.line(f"{', '.join(outs)} = K.ngram_lookup(ctx_tokens, ctx_length, {args}){where}")

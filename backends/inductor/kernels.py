@@ -16,7 +16,7 @@ from decspec.backends.eager import acceptance as A
 from decspec.backends.eager import rules as E
 from decspec.backends.inductor.codegen import TREE_KERNELS
 from decspec.backends.speculation_length import where_rows
-from decspec.stdlib import recycling
+from decspec.stdlib import lookahead, recycling
 from decspec.stdlib.samplers import apply_pipeline, per_row
 
 
@@ -81,6 +81,22 @@ def recycle_update(adj: torch.Tensor, ctx_tokens: torch.Tensor, ctx_length: torc
                    logits: torch.Tensor) -> torch.Tensor:
     """The matrix after the round: the target's top tokens at every scored position (stdlib/recycling.py). -> [B, V, C]"""
     return recycling.update(adj, ctx_tokens, ctx_length, d, count, logits)
+
+
+def lookahead_guess(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Lookahead's newest Jacobi iterate, the tokens its branch call feeds after the context (stdlib/lookahead.py). -> [B, W]"""
+    return lookahead.guess(ctx_tokens, ctx_length, levels)
+
+
+def lookahead_collect(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, levels: torch.Tensor, pool: torch.Tensor,
+                      logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next Jacobi iterate and the pool with its diagonal n-grams: a fixed loop of W - N + 1 inserts. -> levels', pool'"""
+    return lookahead.collect(ctx_tokens, ctx_length, levels, pool, logits)
+
+
+def lookahead_draft(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, pool: torch.Tensor, k: int, vocab: int):
+    """The newest pooled n-gram after each row's last token, one-hot q (stdlib/lookahead.py). -> d, q, count"""
+    return lookahead.drafts(ctx_tokens, ctx_length, pool, k, vocab)
 
 
 def select_rows(arm: torch.Tensor, logits: list) -> torch.Tensor:

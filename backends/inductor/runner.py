@@ -75,7 +75,7 @@ class RoundRunner:
             m = {**m, **{key: cap.to(state.device) for key, cap in state.policies.caps().items()}}
         if getattr(state, "sampling", None):  # the call's per-row sampler values [B]: inputs, so new values never recompile
             m = {**m, codegen.SETTINGS_KEY: {k: v.to(state.device) for k, v in state.sampling.items()}}
-        if state.draft_states:  # cross-round draft state [B, ...] in (codegen: recycle_state), the round's new value back (recycle_store)
+        if state.draft_states:  # cross-round draft state [B, ...] in (codegen.STATE_OPS), the round's new value back (STORE_OPS)
             m = {**m, **{key: tuple(x.to(state.device) for x in v) for key, v in state.draft_states.entries.items()}}
         shape = tuple(ctx.tokens.shape)
         if self.serial and shape not in self.shapes:  # its first call compiles (minutes on a CPU): say so while it does

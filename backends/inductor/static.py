@@ -15,6 +15,14 @@ fixed window:
 Positions re-fed that the cache already held are rewritten with the same values; positions past
 what the round commits are garbage that the next round overwrites before anything attends them.
 Every shape is a function of the graph only, so a compiled round never recompiles.
+
+A call over tokens the round never commits (lookahead's branch over W guessed tokens: codegen.GUESSES)
+leaves them at positions L .. L+W-1, where the drafts go. It counts as feeding no draft (f = 0), so
+only a later call over the drafts sets f; in lookahead's round the verification call comes after it,
+re-feeds L-1 (every call outside the draft loop re-feeds its window) and rewrites L .. L+K-1 with the
+K drafts: the next round's window is w = 1 again. The guesses left at L+K .. L+W-1 are at or past the
+next round's L'-1 (L' <= L+K+1), the first position its first call feeds; a call writes its whole
+block before any position in it is attended, so they are garbage like any other.
 """
 from __future__ import annotations
 

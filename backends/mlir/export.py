@@ -41,10 +41,7 @@ HOST_OPS = {
     "grammar_forced": "forced drafts walk the grammar's allowed tokens' bytes on the host (SGLang-style jump-forward), outside the "
                       "tensor graph",
 }
-HOST_OPS.update(dict.fromkeys(
-    ("lookahead_state", "lookahead_guess", "lookahead_collect", "lookahead_draft", "lookahead_store"),
-    "lookahead decoding's window and n-gram pool are carried on the host between rounds (backends/draft_state.py), and "
-    "the inductor code generator, whose round the export traces, does not emit its ops yet"))
+HOST_OPS["recycle_tree"] = "token recycling's tree is not emitted by the inductor code generator yet, whose round the export traces"
 HOST_OPS["forced_then"] = "forced drafts followed by another draft source are not emitted by the inductor code generator yet, whose round the export traces"
 HOST_OPS["staged_loop"] = "staged drafting is not emitted by the inductor code generator yet, whose round the export traces"
 # what the host chooses or carries between rounds: inputs (and outputs) of the exported round (round.py RoundModule),
@@ -55,9 +52,7 @@ ROUND_INPUTS = {
     "model_select": "a per-row draft view is chosen on the host between rounds",
     "model_hidden": "draft heads read the hidden states a model's previous forwards kept beside its cache",
     "model_features": "an EAGLE head reads the features a model's previous forwards kept beside its cache",
-    **dict.fromkeys(("recycle_state", "recycle_draft", "recycle_tree", "recycle_update", "recycle_store"),
-                    "token recycling's matrix is carried on the host between rounds"),
-}
+}  # (cross-round draft states, lookahead's and token recycling's, are in and out of the round, and left out of the verify part)
 
 
 def check_exportable(graph, part: str = "round") -> None:

@@ -5,9 +5,12 @@ the one the inductor backend compiles, not a second implementation:
 
 - `RoundModule`: the whole round, draft loop unrolled (`schedule="unrolled"`), model calls through
   `StaticSession` with each model's static cache made explicit: every tensor the cache holds
-  (K/V buffers, token history, lengths) is an input, cloned, updated by the round and returned.
+  (K/V buffers, token history, lengths) is an input, cloned, updated by the round and returned. A draft
+  source's cross-round state (token recycling's matrix, lookahead's window and pool: codegen.STATE_OPS)
+  comes in and goes out the same way, after the caches.
 
-      forward(ctx_tokens [B, S], ctx_length [B], u [B, U], *cache) -> (tokens [B, N], accepted [B], drafted [B], *new cache)
+      forward(ctx_tokens [B, S], ctx_length [B], u [B, U], *cache, *draft_state)
+          -> (tokens [B, N], accepted [B], drafted [B], *new cache, *new draft_state)
 
 - `VerifyModule`: what follows the proposal and the model calls, given their results: sampler
   pipeline, verification, acceptance, residual sampling and the commit. No model.
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 
-from decspec.backends.draft_state import INITIAL, staged_key, state_key
+from decspec.backends.draft_state import INITIAL, RULES as DRAFT_STATE_RULES, staged_key, state_key
 from decspec.backends.grammar import device_table
 from decspec.backends.prefix import hidden_roles
 from decspec.backends.speculation_length import cap_key, cap_ops
@@ -93,23 +96,23 @@ class RoundModule(torch.nn.Module):
         self.batch, self.capacity = batch, capacity
         self.width = codegen.uniform_width(self.graph)
         calls = model_roles(self.graph, views=True)
-        vocab_roles = [op.param("vocab") for op in self.graph.walk() if op.name == "ngram_lookup"]
+        vocab_roles = [op.param("vocab") for op in self.graph.walk() if op.param("vocab") is not None]  # V of drafts, states
         for role in [*calls, *vocab_roles]:
             if role not in models:
                 raise DecError(f"cannot export: decoder needs a '{role}' model and none is bound")
         for role, op in calls.items():
             _exportable(role, models[role], op)
         self.roles = list(calls)  # the roles with a cache, in the order of their state tensors
+        # each cross-round draft state (backends/draft_state.py): its key in the round's m, and its initial tensors
+        self.draft_states = {state_key(op): INITIAL[op.name](batch, models[op.param("vocab")].vocab_size,
+                                                             **{k: v for k, v in op.params if k != "vocab"})
+                             for op in self.graph.walk() if op.name in codegen.STATE_OPS}
         self.models = torch.nn.ModuleDict({r: models[r] for r in dict.fromkeys([*calls, *vocab_roles])})
         hidden = hidden_roles(self.graph)  # roles whose kept hidden states draft heads read: an input and an output
         self.sessions = {r: StaticSession(models[r], batch, capacity, keep_hidden=r in hidden) for r in self.models}
         self.hidden = {r: _hidden_size(models[r], r) for r in self.models if r in hidden}
-        # what the host chooses or carries between rounds, here inputs: each length cap / draft arm [B] (codegen reads
-        # m[cap_key]); each cross-round draft state (m[state_key]), whose new value (m[staged_key]) is an output too
+        # each cross-round length cap or per-row draft view [B], chosen on the host between rounds (codegen reads m[cap_key])
         self.caps = {cap_key(op): op.param("max") if op.name == "length_cap" else 0 for op in cap_ops(self.graph)}
-        self.draft_states = {state_key(op): INITIAL[op.name](batch, models[op.param("vocab")].vocab_size,
-                                                            **{k: v for k, v in op.params if k != "vocab"})
-                             for op in self.graph.walk() if op.name in INITIAL}
         # each cache's state: every tensor it holds, by attribute name ("k.3": layer 3 of a per-layer tuple)
         self.state_names = {r: state_names(self.sessions[r].cache) for r in self.roles}
         # a regular grammar's tables (backends/grammar.py GrammarTable) are buffers, constants of the function, and the
@@ -128,33 +131,34 @@ class RoundModule(torch.nn.Module):
             for name in TABLE_TENSORS:
                 self.register_buffer(f"grammar_{slot}_{name}", getattr(table, name), persistent=False)
 
+    def draft_state_names(self) -> list[str]:
+        """The draft states' input (and output) names: tensor i of draft source NAME's state is "draft_state.NAME.i"
+        (lookahead: 0 its levels, 1 its pool; recycle: 0 its matrix)."""
+        return [f"draft_state.{key.split(':', 1)[0]}.{i}" for key, init in self.draft_states.items() for i in range(len(init))]
+
     def input_names(self) -> list[str]:
         return ["ctx_tokens", "ctx_length", "u", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r]),
-                *(f"grammar.{slot}.start" for slot in self.grammars), *self.carried_names()]
+                *self.draft_state_names(), *(f"grammar.{slot}.start" for slot in self.grammars), *self.caps,
+                *(f"{r}.hiddens" for r in self.hidden)]
 
     def output_names(self) -> list[str]:
         return ["tokens", "accepted", "drafted", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r]),
-                *self.carried_names(caps=False)]
-
-    def carried_names(self, caps: bool = True) -> list[str]:
-        """The inputs (and, without the caps, outputs) beside the caches: length caps and draft arms, cross-round draft
-        states, kept hidden states."""
-        return [*(self.caps if caps else ()), *(f"{key}.{i}" for key, v in self.draft_states.items() for i in range(len(v))),
-                *(f"{r}.hiddens" for r in self.hidden)]
+                *self.draft_state_names(), *(f"{r}.hiddens" for r in self.hidden)]
 
     def example_inputs(self, seed: int = 0, length: int = 16) -> tuple[torch.Tensor, ...]:
-        """Inputs of the fixed shapes: a random context of `length` tokens per row, uniforms, empty caches."""
+        """Inputs of the fixed shapes: a random context of `length` tokens per row, uniforms, empty caches, the draft
+        states a generation starts from."""
         g = torch.Generator().manual_seed(seed)
         vocab = next(iter(self.models.values())).vocab_size
         ctx_tokens = torch.randint(0, vocab, (self.batch, self.capacity), generator=g)
         ctx_length = torch.full((self.batch,), length, dtype=torch.long)
         u = torch.rand(self.batch, self.width, generator=g)
         state = [get_state(self.sessions[r].cache, n).clone() for r in self.roles for n in self.state_names[r]]
+        drafts = [x.clone() for init in self.draft_states.values() for x in init]
         starts = [torch.full((self.batch,), self.grammar_starts[slot], dtype=torch.long) for slot in self.grammars]
         caps = [torch.full((self.batch,), value, dtype=torch.long) for value in self.caps.values()]
-        carried = [x.clone() for v in self.draft_states.values() for x in v]
         hiddens = [torch.zeros(self.batch, self.capacity, c, dtype=self.models[r].dtype) for r, c in self.hidden.items()]
-        return (ctx_tokens, ctx_length, u, *state, *starts, *caps, *carried, *hiddens)
+        return (ctx_tokens, ctx_length, u, *state, *drafts, *starts, *caps, *hiddens)
 
     def forward(self, ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, u: torch.Tensor, *state: torch.Tensor):
         m = {}
@@ -164,23 +168,22 @@ class RoundModule(torch.nn.Module):
                 setattr(view, name, getattr(self, f"grammar_{slot}_{name}"))
             key = codegen.grammar_key(slot)
             m[key], m[key + ":table"] = None, view
-        it = iter(state)  # the caches' tensors, each grammar's start state, the caps, draft states, hidden states
-        caches = [next(it) for r in self.roles for _ in self.state_names[r]]
+        rest = iter(state)  # the caches' tensors, the draft states', each grammar's start state, the caps, the hidden states
+        caches = iter([next(rest) for r in self.roles for _ in self.state_names[r]])
+        for key, init in self.draft_states.items():
+            m[key] = tuple(next(rest) for _ in init)  # read, never written: the round hands back new tensors
         for slot in self.grammars:
-            m[codegen.grammar_key(slot) + ":start"] = next(it)
+            m[codegen.grammar_key(slot) + ":start"] = next(rest)
         for key in self.caps:
-            m[key] = next(it)
-        for key, value in self.draft_states.items():
-            m[key] = tuple(next(it) for _ in value)
-        hiddens = {r: next(it).clone() for r in self.hidden}
-        it = iter(caches)
+            m[key] = next(rest)
+        hiddens = {r: next(rest).clone() for r in self.hidden}  # written by the round's forwards: a copy
         for role, model in self.models.items():
             session = copy.copy(self.sessions[role])  # a fresh view: the session's cache holds this call's tensors
             session.model = model
             if role in self.state_names:
                 session.cache = copy.copy(session.cache)
                 for name in self.state_names[role]:
-                    set_state(session.cache, name, next(it).clone())  # functional: the inputs are never written
+                    set_state(session.cache, name, next(caches).clone())  # functional: the inputs are never written
             if role in hiddens:
                 session.hiddens = hiddens[role]
             m[role] = session
@@ -229,6 +232,12 @@ def set_state(cache, name: str, tensor: torch.Tensor) -> None:
     setattr(cache, attr, tuple(items))
 
 
+def verified_ops(graph: Graph) -> list[Op]:
+    """The round's ops after the proposal and the model calls: not the calls, the draft ops, nor the ops that read and
+    update a draft source's cross-round state (backends/draft_state.py: part of the proposal, whatever their order)."""
+    return [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS and op.name not in DRAFT_STATE_RULES]
+
+
 def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
     """The round after its proposal and model calls, as the source of `verify(...)`.
 
@@ -239,8 +248,10 @@ def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
     env: dict = {}
     inputs: list[tuple[str, Op, int]] = []
     seen: dict[str, int] = {}
+    rest = verified_ops(graph)
+    read = {v for op in rest for v in op.inputs}
     for op in graph.ops:
-        if op.name in MODEL_CALLS:
+        if op.name in MODEL_CALLS and op.outputs[0] in read:  # not a call only the proposal reads (lookahead's branch)
             role = op.param("model")
             seen[role] = seen.get(role, 0) + 1
             name = f"{role}_logits" + (str(seen[role]) if seen[role] > 1 else "")
@@ -250,7 +261,6 @@ def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
             for i, (v, name) in enumerate(zip(op.outputs, ("drafts", "q", "drafted"))):
                 env[v] = name
                 inputs.append((name, op, i))
-    rest = [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS]
 
     def body():
         for op in rest:
@@ -280,7 +290,7 @@ class VerifyModule(torch.nn.Module):
         self.verify_fn = namespace["verify"]
         _anchor(self.verify_fn)
         self.batch, self.vocab = batch, vocab
-        rest = [op for op in graph.ops if op.name not in MODEL_CALLS and op.name not in DRAFT_OPS]
+        rest = verified_ops(graph)
         self.width = sum(math.prod(int(d) for d in op.param("shape")[1:]) for op in rest if op.name == "uniform")
 
     def shape(self, op: Op, i: int) -> tuple[int, ...]:

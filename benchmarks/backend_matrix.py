@@ -242,14 +242,19 @@ def col_exact(cx: Context, configs: int) -> dict:
     return ok(**fields)
 
 
-def col_inductor(cx: Context) -> dict:
+def _schedule(dec) -> str | None:
+    """The draft loop's schedule (codegen.schedule); "beam step" for beam search, which has no round graph."""
     from decspec.backends.inductor import codegen
 
+    return "beam step" if dec.graph is None else codegen.schedule(dec.graph)
+
+
+def col_inductor(cx: Context) -> dict:
     t0 = time.perf_counter()
     dec = cx.compile("inductor", cx.greedy_overrides)
     greedy = cx.run(dec)
     sampled = cx.run(cx.compile("inductor", cx.sampled_overrides))
-    cell = ok(seconds=time.perf_counter() - t0, schedule=codegen.schedule(dec.graph))
+    cell = ok(seconds=time.perf_counter() - t0, schedule=_schedule(dec))
     if "greedy" in cx.eager:
         cell["equals_eager_greedy"] = greedy.tokens == cx.eager["greedy"]
         cell["equals_eager_sampled"] = sampled.tokens == cx.eager["sampled"]
@@ -262,7 +267,6 @@ def col_compile(cx: Context, backend: str) -> dict:
     stages = _settable_stages(cx.spec)
     first = {"temperature": 0.0} if "temperature" in stages else {}
     other = {k: v for k, v in (("temperature", [0.7, 1.3]), ("top_p", [0.9, 1.0])) if k in stages}
-    from decspec.backends.inductor import codegen
 
     dec = cx.compile("inductor")
     dec.backend_options = {"compile": True}
@@ -285,7 +289,7 @@ def col_compile(cx: Context, backend: str) -> dict:
     cell = ok(graphs=graphs, graph_breaks=sum(breaks.values()), break_reasons=breaks, recompiles=max(len(recompiles), new_graphs),
               recompile_reasons=recompiles, later_breaks=later_breaks, cold_seconds=cold, warm_seconds=warm,
               warm_tokens_per_second=new / warm if warm > 0 else None, new_tokens=new, settings=first, other_settings=other,
-              dynamo_backend=backend, same_tokens_warm=r1.tokens == r2.tokens, schedule=codegen.schedule(dec.graph))
+              dynamo_backend=backend, same_tokens_warm=r1.tokens == r2.tokens, schedule=_schedule(dec))
     reference = cx.run(cx.compile("eager"), **first)  # eager, the same call
     cell["equals_eager"] = r1.tokens == reference.tokens
     drafted = sorted({d for r in (r1, r3) for row in (r.stats.drafted or []) for d in row})
@@ -436,7 +440,7 @@ def _inductor_text(c: dict | None) -> str:
 def _compile_cells(c: dict | None) -> list[str]:
     if c is None or c["status"] != "ok":
         return [cell_text(c), "", "", "", "", ""]
-    graphs = (f"{c['graphs']}" + (" (host loop)" if c.get("schedule") == "host" else "")
+    graphs = (f"{c['graphs']}" + {"host": " (host loop)", "beam step": " (beam step)"}.get(c.get("schedule"), "")
               + ("" if c.get("equals_eager", True) else " (tokens ≠ eager)"))
     breaks = str(c["graph_breaks"]) + (f" ({'; '.join(c['break_reasons'])})" if c["break_reasons"] else "")
     return [graphs, breaks, str(c["recompiles"]), _secs(c["cold_seconds"]), _secs(c["warm_seconds"]),

@@ -20,7 +20,7 @@ from torch_mlir.dialects import torch as torch_d  # noqa: E402
 import decspec  # noqa: E402
 from decspec.backends.mlir import DIALECTS, export_mlir, lower, trace  # noqa: E402
 from decspec.backends.mlir.export import HOST_OPS, ROUND_INPUTS  # noqa: E402
-from decspec.backends.mlir.round import MODEL_CALLS, RoundModule, VerifyModule, verified_ops  # noqa: E402
+from decspec.backends.mlir.round import RoundModule, VerifyModule, verified_ops  # noqa: E402
 from decspec.dsl.diagnostics import DecError  # noqa: E402
 from decspec.stdlib.models.default import random_models  # noqa: E402
 

@@ -38,7 +38,7 @@ the tree keep exactly that path (backends/tree_cache.py).
 from __future__ import annotations
 
 from decspec.compiler.lower import Lowering, Proposal
-from decspec.compiler.ops_tree import tree_depth, tree_parents
+from decspec.compiler.ops_tree import tree_depth, tree_depths, tree_parents
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.registry import Component, Contract, Param, register
 from decspec.stdlib.verifiers import lower_rejection
@@ -71,15 +71,23 @@ def lower_tree(lw: Lowering, inst, ctx):
     widths[d] children per node. Then the levels become one breadth-first proposal."""
     widths = check_widths(inst.arg("widths"), inst.span)
     _refuse_slots(lw)
-    role = lw.role(inst.arg("model"))
-    parents = tree_parents(widths)
-    greedy, distinct = greedy_pipeline(lw.sampler), not inst.arg("replacement")
+    return draft_static_tree(lw, lw.role(inst.arg("model")), ctx, tree_parents(widths), not inst.arg("replacement"))
+
+
+def draft_static_tree(lw: Lowering, role: str, ctx, parents: tuple[int, ...], distinct: bool) -> Proposal:
+    """Any static tree (breadth-first parents, each level's children in their parents' order): per depth one
+    draft call over the tree so far gives q at the previous level's nodes, and each node gets its own number
+    of children (the same for all of a level in a `widths` tree; Sequoia's trees differ node by node)."""
+    greedy = greedy_pipeline(lw.sampler)
+    depths = tree_depths(parents)
     b = lw.b
     levels, fed, width = [], 0, 1  # width: nodes on the previous level (the root: 1)
-    for w in widths:
+    for d in range(1, tree_depth(parents) + 1):
+        size = depths.count(d)
+        counts = tuple(parents[fed:fed + size].count(pos) for pos in range(fed + 1 - width, fed + 1))  # children per previous node
         logits = b.emit("tree_call", [ctx, *levels[0::2]], model=role, parents=parents[:fed], first=fed + 1 - width)[0]  # [B, width, V]
-        levels += _children(lw, logits, width, w, greedy, distinct)
-        fed, width = fed + width * w, width * w
+        levels += _children(lw, logits, width, counts[0] if len(set(counts)) == 1 else counts, greedy, distinct)
+        fed, width = fed + size, size
     tokens, probs, count = b.emit("tree_build", levels, parents=parents)
     return Proposal(tokens, probs, count, tree_depth(parents), parents=parents)
 
@@ -181,13 +189,24 @@ def _draw(lw: Lowering, q, w: int, topk: bool, distinct: bool) -> list:
     return [lw.sample(q), q]
 
 
-def _children(lw: Lowering, logits, width: int, w: int, topk: bool, distinct: bool) -> list:
+def _children(lw: Lowering, logits, width: int, w, topk: bool, distinct: bool) -> list:
     """w children for each of `width` nodes, from logits [B, n, V]: one distribution per node (n = width)
-    or one for them all (n = 1). -> [tokens [B, width*w], q [B, width*w, V]], q being the distribution each
-    child was drawn from: the w most likely tokens of the model's own distribution with q one-hot (topk);
-    w draws without replacement, q_j = q without the earlier siblings (distinct); or w i.i.d. draws from q."""
+    or one for them all (n = 1); w a tuple gives node i w[i] children (n = width). -> [tokens [B, width*w],
+    q [B, width*w, V]], q being the distribution each child was drawn from: the w most likely tokens of the
+    model's own distribution with q one-hot (topk); w draws without replacement, q_j = q without the earlier
+    siblings (distinct); or w i.i.d. draws from q."""
     b = lw.b
     spread = width // logits.type.shape[1]  # nodes sharing each distribution
+    if isinstance(w, tuple):  # an irregular level: the groups of siblings have their own sizes
+        assert spread == 1, "per-node children need one distribution per node"
+        n, groups = sum(w), tuple(c for c in w if c)
+        if topk:
+            return list(b.emit("tree_topk", [b.emit("softmax", [logits])[0]], k=w))
+        q = b.emit("repeat", [lw.probs(logits)], times=w)[0]  # [B, n, V]: each child's q
+        if distinct and max(w) > 1:
+            u = b.emit("uniform", [], shape=("B", n))[0]
+            return list(b.emit("sample_distinct", [q, u], k=groups))
+        return [lw.sample(q), q]
     if topk:
         q = b.emit("softmax", [logits])[0]
         q = b.emit("repeat", [q], times=spread)[0] if spread > 1 else q

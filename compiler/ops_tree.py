@@ -7,7 +7,7 @@ positions, and every per-position tensor (the target's p [B, N+1, V], its tokens
 indexed the same way. A node's depth is its parent's + 1 (the first level has depth 1); the
 tree's depth D is the longest root path, the most drafts a round can accept.
 
-A dynamic tree (DySpec / EAGLE-2, `tree_expand`) has the same positions as a *value*, parents
+A dynamic tree (DySpec / EAGLE-2, `tree_expand`; EAGLE-2's `tree_rerank`) has the same positions as a *value*, parents
 i64[B,N], each row its own shape under a static node count N: its `tree_call`, `tree_build`,
 `tree_match` and `tree_rejection` drop the `parents` param and take the value as their last input
 (`tree_match` and `tree_rejection` then name the tree's `depth`, which sizes their path [B,D]).
@@ -192,6 +192,19 @@ def _tree_expand(p, ins):
     return [_t("i64", "B", M + k * c), _t("f32", "B", k, "V"), _t("f32", "B", k * c)]
 
 
+def _tree_rerank(p, ins):
+    m, D = p.get("nodes"), p.get("depth")
+    _expect(len(ins) == 4, "tree_rerank takes (tokens, q, weight, parents)")
+    T, Q, W, P = ins
+    _expect(T.dtype == "tok" and len(T.shape) == 2 and isinstance(T.shape[1], int), "tree_rerank takes the tree's tok[B,N]")
+    N = T.shape[1]
+    _expect(Q == _t("f32", "B", N, "V") and W == _t("f32", "B", N), f"tree_rerank takes q f32[B,{N},V] and weight f32[B,{N}]")
+    _parents_value(P, N, "tree_rerank")
+    _expect(isinstance(m, int) and 1 <= m <= N, f"tree_rerank keeps `nodes` of the tree's {N}: a positive int <= {N}")
+    _expect(isinstance(D, int) and D >= 1, "tree_rerank needs the tree's depth, a positive int")
+    return [_t("tok", "B", m), _t("f32", "B", m, "V"), _t("i64", "B", m), _t("i64", "B")]
+
+
 def _tree_splice(p, ins):
     _expect(len(ins) == 4 and ins[0].dtype == "tok" and ins[1].dtype == "i64" and len(ins[1].shape) == 2, "tree_splice takes (tokens[B,N], path[B,D], n[B], token[B])")
     D = ins[1].shape[1]
@@ -229,6 +242,10 @@ TREE_OPS: dict[str, OpDef] = {
               "level); the k of highest score (first on ties) are expanded with c children each: parents [B,M+k*c] (the tree's "
               "so far, zeros for a first level, then the children's parent positions), the expanded nodes' q_next [B,k,V] (the "
               "distribution their children are drawn from), and each child's parent score [B,k*c]"),
+        OpDef("tree_rerank", "pure", _tree_rerank, "EAGLE-2's rerank of a dynamic tree: each node's score is the product of "
+              "its weight (its draft probability) along its root path; the `nodes` of highest score (first on ties, so a "
+              "node's parent, never below it, always comes first) are kept in tree order: tokens [B,m], q [B,m,V], their "
+              "parents i64[B,m] renumbered (a dynamic tree of `depth`), and the nodes drafted [B] (m)"),
         OpDef("tree_splice", "pure", _tree_splice, "the tokens of path[:, :n] followed by token: the round's new tokens (count n + 1)"),
     ]
 }

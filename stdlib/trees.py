@@ -120,13 +120,15 @@ def lower_head_tree(lw: Lowering, inst, ctx):
 
 
 def check_dynamic(inst) -> tuple[int, int, int]:
-    """(children, expand, depth) of `dynamic_tree`, checked; its node budget is children * (1 + expand * (depth - 1))."""
+    """(children, expand, depth) of `dynamic_tree` (or `eagle2_tree`), checked; its node budget is
+    children * (1 + expand * (depth - 1))."""
     c, k, D = inst.arg("children"), inst.arg("expand"), inst.arg("depth")
+    what = inst.component.name
     for name, v in (("children", c), ("expand", k), ("depth", D)):
         if v < 1:
-            raise DecError(f"dynamic_tree's '{name}' must be at least 1, found {v}", inst.span)
+            raise DecError(f"{what}'s '{name}' must be at least 1, found {v}", inst.span)
     if k > c:
-        raise DecError(f"dynamic_tree expands {k} nodes per depth but the first level has only children = {c}", inst.span,
+        raise DecError(f"{what} expands {k} nodes per depth but the first level has only children = {c}", inst.span,
                        hint=f"use expand <= {c}")
     nodes = c * (1 + k * (D - 1))
     if nodes > MAX_NODES:
@@ -136,20 +138,32 @@ def check_dynamic(inst) -> tuple[int, int, int]:
 
 
 def lower_dynamic_tree(lw: Lowering, inst, ctx):
-    """DySpec / EAGLE-2's dynamic tree under a node budget: the root gets `children` children; then per
-    depth one draft call over the tree so far (tree attention with the tree's parents, a value) gives q at
-    the last level's nodes, `tree_expand` picks the `expand` nodes of highest cumulative draft probability
-    (path product of q) and each gets `children` children drawn from its q. Level sizes are static
-    (children, then expand * children per depth); which nodes the children hang under is per row."""
+    """DySpec / EAGLE-2's dynamic tree under a node budget (`grow_dynamic_tree`), each node's children drawn
+    from its q as `tree` draws them."""
     c, k, D = check_dynamic(inst)
     _refuse_slots(lw)
-    role = lw.role(inst.arg("model"))
-    topk, distinct = greedy_pipeline(lw.sampler), not inst.arg("replacement")
+    levels, parents, _ = grow_dynamic_tree(lw, lw.role(inst.arg("model")), ctx, c, k, D, greedy_pipeline(lw.sampler),
+                                           not inst.arg("replacement"))
+    if parents is None:  # depth 1: a static tree of the root's children
+        tokens, probs, count = lw.b.emit("tree_build", levels, parents=(0,) * c)
+        return Proposal(tokens, probs, count, 1, parents=(0,) * c)
+    tokens, probs, count = lw.b.emit("tree_build", [*levels, parents], nodes=parents.type.shape[1])
+    return Proposal(tokens, probs, count, D, parents=parents)
+
+
+def grow_dynamic_tree(lw: Lowering, role: str, ctx, c: int, k: int, D: int, topk: bool, distinct: bool):
+    """The root gets c children; then per depth one draft call over the tree so far (tree attention with the
+    tree's parents, a value) gives q at the last level's nodes, `tree_expand` picks the k nodes of highest
+    cumulative draft probability (path product of q) and each gets c children drawn from its q (the top c
+    with q one-hot when `topk`). Level sizes are static (c, then k * c per depth); which nodes the children
+    hang under is per row. -> (levels [tokens, q, ...], parents i64[B,N] or None at depth 1, sources: per level
+    the draft's own q [B,n/c,V] at the nodes it hangs under, the root or the expanded ones; a node's draft
+    probability is its source's q at its token)."""
     b = lw.b
     logits = b.emit("tree_call", [ctx], model=role, parents=(), first=0)[0]  # [B, 1, V]: q at the root
     q = _draft_q(lw, logits, topk)
     levels = _draw(lw, q, c, topk, distinct)
-    q_last, parents, score = q, None, None  # q_last: the distribution the last level's nodes were drawn from
+    q_last, parents, score, sources = q, None, None, [q]  # q_last: the distribution the last level's nodes were drawn from
     for _ in range(D - 1):
         q_drawn = b.emit("repeat", [q_last], times=c)[0] if c > 1 else q_last  # the draft's own q each node was drawn from (its score)
         last = levels[-2]
@@ -164,11 +178,8 @@ def lower_dynamic_tree(lw: Lowering, inst, ctx):
         parents, q_sel, score = b.emit("tree_expand", ins, k=k, c=c)
         levels += _draw(lw, q_sel, c, topk, distinct)
         q_last = q_sel
-    if parents is None:  # depth 1: a static tree of the root's children
-        tokens, probs, count = b.emit("tree_build", levels, parents=(0,) * c)
-        return Proposal(tokens, probs, count, 1, parents=(0,) * c)
-    tokens, probs, count = b.emit("tree_build", [*levels, parents], nodes=parents.type.shape[1])
-    return Proposal(tokens, probs, count, D, parents=parents)
+        sources.append(q_sel)
+    return levels, parents, sources
 
 
 def _draft_q(lw: Lowering, logits, topk: bool):

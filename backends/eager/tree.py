@@ -239,6 +239,24 @@ def tree_expand(state, op, tokens, q, q_next, score=None, parents=None):
     return torch.cat([parents, new], 1), q_sel, s.gather(1, chosen).repeat_interleave(c, dim=1)
 
 
+def tree_rerank(state, op, tokens, q, weight, parents):
+    """EAGLE-2's rerank: score = the product of weight along each node's root path; keep the m of highest score
+    (first on ties), in tree order, their parents renumbered. A node's score is at most its parent's (weights
+    are probabilities) and its index is larger, so the kept nodes form a tree.
+    tokens, weight, parents: [B, N], q: [B, N, V] -> tokens [B, m], q [B, m, V], parents [B, m], drafted [B] (m)"""
+    B, N = tokens.shape
+    m = op.param("nodes")
+    weight = weight.clamp(max=1)
+    score = weight
+    for _ in range(op.param("depth") - 1):  # each pass settles one more depth: score = weight * the parent's score
+        score = weight * torch.cat([torch.ones_like(score[:, :1]), score], 1).gather(1, parents)
+    keep = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :m].sort(dim=1).values  # [B, m], in tree order
+    position = torch.zeros(B, N + 1, dtype=torch.long, device=tokens.device)  # old position -> new (the root stays 0)
+    position.scatter_(1, keep + 1, torch.arange(1, m + 1, device=tokens.device).expand(B, m))
+    kept_q = q.gather(1, keep[..., None].expand(B, m, q.shape[-1]))
+    return tokens.gather(1, keep), kept_q, position.gather(1, parents.gather(1, keep)), torch.full((B,), m, dtype=torch.long, device=tokens.device)
+
+
 def tree_splice(state, op, tokens, path, n, x):
     """tokens[path[:, :n]] followed by x. -> [B, D+1]"""
     out = torch.cat([tokens.gather(1, path), tokens.new_zeros(tokens.shape[0], 1)], 1)
@@ -257,4 +275,5 @@ RULES = {
     "tree_rejection": tree_rejection,
     "tree_splice": tree_splice,
     "tree_expand": tree_expand,
+    "tree_rerank": tree_rerank,
 }

@@ -32,6 +32,10 @@ shape is a value, parents i64[B,N], that the tree ops take as their last input i
 `heads(target, kind = "medusa", tree = widths)` (stdlib/heads.py) drafts Medusa's tree of candidates
 with `lower_head_tree`: head d gives one distribution for every node at depth d + 1.
 
+`sequoia(draft, budget, depth, acceptance)` (stdlib/sequoia.py) is a static tree whose nodes have their own
+numbers of children (`draft_static_tree`); `eagle2_tree(draft, ...)` (stdlib/eagle2.py) grows the dynamic tree
+with top-k children and reranks it (`grow_dynamic_tree`, then `tree_rerank`).
+
 The round commits the accepted path and the extra token (`tree_splice`); the caches that held
 the tree keep exactly that path (backends/tree_cache.py).
 """

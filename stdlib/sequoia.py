@@ -27,6 +27,7 @@ import math
 from functools import lru_cache
 
 import networkx as nx
+import torch
 
 from decspec.compiler.lower import Lowering
 from decspec.dsl.diagnostics import DecError
@@ -70,8 +71,8 @@ def check_acceptance(acceptance, span=None) -> tuple[float, ...]:
         raise DecError(f"sequoia's 'acceptance' rates must lie in [0, 1], found {list(p)}", span)
     if sum(p) > 1 + 1e-9:
         raise DecError(f"sequoia's 'acceptance' rates sum to {sum(p):g}: at most one child of a node is accepted, so "
-                       "they sum to at most 1", span, hint="give p_k = P(the k-th child is the one accepted), measured "
-                       "over rounds")
+                       "they sum to at most 1", span, hint="give p_k = P(the k-th child is the one accepted), e.g. as "
+                       "decspec.stdlib.sequoia.measure_acceptance measures it")
     return p
 
 
@@ -129,6 +130,46 @@ def expected_accepted(parents, acceptance) -> float:
         k = rank[pos]
         reach.append(reach[pos] * acceptance[k - 1] if k <= len(acceptance) else 0.0)
     return sum(reach[1:])
+
+
+def measure_acceptance(target, draft, sequences, ranks: int = 3, temperature: float = 1.0, samples: int = 64,
+                       seed: int = 0) -> tuple[float, ...]:
+    """p_1..p_ranks, Sequoia's acceptance vector, measured on the models: at every position of the sequences (text
+    like the decoder's, e.g. the target's own samples), `ranks` draft tokens are drawn without replacement from
+    the draft's q and tried by recursive rejection against the target's p (RSD's rule, as `multi_rejection`
+    verifies `sequoia`'s siblings), `samples` times; p_k is the fraction of trials whose k-th token was accepted.
+    Temperature 0: the draft's k-th most likely token is the target's argmax (greedy verification of top-k
+    children). The result is `sequoia`'s `acceptance` (rounded as a spec writes it).
+
+        >>> from decspec.stdlib.models.table import TableModel
+        >>> p = measure_acceptance(TableModel.random(5, 1, 0), TableModel.random(5, 1, 1), [[0, 1, 2, 3]], ranks=2)
+        >>> len(p) == 2 and sum(p) <= 1
+        True
+    """
+    from decspec.backends.eager.tree import accept_ratio, residual, sample_distinct
+    from decspec.compiler.ir import Op
+
+    logits = {}
+    for role, model in (("p", target), ("q", draft)):
+        rows = [model.forward(torch.tensor([seq]), model.new_cache(1, len(seq))).logits[0].double() for seq in sequences]
+        logits[role] = torch.cat(rows)  # [T, V]: every position of every sequence
+    if temperature == 0:
+        top = torch.sort(logits["q"], dim=-1, descending=True, stable=True).indices[:, :ranks]  # [T, ranks]
+        return tuple((top == logits["p"].argmax(-1, keepdim=True)).double().mean(0).tolist())
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.softmax(logits["p"] / temperature, -1).repeat(samples, 1)  # [N, V]
+    q = torch.softmax(logits["q"] / temperature, -1).repeat(samples, 1)
+    N = p.shape[0]
+    tokens, qs = sample_distinct(None, Op("sample_distinct", (), (), (("k", ranks),)), q[:, None].expand(N, ranks, -1).contiguous(),
+                                 torch.rand(N, ranks, generator=gen, dtype=torch.double))
+    u = torch.rand(N, ranks, generator=gen, dtype=torch.double)
+    r, alive, accepted = p, torch.ones(N, dtype=torch.bool), torch.zeros(N, ranks, dtype=torch.double)
+    for k in range(ranks):  # sibling k: accepted with probability min(1, r/q_k); on a rejection r <- norm(max(0, r - q_k))
+        ok = alive & (u[:, k] < accept_ratio(r, qs[:, k], tokens[:, k]))
+        accepted[:, k] = ok.double()
+        r = torch.where((alive & ~ok)[:, None], residual(r, qs[:, k]), r)
+        alive &= ~ok
+    return tuple(accepted.mean(0).tolist())
 
 
 def lower_sequoia(lw: Lowering, inst, ctx):

@@ -22,7 +22,8 @@ from decspec.compiler.ops_tree import tree_depth
 from decspec.dsl.check import load
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.models.table import TableModel
-from decspec.stdlib.sequoia import expected_accepted, sequoia_graph, sequoia_parents, sequoia_value
+from decspec.backends.eager.tree import residual, without_drawn
+from decspec.stdlib.sequoia import expected_accepted, measure_acceptance, sequoia_graph, sequoia_parents, sequoia_value
 from decspec.testing import assert_greedy_equivalent, assert_lossless, exact_distribution, target_distribution, tv_distance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,42 @@ def test_the_tree_is_a_networkx_tree_with_ranks_and_reach():
 def test_one_rate_gives_a_chain_and_zero_rates_an_empty_tree():
     assert sequoia_parents((0.9,), 8, 3) == (0, 1, 2)  # one child per node: the depth bounds the chain
     assert sequoia_parents((0.0, 0.0), 4, 2) == ()
+
+
+# --------------------------------------------------------------------------- measured acceptance
+
+
+def exact_rates(p: torch.Tensor, q: torch.Tensor) -> tuple[float, float]:
+    """p_1 and p_2 of two siblings drawn without replacement, by enumeration over the first sibling:
+    p_1 = sum min(p, q); p_2 = sum_x1 q(x1) (1 - a(x1)) sum min(r_2, q_2), r_2 = norm(max(0, p - q)),
+    q_2 = q without x1, renormalized. p, q: [T, V] -> the averages over the T positions"""
+    p1 = torch.minimum(p, q).sum(-1)
+    p2 = torch.zeros_like(p1)
+    r2 = residual(p, q)
+    for x in range(p.shape[-1]):
+        drawn = torch.zeros_like(q, dtype=torch.bool)
+        drawn[:, x] = True
+        a = torch.where(q[:, x] > 0, (p[:, x] / q[:, x]).clamp(max=1), torch.ones_like(p1))
+        p2 += q[:, x] * (1 - a) * torch.minimum(r2, without_drawn(q, drawn)).sum(-1)
+    return p1.mean().item(), p2.mean().item()
+
+
+def test_measured_acceptance_matches_the_exact_rates():
+    target, draft = TableModel.random(5, 1, 0), TableModel.random(5, 1, 100, temperature=2.0)
+    sequences = [[1, 2, 3, 4, 0, 1], [3, 3, 2]]
+    measured = measure_acceptance(target, draft, sequences, ranks=2, samples=3000, seed=1)
+    dists = {}
+    for role, model in (("p", target), ("q", draft)):
+        dists[role] = torch.cat([model.forward(torch.tensor([s]), model.new_cache(1, len(s))).logits[0].double().softmax(-1) for s in sequences])
+    exact = exact_rates(dists["p"], dists["q"])
+    n = 3000 * 9  # trials: 9 positions, 3000 samples each
+    for got, want in zip(measured, exact):
+        assert abs(got - want) <= 4 * (want * (1 - want) / n) ** 0.5 + 1e-9, (measured, exact)
+    assert measure_acceptance(target, draft, sequences, ranks=2, samples=3000, seed=1) == measured  # seeded
+    greedy = measure_acceptance(target, draft, sequences, ranks=3, temperature=0)
+    top = torch.sort(dists["q"], dim=-1, descending=True, stable=True).indices[:, :3]
+    assert greedy == tuple((top == dists["p"].argmax(-1, keepdim=True)).double().mean(0).tolist())
+    assert sequoia_parents(tuple(round(x, 2) for x in measured), 6, 3)  # a usable acceptance vector
 
 
 # --------------------------------------------------------------------------- irregular tree ops

@@ -39,11 +39,11 @@ MAX_DEPTH = 16
 
 @lru_cache(maxsize=32)
 def _program(acceptance: tuple[float, ...], budget: int, depth: int) -> tuple[list, list]:
-    """The tables R[d][m] (best subtree value below a node, m nodes, d levels) and G[d][k][m] (children k.. of a
-    node sharing m nodes), with the sizes chosen: size[d][k][m] = a, the nodes child k takes (0: no child k)."""
+    """The table R[d][m] (the best value of a node's children, sharing at most m nodes, d levels below it) and the
+    sizes chosen, size[d][k][m] = a: child k + 1 of a node whose children k + 1, k + 2, ... share m nodes takes a
+    of them (0: no child k + 1, and none after it). g[k][m] is G(m, k + 1, d) of the module's recurrence."""
     K = len(acceptance)
     R = [[0.0] * (budget + 1)]
-    G: list = [None]
     size: list = [None]
     for d in range(1, depth + 1):
         g = [[0.0] * (budget + 1) for _ in range(K + 1)]  # g[K][m] = 0: no rank past the last
@@ -57,7 +57,6 @@ def _program(acceptance: tuple[float, ...], budget: int, depth: int) -> tuple[li
                         best, pick = v, a
                 g[k][m], s[k][m] = best, pick
         R.append(g[0])
-        G.append(g)
         size.append(s)
     return R, size
 

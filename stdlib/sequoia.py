@@ -200,7 +200,8 @@ register(
             Param("depth", "int", default=4, low=1, high=MAX_DEPTH, doc="the tree's greatest depth, the most drafts a round can accept"),
             Param("acceptance", "list[float]", default=(0.6, 0.2, 0.1), low=0.0, high=1.0,
                   doc="p_k, the measured probability that verification accepts a node's k-th child (drawn k-th, without "
-                  "replacement); at most one child is accepted, so they sum to at most 1; their count bounds a node's children"),
+                  "replacement; `decspec.stdlib.sequoia.measure_acceptance` measures it); at most one child is accepted, so they sum to at "
+                  "most 1; their count bounds a node's children"),
         ),
         "Sequoia's optimal static token tree: the shape of at most `budget` nodes and `depth` levels that maximizes the "
         "expected accepted drafts, sum over nodes of the product of p_k along the root path (a dynamic program over subtree "

@@ -7,7 +7,7 @@ positions, and every per-position tensor (the target's p [B, N+1, V], its tokens
 indexed the same way. A node's depth is its parent's + 1 (the first level has depth 1); the
 tree's depth D is the longest root path, the most drafts a round can accept.
 
-A dynamic tree (DySpec / EAGLE-2, `tree_expand`) has the same positions as a *value*, parents
+A dynamic tree (DySpec / EAGLE-2, `tree_expand`; EAGLE-2's `tree_rerank`) has the same positions as a *value*, parents
 i64[B,N], each row its own shape under a static node count N: its `tree_call`, `tree_build`,
 `tree_match` and `tree_rejection` drop the `parents` param and take the value as their last input
 (`tree_match` and `tree_rejection` then name the tree's `depth`, which sizes their path [B,D]).
@@ -84,28 +84,41 @@ def _tree_call(p, ins):
     return [_t("f32", "B", M + 1 - first, "V")]
 
 
+def _counts(x, n: int, what: str) -> int:
+    """A per-distribution count param: an int (every one alike) or one int >= 0 per distribution, at least one > 0
+    (an irregular static tree, e.g. Sequoia's: each node its own number of children). -> the total"""
+    if isinstance(x, int):
+        _expect(x >= 1, f"{what} must be a positive int")
+        return n * x
+    _expect(isinstance(x, (tuple, list)) and all(isinstance(c, int) and c >= 0 for c in x), f"{what} must be an int or a list of ints >= 0")
+    _expect(len(x) == n and sum(x) >= 1, f"{what} lists one count per distribution ({n}), not all 0")
+    return sum(x)
+
+
+def _distributions(ins, what: str) -> int:
+    _expect(len(ins) == 1 and ins[0].dtype == "f32" and len(ins[0].shape) == 3 and isinstance(ins[0].shape[1], int), f"{what} takes f32[B,n,V]")
+    return ins[0].shape[1]
+
+
 def _repeat(p, ins):
-    times = p.get("times")
-    _expect(isinstance(times, int) and times >= 1, "repeat times must be a positive int")
-    _expect(len(ins) == 1 and ins[0].dtype == "f32" and len(ins[0].shape) == 3 and isinstance(ins[0].shape[1], int), "repeat takes f32[B,n,V]")
-    return [_t("f32", "B", ins[0].shape[1] * times, "V")]
+    return [_t("f32", "B", _counts(p.get("times"), _distributions(ins, "repeat"), "repeat times"), "V")]
 
 
 def _tree_topk(p, ins):
-    k = p.get("k")
-    _expect(isinstance(k, int) and k >= 1, "tree_topk k must be a positive int")
-    _expect(len(ins) == 1 and ins[0].dtype == "f32" and len(ins[0].shape) == 3 and isinstance(ins[0].shape[1], int), "tree_topk takes f32[B,n,V]")
-    n = ins[0].shape[1] * k
+    n = _counts(p.get("k"), _distributions(ins, "tree_topk"), "tree_topk k")
     return [_t("tok", "B", n), _t("f32", "B", n, "V")]
 
 
 def _sample_distinct(p, ins):
     k = p.get("k")
-    _expect(isinstance(k, int) and k >= 1, "sample_distinct k must be a positive int")
     _expect(len(ins) == 2, "sample_distinct takes (probs, uniform)")
     P, U = ins
-    _expect(P.dtype == "f32" and len(P.shape) == 3 and isinstance(P.shape[1], int) and P.shape[1] % k == 0,
-            f"sample_distinct takes f32[B,n,V] with n a multiple of k = {k}")
+    _expect(P.dtype == "f32" and len(P.shape) == 3 and isinstance(P.shape[1], int), "sample_distinct takes f32[B,n,V]")
+    if isinstance(k, int):
+        _expect(k >= 1 and P.shape[1] % k == 0, f"sample_distinct takes f32[B,n,V] with n a multiple of k = {k}")
+    else:  # groups of their own sizes (an irregular tree's siblings)
+        _expect(isinstance(k, (tuple, list)) and all(isinstance(g, int) and g >= 1 for g in k) and sum(k) == P.shape[1],
+                f"sample_distinct's k lists group sizes >= 1 summing to n = {P.shape[1]}")
     _expect(U == _t("f32", "B", P.shape[1]), f"sample_distinct's uniform must be f32[B,{P.shape[1]}], got {U}")
     return [_t("tok", "B", P.shape[1]), _t("f32", "B", P.shape[1], "V")]
 
@@ -179,6 +192,19 @@ def _tree_expand(p, ins):
     return [_t("i64", "B", M + k * c), _t("f32", "B", k, "V"), _t("f32", "B", k * c)]
 
 
+def _tree_rerank(p, ins):
+    m, D = p.get("nodes"), p.get("depth")
+    _expect(len(ins) == 4, "tree_rerank takes (tokens, q, weight, parents)")
+    T, Q, W, P = ins
+    _expect(T.dtype == "tok" and len(T.shape) == 2 and isinstance(T.shape[1], int), "tree_rerank takes the tree's tok[B,N]")
+    N = T.shape[1]
+    _expect(Q == _t("f32", "B", N, "V") and W == _t("f32", "B", N), f"tree_rerank takes q f32[B,{N},V] and weight f32[B,{N}]")
+    _parents_value(P, N, "tree_rerank")
+    _expect(isinstance(m, int) and 1 <= m <= N, f"tree_rerank keeps `nodes` of the tree's {N}: a positive int <= {N}")
+    _expect(isinstance(D, int) and D >= 1, "tree_rerank needs the tree's depth, a positive int")
+    return [_t("tok", "B", m), _t("f32", "B", m, "V"), _t("i64", "B", m), _t("i64", "B")]
+
+
 def _tree_splice(p, ins):
     _expect(len(ins) == 4 and ins[0].dtype == "tok" and ins[1].dtype == "i64" and len(ins[1].shape) == 2, "tree_splice takes (tokens[B,N], path[B,D], n[B], token[B])")
     D = ins[1].shape[1]
@@ -192,11 +218,11 @@ TREE_OPS: dict[str, OpDef] = {
               "breadth-first) under ctx: position 0 is after ctx, position i+1 after ctx ++ node i's root path (one model call with "
               "a tree attention mask)"),
         OpDef("repeat", "pure", _repeat, "each of the n distributions repeated `times` times, in place (repeat_interleave): the "
-              "distribution every child of a node is drawn from"),
+              "distribution every child of a node is drawn from; `times` a list gives each distribution its own count (0: dropped)"),
         OpDef("tree_topk", "pure", _tree_topk, "the k most likely tokens of each distribution (first on ties), as k children "
-              "each, with q one-hot on each child: a greedy tree's deterministic children"),
+              "each (k a list: k[i] for distribution i), with q one-hot on each child: a greedy tree's deterministic children"),
         OpDef("sample_distinct", "pure", _sample_distinct, "siblings drawn without replacement (Recursive Speculative "
-              "Decoding): the n distributions in groups of k siblings; sibling j of a group is drawn by inverse CDF from its q with "
+              "Decoding): the n distributions in groups of k siblings (k a list: consecutive groups of those sizes); sibling j of a group is drawn by inverse CDF from its q with "
               "the group's earlier tokens removed and renormalized (uniform over the tokens left when q has no mass left), which "
               "is also returned: tokens [B,n], and the distribution each was drawn from [B,n,V]", draws=(1,)),
         OpDef("head_level", "model", _head_level, "the logits of Medusa head `depth` from the hidden state (model_hidden), as "
@@ -216,6 +242,10 @@ TREE_OPS: dict[str, OpDef] = {
               "level); the k of highest score (first on ties) are expanded with c children each: parents [B,M+k*c] (the tree's "
               "so far, zeros for a first level, then the children's parent positions), the expanded nodes' q_next [B,k,V] (the "
               "distribution their children are drawn from), and each child's parent score [B,k*c]"),
+        OpDef("tree_rerank", "pure", _tree_rerank, "EAGLE-2's rerank of a dynamic tree: each node's score is the product of "
+              "its weight (its draft probability) along its root path; the `nodes` of highest score (first on ties, so a "
+              "node's parent, never below it, always comes first) are kept in tree order: tokens [B,m], q [B,m,V], their "
+              "parents i64[B,m] renumbered (a dynamic tree of `depth`), and the nodes drafted [B] (m)"),
         OpDef("tree_splice", "pure", _tree_splice, "the tokens of path[:, :n] followed by token: the round's new tokens (count n + 1)"),
     ]
 }

@@ -172,6 +172,11 @@ def _component_args(draw, component: registry.Component, k: st.SearchStrategy[in
             args.append((p.name, draw(st.sampled_from(["[1]", "[2]", "[1, 1]"]))))
         elif component.name == "dynamic_tree" and p.name in ("children", "depth"):  # a dynamic tree: at most 2 nodes too
             args.append((p.name, 1 if p.name == "depth" and dict(args)["children"] == 2 else draw(st.sampled_from([1, 2]))))
+        elif component.name == "sequoia" and p.name in ("budget", "depth"):  # Sequoia's tree: at most 2 nodes too
+            args.append((p.name, draw(st.sampled_from([1, 2]))))
+        elif component.name == "eagle2_tree" and p.name in ("children", "expand", "depth", "nodes"):  # at most 2 nodes kept
+            drafted = dict(args).get("children", 1) * dict(args).get("depth", 1)  # expand = 1: children * depth nodes drafted
+            args.append((p.name, 1 if p.name == "expand" else draw(st.integers(1, min(2, drafted)) if p.name == "nodes" else st.sampled_from([1, 2]))))
         elif p.type == "list[int]" and p.name == "arms":  # a bandit's speculation lengths, each within the draft's max
             args.append((p.name, "[" + ", ".join(map(str, draw(st.lists(k, min_size=1, max_size=3, unique=True)))) + "]"))
         elif p.type == "draft":  # a nested draft source (staged's inner stage): prompt lookup, no model

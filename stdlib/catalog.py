@@ -14,6 +14,8 @@ from decspec.stdlib import selfspec as _selfspec  # noqa: F401
 from decspec.stdlib import heads as _heads  # noqa: F401
 from decspec.stdlib import eagle as _eagle  # noqa: F401
 from decspec.stdlib import trees as _trees  # noqa: F401  (token trees: tree, multi_rejection)
+from decspec.stdlib import sequoia as _sequoia  # noqa: F401  (Sequoia's optimal static tree)
+from decspec.stdlib import eagle2 as _eagle2  # noqa: F401  (EAGLE-2's reranked dynamic tree)
 from decspec.stdlib import search as _search  # noqa: F401  (beam search: the `search` slot)
 from decspec.stdlib import dynamic_exit as _dynamic_exit  # noqa: F401  (a draft layer chosen per context)
 from decspec.stdlib import staged as _staged  # noqa: F401  (staged drafting)

@@ -32,13 +32,17 @@ shape is a value, parents i64[B,N], that the tree ops take as their last input i
 `heads(target, kind = "medusa", tree = widths)` (stdlib/heads.py) drafts Medusa's tree of candidates
 with `lower_head_tree`: head d gives one distribution for every node at depth d + 1.
 
+`sequoia(draft, budget, depth, acceptance)` (stdlib/sequoia.py) is a static tree whose nodes have their own
+numbers of children (`draft_static_tree`); `eagle2_tree(draft, ...)` (stdlib/eagle2.py) grows the dynamic tree
+with top-k children and reranks it (`grow_dynamic_tree`, then `tree_rerank`).
+
 The round commits the accepted path and the extra token (`tree_splice`); the caches that held
 the tree keep exactly that path (backends/tree_cache.py).
 """
 from __future__ import annotations
 
 from decspec.compiler.lower import Lowering, Proposal
-from decspec.compiler.ops_tree import tree_depth, tree_parents
+from decspec.compiler.ops_tree import tree_depth, tree_depths, tree_parents
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.registry import Component, Contract, Param, register
 from decspec.stdlib.verifiers import lower_rejection
@@ -71,15 +75,23 @@ def lower_tree(lw: Lowering, inst, ctx):
     widths[d] children per node. Then the levels become one breadth-first proposal."""
     widths = check_widths(inst.arg("widths"), inst.span)
     _refuse_slots(lw)
-    role = lw.role(inst.arg("model"))
-    parents = tree_parents(widths)
-    greedy, distinct = greedy_pipeline(lw.sampler), not inst.arg("replacement")
+    return draft_static_tree(lw, lw.role(inst.arg("model")), ctx, tree_parents(widths), not inst.arg("replacement"))
+
+
+def draft_static_tree(lw: Lowering, role: str, ctx, parents: tuple[int, ...], distinct: bool) -> Proposal:
+    """Any static tree (breadth-first parents, each level's children in their parents' order): per depth one
+    draft call over the tree so far gives q at the previous level's nodes, and each node gets its own number
+    of children (the same for all of a level in a `widths` tree; Sequoia's trees differ node by node)."""
+    greedy = greedy_pipeline(lw.sampler)
+    depths = tree_depths(parents)
     b = lw.b
     levels, fed, width = [], 0, 1  # width: nodes on the previous level (the root: 1)
-    for w in widths:
+    for d in range(1, tree_depth(parents) + 1):
+        size = depths.count(d)
+        counts = tuple(parents[fed:fed + size].count(pos) for pos in range(fed + 1 - width, fed + 1))  # children per previous node
         logits = b.emit("tree_call", [ctx, *levels[0::2]], model=role, parents=parents[:fed], first=fed + 1 - width)[0]  # [B, width, V]
-        levels += _children(lw, logits, width, w, greedy, distinct)
-        fed, width = fed + width * w, width * w
+        levels += _children(lw, logits, width, counts[0] if len(set(counts)) == 1 else counts, greedy, distinct)
+        fed, width = fed + size, size
     tokens, probs, count = b.emit("tree_build", levels, parents=parents)
     return Proposal(tokens, probs, count, tree_depth(parents), parents=parents)
 
@@ -112,13 +124,15 @@ def lower_head_tree(lw: Lowering, inst, ctx):
 
 
 def check_dynamic(inst) -> tuple[int, int, int]:
-    """(children, expand, depth) of `dynamic_tree`, checked; its node budget is children * (1 + expand * (depth - 1))."""
+    """(children, expand, depth) of `dynamic_tree` (or `eagle2_tree`), checked; its node budget is
+    children * (1 + expand * (depth - 1))."""
     c, k, D = inst.arg("children"), inst.arg("expand"), inst.arg("depth")
+    what = inst.component.name
     for name, v in (("children", c), ("expand", k), ("depth", D)):
         if v < 1:
-            raise DecError(f"dynamic_tree's '{name}' must be at least 1, found {v}", inst.span)
+            raise DecError(f"{what}'s '{name}' must be at least 1, found {v}", inst.span)
     if k > c:
-        raise DecError(f"dynamic_tree expands {k} nodes per depth but the first level has only children = {c}", inst.span,
+        raise DecError(f"{what} expands {k} nodes per depth but the first level has only children = {c}", inst.span,
                        hint=f"use expand <= {c}")
     nodes = c * (1 + k * (D - 1))
     if nodes > MAX_NODES:
@@ -128,20 +142,32 @@ def check_dynamic(inst) -> tuple[int, int, int]:
 
 
 def lower_dynamic_tree(lw: Lowering, inst, ctx):
-    """DySpec / EAGLE-2's dynamic tree under a node budget: the root gets `children` children; then per
-    depth one draft call over the tree so far (tree attention with the tree's parents, a value) gives q at
-    the last level's nodes, `tree_expand` picks the `expand` nodes of highest cumulative draft probability
-    (path product of q) and each gets `children` children drawn from its q. Level sizes are static
-    (children, then expand * children per depth); which nodes the children hang under is per row."""
+    """DySpec / EAGLE-2's dynamic tree under a node budget (`grow_dynamic_tree`), each node's children drawn
+    from its q as `tree` draws them."""
     c, k, D = check_dynamic(inst)
     _refuse_slots(lw)
-    role = lw.role(inst.arg("model"))
-    topk, distinct = greedy_pipeline(lw.sampler), not inst.arg("replacement")
+    levels, parents, _ = grow_dynamic_tree(lw, lw.role(inst.arg("model")), ctx, c, k, D, greedy_pipeline(lw.sampler),
+                                           not inst.arg("replacement"))
+    if parents is None:  # depth 1: a static tree of the root's children
+        tokens, probs, count = lw.b.emit("tree_build", levels, parents=(0,) * c)
+        return Proposal(tokens, probs, count, 1, parents=(0,) * c)
+    tokens, probs, count = lw.b.emit("tree_build", [*levels, parents], nodes=parents.type.shape[1])
+    return Proposal(tokens, probs, count, D, parents=parents)
+
+
+def grow_dynamic_tree(lw: Lowering, role: str, ctx, c: int, k: int, D: int, topk: bool, distinct: bool):
+    """The root gets c children; then per depth one draft call over the tree so far (tree attention with the
+    tree's parents, a value) gives q at the last level's nodes, `tree_expand` picks the k nodes of highest
+    cumulative draft probability (path product of q) and each gets c children drawn from its q (the top c
+    with q one-hot when `topk`). Level sizes are static (c, then k * c per depth); which nodes the children
+    hang under is per row. -> (levels [tokens, q, ...], parents i64[B,N] or None at depth 1, sources: per level
+    the draft's own q [B,n/c,V] at the nodes it hangs under, the root or the expanded ones; a node's draft
+    probability is its source's q at its token)."""
     b = lw.b
     logits = b.emit("tree_call", [ctx], model=role, parents=(), first=0)[0]  # [B, 1, V]: q at the root
     q = _draft_q(lw, logits, topk)
     levels = _draw(lw, q, c, topk, distinct)
-    q_last, parents, score = q, None, None  # q_last: the distribution the last level's nodes were drawn from
+    q_last, parents, score, sources = q, None, None, [q]  # q_last: the distribution the last level's nodes were drawn from
     for _ in range(D - 1):
         q_drawn = b.emit("repeat", [q_last], times=c)[0] if c > 1 else q_last  # the draft's own q each node was drawn from (its score)
         last = levels[-2]
@@ -156,11 +182,8 @@ def lower_dynamic_tree(lw: Lowering, inst, ctx):
         parents, q_sel, score = b.emit("tree_expand", ins, k=k, c=c)
         levels += _draw(lw, q_sel, c, topk, distinct)
         q_last = q_sel
-    if parents is None:  # depth 1: a static tree of the root's children
-        tokens, probs, count = b.emit("tree_build", levels, parents=(0,) * c)
-        return Proposal(tokens, probs, count, 1, parents=(0,) * c)
-    tokens, probs, count = b.emit("tree_build", [*levels, parents], nodes=parents.type.shape[1])
-    return Proposal(tokens, probs, count, D, parents=parents)
+        sources.append(q_sel)
+    return levels, parents, sources
 
 
 def _draft_q(lw: Lowering, logits, topk: bool):
@@ -181,13 +204,24 @@ def _draw(lw: Lowering, q, w: int, topk: bool, distinct: bool) -> list:
     return [lw.sample(q), q]
 
 
-def _children(lw: Lowering, logits, width: int, w: int, topk: bool, distinct: bool) -> list:
+def _children(lw: Lowering, logits, width: int, w, topk: bool, distinct: bool) -> list:
     """w children for each of `width` nodes, from logits [B, n, V]: one distribution per node (n = width)
-    or one for them all (n = 1). -> [tokens [B, width*w], q [B, width*w, V]], q being the distribution each
-    child was drawn from: the w most likely tokens of the model's own distribution with q one-hot (topk);
-    w draws without replacement, q_j = q without the earlier siblings (distinct); or w i.i.d. draws from q."""
+    or one for them all (n = 1); w a tuple gives node i w[i] children (n = width). -> [tokens [B, width*w],
+    q [B, width*w, V]], q being the distribution each child was drawn from: the w most likely tokens of the
+    model's own distribution with q one-hot (topk); w draws without replacement, q_j = q without the earlier
+    siblings (distinct); or w i.i.d. draws from q."""
     b = lw.b
     spread = width // logits.type.shape[1]  # nodes sharing each distribution
+    if isinstance(w, tuple):  # an irregular level: the groups of siblings have their own sizes
+        assert spread == 1, "per-node children need one distribution per node"
+        n, groups = sum(w), tuple(c for c in w if c)
+        if topk:
+            return list(b.emit("tree_topk", [b.emit("softmax", [logits])[0]], k=w))
+        q = b.emit("repeat", [lw.probs(logits)], times=w)[0]  # [B, n, V]: each child's q
+        if distinct and max(w) > 1:
+            u = b.emit("uniform", [], shape=("B", n))[0]
+            return list(b.emit("sample_distinct", [q, u], k=groups))
+        return [lw.sample(q), q]
     if topk:
         q = b.emit("softmax", [logits])[0]
         q = b.emit("repeat", [q], times=spread)[0] if spread > 1 else q

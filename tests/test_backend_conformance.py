@@ -120,6 +120,12 @@ def conformance_specs() -> list[Spec]:
         for sampler in ("top_k", "greedy"):  # per-row shapes: parents as a value in tree_call, tree_match, tree_rejection
             stage = inst(registry.lookup("sampler", sampler), **({"k": 3} if sampler == "top_k" else {}))
             out.append(Spec("dynamic_tree", (), (("target", model("target")), ("sampler", (stage,)), ("propose", grown), ("verify", inst(verifier))), SOURCE))
+        sequoia = inst(registry.lookup("draft", "sequoia"), model=model("draft"), budget=5, depth=2, acceptance=(0.6, 0.3))
+        for sampler in ("top_k", "greedy"):  # an irregular static tree: per-node counts in repeat, sample_distinct, tree_topk
+            stage = inst(registry.lookup("sampler", sampler), **({"k": 3} if sampler == "top_k" else {}))
+            out.append(Spec("sequoia", (), (("target", model("target")), ("sampler", (stage,)), ("propose", sequoia), ("verify", inst(verifier))), SOURCE))
+        reranked = inst(registry.lookup("draft", "eagle2_tree"), model=model("draft"), children=2, expand=1, depth=3, nodes=4)  # tree_rerank
+        out.append(Spec("eagle2_tree", (), (("target", model("target")), ("propose", reranked), ("verify", inst(verifier))), SOURCE))
         recycled = inst(registry.lookup("draft", "recycle"), candidates=2, widths=(2, 1))  # token recycling's static tree
         out.append(Spec("recycle_tree", (), (("target", model("target")), ("propose", recycled), ("verify", inst(verifier))), SOURCE))
     # exits that carry a value across draft steps (mul) and call a predictor, or cap the loop across rounds (length_cap)

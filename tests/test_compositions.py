@@ -101,9 +101,10 @@ def test_the_analysis_agrees_with_the_exact_backend(lossy_verifier, record_prope
     # every exit policy but at most one (this run's derandomized draws miss `predicted`, whose exact
     # losslessness tests/test_exit_policies.py checks directly), cross-round ones included
     assert len({None, *registry.names("exit")} - {key[2] for key in structures}) <= 1
-    # every draft source but at most one: which one a derandomized run misses moves with the registry's order and
-    # the strategies' ranges (dynamic_tree's exact losslessness is checked directly in tests/test_trees_dynamic.py)
-    # (draft sources that need a grammar are not composed at random: tests/test_grammar_forced.py checks them exactly)
+    # every draft source but at most two: which ones a derandomized run misses move with the registry's order and
+    # the strategies' ranges (with eagle2_tree and sequoia registered, this run misses lookahead and staged; every
+    # draft source's exact losslessness is also checked directly: tests/test_lookahead.py, test_staged.py,
+    # test_trees_*.py) (draft sources that need a grammar are not composed at random: tests/test_grammar_forced.py)
     free = {n for n in registry.names("draft") if not registry.lookup("draft", n).needs_grammar}
-    assert len(free - {key[0] for key in structures}) <= 1
+    assert len(free - {key[0] for key in structures}) <= 2, free - {key[0] for key in structures}
     assert "lookup" in {key[0] for key in structures}

@@ -26,6 +26,7 @@ MODULES = [
     "decspec.compiler.passes.fold_sampler",
     "decspec.stdlib.registry",
     "decspec.stdlib.samplers",
+    "decspec.stdlib.sequoia",
     "decspec.stdlib.models.protocol",
     "decspec.stdlib.models.table",
     "decspec.stdlib.models.transformer",

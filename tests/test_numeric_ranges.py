@@ -44,7 +44,7 @@ def test_every_float_parameter_has_a_finite_range_holding_its_default():
     for comp, p in float_params():
         assert math.isfinite(p.low) and math.isfinite(p.high) and p.low <= p.high, (comp.name, p.name)
         if not p.required:
-            assert p.low <= p.default <= p.high, (comp.name, p.name)
+            assert all(p.low <= x <= p.high for x in (p.default if isinstance(p.default, tuple) else (p.default,))), (comp.name, p.name)
 
 
 def test_every_draft_statistic_has_a_finite_range():
@@ -67,12 +67,27 @@ TEMPLATES = {
             '    stop = {call}\n    verify = rejection',
     "verifier": 'target = model("target")\n    draft = model("draft")\n    propose = autoregressive(draft)\n    verify = {call}',
     "search": 'target = model("target")\n    search = {call}',
+    "draft": 'target = model("target")\n    draft = model("draft")\n    propose = {call}\n    verify = multi_rejection',
 }
 
 
+def listed(p) -> bool:
+    return p.type.startswith("list[")
+
+
 def around(comp, p, value: str = "x") -> str:
-    call = f"{comp.name}({p.name} = {value})"
-    return f"decoder d(x: float = {p.default if not p.required else p.low}) {{\n    " + TEMPLATES[comp.kind].format(call=call) + "\n}\n"
+    """A list[float] parameter takes a one-element list, `x` or [literal]; a draft source its model first."""
+    model = "draft, " if comp.param("model") is not None and comp.param("model").required else ""
+    call = f"{comp.name}({model}{p.name} = {value if value == 'x' or not listed(p) else f'[{value}]'})"
+    default = p.default if not p.required else p.low
+    decl = f"x: list[float] = {list(default)}" if listed(p) else f"x: float = {default}"
+    return f"decoder d({decl}) {{\n    " + TEMPLATES[comp.kind].format(call=call) + "\n}\n"
+
+
+def given_as(p, value):
+    """An API override of `x`: the value, or a one-element list for a list parameter (the command line's text
+    for one is the same number)."""
+    return [value] if listed(p) and not isinstance(value, str) else value
 
 
 def test_every_float_parameter_can_be_tried_here():
@@ -89,13 +104,14 @@ def test_a_float_parameter_is_checked_at_the_spec_position(comp, p):
     """In range (the ends included) it loads; outside, as a literal or an override from the API or the command
     line, it is refused at the argument; inf and nan overrides are refused at the parameter's declaration."""
     for value in (p.low, p.high, (p.low + p.high) / 2):
-        spec = load(around(comp, p), overrides={"x": value})
+        spec = load(around(comp, p), overrides={"x": given_as(p, value)})
         instances = [i for _, v in spec.slots for i in (v if isinstance(v, tuple) else (v,))]
-        assert next(i for i in instances if getattr(i, "component", None) is comp).arg(p.name) == value
+        got = next(i for i in instances if getattr(i, "component", None) is comp).arg(p.name)
+        assert got == ((value,) if listed(p) else value)
     text = around(comp, p)
-    at = text.index(f"({p.name} = x") + len(f"({p.name} = ")  # the argument `x`
+    at = text.index(f"{p.name} = x", text.index(f"{comp.name}(")) + len(f"{p.name} = ")  # the argument `x`
     for value in outside(p):
-        for overrides in ({"x": value}, {"x": repr(value)}):  # API, command line
+        for overrides in ({"x": given_as(p, value)}, {"x": repr(value)}):  # API, command line
             with pytest.raises(DecError, match=f"'{p.name}' must be between") as info:
                 load(text, overrides=overrides)
             d = info.value.diagnostics[0]
@@ -103,11 +119,11 @@ def test_a_float_parameter_is_checked_at_the_spec_position(comp, p):
         literal = around(comp, p, repr(value))
         with pytest.raises(DecError, match=f"'{p.name}' must be between") as info:
             load(literal)
-        assert info.value.diagnostics[0].span.start == literal.index(f"({p.name} = ") + len(f"({p.name} = ")
+        assert info.value.diagnostics[0].span.start == literal.index(f"{p.name} = ", literal.index(f"{comp.name}(")) + len(f"{p.name} = ")
     for bad in (math.inf, -math.inf, math.nan, "inf", "nan", "-inf", "1e400"):
         with pytest.raises(DecError, match="non-finite float") as info:
-            load(text, overrides={"x": bad})
-        assert info.value.diagnostics[0].span.start == text.index("x: float")
+            load(text, overrides={"x": given_as(p, bad)})
+        assert info.value.diagnostics[0].span.start == text.index("x: ")
 
 
 SAMPLER = 'decoder d() {{\n    target = model("target")\n    sampler = {}\n}}\n'

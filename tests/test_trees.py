@@ -311,7 +311,7 @@ def test_stop_and_grammar_on_a_tree_are_not_yet():
         lower(load(tree_spec((2,), extra='    grammar = regex("a+")\n')))
 
 
-TREE_SPECS = ("specinfer_tree", "rsd_tree", "tree_greedy", "dynamic_tree")
+TREE_SPECS = ("specinfer_tree", "rsd_tree", "tree_greedy", "dynamic_tree", "sequoia_tree", "eagle2_tree")
 
 
 @pytest.mark.parametrize("name", TREE_SPECS)
@@ -333,10 +333,12 @@ def test_the_inductor_round_runs_trees_with_the_eager_tokens(name, models):
     assert any(a > 0 for r in eager.stats.accepted for a in r)  # drafts were accepted: the trees' paths mattered
 
 
-@pytest.mark.parametrize("name, dynamo", [("specinfer_tree", "inductor"), ("dynamic_tree", "eager")])
+@pytest.mark.parametrize("name, dynamo", [("specinfer_tree", "inductor"), ("dynamic_tree", "eager"), ("sequoia_tree", "eager"),
+                                                 ("eagle2_tree", "eager")])
 def test_a_compiled_tree_round_is_one_graph(name, dynamo):
     """torch.compile of a tree round: one graph, no graph break, no recompile on a second call; the eager tokens (the
-    dynamic tree through dynamo's own eager backend: the same graphs and breaks, without inductor's compile time)."""
+    dynamic tree, Sequoia's irregular one and EAGLE-2's reranked one through dynamo's own eager backend: the same graphs
+    and breaks, without inductor's compile time)."""
     from torch._dynamo.utils import counters
 
     pair = random_models(seed=2)

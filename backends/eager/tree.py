@@ -24,19 +24,32 @@ def tree_call(state, op, ctx, *levels):
     return (tree_logits(session, ctx.tokens, ctx.length, tokens, parents, op.param("first", 0)),)
 
 
+def spread(counts) -> list[int]:
+    """The index of each copy when distribution i is repeated counts[i] times: [2, 0, 1] -> [0, 0, 2]."""
+    return [i for i, c in enumerate(counts) for _ in range(c)]
+
+
 def repeat(state, op, probs):
-    return (probs.repeat_interleave(op.param("times"), dim=1),)  # [B, n, V] -> [B, n*times, V]
+    times = op.param("times")
+    if isinstance(times, int):
+        return (probs.repeat_interleave(times, dim=1),)  # [B, n, V] -> [B, n*times, V]
+    return (probs[:, spread(times)],)  # [B, n, V] -> [B, sum(times), V]: a static gather, no data-dependent size
 
 
 def tree_topk(state, op, probs):
-    """The k most likely tokens of each of the n distributions (first on ties), q one-hot on each. [B, n, V] -> [B, n*k], [B, n*k, V]"""
+    """The k most likely tokens of each of the n distributions (first on ties), q one-hot on each. [B, n, V] -> [B, n*k], [B, n*k, V]
+    (k a list: k[i] children of distribution i, [B, sum(k)])"""
     B, n, V = probs.shape
     k = op.param("k")
-    order = torch.sort(probs, dim=-1, descending=True, stable=True).indices[..., :k]  # [B, n, min(k, V)]
-    if order.shape[-1] < k:  # more children than tokens: the extra ones repeat the least likely
-        order = torch.cat([order, order[..., -1:].expand(B, n, k - order.shape[-1])], -1)
-    tokens = order.reshape(B, n * k)
-    q = torch.zeros(B, n * k, V, dtype=probs.dtype, device=probs.device).scatter_(-1, tokens[..., None], 1.0)
+    most = k if isinstance(k, int) else max(k)
+    order = torch.sort(probs, dim=-1, descending=True, stable=True).indices[..., :most]  # [B, n, min(most, V)]
+    if order.shape[-1] < most:  # more children than tokens: the extra ones repeat the least likely
+        order = torch.cat([order, order[..., -1:].expand(B, n, most - order.shape[-1])], -1)
+    if isinstance(k, int):
+        tokens = order.reshape(B, n * k)
+    else:
+        tokens = order[:, spread(k), [j for c in k for j in range(c)]]  # node i's first k[i], in node order
+    q = torch.zeros(B, tokens.shape[1], V, dtype=probs.dtype, device=probs.device).scatter_(-1, tokens[..., None], 1.0)
     return tokens, q
 
 
@@ -49,28 +62,34 @@ def without_drawn(q: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, left / mass.clamp_min(torch.finfo(q.dtype).tiny), free / free.sum(-1, keepdim=True).clamp_min(1))
 
 
+def groups(k, n: int) -> list[int]:
+    """sample_distinct's group sizes over n siblings: k each (an int), or the list k itself."""
+    return [k] * (n // k) if isinstance(k, int) else list(k)
+
+
 def sample_distinct(state, op, probs, u):
-    """Siblings without replacement (RSD, Jeon et al. 2024), in groups of k: sibling j is drawn from
-    q_j = norm(q with siblings 0..j-1 removed) by inverse CDF, which is Gumbel-top-k's distribution
-    drawn one at a time. probs, u: [B, n, V], [B, n] -> tokens [B, n], q_j of each [B, n, V]"""
+    """Siblings without replacement (RSD, Jeon et al. 2024), in consecutive groups (of k, or of the sizes k lists):
+    sibling j of a group is drawn from q_j = norm(q with siblings 0..j-1 removed) by inverse CDF, which is
+    Gumbel-top-k's distribution drawn one at a time. probs, u: [B, n, V], [B, n] -> tokens [B, n], q_j of each [B, n, V]"""
     from decspec.backends.eager.rules import sample_tokens
 
     B, n, V = probs.shape
-    k = op.param("k")
-    if k > V:
-        raise ValueError(f"sample_distinct draws {k} distinct siblings from a vocabulary of {V} tokens: "
-                         f"use widths of at most {V} with replacement = false")
-    groups = probs.reshape(B, n // k, k, V)
-    uu = u.reshape(B, n // k, k)
-    drawn = torch.zeros(B, n // k, V, dtype=torch.bool, device=probs.device)
-    tokens, qs = [], []
-    for j in range(k):
-        q = without_drawn(groups[:, :, j], drawn)  # [B, G, V]
-        tok = sample_tokens(q, uu[:, :, j])  # [B, G]
-        drawn = drawn.scatter(-1, tok[..., None], True)
-        tokens.append(tok)
-        qs.append(q)
-    return torch.stack(tokens, 2).reshape(B, n), torch.stack(qs, 2).reshape(B, n, V)
+    sizes = groups(op.param("k"), n)
+    if max(sizes) > V:
+        raise ValueError(f"sample_distinct draws {max(sizes)} distinct siblings from a vocabulary of {V} tokens: "
+                         f"use widths of at most {V} (at most {V} children per node) with replacement = false")
+    starts = [sum(sizes[:g]) for g in range(len(sizes))]
+    drawn = torch.zeros(B, len(sizes), V, dtype=torch.bool, device=probs.device)
+    tokens = torch.zeros(B, n, dtype=torch.long, device=probs.device)
+    qs = torch.zeros_like(probs)
+    for j in range(max(sizes)):  # sibling j of every group that has one, together
+        gs = [g for g, size in enumerate(sizes) if size > j]
+        at = [starts[g] + j for g in gs]
+        q = without_drawn(probs[:, at], drawn[:, gs])  # [B, G, V]
+        tok = sample_tokens(q, u[:, at])  # [B, G]
+        drawn[:, gs] = drawn[:, gs].scatter(-1, tok[..., None], True)
+        tokens[:, at], qs[:, at] = tok, q
+    return tokens, qs
 
 
 def head_level(state, op, hidden):
@@ -220,6 +239,24 @@ def tree_expand(state, op, tokens, q, q_next, score=None, parents=None):
     return torch.cat([parents, new], 1), q_sel, s.gather(1, chosen).repeat_interleave(c, dim=1)
 
 
+def tree_rerank(state, op, tokens, q, weight, parents):
+    """EAGLE-2's rerank: score = the product of weight along each node's root path; keep the m of highest score
+    (first on ties), in tree order, their parents renumbered. A node's score is at most its parent's (weights
+    are probabilities) and its index is larger, so the kept nodes form a tree.
+    tokens, weight, parents: [B, N], q: [B, N, V] -> tokens [B, m], q [B, m, V], parents [B, m], drafted [B] (m)"""
+    B, N = tokens.shape
+    m = op.param("nodes")
+    weight = weight.clamp(max=1)
+    score = weight
+    for _ in range(op.param("depth") - 1):  # each pass settles one more depth: score = weight * the parent's score
+        score = weight * torch.cat([torch.ones_like(score[:, :1]), score], 1).gather(1, parents)
+    keep = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :m].sort(dim=1).values  # [B, m], in tree order
+    position = torch.zeros(B, N + 1, dtype=torch.long, device=tokens.device)  # old position -> new (the root stays 0)
+    position.scatter_(1, keep + 1, torch.arange(1, m + 1, device=tokens.device).expand(B, m))
+    kept_q = q.gather(1, keep[..., None].expand(B, m, q.shape[-1]))
+    return tokens.gather(1, keep), kept_q, position.gather(1, parents.gather(1, keep)), torch.full((B,), m, dtype=torch.long, device=tokens.device)
+
+
 def tree_splice(state, op, tokens, path, n, x):
     """tokens[path[:, :n]] followed by x. -> [B, D+1]"""
     out = torch.cat([tokens.gather(1, path), tokens.new_zeros(tokens.shape[0], 1)], 1)
@@ -238,4 +275,5 @@ RULES = {
     "tree_rejection": tree_rejection,
     "tree_splice": tree_splice,
     "tree_expand": tree_expand,
+    "tree_rerank": tree_rerank,
 }

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from decspec.backends.eager.tree import accept_ratio, residual, without_drawn
+from decspec.backends.eager.tree import accept_ratio, groups, residual, without_drawn
 
 
 @lru_cache(maxsize=64)
@@ -97,13 +97,14 @@ def sample_distinct(probs: torch.Tensor, *, op) -> tuple[torch.Tensor, torch.Ten
     probs: [R, n, V] -> u: [R, C, n], prob: [R, C] (C = V^n, the measure-0 cells included)
     """
     R, n, V = probs.shape
-    k = op.param("k")
+    sizes = groups(op.param("k"), n)
+    starts = {sum(sizes[:g]) for g in range(len(sizes))}  # where each group begins
     u = probs.new_zeros(R, 1, 0)  # [R, C, e]
     prob = probs.new_ones(R, 1)  # [R, C]
     drawn = torch.zeros(R, 1, V, dtype=torch.bool)  # [R, C, V]: the current group's tokens so far
     for e in range(n):
         C = u.shape[1]
-        if e % k == 0:
+        if e in starts:
             drawn = torch.zeros(R, C, V, dtype=torch.bool)
         q = without_drawn(probs[:, e, None, :].expand(R, C, V), drawn)  # [R, C, V]
         cdf = q.cumsum(-1)
@@ -114,6 +115,6 @@ def sample_distinct(probs: torch.Tensor, *, op) -> tuple[torch.Tensor, torch.Ten
     return u, prob
 
 
-sample_distinct.takes_op = True  # its cells depend on the group size k, an op param
+sample_distinct.takes_op = True  # its cells depend on the group sizes k, an op param
 
 CELLS = {"tree_rejection": tree_rejection, "sample_distinct": sample_distinct}

@@ -148,7 +148,7 @@ SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compar
 
 
 TREE_KERNELS = ("repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match", "tree_rejection", "tree_splice",
-                "tree_expand")  # the tree ops whose eager rules are kernels as they are (kernels.py)
+                "tree_expand", "tree_rerank")  # the tree ops whose eager rules are kernels as they are (kernels.py)
 PARAM_KERNELS = ("typical_accept", "topk_accept", *TREE_KERNELS)
 
 

@@ -3,7 +3,8 @@
 The draft's k tokens come from inner speculative rounds against the first-stage draft; the decoder is
 exactly lossless on table models with a lookup or a model as the inner draft; every round drafts k
 tokens with fewer draft calls than k; the exact check catches a wrong q; bad nesting is a diagnostic;
-the compiled backends refuse the op naming it and its .dec line.
+the inductor backend gives eager's tokens for the same seed (greedy and sampled) in one compiled graph, and
+refuses a model as the inner draft naming the op and its .dec line.
 """
 from __future__ import annotations
 
@@ -121,7 +122,67 @@ def test_stop_on_a_lookup_inner_draft_is_a_diagnostic():
         decspec.compile(inline("staged(draft, inner = lookup())", "    stop    = when draft.prob < 0.5\n"), models=tables(3, 1))
 
 
-def test_the_compiled_backend_refuses_naming_the_op_and_line():
-    dec = decspec.compile(SPEC, models=random_models(seed=1), backend="inductor")
-    with pytest.raises(DecError, match=r"cannot emit op 'staged_loop' yet \(from spec line 12\)"):
-        dec.generate([[1, 2]], max_new_tokens=4, seed=0)
+# --------------------------------------------------------------------------- the inductor backend
+
+REPEATS = [[5, 6, 7, 8, 9] * 6, [1, 2, 1, 2, 1, 2, 1, 2], [4]]  # lookup finds continuations: rows fill up in fewer inner rounds
+
+
+def both(models, prompts, new_tokens, seed, **overrides):
+    """(eager, inductor) outputs of specs/staged.dec for the same prompts and seed."""
+    return tuple(decspec.compile(SPEC, models=models, backend=b, **overrides).generate(prompts, max_new_tokens=new_tokens, seed=seed)
+                 for b in ("eager", "inductor"))
+
+
+@pytest.mark.parametrize("k, inner", [(4, 2), (3, 3), (1, 2), (2, 4)])
+def test_inductor_greedy_equals_eager(k, inner):
+    eager, gen = both(random_models(seed=1), REPEATS, 20, 0, k=k, inner=inner, temperature=0.0)
+    assert gen.tokens == eager.tokens and gen.stats.accepted == eager.stats.accepted
+    assert eager.stats.model_calls["draft"] < k * eager.stats.rounds or k == 1  # eager skipped inner rounds: the masks were used
+
+
+@pytest.mark.parametrize("t, k, inner, rows", [(0.2, 4, 2, 1), (0.8, 3, 2, 3), (1.0, 2, 3, 3)])
+def test_inductor_sampled_equals_eager_for_the_same_seed(t, k, inner, rows):
+    """The generated round runs all k inner rounds; eager stops once every row is full but still takes the skipped
+    rounds' draws (staged.skip_draws), so both consume the random stream alike and give the same tokens."""
+    eager, gen = both(random_models(seed=1), REPEATS[:rows], 24, 3, k=k, inner=inner, temperature=t)
+    assert gen.tokens == eager.tokens and gen.stats.accepted == eager.stats.accepted
+    if rows == 1:
+        assert eager.stats.model_calls["draft"] < k * eager.stats.rounds  # eager skipped inner rounds (and took their draws)
+
+
+def test_inductor_sampled_equals_eager_on_table_models():
+    """The models the exact check runs on (tests above): the same tokens as eager, whose distribution is exact."""
+    eager, gen = both(tables(3, 1), [[0, 2, 0, 2, 0], [1], [2, 2]], 12, 5, k=3, inner=2, temperature=1.0, top_p=1.0)
+    assert gen.tokens == eager.tokens and gen.stats.accepted == eager.stats.accepted
+
+
+def test_inductor_runs_every_inner_round():
+    """Static shapes: every round makes k draft calls (the rows already full are masked), and counts them."""
+    eager, gen = both(random_models(seed=1), REPEATS, 16, 0, k=4, inner=2, temperature=0.0)
+    assert gen.stats.model_calls["draft"] == 4 * gen.stats.rounds + 1  # + the prefill
+    assert eager.stats.model_calls["draft"] < 4 * eager.stats.rounds
+
+
+def test_a_compiled_staged_round_is_one_graph():
+    """torch.compile (through dynamo's eager backend: the same graphs and breaks, without inductor's compile time):
+    one graph, no graph break, no recompile for other prompt lengths and another seed; eager's tokens."""
+    from torch._dynamo.utils import counters
+
+    models = random_models(seed=1)
+    others = [[3, 4, 3, 4, 3], [9] * 12, [7, 8]]
+    torch._dynamo.reset()
+    counters.clear()
+    dec = decspec.compile(SPEC, models=models, temperature=0.3, backend="inductor")
+    dec.backend_options = {"compile": True, "dynamo_backend": "eager"}
+    eager = decspec.compile(SPEC, models=models, temperature=0.3)
+    assert dec.generate(REPEATS, max_new_tokens=16, seed=0).tokens == eager.generate(REPEATS, max_new_tokens=16, seed=0).tokens
+    assert counters["stats"]["unique_graphs"] == 1
+    assert dec.generate(others, max_new_tokens=20, seed=1).tokens == eager.generate(others, max_new_tokens=20, seed=1).tokens
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+def test_the_inductor_backend_refuses_a_model_as_the_inner_draft_naming_the_op_and_line():
+    src = inline("staged(draft, inner = autoregressive(early_exit(target, layer = 1), max = 2), max = 3)")
+    dec = decspec.compile(src, models=tables(2, 1), backend="inductor")
+    with pytest.raises(DecError, match=r"cannot emit op 'draft_loop' in staged drafting's inner round yet \(from spec line 5\)"):
+        dec.generate([[1, 0]], max_new_tokens=4, seed=0)

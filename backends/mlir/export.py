@@ -63,7 +63,6 @@ HOST_OPS.update(dict.fromkeys(  # not emitted by the inductor code generator yet
     "a draft source chosen per context (dynamic_exit) picks its view on the host between rounds, as a length cap: the "
     "choice is not yet an input of the exported function"))
 HOST_OPS["forced_then"] = "forced drafts followed by another draft source are not emitted by the inductor code generator yet, whose round the export traces"
-HOST_OPS["staged_loop"] = "staged drafting is not emitted by the inductor code generator yet, whose round the export traces"
 
 
 def check_exportable(graph) -> None:

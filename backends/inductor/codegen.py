@@ -65,10 +65,20 @@ def model_calls(graph: Graph) -> tuple[dict[str, int], dict[str, int]]:
             outside[role] = outside.get(role, 0) + 1
         if op.region is not None:
             into, times = (per_step, 1) if op.name == "draft_loop" else (outside, op.param("max"))
-            for inner in op.region.walk():
-                for role in called_roles(inner):
-                    into[role] = into.get(role, 0) + times
+            for role, n in region_calls(op.region).items():
+                into[role] = into.get(role, 0) + n * times
     return outside, per_step
+
+
+def region_calls(g: Graph) -> dict[str, int]:
+    """Model calls per role in one run of a region: a loop inside it (a staged loop's inner draft loop) runs `max` times."""
+    calls: dict[str, int] = {}
+    for op in g.ops:
+        for role in called_roles(op):
+            calls[role] = calls.get(role, 0) + 1
+        for role, n in (region_calls(op.region) if op.region is not None else {}).items():
+            calls[role] = calls.get(role, 0) + n * op.param("max")
+    return calls
 
 
 def called_roles(op: Op) -> tuple[str, ...]:
@@ -104,27 +114,28 @@ def windows(graph: Graph) -> dict[str, int]:
     commits up to its depth (K; the commit's width - 1) and feeds none of it as context (f = 0): its nodes sit past
     the context in the cache, and the next round feeds the committed path again. A staged loop's inner rounds feed
     each row's drafts but the last at their positions (a finished row's later rounds re-feed its last draft, then
-    garbage past it), so a model called in its body holds all but the last of the K drafts: f = K - 1."""
+    garbage past it), so the draft its body calls holds all but the last of the K drafts: f = K - 1; a model drafting
+    inside its body (an inner draft loop, which never feeds its own last draft) all but the last two: f = K - 2."""
     K = max((op.param("max", 0) for op in graph.walk() if op.name in DRAFT_OPS), default=0)
     commit = next((op for op in graph.ops if op.name == "commit"), None)
     if commit is not None and any(op.name == "tree_call" for op in graph.walk()):
         K = max(K, int(commit.inputs[0].type.shape[1]) - 1)
     fed: dict[str, int] = {}
 
-    def visit(g: Graph, in_loop: int, staged: int | None) -> None:
+    def visit(g: Graph, in_loop: int, staged: int | None, depth: int) -> None:
         for op in g.ops:
             if op.name == "tree_call":
                 fed.setdefault(op.param("model"), 0)
             if op.name in ("model_call", "model_select"):  # model_select: each of its views, as a model_call
                 inputs = op.inputs[1:] if op.name == "model_select" else op.inputs
                 n = 0 if len(inputs) < 2 else (in_loop - 1 if len(inputs) == 3 else inputs[1].type.shape[1])
-                n = n if staged is None else staged - 1
+                n = n if staged is None else max(staged - depth, 0)  # depth: 1 in the staged body, 2 in its draft loop
                 for role in (op.param("models") if op.name == "model_select" else (op.param("model"),)):
                     fed[role] = max(fed.get(role, 0), int(n))
             if op.region is not None:
-                visit(op.region, op.param("max"), op.param("max") if op.name == "staged_loop" else staged)
+                visit(op.region, op.param("max"), op.param("max") if op.name == "staged_loop" else staged, depth + 1)
 
-    visit(graph, 0, None)
+    visit(graph, 0, None, 0)
     return {role: 1 + K - f for role, f in fed.items()}
 
 
@@ -180,7 +191,7 @@ class Emitter:
         self.tree_roles = {op.param("model") for op in graph.walk() if op.name == "tree_call"}  # roles verifying trees
         self.hidden_roles = {op.param("model") for op in graph.walk() if op.name in ("model_hidden", "model_features")}
         self.first_call: set[str] = set()
-        self.context_fed: set[str] = set()  # roles whose cache holds the context but its last token (a staged loop's later inner rounds)
+        self.context_fed: dict[str, int] = {}  # role -> the context's last positions its cache may not hold (a staged loop's later inner rounds)
         self.u_col = 0
         self.indent = 1
         self.steps: str | None = str(max_steps(graph))  # what a function's `return` adds as its 4th value (None: nothing)
@@ -325,10 +336,10 @@ class Emitter:
             return f"m[{role!r}].feed_step(ctx_tokens, ctx_length, {ins[1]}, {step})[:, -1]"
         ext = ins[1] if len(ins) > 1 else "None"
         n = step if len(ins) == 3 else (values[1].type.shape[1] if len(ins) > 1 else 0)
-        if step is not None and len(ins) == 3 and role in self.first_call:
+        if step is not None and len(ins) == 3 and role in self.first_call and not (step == 0 and role in self.context_fed):
             lo = n - 1  # earlier steps fed everything up to ext[:, n-1)
-        elif role in self.context_fed:
-            lo = -1  # the context's last token (a draft the last inner round did not feed, or fed wrong), then ext
+        elif role in self.context_fed:  # the context's last drafts (the last inner round did not feed them, or fed others)
+            lo = -self.context_fed[role]
         else:
             lo = -self.windows[role]
             self.first_call.add(role)
@@ -349,20 +360,23 @@ class Emitter:
     def emit_staged_loop(self, op: Op, outs: list[str], where: str) -> None:
         """`max` inner rounds, unrolled (each adds at least one token per row; a full row's later rounds run masked).
         Inside each, ctx_tokens / ctx_length are the body's context, ctx ++ the row's drafts so far, which the body's
-        ops read as they read the round's. Its model calls feed the static window in the first inner round, then the
-        context's last token and the inner drafts (feed: context_fed); the positions past them are garbage that the
-        next inner round or the next round's window overwrites before anything attends them (windows)."""
+        ops read as they read the round's. Its model calls feed the static window in the first inner round; in the
+        later ones, the draft scoring the inner drafts feeds the context's last token then them, and a model drafting
+        in an inner draft loop the context's last two tokens, then its steps (it never feeds its own last draft):
+        feed's context_fed. The positions past them are garbage that the next inner round or the next round's window
+        overwrites before anything attends them (windows)."""
         k, body = op.param("max"), op.region
         for inner in body.walk():
-            why = ("a model as the inner draft: a draft loop in each inner round" if inner.region is not None else
-                   "a grammar over the inner round's context (its start state is the committed context's)"
-                   if inner.name.startswith("grammar_") else None)
-            if why is not None:
+            if inner.name.startswith("grammar_"):
                 line = f" (from spec line {op.meta.line})" if op.meta.line else ""
                 raise DecError(f"the inductor backend cannot emit op '{inner.name}' in staged drafting's inner round yet{line}: "
-                               f"{why}; it runs on the eager and exact backends", hint="use inner = lookup(...), or backend='eager' (or 'exact')")
+                               "a grammar over the inner round's context (its start state is the committed context's); it "
+                               "runs on the eager and exact backends", hint="use backend='eager' (or 'exact')")
         drafts, probs, count = outs
-        roles = {role for inner in body.walk() for role in called_roles(inner)}
+        refeed = {role: 1 for inner in body.ops for role in called_roles(inner)}
+        for inner in body.ops:  # an inner draft loop's models
+            for role in (r for o in (inner.region.walk() if inner.region is not None else ()) for r in called_roles(o)):
+                refeed[role] = 2
         self.line(f"{drafts}, {probs}, {count} = K.staged_start(ctx_tokens, {k}){where}, unrolled")
         self.line("round_tokens, round_length = ctx_tokens, ctx_length  # the round's context, while the inner rounds rebind it")
         for j in range(k):
@@ -372,8 +386,9 @@ class Emitter:
             self.emit_graph(body, env)
             tokens, p, n = (env[v] for v in body.outputs)
             self.line(f"{probs}, {count} = K.staged_append({drafts}, {probs}, {count}, {tokens}, {p}, {n})")
-            self.context_fed |= roles
-        self.context_fed -= roles
+            self.context_fed.update(refeed)
+        for role in refeed:
+            del self.context_fed[role]
         self.line("ctx_tokens, ctx_length = round_tokens, round_length")
 
     def emit_step(self, op: Op, ctx: str, i: int | str) -> None:

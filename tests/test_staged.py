@@ -215,7 +215,7 @@ def test_the_statistical_check_catches_a_stale_q_on_inductor(monkeypatch):
     from decspec.backends.inductor import kernels
 
     real = kernels.staged_append
-    monkeypatch.setattr(kernels, "staged_append", lambda d, probs, c, tok, p, n: real(d, probs, c, tok, p[:, :1].expand_as(p).contiguous(), n))
+    monkeypatch.setattr(kernels, "staged_append", lambda d, probs, c, tok, p, n: real(d, probs, c, tok, p[:, :1].expand_as(p), n))
     src = inline("staged(draft, inner = autoregressive(early_exit(target, layer = 1), max = 2), max = 3)", STOP)
     dec = decspec.compile(src, models=tables(2, 1, seed=3), t=0.9, backend="inductor")
     with pytest.raises(AssertionError, match="does not sample from the target"):

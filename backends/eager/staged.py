@@ -20,13 +20,11 @@ def extended(ctx: Context, drafts: torch.Tensor, count: torch.Tensor) -> Context
 
 
 def extended_tokens(tokens: torch.Tensor, length: torch.Tensor, drafts: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """A copy of tokens [B, S] with drafts[b, :count[b]] [B, K] written at length[b] onward (clamped to the buffer)."""
+    """tokens [B, S] with drafts[b, :count[b]] [B, K] at length[b] onward (clamped to the buffer), a new tensor."""
     K = drafts.shape[1]
     cols = torch.arange(K, device=drafts.device)[None, :]
     pos = (length[:, None] + cols).clamp(max=tokens.shape[1] - 1)  # [B, K]
-    out = tokens.clone()
-    out.scatter_(1, pos, torch.where(cols < count[:, None], drafts, out.gather(1, pos)))
-    return out
+    return tokens.scatter(1, pos, torch.where(cols < count[:, None], drafts, tokens.gather(1, pos)))
 
 
 def staged_loop(state, op, ctx):
@@ -44,7 +42,7 @@ def staged_loop(state, op, ctx):
         tokens, p, n = run_graph(op.region, [extended(align(ctx), drafts, count)], state, state.rules, state.backend)
         ctx, drafts, count, tokens, p, n = (align(x) for x in (ctx, drafts, count, tokens, p, n))
         probs = p.new_zeros(*drafts.shape, p.shape[-1]) if probs is None else align(probs)
-        count = append(drafts, probs, count, tokens, p, n)
+        drafts, probs, count = append(drafts, probs, count, tokens, p, n)
         if bool((count >= K).all()):
             skip_draws(state, op.region, K - 1 - run)
             break
@@ -52,18 +50,16 @@ def staged_loop(state, op, ctx):
 
 
 def append(drafts: torch.Tensor, probs: torch.Tensor, count: torch.Tensor, tokens: torch.Tensor, p: torch.Tensor,
-           n: torch.Tensor) -> torch.Tensor:
-    """One inner round's tokens [B, J+1] (tokens[:, :n+1] are the draft's) and p [B, J+1, V] written into drafts [B, K]
-    and probs [B, K, V] in place after each row's count [B] drafts, up to K. -> the new count (at most K)"""
-    K = drafts.shape[1]
-    rows = torch.arange(drafts.shape[0], device=drafts.device)
-    for j in range(tokens.shape[1]):  # token j of the inner round goes to position count + j, while j <= n and there is room
-        pos = count + j
-        put = (j <= n) & (pos < K)
-        at = pos.clamp(max=K - 1)
-        drafts[rows, at] = torch.where(put, tokens[:, j], drafts[rows, at])
-        probs[rows, at] = torch.where(put[:, None], p[:, j], probs[rows, at])
-    return (count + n + 1).clamp(max=K)
+           n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One inner round's tokens [B, J+1] (tokens[:, :n+1] are the draft's) and p [B, J+1, V] put after each row's
+    count [B] drafts in drafts [B, K] and probs [B, K, V], up to K. Masks, not index writes: the compiled round
+    (inductor) computes the same. -> drafts, probs, count (at most K)"""
+    cols = torch.arange(drafts.shape[1], device=drafts.device)[None, :]  # [1, K]
+    for j in range(tokens.shape[1]):  # token j goes to position count + j, while j <= n and there is room
+        hit = (cols == (count + j)[:, None]) & (j <= n)[:, None]  # [B, K]
+        drafts = torch.where(hit, tokens[:, j, None], drafts)
+        probs = torch.where(hit[..., None], p[:, j, None, :], probs)
+    return drafts, probs, (count + n + 1).clamp(max=drafts.shape[1])
 
 
 def skip_draws(state, region, runs: int) -> None:

@@ -385,7 +385,7 @@ class Emitter:
             env = {body.inputs[0]: "ctx"}
             self.emit_graph(body, env)
             tokens, p, n = (env[v] for v in body.outputs)
-            self.line(f"{probs}, {count} = K.staged_append({drafts}, {probs}, {count}, {tokens}, {p}, {n})")
+            self.line(f"{drafts}, {probs}, {count} = K.staged_append({drafts}, {probs}, {count}, {tokens}, {p}, {n})")
             self.context_fed.update(refeed)
         for role in refeed:
             del self.context_fed[role]

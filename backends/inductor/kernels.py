@@ -281,11 +281,11 @@ def staged_context(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, drafts: t
 
 
 def staged_append(drafts, probs, count, tokens, p, n):
-    """An inner round's n + 1 tokens (and p at each) appended to each row's drafts, up to K (the eager rule's step;
-    a full row appends nothing). -> probs [B, K, V], count [B]"""
+    """An inner round's n + 1 tokens (and p at each) put after each row's drafts, up to K (the eager rule's step;
+    a full row takes nothing). -> drafts [B, K], probs [B, K, V], count [B]"""
     if probs is None:
         probs = p.new_zeros(*drafts.shape, p.shape[-1])
-    return probs, S.append(drafts, probs, count, tokens, p, n)
+    return S.append(drafts, probs, count, tokens, p, n)
 
 
 def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -177,10 +177,11 @@ def _tiny_models(seed: int = 0) -> dict:
     return {"target": Transformer.random(config(2, 32), seed), "draft": Transformer.random(config(1, 32), seed + 1)}
 
 
-def test_round_runs_like_torch(executor):
+@pytest.mark.parametrize("spec", ["speculative", "staged"])  # staged: its inner rounds write the drafts in place
+def test_round_runs_like_torch(executor, spec):
     """The whole round (models, static caches) through the same pipeline, against the torch module it was
     exported from (tests/test_backend_mlir.py checks that module against the generated round)."""
-    traced = trace(_spec_path("speculative"), "round", models=_tiny_models(), capacity=32)
+    traced = trace(_spec_path(spec), "round", models=_tiny_models(), capacity=32)
     round_fn = compile_mlir(lower(traced, "linalg"))
     for seed in range(2):
         args = traced.module.example_inputs(seed, length=8)

@@ -16,36 +16,61 @@ from decspec.backends.runtime import Context
 
 def extended(ctx: Context, drafts: torch.Tensor, count: torch.Tensor) -> Context:
     """ctx ++ drafts[:, :count] per row. tokens [B, S], drafts [B, K], count [B] -> Context (length + count)."""
+    return Context(extended_tokens(ctx.tokens, ctx.length, drafts, count), ctx.length + count, ctx.start)
+
+
+def extended_tokens(tokens: torch.Tensor, length: torch.Tensor, drafts: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """tokens [B, S] with drafts[b, :count[b]] [B, K] at length[b] onward (clamped to the buffer), a new tensor."""
     K = drafts.shape[1]
     cols = torch.arange(K, device=drafts.device)[None, :]
-    pos = (ctx.length[:, None] + cols).clamp(max=ctx.tokens.shape[1] - 1)  # [B, K]
-    tokens = ctx.tokens.clone()
-    tokens.scatter_(1, pos, torch.where(cols < count[:, None], drafts, tokens.gather(1, pos)))
-    return Context(tokens, ctx.length + count, ctx.start)
+    pos = (length[:, None] + cols).clamp(max=tokens.shape[1] - 1)  # [B, K]
+    return tokens.scatter(1, pos, torch.where(cols < count[:, None], drafts, tokens.gather(1, pos)))
 
 
 def staged_loop(state, op, ctx):
-    """Inner rounds until every row holds `max` drafts: -> drafts [B, K], q [B, K, V], count [B] (= K)."""
+    """Inner rounds until every row holds `max` drafts: -> drafts [B, K], q [B, K, V], count [B] (= K).
+
+    The loop stops once every row is full, but the draws of the inner rounds it skips are still taken (and
+    dropped): a round consumes the random stream as its graph says, `max` inner rounds, as the inductor
+    backend's round (which runs them all, masked) takes it, so the same seed gives the same tokens on both."""
     align = getattr(state, "align", lambda x: x)  # the exact backend's rows split inside the body
     K = op.param("max")
     drafts = torch.zeros(state.batch, K, dtype=torch.long, device=state.device)
     count = torch.zeros(state.batch, dtype=torch.long, device=state.device)
     probs = None
-    for _ in range(K):  # every inner round adds at least one token
+    for run in range(K):  # every inner round adds at least one token
         tokens, p, n = run_graph(op.region, [extended(align(ctx), drafts, count)], state, state.rules, state.backend)
         ctx, drafts, count, tokens, p, n = (align(x) for x in (ctx, drafts, count, tokens, p, n))
         probs = p.new_zeros(*drafts.shape, p.shape[-1]) if probs is None else align(probs)
-        for j in range(tokens.shape[1]):  # token j of the inner round goes to position count + j, while j <= n and there is room
-            pos = count + j
-            put = (j <= n) & (pos < K)
-            at = pos.clamp(max=K - 1)
-            rows = torch.arange(drafts.shape[0], device=drafts.device)
-            drafts[rows, at] = torch.where(put, tokens[:, j], drafts[rows, at])
-            probs[rows, at] = torch.where(put[:, None], p[:, j], probs[rows, at])
-        count = torch.minimum(count + n + 1, torch.tensor(K))
+        drafts, probs, count = append(drafts, probs, count, tokens, p, n)
         if bool((count >= K).all()):
+            skip_draws(state, op.region, K - 1 - run)
             break
     return drafts, probs, count
+
+
+def append(drafts: torch.Tensor, probs: torch.Tensor, count: torch.Tensor, tokens: torch.Tensor, p: torch.Tensor,
+           n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One inner round's tokens [B, J+1] (tokens[:, :n+1] are the draft's) and p [B, J+1, V] put after each row's
+    count [B] drafts in drafts [B, K] and probs [B, K, V], up to K. Masks, not index writes: the compiled round
+    (inductor) computes the same. -> drafts, probs, count (at most K)"""
+    cols = torch.arange(drafts.shape[1], device=drafts.device)[None, :]  # [1, K]
+    for j in range(tokens.shape[1]):  # token j goes to position count + j, while j <= n and there is room
+        hit = (cols == (count + j)[:, None]) & (j <= n)[:, None]  # [B, K]
+        drafts = torch.where(hit, tokens[:, j, None], drafts)
+        probs = torch.where(hit[..., None], p[:, j, None, :], probs)
+    return drafts, probs, (count + n + 1).clamp(max=drafts.shape[1])
+
+
+def skip_draws(state, region, runs: int) -> None:
+    """Take and drop the uniform draws of `runs` runs of `region` (its nested loops' bodies `max` times each), in the
+    order running it would take them. On the exact backend a uniform is symbolic: nothing is drawn."""
+    for _ in range(runs):
+        for op in region.ops:
+            if op.name == "uniform":
+                state.rules["uniform"](state, op)
+            if op.region is not None:
+                skip_draws(state, op.region, op.param("max", 1))
 
 
 def forced_then(state, op, ctx, forced, forced_q, forced_n):

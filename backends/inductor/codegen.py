@@ -56,17 +56,29 @@ def uniform_width(graph: Graph) -> int:
 
 
 def model_calls(graph: Graph) -> tuple[dict[str, int], dict[str, int]]:
-    """Model calls per role in one round: (outside the draft loop, in each draft step)."""
+    """Model calls per role in one round: (outside the draft loop, in each draft step). A staged loop runs all of
+    its `max` inner rounds (masked once a row is full), so its body's calls count `max` times outside."""
     outside: dict[str, int] = {}
     per_step: dict[str, int] = {}
     for op in graph.ops:
         for role in called_roles(op):
             outside[role] = outside.get(role, 0) + 1
         if op.region is not None:
-            for inner in op.region.walk():
-                for role in called_roles(inner):
-                    per_step[role] = per_step.get(role, 0) + 1
+            into, times = (per_step, 1) if op.name == "draft_loop" else (outside, op.param("max"))
+            for role, n in region_calls(op.region).items():
+                into[role] = into.get(role, 0) + n * times
     return outside, per_step
+
+
+def region_calls(g: Graph) -> dict[str, int]:
+    """Model calls per role in one run of a region: a loop inside it (a staged loop's inner draft loop) runs `max` times."""
+    calls: dict[str, int] = {}
+    for op in g.ops:
+        for role in called_roles(op):
+            calls[role] = calls.get(role, 0) + 1
+        for role, n in (region_calls(op.region) if op.region is not None else {}).items():
+            calls[role] = calls.get(role, 0) + n * op.param("max")
+    return calls
 
 
 def called_roles(op: Op) -> tuple[str, ...]:
@@ -115,7 +127,10 @@ def windows(graph: Graph) -> dict[str, int]:
     the guessed call) and attends only positions before it, which the guessed call left as they were.
 
     A token tree commits up to its depth (K; the commit's width - 1) and feeds none of it as context (f = 0): its nodes
-    sit past the context in the cache, and the next round feeds the committed path again."""
+    sit past the context in the cache, and the next round feeds the committed path again. A staged loop's inner rounds
+    feed each row's drafts but the last at their positions (a finished row's later rounds re-feed its last draft, then
+    garbage past it), so the draft its body calls holds all but the last of the K drafts: f = K - 1; a model drafting
+    inside its body (an inner draft loop, which never feeds its own last draft) all but the last two: f = K - 2."""
     K = max((op.param("max", 0) for op in graph.walk() if op.name in DRAFT_OPS), default=0)
     commit = next((op for op in graph.ops if op.name == "commit"), None)
     if commit is not None and any(op.name == "tree_call" for op in graph.walk()):
@@ -123,20 +138,21 @@ def windows(graph: Graph) -> dict[str, int]:
     fed: dict[str, int] = {}
     guesses = {v for op in graph.walk() if op.name in GUESSES for v in op.outputs}
 
-    def visit(g: Graph, in_loop: int) -> None:
+    def visit(g: Graph, in_loop: int, staged: int | None, depth: int) -> None:
         for op in g.ops:
             if op.name == "tree_call":
                 fed.setdefault(op.param("model"), 0)
             if op.name in ("model_call", "model_select"):  # model_select: each of its views, as a model_call
                 inputs = op.inputs[1:] if op.name == "model_select" else op.inputs
                 n = 0 if len(inputs) < 2 else (in_loop - 1 if len(inputs) == 3 else inputs[1].type.shape[1])
+                n = n if staged is None else max(staged - depth, 0)  # depth: 1 in the staged body, 2 in its draft loop
                 for role in (op.param("models") if op.name == "model_select" else (op.param("model"),)):
                     guessed = len(inputs) > 1 and inputs[1] in guesses
                     fed[role] = 0 if guessed else max(fed.get(role, 0), int(n))
             if op.region is not None:
-                visit(op.region, op.param("max"))
+                visit(op.region, op.param("max"), op.param("max") if op.name == "staged_loop" else staged, depth + 1)
 
-    visit(graph, 0)
+    visit(graph, 0, None, 0)
     return {role: 1 + K - f for role, f in fed.items()}
 
 
@@ -144,7 +160,7 @@ STATE_OPS = ("recycle_state", "lookahead_state")  # a draft source's cross-round
 STORE_OPS = ("recycle_store", "lookahead_store")  # and its value after the round
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
            "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", *STATE_OPS, *STORE_OPS,
-           "tree_call", "head_level", "tree_splice", "draft_arm", "model_select")
+           "tree_call", "head_level", "tree_splice", "draft_arm", "model_select", "staged_loop")
 
 
 TREE_KERNELS = ("repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match", "tree_rejection", "tree_splice",
@@ -166,8 +182,6 @@ def grammar_key(slot: str) -> str:
 NOT_YET: dict[str, str] = {}
 NOT_YET["forced_then"] = ("forced drafts followed by another draft source extend the context inside the round, per row; they run "
                           "on the eager backend (forced(...) alone runs here)")
-NOT_YET["staged_loop"] = ("staged drafting nests an inner speculative round in the draft loop, with per-row progress; it runs on "
-                          "the eager and exact backends only for now")
 
 
 NOT_YET.update(dict.fromkeys(
@@ -191,6 +205,7 @@ class Emitter:
         self.tree_roles = {op.param("model") for op in graph.walk() if op.name == "tree_call"}  # roles verifying trees
         self.hidden_roles = {op.param("model") for op in graph.walk() if op.name in ("model_hidden", "model_features")}
         self.first_call: set[str] = set()
+        self.context_fed: dict[str, int] = {}  # role -> the context's last positions its cache may not hold (a staged loop's later inner rounds)
         self.u_col = 0
         self.indent = 1
         self.steps: str | None = str(max_steps(graph))  # what a function's `return` adds as its 4th value (None: nothing)
@@ -260,6 +275,8 @@ class Emitter:
             self.line(f"{outs[0]} = K.logical({ins[0]}, {ins[1]}, {p('op')!r}){where}")
         elif op.name == "draft_loop":
             self.emit_draft_loop(op, ins, outs, where)
+        elif op.name == "staged_loop":
+            self.emit_staged_loop(op, outs, where)
         elif op.name == "length_cap":  # chosen on the host before the round (backends/speculation_length.py): an input tensor [B]
             self.line(f"{outs[0]} = m[{cap_key(op)!r}]{where}")
         elif op.name == "predict_accept":  # a predictor registered in Python, called by name
@@ -340,8 +357,10 @@ class Emitter:
             return f"m[{role!r}].feed_step(ctx_tokens, ctx_length, {ins[1]}, {step})[:, -1]"
         ext = ins[1] if len(ins) > 1 else "None"
         n = step if len(ins) == 3 else (values[1].type.shape[1] if len(ins) > 1 else 0)
-        if step is not None and len(ins) == 3 and role in self.first_call:
+        if step is not None and len(ins) == 3 and role in self.first_call and not (step == 0 and role in self.context_fed):
             lo = n - 1  # earlier steps fed everything up to ext[:, n-1)
+        elif role in self.context_fed:  # the context's last drafts (the last inner round did not feed them, or fed others)
+            lo = -self.context_fed[role]
         else:
             lo = -self.windows[role]
             self.first_call.add(role)
@@ -358,6 +377,40 @@ class Emitter:
         for i in range(k):
             self.line(f"# draft step {i}")
             self.emit_step(op, ins[0], i)
+
+    def emit_staged_loop(self, op: Op, outs: list[str], where: str) -> None:
+        """`max` inner rounds, unrolled (each adds at least one token per row; a full row's later rounds run masked).
+        Inside each, ctx_tokens / ctx_length are the body's context, ctx ++ the row's drafts so far, which the body's
+        ops read as they read the round's. Its model calls feed the static window in the first inner round; in the
+        later ones, the draft scoring the inner drafts feeds the context's last token then them, and a model drafting
+        in an inner draft loop the context's last two tokens, then its steps (it never feeds its own last draft):
+        feed's context_fed. The positions past them are garbage that the next inner round or the next round's window
+        overwrites before anything attends them (windows)."""
+        k, body = op.param("max"), op.region
+        for inner in body.walk():
+            if inner.name.startswith("grammar_"):
+                line = f" (from spec line {op.meta.line})" if op.meta.line else ""
+                raise DecError(f"the inductor backend cannot emit op '{inner.name}' in staged drafting's inner round yet{line}: "
+                               "a grammar over the inner round's context (its start state is the committed context's); it "
+                               "runs on the eager and exact backends", hint="use backend='eager' (or 'exact')")
+        drafts, probs, count = outs
+        refeed = {role: 1 for inner in body.ops for role in called_roles(inner)}
+        for inner in body.ops:  # an inner draft loop's models
+            for role in (r for o in (inner.region.walk() if inner.region is not None else ()) for r in called_roles(o)):
+                refeed[role] = 2
+        self.line(f"{drafts}, {probs}, {count} = K.staged_start(ctx_tokens, {k}){where}, unrolled")
+        self.line("round_tokens, round_length = ctx_tokens, ctx_length  # the round's context, while the inner rounds rebind it")
+        for j in range(k):
+            self.line(f"# inner round {j}: over ctx ++ each row's drafts so far")
+            self.line(f"ctx_tokens, ctx_length = K.staged_context(round_tokens, round_length, {drafts}, {count})")
+            env = {body.inputs[0]: "ctx"}
+            self.emit_graph(body, env)
+            tokens, p, n = (env[v] for v in body.outputs)
+            self.line(f"{drafts}, {probs}, {count} = K.staged_append({drafts}, {probs}, {count}, {tokens}, {p}, {n})")
+            self.context_fed.update(refeed)
+        for role in refeed:
+            del self.context_fed[role]
+        self.line("ctx_tokens, ctx_length = round_tokens, round_length")
 
     def emit_step(self, op: Op, ctx: str, i: int | str) -> None:
         """One draft step: the body, then recording its token (step i: an int when unrolled, a tensor's name in draft_next)."""

@@ -14,6 +14,7 @@ import torch
 from decspec.backends import grammar as G
 from decspec.backends.eager import acceptance as A
 from decspec.backends.eager import rules as E
+from decspec.backends.eager import staged as S
 from decspec.backends.inductor.codegen import TREE_KERNELS
 from decspec.backends.speculation_length import where_rows
 from decspec.stdlib import lookahead, recycling
@@ -281,6 +282,26 @@ def _advance(count, alive, i, stop, cap):
     if cap is not None:
         alive = alive & (i + 1 < cap)
     return count, alive
+
+
+def staged_start(ctx_tokens: torch.Tensor, k: int):
+    """A staged loop's empty drafts. -> drafts [B, K], probs (made by the first inner round), count [B]"""
+    B = ctx_tokens.shape[0]
+    drafts = torch.zeros(B, k, dtype=torch.long, device=ctx_tokens.device)
+    return drafts, None, torch.zeros(B, dtype=torch.long, device=ctx_tokens.device)
+
+
+def staged_context(ctx_tokens: torch.Tensor, ctx_length: torch.Tensor, drafts: torch.Tensor, count: torch.Tensor):
+    """An inner round's context: ctx ++ drafts[:, :count] per row. -> tokens [B, S], length [B]"""
+    return S.extended_tokens(ctx_tokens, ctx_length, drafts, count), ctx_length + count
+
+
+def staged_append(drafts, probs, count, tokens, p, n):
+    """An inner round's n + 1 tokens (and p at each) put after each row's drafts, up to K (the eager rule's step;
+    a full row takes nothing). -> drafts [B, K], probs [B, K, V], count [B]"""
+    if probs is None:
+        probs = p.new_zeros(*drafts.shape, p.shape[-1])
+    return S.append(drafts, probs, count, tokens, p, n)
 
 
 def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,6 @@ HOST_OPS = {
 }
 HOST_OPS["recycle_tree"] = "token recycling's tree is not emitted by the inductor code generator yet, whose round the export traces"
 HOST_OPS["forced_then"] = "forced drafts followed by another draft source are not emitted by the inductor code generator yet, whose round the export traces"
-HOST_OPS["staged_loop"] = "staged drafting is not emitted by the inductor code generator yet, whose round the export traces"
 # what the host chooses or carries between rounds: inputs (and outputs) of the exported round (round.py RoundModule),
 # not of the verify part, which starts after the proposal
 ROUND_INPUTS = {

@@ -46,6 +46,7 @@ class RoundRunner:
         self.device_grammars = device_grammars  # regular grammars' masks and states on the device (False: on the host)
         self.shapes: set[tuple[int, ...]] = set()  # the (batch, capacity) shapes compiled so far: a new one compiles
         self.arm_ops = [op for op in graph.walk() if op.name == "draft_arm"]
+        self.forced_slots = {op.param("grammar") for op in graph.walk() if op.name == "grammar_forced"}
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
         hidden = hidden_roles(self.graph)  # roles whose heads draft
         sessions = {role: StaticSession(m, batch, capacity, keep_hidden=role in hidden) for role, m in models.items()}
@@ -69,6 +70,8 @@ class RoundRunner:
                     key = codegen.grammar_key(slot)
                     m[key + ":table"] = table
                     m[key + ":start"] = grammar_states(session, ctx.tokens, ctx.length, session.start).to(state.device)
+                    if slot in self.forced_slots:  # each state's forced tokens, made once per table (GrammarTable.forced_tokens)
+                        m[key + ":forced"] = table.forced_tokens()
         for op in self.arm_ops:  # a per-row view policy needs its views' costs (layers / the target's), set once
             set_view_costs(state.policies, op, state.sessions)
         if state.policies:  # this round's length caps [B], chosen on the host: inputs of a fixed shape (codegen.cap_key)

@@ -38,8 +38,6 @@ PARTS = ("round", "verify")
 EXAMPLE_LENGTH = 16  # tokens of context per row in the inputs a round is traced with
 # ops that run on the host, outside the tensor graph: nothing to export
 HOST_OPS = {
-    "grammar_forced": "forced drafts walk the grammar's allowed tokens' bytes on the host (SGLang-style jump-forward), outside the "
-                      "tensor graph",
     "length_cap": "a cross-round length policy chooses the cap on the host between rounds (not yet an input of the exported function)",
     "model_hidden": "draft heads read the hidden states a model's previous forwards kept beside its cache, which the export "
                     "does not pass as a function input yet",
@@ -62,7 +60,6 @@ HOST_OPS.update(dict.fromkeys(  # not emitted by the inductor code generator yet
     ("draft_arm", "model_select"),
     "a draft source chosen per context (dynamic_exit) picks its view on the host between rounds, as a length cap: the "
     "choice is not yet an input of the exported function"))
-HOST_OPS["forced_then"] = "forced drafts followed by another draft source are not emitted by the inductor code generator yet, whose round the export traces"
 HOST_OPS["staged_loop"] = "staged drafting is not emitted by the inductor code generator yet, whose round the export traces"
 
 

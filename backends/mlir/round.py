@@ -112,6 +112,8 @@ class RoundModule(torch.nn.Module):
             self.grammar_starts[slot] = int(matcher.start)
             for name in TABLE_TENSORS:
                 self.register_buffer(f"grammar_{slot}_{name}", getattr(table, name), persistent=False)
+            if any(op.name == "grammar_forced" and op.param("grammar") == slot for op in self.graph.walk()):
+                self.register_buffer(f"grammar_{slot}_forced", table.forced_tokens(), persistent=False)  # forced drafts' table
 
     def input_names(self) -> list[str]:
         return ["ctx_tokens", "ctx_length", "u", *(f"{r}.{n}" for r in self.roles for n in self.state_names[r]),
@@ -139,6 +141,8 @@ class RoundModule(torch.nn.Module):
                 setattr(view, name, getattr(self, f"grammar_{slot}_{name}"))
             key = codegen.grammar_key(slot)
             m[key], m[key + ":table"] = None, view
+            if hasattr(self, f"grammar_{slot}_forced"):
+                m[key + ":forced"] = getattr(self, f"grammar_{slot}_forced")
         caches = len(state) - len(self.grammars)  # the caches' tensors, then each grammar's start state
         it = iter(state[:caches])
         for slot, start in zip(self.grammars, state[caches:]):

@@ -150,7 +150,8 @@ def context_args(ctx: str) -> str:
 
 def grammar_key(slot: str) -> str:
     """Where a round finds a grammar's session in `m` (beside the models' sessions); with `:table` its device table
-    (None: the host walks it), with `:start` the state after each row's committed tokens (runner.py)."""
+    (None: the host walks it), with `:start` the state after each row's committed tokens, with `:forced` each state's
+    forced tokens (GrammarTable.forced_tokens, for grammar_forced) (runner.py)."""
     return f"grammar:{slot}"
 
 
@@ -357,11 +358,12 @@ class Emitter:
         """forced_then: each row's context followed by its forced drafts (ins[1], count ins[3]) becomes the region's
         context, its draft source runs over it as anywhere else (the draft loop unrolled, its model fed its static
         window of that context), and its drafts are placed right after the row's forced ones."""
+        if op.inputs[1] not in self.forced_states:  # the lowering's shape (stdlib/drafts.py lower_forced_then)
+            raise DecError("the inductor backend expects forced_then's forced drafts from a grammar_forced op"
+                           + (f" (op 'forced_then', spec line {op.meta.line})" if op.meta.line else ""))
         region = op.region
         inner = f"ctx{region.inputs[0].id}"
         self.line(f"{context_args(inner)} = K.forced_context({context_args(ins[0])}, {ins[1]}, {ins[3]}){where}: the region's context")
-        if op.inputs[1] not in self.forced_states:
-            raise DecError(f"forced_then's forced drafts must come from grammar_forced (op 'forced_then', spec line {op.meta.line})")
         slot, after = self.forced_states[op.inputs[1]]
         self.grammar_starts[(inner, slot)] = after
         env = {region.inputs[0]: inner}

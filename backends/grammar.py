@@ -221,6 +221,8 @@ class GrammarTable:
         self.bits = torch.tensor([1 << b for b in range(31)] + [-(1 << 31)], dtype=torch.int32, device=device)
         self.dead, self.vocab_size, self.eos_id = S, index.vocab_size, -1 if index.eos_id is None else index.eos_id
         self.width = L
+        self.index = index  # forced_tokens reads its token strings (on first use)
+        self.forced: torch.Tensor | None = None  # forced_tokens' table, once made
 
     @staticmethod
     def size(index) -> int:
@@ -248,6 +250,30 @@ class GrammarTable:
         out = torch.where(tokens == self.eos_id, states, self.index_of[d])
         return torch.where(ok, out, torch.full_like(out, -1))
 
+    def allows(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """bool [...]: whether each state allows its token (False for a dead state, or an id past the vocabulary)."""
+        live = torch.where(states < 0, self.dead, states)
+        ids = tokens.clamp(0, self.vocab_size - 1)
+        word = self.words[live, torch.div(ids, 32, rounding_mode="floor")]
+        return ((word & self.bits[ids % 32]) != 0) & (states >= 0) & (tokens >= 0) & (tokens < self.vocab_size)
+
+    def forced_tokens(self) -> torch.Tensor:
+        """int64 [2, S+1]: the token each state forces (`forced_token`), row 0 among all its allowed tokens, row 1
+        among the plain ones; -1 where none is (and in the dead state). Made on the host on first use (a round with
+        forced drafts), from the host walk's own definition, so the device walk drafts what the host walk does."""
+        if self.forced is None:
+            import numpy as np
+
+            index = self.index
+            popcount = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
+            counts = popcount[index.words.view(np.uint8)].sum(1, dtype=np.int64)  # [S] allowed tokens per state
+            session = GrammarSession(index)
+            table = np.full((2, index.num_states + 1), -1, dtype=np.int64)
+            for s in np.flatnonzero((counts <= FORCED_CHAIN + 1) & ~index.accepting).tolist():  # the others force none
+                table[:, s] = forced_token(session, s, plain=False), forced_token(session, s, plain=True)
+            self.forced = torch.from_numpy(table).to(self.words.device)
+        return self.forced
+
     def states(self, start: torch.Tensor, ext: torch.Tensor | None, n: Any, last: bool) -> torch.Tensor:
         """grammar_states' result from the state after the committed tokens (`start` [B]): after ext[:, :n] ([B],
         last) or at every position 0..n ([B, n+1]); n an int, or a 0-d tensor (the host draft loop's step)."""
@@ -271,6 +297,56 @@ class GrammarTable:
             pad = (states < 0)[..., None].expand(*states.shape, V - allowed.shape[-1])
             allowed = torch.cat([allowed, pad], -1)
         return logits.masked_fill(~allowed[..., :V], float("-inf"))
+
+
+def lookup_next_rows(seq: torch.Tensor, length: torch.Tensor, ngram: int) -> torch.Tensor:
+    """lookup_next for every row at once, with static shapes: row b's sequence is seq[b, :length[b]] (seq [B, N],
+    length [B]), its window the last LOOKUP_WINDOW tokens. -> [B] the token, or -1.
+
+    At each position p of the window, `run` is how many tokens before p (up to ngram) equal the row's last ones;
+    the longest match wins (n-grams from `ngram` down to 1), and among its equals the latest."""
+    B, N = seq.shape
+    p = torch.arange(N, device=seq.device)[None, :]  # [1, N] where a match's next token sits
+    same = torch.ones(B, N, dtype=torch.bool, device=seq.device)
+    run = torch.zeros(B, N, dtype=torch.long, device=seq.device)
+    for t in range(1, ngram + 1):  # same: seq[p-t .. p-1] == the row's last t tokens
+        before = torch.cat([seq.new_full((B, t), -1), seq[:, : N - t]], 1)  # [B, N]: seq[p - t] (-1 before the start)
+        same = same & (before == seq.gather(1, (length - t).clamp(min=0)[:, None]))
+        run = run + same.long()
+    lo = (length - LOOKUP_WINDOW).clamp(min=0)[:, None]  # [B, 1] the window's first position
+    n = torch.minimum(run, p - lo).masked_fill(p >= length[:, None], 0).clamp(min=0)  # [B, N]: a match starts in the window
+    best = n.amax(1)  # [B] the longest
+    at = torch.where(n >= best[:, None], p, -1).amax(1)  # [B] its latest occurrence
+    return torch.where(best > 0, seq.gather(1, at.clamp(min=0)[:, None]).squeeze(1), -1)
+
+
+def forced_drafts_on_device(table: GrammarTable, forced: torch.Tensor, start: torch.Tensor, tokens: torch.Tensor,
+                            length: torch.Tensor, k: int, ngram: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """forced_drafts with static shapes, for a grammar with a device table: k steps of table lookups (`forced`:
+    GrammarTable.forced_tokens) and, with ngram >= 1, the row's own habits (lookup_next_rows), each step masked
+    by whether the row still drafts. start [B]: the state after the committed tokens; tokens [B, S], length [B].
+    -> drafts [B, k] (0 past the count), count [B], the state after each row's drafts [B]."""
+    B = tokens.shape[0]
+    seq = torch.cat([tokens, tokens.new_zeros(B, k)], 1)  # [B, S+k]: each row's context, then its drafts as they come
+    drafts = tokens.new_zeros(B, k)
+    count = torch.zeros(B, dtype=torch.long, device=tokens.device)
+    drafting = start >= 0
+    state = start
+    for i in range(k):
+        live = torch.where(state < 0, table.dead, state)
+        t = forced[0, live]  # 1. the token the grammar forces
+        if ngram:  # 2. the row's habit, where the grammar allows it
+            seen = lookup_next_rows(seq, length + i, ngram)
+            seen = torch.where((seen != table.eos_id) & table.allows(state, seen), seen, -1)
+            t = torch.where(t < 0, seen, t)
+        t = torch.where(t < 0, forced[1, live], t)  # 3. the compact spelling
+        drafting = drafting & (t >= 0)
+        t = torch.where(drafting, t, 0)
+        drafts[:, i] = t
+        count = count + drafting.long()
+        seq.scatter_(1, (length + i)[:, None], t[:, None])
+        state = torch.where(drafting, table.next_state(state, t), state)
+    return drafts, count, state
 
 
 def device_table(matcher, device: torch.device) -> GrammarTable | None:

@@ -268,6 +268,31 @@ def test_round_inputs_refuse_the_verify_part(spec):
                   fromlist=["tiny_models"]).tiny_models(0), capacity=64)
 
 
+def test_a_forced_round_exports_its_forced_table_and_drafts_what_the_grammar_forces():
+    """Forced drafts (`grammar_forced`) export as table lookups: each state's forced tokens are a buffer beside the
+    grammar's tables, and the function drafts what the grammar forces from the start state and commits a walk the
+    grammar allows."""
+    models = random_models(2)
+    for m in models.values():
+        m.eos_token_id = 3
+    vocab = [bytes([97 + i % 26]) * (1 + i % 3) for i in range(512)]
+    vocab[3] = None
+    text = 'decoder g(k: int = 4) {\n target = model("target")\n sampler = temperature(1.0)\n' \
+           ' propose = forced(max = k)\n verify = rejection\n grammar = regex("""abcabc(d|e)+""")\n}'
+    dec = decspec.compile(text, models=models, vocab=vocab)
+    matcher = dec._bound_grammars()["grammar"]
+    module = RoundModule(dec.graph, models, batch=2, capacity=64, grammars=dec._bound_grammars())
+    assert "grammar_grammar_forced" in dict(module.named_buffers())
+    for seed in range(3):
+        tokens, accepted, drafted, *_ = module(*module.example_inputs(seed=seed))
+        assert drafted.tolist() == [4, 4]  # "abcabc" is forced, a letter a token (tokens repeat one letter): its first four
+        for row, n in zip(tokens.tolist(), accepted.tolist()):
+            state = matcher.start
+            for t in row[: n + 1]:
+                state = int(matcher.next_state([state], [t])[0])
+                assert state >= 0, (seed, row)
+
+
 def test_verify_module_matches_eager_rules():
     """VerifyModule (what is exported) against the eager interpreter's rules on the same inputs."""
     from types import SimpleNamespace

@@ -152,6 +152,114 @@ def test_forced_then_refuses_what_it_cannot_run(spec, message):
         decspec.compile(f'decoder d {{\n target = model("target")\n draft = model("draft")\n {spec}\n verify = rejection\n}}\n')
 
 
-def test_forced_then_is_refused_by_the_code_generator_with_the_reason():
-    with pytest.raises(DecError, match="forced drafts followed by another draft source"):
-        decspec.compile("specs/json_forced_draft.dec", backend="inductor").generate("x = ", max_new_tokens=2)
+# --------------------------------------------------------------------------- on the device (the inductor backend)
+
+def random_rows(matcher, rng, rows: int, longest: int) -> list[list[int]]:
+    """Rows of a PROMPT_END-token prompt, then a random walk of the grammar (EOS aside): what a round's context holds."""
+    out = []
+    for _ in range(rows):
+        row, state = [int(t) for t in rng.integers(0, EOS, PROMPT_END)], matcher.start
+        for _ in range(int(rng.integers(0, longest + 1))):
+            allowed = [int(t) for t in matcher.allowed(state) if t != EOS]
+            if not allowed:
+                break
+            row.append(allowed[int(rng.integers(len(allowed)))])
+            state = int(matcher.next_state([state], [row[-1]])[0])
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("pattern", ["name: ?(x|y)", "(name: ?(x|y))+", "(nap(x|y) ?)+", "(name: ?x|y)+"])
+def test_each_state_s_forced_tokens_in_the_table_are_forced_token_s(pattern):
+    from decspec.backends.grammar import device_table
+
+    s = session(pattern)
+    table = device_table(s.matcher, torch.device("cpu")).forced_tokens()
+    want = [[forced_token(s, state, plain) for state in range(s.matcher.num_states)] + [-1] for plain in (False, True)]
+    assert table.tolist() == want and max(want[0]) >= 0
+
+
+@pytest.mark.parametrize("pattern", ["(name: ?(x|y))+", "(nap(x|y) ?)+", "(name: ?x|y)+"])
+@pytest.mark.parametrize("k, ngram", [(1, 3), (4, 0), (4, 1), (7, 3)])
+def test_the_device_walk_drafts_what_the_host_walk_does(pattern, k, ngram, monkeypatch):
+    """forced_drafts_on_device (table lookups and the n-gram habit, static shapes) against forced_drafts (the matcher's
+    walk) on random contexts, with a short LOOKUP_WINDOW so that matches before a row's window must be ignored too."""
+    import numpy as np
+
+    from decspec.backends import grammar as G
+
+    monkeypatch.setattr(G, "LOOKUP_WINDOW", 9)
+    s = session(pattern)
+    table = G.device_table(s.matcher, torch.device("cpu"))
+    rows = random_rows(s.matcher, np.random.default_rng(k * 10 + ngram), 24, 20)
+    width = max(map(len, rows)) + 2
+    tokens = torch.tensor([r + [EOS] * (width - len(r)) for r in rows])  # garbage past each row's length
+    length, start = torch.tensor([len(r) for r in rows]), torch.full((len(rows),), PROMPT_END)
+    want, count = forced_drafts(s, tokens, length, start, k, ngram)
+    states = G.grammar_states(s, tokens, length, start)
+    got, got_count, after = G.forced_drafts_on_device(table, table.forced_tokens(), states, tokens, length, k, ngram)
+    assert torch.equal(got, want) and torch.equal(got_count, count) and int(count.sum()) > 0
+    assert torch.equal(after, table.states(states, want, k, last=False).gather(1, count[:, None]).squeeze(1))
+
+
+def reference(spec: str):
+    from decspec.stdlib.models.pretrained import reference_models
+
+    models = reference_models()
+    return models if "draft" in spec else {"target": models["target"]}
+
+
+@pytest.mark.parametrize("spec", ["specs/json_forced.dec", "specs/json_forced_draft.dec"])
+@pytest.mark.parametrize("temperature, options", [(0.0, {}), (0.8, {}), (0.8, {"device_grammars": False}),
+                                                  (0.8, {"device_forced": False})])
+def test_the_inductor_round_gives_the_eager_tokens(spec, temperature, options):
+    """The generated round (uncompiled) of forced drafts, and of forced drafts then a draft model's, gives eager's
+    tokens and acceptances for the same seed, greedy and sampled: with the grammar's device table (the forced walk
+    as table lookups), with the host walk (device_grammars=False), and with the masks on the device but the forced
+    walk on the host (device_forced=False: what inductor compiling for a CPU does, see below)."""
+    models = reference(spec)
+    prompts = ["person = ", "user = ", "record = {"]
+    eager = decspec.compile(spec, models=models, temperature=temperature).generate(prompts, max_new_tokens=24, seed=3,
+                                                                                  eos_token_id=None)
+    dec = decspec.compile(spec, models=models, temperature=temperature, backend="inductor")
+    dec.backend_options = options
+    got = dec.generate(prompts, max_new_tokens=24, seed=3, eos_token_id=None)
+    assert got.tokens == eager.tokens and got.stats.accepted == eager.stats.accepted
+    assert eager.stats.mean_accepted > 0.5
+
+
+@pytest.mark.parametrize("spec", ["specs/json_forced.dec", "specs/json_forced_draft.dec"])
+def test_a_compiled_forced_round_is_one_graph_with_the_eager_tokens(spec):
+    """torch.compile of the round (dynamo's graphs and breaks, through its eager backend): one graph, no graph break
+    (the forced walk is table lookups on the device), no recompile on a second call with other prompt lengths, and
+    the eager backend's sampled tokens."""
+    from torch._dynamo.utils import counters
+
+    models = reference(spec)
+    params = {"k": 4, "m": 2} if "draft" in spec else {"k": 4}
+    calls = [(["person = ", "user = "], 0), (["a longer prompt = {", "q"], 1)]
+    torch._dynamo.reset()
+    counters.clear()
+    dec = decspec.compile(spec, models=models, temperature=0.8, backend="inductor", **params)
+    dec.backend_options = {"compile": True, "dynamo_backend": "eager"}
+    eager = decspec.compile(spec, models=models, temperature=0.8, **params)
+    for prompts, seed in calls:
+        got = dec.generate(prompts, max_new_tokens=16, seed=seed, eos_token_id=None).tokens
+        assert got == eager.generate(prompts, max_new_tokens=16, seed=seed, eos_token_id=None).tokens
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+def test_the_forced_walk_stays_on_the_host_where_inductor_compiles_for_a_cpu():
+    """gcc 12 fails with an internal compiler error on inductor's C++ kernel of the fused forced walk (docs/backends.md),
+    so by default a round that inductor compiles for a CPU walks forced drafts on the host (one graph break); dynamo's
+    other backends, the uncompiled round and other devices walk them on the device; `device_forced` says which."""
+    from decspec.backends.inductor.runner import RoundRunner
+
+    graph = decspec.compile("specs/json_forced.dec", models=reference("specs/json_forced.dec")).graph
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not RoundRunner(graph, compile=True).forced_on_device(cpu)
+    assert RoundRunner(graph, compile=True).forced_on_device(gpu)
+    assert RoundRunner(graph, compile=True, dynamo_backend="eager").forced_on_device(cpu)
+    assert RoundRunner(graph).forced_on_device(cpu)
+    assert RoundRunner(graph, compile=True, device_forced=True).forced_on_device(cpu)
+    assert not RoundRunner(graph, device_forced=False).forced_on_device(cpu)

@@ -80,19 +80,24 @@ def forced_then(state, op, ctx, forced, forced_q, forced_n):
     align = getattr(state, "align", lambda x: x)  # the exact backend's rows split inside the body
     tokens, q, n = run_graph(op.region, [extended(ctx, forced, forced_n)], state, state.rules, state.backend)
     forced, forced_q, forced_n, tokens, q, n = (align(x) for x in (forced, forced_q, forced_n, tokens, q, n))
+    drafts, probs, count = forced_then_drafts(forced, forced_q, forced_n, tokens, q, n, op.param("max"))
+    return mark_drafted(drafts, count), probs, count
+
+
+def forced_then_drafts(forced, forced_q, forced_n, tokens, q, n, k: int):
+    """Row b's forced drafts forced[b, :forced_n[b]], then the body's tokens[b, :n[b]] (q likewise), in a block of k
+    (static shapes: also the inductor backend's kernel). -> drafts [B, k] (0 past the count), q [B, k, V], count [B]"""
     B, K1 = forced.shape
-    K = op.param("max")
-    drafts = torch.zeros(B, K, dtype=torch.long, device=forced.device)
-    probs = q.new_zeros(B, K, q.shape[-1])
+    drafts = torch.zeros(B, k, dtype=torch.long, device=forced.device)
+    probs = q.new_zeros(B, k, q.shape[-1])
     drafts[:, :K1], probs[:, :K1] = forced, forced_q.to(q)
     rows = torch.arange(B, device=forced.device)
     for j in range(tokens.shape[1]):  # the body's token j goes right after the row's forced ones
         put = j < n
-        at = (forced_n + j).clamp(max=K - 1)
+        at = (forced_n + j).clamp(max=k - 1)
         drafts[rows, at] = torch.where(put, tokens[:, j], drafts[rows, at])
         probs[rows, at] = torch.where(put[:, None], q[:, j], probs[rows, at])
-    count = forced_n + n
-    return mark_drafted(drafts, count), probs, count
+    return drafts, probs, forced_n + n
 
 
 RULES = {"staged_loop": staged_loop, "forced_then": forced_then}

@@ -24,7 +24,7 @@ from typing import Any
 from decspec.backends.draft_state import staged_key, state_key
 from decspec.backends.runtime import DRAFT_OPS
 from decspec.backends.speculation_length import cap_key
-from decspec.compiler.ir import Graph, Op, Value
+from decspec.compiler.ir import CTX, Graph, Op, Value
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.samplers import PerRow
 
@@ -37,6 +37,9 @@ from decspec.stdlib.samplers import PerRow
 '''
 
 
+RUNS_ONCE = ("forced_then",)  # ops whose region runs once a round (a draft loop's runs once per step)
+
+
 def uniform_blocks(graph: Graph) -> list[int]:
     """Columns of `u` each uniform op reads, in the order the generated code reads them (a draft
     loop's body once per step). The runner draws each block as its own [B, w] tensor, so a round
@@ -46,7 +49,7 @@ def uniform_blocks(graph: Graph) -> list[int]:
         if op.name == "uniform":
             blocks.append(math.prod(int(d) for d in op.param("shape")[1:]))
         if op.region is not None:
-            blocks += uniform_blocks(op.region) * op.param("max", 1)
+            blocks += uniform_blocks(op.region) * (1 if op.name in RUNS_ONCE else op.param("max", 1))
     return blocks
 
 
@@ -100,7 +103,10 @@ def calls_per_round(graph: Graph, steps: int | None = None) -> dict[str, int]:
 
 
 def max_steps(graph: Graph) -> int:
-    return max((op.param("max", 0) for op in graph.ops if op.name == "draft_loop"), default=0)
+    """The steps of the round's draft loop: a top-level one's, or the one in a region that runs once a round."""
+    loops = [op for op in graph.ops if op.name == "draft_loop"]
+    loops += [inner for op in graph.ops if op.name in RUNS_ONCE for inner in op.region.ops if inner.name == "draft_loop"]
+    return max((op.param("max", 0) for op in loops), default=0)
 
 
 def schedule(graph: Graph) -> str | None:
@@ -160,7 +166,7 @@ STATE_OPS = ("recycle_state", "lookahead_state")  # a draft source's cross-round
 STORE_OPS = ("recycle_store", "lookahead_store")  # and its value after the round
 SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compare", "logical", "draft_loop", "commit",
            "grammar_state", "grammar_mask", "grammar_forced", "length_cap", "predict_accept", *STATE_OPS, *STORE_OPS,
-           "tree_call", "head_level", "tree_splice", "draft_arm", "model_select", "staged_loop")
+           "tree_call", "head_level", "tree_splice", "draft_arm", "model_select", "staged_loop", "forced_then")
 
 
 TREE_KERNELS = ("repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match", "tree_rejection", "tree_splice",
@@ -171,17 +177,22 @@ PARAM_KERNELS = ("typical_accept", "topk_accept", *TREE_KERNELS)
 SETTINGS_KEY = "sampling"  # m[SETTINGS_KEY]: {PerRow key: [B] tensor}, a call's per-row sampler values (runner.py)
 
 
+def context_args(ctx: str) -> str:
+    """The generated code's (tokens [B, S], length [B]) arguments of the context named `ctx`: the round's own is
+    `ctx` (ctx_tokens, ctx_length); forced_then's region reads the context followed by the forced drafts."""
+    return f"{ctx}_tokens, {ctx}_length"
+
+
 def grammar_key(slot: str) -> str:
     """Where a round finds a grammar's session in `m` (beside the models' sessions); with `:table` its device table
-    (None: the host walks it), with `:start` the state after each row's committed tokens (runner.py)."""
+    (None: the host walks it), with `:start` the state after each row's committed tokens, with `:forced` each state's
+    forced tokens (GrammarTable.forced_tokens, for grammar_forced) (runner.py)."""
     return f"grammar:{slot}"
 
 
 # Ops the code generator does not emit yet, and why (listed in docs/backends.md): a round using one
 # fails with a DecError naming the op and its .dec line.
 NOT_YET: dict[str, str] = {}
-NOT_YET["forced_then"] = ("forced drafts followed by another draft source extend the context inside the round, per row; they run "
-                          "on the eager backend (forced(...) alone runs here)")
 
 
 NOT_YET.update(dict.fromkeys(
@@ -209,6 +220,8 @@ class Emitter:
         self.u_col = 0
         self.indent = 1
         self.steps: str | None = str(max_steps(graph))  # what a function's `return` adds as its 4th value (None: nothing)
+        self.forced_states: dict[Value, tuple[str, str]] = {}  # grammar_forced's drafts -> (grammar slot, its state after them)
+        self.grammar_starts: dict[tuple[str, str], str] = {}  # (context, grammar slot) -> its state after that context
 
     def name(self, v: Value) -> str:
         return self.names.setdefault(v, f"v{v.id}")
@@ -233,6 +246,8 @@ class Emitter:
             env[v] = self.name(v)
         where = f"  # {op.name}" + (f" (line {op.meta.line})" if op.meta.line else "")
         p = op.param
+        ctx = next((env.get(v, "ctx") for v in op.inputs if v.type == CTX), "ctx")  # the context the op reads (context_args)
+        c = context_args(ctx)
         if op.name == "model_call":
             self.line(f"{outs[0]} = {self.feed(p('model'), op, op.inputs, ins, step)}{where}")
         elif op.name == "draft_arm":  # each row's view, chosen on the host before the round (backends/speculation_length.py)
@@ -246,13 +261,13 @@ class Emitter:
             levels, shape = (ins[1:], repr(tuple(parents))) if parents is not None else (ins[1:-1], ins[-1])
             tree = f"torch.cat([{', '.join(levels)}], 1)" if len(levels) > 1 else (levels[0] if levels else "None")
             self.first_call.add(role)
-            self.line(f"{outs[0]} = m[{role!r}].feed_tree(ctx_tokens, ctx_length, {tree}, {shape}, {p('first', 0)}, "
+            self.line(f"{outs[0]} = m[{role!r}].feed_tree({c}, {tree}, {shape}, {p('first', 0)}, "
                       f"{self.windows[role]}){where}")
         elif op.name == "head_level":
             self.line(f"{outs[0]} = K.head_level(m[{p('model')!r}].model, {ins[0]}, {p('depth')}){where}")
         elif op.name == "tree_splice":  # the accepted path: roles whose heads read hidden states keep the path's (static.py)
             for role in sorted(self.tree_roles & self.hidden_roles):
-                self.line(f"m[{role!r}].keep_path(ctx_length, {ins[1]}, {ins[2]})")
+                self.line(f"m[{role!r}].keep_path({ctx}_length, {ins[1]}, {ins[2]})")
             self.line(f"{outs[0]} = K.tree_splice({ins[0]}, {ins[1]}, {ins[2]}, {ins[3]}){where}")
         elif op.name == "uniform":
             shape = [int(d) for d in p("shape")[1:]]
@@ -265,7 +280,7 @@ class Emitter:
             context = ""
             if len(ins) > 1:  # penalty stages: the sequence the logits were read after, as the model_call feeding them
                 ext = ins[2] if len(ins) > 2 else "None"
-                context = f", ctx_tokens, ctx_length, {ext}, {step if len(ins) == 4 else 'None'}"
+                context = f", {c}, {ext}, {step if len(ins) == 4 else 'None'}"
             if any(isinstance(v, PerRow) for _, params in stages for _, v in params):  # the call's values: inputs in m
                 context += f", settings=m.get({SETTINGS_KEY!r})"
             self.line(f"{outs[0]} = K.{op.name}({ins[0]}, {self.const(stages)}{context}){where}")
@@ -286,27 +301,33 @@ class Emitter:
                 raise DecError(f"the inductor backend reads model '{p('model')}''s hidden state from its previous verification call, "
                                "so that model must verify every draft (draft heads on the target)"
                                + (f" (op 'model_hidden', spec line {op.meta.line})" if op.meta.line else ""), hint="use backend='eager'")
-            self.line(f"{outs[0]} = K.model_hidden(m[{p('model')!r}], ctx_length){where}")
+            self.line(f"{outs[0]} = K.model_hidden(m[{p('model')!r}], {ctx}_length){where}")
         elif op.name == "model_features":  # EAGLE: features at L-1-W .. L-2, kept by the role's static session (as model_hidden)
             if self.windows.get(p("model")) != 1:
                 raise DecError(f"the inductor backend reads model '{p('model')}''s features from its previous verification call, "
                                "so that model must verify every draft (an EAGLE head on the target)"
                                + (f" (op 'model_features', spec line {op.meta.line})" if op.meta.line else ""), hint="use backend='eager'")
-            self.line(f"{outs[0]} = K.model_features(m[{p('model')!r}], ctx_length, {p('window')!r}){where}")
+            self.line(f"{outs[0]} = K.model_features(m[{p('model')!r}], {ctx}_length, {p('window')!r}){where}")
         elif op.name == "eagle_logits":  # the EAGLE head at step i (an int unrolled, a 0-d tensor in the host loop)
-            self.line(f"{outs[0]} = K.eagle_logits(m[{p('model')!r}].model, {ins[0]}, ctx_tokens, ctx_length, {ins[2]}, {step}){where}")
+            self.line(f"{outs[0]} = K.eagle_logits(m[{p('model')!r}].model, {ins[0]}, {c}, {ins[2]}, {step}){where}")
         elif op.name == "head_logits":  # the draft heads at step i (an int unrolled, a 0-d tensor in the host loop)
-            self.line(f"{outs[0]} = K.head_logits(m[{p('model')!r}].model, {p('kind')!r}, {ins[0]}, ctx_tokens, ctx_length, "
+            self.line(f"{outs[0]} = K.head_logits(m[{p('model')!r}].model, {p('kind')!r}, {ins[0]}, {c}, "
                       f"{ins[2]}, {step}){where}")
-        elif op.name == "grammar_state":  # on the host (a graph break when compiled): reads the context as model_call does
+        elif op.name == "grammar_state":  # from the device table when there is one, else on the host: reads the context as model_call does
             ext = ins[1] if len(ins) > 1 else "None"
             n = step if len(ins) == 3 else (op.inputs[1].type.shape[1] if len(ins) > 1 else 0)
             key = grammar_key(p('grammar'))
-            self.line(f"{outs[0]} = K.grammar_state(m[{key!r}], m.get({key + ':table'!r}), m.get({key + ':start'!r}), "
-                      f"ctx_tokens, ctx_length, {ext}, {n}, {p('last', True)!r}){where}")
-        elif op.name == "grammar_forced":  # on the host, from the grammar's session
-            self.line(f"{', '.join(outs)} = K.grammar_forced(m[{grammar_key(p('grammar'))!r}], ctx_tokens, ctx_length, {p('max')}, {p('ngram')}, "
+            self.line(f"{outs[0]} = K.grammar_state(m[{key!r}], m.get({key + ':table'!r}), {self.grammar_start(ctx, p('grammar'))}, "
+                      f"{c}, {ext}, {n}, {p('last', True)!r}){where}")
+        elif op.name == "grammar_forced":  # table lookups on the device when the grammar has a table, else on the host
+            key = grammar_key(p('grammar'))
+            after = f"{outs[0]}_state"  # the grammar's state after each row's forced drafts (None from the host walk)
+            self.forced_states[op.outputs[0]] = (p("grammar"), after)
+            self.line(f"{', '.join(outs)}, {after} = K.grammar_forced(m[{key!r}], m.get({key + ':table'!r}), "
+                      f"m.get({key + ':forced'!r}), {self.grammar_start(ctx, p('grammar'))}, {c}, {p('max')}, {p('ngram')}, "
                       f"m[{p('vocab')!r}].model.vocab_size){where}")
+        elif op.name == "forced_then":
+            self.emit_forced_then(op, ins, outs, where)
         elif op.name == "grammar_mask":
             key = grammar_key(p('grammar'))
             self.line(f"{outs[0]} = K.grammar_mask(m[{key!r}], m.get({key + ':table'!r}), {ins[0]}, {ins[1]}){where}")
@@ -315,20 +336,20 @@ class Emitter:
         elif op.name in STORE_OPS:  # handed back to the runner, which stages them for the next round
             self.line(f"m[{staged_key(state_key(op))!r}] = ({', '.join(ins)},){where}")
         elif op.name == "recycle_draft":
-            self.line(f"{', '.join(outs)} = K.recycle_draft(ctx_tokens, ctx_length, {ins[1]}, {p('max')}, "
+            self.line(f"{', '.join(outs)} = K.recycle_draft({c}, {ins[1]}, {p('max')}, "
                       f"m[{p('vocab')!r}].model.vocab_size){where}")
         elif op.name == "recycle_update":
-            self.line(f"{outs[0]} = K.recycle_update({ins[0]}, ctx_tokens, ctx_length, {', '.join(ins[2:])}){where}")
+            self.line(f"{outs[0]} = K.recycle_update({ins[0]}, {c}, {', '.join(ins[2:])}){where}")
         elif op.name == "lookahead_guess":  # the newest Jacobi iterate [B, W], fed after the context (windows: a guess)
-            self.line(f"{outs[0]} = K.lookahead_guess(ctx_tokens, ctx_length, {ins[1]}){where}")
+            self.line(f"{outs[0]} = K.lookahead_guess({c}, {ins[1]}){where}")
         elif op.name == "lookahead_collect":
-            self.line(f"{', '.join(outs)} = K.lookahead_collect(ctx_tokens, ctx_length, {', '.join(ins[1:])}){where}")
+            self.line(f"{', '.join(outs)} = K.lookahead_collect({c}, {', '.join(ins[1:])}){where}")
         elif op.name == "lookahead_draft":
-            self.line(f"{', '.join(outs)} = K.lookahead_draft(ctx_tokens, ctx_length, {ins[1]}, {p('max')}, "
+            self.line(f"{', '.join(outs)} = K.lookahead_draft({c}, {ins[1]}, {p('max')}, "
                       f"m[{p('vocab')!r}].model.vocab_size){where}")
         elif op.name == "ngram_lookup":  # the context's tokens, and V from the bound model
             args = f"{p('max')}, {p('ngram')}, {p('min_ngram')}, m[{p('vocab')!r}].model.vocab_size, {bool(op.param('earliest', False))}"
-            self.line(f"{', '.join(outs)} = K.ngram_lookup(ctx_tokens, ctx_length, {args}){where}")
+            self.line(f"{', '.join(outs)} = K.ngram_lookup({c}, {args}){where}")
         elif op.name == "commit":
             steps = "" if self.steps is None else f", {self.steps}"
             if len(ins) == 1:
@@ -354,7 +375,7 @@ class Emitter:
             if not op.param("last", True) or len(ins) != 3 or role not in self.first_call:
                 raise DecError("the host-controlled draft loop expects its body's model call to read the last drafted position"
                                + (f" (spec line {op.meta.line})" if op.meta.line else ""))
-            return f"m[{role!r}].feed_step(ctx_tokens, ctx_length, {ins[1]}, {step})[:, -1]"
+            return f"m[{role!r}].feed_step({context_args(ins[0])}, {ins[1]}, {step})[:, -1]"
         ext = ins[1] if len(ins) > 1 else "None"
         n = step if len(ins) == 3 else (values[1].type.shape[1] if len(ins) > 1 else 0)
         if step is not None and len(ins) == 3 and role in self.first_call and not (step == 0 and role in self.context_fed):
@@ -366,14 +387,36 @@ class Emitter:
             self.first_call.add(role)
         hi = n
         sl = f"[:, {-1}]" if op.param("last", True) else f"[:, {hi - lo - 1 - n}:]"
-        return f"m[{role!r}].feed(ctx_tokens, ctx_length, {ext}, {lo}, {hi}){sl}"
+        return f"m[{role!r}].feed({context_args(ins[0])}, {ext}, {lo}, {hi}){sl}"
+
+    def grammar_start(self, ctx: str, slot: str) -> str:
+        """The expression of grammar `slot`'s state after the context `ctx`'s committed tokens: the runner's (once a
+        round), or, in forced_then's region, the state after the forced drafts too."""
+        return self.grammar_starts.get((ctx, slot), f"m.get({grammar_key(slot) + ':start'!r})")
+
+    def emit_forced_then(self, op: Op, ins: list[str], outs: list[str], where: str) -> None:
+        """forced_then: each row's context followed by its forced drafts (ins[1], count ins[3]) becomes the region's
+        context, its draft source runs over it as anywhere else (the draft loop unrolled, its model fed its static
+        window of that context), and its drafts are placed right after the row's forced ones."""
+        if op.inputs[1] not in self.forced_states:  # the lowering's shape (stdlib/drafts.py lower_forced_then)
+            raise DecError("the inductor backend expects forced_then's forced drafts from a grammar_forced op"
+                           + (f" (op 'forced_then', spec line {op.meta.line})" if op.meta.line else ""))
+        region = op.region
+        inner = f"ctx{region.inputs[0].id}"
+        self.line(f"{context_args(inner)} = K.forced_context({context_args(ins[0])}, {ins[1]}, {ins[3]}){where}: the region's context")
+        slot, after = self.forced_states[op.inputs[1]]
+        self.grammar_starts[(inner, slot)] = after
+        env = {region.inputs[0]: inner}
+        self.emit_graph(region, env)
+        tokens, q, n = (env[v] for v in region.outputs)
+        self.line(f"{', '.join(outs)} = K.forced_then({', '.join(ins[1:])}, {tokens}, {q}, {n}, {op.param('max')}){where}")
 
     def emit_draft_loop(self, op: Op, ins: list[str], outs: list[str], where: str) -> None:
         k = op.param("max")
         body = op.region
         drafts, probs, count = outs
-        self.line(f"{drafts}, {probs}, {count}, alive = K.draft_start(ctx_tokens, {k}{self.cap_arg(op)}){where}, unrolled")
-        self.emit_carry_start(op)
+        self.line(f"{drafts}, {probs}, {count}, alive = K.draft_start({ins[0]}_tokens, {k}{self.cap_arg(op)}){where}, unrolled")
+        self.emit_carry_start(op, ins[0])
         for i in range(k):
             self.line(f"# draft step {i}")
             self.emit_step(op, ins[0], i)
@@ -431,9 +474,9 @@ class Emitter:
         """Names of a draft loop's loop-carried values (draft_loop's `carry`)."""
         return [f"carried{j}" for j in range(len(op.param("carry", ())))]
 
-    def emit_carry_start(self, op: Op) -> None:
+    def emit_carry_start(self, op: Op, ctx: str = "ctx") -> None:
         for name, init in zip(self.carried(op), op.param("carry", ())):
-            self.line(f"{name} = K.carry_start(ctx_tokens, {float(init)!r})")
+            self.line(f"{name} = K.carry_start({ctx}_tokens, {float(init)!r})")
 
     def cap_arg(self, op: Op) -> str:
         """`, cap=...` when a length policy caps the loop (its length_cap value), else nothing."""
@@ -456,7 +499,7 @@ class Emitter:
 
         def emit_pre():
             for op in pre:
-                self.emit_op(op, {}, None)
+                self.emit_op(op, {self.graph.inputs[0]: "ctx"}, None)
 
         def first():
             emit_pre()

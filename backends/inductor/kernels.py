@@ -155,11 +155,35 @@ def grammar_state_host(session, ctx_tokens, ctx_length, ext, n, last: bool) -> t
     return G.grammar_states(session, ctx_tokens, ctx_length, session.start, ext, n, last)
 
 
+def grammar_forced(session, table, forced, start, ctx_tokens, ctx_length, k: int, ngram: int, vocab: int):
+    """Drafts the grammar forces after each row's context: table lookups on the device when the grammar has a table
+    (forced: GrammarTable.forced_tokens; start: the state after the committed tokens), else on the host (a graph
+    break when compiled; with a table, the host also walks the state after its drafts, which forced_then's region
+    starts its device walk from). -> d, q, count, and the state after the drafts [B] (None from the host)"""
+    if table is not None and forced is not None:
+        drafts, count, after = G.forced_drafts_on_device(table, forced, start, ctx_tokens, ctx_length, k, ngram)
+        return drafts, E.one_hot_drafts(drafts, count, vocab), count, after
+    drafts, q, count, after = grammar_forced_host(session, ctx_tokens, ctx_length, k, ngram, vocab)
+    return drafts, q, count, (None if table is None else after)
+
+
 @torch.compiler.disable
-def grammar_forced(session, ctx_tokens, ctx_length, k: int, ngram: int, vocab: int):
-    """Drafts the grammar forces after each row's context, on the host (a graph break when compiled). -> d, q, count"""
+def grammar_forced_host(session, ctx_tokens, ctx_length, k: int, ngram: int, vocab: int):
+    """grammar_forced walked by the matcher (forced_drafts): a graph break when the round is compiled.
+    -> d, q, count, and the matcher's state after each row's drafts [B]"""
     drafts, count = G.forced_drafts(session, ctx_tokens, ctx_length, session.start, k, ngram)
-    return drafts, E.one_hot_drafts(drafts, count, vocab), count
+    states = G.grammar_states(session, ctx_tokens, ctx_length, session.start, drafts, drafts.shape[1], last=False)  # [B, k+1]
+    return drafts, E.one_hot_drafts(drafts, count, vocab), count, states.gather(1, count[:, None].to(states.device)).squeeze(1)
+
+
+def forced_context(ctx_tokens, ctx_length, forced, count):
+    """forced_then's region context: each row's context followed by its forced drafts. -> tokens [B, S], length [B]"""
+    return S.extended_tokens(ctx_tokens, ctx_length, forced, count), ctx_length + count
+
+
+def forced_then(forced, forced_q, forced_n, tokens, q, n, k: int):
+    """The forced drafts, then the region's right after each row's (the eager rule's placement). -> d, q, count"""
+    return S.forced_then_drafts(forced, forced_q, forced_n, tokens, q, n, k)
 
 
 def grammar_mask(session, table, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ class RoundRunner:
     """
 
     def __init__(self, graph: Graph, *, compile: bool = False, mode: str | None = None, schedule: str | None = None,
-                 device_grammars: bool = True, dynamo_backend: str = "inductor"):
+                 device_grammars: bool = True, dynamo_backend: str = "inductor", device_forced: bool | None = None):
         if schedule is not None:  # override the draft_schedule pass's choice ("unrolled" | "host")
             graph = draft_schedule(graph, force=schedule)
         self.namespace, self.source = codegen.build_round(graph)
@@ -46,6 +46,18 @@ class RoundRunner:
         self.device_grammars = device_grammars  # regular grammars' masks and states on the device (False: on the host)
         self.shapes: set[tuple[int, ...]] = set()  # the (batch, capacity) shapes compiled so far: a new one compiles
         self.arm_ops = [op for op in graph.walk() if op.name == "draft_arm"]
+        self.forced_slots = {op.param("grammar") for op in graph.walk() if op.name == "grammar_forced"}
+        # forced drafts walked on the device (GrammarTable.forced_tokens) or on the host (a graph break); None: on the
+        # device unless inductor compiles the round for a CPU, where gcc 12 fails on the fused walk (docs/backends.md)
+        self.device_forced = device_forced
+        self.cpu_inductor = compile and dynamo_backend == "inductor"
+
+    def forced_on_device(self, device: torch.device) -> bool:
+        """Whether this round walks forced drafts on the device (the `device_forced` option; None: see __init__)."""
+        if self.device_forced is not None:
+            return self.device_forced
+        return not (self.cpu_inductor and device.type == "cpu")
+
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
         hidden = hidden_roles(self.graph)  # roles whose heads draft
         sessions = {role: StaticSession(m, batch, capacity, keep_hidden=role in hidden) for role, m in models.items()}
@@ -69,6 +81,8 @@ class RoundRunner:
                     key = codegen.grammar_key(slot)
                     m[key + ":table"] = table
                     m[key + ":start"] = grammar_states(session, ctx.tokens, ctx.length, session.start).to(state.device)
+                    if slot in self.forced_slots and self.forced_on_device(state.device):  # (GrammarTable.forced_tokens, once)
+                        m[key + ":forced"] = table.forced_tokens()
         for op in self.arm_ops:  # a per-row view policy needs its views' costs (layers / the target's), set once
             set_view_costs(state.policies, op, state.sessions)
         if state.policies:  # this round's length caps [B], chosen on the host: inputs of a fixed shape (codegen.cap_key)

@@ -37,12 +37,7 @@ TORCH_BACKEND = "builtin.module(func.func(torch-match-quantized-custom-ops), tor
 PARTS = ("round", "verify")
 EXAMPLE_LENGTH = 16  # tokens of context per row in the inputs a round is traced with
 # ops that run on the host, outside the tensor graph: nothing to export
-HOST_OPS = {
-    "grammar_forced": "forced drafts walk the grammar's allowed tokens' bytes on the host (SGLang-style jump-forward), outside the "
-                      "tensor graph",
-}
-HOST_OPS["recycle_tree"] = "token recycling's tree is not emitted by the inductor code generator yet, whose round the export traces"
-HOST_OPS["forced_then"] = "forced drafts followed by another draft source are not emitted by the inductor code generator yet, whose round the export traces"
+HOST_OPS = {"recycle_tree": "token recycling's tree is not emitted by the inductor code generator yet, whose round the export traces"}
 # what the host chooses or carries between rounds: inputs (and outputs) of the exported round (round.py RoundModule),
 # not of the verify part, which starts after the proposal
 ROUND_INPUTS = {

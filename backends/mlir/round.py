@@ -130,6 +130,8 @@ class RoundModule(torch.nn.Module):
             self.grammar_starts[slot] = int(matcher.start)
             for name in TABLE_TENSORS:
                 self.register_buffer(f"grammar_{slot}_{name}", getattr(table, name), persistent=False)
+            if any(op.name == "grammar_forced" and op.param("grammar") == slot for op in self.graph.walk()):
+                self.register_buffer(f"grammar_{slot}_forced", table.forced_tokens(), persistent=False)  # forced drafts' table
 
     def draft_state_names(self) -> list[str]:
         """The draft states' input (and output) names: tensor i of draft source NAME's state is "draft_state.NAME.i"
@@ -168,6 +170,8 @@ class RoundModule(torch.nn.Module):
                 setattr(view, name, getattr(self, f"grammar_{slot}_{name}"))
             key = codegen.grammar_key(slot)
             m[key], m[key + ":table"] = None, view
+            if hasattr(self, f"grammar_{slot}_forced"):
+                m[key + ":forced"] = getattr(self, f"grammar_{slot}_forced")
         rest = iter(state)  # the caches' tensors, the draft states', each grammar's start state, the caps, the hidden states
         caches = iter([next(rest) for r in self.roles for _ in self.state_names[r]])
         for key, init in self.draft_states.items():

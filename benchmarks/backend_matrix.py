@@ -549,8 +549,20 @@ def render_markdown(data: dict) -> str:
     load = data.get("load_average")
     cache = ("one TORCHINDUCTOR_CACHE_DIR shared by the run's specs (a graph another spec compiled may hit it)" if a.get("shared_cache")
              else "an empty private TORCHINDUCTOR_CACHE_DIR per spec (no FX graph or AOTAutograd cache hits)")
+    if data.get("parts"):  # --merge: runs of the same options over subsets of the specs
+        produced = (f"Measured in {len(data['parts'])} runs of `python -m benchmarks.backend_matrix` with the same options, "
+                    "each over some of the specs, merged with `--merge` (JSON: "
+                    f"`{data.get('json', 'benchmarks/results/backend_matrix.json')}`): "
+                    + "; ".join(f"`{p['command']}` at commit {p['commit'] or '?'} on {p['date']}, load average "
+                                f"{p['load_average']['start'][0]:.1f} to {p['load_average']['end'][0]:.1f}, {p['total_seconds']:.0f} s"
+                                for p in data["parts"])
+                    + f". Machine: {data['machine']} (the CPU is shared: other work ran beside these runs, so cold compile "
+                    f"seconds are inflated); torch-mlir {data.get('torch_mlir') or 'not installed'}.\n")
+    else:
+        produced = None
     parts = [
         "# Backend matrix: which backend runs which spec\n",
+        produced or
         f"Produced by `{data['command']}` on {data['date']} (JSON: `{data.get('json', 'benchmarks/results/backend_matrix.json')}`). "
         f"Machine: {data['machine']}"
         + (f"; load average {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end (1 min; the CPU is shared)" if load else "")
@@ -669,6 +681,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--in-process", action="store_true", help="run the specs in this process (no timeout; cold compile is not cold)")
     ap.add_argument("--render", type=Path, metavar="JSON",
                     help="measure nothing: print the table of a JSON this script wrote, and write its page (--markdown / --write)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="merge runs over subsets of the specs (same options) into one JSON and page; a later run's row wins")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     add_output_args(ap, OUT, DOC)
@@ -685,6 +699,30 @@ def _render(args: argparse.Namespace) -> None:
     print("\n" + summary_line(data["summary"]))
 
 
+def _merge(args: argparse.Namespace) -> None:
+    """--merge A.json B.json ...: one document whose rows are every run's (a later run's row of a spec wins), in specs/
+    order, with each run's command, commit, date, load and time in `parts`."""
+    runs = [json.loads(path.read_text()) for path in args.merge]
+    keys = ("new_tokens", "threads", "exact_configs", "dynamo_backend", "columns", "shared_cache")
+    if any(tuple(r["args"].get(k) for k in keys) != tuple(runs[0]["args"].get(k) for k in keys) for r in runs):
+        raise SystemExit(f"backend_matrix --merge: the runs' options differ ({', '.join(keys)})")
+    rows = {row["spec"]: row for run in runs for row in run["rows"]}
+    order = [p.stem for p in discover(None)]
+    data = {**runs[0], "rows": [rows[s] for s in order if s in rows], "specs": [s for s in order if s in rows],
+            "parts": [{"command": r["command"], "commit": (r.get("code_start") or {}).get("commit"), "date": r["date"],
+                       "load_average": r["load_average"], "total_seconds": r["total_seconds"], "specs": r["specs"]} for r in runs],
+            "total_seconds": sum(r["total_seconds"] for r in runs)}
+    data.pop("rerun", None)
+    data["summary"] = summary(data["rows"])
+    if args.out:
+        data["json"] = str(args.out.relative_to(ROOT)) if args.out.is_relative_to(ROOT) else str(args.out)
+        write_text(args.out, json.dumps(data, indent=1) + "\n")
+    if args.markdown:
+        write_text(args.markdown, render_markdown(data))
+    print(console_table(data["rows"]))
+    print("\n" + summary_line(data["summary"]))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.worker:
@@ -695,6 +733,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out, args.markdown = outputs(args, OUT, DOC)
     if args.render:
         return _render(args)
+    if args.merge:
+        return _merge(args)
     specs = discover(args.specs)
     start_load, t0, code_start = os.getloadavg(), time.perf_counter(), code_state()
     with tempfile.TemporaryDirectory(prefix="backend_matrix_cache_") as cache:

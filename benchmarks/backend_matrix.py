@@ -72,6 +72,13 @@ COLUMNS = ("eager", "exact", "inductor", "compile", "mlir")
 PROMPTS = [[1, 2, 3, 4, 5], [6, 7, 8]]  # batch 2, ragged
 OTHER_PROMPTS = [[9, 10], [11, 12, 13, 14, 15, 16, 17]]  # the same batch, other lengths: the same bucketed shapes
 EOS = 511  # a grammar spec's EOS id (the vocabulary's last)
+KNOWN_BREAKS = {  # a graph break the code takes on purpose -> why (the measured reason, and where it is written up)
+    "grammar_forced_host": "when inductor compiles the round for a CPU, forced drafts are walked on the host, since gcc 12 "
+                           "failed with an internal compiler error on inductor's C++ kernel of the fused device walk "
+                           "(docs/backends.md, \"Grammar masks in the graph\"; `backend_options={\"device_forced\": True}` "
+                           "walks them on the device, with dynamo's other backends and on other devices it is the default)",
+    "grammar_state_host": "a context-free grammar's states are parser stacks, walked on the host (docs/grammars.md)",
+}
 HOST_GRAPHS = 3  # the host-loop schedule compiles draft_first, draft_next and verify (docs/backends.md)
 
 
@@ -617,7 +624,8 @@ def render_markdown(data: dict) -> str:
         parts.append("## Graph breaks and recompiles\n")
         for spec, c in breaks:
             items = [f"{n}× {why}" for why, n in c["break_reasons"].items()] + [f"recompile: {why}" for why in c["recompile_reasons"]]
-            parts.append(f"- **{spec}**: " + "; ".join(items).replace("|", "/"))
+            known = [text for name, text in KNOWN_BREAKS.items() if any(name in why for why in c["break_reasons"])]
+            parts.append(f"- **{spec}**: " + "; ".join(items).replace("|", "/") + "".join(f". Why: {text}" for text in known))
         parts.append("")
     odd = [f"{r['spec']}: inductor's greedy tokens differ from eager's" for r in rows if _is(r, "inductor") and r["inductor"].get("equals_eager_greedy") is False]
     odd += [f"{r['spec']}: the compiled round's tokens differ from eager's for the same call" for r in rows if _is(r, "compile") and not r["compile"]["equals_eager"]]

@@ -146,19 +146,25 @@ def test_round_module_is_the_generated_round():
     assert any(not torch.equal(a, b) for a, b in zip(cache, args[3:]))  # the round wrote the caches
 
 
-def test_a_grammar_round_exports_its_tables_and_keeps_to_the_grammar():
-    """A regular grammar's round exports with its tables as constants and the state after the committed tokens as an
-    input (`grammar.grammar.start`); what the exported function commits is a walk the grammar allows, from there."""
+def letter_grammar_round(text: str):
+    """A grammar spec's round module (batch 2, capacity 64) on random models whose tokens repeat one letter 1-3 times
+    (id 3: the EOS) -> (the grammar's matcher, the module)."""
     models = random_models(2)
     for m in models.values():
         m.eos_token_id = 3
     vocab = [bytes([97 + i % 26]) * (1 + i % 3) for i in range(512)]
     vocab[3] = None
+    dec = decspec.compile(text, models=models, vocab=vocab)
+    grammars = dec._bound_grammars()
+    return grammars["grammar"], RoundModule(dec.graph, models, batch=2, capacity=64, grammars=grammars)
+
+
+def test_a_grammar_round_exports_its_tables_and_keeps_to_the_grammar():
+    """A regular grammar's round exports with its tables as constants and the state after the committed tokens as an
+    input (`grammar.grammar.start`); what the exported function commits is a walk the grammar allows, from there."""
     text = 'decoder g(k: int = 3) {\n target = model("target")\n draft = model("draft")\n sampler = temperature(1.0)\n' \
            ' propose = autoregressive(draft, max = k)\n verify = rejection\n grammar = regex("""(abc|d)+e{0,3}""")\n}'
-    dec = decspec.compile(text, models=models, vocab=vocab)
-    matcher = dec._bound_grammars()["grammar"]
-    module = RoundModule(dec.graph, models, batch=2, capacity=64, grammars=dec._bound_grammars())
+    matcher, module = letter_grammar_round(text)
     assert module.input_names()[-1] == "grammar.grammar.start"
     for seed in range(4):
         tokens, accepted, drafted, *_ = module(*module.example_inputs(seed=seed))
@@ -272,16 +278,9 @@ def test_a_forced_round_exports_its_forced_table_and_drafts_what_the_grammar_for
     """Forced drafts (`grammar_forced`) export as table lookups: each state's forced tokens are a buffer beside the
     grammar's tables, and the function drafts what the grammar forces from the start state and commits a walk the
     grammar allows."""
-    models = random_models(2)
-    for m in models.values():
-        m.eos_token_id = 3
-    vocab = [bytes([97 + i % 26]) * (1 + i % 3) for i in range(512)]
-    vocab[3] = None
     text = 'decoder g(k: int = 4) {\n target = model("target")\n sampler = temperature(1.0)\n' \
            ' propose = forced(max = k)\n verify = rejection\n grammar = regex("""abcabc(d|e)+""")\n}'
-    dec = decspec.compile(text, models=models, vocab=vocab)
-    matcher = dec._bound_grammars()["grammar"]
-    module = RoundModule(dec.graph, models, batch=2, capacity=64, grammars=dec._bound_grammars())
+    matcher, module = letter_grammar_round(text)
     assert "grammar_grammar_forced" in dict(module.named_buffers())
     for seed in range(3):
         tokens, accepted, drafted, *_ = module(*module.example_inputs(seed=seed))

@@ -133,21 +133,12 @@ def test_tree_expand_picks_the_highest_cumulative_probability_per_row():
     assert torch.allclose(child, torch.tensor([[0.48, 0.48, 0.45, 0.45], [0.5, 0.5, 0.3, 0.3]]))
 
 
-def test_rows_draft_different_shapes():
+def test_rows_draft_different_shapes(monkeypatch):
     dec = decspec.compile(DYNAMIC, models=tables(6, 5, draft_temperature=1.0), depth=3)
-    seen = []
-    eager_expand = eager.RULES["tree_expand"]
-
-    def spy(state, op_, *ins):
-        out = eager_expand(state, op_, *ins)
-        seen.append(out[0])
-        return out
-
-    eager.RULES["tree_expand"] = spy
-    try:
-        dec.generate([[i] for i in range(6)], max_new_tokens=8, seed=0)
-    finally:
-        eager.RULES["tree_expand"] = eager_expand
+    expand, seen = eager.RULES["tree_expand"], []
+    monkeypatch.setitem(eager.RULES, "tree_expand", lambda state, op_, *ins: seen.append(out := expand(state, op_, *ins)) or out)
+    dec.generate([[i] for i in range(6)], max_new_tokens=8, seed=0)
+    seen = [out[0] for out in seen]  # each round's parents
     assert seen and any(len({tuple(r) for r in p.tolist()}) > 1 for p in seen)  # some round had rows of different shapes
 
 

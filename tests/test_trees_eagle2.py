@@ -129,21 +129,12 @@ def test_eagle2_tree_greedy_equals_target_greedy_on_transformers():
                              max_new_tokens=6, exact=False)
 
 
-def test_the_rerank_keeps_a_different_tree_per_row():
+def test_the_rerank_keeps_a_different_tree_per_row(monkeypatch):
     dec = decspec.compile(EAGLE2, models=tables(6, 5, draft_temperature=1.0))
-    seen = []
-    rerank = eager.RULES["tree_rerank"]
-
-    def spy(state, op_, *ins):
-        out = rerank(state, op_, *ins)
-        seen.append(out[2])
-        return out
-
-    eager.RULES["tree_rerank"] = spy
-    try:
-        dec.generate([[i] for i in range(6)], max_new_tokens=6, seed=0)
-    finally:
-        eager.RULES["tree_rerank"] = rerank
+    rerank, seen = eager.RULES["tree_rerank"], []
+    monkeypatch.setitem(eager.RULES, "tree_rerank", lambda state, op_, *ins: seen.append(out := rerank(state, op_, *ins)) or out)
+    dec.generate([[i] for i in range(6)], max_new_tokens=6, seed=0)
+    seen = [out[2] for out in seen]  # each round's kept parents
     assert any(len({tuple(r) for r in parents.tolist()}) > 1 for parents in seen)
 
 

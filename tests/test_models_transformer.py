@@ -402,7 +402,9 @@ def test_prepacked_linear_dtypes(dtype, rows, packed):
     with torch.no_grad():
         layer.weight.copy_(torch.randn(16, 24, generator=gen))
         y = prepacked_linear(layer, x)
-        assert (y is not None) == packed
+        from decspec.stdlib.models.transformer import UNPACKABLE
+
+        assert (y is not None) == (packed and dtype not in UNPACKABLE)  # a CPU without bf16 oneDNN kernels: plain F.linear
         assert torch.allclose(layer(x).float(), F.linear(x.float(), layer.weight.float()), atol=0.1, rtol=0.02)
 
 

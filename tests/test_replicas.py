@@ -124,7 +124,7 @@ def test_a_replica_that_cannot_start_is_one_line_from_the_command_line(tmp_path)
     import subprocess
     import sys
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")  # newer Ray warns about token auth on stderr
     command = [sys.executable, "-m", "decspec", "serve", "specs/autoregressive.dec", "--replicas", "2", "--threads", "1",
                "--port", "0", "--target", str(tmp_path)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as run:

@@ -206,7 +206,13 @@ def prepacked_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     key = weight_key(w)
     pack = layer.__dict__.get("_prepacked")  # (key, packed, bytes): outside the state dict and parameters
     if pack is None or pack[0] != key:
-        pack = PackBudget.pack(layer, key)
+        if w.dtype in UNPACKABLE:
+            return None
+        try:
+            pack = PackBudget.pack(layer, key)
+        except RuntimeError:  # oneDNN refuses this dtype on this CPU (bf16 needs avx512bw/vl/dq or avx_ne_convert)
+            UNPACKABLE.add(w.dtype)
+            return None
         if pack is None:
             return None
     x2 = x.reshape(rows, x.shape[-1])
@@ -214,6 +220,9 @@ def prepacked_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
         x2 = torch.cat([x2, x2[:1]])
     y = torch.ops.mkldnn._linear_pointwise(x2, pack[1], layer.bias, "none", [], "")
     return y[:rows].reshape(*x.shape[:-1], y.shape[-1])
+
+
+UNPACKABLE: set = set()  # weight dtypes this CPU's oneDNN cannot prepack: the plain F.linear runs them
 
 
 def weight_key(w: torch.Tensor) -> tuple:

@@ -225,7 +225,8 @@ def compile_seconds() -> float:
 
 
 def host(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The tensors on the CPU, copied in one transfer when they are on another device (a round's one sync)."""
+    """Integer tensors [B, ...] on the CPU, copied in one transfer (packed as int64) when they are on another device:
+    a round's one sync."""
     if all(t.device.type == "cpu" for t in tensors):
         return tensors
     flat = torch.cat([t.reshape(t.shape[0], -1).to(torch.long) for t in tensors], 1).cpu()

@@ -50,13 +50,13 @@ class RoundRunner:
         # forced drafts walked on the device (GrammarTable.forced_tokens) or on the host (a graph break); None: on the
         # device unless inductor compiles the round for a CPU, where gcc 12 fails on the fused walk (docs/backends.md)
         self.device_forced = device_forced
-        self.cpu_inductor = compile and dynamo_backend == "inductor"
+        self.inductor_compiled = compile and dynamo_backend == "inductor"  # on a CPU that means gcc's C++ kernels
 
     def forced_on_device(self, device: torch.device) -> bool:
         """Whether this round walks forced drafts on the device (the `device_forced` option; None: see __init__)."""
         if self.device_forced is not None:
             return self.device_forced
-        return not (self.cpu_inductor and device.type == "cpu")
+        return not (self.inductor_compiled and device.type == "cpu")
 
     def start(self, models: dict, batch: int, capacity: int, ctx) -> dict[str, StaticSession]:
         hidden = hidden_roles(self.graph)  # roles whose heads draft

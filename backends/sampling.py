@@ -2,7 +2,7 @@
 
     dec.generate(prompts, temperature=0.7, top_p=[0.9, 1.0])     # every row at 0.7; top_p per row
 
-A setting is named after its sampler stage (`temperature`, `top_k`, `top_p`, `min_p`, `typical_p`,
+A setting is named after its sampler stage (`temperature`, `top_k`, `top_p`, `min_p`, `typical_p`, `epsilon_cutoff`, `eta_cutoff`,
 `repetition_penalty`, `frequency_penalty`, `presence_penalty`) and replaces the parameter of every stage of
 that name in the spec's `sampler` pipeline, target and drafts alike (so a lossless decoder stays lossless
 w.r.t. the target under the call's pipeline). A stage the spec has not got cannot be set: the pipeline's

@@ -158,7 +158,7 @@ class Decoder:
         and its text is cut right before it, even when a speculative round went past it; its tokens are the
         fewest that cover that text (backends/detokenize.py). Needs a tokenizer.
         **sampling: the numbers of the spec's sampler stages for this call, one for every row or a list of one per
-        row: temperature, top_k, top_p, min_p, typical_p, repetition_penalty, frequency_penalty, presence_penalty
+        row: temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff, repetition_penalty, frequency_penalty, presence_penalty
         (backends/sampling.py). The spec fixes which stages there are; new values never recompile. Eager and
         inductor backends. max_new_tokens may be one count per row.
         logprobs: also return each token's log-probability under the target's distribution after the sampler

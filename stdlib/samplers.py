@@ -140,6 +140,35 @@ def _typical(logits: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(drop, NEG_INF)
 
 
+def epsilon_cutoff(logits: torch.Tensor, e: float | torch.Tensor) -> torch.Tensor:
+    """Epsilon sampling (Hewitt et al. 2022; Hugging Face `epsilon_cutoff`): drop the tokens whose probability is
+    below e; the most likely token (and any tied with it) always stays. e <= 0 keeps all."""
+    if not isinstance(e, torch.Tensor) and e <= 0.0:
+        return logits
+    probs = torch.softmax(_at_least_f32(logits), dim=-1)
+    return _cut_below(logits, probs, _like(e, probs))
+
+
+def eta_cutoff(logits: torch.Tensor, e: float | torch.Tensor) -> torch.Tensor:
+    """Eta sampling (Hewitt et al. 2022; Hugging Face `eta_cutoff`): drop the tokens whose probability is below
+    eta = min(e, sqrt(e) * exp(-H(p))), H the entropy of the distribution in nats, so a flat distribution cuts
+    less; the most likely token (and any tied with it) always stays. e <= 0 keeps all."""
+    if not isinstance(e, torch.Tensor) and e <= 0.0:
+        return logits
+    logp = torch.log_softmax(_at_least_f32(logits), dim=-1)
+    probs = logp.exp()
+    entropy = -torch.where(probs > 0, probs * logp, 0.0).sum(-1, keepdim=True)  # [..., 1]: 0 * -inf counts 0
+    e = _like(e, probs)
+    eta = torch.minimum(torch.as_tensor(e, dtype=probs.dtype), (e ** 0.5) * torch.exp(-entropy))
+    return _cut_below(logits, probs, eta)
+
+
+def _cut_below(logits: torch.Tensor, probs: torch.Tensor, cut: float | torch.Tensor) -> torch.Tensor:
+    """Mask the tokens with probs < cut, except the tied maxima (at least one token stays, as HF's min_tokens_to_keep=1)."""
+    drop = (probs < cut) & (logits < logits.amax(-1, keepdim=True))
+    return logits.masked_fill(drop, NEG_INF)
+
+
 @dataclass(frozen=True)
 class PerRow:
     """A sampler parameter given per call (`Decoder.generate(..., temperature=[0.2, 1.0])`) rather than by the spec:
@@ -171,7 +200,8 @@ def per_row(stages: tuple, settings: Mapping[str, torch.Tensor] | None, like: to
     return tuple((name, tuple((k, value(v)) for k, v in params)) for name, params in stages)
 
 
-TRANSFORMS = {"greedy": greedy, "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "typical_p": typical_p}
+TRANSFORMS = {"greedy": greedy, "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "typical_p": typical_p,
+              "epsilon_cutoff": epsilon_cutoff, "eta_cutoff": eta_cutoff}
 CONTEXT_STAGES: set[str] = set()  # stages that read the tokens before each position (stdlib/penalties.py): f(logits, counts, **params)
 
 
@@ -248,6 +278,30 @@ register(
         "the entropy H(p), until their mass reaches p (at least one token; p >= 1 keeps all).",
         _NO_CONTRACT,
         cite="Meister et al. 2022, Locally Typical Sampling",
+    )
+)
+
+register(
+    Component(
+        "sampler",
+        "epsilon_cutoff",
+        (Param("e", "float", low=0.0, high=1.0, doc="probability below which a token is dropped; 0 keeps all"),),
+        "Epsilon sampling (Hugging Face `epsilon_cutoff`): drop the tokens with probability < e; the most likely token "
+        "(and any tied with it) always stays.",
+        _NO_CONTRACT,
+        cite="Hewitt, Manning & Liang 2022, Truncation Sampling as Language Model Desmoothing",
+    )
+)
+register(
+    Component(
+        "sampler",
+        "eta_cutoff",
+        (Param("e", "float", low=0.0, high=1.0, doc="the cut's scale; 0 keeps all"),),
+        "Eta sampling (Hugging Face `eta_cutoff`): drop the tokens with probability < min(e, sqrt(e) * exp(-H)), H the "
+        "distribution's entropy in nats (a flatter distribution cuts less); the most likely token (and any tied with "
+        "it) always stays.",
+        _NO_CONTRACT,
+        cite="Hewitt, Manning & Liang 2022, Truncation Sampling as Language Model Desmoothing",
     )
 )
 

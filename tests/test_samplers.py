@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decspec.stdlib.samplers import greedy, min_p, temperature, top_k, top_p
+from decspec.stdlib.samplers import epsilon_cutoff, eta_cutoff, greedy, min_p, temperature, top_k, top_p
 from decspec.strategies import tied_logits
 
 logit_rows = st.lists(st.floats(-5, 5, allow_nan=False).map(lambda x: round(x, 3)), min_size=1, max_size=8)
@@ -119,3 +119,44 @@ def test_temperature_scales_logits():
 def test_top_p_zero_is_greedy_not_empty():
     x = torch.tensor([[1.0, 3.0, 2.0]])
     assert kept(top_p(x, 0.0)[0]) == [1]
+
+
+# --------------------------------------------------------------------------- truncation sampling (Hewitt et al. 2022)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), V=st.integers(2, 60), e=st.sampled_from([1e-4, 3e-3, 0.02, 0.1, 0.5, 0.99]),
+       scale=st.sampled_from([0.3, 3.0, 12.0]))
+def test_epsilon_and_eta_cutoff_are_hugging_faces_warpers(seed, V, e, scale):
+    """Against transformers' EpsilonLogitsWarper / EtaLogitsWarper (min_tokens_to_keep = 1), token for token."""
+    transformers = pytest.importorskip("transformers")
+    logits = torch.randn(4, V, generator=torch.Generator().manual_seed(seed)) * scale
+    logits[1, 0] = -math.inf  # an already-removed token stays removed
+    logits[2] = logits[2].round()  # ties, the maximum's included
+    assert torch.equal(epsilon_cutoff(logits, e), transformers.EpsilonLogitsWarper(e)(None, logits.clone()))
+    assert torch.equal(eta_cutoff(logits, e), transformers.EtaLogitsWarper(e)(None, logits.clone()))
+
+
+@settings(max_examples=100)
+@given(row=logit_rows, e=st.floats(0.0, 1.0))
+def test_eta_cutoff_is_its_definition(row, e):
+    """eta = min(e, sqrt(e) exp(-H)): tokens below it go, the maxima stay; the same cut computed in plain Python."""
+    probs = softmax(row)
+    entropy = -sum(p * math.log(p) for p in probs if p > 0)
+    eta = min(e, math.sqrt(e) * math.exp(-entropy))
+    expect = [i for i, (x, p) in enumerate(zip(row, probs)) if x == max(row) or not p < eta - 1e-6]
+    got = kept(eta_cutoff(torch.tensor(row, dtype=torch.float64), e))
+    assert set(got) >= {i for i in expect if abs(probs[i] - eta) > 1e-6} and set(got) <= set(expect) | {
+        i for i, p in enumerate(probs) if abs(p - eta) <= 1e-6}
+    assert kept(eta_cutoff(torch.tensor(row), 0.0)) == list(range(len(row)))
+
+
+def test_speculation_under_eta_cutoff_is_exactly_lossless():
+    """The cut applies to target and draft alike, so rejection sampling keeps the cut target's distribution exactly."""
+    from decspec.stdlib.models.table import TableModel
+    from decspec.testing import assert_lossless
+
+    spec = ('decoder d(k: int = 2) { target = model("target"); draft = model("draft"); '
+            'sampler = temperature(0.9) | eta_cutoff(0.2) | epsilon_cutoff(0.05); propose = autoregressive(draft, max = k); verify = rejection }')
+    models = {"target": TableModel.random(4, 1, seed=3), "draft": TableModel.random(4, 1, seed=4, temperature=2.0)}
+    assert assert_lossless(spec, models=models, k=2, prompt=[1, 2], method="exact").method == "exact"

@@ -38,6 +38,8 @@ VALUES = {
     "top_p": st.one_of(st.just(0.0), st.just(1.0), st.floats(0, 1)),
     "min_p": st.one_of(st.just(0.0), st.floats(0, 1)),
     "typical_p": st.one_of(st.just(1.0), st.floats(0, 1)),
+    "epsilon_cutoff": st.one_of(st.just(0.0), st.floats(0, 1)),
+    "eta_cutoff": st.one_of(st.just(0.0), st.floats(0, 1)),
     "repetition_penalty": st.floats(0.01, 100),
     "frequency_penalty": st.floats(-2, 2),
     "presence_penalty": st.floats(-2, 2),

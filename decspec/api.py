@@ -24,7 +24,7 @@ from decspec.compiler.lower import lower
 from decspec.compiler.passes import run_pipeline
 from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Spec
-from decspec.stdlib.binding import bind_models
+from decspec.stdlib.binding import base_role, bind_models
 from decspec.stdlib.models.protocol import eos_token_ids
 from decspec.stdlib.models.tokenizer import Tokenizer, same_vocabulary
 from decspec.stream import Stream, row_texts
@@ -72,7 +72,7 @@ class Decoder:
                                hint='compile it with backend="eager" or "inductor"')
         self.vocab = vocab  # the grammar's vocabulary as bytes, for targets without a tokenizer
         self._grammars: dict[str, Any] | None = None
-        if spec.slot("grammar") is not None and spec.slot("target").arg("name") in self.models:
+        if spec.slot("grammar") is not None and base_role(spec.slot("target")) in self.models:
             self._bound_grammars()  # bound now, so vocabulary errors surface at compile time
 
     def _bound_grammars(self) -> dict[str, Any]:
@@ -81,7 +81,7 @@ class Decoder:
             if self._grammars is None:
                 from decspec.stdlib.structured import bind_grammar
 
-                role = self.spec.slot("target").arg("name")
+                role = base_role(self.spec.slot("target"))  # a combined target's first model's vocabulary
                 target = self.models[role] if role in self.models else self._bound_models()[role]
                 self._grammars = bind_grammar(self.spec, target, self.vocab)
             return self._grammars

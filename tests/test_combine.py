@@ -197,6 +197,23 @@ def test_inductor_emits_the_combination_and_matches_eager(spec):
     assert emitted.generate([[1, 2, 3], [5]], max_new_tokens=5, seed=3).tokens == eager
 
 
+def test_a_compiled_combined_round_is_one_graph():
+    """torch.compile (through dynamo's eager backend: the same graphs and breaks, without inductor's compile time): one
+    graph, no graph break, no recompile on a second call; the eager tokens."""
+    from torch._dynamo.utils import counters
+
+    pair = random_models(seed=2)
+    prompts = [[5, 6, 7, 8], [9]]
+    torch._dynamo.reset()
+    counters.clear()
+    dec = decspec.compile(SPECS / "speculative_contrastive.dec", models=pair, backend="inductor", k=2)
+    dec.backend_options = {"compile": True, "dynamo_backend": "eager"}
+    eager = decspec.compile(SPECS / "speculative_contrastive.dec", models=pair, k=2)
+    for seed in (3, 4):
+        assert dec.generate(prompts, max_new_tokens=4, seed=seed).tokens == eager.generate(prompts, max_new_tokens=4, seed=seed).tokens
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
 def test_dola_refuses_a_layer_the_model_does_not_have():
     text = (SPECS / "dola.dec").read_text().replace("[1, 2, 3]", "[1, 4]")
     with pytest.raises(DecError, match=r"layer 4 is not a premature layer of model 'target', which has 4 layers"):

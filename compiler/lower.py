@@ -194,9 +194,7 @@ def lower(spec: Spec) -> Graph:
     b = lw.b
     ctx = b.input(CTX)
     target: Instance = spec.slot("target")
-    from decspec.stdlib.combine import COMBINED
-
-    if target.name != "model" and target.name not in COMBINED:
+    if target.name != "model" and lw.role(target) not in lw.combined:  # a combined model (stdlib/combine.py) may be the target
         raise DecError(f"the target must be a model bound by name, e.g. model(\"target\"); '{target.name}' derives a draft from one",
                        target.span, hint=f"use {target.name}(...) as the draft, e.g. propose = autoregressive({target.name}(...))")
     propose: Instance | None = spec.slot("propose")

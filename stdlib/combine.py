@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
+from decspec.compiler.lower import Combination
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.registry import Component, Contract, Param, register
 
@@ -88,58 +89,6 @@ def combine_logits(kind: str, logits: list[torch.Tensor], **params: Any) -> torc
 # --------------------------------------------------------------------------- the components
 
 
-def _role(lw, inst) -> str:
-    from decspec.stdlib.binding import role_of
-
-    return role_of(inst) if lw is None else lw.role(inst)
-
-
-def _combination(lw, inst, kind: str, parts: list, params: dict) -> str:
-    """The name a combined model goes by while lowering (never a bound role; it is not printed in the IR), registered
-    with the Lowering so `model_logits` expands it. parts: model instances, or roles the binding adds (strings)."""
-    from decspec.compiler.lower import Combination
-
-    roles = tuple(p if isinstance(p, str) else _role(lw, p) for p in parts)
-    shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-    name = f"{kind}({', '.join(roles)}; {shown})"
-    if lw is not None:
-        lw.combined[name] = Combination(roles, (("kind", kind),) + tuple(params.items()), inst.span, inst.name)
-    return name
-
-
-def lower_contrastive(lw, inst) -> str:
-    form = inst.arg("form")
-    if form not in FORMS:
-        raise DecError(f"contrastive form must be {' or '.join(map(repr, FORMS))}, found {form!r}", inst.span,
-                       hint='"weighted": (1+beta) log p_exp - beta log p_ama (O\'Brien & Lewis 2023); '
-                            '"difference": log p_exp - log p_ama (Li et al. 2022)')
-    params = {"alpha": float(inst.arg("alpha")), "beta": float(inst.arg("beta")), "form": form}
-    return _combination(lw, inst, "contrastive", [inst.arg("expert"), inst.arg("amateur")], params)
-
-
-register(
-    Component(
-        "model",
-        "contrastive",
-        (
-            Param("expert", "model", doc="the large model whose plausible tokens are kept"),
-            Param("amateur", "model", doc="the small model whose preferences are subtracted"),
-            Param("alpha", "float", default=0.1, low=0.0, high=1.0,
-                  doc="plausibility cut: keep the tokens with p_exp >= alpha * max p_exp (0: every token the expert allows)"),
-            Param("beta", "float", default=0.5, low=0.0, high=10.0, doc="the amateur's weight in the \"weighted\" form"),
-            Param("form", "str", default="weighted", doc="\"weighted\": (1+beta) log p_exp - beta log p_ama (O'Brien & Lewis "
-                  "2023); \"difference\": log p_exp - log p_ama (Li et al. 2022)"),
-        ),
-        "Contrastive decoding's distribution: on the tokens the expert finds plausible (p_exp >= alpha max p_exp), the "
-        "expert's log-probabilities minus the amateur's (weighted by beta, or not), -inf elsewhere; the sampler pipeline "
-        "applies to these scores. A model expression: as the target, speculative decoding samples from it exactly.",
-        Contract(None, "a combined model carries no sampling contract; as the target, it is the distribution the verifier keeps"),
-        lower_contrastive,
-        cite="Li et al. 2022, Contrastive Decoding; O'Brien & Lewis 2023, Contrastive Decoding Improves Reasoning in LLMs",
-    )
-)
-
-
 def _base(inst) -> str:
     base = inst.arg("model")
     if base.name != "model":
@@ -161,10 +110,55 @@ def _layers(inst) -> list[int]:
     return layers
 
 
-def lower_dola(lw, inst) -> str:
+def parts(inst) -> tuple[list, dict[str, Any]]:
+    """A combined model's parts, in logits_combine's input order (model instances, or roles its binding adds: DoLa's
+    layer views), and the op's params. Raises DecError at the instance for a bad `form`."""
+    if inst.name == "contrastive":
+        form = inst.arg("form")
+        if form not in FORMS:
+            raise DecError(f"contrastive form must be {' or '.join(map(repr, FORMS))}, found {form!r}", inst.span,
+                           hint='"weighted": (1+beta) log p_exp - beta log p_ama (O\'Brien & Lewis 2023); '
+                                '"difference": log p_exp - log p_ama (Li et al. 2022)')
+        params = {"alpha": float(inst.arg("alpha")), "beta": float(inst.arg("beta")), "form": form}
+        return [inst.arg("expert"), inst.arg("amateur")], params
     base, norm = _base(inst), inst.arg("norm")
-    parts = [inst.arg("model")] + [layer_role(base, i, norm) for i in _layers(inst)]
-    return _combination(lw, inst, "dola", parts, {"relative_top": float(inst.arg("relative_top"))})
+    return [inst.arg("model")] + [layer_role(base, i, norm) for i in _layers(inst)], {"relative_top": float(inst.arg("relative_top"))}
+
+
+def lower_combined(lw, inst) -> str:
+    """The name a combined model goes by while lowering (never a bound role, never printed in the IR), registered with
+    the Lowering (when there is one: stdlib/binding.py role_of passes None) so `model_logits` expands it."""
+    from decspec.stdlib.binding import role_of
+
+    found, params = parts(inst)
+    roles = tuple(p if isinstance(p, str) else role_of(p) if lw is None else lw.role(p) for p in found)
+    name = f"{inst.name}({', '.join(roles)}; {', '.join(f'{k}={v!r}' for k, v in params.items())})"
+    if lw is not None:
+        lw.combined[name] = Combination(roles, (("kind", inst.name),) + tuple(params.items()), inst.span, inst.name)
+    return name
+
+
+register(
+    Component(
+        "model",
+        "contrastive",
+        (
+            Param("expert", "model", doc="the large model whose plausible tokens are kept"),
+            Param("amateur", "model", doc="the small model whose preferences are subtracted"),
+            Param("alpha", "float", default=0.1, low=0.0, high=1.0,
+                  doc="plausibility cut: keep the tokens with p_exp >= alpha * max p_exp (0: every token the expert allows)"),
+            Param("beta", "float", default=0.5, low=0.0, high=10.0, doc="the amateur's weight in the \"weighted\" form"),
+            Param("form", "str", default="weighted", doc="\"weighted\": (1+beta) log p_exp - beta log p_ama (O'Brien & Lewis "
+                  "2023); \"difference\": log p_exp - log p_ama (Li et al. 2022)"),
+        ),
+        "Contrastive decoding's distribution: on the tokens the expert finds plausible (p_exp >= alpha max p_exp), the "
+        "expert's log-probabilities minus the amateur's (weighted by beta, or not), -inf elsewhere; the sampler pipeline "
+        "applies to these scores. A model expression: as the target, speculative decoding samples from it exactly.",
+        Contract(None, "a combined model carries no sampling contract; as the target, it is the distribution the verifier keeps"),
+        lower_combined,
+        cite="Li et al. 2022, Contrastive Decoding; O'Brien & Lewis 2023, Contrastive Decoding Improves Reasoning in LLMs",
+    )
+)
 
 
 def bind_dola(inst, models: Mapping[str, Any]) -> dict:
@@ -205,7 +199,7 @@ register(
         "relative-top filter, -inf elsewhere. Each candidate layer is a view of the model (role \"ROLE/lensI\", or "
         "\"ROLE/exitI\" with norm), called beside it.",
         Contract(None, "a combined model carries no sampling contract; as the target, it is the distribution the verifier keeps"),
-        lower_dola,
+        lower_combined,
         cite="Chuang et al. 2024, DoLa: Decoding by Contrasting Layers Improves Factuality in Large Language Models",
         bind=bind_dola,
     )
@@ -223,11 +217,5 @@ def reference_logits(inst, models: Mapping[str, Any], tokens: torch.Tensor) -> t
 
         model = models[inst if isinstance(inst, str) else role_of(inst)]
         return model.forward(tokens, model.new_cache(tokens.shape[0], tokens.shape[1])).logits[:, -1].double()
-    if inst.name == "contrastive":
-        parts = [inst.arg("expert"), inst.arg("amateur")]
-        params = {"alpha": inst.arg("alpha"), "beta": inst.arg("beta"), "form": inst.arg("form")}
-    else:
-        base, norm = _base(inst), inst.arg("norm")
-        parts = [inst.arg("model")] + [layer_role(base, i, norm) for i in _layers(inst)]
-        params = {"relative_top": inst.arg("relative_top")}
-    return combine_logits(inst.name, [reference_logits(p, models, tokens) for p in parts], **params)
+    found, params = parts(inst)
+    return combine_logits(inst.name, [reference_logits(p, models, tokens) for p in found], **params)

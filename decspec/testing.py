@@ -126,14 +126,16 @@ def target_distribution(decoder_or_model: Any, prompt: Sequence[int], n: int, pi
                            hint="use fewer new tokens or a smaller vocabulary")
         seqs = list(live)
         tokens = torch.tensor([list(prompt) + list(s) for s in seqs])  # [S, T]
-        if combined is not None:
-            logits = reference_logits(combined[0], combined[1], tokens)  # [S, V]
-        else:
-            logits = model.forward(tokens, model.new_cache(len(seqs), tokens.shape[1])).logits[:, -1].double()  # [S, V]
+        mask = None
         if matcher is not None:
             from decspec.backends.grammar import masked_logits
 
-            logits = masked_logits(matcher, logits, torch.tensor([states[s] for s in seqs]))
+            mask = lambda logits: masked_logits(matcher, logits, torch.tensor([states[s] for s in seqs]))  # noqa: E731
+        if combined is not None:  # each part masked before the combination, as a round reads them
+            logits = reference_logits(combined[0], combined[1], tokens, mask)  # [S, V]
+        else:
+            logits = model.forward(tokens, model.new_cache(len(seqs), tokens.shape[1])).logits[:, -1].double()  # [S, V]
+            logits = logits if mask is None else mask(logits)
         counts = token_counts(tokens, torch.full((len(seqs),), tokens.shape[1]), vocab=logits.shape[-1], dtype=logits.dtype)
         probs = torch.softmax(apply_pipeline(logits, st_, counts), -1)  # penalties count the prompt and the sequence so far
         grown: dict[tuple[int, ...], float] = {}

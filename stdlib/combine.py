@@ -17,7 +17,7 @@ decspec.testing's target distribution reads) applies it to plain forwards of the
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -208,14 +208,17 @@ register(
 COMBINED = ("contrastive", "dola")
 
 
-def reference_logits(inst, models: Mapping[str, Any], tokens: torch.Tensor) -> torch.Tensor:
+def reference_logits(inst, models: Mapping[str, Any], tokens: torch.Tensor,
+                     mask: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """A model expression's next-token logits after each row of tokens [S, T], from plain forwards of the bound models
     (`models`: {role: model} as bind_models gives them, views included) -> [S, V] (float64). What a lossless decoder
-    of a combined target must reproduce (decspec.testing.target_distribution); no round, no cache reuse."""
+    of a combined target must reproduce (decspec.testing.target_distribution); no round, no cache reuse. `mask`
+    (a grammar's) applies to each part's logits before they are combined, as in a round."""
     if isinstance(inst, str) or inst.name not in COMBINED:
         from decspec.stdlib.binding import role_of
 
         model = models[inst if isinstance(inst, str) else role_of(inst)]
-        return model.forward(tokens, model.new_cache(tokens.shape[0], tokens.shape[1])).logits[:, -1].double()
+        logits = model.forward(tokens, model.new_cache(tokens.shape[0], tokens.shape[1])).logits[:, -1].double()
+        return logits if mask is None else mask(logits)
     found, params = parts(inst)
-    return combine_logits(inst.name, [reference_logits(p, models, tokens) for p in found], **params)
+    return combine_logits(inst.name, [reference_logits(p, models, tokens, mask) for p in found], **params)

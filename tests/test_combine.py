@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,22 @@ def test_a_lossy_verifier_of_a_contrastive_target_is_caught():
     assert not verdict.lossless and "verify = topk_match" in str(verdict)
     dec = decspec.compile(text, models=table_pair(), k=2)
     assert tv_distance(exact_distribution(dec, [1], 3), target_distribution(dec, [1], 3)) > 0.01
+
+
+def test_a_grammar_masks_each_part_before_the_combination():
+    """Speculative contrastive decoding under a regex grammar: exactly the contrastive distribution of the masked parts
+    (the plausibility cut taken among the tokens the grammar allows)."""
+    vocab = [b"a", b"b", b"c", b"{", None]  # the EOS last
+    models = {role: LayeredTableModel.random(5, 1, seed, temperature=t, eos_token_id=4) for role, seed, t in (("target", 0, 1.0), ("draft", 1, 2.0))}
+    text = (SPECS / "speculative_contrastive.dec").read_text().replace(
+        "    verify  = rejection", '    verify  = rejection\n    grammar = regex("""(ab|c)+b?""")')
+    dec = decspec.compile(text, models=models, vocab=vocab, k=2, alpha=0.3)
+    ir = str(dec.graph)
+    assert ir.index("grammar_mask") < ir.index("logits_combine")
+    got, expected = exact_distribution(dec, [1], 4), target_distribution(dec, [1], 4)
+    assert tv_distance(got, expected) <= max(1e-12, got.error_bound)
+    ended = [b"".join(vocab[t] for t in tokens[:-1]) for tokens in got if tokens[-1] == 4]
+    assert ended and all(re.fullmatch(rb"(ab|c)+b?", row) for row in ended)
 
 
 def test_check_names_the_combined_distribution(capsys):

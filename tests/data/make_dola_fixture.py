@@ -40,7 +40,10 @@ def main() -> None:
                          f"repetition_penalty=1.0, max_new_tokens={NEW_TOKENS}) on stdlib/models/reference/target (float32)",
                "command": "python tests/data/make_dola_fixture.py (in a venv with transformers 4.46.3)",
                "relative_top": 0.1, "eos_token_id": model.config.eos_token_id, "cases": cases}
-    (ROOT / "tests" / "data" / "dola_hf.json").write_text(json.dumps(fixture, indent=1) + "\n")
+    text = json.dumps(fixture, indent=1)
+    for case in cases:  # one line per case
+        text = text.replace(json.dumps(case, indent=1).replace("\n", "\n  "), json.dumps(case))
+    (ROOT / "tests" / "data" / "dola_hf.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

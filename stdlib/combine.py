@@ -38,7 +38,7 @@ def contrastive_scores(expert: torch.Tensor, amateur: torch.Tensor, alpha: float
     -inf elsewhere. O'Brien & Lewis write the weighted form on raw logits; log-softmax differs from them by one constant
     per row, which softmax ignores, so the distribution is the same.
 
-        >>> expert, amateur = torch.tensor([[2.0, 1.0, -3.0]]), torch.tensor([[2.0, 0.0, 0.0]])
+        >>> expert, amateur = torch.tensor([[2.0, 1.0, -3.0]]), torch.tensor([[3.0, 0.0, 0.0]])
         >>> scores = contrastive_scores(expert, amateur, alpha=0.1, beta=1.0)   # p_exp = [0.73, 0.27, 0.005]
         >>> scores.isfinite().tolist(), int(scores.argmax())                    # the amateur's favourite loses
         ([[True, True, False]], 1)

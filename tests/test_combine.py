@@ -135,6 +135,18 @@ def test_dola_greedy_matches_hugging_face_token_for_token():
     assert differ_with_norm > 0
 
 
+def test_dola_on_the_hugging_face_adapter_matches_too():
+    """The same checkpoint behind HFModel (installed transformers, hidden_states[i] read without the final norm)."""
+    from decspec.stdlib.models.hf import HFModel
+
+    fixture = json.loads((ROOT / "tests" / "data" / "dola_hf.json").read_text())
+    cases = [c for c in fixture["cases"] if c["layers"] == [2, 4]]
+    target = HFModel.from_pretrained(ROOT / "stdlib" / "models" / "reference" / "target")
+    spec = (SPECS / "dola.dec").read_text().replace("layers = [1, 2, 3]", "layers = [2, 4]")
+    got = decspec.compile(spec, models={"target": target}).generate([c["prompt"] for c in cases], max_new_tokens=16, seed=0).tokens
+    assert got == [c["tokens"] for c in cases]
+
+
 # --------------------------------------------------------------------------- losslessness w.r.t. the combined distribution
 
 

@@ -53,7 +53,8 @@ def contrastive_scores(expert: torch.Tensor, amateur: torch.Tensor, alpha: float
 def dola_divergence(lf: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
     """The layer-selection divergence of Hugging Face's DoLa between log-probabilities lf, lp [..., V] -> [...]:
     mean over the vocabulary of 0.5 (m (log m - lf) + m (log m - lp)), m = (p_f + p_p) / 2 (its kl_div(input, target)
-    has the mixture as target). Tokens where m = 0 count 0."""
+    has the mixture as target). Tokens where m = 0 count 0. The paper's Jensen-Shannon divergence has the KLs the other
+    way round (p_f log(p_f / m) + p_p log(p_p / m)); HF's form is kept, so that this DoLa is HF's."""
     m = 0.5 * (lf.exp() + lp.exp())
     log_m = torch.log(m.clamp_min(torch.finfo(m.dtype).tiny))
     terms = torch.where(m > 0, m * (2 * log_m - lf.clamp_min(-1e30) - lp.clamp_min(-1e30)), 0.0)

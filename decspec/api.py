@@ -65,6 +65,11 @@ class Decoder:
         if spec.slot("search") is not None:
             from decspec.stdlib.search import plan
 
+            if spec.slot("target").name != "model":  # beam search reads one model through the protocol (backends/beam.py)
+                raise DecError(f"`search` needs a target bound by name; '{spec.slot('target').name}' combines several models' "
+                               "logits, which beam search on the host does not read yet", spec.slot("target").span,
+                               hint='use target = model("target"), or drop `search` to decode the combined distribution')
+
             self.search = plan(spec)
             if self.backend.NAME not in ("eager", "inductor"):
                 raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search runs its steps on "

@@ -253,3 +253,9 @@ def test_contrastive_refuses_an_unknown_form():
     text = (SPECS / "contrastive.dec").read_text().replace("beta = beta)", 'beta = beta, form = "ratio")')
     with pytest.raises(DecError, match="contrastive form must be 'weighted' or 'difference'"):
         decspec.compile(text, models=random_models())
+
+
+def test_beam_search_over_a_combined_target_is_refused():
+    text = (SPECS / "contrastive.dec").read_text().replace("    sampler = greedy", "    search  = beam(width = 2)")
+    with pytest.raises(DecError, match="`search` needs a target bound by name; 'contrastive' combines"):
+        decspec.compile(text, models=random_models())

@@ -243,6 +243,10 @@ class Decoder:
         if self.search is not None:
             raise DecError("beam search (the `search` slot) does not report logprobs; its result has each hypothesis's score "
                            "(result.scores)", self.spec.slot("search").span)
+        target = self.spec.slot("target")
+        if target.name != "model":  # the scorer reads one model's logits (backends/logprobs.py)
+            raise DecError(f"logprobs are not reported for a combined target ('{target.name}') yet: the scorer reads one "
+                           "model's logits, which would be the expert's, not the combined distribution's", target.span)
         from decspec.backends.sampling import pipeline
 
         return self.spec.models[0], pipeline(self.spec, open)

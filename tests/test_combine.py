@@ -259,3 +259,9 @@ def test_beam_search_over_a_combined_target_is_refused():
     text = (SPECS / "contrastive.dec").read_text().replace("    sampler = greedy", "    search  = beam(width = 2)")
     with pytest.raises(DecError, match="`search` needs a target bound by name; 'contrastive' combines"):
         decspec.compile(text, models=random_models())
+
+
+def test_logprobs_of_a_combined_target_are_refused_not_the_experts():
+    dec = decspec.compile(SPECS / "contrastive.dec", models=random_models())
+    with pytest.raises(DecError, match="logprobs are not reported for a combined target"):
+        dec.generate([[1, 2]], max_new_tokens=2, logprobs=True)

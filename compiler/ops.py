@@ -538,6 +538,6 @@ def _logits_combine(p, ins):
 OPS["logits_combine"] = OpDef(  # decoding that combines several distributions (stdlib/combine.py)
     "logits_combine", "pure", _logits_combine, "one distribution's scores from several models' (or layers') logits at the same "
     "positions: kind=\"contrastive\" (expert, amateur): log p_exp - log p_ama (form=\"difference\") or (1+beta) log p_exp - "
-    "beta log p_ama (form=\"weighted\") where p_exp >= alpha max p_exp, -inf elsewhere; kind=\"dola\" (final, premature "
+    "beta log p_ama (form=\"weighted\") where p_exp >= alpha max p_exp, -inf elsewhere (p_ama at temperature tau, default 1); kind=\"dola\" (final, premature "
     "layers...): per row, the premature layer most divergent from the final one, then log p_final - log p_premature where "
     "p_final >= relative_top max p_final, -inf elsewhere (stdlib/combine.py)")

@@ -29,13 +29,13 @@ FORMS = ("weighted", "difference")
 
 
 def contrastive_scores(expert: torch.Tensor, amateur: torch.Tensor, alpha: float, beta: float = 0.5,
-                       form: str = "weighted") -> torch.Tensor:
+                       form: str = "weighted", tau: float = 1.0) -> torch.Tensor:
     """Contrastive decoding's scores over [..., V] logits.
 
     V_head = {x : p_exp(x) >= alpha * max p_exp, p_exp(x) > 0} (the plausibility constraint), and on V_head
       form "difference" (Li et al. 2022):          log p_exp(x) - log p_ama(x)
       form "weighted"   (O'Brien & Lewis 2023):    (1 + beta) log p_exp(x) - beta log p_ama(x)
-    -inf elsewhere. O'Brien & Lewis write the weighted form on raw logits; log-softmax differs from them by one constant
+    -inf elsewhere; p_ama is softmax(amateur logits / tau) (Li et al.'s amateur temperature). O'Brien & Lewis write the weighted form on raw logits; log-softmax differs from them by one constant
     per row, which softmax ignores, so the distribution is the same.
 
         >>> expert, amateur = torch.tensor([[2.0, 1.0, -3.0]]), torch.tensor([[3.0, 0.0, 0.0]])
@@ -44,7 +44,7 @@ def contrastive_scores(expert: torch.Tensor, amateur: torch.Tensor, alpha: float
         ([[True, True, False]], 1)
     """
     le = torch.log_softmax(expert.to(torch.promote_types(expert.dtype, torch.float32)), -1)  # [..., V]
-    la = torch.log_softmax(amateur.to(le.dtype), -1).clamp_min(-1e30)  # a token the amateur rules out: favoured, never +inf
+    la = torch.log_softmax(amateur.to(le.dtype) / tau, -1).clamp_min(-1e30)  # a token the amateur rules out: favoured, never +inf
     head = (le >= le.amax(-1, keepdim=True) + math.log(alpha)) & (le > -math.inf) if alpha > 0 else le > -math.inf
     score = le - la if form == "difference" else (1 + beta) * le - beta * la
     return torch.where(head, score, -math.inf)
@@ -86,7 +86,7 @@ def combine_logits(kind: str, logits: list[torch.Tensor], **params: Any) -> torc
     """`logits_combine`'s meaning: logits[0] is the expert's (contrastive) or the final layer's (dola)."""
     if kind == "contrastive":
         expert, amateur = logits
-        return contrastive_scores(expert, amateur, params["alpha"], params["beta"], params["form"])
+        return contrastive_scores(expert, amateur, params["alpha"], params["beta"], params["form"], params.get("tau", 1.0))
     if kind == "dola":
         return dola_scores(logits[0], list(logits[1:]), params["relative_top"])
     raise ValueError(f"unknown logits_combine kind {kind!r}")
@@ -126,6 +126,8 @@ def parts(inst) -> tuple[list, dict[str, Any]]:
                            hint='"weighted": (1+beta) log p_exp - beta log p_ama (O\'Brien & Lewis 2023); '
                                 '"difference": log p_exp - log p_ama (Li et al. 2022)')
         params = {"alpha": float(inst.arg("alpha")), "beta": float(inst.arg("beta")), "form": form}
+        if inst.arg("tau") != 1:  # printed only when set: the default keeps the IR text
+            params["tau"] = float(inst.arg("tau"))
         return [inst.arg("expert"), inst.arg("amateur")], params
     base, norm = _base(inst), inst.arg("norm")
     return [inst.arg("model")] + [layer_role(base, i, norm) for i in _layers(inst)], {"relative_top": float(inst.arg("relative_top"))}
@@ -156,6 +158,8 @@ register(
             Param("beta", "float", default=0.5, low=0.0, high=10.0, doc="the amateur's weight in the \"weighted\" form"),
             Param("form", "str", default="weighted", doc="\"weighted\": (1+beta) log p_exp - beta log p_ama (O'Brien & Lewis "
                   "2023); \"difference\": log p_exp - log p_ama (Li et al. 2022)"),
+            Param("tau", "float", default=1.0, low=0.05, high=10.0, doc="the amateur's temperature: p_ama = softmax(amateur "
+                  "logits / tau) (Li et al. use 0.5 with small amateurs; 1: none)"),
         ),
         "Contrastive decoding's distribution: on the tokens the expert finds plausible (p_exp >= alpha max p_exp), the "
         "expert's log-probabilities minus the amateur's (weighted by beta, or not), -inf elsewhere; the sampler pipeline "

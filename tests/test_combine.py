@@ -35,9 +35,10 @@ def table_pair(vocab: int = 4, order: int = 1, seed: int = 0) -> dict:
 # --------------------------------------------------------------------------- the scores, from the papers
 
 
-def paper_contrastive(expert: list[float], amateur: list[float], alpha: float, beta: float, form: str) -> list[float]:
+def paper_contrastive(expert: list[float], amateur: list[float], alpha: float, beta: float, form: str, tau: float = 1.0) -> list[float]:
     """One row, as the papers write it: the plausible set from the expert's probabilities; O'Brien & Lewis weight the raw
-    logits, Li et al. subtract log-probabilities."""
+    logits, Li et al. subtract log-probabilities (the amateur's at temperature tau)."""
+    amateur = [x / tau for x in amateur]
     pe = [math.exp(x) for x in expert]
     pe = [x / sum(pe) for x in pe]
     za = math.log(sum(math.exp(x) for x in amateur))
@@ -59,13 +60,13 @@ def softmax(xs: list[float]) -> list[float]:
 
 
 @pytest.mark.parametrize("form", ["weighted", "difference"])
-@pytest.mark.parametrize("alpha, beta", [(0.1, 0.5), (0.5, 1.0), (0.0, 0.0)])
-def test_contrastive_scores_follow_the_papers(form, alpha, beta):
+@pytest.mark.parametrize("alpha, beta, tau", [(0.1, 0.5, 1.0), (0.5, 1.0, 0.5), (0.0, 0.0, 2.0)])
+def test_contrastive_scores_follow_the_papers(form, alpha, beta, tau):
     gen = torch.Generator().manual_seed(7)
     expert, amateur = (3 * torch.randn(5, 11, generator=gen, dtype=torch.float64) for _ in range(2))
-    got = contrastive_scores(expert, amateur, alpha, beta, form)
+    got = contrastive_scores(expert, amateur, alpha, beta, form, tau)
     for row in range(5):
-        ref = paper_contrastive(expert[row].tolist(), amateur[row].tolist(), alpha, beta, form)
+        ref = paper_contrastive(expert[row].tolist(), amateur[row].tolist(), alpha, beta, form, tau)
         assert [x == -math.inf for x in got[row].tolist()] == [x == -math.inf for x in ref]
         assert torch.allclose(torch.softmax(got[row], -1), torch.tensor(softmax(ref), dtype=torch.float64), atol=1e-12)
 

@@ -56,7 +56,9 @@ def losslessness(spec: Spec) -> Verdict:
     sampler = tuple(spec.slot("sampler", ()))
     grammar: Instance | None = spec.slot("grammar")
     masked = f"the grammar mask ({_short(grammar)}) and " if grammar is not None else ""
-    target_dist = f"the target's distribution after {masked}the sampler pipeline ({pipeline_text(sampler)})"
+    target: Instance = spec.slot("target")
+    whose = "the target's distribution" if target.name == "model" else f"the combined distribution target = {target}"
+    target_dist = f"{whose} after {masked}the sampler pipeline ({pipeline_text(sampler)})"
     propose: Instance | None = spec.slot("propose")
     if propose is None:
         return Verdict(True, [f"autoregressive sampling from {target_dist}"])

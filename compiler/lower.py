@@ -37,6 +37,17 @@ class LoopState:
     cap: tuple | None = None
 
 
+@dataclass(frozen=True)
+class Combination:
+    """A model expression whose logits combine several roles' (stdlib/combine.py): the roles read, in order, and the
+    params of the `logits_combine` op over their logits."""
+
+    roles: tuple[str, ...]
+    params: tuple[tuple[str, Any], ...]
+    span: Any = None
+    name: str = ""
+
+
 class Lowering:
     """The state components lower into: the builder, the sampler pipeline, the exit policy."""
 
@@ -49,6 +60,7 @@ class Lowering:
         self.grammar: Instance | None = spec.slot("grammar")
         self.loop = LoopState()  # what the exit policy asks of the draft loop being built
         self.read_at: dict[Value, list[Value]] = {}  # logits -> the (ctx[, ext[, n]]) they were read after (penalty stages need it)
+        self.combined: dict[str, Combination] = {}  # the names `role` gave combined models (contrastive, dola) -> what they read
 
     def role(self, model: Instance) -> str:
         """The role a model instance is bound to: `model("draft")` -> "draft"; a model derived from
@@ -60,7 +72,15 @@ class Lowering:
     def model_logits(self, inputs: list[Value], model: str | tuple[str, ...], last: bool = True, arm: Value | None = None) -> Value:
         """model_call over ctx ++ ext[:, :n], masked by the grammar when the spec has one: the logits
         every sampler (and exit policy) sees. The grammar state is read at the same positions.
-        With `arm` (i64[B]) and a tuple of roles: model_select, row b reads model[arm[b]]."""
+        With `arm` (i64[B]) and a tuple of roles: model_select, row b reads model[arm[b]].
+        A combined model (stdlib/combine.py): each of its parts' logits so read, then one logits_combine over them."""
+        if isinstance(model, str) and model in self.combined:
+            how = self.combined[model]
+            parts = [self.model_logits(inputs, role, last) for role in how.roles]
+            with self.b.located(how.span, how.name) as b:
+                logits = b.emit("logits_combine", parts, **dict(how.params))[0]
+            self.read_at[logits] = list(inputs)
+            return logits
         if arm is not None:
             logits = self.b.emit("model_select", [arm, *inputs], models=tuple(model), last=last)[0]
         else:
@@ -71,6 +91,13 @@ class Lowering:
                 logits = b.emit("grammar_mask", [logits, states], grammar="grammar")[0]
         self.read_at[logits] = list(inputs)
         return logits
+
+    def vocab_role(self) -> str:
+        """The bound role whose vocabulary V is (one-hot drafts, cross-round states): the target's, or a combined
+        target's first model's."""
+        from decspec.stdlib.binding import base_role
+
+        return base_role(self.spec.slot("target"))
 
     def probs(self, logits: Value) -> Value:
         """softmax(sampler pipeline(logits)): the distribution every model is sampled from."""
@@ -167,7 +194,7 @@ def lower(spec: Spec) -> Graph:
     b = lw.b
     ctx = b.input(CTX)
     target: Instance = spec.slot("target")
-    if target.name != "model":
+    if target.name != "model" and lw.role(target) not in lw.combined:  # a combined model (stdlib/combine.py) may be the target
         raise DecError(f"the target must be a model bound by name, e.g. model(\"target\"); '{target.name}' derives a draft from one",
                        target.span, hint=f"use {target.name}(...) as the draft, e.g. propose = autoregressive({target.name}(...))")
     propose: Instance | None = spec.slot("propose")

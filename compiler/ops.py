@@ -525,3 +525,19 @@ OPS["staged_loop"] = OpDef(  # staged drafting (stdlib/staged.py)
     "staged_loop", "pure", _staged_loop, "staged drafting: run the body, an inner speculative round over ctx ++ drafts[:count] "
     "(per row), until every row has max drafts; the body yields (tokens [B,N], their distributions [B,N,V], n [B]) and "
     "tokens[:, :n+1] with their distributions are appended to each row's drafts (cut at max)", has_region=True, region_rule=_drafting_body("staged_loop"))
+
+
+def _logits_combine(p, ins):
+    _expect(p.get("kind") in ("contrastive", "dola"), f"logits_combine kind must be \"contrastive\" or \"dola\", got {p.get('kind')!r}")
+    _expect(len(ins) >= 2 and ins[0].dtype == "f32" and all(t == ins[0] for t in ins),
+            f"logits_combine takes two or more logits of one type, got ({', '.join(map(str, ins))})")
+    _expect(p["kind"] != "contrastive" or len(ins) == 2, "contrastive logits_combine takes (expert, amateur)")
+    return [ins[0]]
+
+
+OPS["logits_combine"] = OpDef(  # decoding that combines several distributions (stdlib/combine.py)
+    "logits_combine", "pure", _logits_combine, "one distribution's scores from several models' (or layers') logits at the same "
+    "positions: kind=\"contrastive\" (expert, amateur): log p_exp - log p_ama (form=\"difference\") or (1+beta) log p_exp - "
+    "beta log p_ama (form=\"weighted\") where p_exp >= alpha max p_exp, -inf elsewhere (p_ama at temperature tau, default 1); kind=\"dola\" (final, premature "
+    "layers...): per row, the premature layer most divergent from the final one, then log p_final - log p_premature where "
+    "p_final >= relative_top max p_final, -inf elsewhere (stdlib/combine.py)")

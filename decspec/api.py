@@ -24,7 +24,7 @@ from decspec.compiler.lower import lower
 from decspec.compiler.passes import run_pipeline
 from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Spec
-from decspec.stdlib.binding import bind_models
+from decspec.stdlib.binding import base_role, bind_models
 from decspec.stdlib.models.protocol import eos_token_ids
 from decspec.stdlib.models.tokenizer import Tokenizer, same_vocabulary
 from decspec.stream import Stream, row_texts
@@ -65,6 +65,11 @@ class Decoder:
         if spec.slot("search") is not None:
             from decspec.stdlib.search import plan
 
+            if spec.slot("target").name != "model":  # beam search reads one model through the protocol (backends/beam.py)
+                raise DecError(f"`search` needs a target bound by name; '{spec.slot('target').name}' combines several models' "
+                               "logits, which beam search on the host does not read yet", spec.slot("target").span,
+                               hint='use target = model("target"), or drop `search` to decode the combined distribution')
+
             self.search = plan(spec)
             if self.backend.NAME not in ("eager", "inductor"):
                 raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search runs its steps on "
@@ -72,7 +77,7 @@ class Decoder:
                                hint='compile it with backend="eager" or "inductor"')
         self.vocab = vocab  # the grammar's vocabulary as bytes, for targets without a tokenizer
         self._grammars: dict[str, Any] | None = None
-        if spec.slot("grammar") is not None and spec.slot("target").arg("name") in self.models:
+        if spec.slot("grammar") is not None and base_role(spec.slot("target")) in self.models:
             self._bound_grammars()  # bound now, so vocabulary errors surface at compile time
 
     def _bound_grammars(self) -> dict[str, Any]:
@@ -81,7 +86,7 @@ class Decoder:
             if self._grammars is None:
                 from decspec.stdlib.structured import bind_grammar
 
-                role = self.spec.slot("target").arg("name")
+                role = base_role(self.spec.slot("target"))  # a combined target's first model's vocabulary
                 target = self.models[role] if role in self.models else self._bound_models()[role]
                 self._grammars = bind_grammar(self.spec, target, self.vocab)
             return self._grammars
@@ -238,6 +243,10 @@ class Decoder:
         if self.search is not None:
             raise DecError("beam search (the `search` slot) does not report logprobs; its result has each hypothesis's score "
                            "(result.scores)", self.spec.slot("search").span)
+        target = self.spec.slot("target")
+        if target.name != "model":  # the scorer reads one model's logits (backends/logprobs.py)
+            raise DecError(f"logprobs are not reported for a combined target ('{target.name}') yet: the scorer reads one "
+                           "model's logits, which would be the expert's, not the combined distribution's", target.span)
         from decspec.backends.sampling import pipeline
 
         return self.spec.models[0], pipeline(self.spec, open)

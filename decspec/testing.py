@@ -30,6 +30,8 @@ import torch
 
 from decspec.backends.exact import Distribution, TooLarge, exact_distribution
 from decspec.backends.exact.distribution import MAX_ROWS
+from decspec.stdlib.binding import base_role
+from decspec.stdlib.combine import reference_logits
 from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline
 from decspec.verify import TableConfig, VerifyReport, verify_spec
@@ -98,9 +100,13 @@ def target_distribution(decoder_or_model: Any, prompt: Sequence[int], n: int, pi
     EOS) or any model (with `pipeline`, default none, `eos_token_id`, default the model's own, and
     `matcher`, a compiled grammar, default none).
     """
+    combined = None  # (a combined target's instance, the bound models): its logits are reference_logits' (stdlib/combine.py)
     if hasattr(decoder_or_model, "spec") and hasattr(decoder_or_model, "graph"):
         spec = decoder_or_model.spec
-        model = decoder_or_model._bound_models()[spec.slot("target").arg("name")]
+        bound, target = decoder_or_model._bound_models(), spec.slot("target")
+        model = bound[base_role(target)]
+        if target.name != "model":
+            combined = (target, bound)
         if pipeline is None:
             pipeline = [(s.name, dict(s.args)) for s in spec.slot("sampler", ())]
         if matcher is None:
@@ -120,11 +126,16 @@ def target_distribution(decoder_or_model: Any, prompt: Sequence[int], n: int, pi
                            hint="use fewer new tokens or a smaller vocabulary")
         seqs = list(live)
         tokens = torch.tensor([list(prompt) + list(s) for s in seqs])  # [S, T]
-        logits = model.forward(tokens, model.new_cache(len(seqs), tokens.shape[1])).logits[:, -1].double()  # [S, V]
+        mask = None
         if matcher is not None:
             from decspec.backends.grammar import masked_logits
 
-            logits = masked_logits(matcher, logits, torch.tensor([states[s] for s in seqs]))
+            mask = lambda logits: masked_logits(matcher, logits, torch.tensor([states[s] for s in seqs]))  # noqa: E731
+        if combined is not None:  # each part masked before the combination, as a round reads them
+            logits = reference_logits(combined[0], combined[1], tokens, mask)  # [S, V]
+        else:
+            logits = model.forward(tokens, model.new_cache(len(seqs), tokens.shape[1])).logits[:, -1].double()  # [S, V]
+            logits = logits if mask is None else mask(logits)
         counts = token_counts(tokens, torch.full((len(seqs),), tokens.shape[1]), vocab=logits.shape[-1], dtype=logits.dtype)
         probs = torch.softmax(apply_pipeline(logits, st_, counts), -1)  # penalties count the prompt and the sequence so far
         grown: dict[tuple[int, ...], float] = {}
@@ -332,7 +343,7 @@ def assert_greedy_equivalent(decoder_or_spec: Any, *, models: Mapping[str, Any] 
         assert_greedy_equivalent("specs/speculative_greedy.dec", models=models, prompts=[[1], [2, 3]])
     """
     dec = _as_decoder(decoder_or_spec, models, overrides, backend)
-    target = dec._bound_models()[dec.spec.slot("target").arg("name")]
+    target = dec._bound_models()[base_role(dec.spec.slot("target"))]
     eos = getattr(target, "eos_token_id", None) if eos_token_id == "default" else eos_token_id
     expected = [greedy_tokens(target, p, max_new_tokens, eos) for p in prompts]
     got = dec.generate([list(p) for p in prompts], max_new_tokens=max_new_tokens, seed=seed, eos_token_id=eos).tokens

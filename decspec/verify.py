@@ -26,6 +26,7 @@ from decspec.compiler.lower import lower
 from decspec.compiler.passes import run_pipeline
 from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Spec
+from decspec.stdlib.binding import base_role
 from decspec.stdlib.models.layered_table import LayeredTableModel
 
 
@@ -152,7 +153,8 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
     spelling = grammar_vocabulary(checked, random.Random(seed)) if checked.slot("grammar") is not None else None
     if spelling is not None:  # tables over the bytes the grammar's own strings use (and the EOS, last)
         vocab = (len(spelling), len(spelling))
-    roles = (checked.slot("target").arg("name"),) + tuple(r for r in checked.models if r != checked.slot("target").arg("name"))
+    first = base_role(checked.slot("target"))  # a combined target's first model (stdlib/combine.py)
+    roles = (first,) + tuple(r for r in checked.models if r != first)
     report = VerifyReport(str(spec) if "\n" not in str(spec) else "<spec>", checked, losslessness(checked))
     rng = random.Random(seed)
     smallest = (float("inf"), "", "")  # the configuration too large by the least: (rows, configuration, why)

@@ -23,6 +23,15 @@ def role_of(model: Instance) -> str:
     return model.arg("name") if model.name == "model" else model.component.lower(None, model)
 
 
+def base_role(model: Instance) -> str:
+    """The first role a model expression reads: model("target") -> "target"; a combined model
+    (contrastive(expert = model("target"), ...), dola(model("target"), ...)) -> its first model's. Its vocabulary,
+    tokenizer and EOS are the decoder's."""
+    while model.name != "model":
+        model = next(v for _, v in model.args if isinstance(v, Instance) and v.kind == "model")
+    return model.arg("name")
+
+
 def instances(spec: Spec) -> Iterator[Instance]:
     """Every component instance of the spec, inner ones (arguments) before the instance using them."""
     def visit(v: Any) -> Iterator[Instance]:

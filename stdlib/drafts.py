@@ -65,7 +65,7 @@ def lower_lookup(lw: Lowering, inst, ctx):
         raise DecError(f"lookup's min_ngram ({lo}) is larger than its ngram ({n}): no n-gram size is left to try", inst.span,
                        hint=f"use min_ngram <= {n}")
     refuse_stop(lw, "lookup", "remove `stop`; lookup already drafts only as far as its match goes")
-    target = lw.role(lw.spec.slot("target"))  # q's vocabulary: the target's (every bound model shares it)
+    target = lw.vocab_role()  # q's vocabulary: the target's (every bound model shares it)
     where = {"earliest": True} if inst.arg("earliest") else {}  # printed only when set: the default keeps its IR text
     tokens, probs, count = lw.b.emit("ngram_lookup", [ctx], max=k, ngram=n, min_ngram=lo, vocab=target, **where)
     return Proposal(tokens, probs, count, k)
@@ -98,7 +98,7 @@ def forced_drafts(lw: Lowering, inst, ctx) -> tuple:
     if lw.grammar is None:
         raise DecError(f"`{inst.name}` drafts the tokens the grammar forces, but this spec has no grammar", inst.span,
                        hint="add a grammar slot (grammar = json_schema(\"schema.json\"), regex(...), ...) or use another draft source")
-    target = lw.role(lw.spec.slot("target"))  # q's vocabulary
+    target = lw.vocab_role()  # q's vocabulary
     return lw.b.emit("grammar_forced", [ctx], max=inst.arg("max"), ngram=inst.arg("ngram"), grammar="grammar", vocab=target)
 
 

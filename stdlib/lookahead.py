@@ -111,7 +111,7 @@ def lower_lookahead(lw: Lowering, inst, ctx):
         raise DecError(f"lookahead's ngram ({N}) is larger than its window ({W}): no diagonal of the window holds an n-gram",
                        inst.span, hint=f"use window >= {N}")
     refuse_stop(lw, "lookahead", "remove `stop`; lookahead drafts one pooled n-gram (ngram - 1 tokens) or nothing")
-    role = lw.role(lw.spec.slot("target"))
+    role = lw.vocab_role()
     b = lw.b
     levels, pool = b.emit("lookahead_state", [], window=W, ngram=N, pool=G, vocab=role)
     (window,) = b.emit("lookahead_guess", [ctx, levels])

@@ -117,7 +117,7 @@ def lower_recycle(lw: Lowering, inst, ctx):
 
     k, c, widths = inst.arg("max"), inst.arg("candidates"), tuple(inst.arg("widths"))
     refuse_stop(lw, "recycle", "remove `stop`; recycle drafts only as far as the matrix has seen the chain's tokens")
-    vocab = lw.role(lw.spec.slot("target"))  # the matrix is over the target's vocabulary (every bound model shares it)
+    vocab = lw.vocab_role()  # the matrix is over the target's vocabulary (every bound model shares it)
     b = lw.b
     parents = None
     if widths:

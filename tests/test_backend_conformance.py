@@ -128,6 +128,12 @@ def conformance_specs() -> list[Spec]:
         out.append(Spec("eagle2_tree", (), (("target", model("target")), ("propose", reranked), ("verify", inst(verifier))), SOURCE))
         recycled = inst(registry.lookup("draft", "recycle"), candidates=2, widths=(2, 1))  # token recycling's static tree
         out.append(Spec("recycle_tree", (), (("target", model("target")), ("propose", recycled), ("verify", inst(verifier))), SOURCE))
+    # combined targets (logits_combine, stdlib/combine.py): contrastive decoding drafted by its amateur, DoLa over two layers
+    contrastive = inst(registry.lookup("model", "contrastive"), expert=model("target"), amateur=model("draft"), alpha=0.1, beta=0.5, form="weighted")
+    out.append(Spec("contrastive", (), (("target", contrastive), ("propose", inst(registry.lookup("draft", "autoregressive"), model=model("draft"), max=3)),
+                                        ("verify", inst(registry.lookup("verifier", "rejection")))), SOURCE))
+    dola = inst(registry.lookup("model", "dola"), model=model("target"), layers=(1, 2), relative_top=0.1, norm=True)
+    out.append(Spec("dola", (), (("target", dola),), SOURCE))
     # exits that carry a value across draft steps (mul) and call a predictor, or cap the loop across rounds (length_cap)
     ar = inst(registry.lookup("draft", "autoregressive"), model=model("draft"), max=3)
     for stop in (inst(registry.lookup("exit", "predicted"), threshold=0.4, predictor="confidence"),
@@ -170,7 +176,7 @@ def test_every_backend_runs_the_lowered_ops(module):
 
     be = backend(module)
     models = {"target": LayeredTableModel.random(5, 1, seed=0), "draft": LayeredTableModel.random(5, 1, seed=1)}  # + layers, heads
-    models.update({f"target/exit{i}": EarlyExit(models["target"], i) for i in (1, 2)})  # the views dynamic_exit drafts with
+    models.update({f"target/exit{i}": EarlyExit(models["target"], i) for i in (1, 2)})  # the views dynamic_exit (and dola) read
     models.update({f"target/skip{i}": SkipLayers(models["target"], (i,)) for i in (0, 1, 2)})  # and dynamic_skip
 
     for spec in conformance_specs():

@@ -24,6 +24,7 @@ MODULES = [
     "decspec.compiler.analysis",
     "decspec.compiler.passes",
     "decspec.compiler.passes.fold_sampler",
+    "decspec.stdlib.combine",
     "decspec.stdlib.registry",
     "decspec.stdlib.samplers",
     "decspec.stdlib.sequoia",

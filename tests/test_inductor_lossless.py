@@ -38,6 +38,7 @@ from decspec.compiler.analysis import losslessness
 from decspec.compiler.lower import lower
 from decspec.compiler.passes import run_pipeline
 from decspec.dsl.check import load
+from decspec.stdlib.binding import base_role
 from decspec.stdlib.models.heads import MedusaHeads
 from decspec.stdlib.models.transformer import Transformer, TransformerConfig
 from decspec.testing import assert_lossless, assert_matches_exact, broken_verifier, target_distribution
@@ -72,7 +73,7 @@ def table_config(path: Path, config: str) -> tuple[TableConfig, list | None]:
     """The tables of one configuration (configuration c: the target's seed 10c, the other roles' 10c + 1, 10c + 2, ...), and
     a grammar spec's vocabulary: bytes spelled from the grammar's strings, the EOS last (as decspec verify builds it)."""
     spec = load(path)
-    target = spec.slot("target").arg("name")
+    target = base_role(spec.slot("target"))  # a combined target's first model (stdlib/combine.py)
     c = CONFIGS.index(config)
     seeds = tuple((role, 10 * c + i) for i, role in enumerate((target,) + tuple(r for r in spec.models if r != target)))
     if spec.slot("grammar") is not None:

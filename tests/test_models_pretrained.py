@@ -121,7 +121,10 @@ def test_views_are_models(target):
     c = skip.forward(x, skip.new_cache(1, 64)).logits
     d = target.forward(x, target.new_cache(1, 64), skip_layers=(1, 3)).logits
     assert torch.equal(c, d) and skip.num_layers == 4
-    with pytest.raises(ValueError, match="choose 1..6"):
+    lens = EarlyExit(target, 2, norm=False)  # the logit lens: the head on layer 2's raw output (DoLa's premature layers)
+    e = lens.forward(x, lens.new_cache(1, 64)).logits
+    assert torch.equal(e, target.forward(x, target.new_cache(1, 64), exit_layer=2, exit_norm=False).logits) and not torch.allclose(e, a)
+    with pytest.raises(ValueError, match="choose 0..6"):
         EarlyExit(target, 7)
 
 

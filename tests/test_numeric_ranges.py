@@ -68,7 +68,9 @@ TEMPLATES = {
     "verifier": 'target = model("target")\n    draft = model("draft")\n    propose = autoregressive(draft)\n    verify = {call}',
     "search": 'target = model("target")\n    search = {call}',
     "draft": 'target = model("target")\n    draft = model("draft")\n    propose = {call}\n    verify = multi_rejection',
+    "model": 'target = {call}',  # a combined model (contrastive, dola) as the target
 }
+MODEL_ARGS = {"model": 'model("target")', "list[int]": "[1]"}  # a model expression's other required arguments
 
 
 def listed(p) -> bool:
@@ -78,6 +80,8 @@ def listed(p) -> bool:
 def around(comp, p, value: str = "x") -> str:
     """A list[float] parameter takes a one-element list, `x` or [literal]; a draft source its model first."""
     model = "draft, " if comp.param("model") is not None and comp.param("model").required else ""
+    if comp.kind == "model":  # a model expression: its models and layers given by name
+        model = "".join(f"{q.name} = {MODEL_ARGS[q.type]}, " for q in comp.params if q.required and q is not p)
     call = f"{comp.name}({model}{p.name} = {value if value == 'x' or not listed(p) else f'[{value}]'})"
     default = p.default if not p.required else p.low
     decl = f"x: list[float] = {list(default)}" if listed(p) else f"x: float = {default}"

@@ -7,6 +7,7 @@ import torch
 
 from decspec.backends.grammar import forced_drafts, grammar_states, masked_logits
 from decspec.backends.interpreter import run_graph
+from decspec.stdlib.combine import combine_logits
 from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline, per_row
 
@@ -238,6 +239,11 @@ def grammar_mask(state, op, logits, states):
     return (masked_logits(state.grammars[op.param("grammar")].matcher, logits, states),)
 
 
+def logits_combine(state, op, *logits):
+    """One distribution's scores from several models' logits (stdlib/combine.py: contrastive, DoLa)."""
+    return (combine_logits(op.param("kind"), list(logits), **{k: v for k, v in op.params if k != "kind"}),)
+
+
 def _prefix_len(ok: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:
     """Leading True count of ok [B, K], capped at drafted [B]."""
     K = ok.shape[1]
@@ -307,6 +313,7 @@ RULES = {
     "grammar_forced": grammar_forced,
     "grammar_state": grammar_state,
     "grammar_mask": grammar_mask,
+    "logits_combine": logits_combine,
     "rejection_accept": rejection_accept,
     "rejection_residual": rejection_residual,
     "match_len": match_len,

@@ -171,7 +171,7 @@ SPECIAL = ("model_call", "uniform", "logits_transform", "sampler_probs", "compar
 
 TREE_KERNELS = ("repeat", "tree_topk", "sample_distinct", "tree_build", "tree_match", "tree_rejection", "tree_splice",
                 "tree_expand", "tree_rerank")  # the tree ops whose eager rules are kernels as they are (kernels.py)
-PARAM_KERNELS = ("typical_accept", "topk_accept", *TREE_KERNELS)
+PARAM_KERNELS = ("typical_accept", "topk_accept", "logits_combine", *TREE_KERNELS)
 
 
 SETTINGS_KEY = "sampling"  # m[SETTINGS_KEY]: {PerRow key: [B] tensor}, a call's per-row sampler values (runner.py)

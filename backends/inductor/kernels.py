@@ -18,6 +18,7 @@ from decspec.backends.eager import staged as S
 from decspec.backends.inductor.codegen import TREE_KERNELS
 from decspec.backends.speculation_length import where_rows
 from decspec.stdlib import lookahead, recycling
+from decspec.stdlib.combine import combine_logits
 from decspec.stdlib.samplers import apply_pipeline, per_row
 
 
@@ -35,6 +36,10 @@ def sampler_probs(logits: torch.Tensor, stages: tuple, *context, settings=None) 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
     return E.softmax(None, None, logits)[0]
+
+
+def logits_combine(*logits: torch.Tensor, kind: str, **params) -> torch.Tensor:
+    return combine_logits(kind, list(logits), **params)
 
 
 def sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -258,7 +258,7 @@ def verify_source(graph: Graph) -> tuple[str, list[tuple[str, Op, int]]]:
         if op.name in MODEL_CALLS and op.outputs[0] in read:  # not a call only the proposal reads (lookahead's branch)
             role = op.param("model")
             seen[role] = seen.get(role, 0) + 1
-            name = f"{role}_logits" + (str(seen[role]) if seen[role] > 1 else "")
+            name = f"{role.replace('/', '_')}_logits" + (str(seen[role]) if seen[role] > 1 else "")  # a view: "target/lens2"
             env[op.outputs[0]] = name
             inputs.append((name, op, 0))
         elif op.name in DRAFT_OPS:

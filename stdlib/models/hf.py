@@ -232,10 +232,12 @@ class HFModel:
         skip_layers: tuple[int, ...] | None = None,
         tree_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        exit_norm: bool = True,
     ) -> ModelOutput:
         """Run tokens [B, T] after what `cache` holds. -> logits [B, T, V] (float32), hidden [B, T, C].
 
         positions: [B, T] RoPE positions; default start + i, or start + depth(i) with a tree_mask.
+        exit_norm: as Transformer.forward's (False: the head reads hidden_states[exit_layer] as it is).
         """
         if skip_layers:
             raise ValueError("skip_layers: layer skipping is supported by decspec's built-in Transformer only, not by HFModel")
@@ -269,7 +271,7 @@ class HFModel:
         )
         cache.append(slots, n_valid)
         if early:  # hidden_states[L]: after L layers (index 0 is the embeddings)
-            hidden = norm(out.hidden_states[exit_layer])  # [B, T, C]
+            hidden = norm(out.hidden_states[exit_layer]) if exit_norm else out.hidden_states[exit_layer]  # [B, T, C]
             logits = head(hidden)
         else:
             hidden, logits = out.hidden_states[-1], out.logits  # hidden_states[-1] is the final-norm output

@@ -81,8 +81,9 @@ class LayeredTableModel(TableModel):
         return self._partial[layers]
 
     def forward(self, tokens: torch.Tensor, cache: Cache, *, n_valid=None, exit_layer=None, skip_layers=None,
-                tree_mask=None) -> ModelOutput:
-        """Logits [B, T, V] after the layers that run; hidden [B, T, H]: each position's last H tokens (None with a tree_mask)."""
+                tree_mask=None, exit_norm: bool = True) -> ModelOutput:
+        """Logits [B, T, V] after the layers that run; hidden [B, T, H]: each position's last H tokens (None with a tree_mask).
+        A table has no final norm: `exit_norm` changes nothing."""
         start = cache.length.clone()  # [B]
         run = self.table(tuple(self.layers_to_run(exit_layer, skip_layers)))
         logits = TableModel.forward(run, tokens, cache, n_valid=n_valid, tree_mask=tree_mask).logits

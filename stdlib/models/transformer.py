@@ -444,6 +444,7 @@ class Transformer(nn.Module):
         tree_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         keep: int | None = None,
+        exit_norm: bool = True,
     ) -> ModelOutput:
         """Run tokens [B, T] after what `cache` holds. -> logits [B, T, V] (float32), hidden [B, T, C].
 
@@ -451,16 +452,18 @@ class Transformer(nn.Module):
         keep: compute logits for the last `keep` positions only (logits [B, keep, V]), as HF's
         `logits_to_keep`: a prefill that needs the next-token distribution alone skips the LM head
         over the prompt (49k-vocabulary models spend as long there as in the layers).
+        exit_norm: with exit_layer < num_layers, False feeds the head the raw output of the last layer run
+        (the "logit lens", as Hugging Face's DoLa reads premature layers) instead of the final norm's.
         """
         layers = self.layers_to_run(exit_layer, skip_layers)
         slots = cache.write_tokens(tokens)  # [B, T]; raises CacheFull before anything is written
-        out = self._run(tokens, cache, slots, layers, tree_mask, positions, keep)
+        out = self._run(tokens, cache, slots, layers, tree_mask, positions, keep, self._normed(exit_layer, exit_norm))
         cache.advance(tokens.shape[1], n_valid)
         return out
 
     def forward_at(
         self, tokens: torch.Tensor, cache: KVCache, start: torch.Tensor, *, exit_layer: int | None = None,
-        skip_layers: tuple[int, ...] | None = None, tree_mask: torch.Tensor | None = None,
+        skip_layers: tuple[int, ...] | None = None, tree_mask: torch.Tensor | None = None, exit_norm: bool = True,
     ) -> ModelOutput:
         """Roll row b back to start[b] and run tokens [B, T] there; then cache.length = start + T.
 
@@ -471,13 +474,16 @@ class Transformer(nn.Module):
         layers = self.layers_to_run(exit_layer, skip_layers)
         slots = start[:, None] + torch.arange(tokens.shape[1], device=tokens.device)[None, :]  # [B, T]
         cache.tokens.scatter_(1, slots, tokens)
-        out = self._run(tokens, cache, slots, layers, tree_mask, None)
+        out = self._run(tokens, cache, slots, layers, tree_mask, None, norm=self._normed(exit_layer, exit_norm))
         cache.length.copy_(start + tokens.shape[1])
         return out
 
     logits_keep = True  # forward takes `keep` (backends/prefix.py asks only for the logits it reads)
 
-    def _run(self, tokens, cache, slots, layers, tree_mask, positions, keep=None) -> ModelOutput:
+    def _normed(self, exit_layer: int | None, exit_norm: bool) -> bool:
+        return exit_norm or exit_layer is None or exit_layer >= self.num_layers
+
+    def _run(self, tokens, cache, slots, layers, tree_mask, positions, keep=None, norm: bool = True) -> ModelOutput:
         """The layers over tokens [B, T] written at cache slots [B, T]. -> logits [B, T, V], hidden [B, T, C]"""
         if positions is None:
             positions = slots if tree_mask is None else slots[:, :1] + tree_depth(tree_mask)
@@ -487,7 +493,7 @@ class Transformer(nn.Module):
         cos, sin = rope(positions, self.inv_freq, x.dtype)  # [B, 1, T, D]
         for i in layers:
             x = self.model.layers[i](x, cos, sin, masks.get(self.windows[i], mask), slots, cache.k[i], cache.v[i])
-        hidden = self.model.norm(x)  # [B, T, C]
+        hidden = self.model.norm(x) if norm else x  # [B, T, C]
         logits = self.lm_head(hidden if keep is None else hidden[:, -keep:]).float()  # [B, T, V] or [B, keep, V]
         return ModelOutput(logits, hidden)
 

@@ -50,12 +50,13 @@ class EarlyExit(_View):
     2
     """
 
-    def __init__(self, model, layer: int):
+    def __init__(self, model, layer: int, norm: bool = True):
         L = getattr(model, "num_layers", None)
-        if L is None or not 1 <= layer <= L:
-            raise ValueError(f"early exit at layer {layer}: the model has {L} layers (choose 1..{L})")
+        if L is None or not 0 <= layer <= L:
+            raise ValueError(f"early exit at layer {layer}: the model has {L} layers (choose 0..{L})")
         super().__init__(model, list(range(layer)))
         self.layer = layer
+        self.norm = norm  # False: the head reads the layer's raw output (the logit lens; DoLa's premature layers)
 
     def forward(self, tokens: torch.Tensor, cache: Cache, *, n_valid=None, exit_layer=None, skip_layers=None, tree_mask=None,
                 **keep) -> ModelOutput:
@@ -63,14 +64,18 @@ class EarlyExit(_View):
             raise ValueError(f"exit_layer={exit_layer} is deeper than this early-exit view ({self.layer} layers)")
         return self.model.forward(
             tokens, cache, n_valid=n_valid, exit_layer=self.layer if exit_layer is None else exit_layer,
-            skip_layers=skip_layers, tree_mask=tree_mask, **keep,
+            skip_layers=skip_layers, tree_mask=tree_mask, **keep, **self._norm_args(),
         )
 
+    def _norm_args(self) -> dict:
+        return {} if self.norm else {"exit_norm": False}  # only when asked: models without the keyword keep working
+
     def _view_args(self) -> dict:
-        return {"exit_layer": self.layer}
+        return {"exit_layer": self.layer, **self._norm_args()}
 
     def __repr__(self) -> str:
-        return f"EarlyExit({getattr(self.model, 'name', type(self.model).__name__)}, layer={self.layer})"
+        lens = "" if self.norm else ", norm=False"
+        return f"EarlyExit({getattr(self.model, 'name', type(self.model).__name__)}, layer={self.layer}{lens})"
 
 
 class SkipLayers(_View):

@@ -124,14 +124,14 @@ def test_dola_greedy_matches_hugging_face_token_for_token():
         by_layers.setdefault(tuple(case["layers"]), []).append(case)
     differ_with_norm = 0
     for layers, cases in by_layers.items():
-        spec = source.replace("layers = [1, 2, 3]", f"layers = {list(layers)}")
+        spec, given = source, {"layers": list(layers), "repetition": 1.0}  # HF's fixture: repetition_penalty=1.0
         prompts, expected = [c["prompt"] for c in cases], [c["tokens"] for c in cases]
         new = max(map(len, expected))
-        got = decspec.compile(spec, models={"target": target}).generate(prompts, max_new_tokens=new, seed=0).tokens
+        got = decspec.compile(spec, models={"target": target}, **given).generate(prompts, max_new_tokens=new, seed=0).tokens
         assert got == expected, f"dola layers {list(layers)}"
         if layers == (1, 2, 3):  # the fixture tells the logit lens from normed exits (HF reads the raw hidden states)
             normed = spec.replace("relative_top = relative_top", "relative_top = relative_top, norm = true")
-            got = decspec.compile(normed, models={"target": target}).generate(prompts, max_new_tokens=new, seed=0).tokens
+            got = decspec.compile(normed, models={"target": target}, **given).generate(prompts, max_new_tokens=new, seed=0).tokens
             differ_with_norm = sum(g != e for g, e in zip(got, expected))
     assert differ_with_norm > 0
 
@@ -143,8 +143,7 @@ def test_dola_on_the_hugging_face_adapter_matches_too():
     fixture = json.loads((ROOT / "tests" / "data" / "dola_hf.json").read_text())
     cases = [c for c in fixture["cases"] if c["layers"] == [2, 4]]
     target = HFModel.from_pretrained(ROOT / "stdlib" / "models" / "reference" / "target")
-    spec = (SPECS / "dola.dec").read_text().replace("layers = [1, 2, 3]", "layers = [2, 4]")
-    got = decspec.compile(spec, models={"target": target}).generate([c["prompt"] for c in cases], max_new_tokens=16, seed=0).tokens
+    got = decspec.compile(SPECS / "dola.dec", models={"target": target}, layers=[2, 4], repetition=1.0).generate([c["prompt"] for c in cases], max_new_tokens=16, seed=0).tokens
     assert got == [c["tokens"] for c in cases]
 
 
@@ -213,7 +212,7 @@ def test_check_names_the_combined_distribution(capsys):
 
 
 def test_a_combined_target_lowers_to_its_parts_and_one_combine_op():
-    ir = str(decspec.compile(SPECS / "dola.dec", models=random_models()).graph)
+    ir = str(decspec.compile(SPECS / "dola.dec", models=random_models(), layers=[1, 2]).graph)
     assert 'model_call[model="target/lens1"' in ir and 'logits_combine[kind="dola", relative_top=0.1]' in ir
     ir = str(decspec.compile(SPECS / "speculative_contrastive.dec", models=random_models()).graph)
     assert ir.count("logits_combine") == 1  # the verifier's: the drafts are the amateur's own
@@ -245,9 +244,8 @@ def test_a_compiled_combined_round_is_one_graph():
 
 
 def test_dola_refuses_a_layer_the_model_does_not_have():
-    text = (SPECS / "dola.dec").read_text().replace("[1, 2, 3]", "[1, 4]")
     with pytest.raises(DecError, match=r"layer 4 is not a premature layer of model 'target', which has 4 layers"):
-        decspec.compile(text, models=random_models()).generate([[1]], max_new_tokens=1)
+        decspec.compile(SPECS / "dola.dec", models=random_models(), layers=[1, 4]).generate([[1]], max_new_tokens=1)
 
 
 def test_contrastive_refuses_an_unknown_form():

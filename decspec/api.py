@@ -61,12 +61,12 @@ class Decoder:
         self._round_runner_options: dict = {}
         self._open: Graph | None = None  # the round with its sampler numbers as inputs (per-call settings), built on first use
         self.verdict: Verdict = losslessness(spec)
-        self.search = None  # a `search` slot's plan (stdlib/search.py): generate runs beam search instead of rounds
+        self.search = None  # a `search` slot's plan (stdlib/search.py): beam search instead of rounds, or a Rerank of samples
         if spec.slot("search") is not None:
-            from decspec.stdlib.search import plan
+            from decspec.stdlib.search import BeamSearch, plan
 
             self.search = plan(spec)
-            if self.backend.NAME not in ("eager", "inductor"):
+            if isinstance(self.search, BeamSearch) and self.backend.NAME not in ("eager", "inductor"):
                 raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search runs its steps on "
                                "the eager backend, or as a compiled step on the inductor backend", spec.slot("search").span,
                                hint='compile it with backend="eager" or "inductor"')
@@ -225,7 +225,7 @@ class Decoder:
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
         logprobs, top = logprobs_request(*logprobs)
         scoring = self._scoring(logprobs, open=settings is not None)
-        if self.search is not None and isinstance(args.max_new_tokens, list):
+        if self._beam and isinstance(args.max_new_tokens, list):
             raise DecError("beam search (the `search` slot) takes one max_new_tokens for every prompt", self.spec.slot("search").span)
         rows = row_texts(tokenizer, stops, len(args.prompts)) if texts and tokenizer is not None else None
         return Stream(self._rounds(models, args, rows, settings, scoring, top), rows)
@@ -236,8 +236,8 @@ class Decoder:
         if not logprobs:
             return None
         if self.search is not None:
-            raise DecError("beam search (the `search` slot) does not report logprobs; its result has each hypothesis's score "
-                           "(result.scores)", self.spec.slot("search").span)
+            raise DecError("a `search` spec does not report logprobs; its result has each hypothesis's score (result.scores "
+                           "for beam search, result.candidate_scores for the sampling searches)", self.spec.slot("search").span)
         from decspec.backends.sampling import pipeline
 
         return self.spec.models[0], pipeline(self.spec, open)
@@ -246,7 +246,7 @@ class Decoder:
         """Per-call sampler settings checked -> the per-row values the open graph's rounds read (backends/sampling.py)."""
         from decspec.backends.sampling import sampler_settings
 
-        if self.search is not None:
+        if self._beam:
             raise DecError(f"beam search (the `search` slot) does not take per-call sampler settings ({', '.join(sampling)}); "
                            "its scores are fixed by the spec", self.spec.slot("search").span)
         if self.backend.NAME not in ("eager", "inductor"):
@@ -265,7 +265,9 @@ class Decoder:
 
     def _rounds(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None = None,
                 scoring: tuple[str, tuple] | None = None, top_logprobs: int = 0):
-        """The runtime's rounds (a generator of Commits returning the Result); beam search as one Commit."""
+        """The runtime's rounds (a generator of Commits returning the Result); a search as one Commit."""
+        if self.search is not None and not self._beam:  # a sampling search: the rounds on n copies of each prompt
+            return (yield from self._reranked(models, args, texts, settings))
         if self.search is not None:  # deterministic: `seed` is not used
             from decspec.backends.beam import beam_generate
 
@@ -276,7 +278,7 @@ class Decoder:
             with self._lock if options.get("compile") else nullcontext():  # a compiled step: one call at a time
                 result = beam_generate(self.search, models[self.spec.slot("target").arg("name")], args.prompts,
                                        max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id,
-                                       static=self.backend.NAME == "inductor", **options)
+                                       static=self.backend.NAME == "inductor", grammar=self.matcher, **options)
             eos = set(args.eos_token_id or ())
             finished = {b: ("stop", row[-1]) if row and row[-1] in eos else ("length", None) for b, row in enumerate(result.tokens)}
             for b, row in enumerate(result.tokens) if texts is not None else ():
@@ -291,6 +293,59 @@ class Decoder:
                 eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
                 grammars=self._bound_grammars(), texts=texts, sampling=settings, logprobs=scoring, top_logprobs=top_logprobs,
             ))
+
+    @property
+    def _beam(self) -> bool:
+        """Whether the spec is a beam search (no round graph), not a sampling search."""
+        return self.search is not None and self.graph is None
+
+    def _reranked(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None):
+        """A sampling search (stdlib/search.py Rerank, backends/rerank.py): the spec's rounds over n copies of each prompt,
+        one candidate picked per prompt; yielded as one Commit."""
+        from decspec.backends.rerank import needs_text, rerank
+        from decspec.backends.sampling import pipeline
+
+        span = self.spec.slot("search").span
+        if isinstance(args.seed, list):
+            raise DecError(f"{self.search.method} samples n = {self.search.n} candidates per prompt in one batch; give one "
+                           "seed for the call (a seed per prompt would give its n copies the same stream)", span)
+        decode = self._decoder()
+        if decode is None and needs_text(self.search):
+            raise DecError(f"{self.search.method} reads the candidates' text, but the target has no tokenizer", span,
+                           hint="bind a target with a tokenizer, or pass vocab=[b'...', ...] to decspec.compile"
+                                + ('; mbr(utility = "ngram_f1") compares token ids' if self.search.method == "mbr" else ""))
+
+        def run(prompts, max_new_tokens, per_row, scored):
+            graph = self.graph if per_row is None else self._open_graph()
+            runner = self._runner(per_call=per_row is not None)
+            scoring = (self.spec.models[0], pipeline(self.spec, per_row is not None)) if scored else None
+            with self._lock if runner is not None and runner.serial else nullcontext():
+                rounds = run_rounds(graph, models, prompts, max_new_tokens=max_new_tokens, seed=args.seed,
+                                    eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME,
+                                    runner=runner, grammars=self._bound_grammars(), sampling=per_row, logprobs=scoring)
+                try:
+                    while True:
+                        next(rounds)
+                except StopIteration as done:
+                    return done.value
+
+        result = rerank(self.search, run, args.prompts, args.max_new_tokens, settings, decode)
+        finished = {b: ("stop", by) if reason == "stop" else ("length", None)
+                    for b, (reason, by) in enumerate(zip(result.finish_reason, result.stopped_by))}
+        for b, row in enumerate(result.tokens) if texts is not None else ():
+            texts[b].feed(row, last=True)
+        yield Commit(result.tokens, finished)
+        return result
+
+    def _decoder(self):
+        """ids -> text: the target's tokenizer, else the `vocab` bytes given to compile; None without either."""
+        tokenizer = self.tokenizer
+        if tokenizer is not None:
+            return tokenizer.decode
+        if self.vocab is not None:
+            vocab = list(self.vocab)
+            return lambda ids: b"".join(vocab[i] or b"" for i in ids if 0 <= i < len(vocab)).decode("utf-8", "replace")
+        return None
 
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):
         """The exact distribution of the tokens this decoder generates after one prompt, computed by
@@ -348,7 +403,9 @@ def compile(
                 raise DecError(f"{name}={shown(value)} is not a model, and the decoder has no parameter '{name}' to set; "
                                f"{MODEL_PROTOCOL}") from None
         raise
-    graph = run_pipeline(lower(checked)) if checked.slot("search") is None else None  # beam search has no round graph
+    from decspec.stdlib.search import has_round
+
+    graph = run_pipeline(lower(checked)) if has_round(checked) else None  # beam search has no round graph
     return Decoder(checked, graph, models, backend, vocab=vocab, backend_options=_mapping("backend_options", backend_options))
 
 

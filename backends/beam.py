@@ -262,7 +262,8 @@ def _advance(search: BeamSearch, logp: torch.Tensor, beams: Beams, t: torch.Tens
     top, index = total.topk(K, dim=1)  # [P, K], best first
     parent, token = index // V, index % V
     seqs = _rows(beams.generated, parent).index_copy(2, t.reshape(1), token[:, :, None])  # [P, K, G]: step t's token added
-    ended = (t + 1 == G) | (torch.isin(token, eos_ids) if eos_ids is not None else torch.zeros_like(token, dtype=torch.bool))
+    at_eos = torch.isin(token, eos_ids) if eos_ids is not None else torch.zeros_like(token, dtype=torch.bool)
+    ended = (t + 1 == G) | at_eos
     # only the W best continuations may finish (the other W are there to keep W running); done prompts take none;
     # nor do continuations of a placeholder beam (score NEG: step 0's copies, or too few live ones when V < 2W), nor
     # ones the grammar refused (-inf)
@@ -270,7 +271,9 @@ def _advance(search: BeamSearch, logp: torch.Tensor, beams: Beams, t: torch.Tens
     f = beams.finished
     finished = Finished(f.tokens, f.length, f.score, f.full)
     finished.add(seqs, t + 1, length_normalized(top, t + 1, search.length_penalty), eligible)
-    keep = (top + ended.float() * NEG).topk(W, dim=1).indices  # [P, W]: the best unfinished continuations
+    # [P, W]: the best continuations not ending at EOS (at the last step, the best ones: what a diverse step's later
+    # groups count, as HF's running beams; adding NEG to all of them would tie them in float32)
+    keep = (top + at_eos.float() * NEG).topk(W, dim=1).indices
     running = top.gather(1, keep) + ended.gather(1, keep).float() * NEG
     rows = ((torch.arange(P, device=dev) * W)[:, None] + parent.gather(1, keep)).view(-1)  # [P*W] the row each continues
     kept = token.gather(1, keep).view(-1)  # [P*W]

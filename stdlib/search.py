@@ -107,7 +107,12 @@ def plan(spec: Spec) -> BeamSearch | Rerank:
     if width % groups:
         raise DecError(f"beam's 'groups' ({groups}) must divide 'width' ({width}): each group keeps width // groups hypotheses",
                        inst.span, hint=f"e.g. width = {groups * max(1, width // groups)}, or groups = 1 (plain beam search)")
-    return BeamSearch(width, float(inst.arg("length_penalty")), early, tuple(stages), groups, float(inst.arg("diversity")))
+    diversity = float(inst.arg("diversity"))
+    if (groups > 1) != (diversity > 0):
+        raise DecError(f"beam's 'groups' ({groups}) and 'diversity' ({diversity:g}) go together: diverse beam search needs "
+                       "groups > 1 and diversity > 0 (with diversity 0 every group would be the same beam search)", inst.span,
+                       hint="e.g. beam(width = 4, groups = 2, diversity = 0.5); or neither, for plain beam search")
+    return BeamSearch(width, float(inst.arg("length_penalty")), early, tuple(stages), groups, diversity)
 
 
 def _rerank(inst: Instance) -> Rerank:

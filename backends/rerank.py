@@ -30,7 +30,7 @@ from decspec.stdlib.utility import chrf, mbr_scores, ngram_f1
 @dataclass
 class RerankResult(Result):
     """tokens/text: the chosen candidate of each prompt. candidates: per prompt its n candidates (token ids, in the
-    order sampled); candidate_texts: their texts (None without a tokenizer or vocabulary); candidate_scores: per
+    order sampled); candidate_texts: their texts (the ids in decimal without a tokenizer or vocabulary); candidate_scores: per
     candidate its score (best_of, self_consistency: its log-probability, summed or per token; mbr: its mean utility);
     chosen: per prompt the index of the chosen candidate; answers: self_consistency's extracted answer per candidate
     (None where the regex does not match)."""
@@ -88,25 +88,21 @@ def pick(search: Rerank, tokens: list[list[int]], texts: list[str] | None, logpr
     return majority(answers, scores), scores, answers
 
 
-def needs_text(search: Rerank) -> bool:
-    return search.method == "self_consistency" or (search.method == "mbr" and search.utility == "chrf")
-
-
 def rerank(search: Rerank, run: Callable[..., Result], prompts: list[list[int]], max_new_tokens: int | list[int],
-           settings: dict[str, torch.Tensor] | None, decode: Callable[[list[int]], str] | None) -> RerankResult:
+           settings: dict[str, torch.Tensor] | None, decode: Callable[[list[int]], str]) -> RerankResult:
     """Sample search.n candidates per prompt with `run(prompts, max_new_tokens, settings, scored)` (the spec's rounds
     over the replicated batch; `scored`: whether to report log-probabilities), then pick one per prompt."""
     n, P = search.n, len(prompts)
     limits = replicate(max_new_tokens, n) if isinstance(max_new_tokens, list) else max_new_tokens
     per_row = None if settings is None else {k: v.repeat_interleave(n) for k, v in settings.items()}
     out = run(replicate(prompts, n), limits, per_row, search.method != "mbr")
-    texts = [decode(t) for t in out.tokens] if decode is not None else None
-    result = RerankResult([], out.stats, candidate_texts=[] if texts is not None else None, finish_reason=[], stopped_by=[],
+    texts = [decode(t) for t in out.tokens]
+    result = RerankResult([], out.stats, candidate_texts=[], finish_reason=[], stopped_by=[],
                           answers=[] if search.method == "self_consistency" else None)
     for p in range(P):
         rows = range(p * n, (p + 1) * n)
         tokens = [out.tokens[r] for r in rows]
-        text = [texts[r] for r in rows] if texts is not None else None
+        text = [texts[r] for r in rows]
         chosen, scores, answers = pick(search, tokens, text, [out.logprobs[r] for r in rows] if out.logprobs else None)
         result.tokens.append(tokens[chosen])
         result.candidates.append(tokens)
@@ -114,8 +110,7 @@ def rerank(search: Rerank, run: Callable[..., Result], prompts: list[list[int]],
         result.chosen.append(chosen)
         result.finish_reason.append(out.finish_reason[p * n + chosen] if out.finish_reason else None)
         result.stopped_by.append(out.stopped_by[p * n + chosen] if out.stopped_by else None)
-        if text is not None:
-            result.candidate_texts.append(text)
+        result.candidate_texts.append(text)
         if answers is not None:
             result.answers.append(answers)
     result.stats.new_tokens = [len(t) for t in result.tokens]

@@ -302,18 +302,14 @@ class Decoder:
     def _reranked(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None):
         """A sampling search (stdlib/search.py Rerank, backends/rerank.py): the spec's rounds over n copies of each prompt,
         one candidate picked per prompt; yielded as one Commit."""
-        from decspec.backends.rerank import needs_text, rerank
+        from decspec.backends.rerank import rerank
         from decspec.backends.sampling import pipeline
 
         span = self.spec.slot("search").span
-        if isinstance(args.seed, list):
+        if isinstance(args.seed, (list, tuple)):
             raise DecError(f"{self.search.method} samples n = {self.search.n} candidates per prompt in one batch; give one "
                            "seed for the call (a seed per prompt would give its n copies the same stream)", span)
         decode = self._decoder()
-        if decode is None and needs_text(self.search):
-            raise DecError(f"{self.search.method} reads the candidates' text, but the target has no tokenizer", span,
-                           hint="bind a target with a tokenizer, or pass vocab=[b'...', ...] to decspec.compile"
-                                + ('; mbr(utility = "ngram_f1") compares token ids' if self.search.method == "mbr" else ""))
 
         def run(prompts, max_new_tokens, per_row, scored):
             graph = self.graph if per_row is None else self._open_graph()
@@ -330,6 +326,8 @@ class Decoder:
                     return done.value
 
         result = rerank(self.search, run, args.prompts, args.max_new_tokens, settings, decode)
+        if self.tokenizer is None and self.vocab is not None:  # text spelled from the vocabulary (a tokenizer's: generate)
+            result.text = [texts[c] for texts, c in zip(result.candidate_texts, result.chosen)]
         finished = {b: ("stop", by) if reason == "stop" else ("length", None)
                     for b, (reason, by) in enumerate(zip(result.finish_reason, result.stopped_by))}
         for b, row in enumerate(result.tokens) if texts is not None else ():
@@ -338,14 +336,15 @@ class Decoder:
         return result
 
     def _decoder(self):
-        """ids -> text: the target's tokenizer, else the `vocab` bytes given to compile; None without either."""
+        """ids -> text: the target's tokenizer, else the `vocab` bytes given to compile, else the ids in decimal separated
+        by spaces ("12 5 7": what a sampling search's answer regex and chrF read for a model without a vocabulary)."""
         tokenizer = self.tokenizer
         if tokenizer is not None:
             return tokenizer.decode
         if self.vocab is not None:
             vocab = list(self.vocab)
             return lambda ids: b"".join(vocab[i] or b"" for i in ids if 0 <= i < len(vocab)).decode("utf-8", "replace")
-        return None
+        return lambda ids: " ".join(map(str, ids))
 
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):
         """The exact distribution of the tokens this decoder generates after one prompt, computed by

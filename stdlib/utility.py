@@ -14,8 +14,8 @@ chrP and chrR are the arithmetic means of P_n and R_n over the orders both texts
 ngram_f1: the same over token ids instead of characters, orders 1..4 and beta = 1, each order's F1 averaged
 (a BLEU-like overlap that is symmetric and needs no brevity penalty):
 
-    >>> ngram_f1([1, 2, 3], [1, 2, 4])   # F1_1 = 2/3, F1_2 = 1/2, F1_3 = 0
-    0.3888888888888889
+    >>> round(ngram_f1([1, 2, 3], [1, 2, 4]), 4)   # F1_1 = 2/3, F1_2 = 1/2, F1_3 = 0: (2/3 + 1/2 + 0) / 3
+    0.3889
 """
 from __future__ import annotations
 

@@ -58,6 +58,8 @@ def losslessness(spec: Spec) -> Verdict:
         scored = f"log-probabilities after {pipeline_text(stages)}" if stages else "log-probabilities"
         if spec.slot("grammar") is not None:
             scored += f", -inf outside the grammar ({_short(spec.slot('grammar'))})"
+        if search.name == "constrained_beam":
+            scored += f", among hypotheses that contain the phrases {list(search.arg('words'))} (HF's fallback aside)"
         return Verdict(False, [f"search = {search}: beam search keeps the highest-scoring hypotheses by the target's {scored}; "
                                "it does not sample from the target's distribution"], deterministic=True)
     return _round_verdict(spec)

@@ -63,10 +63,10 @@ class Decoder:
         self.verdict: Verdict = losslessness(spec)
         self.search = None  # a `search` slot's plan (stdlib/search.py): beam search instead of rounds, or a Rerank of samples
         if spec.slot("search") is not None:
-            from decspec.stdlib.search import BeamSearch, plan
+            from decspec.stdlib.search import Rerank, plan
 
             self.search = plan(spec)
-            if isinstance(self.search, BeamSearch) and self.backend.NAME not in ("eager", "inductor"):
+            if not isinstance(self.search, Rerank) and self.backend.NAME not in ("eager", "inductor"):
                 raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search runs its steps on "
                                "the eager backend, or as a compiled step on the inductor backend", spec.slot("search").span,
                                hint='compile it with backend="eager" or "inductor"')
@@ -275,10 +275,19 @@ class Decoder:
             if set(options) - {"compile", "mode", "dynamo_backend"}:
                 raise DecError(f"beam search on the inductor backend takes the options 'compile', 'mode' and 'dynamo_backend' "
                                f"(got {sorted(options)})", self.spec.slot("search").span)
-            with self._lock if options.get("compile") else nullcontext():  # a compiled step: one call at a time
-                result = beam_generate(self.search, models[self.spec.slot("target").arg("name")], args.prompts,
-                                       max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id,
-                                       static=self.backend.NAME == "inductor", grammar=self.matcher, **options)
+            target = models[self.spec.slot("target").arg("name")]
+            if hasattr(self.search, "words"):  # lexically constrained beam search: a host loop (backends/constrained.py)
+                from dataclasses import replace
+
+                from decspec.backends.constrained import constrained_generate
+
+                result = constrained_generate(replace(self.search, phrases=self._phrases(target)), target, args.prompts,
+                                              max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id)
+            else:
+                with self._lock if options.get("compile") else nullcontext():  # a compiled step: one call at a time
+                    result = beam_generate(self.search, target, args.prompts,
+                                           max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id,
+                                           static=self.backend.NAME == "inductor", grammar=self.matcher, **options)
             eos = set(args.eos_token_id or ())
             finished = {b: ("stop", row[-1]) if row and row[-1] in eos else ("length", None) for b, row in enumerate(result.tokens)}
             for b, row in enumerate(result.tokens) if texts is not None else ():
@@ -293,6 +302,25 @@ class Decoder:
                 eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
                 grammars=self._bound_grammars(), texts=texts, sampling=settings, logprobs=scoring, top_logprobs=top_logprobs,
             ))
+
+    def _phrases(self, target: Any) -> tuple[tuple[int, ...], ...]:
+        """constrained_beam's words as token ids: the target tokenizer's encoding, else ids written in decimal."""
+        tokenizer = getattr(target, "tokenizer", None)
+        out = []
+        for word in self.search.words:
+            if tokenizer is not None:
+                ids = tokenizer.encode(word)
+            else:
+                try:
+                    ids = [int(x) for x in word.split()]
+                except ValueError:
+                    raise DecError(f"constrained_beam's word {word!r} is text, but the target has no tokenizer to encode it",
+                                   self.spec.slot("search").span, hint='give token ids separated by spaces, e.g. "12 7"') from None
+            if not ids or any(not 0 <= i < target.vocab_size for i in ids):
+                raise DecError(f"constrained_beam's word {word!r} is not a phrase of the target's vocabulary (ids {ids})",
+                               self.spec.slot("search").span)
+            out.append(tuple(ids))
+        return tuple(out)
 
     @property
     def _beam(self) -> bool:

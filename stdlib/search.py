@@ -59,6 +59,19 @@ class BeamSearch:
         return 2 * (self.width // self.groups)
 
 
+@dataclass(frozen=True)
+class ConstrainedBeam:
+    """What backends/constrained.py runs: beam search whose hypotheses must contain every phrase of `words` (each
+    a string, tokenized at generate time: `phrases`, filled by the Decoder from the target's tokenizer)."""
+
+    width: int
+    length_penalty: float
+    early_stopping: str  # one of EARLY_STOPPING
+    words: tuple[str, ...]
+    stages: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    phrases: tuple[tuple[int, ...], ...] = ()
+
+
 SCORES = ("logprob", "mean_logprob")  # best_of's ranking: the sample's summed or per-token log-probability
 UTILITIES = ("chrf", "ngram_f1")  # mbr's utility (stdlib/utility.py)
 
@@ -89,6 +102,10 @@ def plan(spec: Spec) -> BeamSearch | Rerank:
         raise DecError(f"decoder '{spec.name}' has no `search` slot", spec.span)
     if inst.name in SAMPLED_SEARCHES:
         return _rerank(inst)
+    if inst.name == "constrained_beam" and spec.slot("grammar") is not None:
+        raise DecError("constrained_beam cannot be combined with a `grammar` slot (not written: the constraint state and "
+                       "the grammar state would both steer the banks)", spec.slot("grammar").span,
+                       hint="remove `grammar`, or use search = beam(...) under the grammar")
     early = inst.arg("early_stopping")
     if early not in EARLY_STOPPING:
         raise DecError(f"beam's 'early_stopping' must be one of {', '.join(map(repr, EARLY_STOPPING))}, found {early!r}", inst.span,
@@ -103,6 +120,12 @@ def plan(spec: Spec) -> BeamSearch | Rerank:
                            hint=f"remove it; the stages beam search applies are {', '.join(sorted(CONTEXT_STAGES))}")
         if not s.args or s.args[0][1] != _IDENTITY.get(s.name):  # repetition_penalty(1), frequency_penalty(0), presence_penalty(0) do nothing
             stages.append((s.name, tuple(s.args)))
+    if inst.name == "constrained_beam":
+        words = tuple(inst.arg("words"))
+        if not words or any(not w for w in words):
+            raise DecError(f"constrained_beam's 'words' must be non-empty phrases, found {list(words)!r}", inst.span,
+                           hint='e.g. words = ["print", "return x"]: each phrase must appear in every hypothesis')
+        return ConstrainedBeam(inst.arg("width"), float(inst.arg("length_penalty")), early, words, tuple(stages))
     width, groups = inst.arg("width"), inst.arg("groups")
     if width % groups:
         raise DecError(f"beam's 'groups' ({groups}) must divide 'width' ({width}): each group keeps width // groups hypotheses",
@@ -170,6 +193,26 @@ register(
              "num_beam_groups=..., diversity_penalty=...)",
     )
 )
+
+register(Component(
+    "search", "constrained_beam",
+    (Param("width", "int", 4, low=1, high=64, doc="hypotheses kept per prompt (HF `num_beams`)"),
+     Param("words", "list[str]", REQUIRED, doc="phrases every hypothesis must contain, each tokenized with the target's "
+                                                "tokenizer (no special tokens); for a target without one, token ids "
+                                                'separated by spaces ("12 7")'),
+     Param("length_penalty", "float", 1.0, low=-10.0, high=10.0, doc="as beam's"),
+     Param("early_stopping", "str", "false", doc="as beam's")),
+    "Lexically constrained beam search (HF 4.46 `force_words_ids`, phrasal constraints): beam search whose candidates "
+    "each step also include every continuation that advances a phrase, kept by banks of progress (how much of the "
+    "phrases a hypothesis has met) so that hypotheses meeting more phrases survive; a hypothesis finishes at EOS only "
+    "once it contains every phrase. If fewer than `width` hypotheses meet them by max_new_tokens, the others fill "
+    "`result.beams` (HF's fallback). Runs on the host (backends/constrained.py).",
+    Contract(None, "deterministic: constrained beam search returns the highest-scoring hypotheses it finds that contain "
+                   "the phrases; it does not sample from the target's distribution"),
+    cite="Hokamp & Liu 2017, Lexically Constrained Decoding for Sequence Generation Using Grid Beam Search; Post & Vilar "
+         "2018, Fast Lexically Constrained Decoding with Dynamic Beam Allocation; reference behaviour: Hugging Face "
+         "transformers 4.46 generate(num_beams=..., force_words_ids=...)",
+))
 
 _N = Param("n", "int", 8, low=1, high=64, doc="candidates sampled per prompt (the round runs n copies of each prompt in one batch)")
 _SCORE = Param("score", "str", "logprob", doc='"logprob": the candidate\'s summed log-probability under the target after '

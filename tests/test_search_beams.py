@@ -170,3 +170,68 @@ def test_the_reference_target_under_the_json_schema(target):
             assert isinstance(json.loads(text), dict)
         else:
             assert text.startswith("{")
+
+
+# --- lexically constrained beam search: Hugging Face 4.46 ----------------------------------------------
+
+CONSTRAINED = json.loads((ROOT / "tests" / "data" / "constrained_beam_hf.json").read_text())
+
+
+def contains(seq: list[int], phrase: list[int]) -> bool:
+    return any(seq[i:i + len(phrase)] == phrase for i in range(len(seq)))
+
+
+@pytest.mark.parametrize("case", range(len(CONSTRAINED["cases"])))
+def test_constrained_beam_matches_transformers_446(target, case):
+    c = CONSTRAINED["cases"][case]
+    dec = decspec.compile(ROOT / "specs" / "constrained_beam.dec", target=target, width=c["width"], words=c["words"],
+                          length_penalty=c["length_penalty"], early_stopping=c["early_stopping"])
+    assert [list(p) for p in dec._phrases(target)] == c["phrases"]  # the words, tokenized as HF's tokenizer does
+    out = dec.generate([c["prompt"]], max_new_tokens=c["max_new_tokens"], eos_token_id=c["eos"])
+    assert out.beams == [c["beams"]] and out.tokens == [c["beams"][0]]
+    assert torch.allclose(torch.tensor(out.scores[0]), torch.tensor(c["scores"]), atol=1e-4)
+
+
+def test_the_constrained_fixture_meets_phrases_and_falls_back():
+    """The cases exercise both: hypotheses that contain every phrase, and HF's fallback filling `beams` with others."""
+    met = [all(contains(c["prompt"] + b, p) for p in c["phrases"]) for c in CONSTRAINED["cases"] for b in c["beams"]]
+    assert any(met) and not all(met)
+    assert CONSTRAINED["made_by"].startswith("python tests/data/make_constrained_beam.py (transformers 4.46")
+
+
+def test_progress_replays_phrases_as_hf_does():
+    from decspec.backends.constrained import Progress
+
+    phrases = ((1, 2, 3), (4,))
+    s = Progress.of(phrases, [1, 2])
+    assert (s.current, s.matched, s.pending, s.bank) == (0, 2, [1], 2)  # bank: 0 met * 3 + (3 - 1 remaining)
+    assert s.advances() == [3]
+    s = Progress.of(phrases, [1, 2, 4])  # a wrong token: phrase 0 starts over, last in line; 4 is not tried as a start
+    assert (s.current, s.pending, s.met) == (None, [1, 0], 0) and s.advances() == [4, 1]
+    s = Progress.of(phrases, [4, 1, 2, 3])
+    assert s.complete and s.met == 2 and s.bank == 6
+
+
+def test_constrained_hypotheses_that_end_contain_the_words():
+    model = TableModel.random(len(VOCAB), 1, 8, eos_token_id=EOS, temperature=0.7)  # EOS reachable within 8 tokens
+    dec = decspec.compile(ROOT / "specs" / "constrained_beam.dec", target=model, words=["1 2", "3"])
+    out = dec.generate([[0], [2]], max_new_tokens=8)
+    ended = [b for beams in out.beams for b in beams if b[-1] == EOS]
+    assert ended and all(contains(b, [1, 2]) and contains(b, [3]) for b in ended)
+    plain = decspec.compile(beam_text(None, 4), target=model).generate([[0], [2]], max_new_tokens=8)
+    assert plain.beams != out.beams
+
+
+def test_constrained_beam_errors():
+    with pytest.raises(DecError, match="constrained_beam's 'words' must be non-empty phrases"):
+        plan(load('decoder d { target = model("target"); search = constrained_beam(words = []) }'))
+    dec = decspec.compile(ROOT / "specs" / "constrained_beam.dec", target=table(0), words=["hello"])
+    with pytest.raises(DecError, match="is text, but the target has no tokenizer"):
+        dec.generate([[0]], max_new_tokens=2)
+    dec = decspec.compile(ROOT / "specs" / "constrained_beam.dec", target=table(0), words=["99"])
+    with pytest.raises(DecError, match="not a phrase of the target's vocabulary"):
+        dec.generate([[0]], max_new_tokens=2)
+    with pytest.raises(DecError, match="the exact backend cannot run the `search` slot"):
+        decspec.compile(ROOT / "specs" / "constrained_beam.dec", target=table(0), backend="exact")
+    with pytest.raises(DecError, match="constrained_beam cannot be combined with a `grammar` slot"):
+        plan(load('decoder d { target = model("target"); grammar = regex("a"); search = constrained_beam(words = ["a"]) }'))

@@ -52,8 +52,6 @@ from decspec.stdlib.penalties import token_counts
 from decspec.stdlib.samplers import apply_pipeline
 from decspec.stdlib.search import BeamSearch
 
-from decspec.backends.rerank import replicate
-
 NEG = -1.0e9  # a placeholder beam's score: far below any real cumulative log-probability, finite so sums stay ordered
 # Finished scores are float64, -inf in an empty slot: score / g**length_penalty reaches any magnitude over the allowed
 # range (length_penalty in [-10, 10]: g**10 overflows float32 at g ~ 7000; -10 sends a real score below any finite NEG)
@@ -320,7 +318,8 @@ def beam_generate(search: BeamSearch, target: Model, input_ids: Any, *, max_new_
     P, W, G = len(prompts), search.width, max_new_tokens
     capacity = context_capacity(P * W, longest, G, 4, {"target": target})  # bounded before allocating (arguments.py)
     groups = search.groups  # pseudo-prompts (prompt, group) of W // groups hypotheses each
-    beams = Beams.start(replicate(prompts, groups), W // groups, G, capacity, device, 0 if grammar is None else grammar.start)
+    pseudo = [row for row in prompts for _ in range(groups)]
+    beams = Beams.start(pseudo, W // groups, G, capacity, device, 0 if grammar is None else grammar.start)
     if grammar is not None:
         from decspec.backends.grammar import device_table
 

@@ -220,7 +220,9 @@ class Decoder:
             raise DecError("stop strings are matched in the decoded text, but the target model carries no tokenizer; "
                            "end rows at token ids with eos_token_id=[...] instead")
         if stops is not None and self.search is not None:
-            raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole",
+            raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole"
+                           if self._beam else f"{self.search.method} does not take stop strings yet (each of its n copies "
+                           "of a prompt would need its own text tracker)",
                            self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
         logprobs, top = logprobs_request(*logprobs)

@@ -197,3 +197,11 @@ def test_doctests():
     import decspec.stdlib.utility
 
     assert doctest.testmod(decspec.stdlib.utility).failed == 0
+
+
+def test_stop_strings_are_refused_with_the_reason():
+    from decspec.stdlib.models.pretrained import reference_models
+
+    dec = decspec.compile(ROOT / "specs" / "self_consistency.dec", target=reference_models()["target"], n=2)
+    with pytest.raises(DecError, match="self_consistency does not take stop strings yet"):
+        dec.generate("x = ", max_new_tokens=2, stop=["\n"])

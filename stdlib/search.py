@@ -197,7 +197,7 @@ register(
 register(Component(
     "search", "constrained_beam",
     (Param("width", "int", 4, low=1, high=64, doc="hypotheses kept per prompt (HF `num_beams`)"),
-     Param("words", "list[str]", REQUIRED, doc="phrases every hypothesis must contain, each tokenized with the target's "
+     Param("words", "list[str]", (), doc="phrases every hypothesis must contain (at least one), each tokenized with the target's "
                                                 "tokenizer (no special tokens); for a target without one, token ids "
                                                 'separated by spaces ("12 7")'),
      Param("length_penalty", "float", 1.0, low=-10.0, high=10.0, doc="as beam's"),

@@ -178,15 +178,24 @@ class Beams:
                      Finished(*map(per_prompt, (f.tokens, f.length, f.score, f.full))), per_prompt(self.done),
                      per_row(self.rows), per_row(self.gstate))
 
-    def put(self, prompts: torch.Tensor, rows: torch.Tensor, part: "Beams") -> "Beams":
-        """These Beams with `take(prompts, rows)` replaced by `part`; part.rows (its parents, as rows of the part) are
-        mapped back to rows of the whole."""
-        P, R = (lambda x, y: x.index_copy(0, prompts, y)), (lambda x, y: x.index_copy(0, rows, y))
-        f, g = self.finished, part.finished
-        return Beams(R(self.ctx, part.ctx), R(self.length, part.length), P(self.running, part.running),
-                     P(self.generated, part.generated),
-                     Finished(P(f.tokens, g.tokens), P(f.length, g.length), P(f.score, g.score), P(f.full, g.full)),
-                     P(self.done, part.done), R(self.rows, rows.index_select(0, part.rows)), R(self.gstate, part.gstate))
+    @classmethod
+    def interleave(cls, parts: list[tuple["Beams", torch.Tensor]]) -> "Beams":
+        """The Beams of P prompts from their groups' parts, part g holding pseudo-prompts p * groups + g (P of them) and
+        their rows: [(Beams, the part's rows in the whole), ...] in group order; each part's `rows` (its parents, as
+        rows of the part) are mapped back to rows of the whole. Stacks and transposes (no scatter into a buffer)."""
+        def prompts(xs):  # [groups, P, ...] -> [P * groups, ...]
+            return torch.stack(xs, 1).flatten(0, 1)
+
+        def rows(xs):  # [groups, P * Wg, ...] -> [P * groups * Wg, ...]
+            P = parts[0][0].running.shape[0]
+            return torch.stack([x.view(P, -1, *x.shape[1:]) for x in xs], 1).flatten(0, 2)
+
+        bs = [b for b, _ in parts]
+        return cls(rows([b.ctx for b in bs]), rows([b.length for b in bs]), prompts([b.running for b in bs]),
+                   prompts([b.generated for b in bs]),
+                   Finished(*(prompts([getattr(b.finished, k) for b in bs]) for k in ("tokens", "length", "score", "full"))),
+                   prompts([b.done for b in bs]), rows([whole.index_select(0, b.rows) for b, whole in parts]),
+                   rows([b.gstate for b in bs]))
 
 
 class HostGrammar:
@@ -229,6 +238,7 @@ def step(search: BeamSearch, logits: torch.Tensor, beams: Beams, t: torch.Tensor
     P = PG // groups
     chosen = torch.zeros(P, V, device=dev)  # [P, V] how many kept hypotheses of the earlier groups took each token
     pad = eos_ids[0] if eos_ids is not None else torch.tensor(0, device=dev)
+    parts = []  # each group reads only its own rows (and `chosen`): the parts are put together once, at the end
     for g in range(groups):
         prompts = torch.arange(P, device=dev) * groups + g  # [P] group g's pseudo-prompts
         rows = (prompts[:, None] * W + torch.arange(W, device=dev)).view(-1)  # [P*W] their rows
@@ -238,8 +248,8 @@ def step(search: BeamSearch, logits: torch.Tensor, beams: Beams, t: torch.Tensor
         took = new.ctx.gather(1, part.length[:, None]).view(P, W)  # [P, W] each kept hypothesis' new token
         took = torch.where(part.done[:, None], pad, took)  # HF: a group already done takes the pad token
         chosen = chosen.scatter_add(1, took, torch.ones_like(took, dtype=chosen.dtype))
-        beams = beams.put(prompts, rows, new)
-    return beams
+        parts.append((new, rows))
+    return Beams.interleave(parts)
 
 
 def _staged(search: BeamSearch, logp: torch.Tensor, beams: Beams) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from decspec.dsl.spec import Instance, Spec
+from decspec.stdlib.registry import SAMPLED_SEARCHES
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,24 @@ def is_greedy(sampler: tuple[Instance, ...]) -> bool:
 
 def losslessness(spec: Spec) -> Verdict:
     search: Instance | None = spec.slot("search")
+    if search is not None and search.name in SAMPLED_SEARCHES:  # picks one of n samples of the round: not the target's law
+        candidates = _round_verdict(spec)
+        return Verdict(False, [f"search = {search}: {search.component.contract.reason}",
+                               f"each candidate: {'; '.join(candidates.reasons)} ({'lossless' if candidates.lossless else 'lossy'})"])
     if search is not None:  # beam search maximizes; it is checked against its reference (HF num_beams), not a distribution
         stages = tuple(spec.slot("sampler", ()))
         scored = f"log-probabilities after {pipeline_text(stages)}" if stages else "log-probabilities"
+        if spec.slot("grammar") is not None:
+            scored += f", -inf outside the grammar ({_short(spec.slot('grammar'))})"
+        if search.name == "constrained_beam":
+            scored += f", among hypotheses that contain the phrases {list(search.arg('words'))} (HF's fallback aside)"
         return Verdict(False, [f"search = {search}: beam search keeps the highest-scoring hypotheses by the target's {scored}; "
                                "it does not sample from the target's distribution"], deterministic=True)
+    return _round_verdict(spec)
+
+
+def _round_verdict(spec: Spec) -> Verdict:
+    """The verdict on what one round samples, from the contracts of its sampler, grammar, propose, stop and verify."""
     sampler = tuple(spec.slot("sampler", ()))
     grammar: Instance | None = spec.slot("grammar")
     masked = f"the grammar mask ({_short(grammar)}) and " if grammar is not None else ""

@@ -13,6 +13,7 @@ from decspec.compiler.ir import CTX, Graph, Type, Value
 from decspec.compiler.text import Record
 from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Instance, Spec
+from decspec.stdlib.registry import SAMPLED_SEARCHES
 from decspec.stdlib.samplers import needs_context
 
 
@@ -186,7 +187,8 @@ class Lowering:
 def lower(spec: Spec) -> Graph:
     """Spec -> round graph (unoptimized; see compiler.passes)."""
     search: Instance | None = spec.slot("search")
-    if search is not None:  # beam search re-ranks whole hypotheses every step: it runs on the host (backends/beam.py)
+    if search is not None and search.name not in SAMPLED_SEARCHES:  # beam search re-ranks whole hypotheses every step:
+        # it runs on the host (backends/beam.py); a sampling search runs this round on n copies of each prompt
         raise DecError(f"decoder '{spec.name}' has no round graph: `search = {search.name}(...)` keeps several hypotheses "
                        "per prompt and runs on the host over the model protocol (backends/beam.py)", search.span,
                        hint="run it with decspec.compile(spec).generate(...) or `decspec run` on the eager backend")

@@ -61,9 +61,9 @@ class Decoder:
         self._round_runner_options: dict = {}
         self._open: Graph | None = None  # the round with its sampler numbers as inputs (per-call settings), built on first use
         self.verdict: Verdict = losslessness(spec)
-        self.search = None  # a `search` slot's plan (stdlib/search.py): generate runs beam search instead of rounds
+        self.search = None  # a `search` slot's plan (stdlib/search.py): beam search instead of rounds, or a Rerank of samples
         if spec.slot("search") is not None:
-            from decspec.stdlib.search import plan
+            from decspec.stdlib.search import Rerank, plan
 
             if spec.slot("target").name != "model":  # beam search reads one model through the protocol (backends/beam.py)
                 raise DecError(f"`search` needs a target bound by name; '{spec.slot('target').name}' combines several models' "
@@ -71,7 +71,7 @@ class Decoder:
                                hint='use target = model("target"), or drop `search` to decode the combined distribution')
 
             self.search = plan(spec)
-            if self.backend.NAME not in ("eager", "inductor"):
+            if not isinstance(self.search, Rerank) and self.backend.NAME not in ("eager", "inductor"):
                 raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search runs its steps on "
                                "the eager backend, or as a compiled step on the inductor backend", spec.slot("search").span,
                                hint='compile it with backend="eager" or "inductor"')
@@ -225,12 +225,14 @@ class Decoder:
             raise DecError("stop strings are matched in the decoded text, but the target model carries no tokenizer; "
                            "end rows at token ids with eos_token_id=[...] instead")
         if stops is not None and self.search is not None:
-            raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole",
+            raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole"
+                           if self._beam else f"{self.search.method} does not take stop strings yet (each of its n copies "
+                           "of a prompt would need its own text tracker)",
                            self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
         logprobs, top = logprobs_request(*logprobs)
         scoring = self._scoring(logprobs, open=settings is not None)
-        if self.search is not None and isinstance(args.max_new_tokens, list):
+        if self._beam and isinstance(args.max_new_tokens, list):
             raise DecError("beam search (the `search` slot) takes one max_new_tokens for every prompt", self.spec.slot("search").span)
         rows = row_texts(tokenizer, stops, len(args.prompts)) if texts and tokenizer is not None else None
         return Stream(self._rounds(models, args, rows, settings, scoring, top), rows)
@@ -241,8 +243,8 @@ class Decoder:
         if not logprobs:
             return None
         if self.search is not None:
-            raise DecError("beam search (the `search` slot) does not report logprobs; its result has each hypothesis's score "
-                           "(result.scores)", self.spec.slot("search").span)
+            raise DecError("a `search` spec does not report logprobs; its result has each hypothesis's score (result.scores "
+                           "for beam search, result.candidate_scores for the sampling searches)", self.spec.slot("search").span)
         target = self.spec.slot("target")
         if target.name != "model":  # the scorer reads one model's logits (backends/logprobs.py)
             raise DecError(f"logprobs are not reported for a combined target ('{target.name}') yet: the scorer reads one "
@@ -255,7 +257,7 @@ class Decoder:
         """Per-call sampler settings checked -> the per-row values the open graph's rounds read (backends/sampling.py)."""
         from decspec.backends.sampling import sampler_settings
 
-        if self.search is not None:
+        if self._beam:
             raise DecError(f"beam search (the `search` slot) does not take per-call sampler settings ({', '.join(sampling)}); "
                            "its scores are fixed by the spec", self.spec.slot("search").span)
         if self.backend.NAME not in ("eager", "inductor"):
@@ -274,7 +276,9 @@ class Decoder:
 
     def _rounds(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None = None,
                 scoring: tuple[str, tuple] | None = None, top_logprobs: int = 0):
-        """The runtime's rounds (a generator of Commits returning the Result); beam search as one Commit."""
+        """The runtime's rounds (a generator of Commits returning the Result); a search as one Commit."""
+        if self.search is not None and not self._beam:  # a sampling search: the rounds on n copies of each prompt
+            return (yield from self._reranked(models, args, texts, settings))
         if self.search is not None:  # deterministic: `seed` is not used
             from decspec.backends.beam import beam_generate
 
@@ -282,10 +286,19 @@ class Decoder:
             if set(options) - {"compile", "mode", "dynamo_backend"}:
                 raise DecError(f"beam search on the inductor backend takes the options 'compile', 'mode' and 'dynamo_backend' "
                                f"(got {sorted(options)})", self.spec.slot("search").span)
-            with self._lock if options.get("compile") else nullcontext():  # a compiled step: one call at a time
-                result = beam_generate(self.search, models[self.spec.slot("target").arg("name")], args.prompts,
-                                       max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id,
-                                       static=self.backend.NAME == "inductor", **options)
+            target = models[self.spec.slot("target").arg("name")]
+            if hasattr(self.search, "words"):  # lexically constrained beam search: a host loop (backends/constrained.py)
+                from dataclasses import replace
+
+                from decspec.backends.constrained import constrained_generate
+
+                result = constrained_generate(replace(self.search, phrases=self._phrases(target)), target, args.prompts,
+                                              max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id)
+            else:
+                with self._lock if options.get("compile") else nullcontext():  # a compiled step: one call at a time
+                    result = beam_generate(self.search, target, args.prompts,
+                                           max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id,
+                                           static=self.backend.NAME == "inductor", grammar=self.matcher, **options)
             eos = set(args.eos_token_id or ())
             finished = {b: ("stop", row[-1]) if row and row[-1] in eos else ("length", None) for b, row in enumerate(result.tokens)}
             for b, row in enumerate(result.tokens) if texts is not None else ():
@@ -300,6 +313,77 @@ class Decoder:
                 eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME, runner=runner,
                 grammars=self._bound_grammars(), texts=texts, sampling=settings, logprobs=scoring, top_logprobs=top_logprobs,
             ))
+
+    def _phrases(self, target: Any) -> tuple[tuple[int, ...], ...]:
+        """constrained_beam's words as token ids: the target tokenizer's encoding, else ids written in decimal."""
+        tokenizer = getattr(target, "tokenizer", None)
+        out = []
+        for word in self.search.words:
+            if tokenizer is not None:
+                ids = tokenizer.encode(word)
+            else:
+                try:
+                    ids = [int(x) for x in word.split()]
+                except ValueError:
+                    raise DecError(f"constrained_beam's word {word!r} is text, but the target has no tokenizer to encode it",
+                                   self.spec.slot("search").span, hint='give token ids separated by spaces, e.g. "12 7"') from None
+            if not ids or any(not 0 <= i < target.vocab_size for i in ids):
+                raise DecError(f"constrained_beam's word {word!r} is not a phrase of the target's vocabulary (ids {ids})",
+                               self.spec.slot("search").span)
+            out.append(tuple(ids))
+        return tuple(out)
+
+    @property
+    def _beam(self) -> bool:
+        """Whether the spec is a beam search (no round graph), not a sampling search."""
+        return self.search is not None and self.graph is None
+
+    def _reranked(self, models: dict[str, Any], args: Any, texts: list | None, settings: dict[str, Any] | None):
+        """A sampling search (stdlib/search.py Rerank, backends/rerank.py): the spec's rounds over n copies of each prompt,
+        one candidate picked per prompt; yielded as one Commit."""
+        from decspec.backends.rerank import rerank
+        from decspec.backends.sampling import pipeline
+
+        span = self.spec.slot("search").span
+        if isinstance(args.seed, (list, tuple)):
+            raise DecError(f"{self.search.method} samples n = {self.search.n} candidates per prompt in one batch; give one "
+                           "seed for the call (a seed per prompt would give its n copies the same stream)", span)
+        decode = self._decoder()
+
+        def run(prompts, max_new_tokens, per_row, scored):
+            graph = self.graph if per_row is None else self._open_graph()
+            runner = self._runner(per_call=per_row is not None)
+            scoring = (self.spec.models[0], pipeline(self.spec, per_row is not None)) if scored else None
+            with self._lock if runner is not None and runner.serial else nullcontext():
+                rounds = run_rounds(graph, models, prompts, max_new_tokens=max_new_tokens, seed=args.seed,
+                                    eos_token_id=args.eos_token_id, rules=self.backend.RULES, backend=self.backend.NAME,
+                                    runner=runner, grammars=self._bound_grammars(), sampling=per_row, logprobs=scoring)
+                try:
+                    while True:
+                        next(rounds)
+                except StopIteration as done:
+                    return done.value
+
+        result = rerank(self.search, run, args.prompts, args.max_new_tokens, settings, decode)
+        if self.tokenizer is None and self.vocab is not None:  # text spelled from the vocabulary (a tokenizer's: generate)
+            result.text = [texts[c] for texts, c in zip(result.candidate_texts, result.chosen)]
+        finished = {b: ("stop", by) if reason == "stop" else ("length", None)
+                    for b, (reason, by) in enumerate(zip(result.finish_reason, result.stopped_by))}
+        for b, row in enumerate(result.tokens) if texts is not None else ():
+            texts[b].feed(row, last=True)
+        yield Commit(result.tokens, finished)
+        return result
+
+    def _decoder(self):
+        """ids -> text: the target's tokenizer, else the `vocab` bytes given to compile, else the ids in decimal separated
+        by spaces ("12 5 7": what a sampling search's answer regex and chrF read for a model without a vocabulary)."""
+        tokenizer = self.tokenizer
+        if tokenizer is not None:
+            return tokenizer.decode
+        if self.vocab is not None:
+            vocab = list(self.vocab)
+            return lambda ids: b"".join(vocab[i] or b"" for i in ids if 0 <= i < len(vocab)).decode("utf-8", "replace")
+        return lambda ids: " ".join(map(str, ids))
 
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):
         """The exact distribution of the tokens this decoder generates after one prompt, computed by
@@ -357,7 +441,9 @@ def compile(
                 raise DecError(f"{name}={shown(value)} is not a model, and the decoder has no parameter '{name}' to set; "
                                f"{MODEL_PROTOCOL}") from None
         raise
-    graph = run_pipeline(lower(checked)) if checked.slot("search") is None else None  # beam search has no round graph
+    from decspec.stdlib.search import has_round
+
+    graph = run_pipeline(lower(checked)) if has_round(checked) else None  # beam search has no round graph
     return Decoder(checked, graph, models, backend, vocab=vocab, backend_options=_mapping("backend_options", backend_options))
 
 

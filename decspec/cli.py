@@ -292,6 +292,10 @@ def _run(args) -> int:
               f"(length-penalized log-probability), new tokens {sum(s.new_tokens)}, {s.tokens_per_second:.1f} tokens/s",
               file=sys.stderr)
         return 0
+    if getattr(result, "candidates", None):  # a sampling search: the rounds drew n candidates per prompt
+        answer = f", its answer {result.answers[0][result.chosen[0]]!r}" if result.answers else ""
+        print(f"# {decoder.search.method}: {len(result.candidates[0])} candidates per prompt, chosen #{result.chosen[0]} "
+              f"(score {result.candidate_scores[0][result.chosen[0]]:.3f}{answer})", file=sys.stderr)
     print(_round_stats(s), file=sys.stderr)
     return 0
 

@@ -28,6 +28,7 @@ from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Spec
 from decspec.stdlib.binding import base_role
 from decspec.stdlib.models.layered_table import LayeredTableModel
+from decspec.stdlib.registry import SAMPLED_SEARCHES
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,11 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
         raise DecError(f"seed must be an integer (got {shown(seed)})")
     start = time.perf_counter()
     checked = load(spec, overrides=overrides, decoder=decoder)
+    if checked.slot("search") is not None and checked.slot("search").name in SAMPLED_SEARCHES:
+        raise NotVerifiable(f"decoder '{checked.name}' reranks samples (search = {checked.slot('search').name}): its output is "
+                            "not a sample from the target's distribution, so there is nothing to compare with it",
+                            checked.slot("search").span,
+                            hint="`decspec check` gives its verdict; remove `search` to verify the round that draws the candidates")
     if checked.slot("search") is not None:
         raise NotVerifiable(f"decoder '{checked.name}' is deterministic (beam search): it does not sample from the target, so there "
                        "is no distribution to compare with the target's", checked.slot("search").span,

@@ -30,7 +30,7 @@ from decspec.dsl.parser import parse
 from decspec.dsl.resolve import BAD, Resolver, Scope, bind_arguments
 from decspec.dsl.spec import Spec
 from decspec.dsl.values import PARAM_TYPES, Mismatch, coerce, expected, from_text
-from decspec.stdlib.registry import SLOTS
+from decspec.stdlib.registry import SAMPLED_SEARCHES, SLOTS
 
 _MISSING: Any = type("Missing", (), {})()
 Bindings = dict[str, tuple[ast.Binding, Scope]]
@@ -110,7 +110,7 @@ def _check(module: ast.Module, overrides: dict[str, Any], decoder: str | None, b
         elif slot in bindings:
             slots.append((slot, resolver.binding(slot, kind, bindings[slot][0].name_span)))
     if complete:  # with a base missing, slots it would give may be missing too
-        _check_slots(defn, bindings, errors)
+        _check_slots(defn, bindings, errors, getattr(dict(slots).get("search"), "name", None))
     warnings = _unused(defn, resolver, bindings, params, errors)
     return Spec(defn.name, tuple(params.items()), tuple(slots), home.module.source, defn.span, tuple(warnings))
 
@@ -377,7 +377,7 @@ def _inherit(defn: ast.DecoderDef, unit: _Unit, scope: Scope, errors: list[Diagn
 # --- whole-decoder checks ------------------------------------------------------------------
 
 
-def _check_slots(defn: ast.DecoderDef, bindings: Bindings, errors: list[Diagnostic]) -> None:
+def _check_slots(defn: ast.DecoderDef, bindings: Bindings, errors: list[Diagnostic], search: str | None = None) -> None:
     def at(slot: str) -> Span:
         return bindings[slot][0].name_span
 
@@ -393,12 +393,13 @@ def _check_slots(defn: ast.DecoderDef, bindings: Bindings, errors: list[Diagnost
     if "verify" in bindings and "propose" not in bindings:
         errors.append(Diagnostic("'verify' needs a 'propose' slot: there are no drafts to verify", at("verify"),
                                  hint="add e.g. `propose = autoregressive(model(\"draft\"))`, or remove `verify`"))
-    if "search" in bindings:  # beam search keeps several hypotheses per prompt: no drafts, no round to speculate in
-        for slot in ("propose", "stop", "verify", "grammar"):
+    if "search" in bindings and search not in SAMPLED_SEARCHES:  # beam search keeps several hypotheses per prompt: no drafts,
+        for slot in ("propose", "stop", "verify"):                # no round to speculate in (a sampled search runs rounds)
             if slot in bindings:
                 errors.append(Diagnostic(f"'search' cannot be combined with '{slot}': beam search scores whole hypotheses "
                                          "with the target alone", at(slot),
-                                         hint=f"remove `{slot}`, or remove `search` (at {at('search')})"))
+                                         hint=f"remove `{slot}`, or remove `search` (at {at('search')}); the sampling searches "
+                                              f"({', '.join(SAMPLED_SEARCHES)}) run any propose/verify round"))
 
 
 def _unused(defn: ast.DecoderDef, resolver: Resolver, bindings: Bindings, params: Mapping[str, Any],

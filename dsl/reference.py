@@ -30,7 +30,8 @@ _KINDS = {
     "grammar": ("Grammars", "Fill the `grammar` slot: the language the output must belong to (structured output). "
                 "The grammar's mask is applied to the logits of the target and of every draft before the sampler pipeline."),
     "search": ("Search strategies", "Fill the `search` slot: decoding that keeps several hypotheses per prompt instead of "
-               "sampling one token per row (see [Beam search](#beam-search))."),
+               "sampling one token per row: beam search (see [Beam search](#beam-search)), or n samples of the spec's round "
+               "with one picked (see [Best-of-n, self-consistency and MBR](#best-of-n-self-consistency-and-mbr))."),
 }
 
 

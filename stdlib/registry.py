@@ -37,6 +37,9 @@ SLOTS: dict[str, str] = {
     "grammar": "grammar",
     "search": "search",  # beam search (stdlib/search.py): decoding that keeps several hypotheses; excludes propose/stop/verify
 }
+# The `search` components that sample: they run the spec's ordinary round (any propose/verify) on n copies of each prompt,
+# then pick one candidate (stdlib/search.py); the other searches (beam) rank hypotheses step by step, with no round.
+SAMPLED_SEARCHES = ("best_of", "self_consistency", "mbr")
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,12 @@ from decspec.compiler.passes import run_pipeline
 from decspec.compiler.text import parse_graph
 from decspec.compiler.verify import verify
 from decspec.dsl.check import load
+from decspec.stdlib.search import has_round
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
-SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.dec") if load(p).slot("search") is None)  # every shipped spec with a round
-NO_ROUND = sorted(p.stem for p in (ROOT / "specs").glob("*.dec") if load(p).slot("search") is not None)  # beam search runs on the host
+SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.dec") if has_round(load(p)))  # every shipped spec with a round
+NO_ROUND = sorted(p.stem for p in (ROOT / "specs").glob("*.dec") if not has_round(load(p)))  # beam search runs on the host
 UPDATE = os.environ.get("DECSPEC_UPDATE_GOLDEN") == "1"
 
 

@@ -11,6 +11,7 @@ from decspec.compiler.passes import run_pipeline
 from decspec.dsl.check import load
 from decspec.stdlib.models.layered_table import LayeredTableModel
 from decspec.stdlib.models.table import TableModel
+from decspec.stdlib.search import has_round
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.dec"))
@@ -25,7 +26,7 @@ def test_the_three_first_specs_are_here():
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_spec_compiles_verifies_and_runs(path):
     spec = load(path)
-    if spec.slot("search") is None:  # beam search has no round graph (backends/beam.py)
+    if has_round(spec):  # beam search has no round graph (backends/beam.py)
         run_pipeline(lower(spec), check=True)
     if spec.slot("grammar") is not None:  # byte-level tables; a row may end early, at an EOS the grammar allowed
         models = {role: TableModel.random(257, 1, seed=i, eos_token_id=256) for i, role in enumerate(spec.models)}
@@ -37,7 +38,10 @@ def test_spec_compiles_verifies_and_runs(path):
         dec = decspec.compile(path, models=models)
         out = dec.generate([[1, 2], [3]], max_new_tokens=8, seed=0)
         assert [len(r) for r in out.tokens] == [8, 8]
-    if spec.slot("search") is not None:  # deterministic decoding: claims no distribution, so it must not depend on the seed
+    if spec.slot("search") is not None and has_round(spec):  # a sampling search: reranks the round's samples
+        assert not dec.verdict.lossless and not dec.verdict.deterministic and "reranks samples" in str(dec.verdict)
+        assert len(out.candidates[0]) == dec.search.n
+    elif spec.slot("search") is not None:  # deterministic decoding: claims no distribution, so it must not depend on the seed
         assert dec.verdict.deterministic and not dec.verdict.lossless
         assert dec.generate([[1, 2], [3]], max_new_tokens=8, seed=1).tokens == out.tokens
     else:

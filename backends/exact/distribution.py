@@ -229,6 +229,11 @@ def _unpack(decoder_or_graph: Any, models: Mapping[str, Any] | None, eos: Any,
         first = next(iter(bound.values()))
     else:  # a Decoder
         graph = decoder_or_graph.graph
+        if graph is not None and decoder_or_graph.search is not None:  # a sampling search: not the round's distribution
+            raise DecError(f"search = {decoder_or_graph.spec.slot('search').name}(...) picks one of n samples per prompt: its "
+                           "output does not follow the round's distribution, which is all the exact backend enumerates",
+                           decoder_or_graph.spec.slot("search").span,
+                           hint="remove `search` to enumerate what one candidate follows; call generate(...) for the search")
         if graph is None:  # a `search` spec (beam search): deterministic, nothing to enumerate
             raise DecError("beam search is deterministic: it has one output per prompt, not a distribution to enumerate",
                            decoder_or_graph.spec.slot("search").span, hint="call generate(...)")

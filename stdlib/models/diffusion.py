@@ -119,12 +119,11 @@ class DiffusionTransformer(nn.Module):
         cached K/V elsewhere (see the module docstring). `attend` defaults to the cache's."""
         L = tokens.shape[-1]
         end = L if end is None else end
+        if cache is not None and tuple(cache.attend.shape) != tuple(tokens.shape):
+            raise DecError(f"the cache was prefilled on {tuple(cache.attend.shape)} tokens but denoise got {tuple(tokens.shape)}; "
+                           "prefill again on the sequence being denoised")
         attend = self.check(tokens, attend if attend is not None or cache is None else cache.attend)
-        if cache is not None:
-            if cache.length != L or cache.attend.shape[0] != tokens.shape[0]:
-                raise DecError(f"the cache was prefilled on {tuple(cache.attend.shape)} tokens but denoise got {tuple(tokens.shape)}; "
-                               "prefill again on the sequence being denoised")
-        elif (start, end) != (0, L):
+        if cache is None and (start, end) != (0, L):
             start, end = self.window(start, end, L)
             return self.hidden_logits(self.run(tokens, attend)[0][:, start:end])
         start, end = self.window(start, end, L)

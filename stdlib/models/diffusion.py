@@ -57,10 +57,6 @@ class DiffusionCache:
     attend: torch.Tensor  # [B, L] bool
     positions: torch.Tensor  # [B, L] long
 
-    @property
-    def length(self) -> int:
-        return self.attend.shape[1]
-
 
 class DiffusionTransformer(nn.Module):
     """Bidirectional Llama-block transformer predicting every position of a partly masked sequence.
@@ -123,12 +119,10 @@ class DiffusionTransformer(nn.Module):
             raise DecError(f"the cache was prefilled on {tuple(cache.attend.shape)} tokens but denoise got {tuple(tokens.shape)}; "
                            "prefill again on the sequence being denoised")
         attend = self.check(tokens, attend if attend is not None or cache is None else cache.attend)
-        if cache is None and (start, end) != (0, L):
-            start, end = self.window(start, end, L)
-            return self.hidden_logits(self.run(tokens, attend)[0][:, start:end])
         start, end = self.window(start, end, L)
-        hidden, _ = self.run(tokens[:, start:end], attend, cache=cache, start=start)
-        return self.hidden_logits(hidden)
+        if cache is None:
+            return self.hidden_logits(self.run(tokens, attend)[0][:, start:end])
+        return self.hidden_logits(self.run(tokens[:, start:end], attend, cache=cache, start=start)[0])
 
     def prefill(self, tokens: torch.Tensor, *, attend: torch.Tensor | None = None) -> DiffusionCache:
         """The keys and values of every position of tokens [B, L] in every layer, for denoise(..., cache=)."""

@@ -1,6 +1,6 @@
 """Train the reference masked-diffusion model (stdlib/models/diffusion.py) on the Python standard library's source.
 
-    python -m decspec.stdlib.models.train_diffusion --out stdlib/models/reference/diffusion --steps 3000
+    python -m decspec.stdlib.models.train_diffusion --out stdlib/models/reference/diffusion --steps 2000
 
 The corpus, its held-out modules (HELDOUT) and the learning-rate schedule are train.py's; the tokenizer is
 the shipped reference one (reference/target/tokenizer.json), so the diffusion model and the causal pair
@@ -138,7 +138,7 @@ def train(model: DiffusionTransformer, stream: torch.Tensor, *, steps: int, batc
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m decspec.stdlib.models.train_diffusion", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder (config.json, model.safetensors, tokenizer, train_log.json)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

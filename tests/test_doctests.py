@@ -31,6 +31,7 @@ MODULES = [
     "decspec.stdlib.models.protocol",
     "decspec.stdlib.models.table",
     "decspec.stdlib.models.transformer",
+    "decspec.stdlib.models.diffusion",
 ]
 
 

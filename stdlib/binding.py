@@ -18,6 +18,22 @@ from typing import Any, Iterator, Mapping
 from decspec.dsl.spec import Instance, Spec
 
 
+LAYERED_HINT = ("bind a transformer (decspec's Transformer or a Hugging Face model); for exact tests, "
+                "decspec.stdlib.models.layered_table.LayeredTableModel")
+
+
+def layer_count(model: Any, role: str, inst: Instance) -> int:
+    """How many layers the model bound to `role` has, for a component (`inst`) that reads its layers; a DecError at
+    the component when the model has none (a table model, a custom one)."""
+    from decspec.dsl.diagnostics import DecError
+
+    n = getattr(model, "num_layers", None)
+    if n is None:
+        raise DecError(f"{inst.name} needs a model with layers, but model '{role}' ({type(model).__name__}) has none",
+                       inst.span, hint=LAYERED_HINT)
+    return n
+
+
 def role_of(model: Instance) -> str:
     """The role a model instance is bound to (what `Lowering.role` names in the IR)."""
     return model.arg("name") if model.name == "model" else model.component.lower(None, model)

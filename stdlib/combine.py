@@ -23,6 +23,7 @@ import torch
 
 from decspec.compiler.lower import Combination
 from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.binding import layer_count
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 FORMS = ("weighted", "difference")
@@ -179,11 +180,7 @@ def bind_dola(inst, models: Mapping[str, Any]) -> dict:
     model = models.get(base)
     if model is None:  # reported where the spec's models are checked
         return {}
-    n = getattr(model, "num_layers", None)
-    if n is None:
-        raise DecError(f"dola needs a model with layers, but model '{base}' ({type(model).__name__}) has none", inst.span,
-                       hint="bind a transformer (decspec's Transformer or a Hugging Face model); for exact tests, "
-                            "decspec.stdlib.models.layered_table.LayeredTableModel")
+    n = layer_count(model, base, inst)
     bad = [i for i in _layers(inst) if not 0 <= i < n]
     if bad:
         raise DecError(f"dola's candidate layer {bad[0]} is not a premature layer of model '{base}', which has {n} layers",

@@ -53,6 +53,7 @@ import torch
 
 from decspec.compiler.lower import Lowering
 from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.binding import LAYERED_HINT, layer_count
 from decspec.stdlib.drafts import chain_draft
 from decspec.stdlib.registry import Component, Contract, Param, register
 from decspec.stdlib.speculation_length import POLICIES, State
@@ -220,11 +221,7 @@ def bind_dynamic_exit(inst, models) -> dict:
     model = models.get(role)
     if model is None:
         return {}
-    n = getattr(model, "num_layers", None)
-    if n is None:
-        raise DecError(f"dynamic_exit needs a model with layers, but model '{role}' ({type(model).__name__}) has none", inst.span,
-                       hint="bind a transformer (decspec's Transformer or a Hugging Face model); for exact tests, "
-                            "decspec.stdlib.models.layered_table.LayeredTableModel")
+    n = layer_count(model, role, inst)
     bad = [layer for layer in _layers(inst) if layer > n]
     if bad:
         raise DecError(f"dynamic_exit at layer {bad[0]}, but model '{role}' has {n} layers", inst.span,
@@ -325,8 +322,7 @@ def bind_dynamic_skip(inst, models) -> dict:
     n = getattr(model, "num_layers", None)
     if n is None or not hasattr(model, "layers_to_run"):
         raise DecError(f"dynamic_skip needs a model that can run any subset of its layers; model '{role}' ({type(model).__name__}) "
-                       "cannot", inst.span, hint="bind decspec's Transformer; for exact tests, "
-                                                 "decspec.stdlib.models.layered_table.LayeredTableModel")
+                       "cannot", inst.span, hint=LAYERED_HINT)
     for s in _skip_sets(inst):
         bad = [i for i in s if i >= n]
         if bad or len(s) >= n:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from decspec.dsl.diagnostics import DecError
+from decspec.stdlib.binding import layer_count
 from decspec.stdlib.registry import Component, Contract, Param, register
 
 _CONTRACT = Contract(None, "models carry no sampling contract; a view of the target drafts like any draft model")
@@ -37,12 +38,7 @@ def _layers_of(inst, models: Mapping[str, Any]) -> tuple[str, Any, int] | None:
     model = models.get(role)
     if model is None:
         return None
-    n = getattr(model, "num_layers", None)
-    if n is None:
-        raise DecError(f"{inst.name} needs a model with layers, but model '{role}' ({type(model).__name__}) has none", inst.span,
-                       hint="bind a transformer (decspec's Transformer or a Hugging Face model); for exact tests, "
-                            "decspec.stdlib.models.layered_table.LayeredTableModel")
-    return role, model, n
+    return role, model, layer_count(model, role, inst)
 
 
 def early_exit_role(lw, inst) -> str:

@@ -31,6 +31,9 @@ _KINDS = {
                 "The grammar's mask is applied to the logits of the target and of every draft before the sampler pipeline."),
     "search": ("Search strategies", "Fill the `search` slot: decoding that keeps several hypotheses per prompt instead of "
                "sampling one token per row (see [Beam search](#beam-search))."),
+    "denoise": ("Denoising schedules", "Fill the `denoise` slot of a masked-diffusion decoder: how the generated positions, all "
+                "masked at first, are unmasked (see [Diffusion decoding](#diffusion-decoding))."),
+    "unmask": ("Unmasking rules", "The `unmask` argument of `blocks(...)`: which masked positions a denoising step commits."),
 }
 
 

@@ -19,3 +19,4 @@ from decspec.stdlib import eagle2 as _eagle2  # noqa: F401  (EAGLE-2's reranked 
 from decspec.stdlib import search as _search  # noqa: F401  (beam search: the `search` slot)
 from decspec.stdlib import dynamic_exit as _dynamic_exit  # noqa: F401  (a draft layer chosen per context)
 from decspec.stdlib import staged as _staged  # noqa: F401  (staged drafting)
+from decspec.stdlib import diffusion as _diffusion  # noqa: F401  (masked-diffusion decoding: the `denoise` slot)

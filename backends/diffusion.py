@@ -98,9 +98,11 @@ def choose(score: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor, cut: 
     return torch.where(take, place + 1, torch.zeros_like(place))
 
 
-def quota(masked: torch.Tensor, steps: int, step: int) -> torch.Tensor:
-    """LLaDA's schedule: ceil(masked / steps left) positions this step. masked [R, n] bool -> [R] long."""
-    left = max(1, steps - step)
+def quota(masked: torch.Tensor, plan: Denoise, step: int) -> torch.Tensor:
+    """LLaDA's schedule: ceil(masked / steps left) positions this step. masked [R, n] bool -> [R] long. A block shorter
+    than `length` (the last one) takes proportionally fewer steps: ceil(steps * n / length)."""
+    n = masked.shape[-1]
+    left = max(1, -(-plan.steps * n // plan.length) - step)
     return (masked.sum(-1) + left - 1) // left
 
 
@@ -217,7 +219,7 @@ def _blocks_step(plan: Denoise, logits: torch.Tensor, x: torch.Tensor, mask: int
     allowed = grammar.allowed(x, P, bs, be) if grammar is not None else None  # [B, n, V]
     p, c = distributions(logits, plan.stages, mask, allowed)
     tokens = sample(p, draws(n))  # [B, n]
-    rank = choose(scores(plan.rule, c, tokens, torch.arange(bs, be)), masked, quota(masked, plan.steps, step), plan.threshold)
+    rank = choose(scores(plan.rule, c, tokens, torch.arange(bs, be)), masked, quota(masked, plan, step), plan.threshold)
     if grammar is not None:  # positions allowed one at a time may not fit together: commit in rank order, skip misfits
         rank = grammar.fitting(x, P, bs, rank, tokens)
     x[:, bs:be] = torch.where(rank > 0, tokens, block)
@@ -255,3 +257,53 @@ def _draft_verify_step(plan: Denoise, model: Any, x: torch.Tensor, attend: torch
     new = torch.where(keep, drafts, torch.where(pos[None, :] == reject[:, None], fix, x[:, bs:be]))
     x[:, bs:be] = new
     return (masked & (pos[None, :] <= reject[:, None])).sum(1), 2
+
+
+# --------------------------------------------------------------------------- binding and arguments
+
+
+def check_model_kinds(spec: Any, models: Any) -> None:
+    """A DecError when a bound model is of the wrong kind for the spec: a causal model for a `denoise` decoder, or a
+    masked-diffusion model (without next-token forward) for a causal one; it names the role and the fix."""
+    denoising = spec.slot("denoise") is not None
+    for role in spec.models:
+        m = models.get(role)
+        if m is None:
+            continue
+        if denoising and not is_diffusion(m):
+            raise DecError(f"model '{role}' is {type(m).__name__}, a causal model, but decoder '{spec.name}' denoises "
+                           "(`denoise = ...`): it needs a masked-diffusion model, one that predicts every masked position",
+                           spec.slot("denoise").span,
+                           hint=f"bind a DiffusionLM to '{role}' (stdlib/models/diffusion_protocol.py: denoise, prefill, "
+                                "mask_id, max_length), or decode this model with a causal spec (e.g. autoregressive)")
+        if not denoising and is_diffusion(m) and not hasattr(m, "forward"):
+            raise DecError(f"model '{role}' is {type(m).__name__}, a masked-diffusion model, but decoder '{spec.name}' decodes "
+                           "left to right and needs next-token logits (forward, new_cache)",
+                           hint=f"decode it with a diffusion spec (specs/fast_dllm.dec, specs/semi_ar_blocks.dec), or bind a "
+                                f"causal model to '{role}'")
+
+
+def check_arguments(spec: Any, stop: Any, sampling: Any, logprobs: bool, max_new_tokens: Any) -> None:
+    """What generate takes that a diffusion decoder does not honour (yet), refused at the `denoise` slot."""
+    at = spec.slot("denoise").span
+    if stop is not None:
+        raise DecError("a diffusion decoder does not take stop strings: it unmasks positions out of order, so there is no "
+                       "first position the text reaches", at, hint="end rows with eos_token_id=[...] instead")
+    if sampling:
+        raise DecError(f"a diffusion decoder does not take per-call sampler settings ({', '.join(sampling)}) yet", at,
+                       hint=f"set them in the spec (decspec.compile(..., {next(iter(sampling))}=...))")
+    if logprobs:
+        raise DecError("a diffusion decoder does not report logprobs yet", at)
+    if isinstance(max_new_tokens, list):
+        raise DecError("a diffusion decoder takes one max_new_tokens for every prompt: the rows share one canvas", at)
+
+
+def default_model() -> Any:
+    """The shipped masked-diffusion model (stdlib/models/diffusion.py), or a DecError saying there is none."""
+    try:
+        from decspec.stdlib.models.diffusion import reference_diffusion
+    except ImportError:
+        raise DecError("no masked-diffusion model ships with decspec yet, so a `denoise` decoder has no default target",
+                       hint="pass one: decspec.compile(spec, target=model), a DiffusionLM (stdlib/models/diffusion_protocol.py); "
+                            "stdlib/models/diffusion_table.py has a tiny table one") from None
+    return reference_diffusion()

@@ -53,6 +53,10 @@ def losslessness(spec: Spec) -> Verdict:
         scored = f"log-probabilities after {pipeline_text(stages)}" if stages else "log-probabilities"
         return Verdict(False, [f"search = {search}: beam search keeps the highest-scoring hypotheses by the target's {scored}; "
                                "it does not sample from the target's distribution"], deterministic=True)
+    if spec.slot("denoise") is not None:  # masked diffusion: judged against its sequential one-position-per-step process
+        from decspec.stdlib.diffusion import losslessness as diffusion_losslessness
+
+        return Verdict(*diffusion_losslessness(spec))
     sampler = tuple(spec.slot("sampler", ()))
     grammar: Instance | None = spec.slot("grammar")
     masked = f"the grammar mask ({_short(grammar)}) and " if grammar is not None else ""

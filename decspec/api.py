@@ -31,7 +31,9 @@ from decspec.stream import Stream, row_texts
 
 
 def _is_model(v: Any) -> bool:
-    return hasattr(v, "forward") and hasattr(v, "new_cache") and hasattr(v, "vocab_size")
+    from decspec.stdlib.models.diffusion_protocol import is_diffusion
+
+    return (hasattr(v, "forward") and hasattr(v, "new_cache") and hasattr(v, "vocab_size")) or is_diffusion(v)
 
 
 class Decoder:
@@ -70,6 +72,19 @@ class Decoder:
                 raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search runs its steps on "
                                "the eager backend, or as a compiled step on the inductor backend", spec.slot("search").span,
                                hint='compile it with backend="eager" or "inductor"')
+        self.denoise = None  # a `denoise` slot's plan (stdlib/diffusion.py): generate runs the diffusion loop (backends/diffusion.py)
+        if spec.slot("denoise") is not None:
+            from decspec.stdlib.diffusion import plan as denoise_plan
+
+            self.denoise = denoise_plan(spec)
+            if self.backend.NAME != "eager":
+                raise DecError(f"the {self.backend.NAME} backend cannot run the `denoise` slot: masked-diffusion decoding is a "
+                               "host loop over the model's denoise calls (backends/diffusion.py), not a round graph to compile",
+                               spec.slot("denoise").span, hint='compile it with backend="eager"; its exact distribution: '
+                                                               'decoder.distribution(...)')
+        from decspec.backends.diffusion import check_model_kinds
+
+        check_model_kinds(spec, self.models)
         self.vocab = vocab  # the grammar's vocabulary as bytes, for targets without a tokenizer
         self._grammars: dict[str, Any] | None = None
         if spec.slot("grammar") is not None and spec.slot("target").arg("name") in self.models:
@@ -93,6 +108,10 @@ class Decoder:
 
     def _bound_models(self) -> dict[str, Any]:
         with self._lock:
+            if not self.models and self.denoise is not None:  # a diffusion decoder: the shipped diffusion model
+                from decspec.backends.diffusion import default_model
+
+                self.models = {self.spec.slot("target").arg("name"): default_model()}
             if not self.models:  # nothing bound at compile time: the shipped reference pair
                 from decspec.stdlib.models.pretrained import reference_models
 
@@ -222,6 +241,10 @@ class Decoder:
         if stops is not None and self.search is not None:
             raise DecError("beam search (the `search` slot) does not take stop strings: its hypotheses are ranked whole",
                            self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
+        if self.denoise is not None:
+            from decspec.backends.diffusion import check_arguments
+
+            check_arguments(self.spec, stops, sampling, bool(logprobs[0] or logprobs[1]), args.max_new_tokens)
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
         logprobs, top = logprobs_request(*logprobs)
         scoring = self._scoring(logprobs, open=settings is not None)
@@ -283,6 +306,16 @@ class Decoder:
                 texts[b].feed(row, last=True)
             yield Commit(result.tokens, finished)
             return result
+        if self.denoise is not None:  # masked diffusion: one host loop over the model's denoise calls
+            from decspec.backends.diffusion import denoise_generate
+
+            role = self.spec.slot("target").arg("name")
+            result = denoise_generate(self.denoise, models[role], args.prompts, max_new_tokens=args.max_new_tokens,
+                                      eos_token_id=args.eos_token_id, seed=args.seed, grammar=self._diffusion_grammar(), role=role)
+            for b, row in enumerate(result.tokens) if texts is not None else ():
+                texts[b].feed(row, last=True)
+            yield Commit(result.tokens, {b: (f, s) for b, (f, s) in enumerate(zip(result.finish_reason, result.stopped_by))})
+            return result
         graph = self.graph if settings is None else self._open_graph()
         runner = self._runner(per_call=settings is not None)
         with self._lock if runner is not None and runner.serial else nullcontext():
@@ -292,11 +325,30 @@ class Decoder:
                 grammars=self._bound_grammars(), texts=texts, sampling=settings, logprobs=scoring, top_logprobs=top_logprobs,
             ))
 
+    def _diffusion_grammar(self) -> Any:
+        """The grammar of a `denoise` spec as the diffusion decoder reads it (backends/diffusion_grammar.py), or None."""
+        if self.matcher is None:
+            return None
+        from decspec.backends.diffusion_grammar import DiffusionGrammar
+
+        target = self._bound_models()[self.spec.slot("target").arg("name")]
+        return DiffusionGrammar(self.matcher, target.mask_id, target.vocab_size)
+
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):
         """The exact distribution of the tokens this decoder generates after one prompt, computed by
         the exact backend ({tokens: probability}; small vocabularies, e.g. table models). See
-        decspec.backends.exact.exact_distribution for the keyword arguments."""
+        decspec.backends.exact.exact_distribution for the keyword arguments (a `denoise` decoder's:
+        backends/exact/diffusion.py, eos_token_id only)."""
         from decspec.backends.exact import exact_distribution
+
+        if self.denoise is not None:
+            from decspec.backends.exact.diffusion import diffusion_distribution
+            from decspec.stdlib.models.protocol import eos_token_ids
+
+            target = self._bound_models()[self.spec.slot("target").arg("name")]
+            eos = kwargs.pop("eos_token_id", "default")
+            eos = eos_token_ids(target) if eos == "default" else ([eos] if isinstance(eos, int) else eos)
+            return diffusion_distribution(self.denoise, target, list(prompt), max_new_tokens, eos, self._diffusion_grammar(), **kwargs)
 
         return exact_distribution(self, prompt, max_new_tokens, **kwargs)
 
@@ -348,7 +400,8 @@ def compile(
                 raise DecError(f"{name}={shown(value)} is not a model, and the decoder has no parameter '{name}' to set; "
                                f"{MODEL_PROTOCOL}") from None
         raise
-    graph = run_pipeline(lower(checked)) if checked.slot("search") is None else None  # beam search has no round graph
+    rounds = checked.slot("search") is None and checked.slot("denoise") is None  # beam search and diffusion decoding have none
+    graph = run_pipeline(lower(checked)) if rounds else None
     return Decoder(checked, graph, models, backend, vocab=vocab, backend_options=_mapping("backend_options", backend_options))
 
 

@@ -110,7 +110,11 @@ def _check(args) -> int:
     from decspec.dsl.check import load
 
     spec = load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder)
-    if spec.slot("search") is None:
+    if spec.slot("denoise") is not None:  # masked diffusion has no round graph: check its schedule
+        from decspec.stdlib.diffusion import plan as denoise_plan
+
+        denoise_plan(spec)
+    elif spec.slot("search") is None:
         verify(run_pipeline(lower(spec)))
     else:  # beam search has no round graph: check what it runs instead
         from decspec.stdlib.search import plan
@@ -122,6 +126,10 @@ def _check(args) -> int:
     print(f"{args.file}: decoder {spec.name}({params}) ok")
     print(f"models: {', '.join(spec.models)}")
     print(losslessness(spec))
+    if spec.slot("denoise") is not None:
+        from decspec.verify_diffusion import check_line
+
+        print(check_line(spec))
     return 0
 
 

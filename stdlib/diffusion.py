@@ -184,3 +184,31 @@ register(Component(
                    "one-token-per-step process exactly"),
     cite="Gao et al. 2025, Self Speculative Decoding for Diffusion Large Language Models; Leviathan et al. 2023 "
          "(rejection sampling with residual resampling)"))
+
+
+def losslessness(spec: Spec) -> tuple[bool, list[str]]:
+    """(lossless, reasons) of a `denoise` spec, against its sequential process (`Denoise.sequential`): the
+    one-position-per-step process with the same rule and blocks (for `draft_verify`: left to right)."""
+    p = plan(spec)
+    pipeline = " | ".join(str(s) for s in spec.slot("sampler", ())) or "softmax"
+    grammar = spec.slot("grammar")
+    masked = f"the grammar mask ({grammar.name}) and " if grammar is not None else ""
+    reference = (f"the sequential process ({p.sequential().describe()}: one position per step) after {masked}the sampler "
+                 f"pipeline ({pipeline})")
+    if p.accept == "rejection":
+        return True, [f"output follows {reference}",
+                      "denoise = draft_verify: rejection sampling of every block draft against p(x_i | x_<i, the rest masked), "
+                      "the first rejection resampled from the residual, reproduces it exactly"]
+    if p.accept == "all":
+        return False, [f"denoise = draft_verify(accept = \"all\"): every draft of a step is committed, sampled independently "
+                       f"from one call's marginals; lossy: it approximates {reference} (`decspec verify` gives the exact TV)"]
+    reasons = []
+    if p.parallel:
+        reasons.append(f"denoise = {p.describe()}: parallel unmasking commits several positions per step, sampled "
+                       f"independently from one call's marginals; it approximates {reference}")
+    if p.cache != "none":
+        reasons.append(f"cache = {p.cache!r}: positions outside the recomputed window read keys and values made at the block's "
+                       "start, before its positions were unmasked (an approximation)")
+    if not reasons:
+        return True, [f"denoise = {p.describe()}: {reference} itself"]
+    return False, reasons

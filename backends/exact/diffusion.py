@@ -102,7 +102,7 @@ def _blocks(plan: Denoise, model: Any, canvas: tuple[int, ...], P: int, bs: int,
         if masked[j]:
             weight = weight * p[0, j, tokens[:, j]]
     M = masked[None, :].expand(count, n)
-    rank = choose(scores(plan.rule, c.expand(count, n, -1), tokens, torch.arange(bs, be)), M, quota(M, plan.steps, step),
+    rank = choose(scores(plan.rule, c.expand(count, n, -1), tokens, torch.arange(bs, be)), M, quota(M, plan, step),
                   plan.threshold)
     if grammar is not None:
         rank = grammar.fitting(x.expand(count, L), P, bs, rank, tokens)
@@ -139,6 +139,18 @@ def _draft_verify(plan: Denoise, model: Any, canvas: tuple[int, ...], bs: int, b
     first = next(i for i in range(bs, be) if canvas[i] == mask)
     follow(canvas, first, 1.0)
     return out
+
+
+def decoder_tv(decoder: Any, prompt: Sequence[int], max_new_tokens: int) -> tuple[Distribution, Distribution, float]:
+    """(the decoder's exact distribution, its sequential process's, their TV distance), for a compiled `denoise` Decoder."""
+    from decspec.stdlib.models.protocol import eos_token_ids
+    from decspec.testing import tv_distance
+
+    target = decoder._bound_models()[decoder.spec.slot("target").arg("name")]
+    eos, grammar = eos_token_ids(target), decoder._diffusion_grammar()
+    got = diffusion_distribution(decoder.denoise, target, prompt, max_new_tokens, eos, grammar)
+    ref = diffusion_distribution(decoder.denoise.sequential(), target, prompt, max_new_tokens, eos, grammar)
+    return got, ref, tv_distance(got, ref)
 
 
 def schedule_tv(plan: Denoise, model: Any, prompt: Sequence[int], max_new_tokens: int, eos: Sequence[int] | None = None,

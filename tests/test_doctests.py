@@ -30,6 +30,11 @@ MODULES = [
     "decspec.stdlib.models.protocol",
     "decspec.stdlib.models.table",
     "decspec.stdlib.models.transformer",
+    "decspec.stdlib.diffusion",
+    "decspec.stdlib.models.diffusion_table",
+    "decspec.backends.diffusion_grammar",
+    "decspec.backends.exact.diffusion",
+    "decspec.verify_diffusion",
 ]
 
 

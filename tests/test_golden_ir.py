@@ -21,8 +21,10 @@ from decspec.dsl.check import load
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
-SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.dec") if load(p).slot("search") is None)  # every shipped spec with a round
-NO_ROUND = sorted(p.stem for p in (ROOT / "specs").glob("*.dec") if load(p).slot("search") is not None)  # beam search runs on the host
+SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.dec")
+               if load(p).slot("search") is None and load(p).slot("denoise") is None)  # every shipped spec with a round
+NO_ROUND = sorted(p.stem for p in (ROOT / "specs").glob("*.dec")
+                  if load(p).slot("search") is not None or load(p).slot("denoise") is not None)  # beam search, diffusion: host loops
 UPDATE = os.environ.get("DECSPEC_UPDATE_GOLDEN") == "1"
 
 

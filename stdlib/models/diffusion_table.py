@@ -85,7 +85,8 @@ class DiffusionTableModel:
             stale = None
             if cache is not None:  # the cached keys and values outside the window saw the sequence as it was at prefill
                 before = tuple(cache.tokens[b].cpu()[seen].tolist())
-                stale = None if before == visible else (before, start, end)
+                pad = int((~seen[:start]).sum())  # the window in attended positions: left padding does not move it
+                stale = None if before == visible else (before, start - pad, end - pad)
             out[b, seen] = self.logits(visible, stale)
         return out[:, start:end].float()
 

@@ -40,7 +40,8 @@ from decspec.stdlib.samplers import apply_pipeline
 @dataclass
 class DiffusionStats(Stats):
     """Stats of a diffusion decoder: `rounds` counts denoising steps (every row's, in step); committed: per step, the
-    positions each live row committed; model_calls: the target's denoise and prefill calls."""
+    positions committed by each row that had masked positions left in the block; model_calls: the target's denoise
+    and prefill calls."""
 
     committed: list[list[int]] = field(default_factory=list)
 
@@ -185,7 +186,7 @@ def denoise_generate(plan: Denoise, model: Any, input_ids: Any, *, max_new_token
         if plan.cache != "none":
             cache, calls = model.prefill(x, attend=attend), calls + 1
             window = (bs, P + N) if plan.cache == "prefix" else (bs, be)
-        while bool(((x[:, bs:be] == mask) & live[:, None]).any()):
+        while bool((active := ((x[:, bs:be] == mask).any(1) & live)).any()):
             if plan.accept is not None:
                 committed, c = _draft_verify_step(plan, model, x, attend, bs, be, draws, live)
             else:
@@ -194,7 +195,7 @@ def denoise_generate(plan: Denoise, model: Any, input_ids: Any, *, max_new_token
                                          grammar, P)
                 c = 1
             calls += c
-            stats.committed.append([int(n) for n, alive in zip(committed, live) if alive])
+            stats.committed.append([int(n) for n, a in zip(committed, active) if a])  # rows with positions left in the block
             step += 1
         if eos:
             live &= ~torch.isin(x[:, P:be], torch.tensor(eos)).any(1)

@@ -101,6 +101,10 @@ def plan(spec: Spec) -> Denoise:
         stages.append((s.name, tuple(s.args)))
     length = inst.arg("length")
     if inst.name == "draft_verify":
+        if spec.slot("grammar") is not None:
+            raise DecError("draft_verify does not take a grammar yet: its verify rows would each need the grammar's allowed "
+                           "sets for their draft prefix", spec.slot("grammar").span,
+                           hint="use `denoise = blocks(length = ..., unmask = left_to_right)`, the same process one position a step")
         accept = inst.arg("accept")
         if accept not in ACCEPTS:
             raise DecError(f"draft_verify's 'accept' must be one of {', '.join(map(repr, ACCEPTS))}, found {accept!r}", inst.span,

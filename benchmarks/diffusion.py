@@ -1,0 +1,177 @@
+"""Diffusion decoding schedules side by side: tokens per denoising step, model calls, speed, and quality against the
+sequential one-position-per-step process.
+
+    python -m benchmarks.diffusion [--prompts 8] [--new-tokens 32] [--repeats 3] [--threads 1] [--out PATH] [--write]
+
+The target is the shipped masked-diffusion model (`reference_diffusion()`) when there is one, else a random
+bidirectional transformer (stdlib/models/diffusion_random.py), which is *not a real model*: its rows measure the
+machinery (steps, calls, speed), not quality. Greedy decoding (temperature 0), prompts from held-out code
+(benchmarks/acceptance.py) with the model's tokenizer, or random ids without one. Per schedule:
+
+- steps: denoising steps of the batch; tokens/step: positions committed per step and row; calls: denoise and
+  prefill calls; tok/s: generated tokens per second (median of `repeats` runs; rows interleaved, one schedule
+  after another in each repeat, torch pinned to `threads` threads); speedup: over `sequential`;
+- match: the fraction of rows whose greedy output equals the sequential process's (`Denoise.sequential()`: the
+  same blocks and rule, one position per step, no cache), and agree: the fraction of positions that do;
+- nll: the model's mean per-token negative log-likelihood of the produced continuation under its left-to-right
+  factorization, -log p(x_i | prompt, x_<i, the rest masked), the same measure for every row (lower: text the model
+  finds likelier); `sequential (left_to_right)` is the process that minimizes it token by token.
+
+Prints the table; writes the JSON where --out says, or with --write to benchmarks/results/diffusion.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import decspec
+from benchmarks.output import add_output_args, markdown_rows, outputs, write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "diffusion.json"
+
+
+def schedules(block: int) -> list[tuple[str, str]]:
+    """(name, denoise) rows: the sequential references first."""
+    b = block
+    return [
+        ("sequential (confidence)", f"blocks(length = {b})"),
+        ("sequential (left_to_right)", f"blocks(length = {b}, unmask = left_to_right)"),
+        ("draft_verify (lossless)", f"draft_verify(length = {min(b, 8)})"),
+        ("semi-AR, 2 tokens/step", f"blocks(length = {b}, steps = {b // 2})"),
+        ("semi-AR, 4 tokens/step", f"blocks(length = {b}, steps = {b // 4})"),
+        ("Fast-dLLM threshold 0.9", f"blocks(length = {b}, unmask = confidence(0.9))"),
+        ("Fast-dLLM threshold 0.7", f"blocks(length = {b}, unmask = confidence(0.7))"),
+        ("Fast-dLLM 0.9, prefix cache", f'blocks(length = {b}, unmask = confidence(0.9), cache = "prefix")'),
+        ("Fast-dLLM 0.9, dual cache", f'blocks(length = {b}, unmask = confidence(0.9), cache = "dual")'),
+        ("margin 0.5", f"blocks(length = {b}, unmask = margin(0.5))"),
+        ("entropy 0.5", f"blocks(length = {b}, unmask = entropy(0.5))"),
+    ]
+
+
+def spec(denoise: str) -> str:
+    return f'decoder d {{\n    target = model("target")\n    sampler = temperature(0.0)\n    denoise = {denoise}\n}}\n'
+
+
+def target_model(seed: int = 0):
+    """(the model, its description, whether it is a real model)."""
+    try:
+        from decspec.stdlib.models.diffusion import reference_diffusion
+    except ImportError:
+        from decspec.stdlib.models.diffusion_random import RandomDiffusionLM
+
+        model = RandomDiffusionLM(vocab=512, seed=seed, d_model=128, layers=4, heads=4, max_length=512)
+        return model, "RandomDiffusionLM(vocab 512, d 128, 4 layers): random weights, NOT a real model", False
+    model = reference_diffusion()
+    return model, f"{type(model).__name__} (reference_diffusion())", True
+
+
+def prompt_ids(model, n: int, seed: int) -> list[list[int]]:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        from benchmarks.acceptance import heldout_prompts
+
+        return [tokenizer.encode_prompt(p)[-96:] for p in heldout_prompts(n)]
+    rng = random.Random(seed)
+    return [[rng.randrange(model.mask_id) for _ in range(rng.randint(8, 24))] for _ in range(n)]
+
+
+@torch.no_grad()
+def left_to_right_nll(model, prompt: list[int], row: list[int]) -> float:
+    """Mean -log p(x_i | prompt, x_<i, the rest masked) over the row's tokens, in one batched call."""
+    n = len(row)
+    if n == 0:
+        return float("nan")
+    canvas = torch.tensor([prompt + [model.mask_id] * n] * n)
+    for i in range(1, n):
+        canvas[i, len(prompt):len(prompt) + i] = torch.tensor(row[:i])
+    logits = model.denoise(canvas).double()
+    logits[..., model.mask_id] = float("-inf")
+    logp = torch.log_softmax(logits, -1)
+    idx = torch.arange(n)
+    return float(-logp[idx, len(prompt) + idx, torch.tensor(row)].mean())
+
+
+def measure(args) -> dict:
+    torch.set_num_threads(args.threads)
+    model, described, real = target_model()
+    ids = prompt_ids(model, args.prompts, 0)
+    eos = getattr(model, "eos_token_id", None)
+    rows = schedules(args.block)
+    decoders = {name: decspec.compile(spec(d), target=model) for name, d in rows}
+    results = {name: {"schedule": name, "denoise": d, "seconds": []} for name, d in rows}
+    for repeat in range(args.repeats):  # interleaved: every schedule once per repeat
+        for name, _ in rows:
+            t0 = time.perf_counter()
+            out = decoders[name].generate(ids, max_new_tokens=args.new_tokens, eos_token_id=None)
+            results[name]["seconds"].append(time.perf_counter() - t0)
+            results[name]["out"] = out
+    sequential_of = {}
+    for name, d in rows:  # each schedule's own sequential process, greedy
+        seq = decoders[name].denoise.sequential()
+        key = seq.describe()
+        if key not in sequential_of:
+            sequential_of[key] = next((results[n]["out"].tokens for n, dd in rows if decoders[n].denoise == seq), None)
+            if sequential_of[key] is None:
+                from decspec.backends.diffusion import denoise_generate
+
+                sequential_of[key] = denoise_generate(seq, model, ids, max_new_tokens=args.new_tokens, eos_token_id=None).tokens
+        results[name]["reference"] = sequential_of[key]
+    table = []
+    base = None
+    for name, d in rows:
+        r = results[name]
+        out, ref = r.pop("out"), r.pop("reference")
+        stats = out.stats
+        seconds = statistics.median(r["seconds"])
+        tokens = sum(len(t) for t in out.tokens)
+        same = [a == b for a, b in zip(out.tokens, ref)]
+        agree = sum(x == y for a, b in zip(out.tokens, ref) for x, y in zip(a, b)) / max(1, sum(len(b) for b in ref))
+        row = dict(r, steps=stats.rounds, tokens_per_step=stats.tokens_per_step, model_calls=stats.model_calls["target"],
+                   tokens=tokens, tokens_per_second=tokens / seconds, exact_match=sum(same) / len(same), agreement=agree,
+                   nll=statistics.mean(left_to_right_nll(model, p, t) for p, t in zip(ids, out.tokens)),
+                   lossless=decoders[name].verdict.lossless)
+        base = base or row["tokens_per_second"]
+        row["speedup"] = row["tokens_per_second"] / base
+        table.append(row)
+        print(f"{name:30s} steps {row['steps']:4d}  tok/step {row['tokens_per_step']:5.2f}  calls {row['model_calls']:4d}  "
+              f"tok/s {row['tokens_per_second']:8.1f}  x{row['speedup']:4.2f}  match {row['exact_match']:.2f}  "
+              f"agree {row['agreement']:.2f}  nll {row['nll']:.3f}", flush=True)
+    return {"model": described, "real_model": real, "prompts": args.prompts, "new_tokens": args.new_tokens,
+            "block": args.block, "repeats": args.repeats, "threads": args.threads, "temperature": 0.0,
+            "torch": torch.__version__, "rows": table}
+
+
+def markdown(result: dict) -> str:
+    cols = ["schedule", "steps", "tokens/step", "calls", "tok/s", "speedup", "match", "agree", "nll"]
+    cells = [[r["schedule"] + ("" if r["lossless"] else ""), str(r["steps"]), f"{r['tokens_per_step']:.2f}",
+              str(r["model_calls"]), f"{r['tokens_per_second']:.0f}", f"{r['speedup']:.2f}", f"{r['exact_match']:.2f}",
+              f"{r['agreement']:.2f}", f"{r['nll']:.3f}"] for r in result["rows"]]
+    return markdown_rows(cols, cells)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    add_output_args(ap, OUT)
+    args = ap.parse_args()
+    result = measure(args)
+    print(f"\n{result['model']}; {args.prompts} prompts, {args.new_tokens} new tokens, greedy, {args.threads} thread(s)\n")
+    print(markdown(result))
+    out, _ = outputs(args, OUT)
+    if out:
+        write_text(out, json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,9 +8,10 @@ bidirectional transformer (stdlib/models/diffusion_random.py), which is *not a r
 machinery (steps, calls, speed), not quality. Greedy decoding (temperature 0), prompts from held-out code
 (benchmarks/acceptance.py) with the model's tokenizer, or random ids without one. Per schedule:
 
-- steps: denoising steps of the batch; tokens/step: positions committed per step and row; calls: denoise and
-  prefill calls; tok/s: generated tokens per second (median of `repeats` runs; rows interleaved, one schedule
-  after another in each repeat, torch pinned to `threads` threads); speedup: over `sequential`;
+- steps: denoising steps per prompt (each prompt decoded alone, batch 1); tokens/step: generated tokens per step;
+  calls: denoise and prefill calls per prompt; tok/s: generated tokens per second (median of `repeats` runs; rows
+  interleaved, one schedule after another in each repeat, torch pinned to `threads` threads); speedup: over the
+  first row, `sequential (confidence)`;
 - match: the fraction of rows whose greedy output equals the sequential process's (`Denoise.sequential()`: the
   same blocks and rule, one position per step, no cache), and agree: the fraction of positions that do;
 - nll: the model's mean per-token negative log-likelihood of the produced continuation under its left-to-right
@@ -106,41 +107,44 @@ def measure(args) -> dict:
     rows = schedules(args.block)
     decoders = {name: decspec.compile(spec(d), target=model) for name, d in rows}
     results = {name: {"schedule": name, "denoise": d, "seconds": []} for name, d in rows}
-    for repeat in range(args.repeats):  # interleaved: every schedule once per repeat
+    for repeat in range(args.repeats):  # interleaved: every schedule once per repeat; one prompt at a time (batch 1)
         for name, _ in rows:
             t0 = time.perf_counter()
-            out = decoders[name].generate(ids, max_new_tokens=args.new_tokens, eos_token_id=None)
+            outs = [decoders[name].generate([p], max_new_tokens=args.new_tokens, eos_token_id=None) for p in ids]
             results[name]["seconds"].append(time.perf_counter() - t0)
-            results[name]["out"] = out
+            results[name]["out"] = outs
     sequential_of = {}
     for name, d in rows:  # each schedule's own sequential process, greedy
         seq = decoders[name].denoise.sequential()
         key = seq.describe()
         if key not in sequential_of:
-            sequential_of[key] = next((results[n]["out"].tokens for n, dd in rows if decoders[n].denoise == seq), None)
+            sequential_of[key] = next(([o.tokens[0] for o in results[n]["out"]] for n, dd in rows if decoders[n].denoise == seq), None)
             if sequential_of[key] is None:
                 from decspec.backends.diffusion import denoise_generate
 
-                sequential_of[key] = denoise_generate(seq, model, ids, max_new_tokens=args.new_tokens, eos_token_id=None).tokens
+                sequential_of[key] = [denoise_generate(seq, model, [p], max_new_tokens=args.new_tokens, eos_token_id=None).tokens[0]
+                                      for p in ids]
         results[name]["reference"] = sequential_of[key]
     table = []
     base = None
     for name, d in rows:
         r = results[name]
-        out, ref = r.pop("out"), r.pop("reference")
-        stats = out.stats
+        outs, ref = r.pop("out"), r.pop("reference")
+        got = [o.tokens[0] for o in outs]
         seconds = statistics.median(r["seconds"])
-        tokens = sum(len(t) for t in out.tokens)
-        same = [a == b for a, b in zip(out.tokens, ref)]
-        agree = sum(x == y for a, b in zip(out.tokens, ref) for x, y in zip(a, b)) / max(1, sum(len(b) for b in ref))
-        row = dict(r, steps=stats.rounds, tokens_per_step=stats.tokens_per_step, model_calls=stats.model_calls["target"],
+        tokens = sum(len(t) for t in got)
+        same = [a == b for a, b in zip(got, ref)]
+        agree = sum(x == y for a, b in zip(got, ref) for x, y in zip(a, b)) / max(1, sum(len(b) for b in ref))
+        steps = sum(o.stats.rounds for o in outs)
+        row = dict(r, steps=steps / len(outs), tokens_per_step=tokens / steps,
+                   model_calls=sum(o.stats.model_calls["target"] for o in outs) / len(outs),
                    tokens=tokens, tokens_per_second=tokens / seconds, exact_match=sum(same) / len(same), agreement=agree,
-                   nll=statistics.mean(left_to_right_nll(model, p, t) for p, t in zip(ids, out.tokens)),
+                   nll=statistics.mean(left_to_right_nll(model, p, t) for p, t in zip(ids, got)),
                    lossless=decoders[name].verdict.lossless)
         base = base or row["tokens_per_second"]
         row["speedup"] = row["tokens_per_second"] / base
         table.append(row)
-        print(f"{name:30s} steps {row['steps']:4d}  tok/step {row['tokens_per_step']:5.2f}  calls {row['model_calls']:4d}  "
+        print(f"{name:30s} steps {row['steps']:5.1f}  tok/step {row['tokens_per_step']:5.2f}  calls {row['model_calls']:5.1f}  "
               f"tok/s {row['tokens_per_second']:8.1f}  x{row['speedup']:4.2f}  match {row['exact_match']:.2f}  "
               f"agree {row['agreement']:.2f}  nll {row['nll']:.3f}", flush=True)
     return {"model": described, "real_model": real, "prompts": args.prompts, "new_tokens": args.new_tokens,
@@ -150,8 +154,7 @@ def measure(args) -> dict:
 
 def markdown(result: dict) -> str:
     cols = ["schedule", "steps", "tokens/step", "calls", "tok/s", "speedup", "match", "agree", "nll"]
-    cells = [[r["schedule"] + ("" if r["lossless"] else ""), str(r["steps"]), f"{r['tokens_per_step']:.2f}",
-              str(r["model_calls"]), f"{r['tokens_per_second']:.0f}", f"{r['speedup']:.2f}", f"{r['exact_match']:.2f}",
+    cells = [[r["schedule"], f"{r['steps']:.1f}", f"{r['tokens_per_step']:.2f}", f"{r['model_calls']:.1f}", f"{r['tokens_per_second']:.0f}", f"{r['speedup']:.2f}", f"{r['exact_match']:.2f}",
               f"{r['agreement']:.2f}", f"{r['nll']:.3f}"] for r in result["rows"]]
     return markdown_rows(cols, cells)
 

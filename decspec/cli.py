@@ -237,6 +237,10 @@ def _run(args) -> int:
 
     _at_least_one(args, "batch", "max_new_tokens")
     models = _models(args)
+    if args.target is None and args.draft is None and _denoises(args):  # a diffusion spec: the shipped diffusion model
+        from decspec.backends.diffusion import default_model
+
+        models = {"target": default_model()}
     decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides), backend=args.backend)
     if args.compile:
         if args.backend != "inductor":
@@ -300,8 +304,19 @@ def _run(args) -> int:
               f"(length-penalized log-probability), new tokens {sum(s.new_tokens)}, {s.tokens_per_second:.1f} tokens/s",
               file=sys.stderr)
         return 0
+    if decoder.denoise is not None:  # masked diffusion: denoising steps, not rounds
+        print(f"# {s.rounds} denoising steps, {s.tokens_per_step:.2f} tokens per step, {sum(s.model_calls.values())} model "
+              f"calls, new tokens {sum(s.new_tokens)}, {s.tokens_per_second:.1f} tokens/s", file=sys.stderr)
+        return 0
     print(_round_stats(s), file=sys.stderr)
     return 0
+
+
+def _denoises(args) -> bool:
+    """Whether the spec `decspec run` runs has a `denoise` slot (a masked-diffusion decoder)."""
+    from decspec.dsl.check import load
+
+    return load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder).slot("denoise") is not None
 
 
 def _read_prompt(path: str) -> str:

@@ -171,6 +171,18 @@ def test_greedy_runtime_is_the_exact_point_mass_and_rows_do_not_see_their_paddin
         assert dec.generate([p], max_new_tokens=5).tokens == [row]
 
 
+@pytest.mark.parametrize("name", ["fast_dllm", "semi_ar_blocks", "diffusion_speculative"])
+def test_a_torch_model_in_a_ragged_batch_decodes_each_row_as_alone(name):
+    from decspec.stdlib.models.diffusion_random import RandomDiffusionLM
+
+    dec = decspec.compile(ROOT / f"specs/{name}.dec", target=RandomDiffusionLM(24, seed=1), block=8, temperature=0.0,
+                          **({"steps": 4} if name == "semi_ar_blocks" else {}))
+    prompts = [[1, 2, 3, 4], [5], [6, 7]]
+    out = dec.generate(prompts, max_new_tokens=12)
+    assert [len(r) for r in out.tokens] == [12] * 3
+    assert [dec.generate([p], max_new_tokens=12).tokens[0] for p in prompts] == out.tokens
+
+
 def test_eos_ends_rows_and_stats_count_steps_and_calls():
     model = _table(3, 5, eos=0)
     dec = decspec.compile(spec("draft_verify(length = 4)", "sampler = temperature(1.0);"), target=model)
@@ -272,3 +284,15 @@ def test_grammar_constrained_outputs_match_and_the_sequential_process_is_the_mas
     assert abs(sum(dist.values()) - 1) < 1e-12 and all(_valid(k + (4,) * (3 - len(k))) for k in dist)
     out = parallel.generate([[0]] * 200, max_new_tokens=3, seed=0)
     assert all(tuple(r) in dist for r in out.tokens)
+
+
+def test_decspec_run_binds_the_default_diffusion_model(monkeypatch, capsys):
+    import decspec.backends.diffusion as runtime
+    from decspec.cli import main
+    from decspec.stdlib.models.diffusion_random import RandomDiffusionLM
+
+    monkeypatch.setattr(runtime, "default_model", lambda: RandomDiffusionLM(16, seed=0))
+    assert main(["run", str(ROOT / "specs/semi_ar_blocks.dec"), "--prompt-ids", "1,2", "--max-new-tokens", "8",
+                 "block=4", "steps=2"]) == 0
+    out, err = capsys.readouterr()
+    assert "[0] [1, 2] -> [" in out and "# 4 denoising steps, 2.00 tokens per step, 4 model calls, new tokens 8" in err

@@ -45,7 +45,8 @@ class RandomDiffusionLM(torch.nn.Module):
     def _run(self, tokens, attend, cache, start, end):
         B, L = tokens.shape
         attend = torch.ones(B, L, dtype=torch.bool) if attend is None else attend.bool()
-        h = self.embed[tokens[:, start:end]] + self.pos[start:end]  # [B, n, d]
+        positions = (attend.long().cumsum(1) - 1).clamp_min(0)[:, start:end]  # left padding does not shift a row
+        h = self.embed[tokens[:, start:end]] + self.pos[positions]  # [B, n, d]
         bias = torch.zeros(B, 1, 1, L).masked_fill(~attend[:, None, None, :], float("-inf"))
         kept = []
         for i, (qkv, out, mlp) in enumerate(zip(self.qkv, self.out, self.mlp)):

@@ -236,11 +236,12 @@ def _run(args) -> int:
     from decspec.backends.runtime import Interrupted
 
     _at_least_one(args, "batch", "max_new_tokens")
-    models = _models(args)
     if args.target is None and args.draft is None and _denoises(args):  # a diffusion spec: the shipped diffusion model
         from decspec.backends.diffusion import default_model
 
         models = {"target": default_model()}
+    else:
+        models = _models(args)
     decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides), backend=args.backend)
     if args.compile:
         if args.backend != "inductor":

@@ -18,7 +18,8 @@ machinery (steps, calls, speed), not quality. Greedy decoding (temperature 0), p
   factorization, -log p(x_i | prompt, x_<i, the rest masked), the same measure for every row (lower: text the model
   finds likelier); `sequential (left_to_right)` is the process that minimizes it token by token.
 
-Prints the table; writes the JSON where --out says, or with --write to benchmarks/results/diffusion.json.
+Prints the table; writes the JSON where --out says and the page where --markdown says, or with --write to
+benchmarks/results/diffusion.json and docs/diffusion.md.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from benchmarks.output import add_output_args, markdown_rows, outputs, write_tex
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "diffusion.json"
+DOC = ROOT / "docs" / "diffusion.md"
 
 
 def schedules(block: int) -> list[tuple[str, str]]:
@@ -159,6 +161,40 @@ def markdown(result: dict) -> str:
     return markdown_rows(cols, cells)
 
 
+def page(result: dict) -> str:
+    """docs/diffusion.md: what was measured, on what, the table, and how to read it."""
+    warning = ("" if result["real_model"] else
+               "\n**Not a real model.** No trained masked-diffusion model was bound when this ran, so the target is a random "
+               "bidirectional transformer: steps, tokens per step, calls and speed are the machinery's, while match, agree "
+               "and nll say nothing about the quality of parallel decoding on real text.\n")
+    return f"""# Diffusion decoding: schedules measured
+
+Masked-diffusion decoders (the `denoise` slot, [language](language.md#diffusion-decoding)) side by side. Target:
+{result['model']}. {result['prompts']} prompts decoded one at a time, {result['new_tokens']} new tokens, blocks of
+{result['block']}, greedy (temperature 0), torch on {result['threads']} thread(s), the median of {result['repeats']}
+interleaved repeats (torch {result['torch']}).
+{warning}
+    python -m benchmarks.diffusion --write      # --prompts 8 --new-tokens 32 --block 32 --repeats 3 --threads 1
+
+{markdown(result)}
+
+- **steps**: denoising steps per prompt; **tokens/step**: generated tokens per step; **calls**: the model's
+  denoise and prefill calls per prompt (`draft_verify` makes two a step: the drafts and the batched verification,
+  one row per draft prefix; a cache adds a prefill per block).
+- **tok/s** and **speedup** (over the first row): wall time on a shared CPU, so only differences of more than
+  about 30% between rows mean anything; the step and call counts are exact.
+- **match**: the fraction of prompts whose output equals the schedule's sequential process (the same blocks and
+  rule, one position per step, no cache); **agree**: the fraction of positions that do. `draft_verify` is lossless:
+  it equals its sequential process (left to right) on every prompt, in fewer steps.
+- **nll**: the model's mean per-token negative log-likelihood of the produced continuation under its left-to-right
+  factorization, -log p(x_i | prompt, x_<i, the rest masked), the same yardstick for every row.
+
+The exact side of the same question, on table diffusion models where every outcome can be enumerated:
+`decspec verify specs/fast_dllm.dec block=4 temperature=1.0` prints each schedule's total-variation distance
+from its sequential process (0 to float64 rounding for `specs/diffusion_speculative.dec`).
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=8)
@@ -166,14 +202,16 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    add_output_args(ap, OUT)
+    add_output_args(ap, OUT, DOC)
     args = ap.parse_args()
     result = measure(args)
     print(f"\n{result['model']}; {args.prompts} prompts, {args.new_tokens} new tokens, greedy, {args.threads} thread(s)\n")
     print(markdown(result))
-    out, _ = outputs(args, OUT)
+    out, doc = outputs(args, OUT, DOC)
     if out:
         write_text(out, json.dumps(result, indent=1) + "\n")
+    if doc:
+        write_text(doc, page(result))
 
 
 if __name__ == "__main__":

@@ -296,3 +296,22 @@ def test_decspec_run_binds_the_default_diffusion_model(monkeypatch, capsys):
                  "block=4", "steps=2"]) == 0
     out, err = capsys.readouterr()
     assert "[0] [1, 2] -> [" in out and "# 4 denoising steps, 2.00 tokens per step, 4 model calls, new tokens 8" in err
+
+
+def test_the_benchmark_rows_on_a_tiny_model(monkeypatch):
+    import argparse
+
+    import benchmarks.diffusion as bench
+    from decspec.stdlib.models.diffusion_random import RandomDiffusionLM
+
+    monkeypatch.setattr(bench, "target_model", lambda: (RandomDiffusionLM(16, seed=0), "tiny random", False))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the suite's threads are the suite's
+    result = bench.measure(argparse.Namespace(prompts=2, new_tokens=8, block=8, repeats=1, threads=1))
+    rows = {r["schedule"]: r for r in result["rows"]}
+    assert len(rows) == len(bench.schedules(8)) and not result["real_model"]
+    for name in ("sequential (confidence)", "sequential (left_to_right)", "draft_verify (lossless)"):
+        assert rows[name]["exact_match"] == 1.0 and rows[name]["lossless"]
+    assert rows["semi-AR, 4 tokens/step"]["tokens_per_step"] == 4.0 == 8 / rows["semi-AR, 4 tokens/step"]["steps"]
+    assert rows["draft_verify (lossless)"]["model_calls"] == 2 * rows["draft_verify (lossless)"]["steps"]
+    assert rows["draft_verify (lossless)"]["nll"] == pytest.approx(rows["sequential (left_to_right)"]["nll"])
+    assert "Not a real model" in bench.page(result)

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from decspec.backends.arguments import positive_int, token_ids
-from decspec.backends.runtime import Result, Stats, normalize_prompts
+from decspec.backends.runtime import Interrupted, Result, Stats, normalize_prompts
 from decspec.dsl.diagnostics import DecError
 from decspec.stdlib.diffusion import Denoise
 from decspec.stdlib.models.diffusion_protocol import is_diffusion
@@ -180,29 +180,40 @@ def denoise_generate(plan: Denoise, model: Any, input_ids: Any, *, max_new_token
     stats = DiffusionStats()
     live = torch.ones(B, dtype=torch.bool)
     calls = 0
-    for bs, be in blocks_of(P, N, plan.length):
-        step = 0
-        cache, window = None, (0, P + N)
-        if plan.cache != "none":
-            cache, calls = model.prefill(x, attend=attend), calls + 1
-            window = (bs, P + N) if plan.cache == "prefix" else (bs, be)
-        while bool((active := ((x[:, bs:be] == mask).any(1) & live)).any()):
-            if plan.accept is not None:
-                committed, c = _draft_verify_step(plan, model, x, attend, bs, be, draws, live)
-            else:
-                logits = model.denoise(x, attend=attend, cache=cache, start=window[0], end=window[1])
-                committed = _blocks_step(plan, logits[:, bs - window[0]:be - window[0]], x, mask, bs, be, step, draws, live,
-                                         grammar, P)
-                c = 1
-            calls += c
-            stats.committed.append([int(n) for n, a in zip(committed, active) if a])  # rows with positions left in the block
-            step += 1
-        if eos:
-            live &= ~torch.isin(x[:, P:be], torch.tensor(eos)).any(1)
-        if not bool(live.any()):
-            break
-    rows = [ended([t for t in x[b, P:].tolist()], eos) for b in range(B)]
-    rows = [r[:next((i for i, t in enumerate(r) if t == mask), len(r))] for r in rows]  # blocks never reached (all rows ended)
+    try:
+        for bs, be in blocks_of(P, N, plan.length):
+            step = 0
+            cache, window = None, (0, P + N)
+            if plan.cache != "none":
+                cache, calls = model.prefill(x, attend=attend), calls + 1
+                window = (bs, P + N) if plan.cache == "prefix" else (bs, be)
+            while bool((active := ((x[:, bs:be] == mask).any(1) & live)).any()):
+                if plan.accept is not None:
+                    committed, c = _draft_verify_step(plan, model, x, attend, bs, be, draws, live)
+                else:
+                    logits = model.denoise(x, attend=attend, cache=cache, start=window[0], end=window[1])
+                    committed = _blocks_step(plan, logits[:, bs - window[0]:be - window[0]], x, mask, bs, be, step, draws, live,
+                                             grammar, P)
+                    c = 1
+                calls += c
+                stats.committed.append([int(n) for n, a in zip(committed, active) if a])  # rows with positions left in the block
+                step += 1
+            if eos:
+                live &= ~torch.isin(x[:, P:be], torch.tensor(eos)).any(1)
+            if not bool(live.any()):
+                break
+    except KeyboardInterrupt:  # Ctrl-C: each row's positions known so far from the first on (whole steps only)
+        raise Interrupted(_result(x, P, mask, eos, stats, calls, role, start)) from None
+    return _result(x, P, mask, eos, stats, calls, role, start)
+
+
+def _result(x: torch.Tensor, P: int, mask: int, eos: Sequence[int] | None, stats: DiffusionStats, calls: int, role: str,
+            start: float) -> Result:
+    """Each row's generated positions up to its first still-masked one (all of them once its blocks are done; blocks a
+    finished batch never reached stay masked), cut after its first EOS."""
+    rows = []
+    for r in x[:, P:].tolist():
+        rows.append(ended(r[:next((i for i, t in enumerate(r) if t == mask), len(r))], eos))
     stats.rounds = len(stats.committed)
     stats.model_calls = {role: calls}
     stats.new_tokens = [len(r) for r in rows]

@@ -315,3 +315,18 @@ def test_the_benchmark_rows_on_a_tiny_model(monkeypatch):
     assert rows["draft_verify (lossless)"]["model_calls"] == 2 * rows["draft_verify (lossless)"]["steps"]
     assert rows["draft_verify (lossless)"]["nll"] == pytest.approx(rows["sequential (left_to_right)"]["nll"])
     assert "Not a real model" in bench.page(result)
+
+
+def test_ctrl_c_returns_the_positions_known_so_far():
+    from decspec.backends.runtime import Interrupted
+
+    class Interrupting(DiffusionTableModel):
+        def denoise(self, tokens, **kw):
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return super().denoise(tokens, **kw)
+
+    dec = decspec.compile(spec("blocks(length = 2, unmask = left_to_right)"), target=Interrupting(3, seed=0))
+    with pytest.raises(Interrupted) as e:
+        dec.generate([[1], [2]], max_new_tokens=6)
+    assert [len(r) for r in e.value.result.tokens] == [3, 3] and e.value.result.stats.rounds == 3

@@ -347,8 +347,11 @@ class Decoder:
 
             target = self._bound_models()[self.spec.slot("target").arg("name")]
             eos = kwargs.pop("eos_token_id", "default")
-            eos = eos_token_ids(target) if eos == "default" else ([eos] if isinstance(eos, int) else eos)
-            return diffusion_distribution(self.denoise, target, list(prompt), max_new_tokens, eos, self._diffusion_grammar(), **kwargs)
+            eos = eos_token_ids(target) if isinstance(eos, str) and eos == "default" else ([eos] if isinstance(eos, int) else eos)
+            limit = {"max_worlds": kwargs.pop("max_rows")} if "max_rows" in kwargs else {}
+            if kwargs:
+                raise DecError(f"a diffusion decoder's distribution takes eos_token_id and max_rows, not {', '.join(kwargs)}")
+            return diffusion_distribution(self.denoise, target, list(prompt), max_new_tokens, eos, self._diffusion_grammar(), **limit)
 
         return exact_distribution(self, prompt, max_new_tokens, **kwargs)
 

@@ -161,6 +161,20 @@ def test_runtime_samples_follow_the_exact_distribution(denoise, temperature):
     assert_samples_match(out.tokens, dec.distribution([0, 1], 3))
 
 
+@settings(max_examples=8)
+@given(rule=st.sampled_from(["confidence(0.5)", "margin(0.3)", "entropy(0.8)", "left_to_right", "confidence"]),
+       block=st.integers(1, 4), steps=st.integers(0, 4), cache=st.sampled_from(["none", "prefix", "dual"]),
+       seed=st.integers(0, 10**6), eos=st.booleans())
+def test_every_greedy_schedule_runs_its_exact_point_mass(rule, block, steps, cache, seed, eos):
+    """The runtime and the exact enumeration agree on every rule, schedule and cache: greedy, the exact distribution is
+    one sequence, the one generate returns."""
+    model = _table(3, seed, eos=0 if eos else None)
+    dec = decspec.compile(spec(f'blocks(length = {block}, steps = {min(steps, block)}, unmask = {rule}, cache = "{cache}")',
+                               "sampler = temperature(0.0);"), target=model)
+    out = dec.generate([[1, 2]], max_new_tokens=4)
+    assert dec.distribution([1, 2], 4) == {tuple(out.tokens[0]): pytest.approx(1.0)}
+
+
 def test_greedy_runtime_is_the_exact_point_mass_and_rows_do_not_see_their_padding():
     model = _table(4, 3)
     dec = decspec.compile(ROOT / "specs/fast_dllm.dec", target=model, block=3, threshold=0.5)

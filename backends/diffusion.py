@@ -60,7 +60,8 @@ def distributions(logits: torch.Tensor, stages: tuple, mask_id: int, allowed: to
     """logits [..., V] -> (p: the sampler pipeline's distribution, c: the model's softmax), both [..., V] float64, over
     the tokens a position may hold (never the mask; only `allowed` ones [..., V] bool, when a grammar constrains it)."""
     logits = logits.double().clone()
-    logits[..., mask_id] = float("-inf")
+    if mask_id < logits.shape[-1]:  # a model may predict the mask token too (or, as DiffusionTransformer, have no logit for it)
+        logits[..., mask_id] = float("-inf")
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
     c = torch.softmax(logits, -1)
@@ -258,7 +259,8 @@ def _draft_verify_step(plan: Denoise, model: Any, x: torch.Tensor, attend: torch
     rows[:, :, bs:be] = prefix
     logits = model.denoise(rows.reshape(B * n, -1), attend=attend[:, None, :].expand(B, n, -1).reshape(B * n, -1))
     p, _ = distributions(logits.reshape(B, n, -1, logits.shape[-1])[:, pos, bs + pos], plan.stages, mask)  # [B, n, V]
-    pd, qd = p.gather(-1, drafts[..., None]).squeeze(-1), q.gather(-1, drafts[..., None]).squeeze(-1)
+    d = torch.where(masked, drafts, 0)[..., None]  # positions not drafted (known, or an ended row's) read any id
+    pd, qd = p.gather(-1, d).squeeze(-1), q.gather(-1, d).squeeze(-1)
     u = draws(n)
     ok = (u * qd < pd) | ~masked  # accept with probability min(1, p(d) / q(d))
     reject = torch.where((~ok).any(1), (~ok).int().argmax(1), torch.full((B,), n))  # [B]: the first rejected position
@@ -288,7 +290,7 @@ def check_model_kinds(spec: Any, models: Any) -> None:
                            spec.slot("denoise").span,
                            hint=f"bind a DiffusionLM to '{role}' (stdlib/models/diffusion_protocol.py: denoise, prefill, "
                                 "mask_id, max_length), or decode this model with a causal spec (e.g. autoregressive)")
-        if not denoising and is_diffusion(m) and not hasattr(m, "forward"):
+        if not denoising and is_diffusion(m) and not hasattr(m, "new_cache"):
             raise DecError(f"model '{role}' is {type(m).__name__}, a masked-diffusion model, but decoder '{spec.name}' decodes "
                            "left to right and needs next-token logits (forward, new_cache)",
                            hint=f"decode it with a diffusion spec (specs/fast_dllm.dec, specs/semi_ar_blocks.dec), or bind a "

@@ -86,7 +86,8 @@ class DiffusionGrammar:
             raise DecError(f"no {len(gen)} tokens after the prompt spell a string of the grammar (padded with EOS) that "
                            "also holds the tokens already there", hint="raise max_new_tokens")
         out = np.ones((len(gen), self.delta.shape[1]), dtype=bool)
-        out[:, self.mask_id] = False
+        if self.mask_id < out.shape[1]:
+            out[:, self.mask_id] = False
         here = np.zeros(self.end + 1, dtype=bool)
         here[self.start] = True
         for i, t in enumerate(gen):

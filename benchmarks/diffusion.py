@@ -95,7 +95,8 @@ def left_to_right_nll(model, prompt: list[int], row: list[int]) -> float:
     for i in range(1, n):
         canvas[i, len(prompt):len(prompt) + i] = torch.tensor(row[:i])
     logits = model.denoise(canvas).double()
-    logits[..., model.mask_id] = float("-inf")
+    if model.mask_id < logits.shape[-1]:
+        logits[..., model.mask_id] = float("-inf")
     logp = torch.log_softmax(logits, -1)
     idx = torch.arange(n)
     return float(-logp[idx, len(prompt) + idx, torch.tensor(row)].mean())

@@ -344,3 +344,31 @@ def test_ctrl_c_returns_the_positions_known_so_far():
     with pytest.raises(Interrupted) as e:
         dec.generate([[1], [2]], max_new_tokens=6)
     assert [len(r) for r in e.value.result.tokens] == [3, 3] and e.value.result.stats.rounds == 3
+
+
+class MaskOutside:
+    """A table diffusion model in DiffusionTransformer's convention: logits over the real tokens only (vocab_size of
+    them), the mask id vocab_size, outside the logits."""
+
+    def __init__(self, table: DiffusionTableModel):
+        self.table, self.vocab_size, self.mask_id = table, table.vocab_size - 1, table.mask_id
+        self.max_length, self.eos_token_id = table.max_length, table.eos_token_id
+
+    def denoise(self, tokens, **kw):
+        return self.table.denoise(tokens, **kw)[..., :-1]
+
+    def prefill(self, tokens, **kw):
+        return self.table.prefill(tokens, **kw)
+
+
+@pytest.mark.parametrize("denoise", ["draft_verify(length = 2)", 'blocks(length = 3, unmask = confidence(0.4), cache = "prefix")'])
+def test_a_model_without_a_mask_logit_decodes_the_same(denoise):
+    table = _table(3, 4, eos=2)
+    inside, outside = (decspec.compile(spec(denoise, "sampler = temperature(1.0);"), target=m) for m in (table, MaskOutside(table)))
+    assert tv_distance(inside.distribution([0], 3), outside.distribution([0], 3)) < 1e-12
+    assert inside.generate([[0], [1, 1]], max_new_tokens=4, seed=5).tokens == outside.generate([[0], [1, 1]], max_new_tokens=4, seed=5).tokens
+    grammar = f'grammar = regex("""{PATTERN}""");'
+    table = DiffusionTableModel.random(5, 4, eos_token_id=4)
+    dec = decspec.compile(spec("blocks(length = 3, steps = 1)", "sampler = temperature(1.0);", grammar), target=MaskOutside(table),
+                          vocab=VOCAB)
+    assert all(_valid(k + (4,) * (3 - len(k))) for k in dec.distribution([0], 3))

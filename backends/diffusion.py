@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -297,19 +297,36 @@ def check_model_kinds(spec: Any, models: Any) -> None:
                                 f"causal model to '{role}'")
 
 
-def check_arguments(spec: Any, stop: Any, sampling: Any, logprobs: bool, max_new_tokens: Any) -> None:
+def check_arguments(spec: Any, stop: Any, logprobs: bool, max_new_tokens: Any) -> None:
     """What generate takes that a diffusion decoder does not honour (yet), refused at the `denoise` slot."""
     at = spec.slot("denoise").span
     if stop is not None:
         raise DecError("a diffusion decoder does not take stop strings: it unmasks positions out of order, so there is no "
                        "first position the text reaches", at, hint="end rows with eos_token_id=[...] instead")
-    if sampling:
-        raise DecError(f"a diffusion decoder does not take per-call sampler settings ({', '.join(sampling)}) yet", at,
-                       hint=f"set them in the spec (decspec.compile(..., {next(iter(sampling))}=...))")
     if logprobs:
         raise DecError("a diffusion decoder does not report logprobs yet", at)
     if isinstance(max_new_tokens, list):
         raise DecError("a diffusion decoder takes one max_new_tokens for every prompt: the rows share one canvas", at)
+
+
+def with_settings(plan: Denoise, spec: Any, settings: Any) -> Denoise:
+    """The plan with a call's sampler settings (backends/sampling.py `sampler_settings`: {"stage@i": per-row values}) in
+    its stages; one value for every row (the rows share the denoising steps, not their samplers, but per-row stages are
+    not done yet)."""
+    if not settings:
+        return plan
+    from decspec.backends.sampling import settable
+
+    stages = list(plan.stages)
+    for key, values in settings.items():
+        name, i = key.split("@")
+        if bool((values != values[0]).any()):
+            raise DecError(f"a diffusion decoder takes one {name} for every row of a call (got {values.tolist()})",
+                           spec.slot("denoise").span, hint="call generate once per setting")
+        param = settable()[name][0]
+        value = float(values[0]) if settable()[name][1].type == "float" else int(values[0])
+        stages[int(i)] = (name, tuple((k, value if k == param else v) for k, v in stages[int(i)][1]))
+    return replace(plan, stages=tuple(stages))
 
 
 def default_model() -> Any:

@@ -1,7 +1,7 @@
 """Diffusion decoding schedules side by side: tokens per denoising step, model calls, speed, and quality against the
 sequential one-position-per-step process.
 
-    python -m benchmarks.diffusion [--prompts 8] [--new-tokens 32] [--repeats 3] [--threads 1] [--out PATH] [--write]
+    python -m benchmarks.diffusion [--prompts 8] [--new-tokens 32] [--block 16] [--repeats 3] [--threads 1] [--out PATH] [--write]
 
 The target is the shipped masked-diffusion model (`reference_diffusion()`) when there is one, else a random
 bidirectional transformer (stdlib/models/diffusion_random.py), which is *not a real model*: its rows measure the
@@ -175,7 +175,7 @@ Masked-diffusion decoders (the `denoise` slot, [language](language.md#diffusion-
 {result['block']}, greedy (temperature 0), torch on {result['threads']} thread(s), the median of {result['repeats']}
 interleaved repeats (torch {result['torch']}).
 {warning}
-    python -m benchmarks.diffusion --write      # --prompts 8 --new-tokens 32 --block 32 --repeats 3 --threads 1
+    python -m benchmarks.diffusion --write      # --prompts 8 --new-tokens 32 --block 16 --repeats 3 --threads 1
 
 {markdown(result)}
 
@@ -200,7 +200,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--block", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     add_output_args(ap, OUT, DOC)

@@ -244,7 +244,7 @@ class Decoder:
         if self.denoise is not None:
             from decspec.backends.diffusion import check_arguments
 
-            check_arguments(self.spec, stops, sampling, bool(logprobs[0] or logprobs[1]), args.max_new_tokens)
+            check_arguments(self.spec, stops, bool(logprobs[0] or logprobs[1]), args.max_new_tokens)
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
         logprobs, top = logprobs_request(*logprobs)
         scoring = self._scoring(logprobs, open=settings is not None)
@@ -307,10 +307,10 @@ class Decoder:
             yield Commit(result.tokens, finished)
             return result
         if self.denoise is not None:  # masked diffusion: one host loop over the model's denoise calls
-            from decspec.backends.diffusion import denoise_generate
+            from decspec.backends.diffusion import denoise_generate, with_settings
 
             role = self.spec.slot("target").arg("name")
-            result = denoise_generate(self.denoise, models[role], args.prompts, max_new_tokens=args.max_new_tokens,
+            result = denoise_generate(with_settings(self.denoise, self.spec, settings), models[role], args.prompts, max_new_tokens=args.max_new_tokens,
                                       eos_token_id=args.eos_token_id, seed=args.seed, grammar=self._diffusion_grammar(), role=role)
             for b, row in enumerate(result.tokens) if texts is not None else ():
                 texts[b].feed(row, last=True)

@@ -222,8 +222,13 @@ def test_wrong_models_and_arguments_are_diagnostics():
         dec.generate([[0, 3]], max_new_tokens=2)
     with pytest.raises(DecError, match="exceed the model's max_length"):
         dec.generate([[0]], max_new_tokens=64)
-    with pytest.raises(DecError, match="per-call sampler settings"):
-        dec.generate([[0]], max_new_tokens=2, temperature=1.0)
+    with pytest.raises(DecError, match=r"one temperature for every row of a call \(got \[1.0, 0.5\]\)"):
+        dec.generate([[0], [1]], max_new_tokens=2, temperature=[1.0, 0.5])
+    with pytest.raises(DecError, match="stop strings"):
+        dec.generate([[0]], max_new_tokens=2, stop="x")
+    set_per_call = dec.generate([[0], [1]] * 3, max_new_tokens=4, seed=2, temperature=1.0).tokens
+    assert set_per_call == decspec.compile(ROOT / "specs/fast_dllm.dec", target=_table(), temperature=1.0).generate(
+        [[0], [1]] * 3, max_new_tokens=4, seed=2).tokens != dec.generate([[0], [1]] * 3, max_new_tokens=4, seed=2).tokens
     with pytest.raises(DecError, match="cannot run the `denoise` slot"):
         decspec.compile(ROOT / "specs/fast_dllm.dec", target=_table(), backend="inductor")
     with pytest.raises(DecError, match="has no round graph"):

@@ -182,8 +182,9 @@ interleaved repeats (torch {result['torch']}).
 - **steps**: denoising steps per prompt; **tokens/step**: generated tokens per step; **calls**: the model's
   denoise and prefill calls per prompt (`draft_verify` makes two a step: the drafts and the batched verification,
   one row per draft prefix; a cache adds a prefill per block).
-- **tok/s** and **speedup** (over the first row): wall time on a shared CPU, so only differences of more than
-  about 30% between rows mean anything; the step and call counts are exact.
+- **tok/s** and **speedup** (over the first row): wall time, noisy where the CPU is shared (this run's machine was:
+  rows doing the same work differ by up to 40%); the step and call counts are exact, and the cost follows them
+  (a cached call recomputes only its window, a `draft_verify` verification one row per draft).
 - **match**: the fraction of prompts whose output equals the schedule's sequential process (the same blocks and
   rule, one position per step, no cache); **agree**: the fraction of positions that do. `draft_verify` is lossless:
   it equals its sequential process (left to right) on every prompt, in fewer steps.

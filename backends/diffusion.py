@@ -232,7 +232,8 @@ def _blocks_step(plan: Denoise, logits: torch.Tensor, x: torch.Tensor, mask: int
     allowed = grammar.allowed(x, P, bs, be) if grammar is not None else None  # [B, n, V]
     p, c = distributions(logits, plan.stages, mask, allowed)
     tokens = sample(p, draws(n))  # [B, n]
-    rank = choose(scores(plan.rule, c, tokens, torch.arange(bs, be)), masked, quota(masked, plan, step), plan.threshold)
+    score = draws(n) if plan.rule == "random" else scores(plan.rule, c, tokens, torch.arange(bs, be))  # random: a random order
+    rank = choose(score, masked, quota(masked, plan, step), plan.threshold)
     if grammar is not None:  # positions allowed one at a time may not fit together: commit in rank order, skip misfits
         rank = grammar.fitting(x, P, bs, rank, tokens)
     x[:, bs:be] = torch.where(rank > 0, tokens, block)

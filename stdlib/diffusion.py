@@ -46,7 +46,7 @@ from decspec.stdlib.samplers import CONTEXT_STAGES
 
 CACHES = ("none", "prefix", "dual")
 ACCEPTS = ("rejection", "all")
-RULES = ("confidence", "margin", "entropy", "left_to_right")
+RULES = ("confidence", "margin", "entropy", "left_to_right", "random")
 LLADA = "Nie et al. 2025, Large Language Diffusion Models (LLaDA), Algorithm 5: semi-autoregressive low-confidence remasking"
 FAST_DLLM = ("Wu et al. 2025, Fast-dLLM: Training-free Acceleration of Diffusion LLM by Enabling KV Cache and Parallel "
              "Decoding (confidence-threshold unmasking, prefix and dual block caches)")
@@ -164,6 +164,12 @@ register(Component(
     "Commit masked positions in order, leftmost first: with one position per step, autoregressive decoding with a "
     "bidirectional model (the reference process of `draft_verify`).",
     _RULE_CONTRACT, cite=LLADA))
+
+register(Component(
+    "unmask", "random", (),
+    "Commit masked positions in a uniformly random order (LLaDA's random remasking; the order of MDLM's ancestral "
+    "sampler): which positions a step commits does not depend on the model.",
+    _RULE_CONTRACT, cite=f"{LLADA} (random remasking); Sahoo et al. 2024, Simple and Effective Masked Diffusion Language Models"))
 
 register(Component(
     "denoise", "blocks",

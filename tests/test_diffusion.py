@@ -129,6 +129,7 @@ def test_verify_fails_a_spec_that_claims_too_much(monkeypatch):
     "blocks(length = 3, steps = 2, unmask = entropy)",
     'blocks(length = 2, cache = "prefix")',
     'blocks(length = 2, steps = 1, cache = "dual")',
+    "blocks(length = 3, steps = 1, unmask = random)",
 ])
 def test_parallel_schedules_are_measurably_lossy(denoise):
     tv = max(schedule_tv(schedule(denoise), _table(3, s), [0], 3) for s in range(2))
@@ -153,6 +154,7 @@ def test_check_prints_the_exact_tv(capsys):
     ("blocks(length = 2, unmask = confidence(0.4))", 1.0),
     ('blocks(length = 3, steps = 2, cache = "dual")', 1.0),
     ("draft_verify(length = 3)", 1.0),
+    ("blocks(length = 3, steps = 2, unmask = random)", 1.0),
 ])
 def test_runtime_samples_follow_the_exact_distribution(denoise, temperature):
     model = _table(3, 2, eos=2)
@@ -162,7 +164,7 @@ def test_runtime_samples_follow_the_exact_distribution(denoise, temperature):
 
 
 @settings(max_examples=8)
-@given(rule=st.sampled_from(["confidence(0.5)", "margin(0.3)", "entropy(0.8)", "left_to_right", "confidence"]),
+@given(rule=st.sampled_from(["confidence(0.5)", "margin(0.3)", "entropy(0.8)", "left_to_right", "confidence"]),  # greedy: not random
        block=st.integers(1, 4), steps=st.integers(0, 4), cache=st.sampled_from(["none", "prefix", "dual"]),
        seed=st.integers(0, 10**6), eos=st.booleans())
 def test_every_greedy_schedule_runs_its_exact_point_mass(rule, block, steps, cache, seed, eos):
@@ -377,3 +379,12 @@ def test_a_model_without_a_mask_logit_decodes_the_same(denoise):
     dec = decspec.compile(spec("blocks(length = 3, steps = 1)", "sampler = temperature(1.0);", grammar), target=MaskOutside(table),
                           vocab=VOCAB)
     assert all(_valid(k + (4,) * (3 - len(k))) for k in dec.distribution([0], 3))
+
+
+def test_random_order_under_a_grammar_samples_its_exact_distribution():
+    model = DiffusionTableModel.random(5, 6, eos_token_id=4, temperature=0.7)
+    dec = decspec.compile(spec("blocks(length = 3, steps = 2, unmask = random)", "sampler = temperature(1.0);",
+                               f'grammar = regex("""{PATTERN}""");'), target=model, vocab=VOCAB)
+    dist = dec.distribution([0], 3)
+    assert abs(sum(dist.values()) - 1) < 1e-12 and all(_valid(k + (4,) * (3 - len(k))) for k in dist)
+    assert_samples_match(dec.generate([[0]] * 1500, max_new_tokens=3, seed=1).tokens, dist)

@@ -89,6 +89,8 @@ def _blocks(plan: Denoise, model: Any, canvas: tuple[int, ...], P: int, bs: int,
     allowed = grammar.allowed(x, P, bs, be) if grammar is not None else None
     p, c = distributions(logits, plan.stages, mask, allowed)  # [1, n, V]
     masked = x[0, bs:be] == mask
+    if plan.rule == "random":
+        return _random_order(plan, canvas, P, bs, be, step, p[0], masked, grammar, x)
     support = [torch.nonzero(p[0, j] > 0).flatten().tolist() if masked[j] else [canvas[bs + j]] for j in range(n)]
     count = 1
     for s in support:
@@ -108,6 +110,32 @@ def _blocks(plan: Denoise, model: Any, canvas: tuple[int, ...], P: int, bs: int,
         rank = grammar.fitting(x.expand(count, L), P, bs, rank, tokens)
     block = torch.where(rank > 0, tokens, x[:, bs:be])
     return [(canvas[:bs] + tuple(row) + canvas[be:], float(w)) for row, w in zip(block.tolist(), weight)]
+
+
+def _random_order(plan: Denoise, canvas: tuple[int, ...], P: int, bs: int, be: int, step: int, p: torch.Tensor,
+                  masked: torch.Tensor, grammar: Any, x: torch.Tensor) -> list[tuple[tuple[int, ...], float]]:
+    """`unmask = random`: every ordered choice of the step's quota of masked positions, equally likely (a uniformly random
+    order), then the tokens of the chosen ones (p [n, V]); the order is the commit order a grammar reads."""
+    open_ = [j for j in range(be - bs) if masked[j]]
+    k = int(quota(masked[None, :], plan, step)[0])
+    orders = list(itertools.permutations(open_, k))
+    out = []
+    for order in orders:
+        for chosen in itertools.product(*(torch.nonzero(p[j] > 0).flatten().tolist() for j in order)):
+            w = 1.0 / len(orders)
+            tokens = x[:, bs:be].clone()
+            rank = torch.zeros_like(tokens)
+            for place, (j, t) in enumerate(zip(order, chosen)):
+                w *= float(p[j, t])
+                tokens[0, j], rank[0, j] = t, place + 1
+            if grammar is not None:
+                rank = grammar.fitting(x, P, bs, rank, tokens)
+            block = torch.where(rank > 0, tokens, x[:, bs:be])[0].tolist()
+            out.append((canvas[:bs] + tuple(block) + canvas[be:], w))
+    if len(out) > MAX_OUTCOMES:
+        raise TooLarge(f"one step of {plan.describe()} has {len(out):,} outcomes (at most {MAX_OUTCOMES:,})", rows=len(out),
+                       hint="use a shorter block or a smaller vocabulary")
+    return out
 
 
 def _draft_verify(plan: Denoise, model: Any, canvas: tuple[int, ...], bs: int, be: int) -> list[tuple[tuple[int, ...], float]]:

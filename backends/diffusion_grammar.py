@@ -39,6 +39,12 @@ class DiffusionGrammar:
     """A regular grammar's token automaton, extended with END, as the diffusion decoder reads it."""
 
     def __init__(self, matcher: Any, mask_id: int, vocab_size: int):
+        from decspec.stdlib.grammars.index import TokenIndex
+
+        if not isinstance(matcher, TokenIndex):  # a Lark/JSON/recursive-schema matcher interns states as it goes
+            raise DecError("grammar-constrained diffusion decoding needs a regular grammar (regex, choice, a non-recursive "
+                           "JSON Schema): a position is filled in any order, which needs the whole finite automaton",
+                           hint="use a regular grammar, or a causal spec for a context-free one")
         if matcher.eos_id is None:
             raise DecError("grammar-constrained diffusion decoding pads the output with EOS, and the grammar has no EOS id")
         S, V, eos = int(matcher.num_states), vocab_size, int(matcher.eos_id)
@@ -52,9 +58,6 @@ class DiffusionGrammar:
         delta[S, eos] = S
         if mask_id < V:
             delta[:, mask_id] = -1
-        if matcher.num_states != S:  # a matcher that interns states as it goes (a context-free one) is not a finite automaton
-            raise DecError("grammar-constrained diffusion decoding needs a regular grammar (regex, choice, a non-recursive "
-                           "JSON Schema); this grammar's automaton is not finite")
         self.delta = delta
         self.start = int(matcher.start)
         self.accepting = np.array([matcher.is_accepting(s) for s in range(S)] + [True])

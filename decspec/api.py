@@ -89,6 +89,8 @@ class Decoder:
         self._grammars: dict[str, Any] | None = None
         if spec.slot("grammar") is not None and spec.slot("target").arg("name") in self.models:
             self._bound_grammars()  # bound now, so vocabulary errors surface at compile time
+            if self.denoise is not None:
+                self._diffusion_grammar()  # a diffusion decoder's needs a regular grammar: refused now too
 
     def _bound_grammars(self) -> dict[str, Any]:
         """{slot: Matcher}: the spec's grammar compiled over the target's vocabulary (once; {} without a grammar)."""
@@ -332,7 +334,10 @@ class Decoder:
         from decspec.backends.diffusion_grammar import DiffusionGrammar
 
         target = self._bound_models()[self.spec.slot("target").arg("name")]
-        return DiffusionGrammar(self.matcher, target.mask_id, target.vocab_size)
+        try:
+            return DiffusionGrammar(self.matcher, target.mask_id, target.vocab_size)
+        except DecError as e:
+            raise DecError(e.diagnostics[0].message, self.spec.slot("grammar").span, hint=e.diagnostics[0].hint) from None
 
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):
         """The exact distribution of the tokens this decoder generates after one prompt, computed by

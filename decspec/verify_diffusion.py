@@ -146,8 +146,14 @@ def _spelling(spec: Spec, rng: random.Random) -> list | None:
 
     if spec.slot("grammar") is None:
         return None
+    from decspec.stdlib.grammars.automaton import ByteDFA
+    from decspec.verify import NotVerifiable
+
     src = grammar_source(spec.slot("grammar"))
     dfa = grammar_automaton(src.kind, src.source)
+    if not isinstance(dfa, ByteDFA):
+        raise NotVerifiable(f"grammar-constrained diffusion decoding needs a regular grammar, and '{spec.slot('grammar').name}' "
+                            "is context-free", spec.slot("grammar").span)
     own = list(dict.fromkeys(dfa.shortest_example()))
     extra = [b for b in dict.fromkeys(b"".join(random_examples(dfa, rng, 2, limit=8))) if b not in own][:3]
     return [bytes([b]) for b in own + extra] + [None]

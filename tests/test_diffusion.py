@@ -388,3 +388,10 @@ def test_random_order_under_a_grammar_samples_its_exact_distribution():
     dist = dec.distribution([0], 3)
     assert abs(sum(dist.values()) - 1) < 1e-12 and all(_valid(k + (4,) * (3 - len(k))) for k in dist)
     assert_samples_match(dec.generate([[0]] * 1500, max_new_tokens=3, seed=1).tokens, dist)
+
+
+def test_a_context_free_grammar_is_refused_at_compile_time():
+    vocab = [bytes([i]) for i in range(256)] + [None]
+    with pytest.raises(DecError, match="needs a regular grammar"):
+        decspec.compile(spec("blocks(length = 4)", extra="grammar = json;"), target=DiffusionTableModel.random(256, 0, eos_token_id=256),
+                        vocab=vocab)

@@ -32,9 +32,11 @@ MODULES = [
     "decspec.stdlib.models.transformer",
     "decspec.stdlib.diffusion",
     "decspec.stdlib.models.diffusion_table",
+    "decspec.stdlib.models.diffusion_random",
     "decspec.backends.diffusion_grammar",
     "decspec.backends.exact.diffusion",
     "decspec.verify_diffusion",
+    "decspec.stdlib.models.diffusion",
 ]
 
 

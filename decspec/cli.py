@@ -352,7 +352,8 @@ DEFAULT_PROMPT = "class Stack:"  # what the shipped toy models continue sensibly
 
 
 def _header(decoder, args) -> str:
-    where = "the shipped reference models" if args.target is None else args.target
+    shipped = "the shipped diffusion model" if getattr(decoder, "denoise", None) is not None else "the shipped reference models"
+    where = shipped if args.target is None else args.target
     return f"# decoder {decoder.spec.name} on {where} ({str(decoder.verdict).splitlines()[0]})"
 
 

@@ -117,6 +117,10 @@ def setup(path: Path) -> tuple[Any, dict, list | None]:
 
     spec = load(path)
     models = tiny_models(0)
+    if spec.slot("denoise") is not None:  # a diffusion decoder: a random bidirectional transformer, vocabulary 512 + the mask
+        from decspec.stdlib.models.diffusion_random import RandomDiffusionLM
+
+        models = {spec.slot("target").arg("name"): RandomDiffusionLM(512, seed=0)}
     vocab = None
     if spec.slot("grammar") is not None:
         vocab = grammar_vocab(models["target"].vocab_size)

@@ -34,7 +34,7 @@ def front_end(path: Path) -> None:
     from decspec.dsl.check import load
 
     spec = load(path)
-    if spec.slot("search") is None:  # beam search has no round graph: checking is its whole front end
+    if spec.slot("search") is None and spec.slot("denoise") is None:  # beam search, diffusion: no round graph, checking is all
         run_pipeline(lower(spec))
 
 

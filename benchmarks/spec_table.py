@@ -86,6 +86,10 @@ def prepare(path: Path, models: Mapping[str, Any], temperature: float, backend: 
         overrides["temperature"] = float(temperature)
     else:
         fields["note"] = f"no temperature parameter: sampler fixed ({pipeline_text(spec.slot('sampler', ()))}), run as written"
+    if spec.slot("denoise") is not None:  # a diffusion decoder runs on the shipped masked-diffusion model (a DecError if none)
+        from decspec.backends.diffusion import default_model
+
+        models = {spec.slot("target").arg("name"): default_model()}
     dec = decspec.compile(path, backend=backend, models=dict(models), overrides=overrides)
     if backend == "inductor":
         dec.backend_options = {"compile": True}
@@ -160,7 +164,10 @@ def measure_spec(path: Path, models: Mapping[str, Any], temperature: float, back
     if not rounds:
         _add_note(row, "reports no rounds (" + ("a `search` decoder" if dec.spec.slot("search") is not None else "no round stats") + ")")
     ratio = row["tokens_per_second"] / row["ar_tokens_per_second"]
-    if row["grammar"]:
+    if dec.denoise is not None:  # another model than the baseline's: its time is not a speedup of the same distribution
+        row["speedup"] = None
+        row["speedup_note"] = "not comparable (a masked-diffusion target, not the baseline's model)"
+    elif row["grammar"]:
         row["speedup"] = None
         row["ratio_to_unconstrained_ar"] = ratio  # kept for reference; not a speedup of the same distribution
         row["speedup_note"] = "not comparable (grammar-constrained)"

@@ -62,6 +62,10 @@ def losslessness(spec: Spec) -> Verdict:
             scored += f", among hypotheses that contain the phrases {list(search.arg('words'))} (HF's fallback aside)"
         return Verdict(False, [f"search = {search}: beam search keeps the highest-scoring hypotheses by the target's {scored}; "
                                "it does not sample from the target's distribution"], deterministic=True)
+    if spec.slot("denoise") is not None:  # masked diffusion: judged against its sequential one-position-per-step process
+        from decspec.stdlib.diffusion import losslessness as diffusion_losslessness
+
+        return Verdict(*diffusion_losslessness(spec))
     return _round_verdict(spec)
 
 

@@ -192,6 +192,11 @@ def lower(spec: Spec) -> Graph:
         raise DecError(f"decoder '{spec.name}' has no round graph: `search = {search.name}(...)` keeps several hypotheses "
                        "per prompt and runs on the host over the model protocol (backends/beam.py)", search.span,
                        hint="run it with decspec.compile(spec).generate(...) or `decspec run` on the eager backend")
+    denoise: Instance | None = spec.slot("denoise")
+    if denoise is not None:  # masked diffusion unmasks positions of a block in any order: a host loop (backends/diffusion.py)
+        raise DecError(f"decoder '{spec.name}' has no round graph: `denoise = {denoise.name}(...)` unmasks positions of a "
+                       "block in any order and runs on the host over the diffusion model protocol (backends/diffusion.py)",
+                       denoise.span, hint="run it with decspec.compile(spec).generate(...) or `decspec run` on the eager backend")
     lw = Lowering(spec)
     b = lw.b
     ctx = b.input(CTX)

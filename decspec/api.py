@@ -31,7 +31,9 @@ from decspec.stream import Stream, row_texts
 
 
 def _is_model(v: Any) -> bool:
-    return hasattr(v, "forward") and hasattr(v, "new_cache") and hasattr(v, "vocab_size")
+    from decspec.stdlib.models.diffusion_protocol import is_diffusion
+
+    return (hasattr(v, "forward") and hasattr(v, "new_cache") and hasattr(v, "vocab_size")) or is_diffusion(v)
 
 
 class Decoder:
@@ -75,10 +77,25 @@ class Decoder:
                 raise DecError(f"the {self.backend.NAME} backend cannot run the `search` slot: beam search runs its steps on "
                                "the eager backend, or as a compiled step on the inductor backend", spec.slot("search").span,
                                hint='compile it with backend="eager" or "inductor"')
+        self.denoise = None  # a `denoise` slot's plan (stdlib/diffusion.py): generate runs the diffusion loop (backends/diffusion.py)
+        if spec.slot("denoise") is not None:
+            from decspec.stdlib.diffusion import plan as denoise_plan
+
+            self.denoise = denoise_plan(spec)
+            if self.backend.NAME != "eager":
+                raise DecError(f"the {self.backend.NAME} backend cannot run the `denoise` slot: masked-diffusion decoding is a "
+                               "host loop over the model's denoise calls (backends/diffusion.py), not a round graph to compile",
+                               spec.slot("denoise").span, hint='compile it with backend="eager"; its exact distribution: '
+                                                               'decoder.distribution(...)')
+        from decspec.backends.diffusion import check_model_kinds
+
+        check_model_kinds(spec, self.models)
         self.vocab = vocab  # the grammar's vocabulary as bytes, for targets without a tokenizer
         self._grammars: dict[str, Any] | None = None
         if spec.slot("grammar") is not None and base_role(spec.slot("target")) in self.models:
             self._bound_grammars()  # bound now, so vocabulary errors surface at compile time
+            if self.denoise is not None:
+                self._diffusion_grammar()  # a diffusion decoder's needs a regular grammar: refused now too
 
     def _bound_grammars(self) -> dict[str, Any]:
         """{slot: Matcher}: the spec's grammar compiled over the target's vocabulary (once; {} without a grammar)."""
@@ -98,6 +115,10 @@ class Decoder:
 
     def _bound_models(self) -> dict[str, Any]:
         with self._lock:
+            if not self.models and self.denoise is not None:  # a diffusion decoder: the shipped diffusion model
+                from decspec.backends.diffusion import default_model
+
+                self.models = {self.spec.slot("target").arg("name"): default_model()}
             if not self.models:  # nothing bound at compile time: the shipped reference pair
                 from decspec.stdlib.models.pretrained import reference_models
 
@@ -229,6 +250,10 @@ class Decoder:
                            if self._beam else f"{self.search.method} does not take stop strings yet (each of its n copies "
                            "of a prompt would need its own text tracker)",
                            self.spec.slot("search").span, hint="end hypotheses with eos_token_id=[...] instead")
+        if self.denoise is not None:
+            from decspec.backends.diffusion import check_arguments
+
+            check_arguments(self.spec, stops, bool(logprobs[0] or logprobs[1]), args.max_new_tokens)
         settings = self._settings(sampling, len(args.prompts)) if sampling else None
         logprobs, top = logprobs_request(*logprobs)
         scoring = self._scoring(logprobs, open=settings is not None)
@@ -304,6 +329,16 @@ class Decoder:
             for b, row in enumerate(result.tokens) if texts is not None else ():
                 texts[b].feed(row, last=True)
             yield Commit(result.tokens, finished)
+            return result
+        if self.denoise is not None:  # masked diffusion: one host loop over the model's denoise calls
+            from decspec.backends.diffusion import denoise_generate, with_settings
+
+            role = self.spec.slot("target").arg("name")
+            result = denoise_generate(with_settings(self.denoise, self.spec, settings), models[role], args.prompts, max_new_tokens=args.max_new_tokens,
+                                      eos_token_id=args.eos_token_id, seed=args.seed, grammar=self._diffusion_grammar(), role=role)
+            for b, row in enumerate(result.tokens) if texts is not None else ():
+                texts[b].feed(row, last=True)
+            yield Commit(result.tokens, {b: (f, s) for b, (f, s) in enumerate(zip(result.finish_reason, result.stopped_by))})
             return result
         graph = self.graph if settings is None else self._open_graph()
         runner = self._runner(per_call=settings is not None)
@@ -385,11 +420,36 @@ class Decoder:
             return lambda ids: b"".join(vocab[i] or b"" for i in ids if 0 <= i < len(vocab)).decode("utf-8", "replace")
         return lambda ids: " ".join(map(str, ids))
 
+    def _diffusion_grammar(self) -> Any:
+        """The grammar of a `denoise` spec as the diffusion decoder reads it (backends/diffusion_grammar.py), or None."""
+        if self.matcher is None:
+            return None
+        from decspec.backends.diffusion_grammar import DiffusionGrammar
+
+        target = self._bound_models()[self.spec.slot("target").arg("name")]
+        try:
+            return DiffusionGrammar(self.matcher, target.mask_id, target.vocab_size)
+        except DecError as e:
+            raise DecError(e.diagnostics[0].message, self.spec.slot("grammar").span, hint=e.diagnostics[0].hint) from None
+
     def distribution(self, prompt: Any, max_new_tokens: int, **kwargs: Any):
         """The exact distribution of the tokens this decoder generates after one prompt, computed by
         the exact backend ({tokens: probability}; small vocabularies, e.g. table models). See
-        decspec.backends.exact.exact_distribution for the keyword arguments."""
+        decspec.backends.exact.exact_distribution for the keyword arguments (a `denoise` decoder's:
+        backends/exact/diffusion.py, eos_token_id only)."""
         from decspec.backends.exact import exact_distribution
+
+        if self.denoise is not None:
+            from decspec.backends.exact.diffusion import diffusion_distribution
+            from decspec.stdlib.models.protocol import eos_token_ids
+
+            target = self._bound_models()[self.spec.slot("target").arg("name")]
+            eos = kwargs.pop("eos_token_id", "default")
+            eos = eos_token_ids(target) if isinstance(eos, str) and eos == "default" else ([eos] if isinstance(eos, int) else eos)
+            limit = {"max_worlds": kwargs.pop("max_rows")} if "max_rows" in kwargs else {}
+            if kwargs:
+                raise DecError(f"a diffusion decoder's distribution takes eos_token_id and max_rows, not {', '.join(kwargs)}")
+            return diffusion_distribution(self.denoise, target, list(prompt), max_new_tokens, eos, self._diffusion_grammar(), **limit)
 
         return exact_distribution(self, prompt, max_new_tokens, **kwargs)
 

@@ -110,7 +110,11 @@ def _check(args) -> int:
     from decspec.dsl.check import load
 
     spec = load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder)
-    if spec.slot("search") is None:
+    if spec.slot("denoise") is not None:  # masked diffusion has no round graph: check its schedule
+        from decspec.stdlib.diffusion import plan as denoise_plan
+
+        denoise_plan(spec)
+    elif spec.slot("search") is None:
         verify(run_pipeline(lower(spec)))
     else:  # beam search has no round graph: check what it runs instead
         from decspec.stdlib.search import plan
@@ -122,6 +126,10 @@ def _check(args) -> int:
     print(f"{args.file}: decoder {spec.name}({params}) ok")
     print(f"models: {', '.join(spec.models)}")
     print(losslessness(spec))
+    if spec.slot("denoise") is not None:
+        from decspec.verify_diffusion import check_line
+
+        print(check_line(spec))
     return 0
 
 
@@ -228,7 +236,12 @@ def _run(args) -> int:
     from decspec.backends.runtime import Interrupted
 
     _at_least_one(args, "batch", "max_new_tokens")
-    models = _models(args)
+    if args.target is None and args.draft is None and _denoises(args):  # a diffusion spec: the shipped diffusion model
+        from decspec.backends.diffusion import default_model
+
+        models = {"target": default_model()}
+    else:
+        models = _models(args)
     decoder = decspec.compile(args.file, decoder=args.decoder, models=models, overrides=_overrides(args.overrides), backend=args.backend)
     if args.compile:
         if args.backend != "inductor":
@@ -296,8 +309,19 @@ def _run(args) -> int:
         answer = f", its answer {result.answers[0][result.chosen[0]]!r}" if result.answers else ""
         print(f"# {decoder.search.method}: {len(result.candidates[0])} candidates per prompt, chosen #{result.chosen[0]} "
               f"(score {result.candidate_scores[0][result.chosen[0]]:.3f}{answer})", file=sys.stderr)
+    if decoder.denoise is not None:  # masked diffusion: denoising steps, not rounds
+        print(f"# {s.rounds} denoising steps, {s.tokens_per_step:.2f} tokens per step, {sum(s.model_calls.values())} model "
+              f"calls, new tokens {sum(s.new_tokens)}, {s.tokens_per_second:.1f} tokens/s", file=sys.stderr)
+        return 0
     print(_round_stats(s), file=sys.stderr)
     return 0
+
+
+def _denoises(args) -> bool:
+    """Whether the spec `decspec run` runs has a `denoise` slot (a masked-diffusion decoder)."""
+    from decspec.dsl.check import load
+
+    return load(args.file, overrides=_overrides(args.overrides), decoder=args.decoder).slot("denoise") is not None
 
 
 def _read_prompt(path: str) -> str:
@@ -332,7 +356,8 @@ DEFAULT_PROMPT = "class Stack:"  # what the shipped toy models continue sensibly
 
 
 def _header(decoder, args) -> str:
-    where = "the shipped reference models" if args.target is None else args.target
+    shipped = "the shipped diffusion model" if getattr(decoder, "denoise", None) is not None else "the shipped reference models"
+    where = shipped if args.target is None else args.target
     return f"# decoder {decoder.spec.name} on {where} ({str(decoder.verdict).splitlines()[0]})"
 
 

@@ -100,6 +100,9 @@ def precheck(spec: str, options: Mapping[str, Any]) -> Any:
     if checked.slot("search") is not None:
         raise DecError("serve runs decoders with rounds; beam search (the `search` slot) has none to batch",
                        checked.slot("search").span)
+    if checked.slot("denoise") is not None:
+        raise DecError("serve runs decoders with rounds; a diffusion decoder (the `denoise` slot) has none to batch",
+                       checked.slot("denoise").span)
     for option, allowed in (("dtype", ("float32", "bfloat16", "float16")), ("quantize", ("int4",))):
         if options.get(option) is not None and options[option] not in allowed:
             raise DecError(f"{option} must be one of {', '.join(allowed)} (got {shown(options[option])})")

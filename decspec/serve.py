@@ -106,6 +106,9 @@ class Engine:
         if decoder.search is not None:
             raise DecError("serve runs decoders with rounds; beam search (the `search` slot) has none to batch",
                            decoder.spec.slot("search").span)
+        if decoder.denoise is not None:
+            raise DecError("serve runs decoders with rounds; a diffusion decoder (the `denoise` slot) decodes whole blocks "
+                           "of a shared canvas, which continuous batching does not do yet", decoder.spec.slot("denoise").span)
         if decoder.backend.NAME != "eager":
             raise DecError(f"serve runs the eager backend's rounds (continuous batching on {decoder.backend.NAME} is not "
                            "done); compile the spec with backend='eager'")

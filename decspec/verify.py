@@ -155,6 +155,10 @@ def verify_spec(spec: Any, overrides: Mapping[str, Any] | None = None, *, decode
                        "is no distribution to compare with the target's", checked.slot("search").span,
                        hint="`decspec check` gives its verdict; tests/test_beam_search.py compares it with Hugging Face's "
                             "generate(num_beams=...) token for token")
+    if checked.slot("denoise") is not None:  # judged against its sequential process, on table diffusion models
+        from decspec.verify_diffusion import verify_diffusion_spec
+
+        return verify_diffusion_spec(spec, checked=checked, configs=configs, seed=seed, max_new_tokens=max_new_tokens, tol=tol)
     graph = run_pipeline(lower(checked))
     spelling = grammar_vocabulary(checked, random.Random(seed)) if checked.slot("grammar") is not None else None
     if spelling is not None:  # tables over the bytes the grammar's own strings use (and the EOS, last)

@@ -400,6 +400,12 @@ def _check_slots(defn: ast.DecoderDef, bindings: Bindings, errors: list[Diagnost
                                          "with the target alone", at(slot),
                                          hint=f"remove `{slot}`, or remove `search` (at {at('search')}); the sampling searches "
                                               f"({', '.join(SAMPLED_SEARCHES)}) run any propose/verify round"))
+    if "denoise" in bindings:  # masked diffusion unmasks positions anywhere in a block: no causal round to draft in
+        for slot in ("propose", "stop", "verify", "search"):
+            if slot in bindings:
+                errors.append(Diagnostic(f"'denoise' cannot be combined with '{slot}': a diffusion decoder unmasks whole blocks "
+                                         "of positions with the target alone (its draft-verify form is `denoise = draft_verify(...)`)",
+                                         at(slot), hint=f"remove `{slot}`, or remove `denoise` (at {at('denoise')})"))
 
 
 def _unused(defn: ast.DecoderDef, resolver: Resolver, bindings: Bindings, params: Mapping[str, Any],

@@ -32,6 +32,9 @@ _KINDS = {
     "search": ("Search strategies", "Fill the `search` slot: decoding that keeps several hypotheses per prompt instead of "
                "sampling one token per row: beam search (see [Beam search](#beam-search)), or n samples of the spec's round "
                "with one picked (see [Best-of-n, self-consistency and MBR](#best-of-n-self-consistency-and-mbr))."),
+    "denoise": ("Denoising schedules", "Fill the `denoise` slot of a masked-diffusion decoder: how the generated positions, all "
+                "masked at first, are unmasked (see [Diffusion decoding](#diffusion-decoding))."),
+    "unmask": ("Unmasking rules", "The `unmask` argument of `blocks(...)`: which masked positions a denoising step commits."),
 }
 
 

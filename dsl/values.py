@@ -25,6 +25,8 @@ KIND_NOUNS = {
     "stat": "draft statistic",
     "grammar": "grammar",
     "search": "search strategy",
+    "denoise": "denoising schedule",
+    "unmask": "unmasking rule",
     "int": "int",
     "float": "float",
     "str": "string",

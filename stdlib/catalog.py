@@ -20,3 +20,4 @@ from decspec.stdlib import search as _search  # noqa: F401  (beam search: the `s
 from decspec.stdlib import dynamic_exit as _dynamic_exit  # noqa: F401  (a draft layer chosen per context)
 from decspec.stdlib import staged as _staged  # noqa: F401  (staged drafting)
 from decspec.stdlib import combine as _combine  # noqa: F401  (decoding that combines distributions: contrastive, DoLa)
+from decspec.stdlib import diffusion as _diffusion  # noqa: F401  (masked-diffusion decoding: the `denoise` slot)

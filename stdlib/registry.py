@@ -23,8 +23,8 @@ REQUIRED: Any = _Required()
 
 # The kinds of value a slot or a parameter can hold.
 #   scalar types: "int", "float", "str", "bool", "list[int]", "list[float]", "list[str]"
-#   component kinds: "model", "sampler", "draft", "exit", "verifier", "stat", "grammar", "search"
-KINDS = ("model", "sampler", "draft", "exit", "verifier", "stat", "grammar", "search")
+#   component kinds: "model", "sampler", "draft", "exit", "verifier", "stat", "grammar", "search", "denoise", "unmask"
+KINDS = ("model", "sampler", "draft", "exit", "verifier", "stat", "grammar", "search", "denoise", "unmask")
 SCALAR_TYPES = ("int", "float", "str", "bool", "list[int]", "list[float]", "list[str]", "cond")
 
 # Slots of a decoder block and the kind each holds. Other names in a block are local bindings.
@@ -36,6 +36,7 @@ SLOTS: dict[str, str] = {
     "verify": "verifier",
     "grammar": "grammar",
     "search": "search",  # beam search (stdlib/search.py): decoding that keeps several hypotheses; excludes propose/stop/verify
+    "denoise": "denoise",  # masked-diffusion decoding (stdlib/diffusion.py): parallel unmasking; excludes propose/stop/verify/search
 }
 # The `search` components that sample: they run the spec's ordinary round (any propose/verify) on n copies of each prompt,
 # then pick one candidate (stdlib/search.py); the other searches (beam) rank hypotheses step by step, with no round.

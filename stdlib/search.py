@@ -90,7 +90,10 @@ class Rerank:
 
 
 def has_round(spec: Spec) -> bool:
-    """Whether the spec runs a round graph: no `search` slot, or a sampling search (best_of, self_consistency, mbr)."""
+    """Whether the spec runs a round graph: no `search` slot, or a sampling search (best_of, self_consistency, mbr); a
+    `denoise` spec (masked diffusion) runs a host loop over its denoising steps instead."""
+    if spec.slot("denoise") is not None:
+        return False
     inst: Instance | None = spec.slot("search")
     return inst is None or inst.name in SAMPLED_SEARCHES
 

@@ -31,6 +31,12 @@ MODULES = [
     "decspec.stdlib.models.protocol",
     "decspec.stdlib.models.table",
     "decspec.stdlib.models.transformer",
+    "decspec.stdlib.diffusion",
+    "decspec.stdlib.models.diffusion_table",
+    "decspec.stdlib.models.diffusion_random",
+    "decspec.backends.diffusion_grammar",
+    "decspec.backends.exact.diffusion",
+    "decspec.verify_diffusion",
     "decspec.stdlib.models.diffusion",
 ]
 

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # grammar specs need a vocabulary the grammar can spell, which 2..5-token tables lack: their exact checks are in
 # tests/test_grammar_decoding.py and, through decspec verify's spelled tables, tests/test_grammar_forced.py; search specs (beam search) are deterministic, with no distribution to compare: their
 # reference is Hugging Face's generate(num_beams=...), in tests/test_beam_search.py
-SPECS = [p for p in sorted((ROOT / "specs").glob("*.dec")) if load(p).slot("grammar") is None and load(p).slot("search") is None]
+# diffusion specs (the `denoise` slot) are judged against their sequential process on table diffusion models: tests/test_diffusion.py
+SPECS = [p for p in sorted((ROOT / "specs").glob("*.dec"))
+         if load(p).slot("grammar") is None and load(p).slot("search") is None and load(p).slot("denoise") is None]
 NEW_TOKENS = 3
 
 # (vocabulary, table order, prompt, EOS): unigram and bigram tables, with and without an EOS

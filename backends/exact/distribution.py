@@ -80,6 +80,8 @@ def exact_distribution(
     MAX_BYTES of them (`row_bytes` each): before enumerating, when the first round's estimated rows
     (`estimate_rows`) already do, else at the draw that passes the limit.
     """
+    if getattr(decoder_or_graph, "denoise", None) is not None and models is None:  # a diffusion decoder: no round graph
+        return decoder_or_graph.distribution(prompt, max_new_tokens, eos_token_id=eos_token_id)  # backends/exact/diffusion.py
     graph, models, eos, grammars = _unpack(decoder_or_graph, models, eos_token_id, grammars)
     vocab = next(iter(models.values())).vocab_size
     (prompt,) = normalize_prompts([prompt], vocab)

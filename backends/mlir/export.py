@@ -183,6 +183,9 @@ def trace(decoder_or_spec, part: str = "round", *, batch: int = 1, capacity: int
     _require_torch_mlir()
     t0 = time.perf_counter()
     decoder = _decoder(decoder_or_spec, models, overrides)
+    if decoder.graph is None and decoder.spec.slot("denoise") is not None:  # masked diffusion: a host loop (backends/diffusion.py)
+        raise DecError("cannot export the `denoise` slot to MLIR: a diffusion decoder has no round graph, it runs on the host",
+                       decoder.spec.slot("denoise").span, hint='run it with decspec.compile(spec, backend="eager")')
     if decoder.graph is None:  # a `search` spec: beam search runs on the host (backends/beam.py)
         raise DecError("cannot export the `search` slot to MLIR: beam search has no round graph, it runs on the host",
                        decoder.spec.slot("search").span, hint='run it with decspec.compile(spec, backend="eager")')

@@ -69,6 +69,7 @@ TEMPLATES = {
     "search": 'target = model("target")\n    search = {call}',
     "draft": 'target = model("target")\n    draft = model("draft")\n    propose = {call}\n    verify = multi_rejection',
     "model": 'target = {call}',  # a combined model (contrastive, dola) as the target
+    "unmask": 'target = model("target")\n    denoise = blocks(length = 4, unmask = {call})',  # a diffusion decoder's rule
 }
 MODEL_ARGS = {"model": 'model("target")', "list[int]": "[1]"}  # a model expression's other required arguments
 
@@ -110,6 +111,7 @@ def test_a_float_parameter_is_checked_at_the_spec_position(comp, p):
     for value in (p.low, p.high, (p.low + p.high) / 2):
         spec = load(around(comp, p), overrides={"x": given_as(p, value)})
         instances = [i for _, v in spec.slots for i in (v if isinstance(v, tuple) else (v,))]
+        instances += [a for i in instances for _, a in getattr(i, "args", ()) if hasattr(a, "component")]  # blocks(unmask = ...)
         got = next(i for i in instances if getattr(i, "component", None) is comp).arg(p.name)
         assert got == ((value,) if listed(p) else value)
     text = around(comp, p)

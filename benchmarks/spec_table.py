@@ -98,6 +98,7 @@ def prepare(path: Path, models: Mapping[str, Any], temperature: float, backend: 
         greedy_differs=f"sampler has {', '.join(changes)}: its temperature-0 output is the penalized target's greedy decoding" if changes else None,
         temperature_applied="temperature" in params,
         grammar=dec.spec.slot("grammar") is not None,
+        combined=None if dec.spec.slot("target").name == "model" else dec.spec.slot("target").name,  # contrastive, dola
         verdict="deterministic" if dec.verdict.deterministic else "lossless" if dec.verdict.lossless else "lossy",
         verdict_reasons=list(dec.verdict.reasons),
     )
@@ -167,6 +168,10 @@ def measure_spec(path: Path, models: Mapping[str, Any], temperature: float, back
     if dec.denoise is not None:  # another model than the baseline's: its time is not a speedup of the same distribution
         row["speedup"] = None
         row["speedup_note"] = "not comparable (a masked-diffusion target, not the baseline's model)"
+    elif row["combined"]:  # contrastive, DoLa: the combined distribution is not the baseline's
+        row["speedup"] = None
+        row["ratio_to_unconstrained_ar"] = ratio
+        row["speedup_note"] = f"not comparable (a combined target: {row['combined']})"
     elif row["grammar"]:
         row["speedup"] = None
         row["ratio_to_unconstrained_ar"] = ratio  # kept for reference; not a speedup of the same distribution
@@ -190,9 +195,9 @@ def measure(models: Mapping[str, Any], ids: list[list[int]], specs: Sequence[Pat
             row = measure_spec(path, models, temperature, backend, batch, ids, new_tokens, repeats, baseline)
             tokens = row.pop("tokens", None)
             if temperature == 0 and tokens is not None and greedy is not None:
-                if row["grammar"]:
+                if row["grammar"] or row["combined"]:
                     row["equals_greedy"] = None
-                    row["equals_greedy_note"] = "n/a (grammar-constrained)"
+                    row["equals_greedy_note"] = "n/a (grammar-constrained)" if row["grammar"] else "n/a (a combined target)"
                 else:
                     row["equals_greedy"] = sum(a == b for a, b in zip(tokens, greedy)) / len(greedy)
                     if row["verdict"] == "lossless" and row["equals_greedy"] < 1:
@@ -286,8 +291,9 @@ def render_markdown(data: dict) -> str:
         "([the speed benchmark](benchmarks.md) measures the framework overhead). *equals AR greedy* (temperature 0 only) is the fraction "
         "of prompts whose tokens equal autoregressive greedy decoding, which every lossless spec must reach at temperature 0 "
         "unless its sampler has a penalty stage (its output is then the penalized target's greedy decoding; the note says so). "
-        "Grammar-constrained specs decode the masked target, so neither their speedup over unconstrained decoding nor their "
-        "equality with it is comparable. Each spec's `temperature` parameter is set to the row's temperature; specs without "
+        "Grammar-constrained specs decode the masked target, and specs with a combined target (`contrastive`, `dola`) the "
+        "combined distribution, so neither their speedup over plain autoregressive decoding nor their equality with it is "
+        "comparable; diffusion decoders run another model (the shipped masked-diffusion one). Each spec's `temperature` parameter is set to the row's temperature; specs without "
         "one run as written (the note names their sampler), as do the other parameters (`top_p` of autoregressive.dec "
         "stays 0.95 at temperature 1). *verdict* is `decspec check`'s losslessness analysis. The speedup of "
         "autoregressive.dec against itself shows the run-to-run noise.\n",

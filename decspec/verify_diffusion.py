@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from decspec.backends.exact import TooLarge
 from decspec.compiler.analysis import Verdict, losslessness
 from decspec.dsl.diagnostics import DecError
 from decspec.dsl.spec import Spec
+from decspec.verify import VerifyReport
 
 
 @dataclass(frozen=True)
@@ -53,33 +54,11 @@ class DiffusionConfig:
 
 
 @dataclass
-class DiffusionReport:
-    """checked: (configuration, TV distance from the sequential process, tolerance) per configuration run."""
+class DiffusionReport(VerifyReport):
+    """A verify report whose reference is the sequential process (`reference`, its description), not a target table:
+    checked holds (configuration, TV distance from the sequential process, tolerance) per configuration run."""
 
-    file: str
-    spec: Spec
-    verdict: Verdict
-    reference: str
-    checked: list[tuple[DiffusionConfig, float, float]] = field(default_factory=list)
-    skipped: list[DiffusionConfig] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def worst(self) -> tuple[DiffusionConfig, float, float]:
-        return max(self.checked, key=lambda c: c[1])
-
-    @property
-    def observed_lossless(self) -> bool:
-        return all(tv <= tol for _, tv, tol in self.checked)
-
-    @property
-    def agrees(self) -> bool:
-        return self.observed_lossless == self.verdict.lossless
-
-    @property
-    def exit_code(self) -> int:
-        """1 when the spec claims to be lossless and is not; else 0."""
-        return 1 if self.verdict.lossless and not self.observed_lossless else 0
+    reference: str = ""
 
     def __str__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.spec.params)
@@ -119,7 +98,7 @@ def verify_diffusion_spec(spec: Any, overrides: Mapping[str, Any] | None = None,
     spelling = _spelling(checked, rng)
     if spelling is not None:  # the grammar's own bytes, EOS last
         vocab = (len(spelling), len(spelling))
-    report = DiffusionReport(str(spec) if "\n" not in str(spec) else "<spec>", checked, losslessness(checked), "")
+    report = DiffusionReport(str(spec) if "\n" not in str(spec) else "<spec>", checked, losslessness(checked))
     for _ in range(configs):
         cfg = DiffusionConfig.random(rng, max_new_tokens, vocab, eos=None if spelling is None else len(spelling) - 1)
         dec = Decoder(checked, None, {checked.slot("target").arg("name"): cfg.model()}, vocab=spelling)

@@ -98,6 +98,7 @@ def prepare(path: Path, models: Mapping[str, Any], temperature: float, backend: 
         greedy_differs=f"sampler has {', '.join(changes)}: its temperature-0 output is the penalized target's greedy decoding" if changes else None,
         temperature_applied="temperature" in params,
         grammar=dec.spec.slot("grammar") is not None,
+        diffusion=dec.denoise is not None,
         combined=None if dec.spec.slot("target").name == "model" else dec.spec.slot("target").name,  # contrastive, dola
         verdict="deterministic" if dec.verdict.deterministic else "lossless" if dec.verdict.lossless else "lossy",
         verdict_reasons=list(dec.verdict.reasons),
@@ -144,6 +145,11 @@ def measure_spec(path: Path, models: Mapping[str, Any], temperature: float, back
     try:
         dec, fields = prepare(path, models, temperature, backend)
         row.update(fields)
+        if dec.denoise is not None:  # the diffusion model attends over max_length positions, prompt included
+            room = dec._bound_models()[dec.spec.slot("target").arg("name")].max_length - new_tokens
+            if any(len(p) > room for p in ids):
+                ids = [p[-room:] for p in ids]
+                _add_note(row, f"prompts cut to their last {room} tokens (the diffusion model's max_length, less the new tokens)")
         run = decoder_runner(dec, batch)
         t0 = time.perf_counter()
         run(ids[:batch], min(new_tokens, WARMUP_TOKENS), 0)  # warm-up: first-call costs, inductor's compile
@@ -195,9 +201,10 @@ def measure(models: Mapping[str, Any], ids: list[list[int]], specs: Sequence[Pat
             row = measure_spec(path, models, temperature, backend, batch, ids, new_tokens, repeats, baseline)
             tokens = row.pop("tokens", None)
             if temperature == 0 and tokens is not None and greedy is not None:
-                if row["grammar"] or row["combined"]:
+                if row["grammar"] or row["combined"] or row["diffusion"]:
                     row["equals_greedy"] = None
-                    row["equals_greedy_note"] = "n/a (grammar-constrained)" if row["grammar"] else "n/a (a combined target)"
+                    row["equals_greedy_note"] = ("n/a (grammar-constrained)" if row["grammar"] else "n/a (a combined target)"
+                                                 if row["combined"] else "n/a (a masked-diffusion target)")
                 else:
                     row["equals_greedy"] = sum(a == b for a, b in zip(tokens, greedy)) / len(greedy)
                     if row["verdict"] == "lossless" and row["equals_greedy"] < 1:
